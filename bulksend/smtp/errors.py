@@ -1,0 +1,94 @@
+"""SMTP errors.
+
+``ReplyError`` carries the server's reply; ``TransientReplyError`` (4xx) and
+``PermanentReplyError`` (5xx) tell the caller what to do with it. Protocol and network
+errors are always transient: a malformed reply or a dropped connection is never a bounce.
+``InDoubtError`` is the one case where the message may already have been delivered: the
+final-dot reply never arrived.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bulksend.errors import BulksendError
+
+if TYPE_CHECKING:
+    from bulksend.smtp.protocol import Reply
+
+
+class SMTPError(BulksendError):
+    """Root of SMTP errors."""
+
+    #: True when retrying later may succeed.
+    transient: bool = True
+
+
+class LocalProtocolError(SMTPError):
+    """We tried something the protocol does not allow (a bug or a refused input).
+
+    Raised before any byte is produced: an address with CR/LF, an over-long path, a command
+    out of sequence.
+    """
+
+    transient = False
+
+
+class RemoteProtocolError(SMTPError):
+    """The server broke the protocol: malformed, over-long or inconsistent reply."""
+
+
+class ReplyError(SMTPError):
+    """The server answered with a non-success reply."""
+
+    def __init__(self, reply: Reply, stage: str) -> None:
+        self.reply = reply
+        self.stage = stage
+        super().__init__(f"{stage}: {reply}")
+
+    @property
+    def code(self) -> int:
+        return self.reply.code
+
+    @property
+    def enhanced_code(self) -> str | None:
+        return self.reply.enhanced_code
+
+    @property
+    def text(self) -> str:
+        return self.reply.text
+
+
+class TransientReplyError(ReplyError):
+    """4xx: try again later."""
+
+    transient = True
+
+
+class PermanentReplyError(ReplyError):
+    """5xx: do not retry."""
+
+    transient = False
+
+
+class SMTPConnectionError(SMTPError, ConnectionError):
+    """The connection failed or was lost."""
+
+
+class SMTPTimeoutError(SMTPError, TimeoutError):
+    """A stage's deadline passed before the server's reply was complete."""
+
+
+class TLSError(SMTPConnectionError):
+    """STARTTLS was required but unavailable, or the handshake or verification failed."""
+
+
+class InDoubtError(SMTPConnectionError):
+    """The data was sent but its final reply never came: the message may have been delivered."""
+
+
+def reply_error(reply: Reply, stage: str) -> ReplyError:
+    """Build the right :class:`ReplyError` subclass for a non-2xx/3xx reply."""
+    if reply.code >= 500:
+        return PermanentReplyError(reply, stage)
+    return TransientReplyError(reply, stage)
