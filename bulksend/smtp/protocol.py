@@ -1,11 +1,48 @@
-"""Sans-IO SMTP client protocol (RFC 5321, with RFC 2920 PIPELINING, RFC 3207 STARTTLS).
+"""Sans-IO SMTP client protocol (RFC 5321, RFC 2920 PIPELINING, RFC 3207 STARTTLS).
 
-Placeholder: being written. ``Reply`` below is final.
+How this works, in the manner of h11: :class:`ClientProtocol` never touches a socket. The
+I/O layer hands it a command and gets the bytes to write back (``send_*`` methods), feeds it
+whatever bytes arrive (``receive_data``) and asks for the next complete reply
+(``next_reply``), which comes paired with the command it answers.
+
+* Replies (RFC 5321 §4.2) are parsed incrementally from arbitrary chunks. Each line is at
+  most ``MAX_LINE`` octets and a whole reply at most ``MAX_REPLY``; every line of a
+  multi-line reply must carry the same code (§4.2.1); RFC 3463 enhanced status codes are
+  lifted into :attr:`Reply.enhanced_code`. Anything else is a :class:`RemoteProtocolError`,
+  which is a *temporary* failure: a broken server is never turned into a made-up 5xx.
+* Commands are encoded only after every argument is checked: CR, LF, NUL or any other
+  control character, and paths longer than RFC 5321 §4.5.3.1 allows, raise
+  :class:`LocalProtocolError` before a byte is produced (no command injection).
+* Message data is normalised (bare CR and bare LF become CRLF, RFC 5321 §2.3.8), dot-stuffed
+  (§4.5.2) and terminated with CRLF.CRLF. Normalising before stuffing is what defeats SMTP
+  smuggling (CVE-2023-51764/5/6): no ``<LF>.<LF>`` or ``<CR>.<CR>`` can reach the server.
+* One table, :data:`_MOVES`, says which command may be sent in which state, what state
+  sending it leads to, and what its success or failure reply changes. Commands that RFC 2920
+  §3.1 says must end a pipelined group (EHLO, HELO, STARTTLS, AUTH, DATA, NOOP, QUIT) block
+  further commands until their reply arrives; MAIL, RCPT, RSET and the end of message data
+  may be followed at once when the server offers PIPELINING.
+* After the 220 to STARTTLS every byte already buffered is discarded and the extension list
+  forgotten (RFC 3207 §4.2): a server (or a man in the middle) that sends a forged reply in
+  the same packet as its 220 has no effect.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import enum
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError
+
+MAX_LINE = 8 * 1024
+MAX_REPLY = 64 * 1024
+
+# RFC 5321 §4.5.3.1.
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_PATH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +72,493 @@ class Reply:
         if self.lines:
             parts.append(" ".join(self.lines))
         return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- replies
+
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
+
+
+def _split_enhanced(code: int, text: str) -> tuple[str | None, str]:
+    match = _ENHANCED.match(text)
+    # RFC 3463 §2: the class digit must agree with the reply code's first digit.
+    if match is None or int(match.group(1)) != code // 100:
+        return None, text
+    return f"{match.group(1)}.{int(match.group(2))}.{int(match.group(3))}", text[match.end() :]
+
+
+class ReplyParser:
+    """Incremental parser: feed bytes in any chunks, take complete replies out."""
+
+    __slots__ = ("_buffer", "_code", "_lines", "_size")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._code: bytes | None = None
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes | bytearray) -> None:
+        self._buffer += data
+
+    def discard(self) -> int:
+        """Forget everything buffered (RFC 3207 §4.2); returns how many bytes were dropped."""
+        dropped = len(self._buffer) + self._size
+        self._buffer.clear()
+        self._code = None
+        self._lines = []
+        self._size = 0
+        return dropped
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) + self._size
+
+    def next_reply(self) -> Reply | None:
+        """Return the next complete reply, or None when more bytes are needed."""
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_LINE:
+                    raise RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
+                return None
+            if end + 1 > MAX_LINE:
+                raise RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._size += end + 1
+            if self._size > MAX_REPLY:
+                raise RemoteProtocolError(f"reply longer than {MAX_REPLY} octets")
+            code = line[:3]
+            if (
+                len(code) != 3
+                or code[0] not in b"2345"
+                or code[1] not in b"012345"
+                or code[2] not in b"0123456789"
+            ):
+                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
+            sep = line[3:4]
+            if sep not in (b" ", b"-", b""):
+                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
+            if self._code is None:
+                self._code = code
+            elif code != self._code:
+                raise RemoteProtocolError(
+                    f"multi-line reply changed code from {self._code.decode()} to {code.decode()}"
+                )
+            self._lines.append(line[4:])
+            if sep != b"-":
+                return self._finish()
+
+    def _finish(self) -> Reply:
+        assert self._code is not None
+        code = int(self._code)
+        texts = [raw.decode("utf-8", "replace") for raw in self._lines]
+        enhanced, first = _split_enhanced(code, texts[0])
+        if enhanced is not None:
+            texts[0] = first
+            for i in range(1, len(texts)):
+                again, rest = _split_enhanced(code, texts[i])
+                if again == enhanced:
+                    texts[i] = rest
+        self._code = None
+        self._lines = []
+        self._size = 0
+        return Reply(code, enhanced, tuple(texts))
+
+
+# -------------------------------------------------------------------------- extensions
+
+
+@dataclass(frozen=True, slots=True)
+class Extensions:
+    """What the server advertised in its EHLO reply (RFC 5321 §4.1.1.1)."""
+
+    pipelining: bool = False
+    size: int | None = None  # RFC 1870; 0 means "no fixed limit"
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    starttls: bool = False
+    auth: frozenset[str] = field(default_factory=frozenset)
+    enhancedstatuscodes: bool = False
+    chunking: bool = False
+
+    @classmethod
+    def from_ehlo(cls, reply: Reply) -> Extensions:
+        """Parse the keyword lines of an EHLO reply (the first line is the server's name)."""
+        found: dict[str, list[str]] = {}
+        for line in reply.lines[1:]:
+            words = line.split()
+            if words:
+                found[words[0].upper()] = words[1:]
+        size: int | None = None
+        if "SIZE" in found:
+            args = found["SIZE"]
+            size = int(args[0]) if args and args[0].isdigit() else 0
+        mechanisms = [m.upper() for m in found.get("AUTH", [])]
+        return cls(
+            pipelining="PIPELINING" in found,
+            size=size,
+            eightbitmime="8BITMIME" in found,
+            smtputf8="SMTPUTF8" in found,
+            starttls="STARTTLS" in found,
+            auth=frozenset(mechanisms),
+            enhancedstatuscodes="ENHANCEDSTATUSCODES" in found,
+            chunking="CHUNKING" in found,
+        )
+
+
+# ---------------------------------------------------------------------------- encoding
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_text(what: str, value: str) -> None:
+    match = _CONTROL.search(value)
+    if match is not None:
+        raise LocalProtocolError(
+            f"{what} contains control character {match.group()!r}: refused before sending"
+        )
+
+
+def check_address(address: str, *, smtputf8: bool = False) -> None:
+    """Refuse an envelope address that could inject a command or break RFC 5321 limits.
+
+    The empty address (the null reverse-path ``<>``) is allowed.
+
+    Raises:
+        LocalProtocolError: control characters, ``<``/``>``, over-long parts, or a non-ASCII
+            address when the transaction is not SMTPUTF8.
+    """
+    _check_text("address", address)
+    if not address:
+        return
+    if any(c in address for c in "<> "):
+        raise LocalProtocolError(f"address {address!r} contains '<', '>' or a space")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise LocalProtocolError(f"address {address!r} is not local-part@domain")
+    encoded = address.encode("utf-8")
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+        raise LocalProtocolError(f"local part of {address!r} exceeds {MAX_LOCAL_PART} octets")
+    if len(domain.encode("utf-8")) > MAX_DOMAIN:
+        raise LocalProtocolError(f"domain of {address!r} exceeds {MAX_DOMAIN} octets")
+    if len(encoded) + 2 > MAX_PATH:
+        raise LocalProtocolError(f"path <{address}> exceeds {MAX_PATH} octets")
+    if not smtputf8 and not address.isascii():
+        raise LocalProtocolError(f"address {address!r} is not ASCII and SMTPUTF8 is not in use")
+
+
+def encode_data(body: bytes) -> bytes:
+    """Encode a message for DATA: CRLF-normalise, dot-stuff, add the CRLF.CRLF terminator.
+
+    Bare CR and bare LF become CRLF first (RFC 5321 §2.3.8), so that no ``<LF>.<LF>`` or
+    ``<CR>.<CR>`` sequence survives to end the data early on a lenient server (SMTP
+    smuggling). Then every line starting with "." gets another (§4.5.2).
+    """
+    if b"\r" in body:
+        if b"\r\n" in body:
+            body = body.replace(b"\r\n", b"\n")
+        body = body.replace(b"\r", b"\n")
+    body = body.replace(b"\n", b"\r\n")
+    if body.startswith(b"."):
+        body = b"." + body
+    body = body.replace(b"\r\n.", b"\r\n..")
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+def _auth_plain(username: str, password: str) -> str:
+    _check_text("AUTH username", username)
+    _check_text("AUTH password", password)
+    token = f"\0{username}\0{password}".encode()
+    return base64.b64encode(token).decode("ascii")
+
+
+# ------------------------------------------------------------------------ state machine
+
+
+class State(enum.Enum):
+    """Where the client stands, as far as what it may send next."""
+
+    GREETING = "awaiting greeting"
+    REJECTED = "greeting refused"  # only QUIT is sensible
+    NEED_HELLO = "needs EHLO/HELO"
+    READY = "ready"
+    MAIL = "in transaction, MAIL sent"
+    RCPT = "in transaction, RCPT sent"
+    DATA = "sending message data"
+    TLS = "STARTTLS accepted, handshake pending"
+    AUTH_CONTINUE = "AUTH continuation expected"
+    WAITING = "awaiting reply to a group-ending command"
+    CLOSED = "closed"
+
+
+class Verb(enum.Enum):
+    GREETING = "greeting"
+    EHLO = "EHLO"
+    HELO = "HELO"
+    STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
+    AUTH_RESPONSE = "AUTH response"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    BODY = "end of data"
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One row of the table: where sending leads, and what the reply then changes.
+
+    ``on_success``/``on_failure`` apply only if nothing was sent after the command (with
+    pipelining, a later command's reply decides instead). ``None`` means "no change".
+    ``ends_group`` marks the commands RFC 2920 §3.1 says must end a pipelined group.
+    """
+
+    after_send: State
+    on_success: State | None
+    on_failure: State | None
+    ends_group: bool
+
+
+_S = State
+_IDLE = (_S.READY, _S.MAIL, _S.RCPT)
+
+_MOVES: dict[tuple[State, Verb], _Move] = {
+    **{
+        (s, Verb.EHLO): _Move(_S.WAITING, _S.READY, _S.NEED_HELLO, True)
+        for s in (_S.NEED_HELLO, _S.READY)
+    },
+    **{
+        (s, Verb.HELO): _Move(_S.WAITING, _S.READY, _S.NEED_HELLO, True)
+        for s in (_S.NEED_HELLO, _S.READY)
+    },
+    (_S.READY, Verb.STARTTLS): _Move(_S.WAITING, _S.TLS, _S.READY, True),
+    (_S.READY, Verb.AUTH): _Move(_S.WAITING, _S.READY, _S.READY, True),
+    (_S.AUTH_CONTINUE, Verb.AUTH_RESPONSE): _Move(_S.WAITING, _S.READY, _S.READY, True),
+    (_S.READY, Verb.MAIL): _Move(_S.MAIL, None, _S.READY, False),
+    (_S.MAIL, Verb.RCPT): _Move(_S.RCPT, None, None, False),
+    (_S.RCPT, Verb.RCPT): _Move(_S.RCPT, None, None, False),
+    (_S.RCPT, Verb.DATA): _Move(_S.WAITING, _S.DATA, _S.READY, True),
+    (_S.DATA, Verb.BODY): _Move(_S.READY, None, None, False),
+    **{(s, Verb.RSET): _Move(_S.READY, None, None, False) for s in _IDLE},
+    **{(s, Verb.NOOP): _Move(_S.WAITING, s, s, True) for s in _IDLE},
+    **{
+        (s, Verb.QUIT): _Move(_S.CLOSED, None, None, True)
+        for s in (*_IDLE, _S.NEED_HELLO, _S.REJECTED, _S.AUTH_CONTINUE)
+    },
+}
+
+_GREETING = _Move(_S.WAITING, _S.NEED_HELLO, _S.REJECTED, True)
+
+
+@dataclass(slots=True)
+class _Pending:
+    verb: Verb
+    move: _Move
+    seq: int  # position in the send order; the state is "ours" only if nothing followed
+
+
+class ClientProtocol:
+    """The client side of one SMTP session, with no I/O.
+
+    Args:
+        hostname: our name for EHLO/HELO (checked for control characters).
+    """
+
+    def __init__(self, hostname: str) -> None:
+        _check_text("EHLO name", hostname)
+        if not hostname or " " in hostname:
+            raise LocalProtocolError(f"EHLO name {hostname!r} is empty or has a space")
+        self.hostname = hostname
+        self.state = State.WAITING
+        self.extensions = Extensions()
+        self.tls_active = False
+        self._parser = ReplyParser()
+        self._pending: deque[_Pending] = deque([_Pending(Verb.GREETING, _GREETING, 0)])
+        self._seq = 0
+
+    # -- queries
+
+    @property
+    def pending(self) -> int:
+        """How many replies are still owed to us."""
+        return len(self._pending)
+
+    @property
+    def next_expected(self) -> Verb | None:
+        """The command the next reply will answer, or None when nothing is owed."""
+        return self._pending[0].verb if self._pending else None
+
+    @property
+    def pipelining(self) -> bool:
+        return self.extensions.pipelining
+
+    # -- sending
+
+    def _send(self, verb: Verb, line: bytes) -> bytes:
+        move = _MOVES.get((self.state, verb))
+        if move is None:
+            raise LocalProtocolError(f"cannot send {verb.value} in state '{self.state.value}'")
+        if self._pending and (not self.extensions.pipelining or self._pending[-1].move.ends_group):
+            raise LocalProtocolError(
+                f"cannot send {verb.value} while the reply to {self._pending[-1].verb.value} "
+                "is outstanding"
+            )
+        self._seq += 1
+        self._pending.append(_Pending(verb, move, self._seq))
+        self.state = move.after_send
+        return line
+
+    def send_ehlo(self) -> bytes:
+        return self._send(Verb.EHLO, b"EHLO " + self.hostname.encode("ascii", "strict") + b"\r\n")
+
+    def send_helo(self) -> bytes:
+        return self._send(Verb.HELO, b"HELO " + self.hostname.encode("ascii", "strict") + b"\r\n")
+
+    def send_starttls(self) -> bytes:
+        if self.tls_active:
+            raise LocalProtocolError("TLS is already active")
+        return self._send(Verb.STARTTLS, b"STARTTLS\r\n")
+
+    def send_auth_plain(self, username: str, password: str) -> bytes:
+        token = _auth_plain(username, password)
+        return self._send(Verb.AUTH, b"AUTH PLAIN " + token.encode("ascii") + b"\r\n")
+
+    def send_auth_login(self, username: str) -> bytes:
+        _check_text("AUTH username", username)
+        token = base64.b64encode(username.encode()).decode("ascii")
+        return self._send(Verb.AUTH, b"AUTH LOGIN " + token.encode("ascii") + b"\r\n")
+
+    def send_auth_response(self, secret: str) -> bytes:
+        """Answer a 334 challenge with ``secret``, base64-encoded."""
+        _check_text("AUTH response", secret)
+        token = base64.b64encode(secret.encode()).decode("ascii")
+        return self._send(Verb.AUTH_RESPONSE, token.encode("ascii") + b"\r\n")
+
+    def send_mail(
+        self,
+        sender: str,
+        *,
+        size: int | None = None,
+        eightbitmime: bool = False,
+        smtputf8: bool = False,
+    ) -> bytes:
+        """MAIL FROM with SIZE= (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531).
+
+        Parameters are only added when the server advertised the extension; asking for
+        8BITMIME or SMTPUTF8 from a server without it is refused here, before any byte.
+        """
+        ext = self.extensions
+        if smtputf8 and not ext.smtputf8:
+            raise LocalProtocolError("message needs SMTPUTF8 but the server does not offer it")
+        if eightbitmime and not ext.eightbitmime:
+            raise LocalProtocolError("message needs 8BITMIME but the server does not offer it")
+        check_address(sender, smtputf8=smtputf8)
+        if size is not None and ext.size and size > ext.size:
+            raise LocalProtocolError(f"message of {size} octets exceeds server SIZE {ext.size}")
+        line = f"MAIL FROM:<{sender}>"
+        if size is not None and ext.size is not None:
+            line += f" SIZE={size}"
+        if eightbitmime:
+            line += " BODY=8BITMIME"
+        if smtputf8:
+            line += " SMTPUTF8"
+        return self._send(Verb.MAIL, line.encode("utf-8") + b"\r\n")
+
+    def send_rcpt(self, recipient: str, *, smtputf8: bool = False) -> bytes:
+        if not recipient:
+            raise LocalProtocolError("empty recipient address")
+        check_address(recipient, smtputf8=smtputf8)
+        return self._send(Verb.RCPT, f"RCPT TO:<{recipient}>\r\n".encode())
+
+    def send_data(self) -> bytes:
+        return self._send(Verb.DATA, b"DATA\r\n")
+
+    def send_body(self, body: bytes) -> bytes:
+        """The message, encoded by :func:`encode_data` (an empty body sends the lone ".")."""
+        return self._send(Verb.BODY, encode_data(body))
+
+    def send_rset(self) -> bytes:
+        return self._send(Verb.RSET, b"RSET\r\n")
+
+    def send_noop(self) -> bytes:
+        return self._send(Verb.NOOP, b"NOOP\r\n")
+
+    def send_quit(self) -> bytes:
+        return self._send(Verb.QUIT, b"QUIT\r\n")
+
+    # -- receiving
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._parser.feed(data)
+
+    def next_reply(self) -> tuple[Verb, Reply] | None:
+        """The next reply and the command it answers, or None if more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: a malformed reply, or a reply nobody asked for (other than
+                a 421, which a server may send at any time, RFC 5321 §3.8).
+        """
+        reply = self._parser.next_reply()
+        if reply is None:
+            return None
+        if not self._pending:
+            if reply.code == 421:
+                self.state = State.CLOSED
+                return Verb.QUIT, reply
+            raise RemoteProtocolError(f"unsolicited reply {reply}")
+        pending = self._pending.popleft()
+        verb, move = pending.verb, pending.move
+        if reply.code == 421 and verb is not Verb.QUIT:
+            # The server is closing: nothing more will be answered.
+            self.state = State.CLOSED
+            self._pending.clear()
+            return verb, reply
+        success = self._is_success(verb, reply)
+        if verb is Verb.AUTH or verb is Verb.AUTH_RESPONSE:
+            if reply.code == 334:
+                self.state = State.AUTH_CONTINUE
+                return verb, reply
+        elif verb is Verb.EHLO and success:
+            self.extensions = Extensions.from_ehlo(reply)
+        elif verb is Verb.STARTTLS and success:
+            # RFC 3207 §4.2: anything that came with the 220 is not to be trusted.
+            self._parser.discard()
+        if pending.seq == self._seq:
+            target = move.on_success if success else move.on_failure
+            if target is not None:
+                self.state = target
+        return verb, reply
+
+    @staticmethod
+    def _is_success(verb: Verb, reply: Reply) -> bool:
+        if verb is Verb.GREETING or verb is Verb.STARTTLS:
+            return reply.code == 220
+        if verb is Verb.DATA:
+            return reply.code == 354
+        if verb is Verb.AUTH or verb is Verb.AUTH_RESPONSE:
+            return reply.code == 235
+        return 200 <= reply.code < 300
+
+    def tls_started(self) -> None:
+        """The I/O layer finished the TLS handshake: forget the past, EHLO again (RFC 3207)."""
+        if self.state is not State.TLS:
+            raise LocalProtocolError(f"no STARTTLS was accepted (state '{self.state.value}')")
+        self._parser.discard()
+        self.extensions = Extensions()
+        self.tls_active = True
+        self.state = State.NEED_HELLO
+
+    def connection_lost(self) -> None:
+        """The transport is gone; every owed reply is lost."""
+        self._pending.clear()
+        self.state = State.CLOSED

@@ -1,0 +1,546 @@
+"""The trio SMTP client: a thin I/O layer over :mod:`bulksend.smtp.protocol`.
+
+How this works: :class:`SMTPClient` owns one stream, the deadlines and TLS. Every network
+step runs under a cancel scope taken from :class:`~bulksend.config.Timeouts` (RFC 5321
+§4.5.3.2 defaults) that covers the *whole* reply, so a server dripping a byte a second does
+not escape its deadline. trio's exceptions are translated into ours in exactly one place,
+:meth:`SMTPClient._io`; any error or cancellation there marks the connection unusable.
+
+A transaction (:class:`Transaction`) is an envelope plus message bytes. With PIPELINING
+(RFC 2920) MAIL, every RCPT and DATA go out in one write, and :meth:`SMTPClient.submit`
+returns as soon as the message data is written: the final-dot reply is read while the
+*next* transaction's commands are already on their way, so the connection never idles.
+:meth:`SMTPClient.drain` collects the replies still owed. Per-recipient results never raise:
+each recipient ends with ``error=None`` (the server's 2xx to the final dot) or an
+:class:`~bulksend.smtp.errors.SMTPError` saying why not, and a lost final reply is an
+:class:`~bulksend.smtp.errors.InDoubtError` because the message may have been delivered.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from bulksend.config import Timeouts, TlsMode
+from bulksend.smtp.errors import (
+    InDoubtError,
+    LocalProtocolError,
+    SMTPConnectionError,
+    SMTPError,
+    SMTPTimeoutError,
+    TLSError,
+    reply_error,
+)
+from bulksend.smtp.protocol import ClientProtocol, Extensions, Reply, State, Verb, check_address
+
+_RECEIVE_SIZE = 64 * 1024
+# Above this many bytes of pipelined commands, write and read concurrently so that a server
+# which stops reading until we read its replies cannot deadlock us (RFC 2920 §3.5).
+_CONCURRENT_WRITE = 16 * 1024
+# Message data is written in blocks, each under the "data block" deadline (§4.5.3.2.5).
+_DATA_BLOCK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Sender (``""`` is the null reverse-path) and one or more recipients."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    eightbitmime: bool = False
+    smtputf8: bool = False
+
+
+@dataclass(slots=True)
+class RecipientResult:
+    """How one recipient of a transaction ended.
+
+    ``error`` is None when the server accepted the message for this recipient; ``reply`` is
+    the reply that decided it, when there was one.
+    """
+
+    address: str
+    error: SMTPError | None = None
+    reply: Reply | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None and self.reply is not None
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One message to one or more recipients over one connection."""
+
+    envelope: Envelope
+    data: bytes
+    results: list[RecipientResult] = field(default_factory=list)
+    data_sent: bool = False  # the message, terminator included, was handed to the kernel
+    done: bool = False
+    _accepted: list[RecipientResult] = field(default_factory=list)
+    _unresolved: list[RecipientResult] = field(default_factory=list)
+
+    def _begin(self) -> None:
+        self.results = [RecipientResult(r) for r in self.envelope.recipients]
+        self._unresolved = list(self.results)
+        self._accepted = []
+
+    def _fail(self, error: SMTPError) -> None:
+        """Every recipient not yet decided ends with ``error``."""
+        for result in self._unresolved:
+            result.error = error
+        self._unresolved = []
+        self.done = True
+
+
+class SMTPClient:
+    """One SMTP session over a trio stream.
+
+    Build it with :meth:`connect` (or wrap an existing stream), then :meth:`handshake`,
+    optionally :meth:`authenticate`, then :meth:`submit` transactions.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        hostname: str,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self._stream = stream
+        self._proto = ClientProtocol(hostname)
+        self.timeouts = timeouts or Timeouts()
+        self.usable = True
+        self.messages_sent = 0
+        self.greeting: Reply | None = None
+        self._in_flight: deque[Transaction] = deque()
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int = 25,
+        *,
+        hostname: str,
+        timeouts: Timeouts | None = None,
+    ) -> SMTPClient:
+        """Open a TCP connection to ``host`` (an address or a name) within ``timeouts.connect``."""
+        timeouts = timeouts or Timeouts()
+        try:
+            with trio.fail_after(timeouts.connect):
+                stream = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError:
+            raise SMTPTimeoutError(
+                f"connect to {host}:{port}: no answer within {timeouts.connect:g}s"
+            ) from None
+        except OSError as exc:
+            raise SMTPConnectionError(f"connect to {host}:{port}: {exc}") from exc
+        return cls(stream, hostname=hostname, timeouts=timeouts)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def extensions(self) -> Extensions:
+        return self._proto.extensions
+
+    @property
+    def tls_active(self) -> bool:
+        return self._proto.tls_active
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions whose data is sent but whose final reply has not been read."""
+        return len(self._in_flight)
+
+    # ------------------------------------------------------------------------- I/O
+
+    def _deadline(self, verb: Verb) -> float:
+        t = self.timeouts
+        return {
+            Verb.GREETING: t.greeting,
+            Verb.EHLO: t.ehlo,
+            Verb.HELO: t.ehlo,
+            Verb.STARTTLS: t.starttls,
+            Verb.AUTH: t.auth,
+            Verb.AUTH_RESPONSE: t.auth,
+            Verb.MAIL: t.mail,
+            Verb.RCPT: t.rcpt,
+            Verb.DATA: t.data_init,
+            Verb.BODY: t.final_dot,
+            Verb.RSET: t.rset,
+            Verb.NOOP: t.rset,
+            Verb.QUIT: t.quit,
+        }[verb]
+
+    @contextmanager
+    def _io(self, stage: str, seconds: float) -> Iterator[None]:
+        """Run one network step under its deadline; the one place trio errors become ours."""
+        ok = False
+        try:
+            with trio.fail_after(seconds):
+                yield
+            ok = True
+        except trio.TooSlowError:
+            raise SMTPTimeoutError(f"{stage}: not complete within {seconds:g}s") from None
+        except ssl.SSLError as exc:
+            raise TLSError(f"{stage}: TLS failure: {exc}") from exc
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise TLSError(f"{stage}: TLS failure: {cause}") from exc
+            raise SMTPConnectionError(f"{stage}: connection broken: {cause or exc}") from exc
+        except (trio.ClosedResourceError, OSError) as exc:
+            raise SMTPConnectionError(f"{stage}: {exc}") from exc
+        finally:
+            if not ok:
+                self._broken()
+
+    def _broken(self) -> None:
+        self.usable = False
+        self._proto.connection_lost()
+
+    async def _send(self, stage: str, seconds: float, data: bytes) -> None:
+        with self._io(stage, seconds):
+            await self._stream.send_all(data)
+
+    async def _reply(self) -> tuple[Verb, Reply]:
+        """Read the next reply, under the deadline of the command it answers."""
+        verb = self._proto.next_expected
+        if verb is None:
+            self.usable = False
+            raise SMTPConnectionError("the server closed the session")
+        with self._io(f"reading reply to {verb.value}", self._deadline(verb)):
+            while True:
+                item = self._proto.next_reply()
+                if item is not None:
+                    if item[1].code == 421:
+                        self.usable = False
+                    return item
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    raise SMTPConnectionError(
+                        f"server closed the connection while we awaited its reply to {verb.value}"
+                    )
+                self._proto.receive_data(data)
+
+    # ---------------------------------------------------------------- session setup
+
+    async def handshake(
+        self,
+        *,
+        tls: TlsMode = TlsMode.OPPORTUNISTIC,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        """Greeting, EHLO (HELO if refused), then STARTTLS as the policy says.
+
+        Raises:
+            ReplyError: the greeting or HELO was refused.
+            TLSError: TLS is required and unavailable, or the handshake failed (the
+                connection is then unusable; an opportunistic caller reconnects without TLS).
+        """
+        _verb, greeting = await self._reply()
+        self.greeting = greeting
+        if greeting.code != 220:
+            self.usable = False
+            raise reply_error(greeting, "greeting")
+        await self._hello()
+        if tls is TlsMode.NONE:
+            return
+        if not self.extensions.starttls:
+            if tls is TlsMode.REQUIRED:
+                self.usable = False
+                raise TLSError("TLS is required but the server does not offer STARTTLS")
+            return
+        await self._starttls(ssl_context or ssl.create_default_context(), server_hostname, tls)
+
+    async def _hello(self) -> None:
+        await self._send("EHLO", self.timeouts.ehlo, self._proto.send_ehlo())
+        _verb, reply = await self._reply()
+        if reply.code == 250:
+            return
+        if reply.code == 421 or self._proto.state is not State.NEED_HELLO:
+            raise reply_error(reply, "EHLO")
+        await self._send("HELO", self.timeouts.ehlo, self._proto.send_helo())
+        _verb, reply = await self._reply()
+        if reply.code != 250:
+            self.usable = False
+            raise reply_error(reply, "HELO")
+
+    async def _starttls(
+        self, context: ssl.SSLContext, server_hostname: str | None, tls: TlsMode
+    ) -> None:
+        await self._send("STARTTLS", self.timeouts.starttls, self._proto.send_starttls())
+        _verb, reply = await self._reply()
+        if reply.code != 220:
+            if tls is TlsMode.REQUIRED or reply.code == 421:
+                self.usable = False
+                raise TLSError(f"TLS is required but STARTTLS was refused: {reply}")
+            return
+        stream = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
+        with self._io("TLS handshake", self.timeouts.starttls):
+            await stream.do_handshake()
+        self._stream = stream
+        self._proto.tls_started()
+        await self._hello()
+
+    async def authenticate(
+        self, username: str, password: str, *, allow_plaintext: bool = False
+    ) -> None:
+        """AUTH PLAIN, or LOGIN when PLAIN is not offered.
+
+        Refused over a connection without TLS unless ``allow_plaintext`` (for tests).
+        Neither the password nor its encoding ever appears in an error message.
+
+        Raises:
+            LocalProtocolError: no TLS, or no mechanism we support is offered.
+            ReplyError: the server refused the credentials (535 is permanent).
+        """
+        if not self.tls_active and not allow_plaintext:
+            raise LocalProtocolError("refusing AUTH over a connection without TLS")
+        mechanisms = self.extensions.auth
+        if "PLAIN" in mechanisms:
+            await self._send(
+                "AUTH", self.timeouts.auth, self._proto.send_auth_plain(username, password)
+            )
+            _verb, reply = await self._reply()
+        elif "LOGIN" in mechanisms:
+            await self._send("AUTH", self.timeouts.auth, self._proto.send_auth_login(username))
+            _verb, reply = await self._reply()
+            if reply.code == 334:
+                await self._send(
+                    "AUTH", self.timeouts.auth, self._proto.send_auth_response(password)
+                )
+                _verb, reply = await self._reply()
+        else:
+            raise LocalProtocolError(
+                f"server offers no AUTH mechanism we support (offered: {sorted(mechanisms)})"
+            )
+        if reply.code != 235:
+            if self._proto.state is State.AUTH_CONTINUE:
+                self.usable = False  # a challenge we cannot answer: the session is stuck
+            raise reply_error(reply, "AUTH")
+
+    # ----------------------------------------------------------------- transactions
+
+    async def submit(self, txn: Transaction) -> list[Transaction]:
+        """Send one transaction; return every transaction that completed meanwhile.
+
+        With PIPELINING the returned list holds earlier transactions whose final reply
+        arrived, and ``txn`` itself only if it ended before its data was sent; otherwise
+        ``txn`` stays in flight until a later :meth:`submit` or :meth:`drain`. Without
+        PIPELINING ``txn`` is always complete on return. Never raises for a failure of the
+        transaction or of the connection: those end up in the recipients' results (check
+        :attr:`usable` afterwards). Cancellation propagates; transactions with
+        ``data_sent`` and not ``done`` are then in doubt.
+        """
+        txn._begin()
+        if not self.usable:
+            txn._fail(SMTPConnectionError("connection is no longer usable"))
+            return [txn]
+        done: list[Transaction] = []
+        try:
+            await self._transact(txn, done)
+        except SMTPError as exc:
+            self._abandon(exc, done)
+            if not txn.done and txn not in self._in_flight:
+                txn._fail(exc)
+                done.append(txn)
+        if not self._proto.pipelining:
+            done.extend(await self.drain())
+        return done
+
+    async def _transact(self, txn: Transaction, done: list[Transaction]) -> None:
+        env = txn.envelope
+        proto = self._proto
+        valid: list[RecipientResult] = []
+        for result in txn.results:
+            try:
+                check_address(result.address, smtputf8=env.smtputf8)
+            except LocalProtocolError as exc:
+                result.error = exc
+            else:
+                valid.append(result)
+        txn._unresolved = list(valid)
+        if not valid:
+            self._finish(txn, done)
+            return
+        try:
+            mail = proto.send_mail(
+                env.sender,
+                size=len(txn.data),
+                eightbitmime=env.eightbitmime,
+                smtputf8=env.smtputf8,
+            )
+        except LocalProtocolError as exc:
+            txn._fail(exc)
+            done.append(txn)
+            return
+        rcpts = iter(valid)
+        if proto.pipelining:
+            batch = b"".join(
+                [
+                    mail,
+                    *(proto.send_rcpt(r.address, smtputf8=env.smtputf8) for r in valid),
+                    proto.send_data(),
+                ]
+            )
+            owed = len(self._in_flight) + len(valid) + 2
+            if len(batch) <= _CONCURRENT_WRITE:
+                await self._send("MAIL/RCPT/DATA", self.timeouts.mail, batch)
+                await self._envelope_replies(owed, txn, rcpts, done)
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send, "MAIL/RCPT/DATA", self.timeouts.mail, batch)
+                    await self._envelope_replies(owed, txn, rcpts, done)
+        else:
+            await self._send("MAIL", self.timeouts.mail, mail)
+            await self._envelope_replies(1, txn, rcpts, done)
+            if txn.done:
+                return
+            for result in valid:
+                await self._send("RCPT", self.timeouts.rcpt, proto.send_rcpt(result.address))
+                await self._envelope_replies(1, txn, rcpts, done)
+            if not txn._accepted:
+                await self._send("RSET", self.timeouts.rset, proto.send_rset())
+                await self._reply()
+                self._finish(txn, done)
+                return
+            await self._send("DATA", self.timeouts.data_init, proto.send_data())
+            await self._envelope_replies(1, txn, rcpts, done)
+        if not txn.done:
+            await self._send_body(txn)
+
+    async def _envelope_replies(
+        self,
+        count: int,
+        txn: Transaction,
+        rcpts: Iterator[RecipientResult],
+        done: list[Transaction],
+    ) -> None:
+        """Read ``count`` replies: earlier final-dot replies, then MAIL, RCPTs and DATA.
+
+        Replies that belong to ``txn`` after it is already over (a refused MAIL followed by
+        pipelined RCPTs and DATA) are read and ignored, keeping the session in step.
+
+        Raises:
+            SMTPError: the server sent 421 or the connection failed.
+        """
+        for _ in range(count):
+            verb, reply = await self._reply()
+            if verb is Verb.BODY:
+                self._complete(self._in_flight.popleft(), reply, done)
+            elif reply.code == 421:
+                pass  # handled below, after any final reply it answered
+            elif verb is Verb.MAIL:
+                if not reply.is_success:
+                    txn._fail(reply_error(reply, "MAIL"))
+                    done.append(txn)
+            elif verb is Verb.RCPT:
+                result = next(rcpts)
+                if not txn.done:
+                    result.reply = reply
+                    if reply.is_success:
+                        txn._accepted.append(result)
+                    else:
+                        result.error = reply_error(reply, "RCPT")
+                        txn._unresolved.remove(result)
+            elif verb is Verb.DATA:
+                if reply.code == 354 and (txn.done or not txn._accepted):
+                    # RFC 2920 §3.1: DATA got 354 although no recipient was accepted: end
+                    # it with a lone "." and ignore that reply.
+                    await self._send("DATA", self.timeouts.data_block, self._proto.send_body(b""))
+                    await self._reply()
+                    if not txn.done:
+                        self._finish(txn, done)
+                elif reply.code != 354 and not txn.done:
+                    txn._fail(reply_error(reply, "DATA"))
+                    done.append(txn)
+            if reply.code == 421:
+                raise reply_error(reply, verb.value)
+
+    def _finish(self, txn: Transaction, done: list[Transaction]) -> None:
+        txn.done = True
+        txn._unresolved = []
+        done.append(txn)
+
+    async def _send_body(self, txn: Transaction) -> None:
+        payload = self._proto.send_body(txn.data)
+        for start in range(0, len(payload), _DATA_BLOCK):
+            await self._send(
+                "message data", self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
+            )
+        txn.data_sent = True
+        self.messages_sent += 1
+        self._in_flight.append(txn)
+
+    def _complete(self, txn: Transaction, reply: Reply, done: list[Transaction]) -> None:
+        error = None if reply.is_success else reply_error(reply, "end of data")
+        for result in txn._accepted:
+            result.reply = reply
+            result.error = error
+        txn._unresolved = []
+        txn.done = True
+        done.append(txn)
+
+    def _abandon(self, error: SMTPError, done: list[Transaction]) -> None:
+        """The connection failed: every transaction still in flight is in doubt."""
+        while self._in_flight:
+            txn = self._in_flight.popleft()
+            txn._fail(InDoubtError(f"final reply lost: {error}"))
+            done.append(txn)
+
+    async def drain(self) -> list[Transaction]:
+        """Read the final replies of every transaction still in flight."""
+        done: list[Transaction] = []
+        try:
+            while self._in_flight:
+                verb, reply = await self._reply()
+                if verb is not Verb.BODY or reply.code == 421:
+                    raise reply_error(reply, verb.value)
+                self._complete(self._in_flight.popleft(), reply, done)
+        except SMTPError as exc:
+            self._abandon(exc, done)
+        return done
+
+    async def send(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
+        """Send one message and wait for its result (no pipelining across messages)."""
+        txn = Transaction(envelope, data)
+        await self.submit(txn)
+        await self.drain()
+        return txn.results
+
+    # ------------------------------------------------------------ session commands
+
+    async def rset(self) -> Reply:
+        await self._send("RSET", self.timeouts.rset, self._proto.send_rset())
+        return (await self._reply())[1]
+
+    async def noop(self) -> Reply:
+        await self._send("NOOP", self.timeouts.rset, self._proto.send_noop())
+        return (await self._reply())[1]
+
+    async def quit(self) -> None:
+        """Politely end the session (best effort), then close."""
+        try:
+            if self.usable:
+                await self.drain()
+            if self.usable:
+                await self._send("QUIT", self.timeouts.quit, self._proto.send_quit())
+                await self._reply()
+        except SMTPError:
+            pass
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        self.usable = False
+        self._proto.connection_lost()
+        with trio.move_on_after(self.timeouts.quit) as scope:
+            scope.shield = True
+            await trio.aclose_forcefully(self._stream)
