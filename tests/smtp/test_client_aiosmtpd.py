@@ -17,6 +17,7 @@ from aiosmtpd.smtp import Envelope as AioEnvelope
 
 from bulksend.config import TlsMode
 from bulksend.smtp.client import Envelope, SMTPClient, Transaction
+from bulksend.smtp.errors import TLSError
 
 
 @dataclass
@@ -163,8 +164,6 @@ async def test_starttls_and_auth(
 async def test_starttls_with_untrusted_certificate_fails_as_tls_error(
     tls_server: Controller,
 ) -> None:
-    from bulksend.smtp.errors import TLSError
-
     with trio.fail_after(10):
         client = await SMTPClient.connect("127.0.0.1", port_of(tls_server), hostname="client.test")
         with pytest.raises(TLSError) as info:
