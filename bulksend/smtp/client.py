@@ -500,10 +500,10 @@ class SMTPClient:
         done: list[Transaction] = []
         try:
             while self._in_flight:
-                verb, reply = await self._reply()
-                if verb is not Verb.BODY or reply.code == 421:
-                    raise reply_error(reply, verb.value)
+                _verb, reply = await self._reply()
                 self._complete(self._in_flight.popleft(), reply, done)
+                if reply.code == 421:
+                    raise reply_error(reply, "end of data")
         except SMTPError as exc:
             self._abandon(exc, done)
         return done
