@@ -1,0 +1,132 @@
+"""Routing settings: frozen dataclasses, built once by the caller (the CLI or a test)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+from bulksend.errors import ConfigError
+
+__all__ = ["Relay", "RoutingConfig"]
+
+
+def _check_port(port: int, what: str) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what}: port {port} is not in 1..65535")
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A next hop chosen by configuration instead of by MX lookup.
+
+    Used for route overrides (like a Postfix transport map entry ``smtp:[host]:port``) and for
+    smarthost mode. ``host`` is a host name (resolved by A/AAAA, never by MX) or an IP address
+    (no DNS at all). ``auth`` is carried to the SMTP client untouched; routing never reads it.
+    """
+
+    host: str
+    port: int = 25
+    auth: Hashable | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host or self.host != self.host.strip():
+            raise ConfigError(f"relay host {self.host!r} is empty or has spaces")
+        _check_port(self.port, f"relay {self.host}")
+
+    @classmethod
+    def parse(cls, text: str, *, default_port: int = 25, auth: Hashable | None = None) -> Relay:
+        """Parse ``host``, ``host:port``, ``[host]:port`` or ``[2001:db8::1]:port``.
+
+        Brackets are accepted (and stripped) as in Postfix, where they mean "no MX lookup",
+        which is what every relay means here.
+
+        Raises:
+            ConfigError: the text is not one of those forms, or the port is not a number.
+        """
+        text = text.strip()
+        host, port_text = text, ""
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0 or (close + 1 < len(text) and text[close + 1] != ":"):
+                raise ConfigError(f"relay {text!r}: expected [host] or [host]:port")
+            host, port_text = text[1:close], text[close + 2 :]
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+        elif text.count(":") > 1:
+            raise ConfigError(f"relay {text!r}: write an IPv6 address as [address]:port")
+        port = default_port
+        if port_text:
+            if not port_text.isdigit():
+                raise ConfigError(f"relay {text!r}: port {port_text!r} is not a number")
+            port = int(port_text)
+        return cls(host, port, auth)
+
+    @property
+    def address(self) -> str | None:
+        """The host as a normalised IP address, or None when it is a name."""
+        try:
+            return str(ipaddress.ip_address(self.host))
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """How domains become routes.
+
+    Attributes:
+        nameservers: IP addresses of the recursive resolvers to ask. The CLI fills this in
+            (see :func:`bulksend.routing.mx.system_nameservers`); code below it never reads
+            ``/etc/resolv.conf`` itself.
+        dns_port: the resolvers' port (53; tests use the test server's port).
+        timeout: seconds for one DNS lookup (one name and type), retries included.
+        ttl_min, ttl_max: every cached answer, positive or negative, lives at least ``ttl_min``
+            and at most ``ttl_max`` seconds whatever its DNS TTL says.
+        failure_ttl: seconds a SERVFAIL or timeout is remembered (RFC 2308 §7.1: at most five
+            minutes), so a burst of recipients for a broken domain asks DNS once; 0 disables.
+        cache_size: the most answers kept; the least recently used beyond that are dropped.
+        allow_private: accept MX addresses in loopback, private, link-local and other
+            non-global ranges. Off by default so a hostile DNS entry cannot aim the sender at
+            internal services; tests and the demo turn it on.
+        ipv6: ask for AAAA records too.
+        smtp_port: the port MX hosts are contacted on (25; the demo uses its test server's).
+        max_mx_hosts: the most MX hosts resolved and tried per domain, lowest preference first.
+        overrides: domain (U- or A-label) -> relay, skipping MX lookup for that domain.
+        smarthost: when set, every domain goes through this relay and DNS is never asked.
+    """
+
+    nameservers: tuple[str, ...] = ()
+    dns_port: int = 53
+    timeout: float = 10.0
+    ttl_min: float = 30.0
+    ttl_max: float = 86400.0
+    failure_ttl: float = 30.0
+    cache_size: int = 100_000
+    allow_private: bool = False
+    ipv6: bool = True
+    smtp_port: int = 25
+    max_mx_hosts: int = 10
+    overrides: Mapping[str, Relay] = field(default_factory=dict)
+    smarthost: Relay | None = None
+
+    def __post_init__(self) -> None:
+        for server in self.nameservers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ConfigError(f"nameserver {server!r} is not an IP address") from None
+        _check_port(self.dns_port, "dns_port")
+        _check_port(self.smtp_port, "smtp_port")
+        if self.timeout <= 0:
+            raise ConfigError(f"routing timeout must be positive, not {self.timeout}")
+        if not 0 <= self.ttl_min <= self.ttl_max:
+            raise ConfigError(f"need 0 <= ttl_min <= ttl_max, got {self.ttl_min}, {self.ttl_max}")
+        if not 0 <= self.failure_ttl <= 300:
+            raise ConfigError(
+                f"failure_ttl must be in 0..300 (RFC 2308 §7.1), not {self.failure_ttl}"
+            )
+        if self.cache_size < 1:
+            raise ConfigError(f"cache_size must be at least 1, not {self.cache_size}")
+        if self.max_mx_hosts < 1:
+            raise ConfigError(f"max_mx_hosts must be at least 1, not {self.max_mx_hosts}")

@@ -1,0 +1,431 @@
+"""MX resolution: a domain -> its mail exchangers and their addresses, with a TTL cache.
+
+How this works (RFC 5321 §5.1):
+
+1. The domain is normalised: U-labels become A-labels (IDNA 2008 with UTS #46 mapping, RFC
+   5891), letters are lowercased (the domain is case-insensitive, §2.4), and its length is
+   checked *before* conversion so a huge input never reaches the IDNA codec.
+2. Its MX records are looked up. NXDOMAIN is permanent (5.1.2). A SERVFAIL or a timeout is
+   temporary (4.4.3). A lone ``MX 0 .`` is a null MX (RFC 7505 §3): permanent 5.1.10 and no
+   address fallback; "." targets mixed with real ones (a misconfiguration §3 forbids) are
+   dropped. No MX records at all means the implicit MX: the domain itself, preference 0.
+3. The hosts are ordered by preference, equal preferences shuffled on every call so load
+   spreads over them; the first ``max_mx_hosts`` are resolved (A, and AAAA when enabled).
+   A host whose name does not resolve is skipped.
+4. Addresses outside the global unicast space (loopback, RFC 1918, link-local, CGNAT,
+   documentation, IPv4-mapped forms of those...; RFC 6890 registries, via ``ipaddress``) are
+   refused unless ``allow_private`` is set, so a hostile DNS entry cannot aim the sender at
+   internal services.
+
+   When no usable address remains: if every host's lookups succeeded and every address found
+   was refused, the failure is permanent 5.4.4. That is an answer the domain's owner
+   published (often the pre-RFC 7505 way of saying "no mail here", ``MX 10 localhost``), and
+   asking again gives the same answer, as with a null MX. If any lookup failed, or any host
+   had no address at all, it is temporary (4.4.3, 4.4.4): a later lookup may find a usable
+   host, and a DNS hiccup must never bounce a recipient.
+
+Every lookup (one name, one type) goes through a cache: a positive answer lives for its TTL
+(the CNAME chain's smallest), a negative one for its SOA MINIMUM (RFC 2308 §5), both clamped
+to [ttl_min, ttl_max]; a SERVFAIL or timeout for ``failure_ttl`` (RFC 2308 §7.1). Time is
+``trio.current_time()``, so a MockClock drives expiry. Concurrent lookups of one key share
+one query: the first caller leads, the rest wait on its ``trio.Event``; if the leader is
+cancelled, a waiter takes over.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ipaddress
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cachetools
+import dns.asyncbackend
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+import trio
+
+from bulksend.errors import ConfigError
+from bulksend.routing.config import RoutingConfig
+from bulksend.routing.errors import PermanentRoutingError, TransientRoutingError
+
+__all__ = [
+    "MXHost",
+    "MXResolver",
+    "MXSet",
+    "is_acceptable_address",
+    "normalize_domain",
+    "system_nameservers",
+]
+
+_MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
+_LDH_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_EDNS_PAYLOAD = 1232  # DNS flag day 2020: no fragmentation, TCP beyond this
+_RETRANSMIT = 2.0  # seconds before a UDP query is sent again, within the lookup's timeout
+
+
+@functools.lru_cache(maxsize=65536)
+def normalize_domain(domain: str) -> str:
+    """Return ``domain`` as lowercase A-labels without a final dot.
+
+    Raises:
+        PermanentRoutingError: 5.1.3 when it is not a valid host name (too long, empty label,
+            characters outside letters, digits and hyphen, or invalid IDNA 2008).
+    """
+    text = domain[:-1] if domain.endswith(".") else domain
+    if not text or len(text.encode("utf-8", "surrogatepass")) > _MAX_DOMAIN_OCTETS:
+        raise PermanentRoutingError(domain, "5.1.3", "domain is empty or longer than 253 octets")
+    if text.startswith("["):
+        raise PermanentRoutingError(domain, "5.1.3", "address literals are not routed")
+    try:
+        if text.isascii():
+            name = dns.name.from_text(text, origin=None)
+        else:
+            name = dns.name.from_unicode(text, origin=None, idna_codec=dns.name.IDNA_2008_Practical)
+    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
+        raise PermanentRoutingError(domain, "5.1.3", f"invalid domain ({exc})") from None
+    labels = [label.lower() for label in name.labels]
+    for label in labels:
+        if not _LDH_LABEL.match(label):
+            raise PermanentRoutingError(
+                domain, "5.1.3", f"invalid domain label {label.decode('ascii', 'replace')!r}"
+            )
+    return b".".join(labels).decode("ascii")
+
+
+def is_acceptable_address(address: str, *, allow_private: bool = False) -> bool:
+    """Whether mail may be sent to ``address``.
+
+    Unspecified and multicast addresses are never acceptable. Otherwise, unless
+    ``allow_private``, only globally reachable addresses are (``ipaddress``'s ``is_global``,
+    after unwrapping IPv4-mapped IPv6).
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    return allow_private or ip.is_global
+
+
+def system_nameservers() -> tuple[str, ...]:
+    """The host's configured resolvers (``/etc/resolv.conf``), for the CLI to pass in.
+
+    Raises:
+        ConfigError: the system has no resolver configuration.
+    """
+    try:
+        resolver = dns.resolver.Resolver(configure=True)
+    except dns.exception.DNSException as exc:
+        raise ConfigError(
+            f"cannot read the system's DNS configuration ({exc}); set routing nameservers"
+        ) from None
+    return tuple(str(ns) for ns in resolver.nameservers)
+
+
+@dataclass(frozen=True, slots=True)
+class MXHost:
+    """One host to try: its name, MX preference, acceptable addresses in order, and port."""
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+    port: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class MXSet:
+    """What MX resolution found for one domain.
+
+    Attributes:
+        names: every MX host name the domain publishes (sorted, lowercase), usable or not:
+            the input of the site key.
+        hosts: the usable hosts in the order to try them.
+    """
+
+    names: tuple[str, ...]
+    hosts: tuple[MXHost, ...]
+
+
+class _Status(enum.Enum):
+    FOUND = "found"
+    NODATA = "nodata"  # the name exists, without records of this type
+    NXDOMAIN = "nxdomain"
+    FAILED = "failed"  # SERVFAIL, REFUSED, timeout, garbage: try again later
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One cached DNS answer, reduced to what routing needs."""
+
+    status: _Status
+    expires: float
+    exchanges: tuple[tuple[int, str], ...] = ()  # MX: (preference, lowercase name or ".")
+    addresses: tuple[str, ...] = ()  # A / AAAA
+    reason: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """A lookup in progress; followers wait on ``done`` and read ``answer``."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: _Answer | None = None
+
+
+_Key = tuple[str, dns.rdatatype.RdataType]
+
+
+def _expiry(key: _Key, answer: _Answer, now: float) -> float:
+    return answer.expires
+
+
+class MXResolver:
+    """Resolves domains to ordered MX hosts, caching every DNS answer for its TTL.
+
+    Args:
+        config: nameservers, timeouts, TTL clamps and address policy.
+        rng: the randomness for shuffling equal preferences (tests may fix it).
+
+    Raises:
+        ConfigError: ``config.nameservers`` is empty.
+    """
+
+    def __init__(self, config: RoutingConfig, *, rng: random.Random | None = None) -> None:
+        if not config.nameservers:
+            raise ConfigError(
+                "routing needs at least one nameserver (or a smarthost, which needs none)"
+            )
+        self._config = config
+        self._rng = rng or random.Random()
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.port = config.dns_port
+        resolver.nameservers = list(config.nameservers)
+        resolver.lifetime = config.timeout
+        resolver.timeout = min(_RETRANSMIT, config.timeout)
+        resolver.use_edns(0, 0, _EDNS_PAYLOAD)
+        self._resolver = resolver
+        self._backend = dns.asyncbackend.get_backend("trio")
+        self._cache: cachetools.TLRUCache[_Key, _Answer, float] = cachetools.TLRUCache(
+            maxsize=config.cache_size, ttu=_expiry, timer=trio.current_time
+        )
+        self._flights: dict[_Key, _Flight] = {}
+
+    # ---- public ----------------------------------------------------------------------------
+
+    async def resolve(self, domain: str) -> MXSet:
+        """The MX hosts of ``domain`` (already normalised) in the order to try them.
+
+        Raises:
+            PermanentRoutingError: NXDOMAIN (5.1.2), null MX (5.1.10), no MX and no address
+                (5.1.2), every address refused (5.4.4).
+            TransientRoutingError: DNS failure or timeout (4.4.3), no MX host resolves (4.4.4).
+        """
+        mx = await self._lookup(domain, dns.rdatatype.MX)
+        if mx.status is _Status.FAILED:
+            raise TransientRoutingError(domain, "4.4.3", f"MX lookup failed: {mx.reason}")
+        if mx.status is _Status.NXDOMAIN:
+            raise PermanentRoutingError(domain, "5.1.2", "domain does not exist (NXDOMAIN)")
+        implicit = not mx.exchanges
+        if implicit:
+            exchanges: Sequence[tuple[int, str]] = [(0, domain)]
+        else:
+            exchanges = [(pref, name) for pref, name in mx.exchanges if name != "."]
+            if not exchanges:
+                raise PermanentRoutingError(
+                    domain, "5.1.10", "domain accepts no mail (null MX, RFC 7505)"
+                )
+        names = tuple(sorted({name for _, name in exchanges}))
+        ordered = self._order(exchanges)[: self._config.max_mx_hosts]
+        found = await self._addresses_of([name for _, name in ordered])
+
+        hosts: list[MXHost] = []
+        failed: list[str] = []
+        missing: list[str] = []
+        refused: list[str] = []
+        for preference, name in ordered:
+            addresses, reason = found[name]
+            if reason:
+                failed.append(f"{name} ({reason})")
+            acceptable = tuple(
+                a
+                for a in addresses
+                if is_acceptable_address(a, allow_private=self._config.allow_private)
+            )
+            if acceptable:
+                hosts.append(MXHost(name, preference, acceptable, self._config.smtp_port))
+            elif addresses:
+                refused.append(f"{name} ({', '.join(addresses)})")
+            elif not reason:
+                missing.append(name)
+        if hosts:
+            return MXSet(names, tuple(hosts))
+        raise self._no_host(
+            domain, implicit=implicit, failed=failed, missing=missing, refused=refused
+        )
+
+    async def addresses(self, host: str) -> tuple[str, ...]:
+        """The addresses of a configured relay's host name; no range filtering (it is trusted).
+
+        Raises:
+            TransientRoutingError: 4.4.3 when no address could be found.
+        """
+        name = normalize_domain(host)
+        addresses, reason = (await self._addresses_of([name]))[name]
+        if not addresses:
+            raise TransientRoutingError(
+                host, "4.4.3", f"relay host {name} has no address ({reason or 'no A/AAAA'})"
+            )
+        return addresses
+
+    # ---- ordering and failure classification ------------------------------------------------
+
+    def _order(self, exchanges: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Preference order, equal preferences shuffled (RFC 5321 §5.1), each name once."""
+        keyed = [(pref, self._rng.random(), name) for pref, name in exchanges]
+        keyed.sort()
+        seen: set[str] = set()
+        ordered = []
+        for pref, _, name in keyed:
+            if name not in seen:
+                seen.add(name)
+                ordered.append((pref, name))
+        return ordered
+
+    @staticmethod
+    def _no_host(
+        domain: str, *, implicit: bool, failed: list[str], missing: list[str], refused: list[str]
+    ) -> Exception:
+        if failed:
+            return TransientRoutingError(
+                domain, "4.4.3", "address lookup failed for " + "; ".join(failed)
+            )
+        if refused and not missing:
+            return PermanentRoutingError(
+                domain,
+                "5.4.4",
+                "no acceptable address: non-global addresses are refused: " + "; ".join(refused),
+            )
+        if implicit:
+            return PermanentRoutingError(domain, "5.1.2", "domain has no MX and no A/AAAA records")
+        detail = "MX hosts without addresses: " + ", ".join(missing)
+        if refused:
+            detail += "; refused non-global addresses: " + "; ".join(refused)
+        return TransientRoutingError(domain, "4.4.4", detail)
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    async def _addresses_of(self, names: Sequence[str]) -> dict[str, tuple[tuple[str, ...], str]]:
+        """For each name: (addresses, IPv4 first, each family shuffled; failure reason or "")."""
+        kinds = [dns.rdatatype.A]
+        if self._config.ipv6:
+            kinds.append(dns.rdatatype.AAAA)
+        answers: dict[_Key, _Answer] = {}
+        missing: list[_Key] = []
+        for name in names:
+            for kind in kinds:
+                cached = self._cache.get((name, kind))
+                if cached is None:
+                    missing.append((name, kind))
+                else:
+                    answers[(name, kind)] = cached
+        if missing:
+
+            async def fetch(key: _Key) -> None:
+                answers[key] = await self._lookup(*key)
+
+            async with trio.open_nursery() as nursery:
+                for key in missing:
+                    nursery.start_soon(fetch, key)
+
+        result: dict[str, tuple[tuple[str, ...], str]] = {}
+        for name in names:
+            addresses: list[str] = []
+            reasons: list[str] = []
+            for kind in kinds:
+                answer = answers[(name, kind)]
+                if answer.status is _Status.FAILED:
+                    reasons.append(f"{dns.rdatatype.to_text(kind)}: {answer.reason}")
+                family = list(answer.addresses)
+                self._rng.shuffle(family)
+                addresses.extend(family)
+            result[name] = (tuple(addresses), "; ".join(reasons))
+        return result
+
+    async def _lookup(self, name: str, kind: dns.rdatatype.RdataType) -> _Answer:
+        """One cached answer; concurrent callers for one key share one query."""
+        key = (name, kind)
+        while True:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.answer is not None:
+                return flight.answer
+            # The leader was cancelled before it had an answer; go round and lead if needed.
+        flight = _Flight()
+        self._flights[key] = flight
+        try:
+            answer = await self._query(name, kind)
+            flight.answer = answer
+            self._cache[key] = answer  # dropped at once by the cache when already expired
+            return answer
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    def _expires(self, ttl: float) -> float:
+        config = self._config
+        return trio.current_time() + min(max(ttl, config.ttl_min), config.ttl_max)
+
+    def _failure(self, reason: str) -> _Answer:
+        return _Answer(
+            _Status.FAILED, trio.current_time() + self._config.failure_ttl, reason=reason
+        )
+
+    async def _query(self, name: str, kind: dns.rdatatype.RdataType) -> _Answer:
+        """Ask the nameservers once (dnspython retries and falls back to TCP on TC)."""
+        qname = dns.name.from_text(name, origin=dns.name.root)
+        with trio.move_on_after(self._config.timeout) as deadline:
+            try:
+                answer = await self._resolver.resolve(
+                    qname, kind, raise_on_no_answer=False, search=False, backend=self._backend
+                )
+            except dns.resolver.NXDOMAIN as exc:
+                try:
+                    response = exc.response(qname)  # type: ignore[no-untyped-call]
+                    ttl = response.resolve_chaining().minimum_ttl
+                except (KeyError, dns.exception.DNSException):
+                    ttl = 0
+                return _Answer(_Status.NXDOMAIN, self._expires(ttl))
+            except dns.exception.Timeout:
+                return self._failure(f"timed out after {self._config.timeout:g}s")
+            except dns.exception.DNSException as exc:
+                return self._failure(str(exc) or type(exc).__name__)
+        if deadline.cancelled_caught:
+            return self._failure(f"timed out after {self._config.timeout:g}s")
+        ttl = answer.chaining_result.minimum_ttl
+        rrset = answer.rrset
+        if rrset is None or len(rrset) == 0:
+            return _Answer(_Status.NODATA, self._expires(ttl))
+        if kind == dns.rdatatype.MX:
+            exchanges = tuple(
+                (rd.preference, rd.exchange.to_text(omit_final_dot=True).lower() or ".")
+                for rd in rrset
+            )
+            return _Answer(_Status.FOUND, self._expires(ttl), exchanges=exchanges)
+        return _Answer(
+            _Status.FOUND, self._expires(ttl), addresses=tuple(rd.address for rd in rrset)
+        )
