@@ -306,30 +306,6 @@ class SendingPolicy:
     retry: RetryPolicy = RetryPolicy()
     backoff: tuple[BackoffRule, ...] = ()
 
-    def limits_for(self, *, domain: str | None = None, mx_host: str | None = None) -> SiteLimits:
-        """Resolve the limits that apply: defaults, then the site, then the domain.
-
-        The site override is the one whose key is the longest suffix (on a label boundary)
-        of ``mx_host``; the domain override matches the recipient domain exactly. Both are
-        compared in lower case without a trailing dot.
-        """
-        limits = self.defaults
-        if mx_host is not None and self.sites:
-            host = mx_host.lower().rstrip(".")
-            best: str | None = None
-            for suffix in self.sites:
-                if (host == suffix or host.endswith("." + suffix)) and (
-                    best is None or len(suffix) > len(best)
-                ):
-                    best = suffix
-            if best is not None:
-                limits = self.sites[best].apply(limits)
-        if domain is not None:
-            override = self.domains.get(domain.lower().rstrip("."))
-            if override is not None:
-                limits = override.apply(limits)
-        return limits
-
 
 @dataclass(frozen=True, slots=True)
 class RouteOverride:

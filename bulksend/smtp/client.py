@@ -119,6 +119,10 @@ class SMTPClient:
         self.messages_sent = 0
         self.greeting: Reply | None = None
         self._in_flight: deque[Transaction] = deque()
+        # A transaction ended after MAIL was accepted but before the data: the server may
+        # still hold it (Postfix answers the next MAIL with "503 nested MAIL"), so the next
+        # transaction starts with RSET, pipelined in front of its MAIL.
+        self._needs_rset = False
 
     @classmethod
     async def connect(
@@ -370,6 +374,13 @@ class SMTPClient:
         if not valid:
             self._finish(txn, done)
             return
+        reset = b""
+        if self._needs_rset:
+            self._needs_rset = False
+            if proto.pipelining:
+                reset = proto.send_rset()  # goes out in front of MAIL, in the same write
+            else:
+                await self._write_and_read(proto.send_rset(), 1, txn, iter(()), done)
         try:
             mail = proto.send_mail(
                 env.sender,
@@ -380,41 +391,52 @@ class SMTPClient:
         except LocalProtocolError as exc:
             txn._fail(exc)
             done.append(txn)
+            if reset:
+                await self._write_and_read(reset, len(self._in_flight) + 1, txn, iter(()), done)
             return
+        self._needs_rset = True  # until the message data has been sent
         rcpts = iter(valid)
         if proto.pipelining:
             batch = b"".join(
                 [
+                    reset,
                     mail,
                     *(proto.send_rcpt(r.address, smtputf8=env.smtputf8) for r in valid),
                     proto.send_data(),
                 ]
             )
-            owed = len(self._in_flight) + len(valid) + 2
-            if len(batch) <= _CONCURRENT_WRITE:
-                await self._send("MAIL/RCPT/DATA", self.timeouts.mail, batch)
-                await self._envelope_replies(owed, txn, rcpts, done)
-            else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send, "MAIL/RCPT/DATA", self.timeouts.mail, batch)
-                    await self._envelope_replies(owed, txn, rcpts, done)
+            owed = len(self._in_flight) + len(valid) + 2 + (1 if reset else 0)
+            await self._write_and_read(batch, owed, txn, rcpts, done)
         else:
-            await self._send("MAIL", self.timeouts.mail, mail)
-            await self._envelope_replies(1, txn, rcpts, done)
+            await self._write_and_read(mail, 1, txn, rcpts, done)
             if txn.done:
                 return
             for result in valid:
-                await self._send("RCPT", self.timeouts.rcpt, proto.send_rcpt(result.address))
-                await self._envelope_replies(1, txn, rcpts, done)
+                rcpt = proto.send_rcpt(result.address, smtputf8=env.smtputf8)
+                await self._write_and_read(rcpt, 1, txn, rcpts, done)
             if not txn._accepted:
-                await self._send("RSET", self.timeouts.rset, proto.send_rset())
-                await self._reply()
                 self._finish(txn, done)
                 return
-            await self._send("DATA", self.timeouts.data_init, proto.send_data())
-            await self._envelope_replies(1, txn, rcpts, done)
+            await self._write_and_read(proto.send_data(), 1, txn, rcpts, done)
         if not txn.done:
             await self._send_body(txn)
+
+    async def _write_and_read(
+        self,
+        commands: bytes,
+        owed: int,
+        txn: Transaction,
+        rcpts: Iterator[RecipientResult],
+        done: list[Transaction],
+    ) -> None:
+        """Write commands, then read ``owed`` replies (concurrently for a big batch)."""
+        if len(commands) <= _CONCURRENT_WRITE:
+            await self._send("commands", self.timeouts.mail, commands)
+            await self._envelope_replies(owed, txn, rcpts, done)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send, "commands", self.timeouts.mail, commands)
+            await self._envelope_replies(owed, txn, rcpts, done)
 
     async def _envelope_replies(
         self,
@@ -456,6 +478,7 @@ class SMTPClient:
                     # it with a lone "." and ignore that reply.
                     await self._send("DATA", self.timeouts.data_block, self._proto.send_body(b""))
                     await self._reply()
+                    self._needs_rset = False
                     if not txn.done:
                         self._finish(txn, done)
                 elif reply.code != 354 and not txn.done:
@@ -476,6 +499,7 @@ class SMTPClient:
                 "message data", self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
             )
         txn.data_sent = True
+        self._needs_rset = False
         self.messages_sent += 1
         self._in_flight.append(txn)
 

@@ -20,7 +20,9 @@ from bulksend.config import (
     parse_duration,
     parse_rate,
 )
+from bulksend.delivery.scheduler import policy_table
 from bulksend.errors import ConfigError
+from bulksend.routing import Site
 
 if TYPE_CHECKING:
     from conftest import CampaignDir
@@ -70,9 +72,10 @@ def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
     assert policy.timeouts.greeting == 300.0
     assert policy.timeouts.quit == 10.0
     assert policy.retry.max_age == 2 * 86400
-    gmail = policy.limits_for(domain="gmail.com", mx_host="alt1.ASPMX.l.google.com.")
+    table = policy_table(policy)
+    gmail = table.lookup("gmail.com", Site.of(["alt1.ASPMX.l.google.com.", "aspmx.l.google.com"]))
     assert (gmail.max_connections, gmail.rate) == (20, 300.0)
-    net = policy.limits_for(domain="Example.NET", mx_host="mx.example.net")
+    net = table.lookup("example.net", Site.of(["mx.example.net"]))
     assert (net.rate, net.tls, net.max_connections) == (3000 / 3600, TlsMode.REQUIRED, 5)
     assert policy.backoff[0].matches(421, None, "Too many connections from you")
     assert not policy.backoff[0].matches(451, None, "Too many connections")

@@ -163,6 +163,8 @@ REPLIES = [
     ("RCPT TO", 552, None, "Too many recipients", T, C.POLICY),
     # ... but not at the end of data.
     ("data", 552, None, "Message size exceeds fixed maximum message size", B, C.MESSAGE_TOO_BIG),
+    # A session out of step (Postfix after a transaction left open) is not the recipient's fault.
+    ("MAIL", 503, "5.5.1", "Error: nested MAIL command", T, C.OTHER),
     # Contradictory classes: a 4.x.x detail makes a 5xx temporary; a 4xx is never a bounce.
     ("rcpt", 550, "4.7.1", "Greylisted, please try again later", T, C.POLICY),
     ("rcpt", 450, "5.1.1", "User unknown", T, C.BAD_MAILBOX),

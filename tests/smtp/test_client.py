@@ -514,3 +514,20 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+async def test_transaction_left_open_is_reset_before_the_next_mail() -> None:
+    # All recipients refused: the server keeps the MAIL transaction (Postfix does), so the
+    # next transaction must start with RSET or it gets "503 nested MAIL".
+    async with serving(ServerScript(unknown_mailboxes=frozenset({"nobody@x.test"}))) as server:
+        with trio.fail_after(10):
+            client, stream = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            refused = await client.send(env("nobody@x.test"), b"x")
+            accepted = await client.send(env("a@x.test"), b"y")
+            await client.quit()
+    assert isinstance(refused[0].error, PermanentReplyError)
+    assert accepted[0].delivered
+    assert stream.writes[2] == (
+        b"RSET\r\nMAIL FROM:<bounce@s.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n"
+    )

@@ -1,0 +1,519 @@
+"""One destination per site: its senders, throttles, backoff and connections.
+
+How this works: a :class:`Destination` serves every domain that rolls up to one site (the
+same MX set). It *pulls* work: when a sender task is ready for a message it takes one from
+a small buffer, which is refilled from the journal one domain at a time, round robin, in
+bounded batches. A destination that is slow, throttled, backed off or black-holed only ever
+holds its own few recipients and its own connection slots; nothing upstream waits on it.
+
+Sender tasks are started on demand, up to the site's (possibly backed-off) connection
+limit, and each owns at most one SMTP connection:
+
+* before each message it waits for the site's token bucket (exact wake-ups, no polling);
+* with PIPELINING the next message's MAIL/RCPT/DATA follow the previous message's data
+  without waiting for its final reply (RFC 2920), and the replies are read in order;
+* when a connection reaches the site's messages-per-connection limit it is closed and the
+  next message opens a new one at once; any error drops it; an idle sender closes it;
+* a connection is opened to the route's MX hosts in order, each address in turn; a host
+  that fails backs off (per host, not per message). Opening is paced by the site's
+  connection rate and capped by a global limit on open connections.
+
+Replies that match a backoff rule put the site under reduced limits for a while (see
+:mod:`bulksend.delivery.backoff`); the recipients concerned are throttle deferrals, not
+failed attempts. On a graceful stop no new transaction starts; whatever was taken from the
+journal and not sent is handed back, and a message whose final reply is lost is in doubt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from bulksend.campaign.recipients import Recipient
+from bulksend.campaign.render import Campaign, RenderError
+from bulksend.config import SiteLimits, Timeouts, TlsMode
+from bulksend.delivery.backoff import Backoff
+from bulksend.delivery.outcome import classify_error
+from bulksend.delivery.throttle import TokenBucket
+from bulksend.journal import Due, JournalWriter, Kind, Outcome
+from bulksend.metrics import Metrics
+from bulksend.routing import Route, Site
+from bulksend.smtp.client import Envelope, SMTPClient, Transaction
+from bulksend.smtp.errors import (
+    PermanentReplyError,
+    ReplyError,
+    SMTPConnectionError,
+    SMTPError,
+    TLSError,
+)
+
+log = logging.getLogger("bulksend.delivery")
+
+_HOST_BACKOFF_FIRST = 30.0
+_HOST_BACKOFF_MAX = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """AUTH settings for a relay (smarthost or override)."""
+
+    username: str
+    password: str = field(repr=False)
+    allow_plaintext: bool = False  # tests only: AUTH without TLS
+
+
+@dataclass
+class Delivery:
+    """What every destination of one run shares."""
+
+    campaign: Campaign
+    writer: JournalWriter
+    metrics: Metrics
+    timeouts: Timeouts
+    ehlo_hostname: str
+    connections: trio.CapacityLimiter  # global cap on open connections
+    ssl_verified: ssl.SSLContext  # for TLS that must verify (required, smarthost AUTH)
+    ssl_opportunistic: ssl.SSLContext  # for opportunistic STARTTLS to MX hosts
+    epoch: float  # wall-clock seconds at trio time 0
+    stopping: trio.Event = field(default_factory=trio.Event)
+    on_due: Callable[[float], None] = lambda _at: None  # a deferral is due again at this time
+    on_domain_idle: Callable[[str], None] = lambda _domain: None
+    on_limit: Callable[[], None] = lambda: None
+    limit: int | None = None  # recipients to send in this run (``--limit``)
+    total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
+    fetch_batch: int = 64
+    stats: dict[str, int] = field(default_factory=dict)
+    taken: int = 0  # recipients taken for sending in this run
+
+    senders: int = 0  # sender tasks running, all destinations
+    idle: trio.Event = field(default_factory=trio.Event)  # set while no sender runs
+
+    def sender_started(self) -> None:
+        if self.senders == 0:
+            self.idle = trio.Event()
+        self.senders += 1
+
+    def sender_ended(self) -> None:
+        self.senders -= 1
+        if self.senders == 0:
+            self.idle.set()
+
+    def take_one(self) -> None:
+        """Count a recipient taken for sending; reaching ``limit`` begins a stop."""
+        self.taken += 1
+        if self.limit is not None and self.taken >= self.limit:
+            self.on_limit()
+
+    def now(self) -> float:
+        """Wall-clock seconds, advancing with trio's clock (so MockClock tests work)."""
+        return self.epoch + trio.current_time()
+
+    async def record(self, due: Due, outcome: Outcome, site_label: str) -> None:
+        """Journal one recipient's outcome and count it."""
+        now = self.now()
+        await self.writer.record(due.id, outcome, now=now)
+        kind = outcome.kind.value
+        self.stats[kind] = self.stats.get(kind, 0) + 1
+        m = self.metrics
+        m.recipients.labels(kind).inc()
+        m.site_recipients.labels(site_label, kind).inc()
+        if outcome.code is not None:
+            m.replies.labels(f"{outcome.code // 100}xx").inc()
+        if outcome.kind is Kind.BOUNCED and outcome.category is not None:
+            m.bounces.labels(outcome.category.value).inc()
+        if outcome.kind is Kind.IN_DOUBT:
+            m.in_doubt.inc()
+        if outcome.kind in (Kind.DEFERRED, Kind.IN_DOUBT, Kind.THROTTLED):
+            # The journal decides the exact time; the scheduler just needs to look again.
+            self.on_due(now + (outcome.retry_after or 0.0))
+
+
+@dataclass
+class _HostHealth:
+    failures: int = 0
+    retry_at: float = -math.inf
+
+
+@dataclass
+class _Sent:
+    txn: Transaction
+    items: list[Due]
+    started: float
+
+
+class Destination:
+    """The senders, limits and connection pool of one site."""
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        site: Site,
+        route: Route,
+        limits: SiteLimits,
+        backoff: Backoff,
+        *,
+        label: str,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.delivery = delivery
+        self.site = site
+        self.route = route
+        self.limits = limits
+        self.backoff = backoff
+        self.label = label
+        self.credentials = credentials
+        self.rate = TokenBucket(limits.rate)
+        self.open_rate = TokenBucket(limits.connection_rate)
+        self._domains: deque[str] = deque()
+        self._buffer: deque[Due] = deque()
+        self._fetching = trio.Lock()
+        self._work = trio.Event()  # set when a domain is attached
+        self._hosts: dict[str, _HostHealth] = {}
+        self._senders = 0
+        self._clients: set[SMTPClient] = set()
+        self.last_error = ""
+        self._nursery: trio.Nursery | None = None
+        self._timer_armed = False
+
+    # ------------------------------------------------------------------ scheduling
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self._domains)
+
+    @property
+    def senders(self) -> int:
+        return self._senders
+
+    def attach(self, domain: str, nursery: trio.Nursery) -> None:
+        """Serve ``domain`` (which has due recipients) and start senders as allowed."""
+        self._nursery = nursery
+        if domain not in self._domains:
+            self._domains.append(domain)
+        self.wake()
+        self._spawn()
+
+    def wake(self) -> None:
+        """Wake idle senders (to see a stop, or new work)."""
+        self._work.set()
+        self._work = trio.Event()
+
+    def _spawn(self) -> None:
+        assert self._nursery is not None
+        limit = self.backoff.limits.max_connections
+        while self._senders < limit and (self._domains or self._buffer):
+            self._senders += 1
+            self.delivery.sender_started()
+            self._nursery.start_soon(self._sender)
+
+    async def _take(self, *, wait: bool) -> Due | None:
+        """The next recipient to send.
+
+        None when there is none: at once if not ``wait``, else after the idle timeout.
+        """
+        while True:
+            await self._wait_while_suspended()
+            if self.delivery.stopping.is_set():
+                return None
+            if self._buffer:
+                self.delivery.take_one()
+                return self._buffer.popleft()
+            if not self._domains:
+                if not wait:
+                    return None
+                work = self._work
+                with trio.move_on_after(self.limits.idle_timeout):
+                    await work.wait()
+                if not self._domains:
+                    return None
+                continue
+            async with self._fetching:
+                if self._buffer or not self._domains:
+                    continue
+                domain = self._domains[0]
+                self._domains.rotate(-1)
+                limit = min(self.delivery.fetch_batch, max(2 * self._senders, 4))
+                batch = await self.delivery.writer.fetch_due(domain, limit, now=self.delivery.now())
+                if batch:
+                    self._buffer.extend(batch)
+                elif domain in self._domains:
+                    self._domains.remove(domain)
+                    self.delivery.on_domain_idle(domain)
+
+    async def _release_buffer(self, retry_after: float, reason: str) -> None:
+        """Hand back everything taken but not sent: a throttle deferral, not an attempt."""
+        while self._buffer:
+            due = self._buffer.popleft()
+            await self.delivery.record(due, Outcome.throttled(retry_after, reason), self.label)
+
+    # --------------------------------------------------------------------- senders
+
+    async def _sender(self) -> None:
+        client: SMTPClient | None = None
+        sent: dict[int, _Sent] = {}
+        counted = True
+        try:
+            while self._may_continue():
+                pipelining = client is not None and client.in_flight > 0
+                due = await self._take(wait=not pipelining)
+                if due is not None:
+                    client = await self._deliver(client, due, sent)
+                elif client is not None and client.in_flight:
+                    # Nothing more to pipeline: collect the replies still owed.
+                    await self._finish(await client.drain(), sent)
+                else:
+                    break
+            self._leave()
+            counted = False
+            if client is not None:
+                await self._close(client, sent)
+                client = None
+        finally:
+            with trio.CancelScope(shield=True):
+                if counted:
+                    self._leave()
+                if client is not None:
+                    await self._discard(client)
+                await self._abandon(sent)
+                if self._senders == 0 and self._buffer:
+                    await self._release_buffer(0.0, "released")
+
+    def _leave(self) -> None:
+        self._senders -= 1
+        self.delivery.sender_ended()
+
+    async def _deliver(
+        self, client: SMTPClient | None, due: Due, sent: dict[int, _Sent]
+    ) -> SMTPClient | None:
+        """Send one recipient's message; returns the connection to use next (or None)."""
+        try:
+            envelope, data = self._render(due)
+        except RenderError as exc:
+            await self.delivery.record(
+                due, Outcome.bounced(text=f"not rendered: {exc}"), self.label
+            )
+            return client
+        if client is not None and not client.usable:
+            await self._close(client, sent)
+            client = None
+        if client is None:
+            client = await self._connect([due])
+            if client is None:
+                return None
+        waited = await self.delivery.total_rate.acquire() + await self.rate.acquire()
+        if waited:
+            self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
+        txn = Transaction(envelope, data)
+        sent[id(txn)] = _Sent(txn, [due], trio.current_time())
+        await self._finish(await client.submit(txn), sent)
+        if client.messages_sent >= self.limits.messages_per_connection:
+            # Replace at once: the next message opens a fresh connection.
+            await self._close(client, sent)
+            return None
+        return client
+
+    def _render(self, due: Due) -> tuple[Envelope, bytes]:
+        recipient = Recipient(due.address, due.data or {}, due.id)
+        rendered = self.delivery.campaign.render(recipient)
+        envelope = Envelope(
+            rendered.envelope_sender,
+            (rendered.recipient,),
+            eightbitmime=rendered.needs_8bitmime,
+            smtputf8=rendered.needs_smtputf8,
+        )
+        return envelope, rendered.data
+
+    def _may_continue(self) -> bool:
+        """False when this sender should end: stopping, or above a backed-off limit."""
+        if self.delivery.stopping.is_set():
+            return False
+        return self._senders <= self.backoff.limits.max_connections
+
+    async def _wait_while_suspended(self) -> None:
+        """Honour a suspension: hand back what was taken, sleep until it ends."""
+        while True:
+            limits = self.backoff.limits
+            if limits.rate != self.rate.rate:
+                self.rate.set_rate(limits.rate)
+            now = self.delivery.now()
+            if limits.suspended_until <= now or self.delivery.stopping.is_set():
+                return
+            await self._release_buffer(limits.suspended_until - now, self.backoff.reason)
+            with trio.move_on_after(limits.suspended_until - now):
+                await self.delivery.stopping.wait()
+
+    # ------------------------------------------------------------------- outcomes
+
+    async def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
+        for txn in done:
+            record = sent.pop(id(txn), None)
+            if record is None:
+                continue
+            if txn.data_sent:
+                elapsed = trio.current_time() - record.started
+                self.delivery.metrics.transaction_seconds.observe(elapsed)
+            for due, result in zip(record.items, txn.results, strict=True):
+                if result.error is None and result.reply is not None:
+                    reply = result.reply
+                    outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
+                else:
+                    assert result.error is not None
+                    outcome = self._judge(result.error)
+                await self.delivery.record(due, outcome, self.label)
+
+    def _judge(self, error: SMTPError) -> Outcome:
+        """Classify an error; a reply that matches a backoff rule backs the site off."""
+        self.last_error = str(error)
+        if isinstance(error, ReplyError):
+            reply = error.reply
+            rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
+            if rule is not None:
+                now = self.delivery.now()
+                if self.backoff.apply(rule, now, str(reply)):
+                    self._backoff_changed("suspend" if rule.suspend else "reduce")
+                wait = max(self.backoff.limits.suspended_until - now, 0.0)
+                return Outcome.throttled(wait, f"site backed off: {reply}")
+        return classify_error(error)
+
+    def _backoff_changed(self, action: str) -> None:
+        m = self.delivery.metrics
+        m.backoff_events.labels(self.label, action).inc()
+        m.backoff_active.labels(self.label).set(1 if self.backoff.active else 0)
+        self.rate.set_rate(self.backoff.limits.rate)
+        if self.backoff.active and not self._timer_armed and self._nursery is not None:
+            self._timer_armed = True
+            self._nursery.start_soon(self._restore_timer)
+
+    async def _restore_timer(self) -> None:
+        try:
+            while self.backoff.active:
+                await trio.sleep_until(
+                    self.backoff.restore_at - self.delivery.epoch
+                )  # trio time of the restore moment
+                if self.backoff.restore(self.delivery.now()):
+                    self._backoff_changed("restore")
+                    if self._domains or self._buffer:
+                        self._spawn()
+        finally:
+            self._timer_armed = False
+
+    async def _abandon(self, sent: dict[int, _Sent]) -> None:
+        """Stopped with transactions unfinished: in doubt if their data went out, else released."""
+        for record in sent.values():
+            if record.txn.data_sent:
+                outcome = Outcome.in_doubt("stopped before the final reply arrived")
+            else:
+                outcome = Outcome.released()
+            for due in record.items:
+                await self.delivery.record(due, outcome, self.label)
+        sent.clear()
+
+    # ----------------------------------------------------------------- connections
+
+    async def _connect(self, pending: list[Due]) -> SMTPClient | None:
+        """Open a connection to the first MX host/address that answers.
+
+        On failure the ``pending`` recipients are deferred: as an attempt when hosts were
+        tried and failed, as a throttle deferral when every host is backing off.
+        """
+        now = self.delivery.now()
+        last: SMTPError | None = None
+        tried = False
+        for host in self.route.hosts:
+            health = self._hosts.setdefault(host.name, _HostHealth())
+            if health.retry_at > now:
+                continue
+            for address in host.addresses:
+                tried = True
+                try:
+                    client = await self._open(address, host.port, host.name)
+                except SMTPError as exc:
+                    last = exc
+                    reason = "tls" if isinstance(exc, TLSError) else type(exc).__name__
+                    self.delivery.metrics.connections_failed.labels(self.label, reason).inc()
+                    if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
+                        break  # this host refuses service; try the next host
+                    continue
+                health.failures = 0
+                return client
+            health.failures += 1
+            health.retry_at = now + min(
+                _HOST_BACKOFF_FIRST * 2 ** (health.failures - 1), _HOST_BACKOFF_MAX
+            )
+        if tried and last is not None:
+            self.last_error = str(last)
+            outcome = classify_error(last)
+            if outcome.kind is Kind.BOUNCED:
+                # A refused greeting is not the recipient's fault: try again later.
+                outcome = classify_error(SMTPConnectionError(str(last)))
+        else:
+            wait = min(h.retry_at for h in self._hosts.values()) - now
+            outcome = Outcome.throttled(max(wait, 0.0), "every MX host is backing off")
+        for due in pending:
+            await self.delivery.record(due, outcome, self.label)
+        return None
+
+    async def _open(self, address: str, port: int, server_name: str) -> SMTPClient:
+        d = self.delivery
+        waited = await self.open_rate.acquire()
+        if waited:
+            d.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
+        await d.connections.acquire()
+        client: SMTPClient | None = None
+        try:
+            client = await SMTPClient.connect(
+                address, port, hostname=d.ehlo_hostname, timeouts=d.timeouts
+            )
+            mode = self.limits.tls
+            verify = mode is TlsMode.REQUIRED or self.credentials is not None
+            context = d.ssl_verified if verify else d.ssl_opportunistic
+            await client.handshake(tls=mode, ssl_context=context, server_hostname=server_name)
+            if self.credentials is not None:
+                await client.authenticate(
+                    self.credentials.username,
+                    self.credentials.password,
+                    allow_plaintext=self.credentials.allow_plaintext,
+                )
+        except BaseException:
+            if client is not None:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+            d.connections.release()
+            raise
+        self._clients.add(client)
+        d.metrics.connections_open.labels(self.label).inc()
+        tls = "tls" if client.tls_active else "plaintext"
+        d.metrics.connections_opened.labels(self.label, tls).inc()
+        return client
+
+    async def _close(self, client: SMTPClient, sent: dict[int, _Sent]) -> None:
+        """Collect the replies still owed, say QUIT, close."""
+        try:
+            if client.usable:
+                await self._finish(await client.drain(), sent)
+            await client.quit()
+        finally:
+            self._closed(client)
+
+    async def _discard(self, client: SMTPClient) -> None:
+        """Close without waiting for anything (cancelled or failed)."""
+        try:
+            await client.aclose()
+        finally:
+            self._closed(client)
+
+    def _closed(self, client: SMTPClient) -> None:
+        if client in self._clients:  # count each connection's end once
+            self._clients.remove(client)
+            self.delivery.metrics.connections_open.labels(self.label).dec()
+            self.delivery.connections.release()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._clients)

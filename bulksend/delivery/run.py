@@ -1,0 +1,214 @@
+"""The public API that runs a campaign: journal it, then deliver it, resumably.
+
+``await run_campaign(campaign, options)`` is what ``bulksend send`` and ``bulksend resume``
+call. It opens (or resumes) the journal, imports the recipients if that is not done yet
+(streamed, in large batches, in a worker thread), starts the batched journal writer, and
+runs the :class:`~bulksend.delivery.scheduler.Scheduler` until every recipient is final or
+the caller asks it to stop. Code below the CLI reads no environment or terminal: everything
+comes in through :class:`RunOptions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile
+from bulksend.campaign.render import Campaign
+from bulksend.config import CampaignConfig
+from bulksend.delivery.destination import Credentials, Delivery
+from bulksend.delivery.scheduler import Scheduler
+from bulksend.delivery.throttle import TokenBucket
+from bulksend.journal import (
+    ImportStats,
+    Journal,
+    JournalWriter,
+    NewRecipient,
+    Status,
+    campaign_identity,
+)
+from bulksend.metrics import Metrics
+from bulksend.routing import Relay, Router, RoutingConfig
+
+log = logging.getLogger("bulksend")
+
+
+@dataclass
+class RunOptions:
+    """How to run a campaign; every field a CLI flag or a test can set.
+
+    Attributes:
+        journal: the journal file (created on first run, resumed after).
+        nameservers: DNS resolvers when the campaign names none (the CLI reads the system's).
+        dns_port, smtp_port: 53 and 25, except against test servers.
+        ehlo_hostname: our name in EHLO.
+        ssl_verified: the context for TLS that must verify (TLS required, smarthost AUTH);
+            by default the system's trust store.
+        ssl_opportunistic: the context for opportunistic STARTTLS to MX hosts (no
+            verification, RFC 7435); by default one that does not verify.
+        force: resume even though the campaign or recipients changed.
+        limit: stop after this many recipients have an outcome in this run.
+        grace: seconds in-flight transactions get to finish when stopping.
+        allow_plaintext_auth: AUTH to a relay without TLS (tests only).
+    """
+
+    journal: Path
+    nameservers: tuple[str, ...] = ()
+    dns_port: int = 53
+    smtp_port: int = 25
+    ehlo_hostname: str = field(default_factory=socket.getfqdn)
+    ssl_verified: ssl.SSLContext | None = None
+    ssl_opportunistic: ssl.SSLContext | None = None
+    force: bool = False
+    limit: int | None = None
+    grace: float = 30.0
+    allow_plaintext_auth: bool = False
+
+
+@dataclass
+class RunSummary:
+    """What a run did and where the campaign stands."""
+
+    imported: ImportStats | None
+    outcomes: dict[str, int]  # by kind, this run
+    counts: dict[Status, int]  # by status, the whole campaign
+    in_doubt_recovered: int  # claimed without an outcome when the journal was opened
+    complete: bool  # no recipient is waiting any more
+    elapsed: float
+
+
+def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig:
+    """The campaign's routing section plus the run's options, as routing wants it."""
+    section = config.routing
+    smarthost = None
+    if section.smarthost is not None:
+        sh = section.smarthost
+        credentials = None
+        if sh.username is not None and sh.password is not None:
+            credentials = Credentials(
+                sh.username, sh.password.reveal(), allow_plaintext=options.allow_plaintext_auth
+            )
+        smarthost = Relay(sh.host, sh.port, credentials)
+    return RoutingConfig(
+        nameservers=section.nameservers or options.nameservers,
+        dns_port=options.dns_port,
+        allow_private=section.allow_private_addresses,
+        smtp_port=options.smtp_port,
+        overrides={d: Relay(o.host, o.port) for d, o in section.overrides.items()},
+        smarthost=smarthost,
+    )
+
+
+def _recipients(campaign: Campaign, rejects: RejectsFile) -> Iterator[NewRecipient]:
+    """The recipients file as journal rows; rejected rows are kept as invalid/suppressed."""
+    held: list[Reject] = []
+
+    def on_reject(reject: Reject) -> None:
+        rejects(reject)
+        held.append(reject)
+
+    for recipient in campaign.recipients(on_reject):
+        yield from _rejected(held)
+        yield NewRecipient(recipient.address, dict(recipient.fields))
+    yield from _rejected(held)
+
+
+def _rejected(held: list[Reject]) -> Iterator[NewRecipient]:
+    for reject in held:
+        if reject.kind is RejectKind.SUPPRESSED:
+            yield NewRecipient(reject.raw_email, None, Status.SUPPRESSED, reject.reason)
+        elif reject.kind is RejectKind.INVALID and "@" in reject.raw_email:
+            yield NewRecipient(reject.raw_email, None, Status.INVALID, reject.reason)
+    held.clear()
+
+
+def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
+    """Open or resume the campaign's journal (checking the campaign did not change)."""
+    config = campaign.config
+    templates = [p for p in (config.message.text_template, config.message.html_template) if p]
+    identity = campaign_identity(config.source, templates, config.recipients.file)
+    return Journal.open(options.journal, identity, force=options.force, policy=config.policy.retry)
+
+
+def import_recipients(campaign: Campaign, journal: Journal) -> ImportStats | None:
+    """Import the recipients file into the journal unless that is already complete."""
+    if journal.import_complete:
+        return None
+    with RejectsFile(campaign.config.recipients.rejects) as rejects:
+        return journal.import_recipients(_recipients(campaign, rejects))
+
+
+async def run_campaign(
+    campaign: Campaign,
+    options: RunOptions,
+    *,
+    metrics: Metrics | None = None,
+    on_start: Callable[[Scheduler], None] | None = None,
+) -> RunSummary:
+    """Journal and deliver a campaign; resumable; returns when done or stopped.
+
+    ``on_start`` receives the scheduler once sending begins (for progress display and for
+    ``scheduler.stop()`` on a signal).
+
+    Raises:
+        JournalError: the journal is unusable, changed, or a write failed (disk full).
+        ConfigError: the routing configuration is unusable.
+    """
+    started = time.monotonic()
+    metrics = metrics or Metrics()
+    config = campaign.config
+    journal = await trio.to_thread.run_sync(open_journal, campaign, options)
+    try:
+        imported = await trio.to_thread.run_sync(import_recipients, campaign, journal)
+        router = Router(routing_config(config, options))
+        policy = config.policy
+        delivery = Delivery(
+            campaign=campaign,
+            writer=JournalWriter(journal, metrics=metrics),
+            metrics=metrics,
+            timeouts=policy.timeouts,
+            ehlo_hostname=options.ehlo_hostname,
+            connections=trio.CapacityLimiter(policy.max_total_connections),
+            ssl_verified=options.ssl_verified or ssl.create_default_context(),
+            ssl_opportunistic=options.ssl_opportunistic or _unverified_context(),
+            epoch=time.time() - trio.current_time(),
+            limit=options.limit,
+            total_rate=TokenBucket(policy.total_rate),
+        )
+        scheduler = Scheduler(delivery, router, policy, grace=options.grace)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(delivery.writer.run)
+            if on_start is not None:
+                on_start(scheduler)
+            try:
+                await scheduler.run()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await delivery.writer.aclose()
+        counts = journal.counts()
+        return RunSummary(
+            imported=imported,
+            outcomes=dict(delivery.stats),
+            counts=counts,
+            in_doubt_recovered=journal.recovered_in_doubt,
+            complete=scheduler.complete,
+            elapsed=time.monotonic() - started,
+        )
+    finally:
+        journal.close()
+
+
+def _unverified_context() -> ssl.SSLContext:
+    # Opportunistic TLS (RFC 7435): encrypt when offered, without authenticating the server;
+    # a policy of "required" uses the verifying context instead.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,238 @@
+"""The scheduler: from the journal's due recipients to destinations, under one nursery.
+
+How this works: the *feeder* asks the journal which domains have recipients due now,
+routes each new one (DNS, concurrently but bounded), and attaches it to the destination of
+its site, creating that destination on first use. From then on the destination pulls that
+domain's recipients itself (see :mod:`bulksend.delivery.destination`), so the feeder never
+waits on a full or slow destination, and memory holds only a few recipients per site: never
+a task or an object per pending recipient.
+
+A domain is detached when its destination finds nothing due for it. The feeder then sleeps
+until the earliest moment something becomes due again (the journal's next retry time, or a
+deferral just recorded), never polling, and finishes when no recipient is waiting.
+
+Routing failures are settled here: a permanent one (NXDOMAIN, null MX) bounces the domain's
+due recipients, a temporary one defers them, both with the enhanced code routing reported.
+
+Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
+starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
+message whose final reply is still owed then is in doubt); unsent recipients are handed back
+to the journal. The run can be resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import trio
+
+from bulksend.config import SendingPolicy, SiteLimits
+from bulksend.delivery.backoff import Backoff
+from bulksend.delivery.destination import Credentials, Delivery, Destination
+from bulksend.delivery.outcome import classify_dns
+from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
+
+log = logging.getLogger("bulksend.scheduler")
+
+# Domains routed at once; DNS answers come back in milliseconds, so this is plenty.
+_ROUTING_CONCURRENCY = 64
+# Wake-ups (deferrals recorded, domains finished) are handled together, at most this often:
+# asking the journal which domains are due scans its index (~0.1 s at 1M recipients).
+_COALESCE = 0.25
+
+
+def policy_table(policy: SendingPolicy) -> PolicyTable[SiteLimits]:
+    """The policy's limits as a table: by domain, then by MX host suffix, then defaults."""
+    defaults = policy.defaults
+    return PolicyTable(
+        defaults,
+        domains={d: o.apply(defaults) for d, o in policy.domains.items()},
+        mx_suffixes={s: o.apply(defaults) for s, o in policy.sites.items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SiteStatus:
+    """What ``status`` and the progress display show for one site."""
+
+    site: str
+    label: str
+    domains: int
+    connections: int
+    senders: int
+    backed_off: bool
+    max_connections: int
+    rate: float | None
+    suspended_for: float
+    reason: str
+    last_error: str
+
+
+class Scheduler:
+    """Runs one campaign's deliveries until no recipient is waiting, or until stopped."""
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        router: Router,
+        policy: SendingPolicy,
+        *,
+        credentials: Credentials | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.delivery = delivery
+        self.router = router
+        self.policy = policy
+        self.table = policy_table(policy)
+        self.credentials = credentials
+        self.grace = grace
+        self.destinations: dict[Site, Destination] = {}
+        self._attached: set[str] = set()
+        self._routing = trio.Semaphore(_ROUTING_CONCURRENCY)
+        self._wake = trio.Event()
+        self._wake_at = math.inf
+        self._label_threshold = 0
+        self.complete = False
+        delivery.on_due = self._note_due
+        delivery.on_domain_idle = self._domain_idle
+        delivery.on_limit = self.stop
+
+    # ------------------------------------------------------------------ public
+
+    def stop(self) -> None:
+        """Begin a graceful stop: nothing new starts, in-flight work gets ``grace`` seconds."""
+        if not self.delivery.stopping.is_set():
+            if not self.complete:
+                log.warning("stopping: no new transactions; waiting up to %gs", self.grace)
+            self.delivery.stopping.set()
+            for destination in self.destinations.values():
+                destination.wake()
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until every recipient is final, or until :meth:`stop` (then return)."""
+        async with trio.open_nursery() as nursery:
+            await self._feed(nursery)
+            self.stop()  # done or stopping: release idle senders
+            with trio.move_on_after(self.grace):
+                if self.delivery.senders:
+                    await self.delivery.idle.wait()
+            nursery.cancel_scope.cancel()
+
+    def sites(self) -> list[SiteStatus]:
+        """A snapshot of every site's state, busiest first."""
+        now = self.delivery.now()
+        out = []
+        for site, d in self.destinations.items():
+            limits = d.backoff.limits
+            out.append(
+                SiteStatus(
+                    site=str(site),
+                    label=d.label,
+                    domains=len(d.domains),
+                    connections=d.open_connections,
+                    senders=d.senders,
+                    backed_off=d.backoff.active,
+                    max_connections=limits.max_connections,
+                    rate=limits.rate,
+                    suspended_for=max(limits.suspended_until - now, 0.0),
+                    reason=d.backoff.reason,
+                    last_error=d.last_error,
+                )
+            )
+        out.sort(key=lambda s: (-s.connections, -s.domains, s.site))
+        return out
+
+    # ------------------------------------------------------------------ feeder
+
+    def _note_due(self, at: float) -> None:
+        if at < self._wake_at:
+            self._wake.set()
+
+    def _domain_idle(self, domain: str) -> None:
+        self._attached.discard(domain)
+        self._wake.set()
+
+    async def _feed(self, nursery: trio.Nursery) -> None:
+        d = self.delivery
+        first = True
+        while not d.stopping.is_set():
+            self._wake = trio.Event()
+            self._wake_at = math.inf
+            await d.writer.flush()  # what senders recorded is visible to the queries below
+            now = d.now()
+            due = await d.writer.due_domains(now=now)
+            if first and due:
+                volumes = sorted(due.values(), reverse=True)
+                top = d.metrics.sites.top
+                self._label_threshold = volumes[min(top, len(volumes)) - 1]
+                first = False
+            fresh = sorted((n for n in due if n not in self._attached), key=lambda n: -due[n])
+            for domain in fresh:
+                if d.stopping.is_set():
+                    return
+                self._attached.add(domain)
+                await self._routing.acquire()
+                nursery.start_soon(self._route, domain, due[domain], nursery)
+            if not self._attached and not await d.writer.waiting():
+                self.complete = True
+                return
+            upcoming = await d.writer.next_due_at()
+            # Rows due now belong to attached domains: their destinations fetch them.
+            self._wake_at = upcoming if upcoming is not None and upcoming > now else math.inf
+            with trio.move_on_after(max(self._wake_at - d.now(), 0.0)):
+                await self._wake.wait()
+            await trio.sleep(_COALESCE)
+
+    async def _route(self, domain: str, volume: int, nursery: trio.Nursery) -> None:
+        d = self.delivery
+        try:
+            try:
+                route = await self.router.route(domain)
+            except RoutingError as exc:
+                result = "temporary" if exc.transient else "permanent"
+                d.metrics.dns_lookups.labels(result).inc()
+                await self._settle(domain, exc)
+                self._domain_idle(domain)
+                return
+            d.metrics.dns_lookups.labels("ok").inc()
+            self._destination(route, volume).attach(domain, nursery)
+        finally:
+            self._routing.release()
+
+    async def _settle(self, domain: str, exc: RoutingError) -> None:
+        """Every due recipient of an unroutable domain gets the routing outcome."""
+        d = self.delivery
+        outcome = classify_dns(
+            transient=exc.transient, enhanced_code=exc.enhanced_code, text=exc.text
+        )
+        log.info("domain %s: %s %s", domain, exc.enhanced_code, exc.text)
+        while batch := await d.writer.fetch_due(domain, 500, now=d.now()):
+            for due in batch:
+                await d.record(due, outcome, "other")
+
+    def _destination(self, route: Route, volume: int) -> Destination:
+        destination = self.destinations.get(route.site)
+        if destination is None:
+            limits = self.table.for_route(route)
+            name = str(route.site)
+            label = self.delivery.metrics.sites.label(name, volume, threshold=self._label_threshold)
+            backoff = Backoff(
+                name,
+                self.policy.backoff,
+                max_connections=limits.max_connections,
+                rate=limits.rate,
+            )
+            destination = Destination(
+                self.delivery,
+                route.site,
+                route,
+                limits,
+                backoff,
+                label=label,
+                credentials=self.credentials if route.auth is not None else None,
+            )
+            self.destinations[route.site] = destination
+        return destination
