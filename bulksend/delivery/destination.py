@@ -85,6 +85,8 @@ class Delivery:
     on_due: Callable[[float], None] = lambda _at: None  # a deferral is due again at this time
     on_domain_idle: Callable[[str], None] = lambda _domain: None
     on_limit: Callable[[], None] = lambda: None
+    #: Called with every outcome as it is recorded (accounting log, progress display).
+    on_outcome: Callable[[Due, Outcome, str], None] = lambda _due, _outcome, _site: None
     limit: int | None = None  # recipients to send in this run (``--limit``)
     total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
     fetch_batch: int = 64
@@ -118,6 +120,7 @@ class Delivery:
         """Journal one recipient's outcome and count it."""
         now = self.now()
         await self.writer.record(due.id, outcome, now=now)
+        self.on_outcome(due, outcome, site_label)
         kind = outcome.kind.value
         self.stats[kind] = self.stats.get(kind, 0) + 1
         m = self.metrics

@@ -27,10 +27,12 @@ from bulksend.delivery.destination import Credentials, Delivery
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import (
+    Due,
     ImportStats,
     Journal,
     JournalWriter,
     NewRecipient,
+    Outcome,
     Status,
     campaign_identity,
 )
@@ -151,11 +153,13 @@ async def run_campaign(
     *,
     metrics: Metrics | None = None,
     on_start: Callable[[Scheduler], None] | None = None,
+    on_outcome: Callable[[Due, Outcome, str], None] | None = None,
 ) -> RunSummary:
     """Journal and deliver a campaign; resumable; returns when done or stopped.
 
     ``on_start`` receives the scheduler once sending begins (for progress display and for
-    ``scheduler.stop()`` on a signal).
+    ``scheduler.stop()`` on a signal); ``on_outcome`` sees every recipient outcome as it is
+    recorded, with the site's metric label (for an accounting log).
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
@@ -182,6 +186,8 @@ async def run_campaign(
             limit=options.limit,
             total_rate=TokenBucket(policy.total_rate),
         )
+        if on_outcome is not None:
+            delivery.on_outcome = on_outcome
         scheduler = Scheduler(delivery, router, policy, grace=options.grace)
         async with trio.open_nursery() as nursery:
             await nursery.start(delivery.writer.run)
