@@ -150,6 +150,15 @@ class _Sent:
     started: float
 
 
+@dataclass
+class _Slot:
+    """One sender's state: its connection, what it has in flight, what it holds."""
+
+    client: SMTPClient | None = None
+    sent: dict[int, _Sent] = field(default_factory=dict)
+    holding: Due | None = None  # taken from the journal, not yet sent nor recorded
+
+
 class Destination:
     """The senders, limits and connection pool of one site."""
 
@@ -180,6 +189,7 @@ class Destination:
         self._hosts: dict[str, _HostHealth] = {}
         self._senders = 0
         self._clients: set[SMTPClient] = set()
+        self._plaintext_hosts: set[str] = set()
         self.last_error = ""
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
@@ -258,32 +268,32 @@ class Destination:
     # --------------------------------------------------------------------- senders
 
     async def _sender(self) -> None:
-        client: SMTPClient | None = None
-        sent: dict[int, _Sent] = {}
+        slot = _Slot()
         counted = True
         try:
             while self._may_continue():
-                pipelining = client is not None and client.in_flight > 0
+                pipelining = slot.client is not None and slot.client.in_flight > 0
                 due = await self._take(wait=not pipelining)
                 if due is not None:
-                    client = await self._deliver(client, due, sent)
-                elif client is not None and client.in_flight:
+                    slot.holding = due
+                    await self._deliver(slot, due)
+                elif slot.client is not None and slot.client.in_flight:
                     # Nothing more to pipeline: collect the replies still owed.
-                    await self._finish(await client.drain(), sent)
+                    await self._finish(await slot.client.drain(), slot.sent)
                 else:
                     break
             self._leave()
             counted = False
-            if client is not None:
-                await self._close(client, sent)
-                client = None
+            if slot.client is not None:
+                await self._close(slot.client, slot.sent)
+                slot.client = None
         finally:
             with trio.CancelScope(shield=True):
                 if counted:
                     self._leave()
-                if client is not None:
-                    await self._discard(client)
-                await self._abandon(sent)
+                if slot.client is not None:
+                    await self._discard(slot.client)
+                await self._abandon(slot)
                 if self._senders == 0 and self._buffer:
                     await self._release_buffer(0.0, "released")
 
@@ -291,35 +301,39 @@ class Destination:
         self._senders -= 1
         self.delivery.sender_ended()
 
-    async def _deliver(
-        self, client: SMTPClient | None, due: Due, sent: dict[int, _Sent]
-    ) -> SMTPClient | None:
-        """Send one recipient's message; returns the connection to use next (or None)."""
+    async def _deliver(self, slot: _Slot, due: Due) -> None:
+        """Send one recipient's message over the slot's connection (opened if need be).
+
+        ``slot.holding`` is cleared, before any await, the moment the recipient's fate is
+        someone else's business: an outcome recorded, or a transaction registered in
+        ``slot.sent``. Until then a stop hands it back.
+        """
         try:
             envelope, data = self._render(due)
         except RenderError as exc:
+            slot.holding = None
             await self.delivery.record(
                 due, Outcome.bounced(text=f"not rendered: {exc}"), self.label
             )
-            return client
-        if client is not None and not client.usable:
-            await self._close(client, sent)
-            client = None
-        if client is None:
-            client = await self._connect([due])
-            if client is None:
-                return None
+            return
+        if slot.client is not None and not slot.client.usable:
+            client, slot.client = slot.client, None
+            await self._close(client, slot.sent)
+        if slot.client is None:
+            slot.client = await self._connect(slot)
+            if slot.client is None:
+                return
         waited = await self.delivery.total_rate.acquire() + await self.rate.acquire()
         if waited:
             self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
         txn = Transaction(envelope, data)
-        sent[id(txn)] = _Sent(txn, [due], trio.current_time())
-        await self._finish(await client.submit(txn), sent)
-        if client.messages_sent >= self.limits.messages_per_connection:
+        slot.sent[id(txn)] = _Sent(txn, [due], trio.current_time())
+        slot.holding = None
+        await self._finish(await slot.client.submit(txn), slot.sent)
+        if slot.client.messages_sent >= self.limits.messages_per_connection:
             # Replace at once: the next message opens a fresh connection.
-            await self._close(client, sent)
-            return None
-        return client
+            client, slot.client = slot.client, None
+            await self._close(client, slot.sent)
 
     def _render(self, due: Due) -> tuple[Envelope, bytes]:
         recipient = Recipient(due.address, due.data or {}, due.id)
@@ -406,8 +420,12 @@ class Destination:
         finally:
             self._timer_armed = False
 
-    async def _abandon(self, sent: dict[int, _Sent]) -> None:
-        """Stopped with transactions unfinished: in doubt if their data went out, else released."""
+    async def _abandon(self, slot: _Slot) -> None:
+        """Stopped with work unfinished: in doubt if its data went out, else handed back."""
+        if slot.holding is not None:
+            due, slot.holding = slot.holding, None
+            await self.delivery.record(due, Outcome.released(), self.label)
+        sent = slot.sent
         for record in sent.values():
             if record.txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
@@ -419,10 +437,10 @@ class Destination:
 
     # ----------------------------------------------------------------- connections
 
-    async def _connect(self, pending: list[Due]) -> SMTPClient | None:
+    async def _connect(self, slot: _Slot) -> SMTPClient | None:
         """Open a connection to the first MX host/address that answers.
 
-        On failure the ``pending`` recipients are deferred: as an attempt when hosts were
+        On failure the recipient the slot holds is deferred: as an attempt when hosts were
         tried and failed, as a throttle deferral when every host is backing off.
         """
         now = self.delivery.now()
@@ -435,7 +453,7 @@ class Destination:
             for address in host.addresses:
                 tried = True
                 try:
-                    client = await self._open(address, host.port, host.name)
+                    client = await self._open_with_fallback(address, host.port, host.name)
                 except SMTPError as exc:
                     last = exc
                     reason = "tls" if isinstance(exc, TLSError) else type(exc).__name__
@@ -458,11 +476,31 @@ class Destination:
         else:
             wait = min(h.retry_at for h in self._hosts.values()) - now
             outcome = Outcome.throttled(max(wait, 0.0), "every MX host is backing off")
-        for due in pending:
+        if slot.holding is not None:
+            due, slot.holding = slot.holding, None
             await self.delivery.record(due, outcome, self.label)
         return None
 
-    async def _open(self, address: str, port: int, server_name: str) -> SMTPClient:
+    async def _open_with_fallback(self, address: str, port: int, server_name: str) -> SMTPClient:
+        """Open a connection; with opportunistic TLS, a failed handshake means plaintext.
+
+        A host whose TLS failed once is reached in plaintext for the rest of the run
+        (RFC 7435 opportunistic security: better unencrypted than undelivered).
+        """
+        mode = self.limits.tls
+        if mode is TlsMode.OPPORTUNISTIC and server_name in self._plaintext_hosts:
+            mode = TlsMode.NONE
+        try:
+            return await self._open(address, port, server_name, mode)
+        except TLSError as exc:
+            if mode is not TlsMode.OPPORTUNISTIC or self.credentials is not None:
+                raise
+            log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
+            self.delivery.metrics.connections_failed.labels(self.label, "tls").inc()
+            self._plaintext_hosts.add(server_name)
+            return await self._open(address, port, server_name, TlsMode.NONE)
+
+    async def _open(self, address: str, port: int, server_name: str, mode: TlsMode) -> SMTPClient:
         d = self.delivery
         waited = await self.open_rate.acquire()
         if waited:
@@ -473,7 +511,6 @@ class Destination:
             client = await SMTPClient.connect(
                 address, port, hostname=d.ehlo_hostname, timeouts=d.timeouts
             )
-            mode = self.limits.tls
             verify = mode is TlsMode.REQUIRED or self.credentials is not None
             context = d.ssl_verified if verify else d.ssl_opportunistic
             await client.handshake(tls=mode, ssl_context=context, server_hostname=server_name)
