@@ -13,11 +13,38 @@ dashboard against what this module registers.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 OTHER = "other"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics endpoint (a daemon thread); :meth:`close` stops it."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        """The scrape URL, ``http://host:port/metrics``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(5.0)
+        self._server.server_close()
 
 
 class SiteLabels:
@@ -143,11 +170,14 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> tuple[str, int]:
+    def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """Expose the metrics over HTTP on ``host:port`` (loopback unless told otherwise).
 
-        Returns the bound ``(host, port)`` (port 0 picks a free one).
+        Port 0 picks a free one; the returned server says which, and stops with ``close()``.
+
+        Raises:
+            OSError: the address cannot be bound.
         """
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
         bound = server.server_address
-        return str(bound[0]), int(bound[1])
+        return MetricsServer(str(bound[0]), int(bound[1]), server, thread)
