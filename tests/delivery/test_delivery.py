@@ -3,6 +3,7 @@ backoff, isolation, stopping."""
 
 from __future__ import annotations
 
+import itertools
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +93,7 @@ rate = "20/s"
     observed = (len(times) - 1) / (times[-1] - times[0])
     # The token bucket never lets the site go faster than configured, and keeps it busy.
     assert observed == pytest.approx(20, rel=0.05)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     window = [times[i + 10] - times[i] for i in range(len(times) - 10)]
     assert min(window) >= 10 / 20 * 0.95  # no burst above the rate over any 10 messages
     assert max(gaps) < 1.0
@@ -247,7 +248,7 @@ rate = "40/s"
 async def test_dns_failures_are_classified(tmp_path: Path) -> None:
     sites = [SiteSpec("ok", ("ok.test",), "127.0.0.2")]
     recipients = ["a@ok.test", "b@nxdomain.test"]
-    summary, _world = await send(tmp_path, sites, recipients, "")
+    _summary, _world = await send(tmp_path, sites, recipients, "")
     result = states(tmp_path)
     assert result["a@ok.test"][0] is Status.DELIVERED
     assert result["b@nxdomain.test"][0] is Status.BOUNCED
