@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import math
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -349,6 +350,9 @@ class CampaignConfig:
     dkim: tuple[DkimConfig, ...] = ()
     policy: SendingPolicy = SendingPolicy()
     routing: RoutingConfig = RoutingConfig()
+    #: Problems worth telling the user that do not stop the campaign (e.g. a key file
+    #: readable by others).
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,11 +454,19 @@ def _key_part(name: str) -> str:
 class _Table:
     """A TOML table that remembers its dotted path and which keys were read."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, source: Path) -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        source: Path,
+        warnings: list[str] | None = None,
+    ) -> None:
         self.data = data
         self.path = path
         self.source = source
         self.used: set[str] = set()
+        #: Shared by every table of one file: problems worth a warning, not an error.
+        self.warnings: list[str] = [] if warnings is None else warnings
 
     def key(self, name: str) -> str:
         part = _key_part(name)
@@ -525,7 +537,7 @@ class _Table:
         value = self.typed(name, dict, "a table", required=required)
         if value is None:
             return None
-        return _Table(value, self.key(name), self.source)
+        return _Table(value, self.key(name), self.source, self.warnings)
 
     def string_list(self, name: str) -> list[str]:
         value = self.typed(name, list, "a list of strings")
@@ -678,6 +690,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         dkim=dkim,
         policy=policy,
         routing=routing,
+        warnings=tuple(root.warnings),
     )
 
 
@@ -829,9 +842,9 @@ def _load_dkim(root: _Table, environ: Mapping[str, str]) -> tuple[DkimConfig, ..
     if value is None:
         return ()
     if isinstance(value, dict):
-        tables = [_Table(value, "dkim", root.source)]
+        tables = [_Table(value, "dkim", root.source, root.warnings)]
     elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
-        tables = [_Table(v, f"dkim[{i}]", root.source) for i, v in enumerate(value)]
+        tables = [_Table(v, f"dkim[{i}]", root.source, root.warnings) for i, v in enumerate(value)]
     else:
         raise root.error("dkim", "expected [dkim] or [[dkim]] tables", "Fix the section.")
     return tuple(_load_one_dkim(t, environ) for t in tables)
@@ -883,6 +896,13 @@ def _load_secret(
         except (OSError, UnicodeDecodeError) as exc:
             raise t.error(file_key, f"cannot read {str(file_path)!r} ({exc})", "Fix it.") from None
         origin = f"{t.key(file_key)} = {str(file_path)!r} in {t.source}"
+        mode = file_path.stat().st_mode
+        if mode & 0o077:
+            # As ssh does for private keys: a secret others can read is not secret.
+            t.warnings.append(
+                f"{t.source}: {t.key(file_key)}: {str(file_path)!r} is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {file_path}`."
+            )
     elif env_name is not None:
         if env_name not in environ:
             raise t.error(

@@ -45,9 +45,9 @@ __all__ = [
     "Tally",
     "format_duration",
     "open_private",
-    "write_private_bytes",
     "read_snapshot",
     "snapshot_path",
+    "write_private_bytes",
     "write_snapshot",
 ]
 

@@ -335,7 +335,9 @@ class Campaign:
     def __init__(self, config: CampaignConfig) -> None:
         self.config = config
         self.signers = tuple(DkimSigner.from_config(d) for d in config.dkim)
-        self.warnings: tuple[str, ...] = tuple(w for s in self.signers for w in s.warnings)
+        self.warnings: tuple[str, ...] = config.warnings + tuple(
+            w for s in self.signers for w in s.warnings
+        )
         read = _read_file
         message = config.message
         text_env = SandboxedEnvironment(

@@ -1,0 +1,1200 @@
+"""The ``bulksend`` command line: the only place that reads argv, the environment and the terminal.
+
+Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink`` and ``demo``
+(see docs/cli.md). Every error a user can cause ends in one line on stderr,
+``bulksend: error: ...``, and exit status 1; ``--debug`` shows the traceback instead.
+
+Exit statuses (:data:`EXIT_OK` ...): 0 done; 1 error; 2 usage (click's); 3 stopped before
+the campaign completed (a signal, ``--limit``): resumable; 4 done, but some recipients were
+not delivered (bounced or expired), or a dry run / validation found problems.
+
+Signals during a run: the first SIGINT or SIGTERM stops gracefully (no new transaction;
+in-flight ones get ``--grace`` seconds; the journal is flushed); a second aborts at once
+(the run is cancelled; the journal stays consistent, and a message whose reply was owed is
+counted in doubt on resume).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO, TypeVar
+
+import click
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import trio
+
+from bulksend.campaign.recipients import Recipient, Reject
+from bulksend.campaign.render import Campaign, RenderError
+from bulksend.delivery.run import RunOptions, RunSummary, routing_config, run_campaign
+from bulksend.delivery.scheduler import Scheduler
+from bulksend.errors import BulksendError, ConfigError
+from bulksend.journal import Journal, Status
+from bulksend.metrics import Metrics, MetricsServer
+from bulksend.progress import (
+    SNAPSHOT_STALE,
+    AccountingLog,
+    JournalPeek,
+    Progress,
+    Tally,
+    format_duration,
+    iter_site_rows,
+    open_private,
+    read_snapshot,
+    snapshot_path,
+    write_private_bytes,
+)
+from bulksend.routing import Router, RoutingError, system_nameservers
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "EXIT_UNDELIVERED",
+    "EXIT_USAGE",
+    "campaign_sidecar",
+    "cli",
+    "main",
+]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STOPPED: Final = 3
+EXIT_UNDELIVERED: Final = 4
+
+_DEBUG_KEY: Final = "bulksend.debug"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+log = logging.getLogger("bulksend")
+
+
+# --- errors and exit codes -----------------------------------------------------------------
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The error to report in one line, if ``exc`` is (or only wraps) a user-facing one."""
+    leaves = _leaves(exc)
+    known = [e for e in leaves if isinstance(e, BulksendError | OSError)]
+    if known and all(isinstance(e, BulksendError | OSError | trio.Cancelled) for e in leaves):
+        return known[0]
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split()) if "\n" not in text else text.splitlines()[0]
+
+
+class _Group(click.Group):
+    """Turns errors into one line on stderr and exit status 1 (a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("bulksend: interrupted", err=True)
+            ctx.exit(EXIT_STOPPED)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit):
+                raise
+            error = _user_error(exc)
+            if ctx.meta.get(_DEBUG_KEY):
+                traceback.print_exception(exc, file=sys.stderr)
+                if error is None:
+                    ctx.exit(EXIT_ERROR)
+            if error is None:
+                click.echo(
+                    f"bulksend: error: unexpected {type(exc).__name__}: {_message(exc)} "
+                    "(run with --debug for the traceback)",
+                    err=True,
+                )
+                ctx.exit(EXIT_ERROR)
+            click.echo(f"bulksend: error: {_message(error)}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[_DEBUG_KEY] = True
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s")
+    return value
+
+
+def _debug_option(f: _F) -> _F:
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_debug,
+        help="Show tracebacks and debug logging.",
+    )(f)
+
+
+def _warn(text: str) -> None:
+    click.echo(f"bulksend: warning: {text}", err=True)
+
+
+def _info(text: str) -> None:
+    click.echo(f"bulksend: {text}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bulksend", prog_name="bulksend")
+@_debug_option
+def cli() -> None:
+    """bulksend: send one personalised message to every recipient of a list, straight to
+    their mail exchangers, resumably. See docs/cli.md."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console entry point (``bulksend``, ``python -m bulksend``)."""
+    logging.basicConfig(level=logging.ERROR, format="bulksend: %(message)s")
+    cli.main(args=list(argv) if argv is not None else None, prog_name="bulksend")
+
+
+# --- shared run options --------------------------------------------------------------------
+
+
+@dataclass
+class _RunFlags:
+    metrics_port: int | None
+    metrics_host: str
+    limit: int | None
+    force: bool
+    accounting: Path | None
+    nameservers: tuple[str, ...]
+    dns_port: int
+    smtp_port: int
+    ehlo_hostname: str | None
+    grace: float
+    quiet: bool
+
+    def options(self, journal: Path, campaign: Campaign) -> RunOptions:
+        return RunOptions(
+            journal=journal,
+            nameservers=_nameservers(self.nameservers, campaign),
+            dns_port=self.dns_port,
+            smtp_port=self.smtp_port,
+            ehlo_hostname=self.ehlo_hostname or socket.getfqdn(),
+            force=self.force,
+            limit=self.limit,
+            grace=self.grace,
+        )
+
+
+def _nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
+    if given:
+        return given
+    if campaign.config.routing.nameservers:
+        return ()
+    try:
+        return system_nameservers()
+    except ConfigError:
+        return ()  # routing names the problem if it needs DNS
+
+
+def _metrics_options(f: _F, *, default_port: int | None = None) -> _F:
+    f = click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address the metrics endpoint listens on (0.0.0.0 exposes it on every interface).",
+    )(f)
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=default_port,
+        help="Serve Prometheus metrics on this port (0: any free port; the URL is printed)."
+        + (" Off by default." if default_port is None else ""),
+    )(f)
+
+
+def _run_options(f: _F) -> _F:
+    decorators = [
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            help="Stop after this many recipients have an outcome in this run (exit 3).",
+        ),
+        click.option(
+            "--force", is_flag=True, help="Resume even though the campaign or its files changed."
+        ),
+        click.option(
+            "--accounting",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Append one JSON line per outcome to this file (created 0600).",
+        ),
+        click.option(
+            "--nameserver",
+            "nameservers",
+            multiple=True,
+            help="DNS resolver to ask (repeatable); default the campaign's, else the system's.",
+        ),
+        click.option(
+            "--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True, help="DNS port."
+        ),
+        click.option(
+            "--smtp-port",
+            type=click.IntRange(1, 65535),
+            default=25,
+            hidden=True,
+            help="SMTP port of every MX host (test servers).",
+        ),
+        click.option("--ehlo-hostname", help="Our name in EHLO; default this host's FQDN."),
+        click.option(
+            "--grace",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            help="Seconds in-flight transactions get to finish when stopping.",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress display."),
+        _debug_option,
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return _metrics_options(f)
+
+
+def _flags(kw: dict[str, Any]) -> _RunFlags:
+    return _RunFlags(
+        metrics_port=kw.pop("metrics_port"),
+        metrics_host=kw.pop("metrics_host"),
+        limit=kw.pop("limit"),
+        force=kw.pop("force"),
+        accounting=kw.pop("accounting"),
+        nameservers=tuple(kw.pop("nameservers")),
+        dns_port=kw.pop("dns_port"),
+        smtp_port=kw.pop("smtp_port"),
+        ehlo_hostname=kw.pop("ehlo_hostname"),
+        grace=kw.pop("grace"),
+        quiet=kw.pop("quiet"),
+    )
+
+
+def campaign_sidecar(journal: Path) -> Path:
+    """The file next to a journal that names its campaign file (for ``resume``)."""
+    return journal.with_name(journal.name + ".campaign")
+
+
+def _load_campaign(path: Path) -> Campaign:
+    campaign = Campaign.load(path, os.environ)
+    for warning in campaign.warnings:
+        _warn(warning)
+    return campaign
+
+
+# --- running a campaign --------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """How a run ended: its summary, or None when aborted by a second signal."""
+
+    summary: RunSummary | None
+    signalled: bool = False
+    tally: Tally = field(default_factory=Tally)
+    metrics_server: MetricsServer | None = None
+
+
+@dataclass
+class _RunControl:
+    scheduler: Scheduler | None = None
+    signals: int = 0
+    abort: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def on_start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        if self.signals:
+            scheduler.stop()
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+
+async def _watch_signals(
+    control: _RunControl,
+    grace: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            control.signals += 1
+            name = signal.Signals(signum).name
+            if control.signals == 1:
+                _info(
+                    f"{name}: stopping; in-flight messages get up to {grace:g}s "
+                    "(signal again to abort at once)"
+                )
+                control.stop()
+            else:
+                _info(f"{name}: aborting")
+                control.abort.cancel()
+
+
+async def execute_run(
+    campaign: Campaign,
+    options: RunOptions,
+    *,
+    flags: _RunFlags,
+    campaign_path: Path | None,
+    stream: TextIO,
+    metrics: Metrics | None = None,
+    metrics_server: MetricsServer | None = None,
+    tally: Tally | None = None,
+    watch: Callable[[Scheduler, Progress], Any] | None = None,
+) -> RunResult:
+    """Run a campaign with signals, progress, status snapshot, accounting and metrics.
+
+    ``watch(scheduler, progress)``, if given, is started as a task once sending begins (the
+    demo uses it to end its run).
+    """
+    metrics = metrics or Metrics()
+    if metrics_server is None and flags.metrics_port is not None:
+        metrics_server = metrics.serve(flags.metrics_port, flags.metrics_host)
+        _info(f"metrics at {metrics_server.url}")
+    tally = tally or Tally()
+    if flags.accounting is not None:
+        tally.accounting = AccountingLog(flags.accounting)
+    tty = stream.isatty()
+    progress = Progress(
+        tally, stream, tty=tty, journal=options.journal, campaign=campaign_path, quiet=flags.quiet
+    )
+    control = _RunControl()
+    summary: RunSummary | None = None
+    state = "aborted"
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_watch_signals, control, options.grace)
+            await nursery.start(progress.run)
+
+            def on_start(scheduler: Scheduler) -> None:
+                control.on_start(scheduler)
+                progress.attach(scheduler)
+                if watch is not None:
+                    nursery.start_soon(watch, scheduler, progress)
+
+            with control.abort:
+                summary = await run_campaign(
+                    campaign, options, metrics=metrics, on_start=on_start, on_outcome=tally
+                )
+            nursery.cancel_scope.cancel()
+        if summary is not None:
+            state = "finished" if summary.complete else "stopped"
+    finally:
+        progress.finish(state)
+        if tally.accounting is not None:
+            tally.accounting.close()
+    return RunResult(summary, control.signals > 0, tally, metrics_server)
+
+
+def _exit_code(result: RunResult) -> int:
+    summary = result.summary
+    if summary is None or not summary.complete:
+        return EXIT_STOPPED
+    if summary.counts[Status.BOUNCED] or summary.counts[Status.EXPIRED]:
+        return EXIT_UNDELIVERED
+    return EXIT_OK
+
+
+def _counts_line(counts: Mapping[Status, int] | Mapping[str, int]) -> str:
+    return "  ".join(f"{str(s).replace('_', ' ')} {n:,}" for s, n in counts.items())
+
+
+def print_summary(result: RunResult, journal: Path, out: TextIO) -> None:
+    """The lines a run ends with (stdout)."""
+    summary = result.summary
+    if summary is None:
+        out.write(f"aborted: the journal is consistent; continue with: bulksend resume {journal}\n")
+        return
+    rate = sum(result.tally.kinds.values()) / summary.elapsed if summary.elapsed > 0 else 0.0
+    state = "complete" if summary.complete else "stopped before completion"
+    out.write(f"{state} after {format_duration(summary.elapsed)} ({rate:,.0f} outcomes/s)\n")
+    if summary.imported is not None:
+        imp = summary.imported
+        out.write(f"  imported:  {imp.imported:,} recipients ({imp.duplicates:,} duplicates)\n")
+    if summary.in_doubt_recovered:
+        out.write(
+            f"  recovered: {summary.in_doubt_recovered:,} recipients in doubt from an "
+            "interrupted run\n"
+        )
+    this_run = {str(k): v for k, v in result.tally.kinds.items()}
+    out.write(f"  this run:  {_counts_line(this_run)}\n")
+    out.write(f"  campaign:  {_counts_line(summary.counts)}\n")
+    if not summary.complete:
+        waiting = summary.counts[Status.PENDING] + summary.counts[Status.IN_DOUBT]
+        out.write(
+            f"  {waiting:,} recipients still waiting; continue with: bulksend resume {journal}\n"
+        )
+
+
+def _serve_until_signal(server: MetricsServer) -> None:
+    """Keep the process (and its metrics endpoint) up until SIGINT or SIGTERM."""
+
+    async def wait() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+
+    _info(f"serving metrics at {server.url} until SIGINT/SIGTERM")
+    trio.run(wait)
+
+
+# --- send / resume -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("campaign_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The journal file; default <campaign id>.journal.sqlite3 next to the campaign file.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Render every recipient and route every domain; send nothing, write no journal.",
+)
+@_run_options
+def send(campaign_file: Path, journal: Path | None, dry_run: bool, **kw: Any) -> None:
+    """Send a campaign (journaled: resumes where an earlier run on the journal stopped)."""
+    flags = _flags(kw)
+    campaign = _load_campaign(campaign_file)
+    if dry_run:
+        raise SystemExit(_dry_run(campaign, flags))
+    journal = journal or campaign.config.source.parent / f"{campaign.config.id}.journal.sqlite3"
+    sidecar = campaign_sidecar(journal)
+    with open_private(sidecar) as out:
+        out.write(str(campaign.config.source) + "\n")
+    raise SystemExit(_run(campaign, journal, flags))
+
+
+def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
+    options = flags.options(journal, campaign)
+
+    async def go() -> RunResult:
+        return await execute_run(
+            campaign,
+            options,
+            flags=flags,
+            campaign_path=campaign.config.source,
+            stream=sys.stderr,
+        )
+
+    result = trio.run(go)
+    try:
+        print_summary(result, journal, sys.stdout)
+    finally:
+        if result.metrics_server is not None:
+            result.metrics_server.close()
+    return _exit_code(result)
+
+
+@cli.command()
+@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--campaign",
+    "campaign_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The campaign file; default the one `send` recorded next to the journal.",
+)
+@_run_options
+def resume(journal: Path, campaign_file: Path | None, **kw: Any) -> None:
+    """Continue an interrupted run from its journal."""
+    flags = _flags(kw)
+    if campaign_file is None:
+        sidecar = campaign_sidecar(journal)
+        try:
+            campaign_file = Path(sidecar.read_text(encoding="utf-8").strip())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{sidecar} is missing, so the campaign of journal {journal} is unknown: "
+                "give it with --campaign CAMPAIGN.toml"
+            ) from None
+    campaign = _load_campaign(campaign_file)
+    raise SystemExit(_run(campaign, journal, flags))
+
+
+# --- dry run -------------------------------------------------------------------------------
+
+
+def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
+    config = campaign.config
+    rejected: collections.Counter[str] = collections.Counter()
+    failures: list[str] = []
+    domains: collections.Counter[str] = collections.Counter()
+    read = rendered = 0
+
+    def on_reject(reject: Reject) -> None:
+        rejected[reject.kind.value] += 1
+
+    now = time.time()
+    for recipient in campaign.recipients(on_reject):
+        read += 1
+        try:
+            campaign.render(recipient, now=now)
+        except RenderError as exc:
+            if len(failures) < 5:
+                failures.append(str(exc))
+            continue
+        rendered += 1
+        domains[recipient.address.rpartition("@")[2].lower()] += 1
+    options = flags.options(Path(os.devnull), campaign)
+    router = Router(routing_config(config, options))
+    results = trio.run(_route_all, router, list(domains))
+    unroutable = {d: e for d, e in results.items() if isinstance(e, RoutingError)}
+    sites = {str(r.site) for r in results.values() if not isinstance(r, RoutingError)}
+    lost = sum(domains[d] for d in unroutable)
+    out = sys.stdout
+    out.write(f"dry run: campaign {config.id} ({config.source})\n")
+    total_rejected = sum(rejected.values())
+    reasons = ", ".join(f"{k} {n:,}" for k, n in sorted(rejected.items()))
+    out.write(
+        f"  recipients: {read + total_rejected:,} rows, {rendered:,} renderable, "
+        f"{read - rendered:,} render failures, {total_rejected:,} rejected"
+        + (f" ({reasons})" if reasons else "")
+        + "\n"
+    )
+    for failure in failures:
+        out.write(f"    render failure: {failure}\n")
+    out.write(
+        f"  domains: {len(domains):,}, {len(domains) - len(unroutable):,} routable over "
+        f"{len(sites):,} sites, {len(unroutable):,} unroutable ({lost:,} recipients)\n"
+    )
+    for domain, error in sorted(unroutable.items())[:10]:
+        why = f"{error.enhanced_code} {error.text}"
+        out.write(f"    unroutable: {domain} ({domains[domain]:,} recipients): {why}\n")
+    return EXIT_UNDELIVERED if unroutable or rendered < read else EXIT_OK
+
+
+async def _route_all(router: Router, domains: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    limit = trio.Semaphore(64)
+
+    async def one(domain: str) -> None:
+        async with limit:
+            try:
+                results[domain] = await router.route(domain)
+            except RoutingError as exc:
+                results[domain] = exc
+
+    async with trio.open_nursery() as nursery:
+        for domain in domains:
+            nursery.start_soon(one, domain)
+    return results
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            c.rjust(w) if i and c[:1].isdigit() else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.write(indent + "  ".join(cells).rstrip() + "\n")
+
+
+@cli.command()
+@click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@_debug_option
+def status(journal: Path, as_json: bool) -> None:
+    """Where a campaign stands: journal counts, and per site state while it runs."""
+    with JournalPeek(journal) as peek:
+        counts = peek.counts()
+    snap = read_snapshot(snapshot_path(journal))
+    age = time.time() - float(snap.get("updated_at", 0)) if snap else None
+    running = bool(
+        snap
+        and snap.get("state") in ("running", "stopping", "starting")
+        and age is not None
+        and age < SNAPSHOT_STALE
+    )
+    if as_json:
+        json.dump(
+            {"journal": str(journal), "counts": counts, "running": running, "snapshot": snap},
+            sys.stdout,
+            indent=1,
+        )
+        sys.stdout.write("\n")
+        return
+    out = sys.stdout
+    total = sum(counts.values())
+    out.write(f"journal: {journal}\n")
+    out.write(f"recipients: {total:,}\n")
+    _table([[s.replace("_", " "), f"{n:,}"] for s, n in counts.items()], out)
+    if snap is None:
+        out.write("not running (no status snapshot)\n")
+        return
+    assert age is not None
+    if running:
+        out.write(
+            f"running: pid {snap.get('pid')}, {snap.get('state')}, snapshot "
+            f"{age:.1f}s old, {snap.get('rate', 0):,.0f} outcomes/s\n"
+        )
+    else:
+        out.write(f"not running: last run {snap.get('state')} {format_duration(age)} ago\n")
+    this_run = snap.get("this_run") or {}
+    out.write(f"this run: {_counts_line(this_run)}\n")
+    sites = snap.get("sites") or []
+    if sites:
+        out.write("sites:" if running else "sites (at the last snapshot):")
+        out.write("\n")
+        header = ["site", "domains", "queued", "conn", "rate", "state", "last error"]
+        _table([header, *iter_site_rows(sites)], out)
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="table: counts per status, bounce category and domain; csv/jsonl: every outcome.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here (created 0600) instead of stdout.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="csv/jsonl: only recipients in this status (repeatable).",
+)
+@click.option(
+    "--domains",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="table: how many domains to list (the largest).",
+)
+@_debug_option
+def report(
+    journal: Path, fmt: str, output: Path | None, statuses: tuple[str, ...], domains: int
+) -> None:
+    """Report a campaign's outcomes from its journal (not while it runs: see `status`)."""
+    with Journal.open(journal, None) as j, _output(output) as out:
+        if fmt == "csv":
+            j.export_csv(out, [Status(s) for s in statuses] or None)
+        elif fmt == "jsonl":
+            j.export_jsonl(out, [Status(s) for s in statuses] or None)
+        else:
+            write_report_table(j, out, top_domains=domains)
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    with open_private(path) as out:
+        yield out
+
+
+def write_report_table(journal: Journal, out: TextIO, *, top_domains: int = 20) -> None:
+    """The ``report --format table`` text."""
+    counts = journal.counts()
+    total = sum(counts.values())
+    out.write(f"campaign journal {journal.path}\n\n")
+    rows = [["status", "recipients", "share"]]
+    for s, n in counts.items():
+        rows.append(
+            [s.value.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
+        )
+    rows.append(["total", f"{total:,}", ""])
+    _table(rows, out, indent="")
+    in_doubt = journal.in_doubt_total()
+    out.write(f"\nsends in doubt (possibly duplicated): {in_doubt:,}\n")
+    categories = journal.counts_by_category()
+    if categories:
+        out.write("\nbounces by category\n")
+        _table(
+            [["category", "recipients"]]
+            + [[c.value, f"{n:,}"] for c, n in sorted(categories.items(), key=lambda x: -x[1])],
+            out,
+            indent="",
+        )
+    expired = journal.counts_by_category([Status.EXPIRED])
+    if expired:
+        out.write("\nexpired by category of the last reply\n")
+        _table(
+            [["category", "recipients"]]
+            + [[c.value, f"{n:,}"] for c, n in sorted(expired.items(), key=lambda x: -x[1])],
+            out,
+            indent="",
+        )
+    by_domain = journal.counts_by_domain()
+    if by_domain and top_domains:
+        largest = sorted(by_domain.items(), key=lambda x: (-sum(x[1].values()), x[0]))
+        shown = largest[:top_domains]
+        more = len(largest) - len(shown)
+        out.write(f"\ndomains ({len(by_domain):,}; the largest {len(shown)})\n")
+        cols = [Status.DELIVERED, Status.BOUNCED, Status.EXPIRED]
+        rows = [["domain", "recipients", "delivered", "bounced", "expired", "waiting", "other"]]
+        for domain, c in shown:
+            n = sum(c.values())
+            waiting = c.get(Status.PENDING, 0) + c.get(Status.IN_DOUBT, 0)
+            other = n - waiting - sum(c.get(s, 0) for s in cols)
+            rows.append(
+                [
+                    domain,
+                    f"{n:,}",
+                    *(f"{c.get(s, 0):,}" for s in cols),
+                    f"{waiting:,}",
+                    f"{other:,}",
+                ]
+            )
+        _table(rows, out, indent="")
+        if more:
+            out.write(f"... and {more:,} more domains\n")
+
+
+# --- validate ------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    """One result of ``validate``: ``ok``, ``warning`` or ``error``."""
+
+    level: str
+    text: str
+
+
+def judge_spf(domain: str, records: list[str] | None) -> list[Finding]:
+    """SPF (RFC 7208) of the envelope sender's domain."""
+    if records is None:
+        return [Finding("warning", f"SPF: could not look up TXT {domain}")]
+    spf = [r for r in records if r.lower().startswith("v=spf1")]
+    if not spf:
+        return [
+            Finding(
+                "warning",
+                f"SPF: no v=spf1 TXT record at {domain}; receivers "
+                "will treat the mail as unauthenticated",
+            )
+        ]
+    if len(spf) > 1:
+        return [
+            Finding(
+                "warning",
+                f"SPF: {len(spf)} v=spf1 records at {domain} (a permerror, "
+                "RFC 7208 §4.5): publish one",
+            )
+        ]
+    terms = spf[0].lower().split()
+    all_terms = [t for t in terms if t.lstrip("+-~?") == "all"]
+    if not all_terms and not any(t.startswith("redirect=") for t in terms):
+        return [Finding("warning", f"SPF: {domain}: {spf[0]!r} has no 'all' term")]
+    if any(t in ("all", "+all") for t in all_terms):
+        return [Finding("warning", f"SPF: {domain}: {spf[0]!r} allows every host (+all)")]
+    if "?all" in all_terms:
+        return [Finding("warning", f"SPF: {domain}: {spf[0]!r} is neutral (?all): weak")]
+    return [Finding("ok", f"SPF: {domain}: {spf[0]}")]
+
+
+def _txt_tags(record: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for part in record.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            tags[key.strip().lower()] = "".join(value.split())
+    return tags
+
+
+def judge_dkim(name: str, records: list[str] | None, expected: str) -> list[Finding]:
+    """The DKIM key record at ``selector._domainkey.domain`` against the configured key."""
+    if records is None:
+        return [Finding("warning", f"DKIM: could not look up TXT {name}")]
+    keys = [r for r in records if "p=" in r]
+    if not keys:
+        return [Finding("warning", f"DKIM: no key record at {name}; publish: {expected}")]
+    published = _txt_tags(keys[0]).get("p", "")
+    wanted = _txt_tags(expected)["p"]
+    if not published:
+        return [Finding("warning", f"DKIM: the key at {name} is revoked (empty p=)")]
+    if published != wanted:
+        return [
+            Finding(
+                "warning",
+                f"DKIM: the key at {name} is not the configured key's "
+                f"public key; publish: {expected}",
+            )
+        ]
+    return [Finding("ok", f"DKIM: {name} publishes the configured key")]
+
+
+def _aligned(a: str, b: str) -> bool:
+    """Relaxed DMARC alignment, approximated: one domain is the other or a subdomain of it."""
+    a, b = a.lower().rstrip("."), b.lower().rstrip(".")
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
+def judge_dmarc(
+    from_domain: str, records: list[str] | None, *, dkim_domains: Sequence[str], spf_domain: str
+) -> list[Finding]:
+    """DMARC (RFC 7489) of the From domain, and whether DKIM or SPF can align with it."""
+    name = f"_dmarc.{from_domain}"
+    findings: list[Finding] = []
+    if records is None:
+        findings.append(Finding("warning", f"DMARC: could not look up TXT {name}"))
+    else:
+        dmarc = [r for r in records if r.lower().replace(" ", "").startswith("v=dmarc1")]
+        if not dmarc:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"DMARC: no v=DMARC1 record at {name}; bulk "
+                    "senders need one (Gmail, Yahoo 2024)",
+                )
+            )
+        else:
+            policy = _txt_tags(dmarc[0]).get("p", "").lower()
+            if policy not in ("quarantine", "reject"):
+                findings.append(
+                    Finding(
+                        "warning", f"DMARC: {name} policy p={policy or '?'} only monitors (weak)"
+                    )
+                )
+            else:
+                findings.append(Finding("ok", f"DMARC: {name} p={policy}"))
+    if not any(_aligned(d, from_domain) for d in dkim_domains) and not _aligned(
+        spf_domain, from_domain
+    ):
+        findings.append(
+            Finding(
+                "warning",
+                f"DMARC: neither a DKIM domain ({', '.join(dkim_domains) or 'none'}) "
+                f"nor the envelope domain {spf_domain} aligns with "
+                f"the From domain {from_domain}",
+            )
+        )
+    return findings
+
+
+async def _lookup_txt(resolver: dns.asyncresolver.Resolver, name: str) -> list[str] | None:
+    """TXT strings at ``name`` ([] when none), None when the lookup failed."""
+    try:
+        answer = await resolver.resolve(name, "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException:
+        return None
+    return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+
+async def _dns_findings(
+    campaign: Campaign, nameservers: tuple[str, ...], port: int
+) -> list[Finding]:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = list(nameservers)
+    resolver.port = port
+    resolver.lifetime = 5.0
+    config = campaign.config
+    from_domain = config.message.from_address.rpartition("@")[2].lower()
+    spf_domain = config.envelope_sender.rpartition("@")[2].lower()
+    findings = judge_spf(spf_domain, await _lookup_txt(resolver, spf_domain))
+    if not campaign.signers:
+        findings.append(Finding("warning", "DKIM: no [dkim] section: messages are not signed"))
+    for signer in campaign.signers:
+        name = f"{signer.selector}._domainkey.{signer.domain}"
+        records = await _lookup_txt(resolver, name)
+        findings += judge_dkim(name, records, signer.public_txt_record())
+    findings += judge_dmarc(
+        from_domain,
+        await _lookup_txt(resolver, f"_dmarc.{from_domain}"),
+        dkim_domains=[s.domain for s in campaign.signers],
+        spf_domain=spf_domain,
+    )
+    return findings
+
+
+@cli.command()
+@click.argument("campaign_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Render this many recipients (the first ones).",
+)
+@click.option(
+    "--previews",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Write this many rendered messages as .eml files (0600).",
+)
+@click.option(
+    "--preview-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where previews go; default <campaign dir>/previews.",
+)
+@click.option("--no-dns", is_flag=True, help="Skip the SPF, DKIM and DMARC lookups.")
+@click.option(
+    "--nameserver",
+    "nameservers",
+    multiple=True,
+    help="DNS resolver for the lookups (repeatable); default the system's.",
+)
+@click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)
+@_debug_option
+def validate(
+    *,
+    campaign_file: Path,
+    sample: int,
+    previews: int,
+    preview_dir: Path | None,
+    no_dns: bool,
+    nameservers: tuple[str, ...],
+    dns_port: int,
+) -> None:
+    """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS."""
+    campaign = Campaign.load(campaign_file, os.environ)
+    config = campaign.config
+    findings = [Finding("ok", f"campaign {config.id}: configuration and templates load")]
+    findings += [Finding("warning", w) for w in campaign.warnings]
+    for signer in campaign.signers:
+        findings.append(
+            Finding(
+                "ok",
+                f"DKIM key loaded: {signer.algorithm.value} "
+                f"{signer.selector}._domainkey.{signer.domain}",
+            )
+        )
+    rejects: list[Reject] = []
+    rendered: list[tuple[Recipient, bytes]] = []
+    failures: list[str] = []
+    now = time.time()
+    keep = max(sample, previews)
+    reader = iter(campaign.recipients(rejects.append))
+    for recipient in reader:
+        if len(rendered) + len(failures) >= keep:
+            break
+        try:
+            rendered.append((recipient, campaign.render(recipient, now=now).data))
+        except RenderError as exc:
+            failures.append(str(exc))
+    if isinstance(reader, Generator):
+        reader.close()  # the file it reads
+    tried = len(rendered) + len(failures)
+    if failures:
+        findings += [Finding("warning", f"render failure: {f}") for f in failures[:5]]
+    findings.append(
+        Finding(
+            "ok" if tried and not failures else "warning",
+            f"recipients: {len(rendered):,} of the first {tried:,} rendered"
+            + (f"; {len(rejects):,} rows rejected before them" if rejects else ""),
+        )
+    )
+    for reject in rejects[:5]:
+        findings.append(
+            Finding(
+                "warning", f"rejected row: line {reject.line}: {reject.raw_email}: {reject.reason}"
+            )
+        )
+    if previews:
+        directory = preview_dir or config.source.parent / "previews"
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, (_recipient, data) in enumerate(rendered[:previews], 1):
+            write_private_bytes(directory / f"preview-{i:03d}.eml", data)
+        findings.append(Finding("ok", f"{min(previews, len(rendered))} previews in {directory}"))
+    if not no_dns:
+        servers = tuple(nameservers) or config.routing.nameservers or _system_or_none()
+        if servers:
+            findings += trio.run(_dns_findings, campaign, servers, dns_port)
+        else:
+            findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
+    for f in findings:
+        click.echo(f"{f.level}: {f.text}")
+    warnings = sum(1 for f in findings if f.level != "ok")
+    click.echo(f"{warnings} warning(s)" if warnings else "campaign looks good")
+    raise SystemExit(EXIT_UNDELIVERED if warnings else EXIT_OK)
+
+
+def _system_or_none() -> tuple[str, ...]:
+    try:
+        return system_nameservers()
+    except ConfigError:
+        return ()
+
+
+# --- sink ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=2525, show_default=True)
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Print a line every this many messages.",
+)
+@_debug_option
+def sink(host: str, port: int, every: int) -> None:
+    """Run the test SMTP server (accepts everything, keeps nothing) until Ctrl-C."""
+    from bulksend.testing.smtp import ServerScript, SMTPServer  # noqa: PLC0415
+
+    async def serve() -> None:
+        server = SMTPServer(ServerScript(record=False), host=host, port=port)
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(server.serve)
+            click.echo(f"sink listening on {bound[0]}:{bound[1]} (Ctrl-C stops)")
+            started = time.monotonic()
+
+            async def report() -> None:
+                shown = [0]
+                while True:
+                    await server.wait_until(lambda: server.stats.messages >= shown[0] + every)
+                    shown[0] = server.stats.messages - server.stats.messages % every
+                    rate = server.stats.messages / max(time.monotonic() - started, 1e-9)
+                    click.echo(f"{server.stats.messages:,} messages ({rate:,.0f}/s)")
+
+            nursery.start_soon(report)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+        click.echo(f"sink stopped after {server.stats.messages:,} messages")
+
+    trio.run(serve)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def _demo_metrics(f: _F) -> _F:
+    return _metrics_options(f, default_port=0)
+
+
+@cli.command()
+@click.option(
+    "--recipients",
+    type=click.IntRange(min=10),
+    default=20000,
+    show_default=True,
+    help="How many recipients the demo campaign has.",
+)
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Where the campaign, journal and report are written (replaced).",
+)
+@click.option(
+    "--keep-serving",
+    is_flag=True,
+    help="Keep the metrics endpoint up after the run until SIGINT/SIGTERM.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@_demo_metrics
+@_debug_option
+def demo(
+    *,
+    recipients: int,
+    directory: Path,
+    keep_serving: bool,
+    quiet: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Run a realistic campaign against local test servers (DNS + SMTP on 127.0.0.x)."""
+    from bulksend import demo as world_of  # noqa: PLC0415
+    from bulksend.testing.scenario import running  # noqa: PLC0415
+
+    flags = _RunFlags(
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        limit=None,
+        force=False,
+        accounting=directory / "accounting.jsonl",
+        nameservers=("127.0.0.1",),
+        dns_port=53,
+        smtp_port=25,
+        ehlo_hostname="demo.sender.test",
+        grace=5.0,
+        quiet=quiet,
+    )
+    path, sites = world_of.write_demo_campaign(directory, recipients)
+    journal = directory / "bulksend-demo.journal.sqlite3"
+
+    async def go() -> RunResult:
+        async with running(sites) as world:
+            flags.dns_port = world.dns_port
+            flags.smtp_port = world.smtp_port
+            campaign = _load_campaign(path)
+            _info(
+                f"demo: {recipients:,} recipients over {len(sites)} sites on 127.0.0.x "
+                f"(DNS 127.0.0.1:{world.dns_port}, SMTP port {world.smtp_port}); "
+                f"files in {directory}/"
+            )
+            return await execute_run(
+                campaign,
+                flags.options(journal, campaign),
+                flags=flags,
+                campaign_path=path,
+                stream=sys.stderr,
+                watch=world_of.stop_when_only_dead_left,
+            )
+
+    result = trio.run(go)
+    print_summary(result, journal, sys.stdout)
+    sys.stdout.write("\n")
+    with Journal.open(journal, None) as j:
+        write_report_table(j, sys.stdout, top_domains=12)
+    sys.stdout.write(
+        f"\nfiles in {directory}/: campaign.toml, recipients.csv, journal, "
+        "accounting.jsonl, report.txt\n"
+    )
+    with Journal.open(journal, None) as j, open_private(directory / "report.txt") as out:
+        write_report_table(j, out, top_domains=50)
+    sys.stdout.flush()
+    server = result.metrics_server
+    try:
+        if keep_serving and server is not None:
+            _serve_until_signal(server)
+    finally:
+        if server is not None:
+            server.close()
+    raise SystemExit(EXIT_STOPPED if result.signalled else EXIT_OK)
