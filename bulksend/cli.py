@@ -193,6 +193,7 @@ class _RunFlags:
     ehlo_hostname: str | None
     grace: float
     quiet: bool
+    keep_serving: bool = False
 
     def options(self, journal: Path, campaign: Campaign) -> RunOptions:
         return RunOptions(
@@ -274,6 +275,11 @@ def _run_options(f: _F) -> _F:
             help="Seconds in-flight transactions get to finish when stopping.",
         ),
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
+        click.option(
+            "--keep-serving",
+            is_flag=True,
+            help="After the run, keep the metrics endpoint up until SIGINT/SIGTERM.",
+        ),
         _debug_option,
     ]
     for decorator in reversed(decorators):
@@ -294,6 +300,7 @@ def _flags(kw: dict[str, Any]) -> _RunFlags:
         ehlo_hostname=kw.pop("ehlo_hostname"),
         grace=kw.pop("grace"),
         quiet=kw.pop("quiet"),
+        keep_serving=kw.pop("keep_serving"),
     )
 
 
@@ -429,7 +436,9 @@ def _counts_line(counts: Mapping[Status, int] | Mapping[str, int]) -> str:
     return "  ".join(f"{str(s).replace('_', ' ')} {n:,}" for s, n in counts.items())
 
 
-def print_summary(result: RunResult, journal: Path, out: TextIO) -> None:
+def print_summary(
+    result: RunResult, journal: Path, out: TextIO, *, rejects: Path | None = None
+) -> None:
     """The lines a run ends with (stdout)."""
     summary = result.summary
     if summary is None:
@@ -441,6 +450,9 @@ def print_summary(result: RunResult, journal: Path, out: TextIO) -> None:
     if summary.imported is not None:
         imp = summary.imported
         out.write(f"  imported:  {imp.imported:,} recipients ({imp.duplicates:,} duplicates)\n")
+        with contextlib.suppress(OSError):
+            if rejects is not None and rejects.stat().st_size:
+                out.write(f"  rejected rows are listed in {rejects}\n")
     if summary.in_doubt_recovered:
         out.write(
             f"  recovered: {summary.in_doubt_recovered:,} recipients in doubt from an "
@@ -510,11 +522,15 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
         )
 
     result = trio.run(go)
+    server = result.metrics_server
     try:
-        print_summary(result, journal, sys.stdout)
+        print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
+        sys.stdout.flush()
+        if flags.keep_serving and server is not None and not result.signalled:
+            _serve_until_signal(server)
     finally:
-        if result.metrics_server is not None:
-            result.metrics_server.close()
+        if server is not None:
+            server.close()
     return _exit_code(result)
 
 
@@ -1179,7 +1195,7 @@ def demo(
             )
 
     result = trio.run(go)
-    print_summary(result, journal, sys.stdout)
+    print_summary(result, journal, sys.stdout, rejects=directory / "rejects.csv")
     sys.stdout.write("\n")
     with Journal.open(journal, None) as j:
         write_report_table(j, sys.stdout, top_domains=12)

@@ -13,7 +13,8 @@ digit; RFC 3463: enhanced status codes class.subject.detail):
 - 5xx: bounced, except
   * 552 to RCPT, which RFC 5321 §4.5.3.1.10 says must be treated as temporary ("too many
     recipients" / mailbox full on old servers);
-  * 503 (bad sequence of commands): a session out of step, never the recipient's fault;
+  * 503 (bad sequence of commands) and 530 (authentication required, RFC 4954): our
+    session went wrong, never the recipient's fault;
   * a 5xx whose enhanced code has class 4 (4.x.x). RFC 3463 §2 requires the classes to
     agree; when they do not, the more specific field says "transient" and we believe it. A
     wrong deferral costs retries bounded by ``max_age``; a wrong bounce loses the recipient.
@@ -216,8 +217,9 @@ def classify_reply(reply: Reply, *, stage: str = "") -> Outcome:
     if 500 <= code < 600:
         parsed = parse_enhanced_code(enhanced)
         rcpt_552 = code == 552 and stage.strip().lower().startswith("rcpt")
-        # 503 "bad sequence of commands" says the session went wrong, not the recipient.
-        if rcpt_552 or code == 503 or (parsed is not None and parsed[0] == 4):
+        # 503 "bad sequence of commands" and 530 "authentication required" say our session
+        # went wrong, not the recipient: bouncing would lose every recipient to one mistake.
+        if rcpt_552 or code in (503, 530) or (parsed is not None and parsed[0] == 4):
             return Outcome.deferred(code, enhanced, text, category)
         return Outcome.bounced(code, enhanced, text, category)
     if 400 <= code < 500:

@@ -79,14 +79,12 @@ class Scheduler:
         router: Router,
         policy: SendingPolicy,
         *,
-        credentials: Credentials | None = None,
         grace: float = 30.0,
     ) -> None:
         self.delivery = delivery
         self.router = router
         self.policy = policy
         self.table = policy_table(policy)
-        self.credentials = credentials
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
@@ -232,7 +230,8 @@ class Scheduler:
                 limits,
                 backoff,
                 label=label,
-                credentials=self.credentials if route.auth is not None else None,
+                # A relay's AUTH settings ride on its route (see delivery.run.routing_config).
+                credentials=route.auth if isinstance(route.auth, Credentials) else None,
             )
             self.destinations[route.site] = destination
         return destination

@@ -93,7 +93,7 @@ REPLIES = [
         530,
         "5.7.0",
         "Must issue a STARTTLS command first. - gsmtp",
-        B,
+        T,  # our TLS went wrong, not the recipient: retry (with TLS) rather than lose them
         C.TLS,
     ),
     # Yahoo
@@ -165,6 +165,7 @@ REPLIES = [
     ("data", 552, None, "Message size exceeds fixed maximum message size", B, C.MESSAGE_TOO_BIG),
     # A session out of step (Postfix after a transaction left open) is not the recipient's fault.
     ("MAIL", 503, "5.5.1", "Error: nested MAIL command", T, C.OTHER),
+    ("MAIL", 530, "5.7.0", "Authentication required", T, C.POLICY),
     # Contradictory classes: a 4.x.x detail makes a 5xx temporary; a 4xx is never a bounce.
     ("rcpt", 550, "4.7.1", "Greylisted, please try again later", T, C.POLICY),
     ("rcpt", 450, "5.1.1", "User unknown", T, C.BAD_MAILBOX),
