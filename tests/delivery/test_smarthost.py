@@ -98,6 +98,7 @@ async def test_no_auth_when_the_certificate_does_not_verify(tmp_path: Path, ca: 
 
 async def test_no_auth_when_the_relay_offers_no_tls(tmp_path: Path, ca: trustme.CA) -> None:
     counts, wire, users = await relay_campaign(tmp_path, relay_script(ca, tls=False), trusting(ca))
+    assert users == []
     assert counts[Status.DELIVERED] == 0
     assert counts[Status.PENDING] == 6
     assert b"AUTH" not in wire
