@@ -393,7 +393,13 @@ async def execute_run(
         tally.accounting = AccountingLog(flags.accounting)
     tty = stream.isatty()
     progress = Progress(
-        tally, stream, tty=tty, journal=options.journal, campaign=campaign_path, quiet=flags.quiet
+        tally,
+        stream,
+        tty=tty,
+        journal=options.journal,
+        campaign=campaign_path,
+        quiet=flags.quiet,
+        metrics=metrics,
     )
     control = _RunControl()
     summary: RunSummary | None = None

@@ -37,6 +37,7 @@ import trio
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
 from bulksend.journal import APPLICATION_ID, Due, Kind, Outcome, Status
+from bulksend.metrics import Metrics
 
 __all__ = [
     "AccountingLog",
@@ -306,6 +307,7 @@ class Progress:
         journal: the journal file, for waiting counts and the snapshot's path.
         campaign: the campaign file, for the snapshot.
         quiet: draw nothing (the snapshot is still written).
+        metrics: its ``queue_depth`` gauge is set from the journal's waiting count.
     """
 
     def __init__(
@@ -317,8 +319,10 @@ class Progress:
         journal: Path,
         campaign: Path | None = None,
         quiet: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.tally = tally
+        self.metrics = metrics
         self.stream = stream
         self.tty = tty
         self.journal = journal
@@ -436,6 +440,8 @@ class Progress:
             peek = self._peek
             self.counts = await trio.to_thread.run_sync(peek.counts)
             self.waiting = await trio.to_thread.run_sync(peek.waiting_by_domain)
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(self.counts["pending"] + self.counts["in_doubt"])
         except JournalError:
             pass  # not there yet (import running) or unreadable: try again later
 
@@ -473,6 +479,8 @@ class Progress:
                 self._peek = JournalPeek(self.journal)
             self.counts = self._peek.counts()
             self.waiting = self._peek.waiting_by_domain()
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(self.counts["pending"] + self.counts["in_doubt"])
         if self.tty and self.scheduler is not None:
             self.draw()
         with contextlib.suppress(OSError):

@@ -313,6 +313,12 @@ class RecipientReader:
             self.stats.accepted += 1
             yield recipient
 
+    def raw_emails(self) -> Iterator[str]:
+        """The email column of every row, unvalidated (a cheap pass, e.g. to plan shards)."""
+        rows = self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+        for _line, raw_email, _fields, _problem in rows:
+            yield raw_email
+
     def _reject(self, reject: Reject) -> None:
         if reject.kind is RejectKind.INVALID:
             self.stats.invalid += 1

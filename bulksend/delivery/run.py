@@ -25,6 +25,7 @@ from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
 from bulksend.delivery.destination import Credentials, Delivery
 from bulksend.delivery.scheduler import Scheduler
+from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import (
     Due,
@@ -59,6 +60,8 @@ class RunOptions:
         limit: stop after this many recipients have an outcome in this run.
         grace: seconds in-flight transactions get to finish when stopping.
         allow_plaintext_auth: AUTH to a relay without TLS (tests only).
+        shard: run only this shard's sites (see :mod:`bulksend.delivery.shard`); the
+            journal and rejects files get the shard in their names.
     """
 
     journal: Path
@@ -72,6 +75,12 @@ class RunOptions:
     limit: int | None = None
     grace: float = 30.0
     allow_plaintext_auth: bool = False
+    shard: Shard | None = None
+
+    @property
+    def journal_path(self) -> Path:
+        """The journal this run uses (its shard's, when sharded)."""
+        return self.journal if self.shard is None else self.shard.journal(self.journal)
 
 
 @dataclass
@@ -108,17 +117,22 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
     )
 
 
-def _recipients(campaign: Campaign, rejects: RejectsFile) -> Iterator[NewRecipient]:
+Keep = Callable[[str], bool]  # does this run own recipients of this domain?
+
+
+def _recipients(campaign: Campaign, rejects: RejectsFile, keep: Keep) -> Iterator[NewRecipient]:
     """The recipients file as journal rows; rejected rows are kept as invalid/suppressed."""
     held: list[Reject] = []
 
     def on_reject(reject: Reject) -> None:
-        rejects(reject)
-        held.append(reject)
+        if keep(reject.raw_email.rpartition("@")[2].strip().lower()):
+            rejects(reject)
+            held.append(reject)
 
     for recipient in campaign.recipients(on_reject):
         yield from _rejected(held)
-        yield NewRecipient(recipient.address, dict(recipient.fields))
+        if keep(recipient.domain):
+            yield NewRecipient(recipient.address, dict(recipient.fields))
     yield from _rejected(held)
 
 
@@ -136,15 +150,47 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
     config = campaign.config
     templates = [p for p in (config.message.text_template, config.message.html_template) if p]
     identity = campaign_identity(config.source, templates, config.recipients.file)
-    return Journal.open(options.journal, identity, force=options.force, policy=config.policy.retry)
+    if options.shard is not None:
+        identity["shard"] = str(options.shard)
+    return Journal.open(
+        options.journal_path, identity, force=options.force, policy=config.policy.retry
+    )
 
 
-def import_recipients(campaign: Campaign, journal: Journal) -> ImportStats | None:
-    """Import the recipients file into the journal unless that is already complete."""
+def import_recipients(
+    campaign: Campaign, journal: Journal, shard: Shard | None = None, keep: Keep | None = None
+) -> ImportStats | None:
+    """Import the recipients file into the journal unless that is already complete.
+
+    With a shard, only the recipients ``keep`` accepts (by domain) are imported, and the
+    rejects file gets the shard in its name.
+    """
     if journal.import_complete:
         return None
-    with RejectsFile(campaign.config.recipients.rejects) as rejects:
-        return journal.import_recipients(_recipients(campaign, rejects))
+    path = campaign.config.recipients.rejects
+    if shard is not None:
+        path = shard.journal(path)
+    with RejectsFile(path) as rejects:
+        return journal.import_recipients(_recipients(campaign, rejects, keep or _everything))
+
+
+def _everything(_domain: str) -> bool:
+    return True
+
+
+async def shard_filter(campaign: Campaign, router: Router, shard: Shard) -> Keep:
+    """Which domains a shard owns: those whose site hashes to it (rows without one: shard 0)."""
+    reader = campaign.recipients()
+    domains = await trio.to_thread.run_sync(lambda: distinct_domains(reader.raw_emails()))
+    keys = await site_keys(router, domains)
+    log.info("shard %s: %d domains routed to plan the shards", shard, len(keys))
+
+    def keep(domain: str) -> bool:
+        if not domain:
+            return shard.index == 0
+        return shard.owns(keys.get(domain, domain))
+
+    return keep
 
 
 async def run_campaign(
@@ -170,8 +216,13 @@ async def run_campaign(
     config = campaign.config
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
     try:
-        imported = await trio.to_thread.run_sync(import_recipients, campaign, journal)
         router = Router(routing_config(config, options))
+        keep = None
+        if options.shard is not None and not journal.import_complete:
+            keep = await shard_filter(campaign, router, options.shard)
+        imported = await trio.to_thread.run_sync(
+            import_recipients, campaign, journal, options.shard, keep
+        )
         policy = config.policy
         delivery = Delivery(
             campaign=campaign,

@@ -123,6 +123,7 @@ class SMTPClient:
         # still hold it (Postfix answers the next MAIL with "503 nested MAIL"), so the next
         # transaction starts with RSET, pipelined in front of its MAIL.
         self._needs_rset = False
+        self._deadlines: tuple[Timeouts, dict[Verb, float]] | None = None
 
     @classmethod
     async def connect(
@@ -165,7 +166,9 @@ class SMTPClient:
 
     def _deadline(self, verb: Verb) -> float:
         t = self.timeouts
-        return {
+        if self._deadlines is not None and self._deadlines[0] is t:
+            return self._deadlines[1][verb]
+        table = {
             Verb.GREETING: t.greeting,
             Verb.EHLO: t.ehlo,
             Verb.HELO: t.ehlo,
@@ -179,7 +182,9 @@ class SMTPClient:
             Verb.RSET: t.rset,
             Verb.NOOP: t.rset,
             Verb.QUIT: t.quit,
-        }[verb]
+        }
+        self._deadlines = (t, table)  # ``timeouts`` is frozen; rebuilt if replaced
+        return table[verb]
 
     @contextmanager
     def _io(self, stage: str, seconds: float) -> Iterator[None]:
@@ -218,6 +223,18 @@ class SMTPClient:
         if verb is None:
             self.usable = False
             raise SMTPConnectionError("the server closed the session")
+        # Fast path: a pipelining server answers a batch in one segment, so most replies
+        # are already buffered; no I/O means no deadline to arm. A malformed reply raises
+        # RemoteProtocolError here just as it would below (``_io`` lets it through).
+        try:
+            item = self._proto.next_reply()
+        except BaseException:
+            self._broken()
+            raise
+        if item is not None:
+            if item[1].code == 421:
+                self.usable = False
+            return item
         with self._io(f"reading reply to {verb.value}", self._deadline(verb)):
             while True:
                 item = self._proto.next_reply()

@@ -1,0 +1,100 @@
+"""Sharding a campaign across processes or machines, by *site*.
+
+How this works: one Trio process uses one core, so a big campaign runs as N shards (``send
+--workers N`` on one machine, ``--shard I/N`` on N machines, one journal per shard). Every
+site's limits and backoff must live in exactly one shard, or N shards would each send to
+gmail.com at the full configured rate. Sharding by *domain* cannot promise that: domains
+rolled up to one MX set (every Google Workspace domain) would land in different shards.
+
+So shards are cut by site. Before importing, a shard reads the recipient file's domains
+(a cheap pass: no address validation), routes each distinct domain once (concurrently; the
+answers stay in the router's cache for the run), and keeps the recipients whose *site*
+hashes to its index. Every shard computes the same assignment from the same DNS answers,
+so a site is owned by one shard. A domain that cannot be routed now (SERVFAIL) is assigned
+by its own name, so it is still owned by exactly one shard.
+
+Caveat (documented in the README): if DNS changes an MX set between the shards' imports,
+a site could be split; its limits then hold per shard. Keeping the import of all shards
+close together (as an Indexed Job does) makes this unlikely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from bulksend.errors import ConfigError
+from bulksend.routing import Router, RoutingError, normalize_domain
+
+_CONCURRENT_LOOKUPS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"shard {self.index}/{self.count}: need 0 <= index < count")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"2/8"`` -> shard 2 of 8 (as Kubernetes' job completion index counts, from 0)."""
+        index, slash, count = text.partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ConfigError(f"shard {text!r}: write it as INDEX/COUNT, e.g. 0/4")
+        return cls(int(index), int(count))
+
+    def owns(self, key: str) -> bool:
+        """Whether the site (or domain) ``key`` belongs to this shard."""
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+    def journal(self, path: Path) -> Path:
+        """This shard's journal file, beside ``path``: ``x.sqlite3`` -> ``x.2of8.sqlite3``."""
+        return path.with_name(f"{path.stem}.{self.index}of{self.count}{path.suffix}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def distinct_domains(emails: Iterable[str]) -> set[str]:
+    """The distinct normalised domains of raw addresses; unparsable ones are left out."""
+    raw = {e.rpartition("@")[2].strip().lower() for e in emails if "@" in e}
+    domains = set()
+    for domain in raw:
+        try:
+            domains.add(normalize_domain(domain))
+        except RoutingError:
+            continue
+    return domains
+
+
+async def site_keys(router: Router, domains: Iterable[str]) -> dict[str, str]:
+    """Route every domain (64 at a time) and map it to its site's name.
+
+    A domain that cannot be routed maps to itself.
+    """
+    keys: dict[str, str] = {}
+    limiter = trio.CapacityLimiter(_CONCURRENT_LOOKUPS)
+
+    async def one(domain: str) -> None:
+        async with limiter:
+            try:
+                route = await router.route(domain)
+            except RoutingError:
+                keys[domain] = domain
+            else:
+                keys[domain] = str(route.site)
+
+    async with trio.open_nursery() as nursery:
+        for domain in domains:
+            nursery.start_soon(one, domain)
+    return keys

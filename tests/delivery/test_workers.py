@@ -1,0 +1,114 @@
+"""--workers: shards in separate processes, sites owned by one shard, a dead worker resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from bulksend.campaign import Campaign
+from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.shard import Shard
+from bulksend.delivery.workers import WorkerPool
+from bulksend.journal import Journal, Status
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+
+# Six sites; "big" has four domains rolled up on one MX set.
+SITES = [
+    SiteSpec("big", ("big1.test", "big2.test", "big3.test", "big4.test"), "127.0.0.2", mx_hosts=2),
+    SiteSpec("s1", ("s1.test",), "127.0.0.3"),
+    SiteSpec("s2", ("s2.test",), "127.0.0.4"),
+    SiteSpec("s3", ("s3.test",), "127.0.0.5"),
+    SiteSpec("s4", ("s4.test",), "127.0.0.6"),
+    SiteSpec("s5", ("s5.test",), "127.0.0.7"),
+]
+DOMAINS = [d for s in SITES for d in s.domains]
+POLICY = """
+[policy.defaults]
+max_connections = 2
+rate = "100/s"
+"""
+
+
+def options(tmp_path: Path, dns_port: int, smtp_port: int) -> RunOptions:
+    return RunOptions(
+        journal=tmp_path / "journal.sqlite3",
+        nameservers=("127.0.0.1",),
+        dns_port=dns_port,
+        smtp_port=smtp_port,
+        ehlo_hostname="sender.test",
+        grace=2,
+    )
+
+
+def shard_counts(tmp_path: Path, count: int) -> Counter[Status]:
+    total: Counter[Status] = Counter()
+    for i in range(count):
+        with Journal.open(Shard(i, count).journal(tmp_path / "journal.sqlite3"), None) as j:
+            total.update(j.counts())
+    return total
+
+
+async def test_two_workers_deliver_everyone_once_within_site_limits(tmp_path: Path) -> None:
+    recipients = addresses(DOMAINS, 270)
+    toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=POLICY))
+    with trio.fail_after(90):
+        async with running(SITES) as world:
+            pool = WorkerPool(toml, {}, options(tmp_path, world.dns_port, world.smtp_port), 2)
+            states = await pool.run()
+            received = Counter(
+                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
+            )
+            peaks = {name: s.stats.connections_peak for name, s in world.servers.items()}
+    assert [s.failed for s in states] == [False, False]
+    assert all(s.summary is not None and s.summary.complete for s in states)
+    assert received == Counter(recipients)  # every recipient exactly once
+    # Each site lived in one worker: its connection cap held across the whole run.
+    assert max(peaks.values()) <= 2
+    # Both shards did work, and one merged report adds up to the campaign.
+    assert all(s.outcomes.get("delivered", 0) > 0 for s in states)
+    assert shard_counts(tmp_path, 2)[Status.DELIVERED] == 270
+    assert pool.outcomes()["delivered"] == 270
+    registry = CollectorRegistry()
+    registry.register(pool.collector())
+    assert registry.get_sample_value("bulksend_recipients_total", {"outcome": "delivered"}) == 270
+
+
+async def test_a_dead_worker_is_reported_and_its_shard_resumes(tmp_path: Path) -> None:
+    recipients = addresses(DOMAINS, 270)
+    slow = POLICY.replace('rate = "100/s"', 'rate = "20/s"')
+    toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=slow))
+    with trio.fail_after(120):
+        async with running(SITES) as world:
+            opts = options(tmp_path, world.dns_port, world.smtp_port)
+            pool = WorkerPool(toml, {}, opts, 2)
+            async with trio.open_nursery() as nursery:
+
+                async def kill_worker_one() -> None:
+                    await world.servers["big"].wait_until(lambda: world.delivered >= 40)
+                    pid = pool.processes[1].pid
+                    assert pid is not None
+                    os.kill(pid, signal.SIGKILL)
+
+                nursery.start_soon(kill_worker_one)
+                states = await pool.run()
+                nursery.cancel_scope.cancel()
+            assert states[1].failed
+            assert not states[0].failed
+            resumed = await run_campaign(
+                Campaign.load(toml, {}), RunOptions(**{**opts.__dict__, "shard": Shard(1, 2)})
+            )
+            received = Counter(
+                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
+            )
+    assert resumed.complete
+    assert shard_counts(tmp_path, 2)[Status.DELIVERED] == 270
+    assert set(received) == set(recipients)
+    with Journal.open(Shard(1, 2).journal(tmp_path / "journal.sqlite3"), None) as j:
+        in_doubt = {s.address: s.in_doubt for s in j.iter_states()}
+    for address, n in received.items():
+        assert n == 1 or n <= 1 + in_doubt.get(address, 0)
