@@ -27,6 +27,7 @@ from bulksend.delivery.destination import Credentials, Delivery
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
+from bulksend.errors import JournalError
 from bulksend.journal import (
     Due,
     ImportStats,
@@ -240,15 +241,22 @@ async def run_campaign(
         if on_outcome is not None:
             delivery.on_outcome = on_outcome
         scheduler = Scheduler(delivery, router, policy, grace=options.grace)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(delivery.writer.run)
-            if on_start is not None:
-                on_start(scheduler)
-            try:
-                await scheduler.run()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await delivery.writer.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(delivery.writer.run)
+                if on_start is not None:
+                    on_start(scheduler)
+                try:
+                    await scheduler.run()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await delivery.writer.aclose()
+        except BaseExceptionGroup as group:
+            # A journal failure (disk full) stops every task at once: report it once.
+            failure, _rest = group.split(JournalError)
+            if failure is None:
+                raise
+            raise _first_leaf(failure) from None
         counts = journal.counts()
         return RunSummary(
             imported=imported,
@@ -260,6 +268,11 @@ async def run_campaign(
         )
     finally:
         journal.close()
+
+
+def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _unverified_context() -> ssl.SSLContext:

@@ -185,7 +185,7 @@ class WorkerPool:
         processes = self.processes
         for state in self.workers:
             parent, child = context.Pipe()
-            process = context.Process(
+            process: multiprocessing.process.BaseProcess = context.Process(
                 target=_worker_main,
                 args=(
                     str(self.campaign_path),
