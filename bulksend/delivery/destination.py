@@ -463,10 +463,11 @@ class Destination:
                     continue
                 health.failures = 0
                 return client
-            health.failures += 1
-            health.retry_at = now + min(
-                _HOST_BACKOFF_FIRST * 2 ** (health.failures - 1), _HOST_BACKOFF_MAX
-            )
+            if health.retry_at <= now:  # senders failing at once count as one failure
+                health.failures += 1
+                health.retry_at = now + min(
+                    _HOST_BACKOFF_FIRST * 2 ** (health.failures - 1), _HOST_BACKOFF_MAX
+                )
         if tried and last is not None:
             self.last_error = str(last)
             outcome = classify_error(last)

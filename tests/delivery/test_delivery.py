@@ -283,3 +283,38 @@ tls = "required"
             transactions = world.servers["secure"].transactions
     assert summary.counts[Status.DELIVERED] == 5
     assert all(t.tls for t in transactions)
+
+
+async def test_dead_first_mx_falls_back_to_the_next(tmp_path: Path) -> None:
+    sites = [SiteSpec("backup", ("backup.test",), "127.0.0.2")]
+    recipients = addresses(["fallback.test"], 10)
+    # Two messages per connection: five reconnections, each of which could retry the dead host.
+    policy = """
+[policy.defaults]
+max_connections = 2
+messages_per_connection = 2
+"""
+    toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
+    metrics = Metrics()
+    with trio.fail_after(30):
+        async with running(sites) as world:
+            # Preference 10 is a host where nothing listens; 20 is the live site.
+            world.dns.load(
+                {
+                    "fallback.test": {"MX": [(10, "dead.fallback.test"), (20, "mx1.backup.test")]},
+                    "dead.fallback.test": {"A": ["127.0.0.9"]},
+                }
+            )
+            summary = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world), metrics=metrics
+            )
+            accepted = [r for t in world.servers["backup"].transactions for r in t.rcpt_to]
+    assert summary.counts[Status.DELIVERED] == 10
+    assert sorted(accepted) == sorted(recipients)
+    (label,) = _site_labels(metrics)
+    failed = sample(
+        metrics, "bulksend_connections_failed_total", site=label, reason="SMTPConnectionError"
+    )
+    # The dead host was tried by the senders that started together, then skipped while it
+    # backs off: never once per message.
+    assert 1 <= failed <= 2
