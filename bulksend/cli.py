@@ -66,7 +66,6 @@ __all__ = [
     "EXIT_UNDELIVERED",
     "EXIT_USAGE",
     "campaign_sidecar",
-    "cli",
     "main",
 ]
 
@@ -140,7 +139,9 @@ class _Group(click.Group):
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     if value:
         ctx.meta[_DEBUG_KEY] = True
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s", force=True
+        )
     return value
 
 
@@ -166,15 +167,11 @@ def _info(text: str) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bulksend", prog_name="bulksend")
 @_debug_option
-def cli() -> None:
+def main() -> None:
     """bulksend: send one personalised message to every recipient of a list, straight to
     their mail exchangers, resumably. See docs/cli.md."""
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """The console entry point (``bulksend``, ``python -m bulksend``)."""
+    # --debug (eager) has configured logging already; otherwise only errors are logged.
     logging.basicConfig(level=logging.ERROR, format="bulksend: %(message)s")
-    cli.main(args=list(argv) if argv is not None else None, prog_name="bulksend")
 
 
 # --- shared run options --------------------------------------------------------------------
@@ -489,7 +486,7 @@ def _serve_until_signal(server: MetricsServer) -> None:
 # --- send / resume -------------------------------------------------------------------------
 
 
-@cli.command()
+@main.command()
 @click.argument("campaign_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--journal",
@@ -540,7 +537,7 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     return _exit_code(result)
 
 
-@cli.command()
+@main.command()
 @click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--campaign",
@@ -647,7 +644,7 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") ->
         out.write(indent + "  ".join(cells).rstrip() + "\n")
 
 
-@cli.command()
+@main.command()
 @click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @_debug_option
@@ -700,7 +697,7 @@ def status(journal: Path, as_json: bool) -> None:
 # --- report --------------------------------------------------------------------------------
 
 
-@cli.command()
+@main.command()
 @click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--format",
@@ -970,7 +967,7 @@ async def _dns_findings(
     return findings
 
 
-@cli.command()
+@main.command()
 @click.argument("campaign_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--sample",
@@ -1082,7 +1079,7 @@ def _system_or_none() -> tuple[str, ...]:
 # --- sink ----------------------------------------------------------------------------------
 
 
-@cli.command()
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=2525, show_default=True)
 @click.option(
@@ -1129,7 +1126,7 @@ def _demo_metrics(f: _F) -> _F:
     return _metrics_options(f, default_port=0)
 
 
-@cli.command()
+@main.command()
 @click.option(
     "--recipients",
     type=click.IntRange(min=10),

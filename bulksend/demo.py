@@ -94,7 +94,7 @@ initial = "3s"
 factor = 2.0
 maximum = "6s"
 jitter = 0.1
-max_age = "15s"
+max_age = "25s"
 
 [[policy.backoff]]
 code = 421
