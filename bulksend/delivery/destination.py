@@ -475,8 +475,12 @@ class Destination:
                 # A refused greeting is not the recipient's fault: try again later.
                 outcome = classify_error(SMTPConnectionError(str(last)))
         else:
-            wait = min(h.retry_at for h in self._hosts.values()) - now
-            outcome = Outcome.throttled(max(wait, 0.0), "every MX host is backing off")
+            # Every host failed recently and backs off. This is the destination failing,
+            # not our own pacing: a real deferred attempt, so a site that stays dead
+            # expires at max_age like any other undeliverable recipient.
+            outcome = classify_error(
+                SMTPConnectionError(f"every MX host is backing off; last error: {self.last_error}")
+            )
         if slot.holding is not None:
             due, slot.holding = slot.holding, None
             await self.delivery.record(due, outcome, self.label)

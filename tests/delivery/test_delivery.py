@@ -318,3 +318,29 @@ messages_per_connection = 2
     # The dead host was tried by the senders that started together, then skipped while it
     # backs off: never once per message.
     assert 1 <= failed <= 2
+
+
+async def test_a_dead_site_expires_at_max_age(tmp_path: Path) -> None:
+    sites = [
+        SiteSpec("dead", ("dead.test",), "127.0.0.2", dead=True),
+        SiteSpec("live", ("live.test",), "127.0.0.3"),
+    ]
+    policy = """
+[policy.retry]
+initial = "1s"
+factor = 1.0
+maximum = "1s"
+jitter = 0.0
+max_age = "3s"
+"""
+    recipients = addresses(["dead.test", "live.test"], 20)
+    summary, _world = await send(tmp_path, sites, recipients, policy)
+    assert summary.complete
+    assert summary.counts[Status.DELIVERED] == 10
+    assert summary.counts[Status.EXPIRED] == 10
+    result = states(tmp_path)
+    assert all(
+        status is Status.EXPIRED and attempts >= 1
+        for address, (status, attempts, _d) in result.items()
+        if address.endswith("@dead.test")
+    )
