@@ -36,14 +36,18 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import trio
+from prometheus_client import CollectorRegistry
 
 from bulksend.campaign.recipients import Recipient, Reject
 from bulksend.campaign.render import Campaign, RenderError
 from bulksend.delivery.run import RunOptions, RunSummary, routing_config, run_campaign
 from bulksend.delivery.scheduler import Scheduler
+from bulksend.delivery.shard import Shard
+from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import BulksendError, ConfigError
-from bulksend.journal import Journal, Status
+from bulksend.journal import Journal, JournalSet, Status
 from bulksend.metrics import Metrics, MetricsServer
+from bulksend.metrics import serve as serve_registry
 from bulksend.progress import (
     SNAPSHOT_STALE,
     AccountingLog,
@@ -191,10 +195,12 @@ class _RunFlags:
     grace: float
     quiet: bool
     keep_serving: bool = False
+    shard: Shard | None = None
 
     def options(self, journal: Path, campaign: Campaign) -> RunOptions:
         return RunOptions(
             journal=journal,
+            shard=self.shard,
             nameservers=_nameservers(self.nameservers, campaign),
             dns_port=self.dns_port,
             smtp_port=self.smtp_port,
@@ -273,6 +279,13 @@ def _run_options(f: _F) -> _F:
         ),
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
         click.option(
+            "--shard",
+            callback=_parse_shard,
+            metavar="INDEX/COUNT",
+            help="Run one shard of COUNT (0-based INDEX; sites are divided, not domains); "
+            "its journal is JOURNAL with INDEXofCOUNT in its name.",
+        ),
+        click.option(
             "--keep-serving",
             is_flag=True,
             help="After the run, keep the metrics endpoint up until SIGINT/SIGTERM.",
@@ -298,7 +311,17 @@ def _flags(kw: dict[str, Any]) -> _RunFlags:
         grace=kw.pop("grace"),
         quiet=kw.pop("quiet"),
         keep_serving=kw.pop("keep_serving"),
+        shard=kw.pop("shard"),
     )
+
+
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard | None:
+    if value is None:
+        return None
+    try:
+        return Shard.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def campaign_sidecar(journal: Path) -> Path:
@@ -393,7 +416,7 @@ async def execute_run(
         tally,
         stream,
         tty=tty,
-        journal=options.journal,
+        journal=options.journal_path,
         campaign=campaign_path,
         quiet=flags.quiet,
         metrics=metrics,
@@ -498,22 +521,37 @@ def _serve_until_signal(server: MetricsServer) -> None:
     is_flag=True,
     help="Render every recipient and route every domain; send nothing, write no journal.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes to run (one shard each, sites divided among them); use one per core.",
+)
 @_run_options
-def send(campaign_file: Path, journal: Path | None, dry_run: bool, **kw: Any) -> None:
+def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int, **kw: Any) -> None:
     """Send a campaign (journaled: resumes where an earlier run on the journal stopped)."""
     flags = _flags(kw)
     campaign = _load_campaign(campaign_file)
     if dry_run:
         raise SystemExit(_dry_run(campaign, flags))
     journal = journal or campaign.config.source.parent / f"{campaign.config.id}.journal.sqlite3"
-    sidecar = campaign_sidecar(journal)
-    with open_private(sidecar) as out:
-        out.write(str(campaign.config.source) + "\n")
+    if workers > 1:
+        if flags.shard is not None:
+            raise click.UsageError("--workers and --shard do not go together")
+        raise SystemExit(run_workers(campaign, journal, flags, workers))
     raise SystemExit(_run(campaign, journal, flags))
+
+
+def _write_sidecar(campaign: Campaign, journal: Path) -> None:
+    with open_private(campaign_sidecar(journal)) as out:
+        out.write(str(campaign.config.source) + "\n")
 
 
 def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     options = flags.options(journal, campaign)
+    _write_sidecar(campaign, options.journal_path)
+    journal = options.journal_path
 
     async def go() -> RunResult:
         return await execute_run(
@@ -535,6 +573,93 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
         if server is not None:
             server.close()
     return _exit_code(result)
+
+
+def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int) -> int:
+    """``send --workers N``: N shard processes, one progress line, one metrics endpoint."""
+    options = flags.options(journal, campaign)
+    for index in range(count):
+        _write_sidecar(campaign, Shard(index, count).journal(journal))
+    pool = WorkerPool(campaign.config.source, os.environ, options, count)
+    server: MetricsServer | None = None
+    if flags.metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(pool.collector())
+        server = serve_registry(registry, flags.metrics_port, flags.metrics_host)
+        _info(f"metrics at {server.url} (all workers)")
+    started = time.monotonic()
+
+    async def go() -> tuple[list[WorkerState], int]:
+        signals = 0
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal signals
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                    async for signum in received:
+                        signals += 1
+                        if signals == 1:
+                            _info(f"{signal.Signals(signum).name}: stopping every worker")
+                            pool.stop()
+                        else:
+                            nursery.cancel_scope.cancel()
+
+            async def report_progress() -> None:
+                every = 1.0 if sys.stderr.isatty() else 5.0
+                while True:
+                    await trio.sleep(every)
+                    if not flags.quiet:
+                        _info(_workers_line(pool))
+
+            nursery.start_soon(watch_signals)
+            nursery.start_soon(report_progress)
+            states = await pool.run()
+            nursery.cancel_scope.cancel()
+        return states, signals
+
+    try:
+        states, signals = trio.run(go)
+        counts, complete = _workers_summary(pool, states, journal, started, sys.stdout)
+        if flags.keep_serving and server is not None and not signals:
+            _serve_until_signal(server)
+    finally:
+        if server is not None:
+            server.close()
+    if not complete:
+        return EXIT_STOPPED
+    return EXIT_UNDELIVERED if counts[Status.BOUNCED] or counts[Status.EXPIRED] else EXIT_OK
+
+
+def _workers_summary(
+    pool: WorkerPool, states: list[WorkerState], journal: Path, started: float, out: TextIO
+) -> tuple[dict[Status, int], bool]:
+    """Print the merged outcome of the shards; returns the counts and whether all are done."""
+    with JournalSet([st.shard.journal(journal) for st in states]) as merged:
+        counts = merged.counts()
+    complete = all(st.summary is not None and st.summary.complete for st in states)
+    elapsed = format_duration(time.monotonic() - started)
+    state = "complete" if complete else "stopped before completion"
+    out.write(f"{state} after {elapsed} with {len(states)} workers\n")
+    out.write(f"  this run:  {_counts_line(pool.outcomes())}\n")
+    out.write(f"  campaign:  {_counts_line(counts)}\n")
+    for st in states:
+        if st.failed:
+            out.write(
+                f"  shard {st.shard} failed ({st.error or f'exit code {st.exitcode}'}); "
+                f"continue it with: bulksend resume {st.shard.journal(journal)}\n"
+            )
+    return counts, complete
+
+
+def _workers_line(pool: WorkerPool) -> str:
+    outcomes = pool.outcomes()
+    backed_off = [s.site for s in pool.sites() if s.backed_off]
+    line = "workers: " + "  ".join(f"{k} {n:,}" for k, n in sorted(outcomes.items()))
+    if backed_off:
+        line += f"  backed off: {', '.join(backed_off[:3])}"
+        if len(backed_off) > 3:
+            line += f" +{len(backed_off) - 3}"
+    return line
 
 
 @main.command()
@@ -559,6 +684,15 @@ def resume(journal: Path, campaign_file: Path | None, **kw: Any) -> None:
                 "give it with --campaign CAMPAIGN.toml"
             ) from None
     campaign = _load_campaign(campaign_file)
+    # A shard's journal knows its shard: resume it as that shard.
+    with Journal.open(journal, None) as j:
+        recorded = j.identity.get("shard")
+    if recorded is not None:
+        shard = Shard.parse(recorded)
+        if flags.shard is not None and flags.shard != shard:
+            raise ConfigError(f"{journal} is the journal of shard {shard}, not {flags.shard}")
+        flags.shard = shard
+        journal = shard.base_journal(journal)
     raise SystemExit(_run(campaign, journal, flags))
 
 
@@ -645,11 +779,25 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") ->
 
 
 @main.command()
-@click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@click.argument(
+    "journals", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per journal.")
 @_debug_option
-def status(journal: Path, as_json: bool) -> None:
-    """Where a campaign stands: journal counts, and per site state while it runs."""
+def status(journals: tuple[Path, ...], as_json: bool) -> None:
+    """Where a campaign stands: journal counts, and per site state while it runs.
+
+    Several journals (the shards of one campaign) are shown one after the other, then their
+    total.
+    """
+    total: collections.Counter[str] = collections.Counter()
+    for journal in journals:
+        total.update(_status_of(journal, as_json))
+    if len(journals) > 1 and not as_json:
+        sys.stdout.write(f"all {len(journals)} journals: {_counts_line(dict(total))}\n")
+
+
+def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     with JournalPeek(journal) as peek:
         counts = peek.counts()
     snap = read_snapshot(snapshot_path(journal))
@@ -667,7 +815,7 @@ def status(journal: Path, as_json: bool) -> None:
             indent=1,
         )
         sys.stdout.write("\n")
-        return
+        return counts
     out = sys.stdout
     total = sum(counts.values())
     out.write(f"journal: {journal}\n")
@@ -675,7 +823,7 @@ def status(journal: Path, as_json: bool) -> None:
     _table([[s.replace("_", " "), f"{n:,}"] for s, n in counts.items()], out)
     if snap is None:
         out.write("not running (no status snapshot)\n")
-        return
+        return counts
     assert age is not None
     if running:
         out.write(
@@ -692,13 +840,19 @@ def status(journal: Path, as_json: bool) -> None:
         out.write("\n")
         header = ["site", "domains", "queued", "conn", "rate", "state", "last error"]
         _table([header, *iter_site_rows(sites)], out)
+    return counts
 
 
 # --- report --------------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "journals",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @click.option(
     "--format",
     "fmt",
@@ -729,10 +883,17 @@ def status(journal: Path, as_json: bool) -> None:
 )
 @_debug_option
 def report(
-    journal: Path, fmt: str, output: Path | None, statuses: tuple[str, ...], domains: int
+    journals: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    statuses: tuple[str, ...],
+    domains: int,
 ) -> None:
-    """Report a campaign's outcomes from its journal (not while it runs: see `status`)."""
-    with Journal.open(journal, None) as j, _output(output) as out:
+    """Report a campaign's outcomes from its journal, or its shards' journals merged.
+
+    Not while it runs: see `status`.
+    """
+    with JournalSet(journals) as j, _output(output) as out:
         if fmt == "csv":
             j.export_csv(out, [Status(s) for s in statuses] or None)
         elif fmt == "jsonl":
@@ -750,7 +911,9 @@ def _output(path: Path | None) -> Iterator[TextIO]:
         yield out
 
 
-def write_report_table(journal: Journal, out: TextIO, *, top_domains: int = 20) -> None:
+def write_report_table(
+    journal: Journal | JournalSet, out: TextIO, *, top_domains: int = 20
+) -> None:
     """The ``report --format table`` text."""
     counts = journal.counts()
     total = sum(counts.values())

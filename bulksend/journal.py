@@ -74,6 +74,7 @@ Files are created 0600 (they hold personal data) and the process keeps an exclus
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import csv
 import datetime
@@ -104,6 +105,7 @@ __all__ = [
     "ImportStats",
     "Journal",
     "JournalMetrics",
+    "JournalSet",
     "JournalWriter",
     "Kind",
     "NewRecipient",
@@ -500,7 +502,51 @@ _INDEXES: Final = (
 )
 
 
-class Journal:
+class _Reports(abc.ABC):
+    """Exports shared by one journal and a set of shard journals (built on ``iter_states``)."""
+
+    EXPORT_FIELDS: Final = (
+        "id",
+        "address",
+        "status",
+        "code",
+        "enhanced_code",
+        "text",
+        "category",
+        "attempts",
+        "in_doubt",
+        "time",
+    )
+
+    @abc.abstractmethod
+    def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
+        """Every recipient's row, optionally only those in ``statuses``."""
+
+    def export_csv(self, stream: TextIO, statuses: Iterable[Status] | None = None) -> int:
+        """Write outcomes as CSV (header first) to a text stream; returns the row count.
+
+        Open the stream with ``newline=""``. Fields starting with ``= + - @`` get a ``'``
+        prefix so that spreadsheets do not run remote reply text as formulas.
+        """
+        writer = csv.writer(stream)
+        writer.writerow(self.EXPORT_FIELDS)
+        n = 0
+        for state in self.iter_states(statuses):
+            row = state.as_export()
+            writer.writerow([_csv_safe(row[k]) for k in self.EXPORT_FIELDS])
+            n += 1
+        return n
+
+    def export_jsonl(self, stream: TextIO, statuses: Iterable[Status] | None = None) -> int:
+        """Write outcomes as JSON Lines to a text stream; returns the row count."""
+        n = 0
+        for state in self.iter_states(statuses):
+            stream.write(json.dumps(state.as_export(), ensure_ascii=False) + "\n")
+            n += 1
+        return n
+
+
+class Journal(_Reports):
     """The durable recipient queue of one campaign run (synchronous core).
 
     Open with :meth:`open`. While a :class:`JournalWriter` runs, use the writer's async
@@ -1070,41 +1116,70 @@ class Journal:
         finally:
             cursor.close()
 
-    EXPORT_FIELDS: Final = (
-        "id",
-        "address",
-        "status",
-        "code",
-        "enhanced_code",
-        "text",
-        "category",
-        "attempts",
-        "in_doubt",
-        "time",
-    )
 
-    def export_csv(self, stream: TextIO, statuses: Iterable[Status] | None = None) -> int:
-        """Write outcomes as CSV (header first) to a text stream; returns the row count.
+class JournalSet(_Reports):
+    """Several shards' journals read as one campaign (``report`` and ``status`` merge them).
 
-        Open the stream with ``newline=""``. Fields starting with ``= + - @`` get a ``'``
-        prefix so that spreadsheets do not run remote reply text as formulas.
-        """
-        writer = csv.writer(stream)
-        writer.writerow(self.EXPORT_FIELDS)
-        n = 0
-        for state in self.iter_states(statuses):
-            row = state.as_export()
-            writer.writerow([_csv_safe(row[k]) for k in self.EXPORT_FIELDS])
-            n += 1
-        return n
+    Every journal is opened for reading; counts add up, exports concatenate (ids are per
+    shard: a recipient's position in its shard).
+    """
 
-    def export_jsonl(self, stream: TextIO, statuses: Iterable[Status] | None = None) -> int:
-        """Write outcomes as JSON Lines to a text stream; returns the row count."""
-        n = 0
-        for state in self.iter_states(statuses):
-            stream.write(json.dumps(state.as_export(), ensure_ascii=False) + "\n")
-            n += 1
-        return n
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        if not paths:
+            raise ValueError("no journal given")
+        self.journals: list[Journal] = []
+        try:
+            for path in paths:
+                self.journals.append(Journal.open(path, None))
+        except BaseException:
+            self.close()
+            raise
+        self.path = ", ".join(str(j.path) for j in self.journals)
+
+    def close(self) -> None:
+        for journal in self.journals:
+            journal.close()
+
+    def __enter__(self) -> JournalSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def counts(self) -> dict[Status, int]:
+        total = dict.fromkeys(Status, 0)
+        for journal in self.journals:
+            for status, n in journal.counts().items():
+                total[status] += n
+        return total
+
+    def counts_by_domain(self) -> dict[str, dict[Status, int]]:
+        # A domain lives in one shard, but merging keeps this right if it did not.
+        total: dict[str, dict[Status, int]] = {}
+        for journal in self.journals:
+            for domain, counts in journal.counts_by_domain().items():
+                merged = total.setdefault(domain, {})
+                for status, n in counts.items():
+                    merged[status] = merged.get(status, 0) + n
+        return total
+
+    def counts_by_category(
+        self, statuses: Iterable[Status] = (Status.BOUNCED,)
+    ) -> dict[Category, int]:
+        wanted = tuple(statuses)
+        total: dict[Category, int] = {}
+        for journal in self.journals:
+            for category, n in journal.counts_by_category(wanted).items():
+                total[category] = total.get(category, 0) + n
+        return total
+
+    def in_doubt_total(self) -> int:
+        return sum(j.in_doubt_total() for j in self.journals)
+
+    def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
+        wanted = None if statuses is None else tuple(statuses)
+        for journal in self.journals:
+            yield from journal.iter_states(wanted)
 
 
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

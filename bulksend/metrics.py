@@ -178,6 +178,11 @@ class Metrics:
         Raises:
             OSError: the address cannot be bound.
         """
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        bound = server.server_address
-        return MetricsServer(str(bound[0]), int(bound[1]), server, thread)
+        return serve(self.registry, port, host)
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Expose ``registry`` over HTTP (what :meth:`Metrics.serve` and ``--workers`` use)."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    bound = server.server_address
+    return MetricsServer(str(bound[0]), int(bound[1]), server, thread)

@@ -61,6 +61,13 @@ class Shard:
         """This shard's journal file, beside ``path``: ``x.sqlite3`` -> ``x.2of8.sqlite3``."""
         return path.with_name(f"{path.stem}.{self.index}of{self.count}{path.suffix}")
 
+    def base_journal(self, path: Path) -> Path:
+        """The path :meth:`journal` turns into ``path``: ``x.2of8.sqlite3`` -> ``x.sqlite3``."""
+        tag = f".{self.index}of{self.count}"
+        if not path.stem.endswith(tag):
+            raise ConfigError(f"{path} is not the journal of shard {self} (no {tag} in its name)")
+        return path.with_name(path.stem[: -len(tag)] + path.suffix)
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 

@@ -1,0 +1,137 @@
+"""`send --workers N` and `--shard I/N` as real processes; merged `report` and `status`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections import Counter
+from pathlib import Path
+
+import trio
+from cli_helpers import bulksend, recipients_total, run_bulksend, scrape, world_args
+
+from bulksend.delivery.shard import Shard
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+
+SITES = [
+    SiteSpec("big", ("b1.test", "b2.test", "b3.test"), "127.0.0.2", mx_hosts=2),
+    SiteSpec("one", ("one.test",), "127.0.0.3"),
+    SiteSpec("two", ("two.test",), "127.0.0.4"),
+    SiteSpec("three", ("three.test",), "127.0.0.5"),
+]
+DOMAINS = [d for s in SITES for d in s.domains]
+POLICY = """
+[policy.defaults]
+max_connections = 2
+rate = "{rate}/s"
+"""
+
+
+def campaign(tmp_path: Path, count: int, rate: int) -> tuple[Path, list[str]]:
+    recipients = addresses(DOMAINS, count)
+    toml = campaign_toml(policy=POLICY.format(rate=rate))
+    return write_campaign(tmp_path / "c", recipients, toml=toml), recipients
+
+
+async def test_send_with_two_workers_one_metrics_endpoint_one_report(tmp_path: Path) -> None:
+    path, recipients = campaign(tmp_path, 200, rate=100)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(120):
+        async with running(SITES) as world:
+            async with bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--workers",
+                "2",
+                "--metrics-port",
+                "0",
+                "--keep-serving",
+                *world_args(world),
+                name="workers",
+            ) as proc:
+                await proc.wait_for(lambda: "until SIGINT" in proc.stderr(), 90, "the run's end")
+                url = next(
+                    line.split("metrics at ")[1].split()[0]
+                    for line in proc.stderr().splitlines()
+                    if "metrics at" in line
+                )
+                samples = await scrape(url)
+                proc.signal(signal.SIGTERM)
+                assert await proc.wait(20) == 0, proc
+            received = Counter(
+                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
+            )
+            peaks = [s.stats.connections_peak for s in world.servers.values()]
+    assert received == Counter(recipients)
+    assert max(peaks) <= 2  # each site's limit held across both processes
+    assert recipients_total(samples, "delivered") == 200  # one endpoint, both workers summed
+    shards = [str(Shard(i, 2).journal(journal)) for i in range(2)]
+    report = await run_bulksend(tmp_path, "report", *shards, name="report")
+    assert report.process.returncode == 0, report
+    assert re.search(r"^delivered\s+200\s", report.stdout().replace(",", ""), re.M), report
+    status = await run_bulksend(tmp_path, "status", *shards, name="status")
+    assert "all 2 journals:" in status.stdout()
+    assert "delivered 200" in status.stdout().replace(",", "")
+
+
+async def test_shards_run_separately_and_a_killed_shard_resumes(tmp_path: Path) -> None:
+    path, recipients = campaign(tmp_path, 160, rate=40)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(150):
+        async with running(SITES) as world:
+            first = await run_bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--shard",
+                "0/2",
+                "-q",
+                *world_args(world),
+                name="shard0",
+                seconds=90,
+            )
+            assert first.process.returncode == 0, first
+            async with bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--shard",
+                "1/2",
+                "-q",
+                *world_args(world),
+                name="shard1",
+            ) as second:
+                before = sum(s.stats.messages for s in world.servers.values())
+                await second.wait_for(
+                    lambda: sum(s.stats.messages for s in world.servers.values()) > before + 10,
+                    60,
+                    "shard 1 sending",
+                )
+                assert second.process.pid is not None
+                os.kill(second.process.pid, signal.SIGKILL)
+                await second.wait(10)
+            shard1 = Shard(1, 2).journal(journal)
+            resumed = await run_bulksend(
+                tmp_path, "resume", str(shard1), "-q", *world_args(world), name="resume", seconds=90
+            )
+            assert resumed.process.returncode == 0, resumed
+            received = Counter(
+                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
+            )
+    assert set(received) == set(recipients)
+    report = await run_bulksend(
+        tmp_path, "report", str(Shard(0, 2).journal(journal)), str(shard1), name="report"
+    )
+    text = report.stdout().replace(",", "")
+    assert re.search(r"^delivered\s+160\s", text, re.M), report
+    repeats = sum(n - 1 for n in received.values())
+    in_doubt = int(text.split("sends in doubt (possibly duplicated):")[1].split()[0])
+    assert repeats <= in_doubt
