@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +53,9 @@ class Proc:
 
 
 @asynccontextmanager
-async def bulksend(tmp_path: Path, *args: str, name: str = "run") -> AsyncIterator[Proc]:
+async def bulksend(
+    tmp_path: Path, *args: str, name: str = "run", env: Mapping[str, str] | None = None
+) -> AsyncIterator[Proc]:
     """Start ``python -m bulksend ARGS``; it is killed on leaving if still running."""
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with out.open("wb") as fout, err.open("wb") as ferr:
@@ -62,6 +64,7 @@ async def bulksend(tmp_path: Path, *args: str, name: str = "run") -> AsyncIterat
             stdin=subprocess.DEVNULL,
             stdout=fout,
             stderr=ferr,
+            env=env,
         )
         try:
             yield Proc(process, out, err)
@@ -72,9 +75,15 @@ async def bulksend(tmp_path: Path, *args: str, name: str = "run") -> AsyncIterat
                 await process.wait()
 
 
-async def run_bulksend(tmp_path: Path, *args: str, name: str, seconds: float = 60) -> Proc:
+async def run_bulksend(
+    tmp_path: Path,
+    *args: str,
+    name: str,
+    seconds: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> Proc:
     """Run ``python -m bulksend ARGS`` to the end (bounded)."""
-    async with bulksend(tmp_path, *args, name=name) as proc:
+    async with bulksend(tmp_path, *args, name=name, env=env) as proc:
         await proc.wait(seconds)
     return proc
 
