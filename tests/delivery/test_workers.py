@@ -31,6 +31,11 @@ POLICY = """
 [policy.defaults]
 max_connections = 2
 rate = "100/s"
+
+[policy.retry]
+initial = "1s"
+factor = 1.0
+jitter = 0.0
 """
 
 
