@@ -1,0 +1,92 @@
+"""The bulksend side of a benchmark: one process, as a user runs it (journal + metrics on).
+
+    .venv/bin/python benchmarks/sender.py CAMPAIGN.toml JOURNAL --dns-port P --smtp-port Q
+        [--limit N] [--import-only] [--profile FILE]
+
+Imports the recipients into the journal (timed on its own), then ``run_campaign`` with a
+``Metrics()`` until the campaign is done (or ``--limit`` recipients have an outcome). Prints
+one JSON line: import and send seconds, outcomes, CPU seconds of the send (user + system,
+``getrusage`` of this process, all threads), and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bulksend.campaign import Campaign
+from bulksend.delivery.run import RunOptions, import_recipients, open_journal, run_campaign
+from bulksend.metrics import Metrics
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def system_cpu() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("campaign", type=Path)
+    parser.add_argument("journal", type=Path)
+    parser.add_argument("--dns-port", type=int, default=53)
+    parser.add_argument("--smtp-port", type=int, default=25)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--import-only", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the send here")
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {}
+    campaign = Campaign.load(args.campaign, {})
+    options = RunOptions(
+        journal=args.journal,
+        nameservers=("127.0.0.1",),
+        dns_port=args.dns_port,
+        smtp_port=args.smtp_port,
+        ehlo_hostname="sender.test",
+        limit=args.limit,
+        grace=10,
+    )
+    started, cpu0 = time.perf_counter(), cpu()
+    journal = open_journal(campaign, options)
+    try:
+        stats = import_recipients(campaign, journal)
+    finally:
+        journal.close()
+    result["import_seconds"] = time.perf_counter() - started
+    result["import_cpu_seconds"] = cpu() - cpu0
+    result["imported"] = stats.imported if stats is not None else 0
+    result["import_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    if not args.import_only:
+        metrics = Metrics()
+        profiler = cProfile.Profile() if args.profile else None
+        started, cpu0, sys0 = time.perf_counter(), cpu(), system_cpu()
+        if profiler is not None:
+            profiler.enable()
+        summary = trio.run(lambda: run_campaign(campaign, options, metrics=metrics))
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        result["send_seconds"] = time.perf_counter() - started
+        result["send_cpu_seconds"] = cpu() - cpu0
+        result["send_system_cpu_seconds"] = system_cpu() - sys0
+        result["outcomes"] = summary.outcomes
+        result["delivered"] = summary.outcomes.get("delivered", 0)
+        result["complete"] = summary.complete
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
