@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+from prometheus_client import Counter
 
 from bulksend.campaign.recipients import Recipient
 from bulksend.campaign.render import Campaign, RenderError
@@ -92,6 +93,7 @@ class Delivery:
     fetch_batch: int = 64
     stats: dict[str, int] = field(default_factory=dict)
     taken: int = 0  # recipients taken for sending in this run
+    _children: dict[tuple[str, str], tuple[Counter, Counter]] = field(default_factory=dict)
 
     senders: int = 0  # sender tasks running, all destinations
     idle: trio.Event = field(default_factory=trio.Event)  # set while no sender runs
@@ -105,6 +107,18 @@ class Delivery:
         self.senders -= 1
         if self.senders == 0:
             self.idle.set()
+
+    def _counters(self, site_label: str, kind: str) -> tuple[Counter, Counter]:
+        # prometheus_client's labels() costs a lock and a dict lookup per call: keep children.
+        key = (site_label, kind)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.metrics.recipients.labels(kind),
+                self.metrics.site_recipients.labels(site_label, kind),
+            )
+            self._children[key] = children
+        return children
 
     def take_one(self) -> None:
         """Count a recipient taken for sending; reaching ``limit`` begins a stop."""
@@ -124,8 +138,8 @@ class Delivery:
         kind = outcome.kind.value
         self.stats[kind] = self.stats.get(kind, 0) + 1
         m = self.metrics
-        m.recipients.labels(kind).inc()
-        m.site_recipients.labels(site_label, kind).inc()
+        for counter in self._counters(site_label, kind):
+            counter.inc()
         if outcome.code is not None:
             m.replies.labels(f"{outcome.code // 100}xx").inc()
         if outcome.kind is Kind.BOUNCED and outcome.category is not None:
@@ -251,7 +265,8 @@ class Destination:
                     continue
                 domain = self._domains[0]
                 self._domains.rotate(-1)
-                limit = min(self.delivery.fetch_batch, max(2 * self._senders, 4))
+                # Enough for every sender to pipeline a while; claims are cheap (no fsync).
+                limit = min(self.delivery.fetch_batch, max(16 * self._senders, 16))
                 batch = await self.delivery.writer.fetch_due(domain, limit, now=self.delivery.now())
                 if batch:
                     self._buffer.extend(batch)
@@ -272,6 +287,8 @@ class Destination:
         counted = True
         try:
             while self._may_continue():
+                if slot.client is not None and (not self._buffer or self._suspended()):
+                    await slot.client.flush()  # we may wait: send the held data first
                 pipelining = slot.client is not None and slot.client.in_flight > 0
                 due = await self._take(wait=not pipelining)
                 if due is not None:
@@ -323,13 +340,17 @@ class Destination:
             slot.client = await self._connect(slot)
             if slot.client is None:
                 return
-        waited = await self.delivery.total_rate.acquire() + await self.rate.acquire()
-        if waited:
-            self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
+        delay = max(self.delivery.total_rate.reserve(), self.rate.reserve())
+        if delay > 0:
+            await slot.client.flush()  # never sit on message data while waiting
+            self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
+            await trio.sleep(delay)
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = _Sent(txn, [due], trio.current_time())
         slot.holding = None
-        await self._finish(await slot.client.submit(txn), slot.sent)
+        # With more recipients ready, this message's data rides with the next one's commands.
+        more = bool(self._buffer)
+        await self._finish(await slot.client.submit(txn, hold=more), slot.sent)
         if slot.client.messages_sent >= self.limits.messages_per_connection:
             # Replace at once: the next message opens a fresh connection.
             client, slot.client = slot.client, None
@@ -351,6 +372,9 @@ class Destination:
         if self.delivery.stopping.is_set():
             return False
         return self._senders <= self.backoff.limits.max_connections
+
+    def _suspended(self) -> bool:
+        return self.backoff.limits.suspended_until > self.delivery.now()
 
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""

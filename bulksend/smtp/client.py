@@ -123,6 +123,11 @@ class SMTPClient:
         # still hold it (Postfix answers the next MAIL with "503 nested MAIL"), so the next
         # transaction starts with RSET, pipelined in front of its MAIL.
         self._needs_rset = False
+        # Message data encoded but not yet written (``submit(hold=True)``): it goes out in
+        # front of the next write, so a message's data and the next transaction's commands
+        # share one send.
+        self._held: list[Transaction] = []
+        self._held_data = bytearray()
         self._deadlines: tuple[Timeouts, dict[Verb, float]] | None = None
 
     @classmethod
@@ -214,8 +219,23 @@ class SMTPClient:
         self._proto.connection_lost()
 
     async def _send(self, stage: str, seconds: float, data: bytes) -> None:
+        if self._held:
+            # Held message data first, in the same send; it gets the data-block deadline.
+            data = bytes(self._held_data) + data
+            held, self._held, self._held_data = self._held, [], bytearray()
+            seconds = max(seconds, self.timeouts.data_block)
+            with self._io(stage, seconds):
+                await self._stream.send_all(data)
+            for txn in held:
+                txn.data_sent = True
+            return
         with self._io(stage, seconds):
             await self._stream.send_all(data)
+
+    async def flush(self) -> None:
+        """Write any held message data now (before waiting on anything else)."""
+        if self._held:
+            await self._send("message data", self.timeouts.data_block, b"")
 
     async def _reply(self) -> tuple[Verb, Reply]:
         """Read the next reply, under the deadline of the command it answers."""
@@ -349,8 +369,13 @@ class SMTPClient:
 
     # ----------------------------------------------------------------- transactions
 
-    async def submit(self, txn: Transaction) -> list[Transaction]:
+    async def submit(self, txn: Transaction, *, hold: bool = False) -> list[Transaction]:
         """Send one transaction; return every transaction that completed meanwhile.
+
+        ``hold=True`` (with PIPELINING, for a message that fits one data block) keeps the
+        message data back until the next write: the caller promises another :meth:`submit`,
+        a :meth:`flush` or a :meth:`drain` soon, and calls :meth:`flush` before waiting on
+        anything else.
 
         With PIPELINING the returned list holds earlier transactions whose final reply
         arrived, and ``txn`` itself only if it ended before its data was sent; otherwise
@@ -366,7 +391,7 @@ class SMTPClient:
             return [txn]
         done: list[Transaction] = []
         try:
-            await self._transact(txn, done)
+            await self._transact(txn, done, hold=hold)
         except SMTPError as exc:
             self._abandon(exc, done)
             if not txn.done and txn not in self._in_flight:
@@ -376,7 +401,7 @@ class SMTPClient:
             done.extend(await self.drain())
         return done
 
-    async def _transact(self, txn: Transaction, done: list[Transaction]) -> None:
+    async def _transact(self, txn: Transaction, done: list[Transaction], *, hold: bool) -> None:
         env = txn.envelope
         proto = self._proto
         valid: list[RecipientResult] = []
@@ -436,7 +461,7 @@ class SMTPClient:
                 return
             await self._write_and_read(proto.send_data(), 1, txn, rcpts, done)
         if not txn.done:
-            await self._send_body(txn)
+            await self._send_body(txn, hold=hold and proto.pipelining)
 
     async def _write_and_read(
         self,
@@ -509,16 +534,20 @@ class SMTPClient:
         txn._unresolved = []
         done.append(txn)
 
-    async def _send_body(self, txn: Transaction) -> None:
+    async def _send_body(self, txn: Transaction, *, hold: bool) -> None:
         payload = self._proto.send_body(txn.data)
+        self._needs_rset = False
+        self.messages_sent += 1
+        self._in_flight.append(txn)
+        if hold and len(payload) <= _DATA_BLOCK:
+            self._held.append(txn)
+            self._held_data += payload
+            return
         for start in range(0, len(payload), _DATA_BLOCK):
             await self._send(
                 "message data", self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
             )
         txn.data_sent = True
-        self._needs_rset = False
-        self.messages_sent += 1
-        self._in_flight.append(txn)
 
     def _complete(self, txn: Transaction, reply: Reply, done: list[Transaction]) -> None:
         error = None if reply.is_success else reply_error(reply, "end of data")
@@ -530,16 +559,21 @@ class SMTPClient:
         done.append(txn)
 
     def _abandon(self, error: SMTPError, done: list[Transaction]) -> None:
-        """The connection failed: every transaction still in flight is in doubt."""
+        """The connection failed: every transaction whose data went out is in doubt."""
+        self._held, self._held_data = [], bytearray()
         while self._in_flight:
             txn = self._in_flight.popleft()
-            txn._fail(InDoubtError(f"final reply lost: {error}"))
+            if txn.data_sent:
+                txn._fail(InDoubtError(f"final reply lost: {error}"))
+            else:
+                txn._fail(SMTPConnectionError(f"message data not sent: {error}"))
             done.append(txn)
 
     async def drain(self) -> list[Transaction]:
         """Read the final replies of every transaction still in flight."""
         done: list[Transaction] = []
         try:
+            await self.flush()
             while self._in_flight:
                 _verb, reply = await self._reply()
                 self._complete(self._in_flight.popleft(), reply, done)
