@@ -252,6 +252,7 @@ def run_bulksend(
     profile: Path | None = None,
     py_spy: Path | None = None,
     seconds: float = 600,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     before = s.settled_count()
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
@@ -263,6 +264,8 @@ def run_bulksend(
     ]  # fmt: skip
     if limit is not None:
         command += ["--limit", str(limit)]
+    if workers is not None:
+        command += ["--workers", str(workers)]
     if profile is not None:
         command += ["--profile", str(profile)]
     result = _run_json(command, seconds)
@@ -338,6 +341,25 @@ def variants(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "skipped": "not supported yet: bulksend sends one recipient per transaction "
         "(recipients_per_transaction is parsed but the destination always sends one)"
     }
+    return out
+
+
+def workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """msgs/s with 1 and 2 (or --workers) processes, same campaign and sink; import included
+    in both so that the ratio compares like with like."""
+    layout = site_layout(args.domains, 1)
+    out: dict[str, Any] = {}
+    for count in range(1, args.workers + 1):
+        slug = f"workers-{count}"
+        toml = make_campaign(work / slug, layout, args.n, args.connections)
+        with sink("bulksend", layout, work) as s:
+            started = time.perf_counter()
+            out[slug] = run_bulksend(
+                s, toml, work / f"{slug}.db", seconds=args.timeout, workers=count
+            )
+            out[slug]["wall_seconds"] = time.perf_counter() - started
+            out[slug]["messages"] = args.n
+        _progress(slug, {slug: out[slug]})
     return out
 
 
@@ -425,6 +447,12 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         ours = _rate(results.get("variants", {}).get(f"dkim {name}"))
         if ours and m.get(key):
             out[f"dkim {name}: bulksend msgs/s / OpenSSL raw signs/s"] = ours / m[key]
+    w = results.get("workers", {})
+    one = _rate(w.get("workers-1"))
+    for name, run in w.items():
+        rate = _rate(run)
+        if one and rate and name != "workers-1":
+            out[f"{name} / workers-1 msgs/s"] = rate / one
     return out
 
 
@@ -514,6 +542,14 @@ def tables(results: dict[str, Any]) -> str:
     if "variants" in results:
         rows = [_row(name, run, None) for name, run in results["variants"].items()]
         parts.append("### bulksend variants (bulksend sink)\n\n" + head + "\n".join(rows) + "\n")
+    if "workers" in results:
+        rows = [_row(name, run, None) for name, run in results["workers"].items()]
+        parts.append(
+            "### send --workers N (bulksend sink; import included)\n\n"
+            + head
+            + "\n".join(rows)
+            + "\n"
+        )
     if "scale" in results:
         lines = [
             "### scale\n",
@@ -577,7 +613,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale-send", type=int, help="bounded send from it (100000)")
     parser.add_argument("--micro-seconds", type=float, help="per micro-benchmark (1.0)")
     parser.add_argument("--sink-speed-n", type=int, help="messages for the sink capacity")
-    parser.add_argument("--sections", default="headline,variants,scale,micro")
+    parser.add_argument("--sections", default="headline,variants,workers,scale,micro")
+    parser.add_argument("--workers", type=int, default=2, help="measure 1..N worker processes")
     parser.add_argument("--sinks", default="bulksend,postfix")
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--timeout", type=float, default=900, help="per process, seconds")
@@ -628,6 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = {
         "headline": lambda work: headline(args, work, have),
         "variants": lambda work: variants(args, work),
+        "workers": lambda work: workers(args, work),
         "scale": lambda work: scale(args, work),
         "micro": lambda _work: micro(args),
     }
