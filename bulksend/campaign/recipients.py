@@ -66,6 +66,13 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _RAW_EMAIL_LIMIT = 320
 
 
+# RFC 5322 dot-atom of ASCII atext, at most 64 octets (RFC 5321 §4.5.3.1.1): the local parts
+# email-validator accepts unchanged, so a row with one at a known domain skips re-validation.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_LOCAL = re.compile(rf"(?=.{{1,64}}\Z){_ATEXT}(?:\.{_ATEXT})*\Z")
+_DOMAIN_CACHE = 1_000_000  # distinct domains remembered (memory stays bounded)
+
+
 @dataclass(frozen=True, slots=True)
 class Recipient:
     """One valid recipient.
@@ -285,6 +292,8 @@ class RecipientReader:
     on_reject: Callable[[Reject], None] | None = None
     allow_test_domain: bool = False
     stats: RecipientStats = field(default_factory=RecipientStats)
+    #: raw domain -> (A-label domain, display domain), for domains already validated.
+    _domains: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def __iter__(self) -> Iterator[Recipient]:
         seen = FingerprintSet()
@@ -342,16 +351,26 @@ class RecipientReader:
             raise _RowError("empty email")
         if _SURROGATE.search(email):
             raise _RowError("email is not valid UTF-8")
-        try:
-            checked = email_validator.validate_email(
-                email,
-                check_deliverability=False,
-                test_environment=self.allow_test_domain,
-            )
-        except email_validator.EmailNotValidError as exc:
-            raise _RowError(f"invalid address: {exc}") from None
-        local = checked.local_part
-        ascii_domain = checked.ascii_domain.lower()
+        local, _, raw_domain = email.rpartition("@")
+        known = self._domains.get(raw_domain) if _PLAIN_LOCAL.match(local) else None
+        if known is not None:
+            # Fast path: a plain dot-atom local part (which email-validator accepts as is) at
+            # a domain already validated once. A list has far fewer domains than rows.
+            ascii_domain, display_domain = known
+        else:
+            try:
+                checked = email_validator.validate_email(
+                    email,
+                    check_deliverability=False,
+                    test_environment=self.allow_test_domain,
+                )
+            except email_validator.EmailNotValidError as exc:
+                raise _RowError(f"invalid address: {exc}") from None
+            local = checked.local_part
+            ascii_domain = checked.ascii_domain.lower()
+            display_domain = checked.domain
+            if len(self._domains) < _DOMAIN_CACHE:
+                self._domains[raw_domain] = (ascii_domain, display_domain)
         address = f"{local}@{ascii_domain}"
         if len(address.encode("utf-8")) > 254:  # RFC 5321 §4.5.3.1.3: path <= 256 with <>
             raise _RowError("address longer than 254 octets")
@@ -360,7 +379,7 @@ class RecipientReader:
             address=address,
             fields=fields,
             line=line,
-            display_address=f"{local}@{checked.domain}",
+            display_address=f"{local}@{display_domain}",
             needs_smtputf8=smtputf8,
         )
 
