@@ -337,11 +337,41 @@ def variants(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out[name] = run_bulksend(s, toml, work / f"{slug}.db", seconds=args.timeout)
             out[name]["messages"] = n
         _progress(name, {name: out[name]})
-    out["multi-recipient"] = {
-        "skipped": "not supported yet: bulksend sends one recipient per transaction "
-        "(recipients_per_transaction is parsed but the destination always sends one)"
-    }
+    # A campaign whose message is the same for everyone: up to 10 recipients per transaction.
+    layout = site_layout(args.domains, 1)
+    toml = make_campaign(work / "multi-recipient", layout, args.n, args.connections)
+    toml.write_text(SHARED_CAMPAIGN.format(connections=args.connections))
+    with sink("bulksend", layout, work) as s:
+        out["multi-recipient (10 per transaction)"] = run_bulksend(
+            s, toml, work / "multi-recipient.db", seconds=args.timeout
+        )
     return out
+
+
+SHARED_CAMPAIGN = """
+[campaign]
+id = "multi-recipient"
+
+[message]
+from = "news@sender.test"
+subject = "The same news for everyone ({{{{ campaign_id }}}})"
+text = "body.txt"
+
+[envelope]
+sender = "bounces@sender.test"
+
+[recipients]
+file = "recipients.csv"
+rejects = "rejects.csv"
+allow_test_domain = true
+
+[routing]
+allow_private_addresses = true
+
+[policy.defaults]
+max_connections = {connections}
+recipients_per_transaction = 10
+"""
 
 
 def workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.campaign.dkim import DkimSigner, body_hash, relaxed_header
@@ -259,14 +260,25 @@ def encode_mailbox(name: str, display: str, address: str) -> bytes:
 
 
 class _Field:
-    """A header value or body: a constant, or a compiled template."""
+    """A header value or body: a constant, or a compiled template.
 
-    __slots__ = ("constant", "name", "template")
+    ``variables`` are the names the template reads from outside itself (merge fields and
+    globals alike), as :func:`jinja2.meta.find_undeclared_variables` finds them.
+    """
 
-    def __init__(self, name: str, constant: str | None, template: jinja2.Template | None) -> None:
+    __slots__ = ("constant", "name", "template", "variables")
+
+    def __init__(
+        self,
+        name: str,
+        constant: str | None,
+        template: jinja2.Template | None,
+        variables: frozenset[str] = frozenset(),
+    ) -> None:
         self.name = name
         self.constant = constant
         self.template = template
+        self.variables = variables
 
     def render(self, context: dict[str, Any]) -> str:
         """Render with ``context``, which must already hold the environment's globals.
@@ -289,7 +301,8 @@ def _compile(env: SandboxedEnvironment, name: str, source: str, where: str) -> _
     if not _TEMPLATE_SYNTAX.search(source):
         return _Field(name, source, None)
     try:
-        return _Field(name, None, env.from_string(source))
+        variables = frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
+        return _Field(name, None, env.from_string(source), variables)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(
             f"{where}: line {exc.lineno}: template error: {exc.message}. Fix the template."
@@ -389,6 +402,20 @@ class Campaign:
         self._msgid_domain = message.from_address.rpartition("@")[2]
         before, token, after = config.envelope_sender.partition("{token}")
         self._verp = (before, after) if token else None
+
+        # A campaign whose templates read nothing of the recipient (and no VERP) can send one
+        # message to several recipients in one transaction (see render_shared).
+        fields = (
+            self._subject,
+            self._from_name,
+            self._to_name,
+            *(f for _name, f in self._extra),
+            self._unsubscribe,
+            self._text,
+            self._html,
+        )
+        used: set[str] = set().union(*(f.variables for f in fields if f is not None))
+        self.shared = self._verp is None and used <= {"campaign_id", *self._globals}
 
         # Constant header lines, with their DKIM canonical forms.
         self._from_line = self._constant_mailbox("From", self._from_name, message.from_address)
@@ -605,7 +632,47 @@ class Campaign:
         context["email"] = recipient.display_address or address
         context["campaign_id"] = self.config.id
         context["message_id"] = message_id
+        data = self._assemble(context, header_address, message_id, now)
+        return RenderedMessage(
+            envelope_sender=sender,
+            recipient=address,
+            data=data,
+            needs_8bitmime=not data.isascii(),
+            needs_smtputf8=smtputf8,
+            message_id=message_id,
+        )
 
+    def render_shared(self, addresses: Sequence[str], *, now: float | None = None) -> bytes:
+        """One message for several recipients of a :attr:`shared` campaign.
+
+        Its To is ``undisclosed-recipients:;`` (RFC 5322 §3.4 group syntax: no recipient
+        sees another) and its Message-ID is derived from the campaign and the recipients.
+
+        Raises:
+            RenderError: the campaign is not shared, or its templates fail.
+        """
+        first = addresses[0] if addresses else ""
+        if not self.shared:
+            raise RenderError(first, "the campaign's messages are personalised: one per recipient")
+        message_id = self.message_id("\n".join(addresses))
+        context: dict[str, Any] = {
+            **self._globals,
+            "campaign_id": self.config.id,
+            "message_id": message_id,
+        }
+        try:
+            return self._assemble(context, None, message_id, now)
+        except (jinja2.TemplateError, ValueError, UnicodeError) as exc:
+            raise RenderError(first, str(exc)) from None
+
+    def _assemble(
+        self,
+        context: dict[str, Any],
+        header_address: str | None,
+        message_id: str,
+        now: float | None,
+    ) -> bytes:
+        """Headers, body and DKIM signatures: the message's bytes."""
         headers = self._headers(context, header_address, message_id, now)
 
         parts: list[bytes] = [b"", b""]
@@ -626,20 +693,12 @@ class Campaign:
                 for signer in reversed(self.signers)
             )
             head = signatures + head
-        data = head + b"\r\n" + body
-        return RenderedMessage(
-            envelope_sender=sender,
-            recipient=address,
-            data=data,
-            needs_8bitmime=not data.isascii(),
-            needs_smtputf8=smtputf8,
-            message_id=message_id,
-        )
+        return head + b"\r\n" + body
 
     def _headers(
         self,
         context: dict[str, object],
-        header_address: str,
+        header_address: str | None,
         message_id: str,
         now: float | None,
     ) -> list[tuple[str, bytes, bytes | None]]:
@@ -653,8 +712,11 @@ class Campaign:
             headers.append(("from", from_line, None))
         if self._reply_to_line is not None:
             headers.append(self._reply_to_line)
-        to_display = self._to_name.render(context)
-        headers.append(("to", encode_mailbox("To", to_display, header_address), None))
+        if header_address is None:
+            headers.append(_UNDISCLOSED)
+        else:
+            to_display = self._to_name.render(context)
+            headers.append(("to", encode_mailbox("To", to_display, header_address), None))
         if self._subject_line is not None:
             headers.append(self._subject_line)
         else:
@@ -725,3 +787,6 @@ def _read_text(read: Callable[[Path], bytes], path: Path) -> str:
         return read(path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the template is not UTF-8. Save it as UTF-8.") from None
+
+
+_UNDISCLOSED = _entry("to", b"To: undisclosed-recipients:;\r\n")

@@ -170,7 +170,7 @@ class _Slot:
 
     client: SMTPClient | None = None
     sent: dict[int, _Sent] = field(default_factory=dict)
-    holding: Due | None = None  # taken from the journal, not yet sent nor recorded
+    holding: list[Due] = field(default_factory=list)  # taken, not yet sent nor recorded
 
 
 class Destination:
@@ -292,8 +292,8 @@ class Destination:
                 pipelining = slot.client is not None and slot.client.in_flight > 0
                 due = await self._take(wait=not pipelining)
                 if due is not None:
-                    slot.holding = due
-                    await self._deliver(slot, due)
+                    slot.holding = [due, *self._more_for(due)]
+                    await self._deliver(slot)
                 elif slot.client is not None and slot.client.in_flight:
                     # Nothing more to pipeline: collect the replies still owed.
                     await self._finish(await slot.client.drain(), slot.sent)
@@ -318,20 +318,34 @@ class Destination:
         self._senders -= 1
         self.delivery.sender_ended()
 
-    async def _deliver(self, slot: _Slot, due: Due) -> None:
-        """Send one recipient's message over the slot's connection (opened if need be).
+    def _more_for(self, due: Due) -> list[Due]:
+        """Recipients to share ``due``'s transaction: only for a campaign whose message is
+        the same for everyone, up to the site's recipients per transaction, same domain."""
+        room = self.limits.recipients_per_transaction - 1
+        if room <= 0 or not self.delivery.campaign.shared:
+            return []
+        group = [d for d in self._buffer if d.domain == due.domain][:room]
+        for d in group:
+            self._buffer.remove(d)
+            self.delivery.take_one()
+        return group
 
-        ``slot.holding`` is cleared, before any await, the moment the recipient's fate is
+    async def _deliver(self, slot: _Slot) -> None:
+        """Send the held recipients' message over the slot's connection (opened if need be).
+
+        ``slot.holding`` is emptied, before any await, the moment the recipients' fate is
         someone else's business: an outcome recorded, or a transaction registered in
-        ``slot.sent``. Until then a stop hands it back.
+        ``slot.sent``. Until then a stop hands them back.
         """
+        group = slot.holding
         try:
-            envelope, data = self._render(due)
+            envelope, data = self._render(group)
         except RenderError as exc:
-            slot.holding = None
-            await self.delivery.record(
-                due, Outcome.bounced(text=f"not rendered: {exc}"), self.label
-            )
+            slot.holding = []
+            for due in group:
+                await self.delivery.record(
+                    due, Outcome.bounced(text=f"not rendered: {exc}"), self.label
+                )
             return
         if slot.client is not None and not slot.client.usable:
             client, slot.client = slot.client, None
@@ -346,8 +360,8 @@ class Destination:
             self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
             await trio.sleep(delay)
         txn = Transaction(envelope, data)
-        slot.sent[id(txn)] = _Sent(txn, [due], trio.current_time())
-        slot.holding = None
+        slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
+        slot.holding = []
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
         await self._finish(await slot.client.submit(txn, hold=more), slot.sent)
@@ -356,9 +370,20 @@ class Destination:
             client, slot.client = slot.client, None
             await self._close(client, slot.sent)
 
-    def _render(self, due: Due) -> tuple[Envelope, bytes]:
-        recipient = Recipient(due.address, due.data or {}, due.id)
-        rendered = self.delivery.campaign.render(recipient)
+    def _render(self, group: list[Due]) -> tuple[Envelope, bytes]:
+        campaign = self.delivery.campaign
+        if len(group) > 1:
+            addresses = tuple(d.address for d in group)
+            data = campaign.render_shared(addresses)
+            envelope = Envelope(
+                campaign.envelope_sender(addresses[0]),
+                addresses,
+                eightbitmime=not data.isascii(),
+                smtputf8=not all(a.isascii() for a in addresses),
+            )
+            return envelope, data
+        due = group[0]
+        rendered = campaign.render(Recipient(due.address, due.data or {}, due.id))
         envelope = Envelope(
             rendered.envelope_sender,
             (rendered.recipient,),
@@ -446,8 +471,8 @@ class Destination:
 
     async def _abandon(self, slot: _Slot) -> None:
         """Stopped with work unfinished: in doubt if its data went out, else handed back."""
-        if slot.holding is not None:
-            due, slot.holding = slot.holding, None
+        held, slot.holding = slot.holding, []
+        for due in held:
             await self.delivery.record(due, Outcome.released(), self.label)
         sent = slot.sent
         for record in sent.values():
@@ -505,8 +530,8 @@ class Destination:
             outcome = classify_error(
                 SMTPConnectionError(f"every MX host is backing off; last error: {self.last_error}")
             )
-        if slot.holding is not None:
-            due, slot.holding = slot.holding, None
+        held, slot.holding = slot.holding, []
+        for due in held:
             await self.delivery.record(due, outcome, self.label)
         return None
 
