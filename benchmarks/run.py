@@ -393,6 +393,62 @@ def workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+def isolation(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The fast site's msgs/s alone, and beside a black-hole site (accepts TCP, never
+    answers) in the same campaign: the black hole should only tie up its own connections."""
+    fast = site_layout(1, 1, prefix="fast")
+    hole = [{**site_layout(1, 1, prefix="hole")[0], "address": "127.0.11.1", "mode": "blackhole"}]
+    n = args.n // 2
+    out: dict[str, Any] = {}
+    for name, layout, extra in (
+        ("fast site alone", fast, 0),
+        ("fast site + black hole", fast + hole, n // 10),
+    ):
+        domains = [d for site in layout for d in site["domains"]]
+        slug = name.replace(" ", "-").replace("+", "and")
+        directory = work / slug
+        directory.mkdir(parents=True, exist_ok=True)
+        recipients = (
+            addresses(domains[:1], n) + addresses(domains[1:], extra)
+            if extra
+            else addresses(domains, n)
+        )
+        toml = write_campaign(
+            directory,
+            recipients,
+            toml=campaign_toml(campaign_id=slug, policy=policy(args.connections)),
+        )
+        with sink("bulksend", layout, work) as s:
+            out[name] = _time_until(s, toml, work / f"{slug}.db", n, args.timeout)
+        _progress(name, {name: out[name]})
+    alone = _rate(out.get("fast site alone"))
+    beside = _rate(out.get("fast site + black hole"))
+    if alone and beside:
+        out["ratio"] = beside / alone
+    return out
+
+
+def _time_until(s: Sink, toml: Path, journal: Path, n: int, seconds: float) -> dict[str, Any]:
+    """Run the sender until the sink has counted ``n`` messages; msgs/s over that time."""
+    before = s.count()
+    command = [
+        PY, str(HERE / "sender.py"), str(toml), str(journal),
+        "--dns-port", str(s.dns_port), "--smtp-port", str(s.smtp_port),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while s.count() - before < n:
+            if time.perf_counter() - started > seconds or process.poll() is not None:
+                return {"error": f"sink counted {s.count() - before} of {n}"}
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(30)
+    return {"delivered": n, "send_seconds": elapsed, "msgs_per_s": n / elapsed, "sink_count": n}
+
+
 def scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     sites, per_site = args.scale_domains // 100, 100
@@ -477,6 +533,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         ours = _rate(results.get("variants", {}).get(f"dkim {name}"))
         if ours and m.get(key):
             out[f"dkim {name}: bulksend msgs/s / OpenSSL raw signs/s"] = ours / m[key]
+    iso = results.get("isolation", {})
+    if "ratio" in iso:
+        out["fast site beside a black hole / alone msgs/s"] = iso["ratio"]
     w = results.get("workers", {})
     one = _rate(w.get("workers-1"))
     for name, run in w.items():
@@ -572,6 +631,16 @@ def tables(results: dict[str, Any]) -> str:
     if "variants" in results:
         rows = [_row(name, run, None) for name, run in results["variants"].items()]
         parts.append("### bulksend variants (bulksend sink)\n\n" + head + "\n".join(rows) + "\n")
+    if "isolation" in results:
+        rows = [
+            _row(name, run, None) for name, run in results["isolation"].items() if name != "ratio"
+        ]
+        parts.append(
+            "### isolation: the fast site alone and beside a black hole\n\n"
+            + head
+            + "\n".join(rows)
+            + "\n"
+        )
     if "workers" in results:
         rows = [_row(name, run, None) for name, run in results["workers"].items()]
         parts.append(
@@ -643,7 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale-send", type=int, help="bounded send from it (100000)")
     parser.add_argument("--micro-seconds", type=float, help="per micro-benchmark (1.0)")
     parser.add_argument("--sink-speed-n", type=int, help="messages for the sink capacity")
-    parser.add_argument("--sections", default="headline,variants,workers,scale,micro")
+    parser.add_argument("--sections", default="headline,variants,workers,isolation,scale,micro")
     parser.add_argument("--workers", type=int, default=2, help="measure 1..N worker processes")
     parser.add_argument("--sinks", default="bulksend,postfix")
     parser.add_argument("--peers", default=",".join(PEERS))
@@ -696,6 +765,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "headline": lambda work: headline(args, work, have),
         "variants": lambda work: variants(args, work),
         "workers": lambda work: workers(args, work),
+        "isolation": lambda work: isolation(args, work),
         "scale": lambda work: scale(args, work),
         "micro": lambda _work: micro(args),
     }

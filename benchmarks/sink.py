@@ -38,9 +38,14 @@ _MESG = re.compile(rb"mesg=(\d+)")
 
 
 def load_sites(path: Path) -> list[SiteSpec]:
-    script = ServerScript(record=False)
+    """The sites of SPEC.json; a site may say ``"mode": "blackhole"`` (accept, never answer)."""
     return [
-        SiteSpec(s["name"], tuple(s["domains"]), s["address"], script)
+        SiteSpec(
+            s["name"],
+            tuple(s["domains"]),
+            s["address"],
+            ServerScript(record=False, mode=s.get("mode", "normal")),
+        )
         for s in json.loads(path.read_text())
     ]
 
