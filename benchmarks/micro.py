@@ -10,8 +10,7 @@
   keys, measured in the same run;
 * journal commits: a batch of 500 ``delivered`` outcomes (claimed with ``fetch_due``).
 
-Prints one JSON object. ``benchmarks/render.py`` and ``benchmarks/journal_import.py`` remain
-for longer, stand-alone looks at rendering and importing.
+Prints one JSON object.
 """
 
 from __future__ import annotations
