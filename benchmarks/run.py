@@ -55,7 +55,12 @@ sys.path.insert(0, str(HERE))
 from micro import DKIM, write_keys  # noqa: E402
 
 from bulksend.campaign import Campaign, Recipient  # noqa: E402
-from bulksend.testing.scenario import addresses, campaign_toml, write_campaign  # noqa: E402
+from bulksend.testing.scenario import (  # noqa: E402
+    addresses,
+    campaign_toml,
+    write_campaign,
+    write_shared_campaign,
+)
 
 PY = sys.executable
 PEERS = ("aiosmtplib", "smtplib", "smtp-source", "trio-raw")
@@ -339,39 +344,18 @@ def variants(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         _progress(name, {name: out[name]})
     # A campaign whose message is the same for everyone: up to 10 recipients per transaction.
     layout = site_layout(args.domains, 1)
-    toml = make_campaign(work / "multi-recipient", layout, args.n, args.connections)
-    toml.write_text(SHARED_CAMPAIGN.format(connections=args.connections))
+    domains = [d for site in layout for d in site["domains"]]
+    toml = write_shared_campaign(
+        work / "multi-recipient",
+        addresses(domains, args.n),
+        per_transaction=10,
+        policy=f"max_connections = {args.connections}",
+    )
     with sink("bulksend", layout, work) as s:
         out["multi-recipient (10 per transaction)"] = run_bulksend(
             s, toml, work / "multi-recipient.db", seconds=args.timeout
         )
     return out
-
-
-SHARED_CAMPAIGN = """
-[campaign]
-id = "multi-recipient"
-
-[message]
-from = "news@sender.test"
-subject = "The same news for everyone ({{{{ campaign_id }}}})"
-text = "body.txt"
-
-[envelope]
-sender = "bounces@sender.test"
-
-[recipients]
-file = "recipients.csv"
-rejects = "rejects.csv"
-allow_test_domain = true
-
-[routing]
-allow_private_addresses = true
-
-[policy.defaults]
-max_connections = {connections}
-recipients_per_transaction = 10
-"""
 
 
 def workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -24,7 +24,15 @@ import trio
 from bulksend.testing.dns import DNSServer
 from bulksend.testing.smtp import ServerScript, SMTPServer
 
-__all__ = ["SiteSpec", "World", "addresses", "campaign_toml", "running", "write_campaign"]
+__all__ = [
+    "SiteSpec",
+    "World",
+    "addresses",
+    "campaign_toml",
+    "running",
+    "write_campaign",
+    "write_shared_campaign",
+]
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,49 @@ def write_campaign(
             out.write(f"{address},{first},{i:06d}\n")
     path = directory / "campaign.toml"
     path.write_text(toml if toml is not None else campaign_toml())
+    return path
+
+
+SHARED_TOML = """\
+[campaign]
+id = "{campaign_id}"
+
+[message]
+from = "news@sender.test"
+subject = "The same news for everyone ({{{{ campaign_id }}}})"
+text = "body.txt"
+
+[envelope]
+sender = "bounces@sender.test"
+
+[recipients]
+file = "recipients.csv"
+rejects = "rejects.csv"
+allow_test_domain = true
+
+[routing]
+allow_private_addresses = true
+
+[policy.defaults]
+recipients_per_transaction = {per_transaction}
+{policy}
+"""
+
+
+def write_shared_campaign(
+    directory: Path,
+    recipients: Iterable[str],
+    *,
+    per_transaction: int,
+    campaign_id: str = "shared",
+    policy: str = "",
+) -> Path:
+    """A campaign whose message is the same for everyone (several recipients per transaction)."""
+    toml = SHARED_TOML.format(
+        campaign_id=campaign_id, per_transaction=per_transaction, policy=policy
+    )
+    path = write_campaign(directory, recipients, toml=toml)
+    (directory / "body.txt").write_text("The service is down from 22:00 to 23:00.\n")
     return path
 
 

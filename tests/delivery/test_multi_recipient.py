@@ -9,39 +9,21 @@ import trio
 from bulksend.campaign import Campaign
 from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.journal import Status
-from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from bulksend.testing.scenario import (
+    SiteSpec,
+    addresses,
+    campaign_toml,
+    running,
+    write_campaign,
+    write_shared_campaign,
+)
 from bulksend.testing.smtp import ServerScript, Transaction
-
-SHARED = """
-[campaign]
-id = "announcement"
-
-[message]
-from = "news@sender.test"
-subject = "Maintenance tonight ({{ campaign_id }})"
-text = "body.txt"
-
-[envelope]
-sender = "bounces@sender.test"
-
-[recipients]
-file = "recipients.csv"
-rejects = "rejects.csv"
-allow_test_domain = true
-
-[routing]
-allow_private_addresses = true
-
-[policy.defaults]
-recipients_per_transaction = 5
-"""
 
 
 async def send(
-    tmp_path: Path, toml_text: str, recipients: list[str], script: ServerScript
+    toml: Path, recipients: list[str], script: ServerScript
 ) -> tuple[Campaign, RunSummary, list[Transaction]]:
-    toml = write_campaign(tmp_path, recipients, toml=toml_text)
-    (tmp_path / "body.txt").write_text("The service is down from 22:00 to 23:00.\n")
+    tmp_path = toml.parent
     sites = [SiteSpec("mx", ("one.test", "two.test"), "127.0.0.2", script)]
     with trio.fail_after(30):
         async with running(sites) as world:
@@ -61,7 +43,8 @@ async def send(
 async def test_shared_message_goes_to_several_recipients_per_transaction(tmp_path: Path) -> None:
     recipients = addresses(["one.test", "two.test"], 24)
     script = ServerScript(unknown_mailboxes=frozenset({"user4@one.test"}))
-    campaign, summary, transactions = await send(tmp_path, SHARED, recipients, script)
+    toml = write_shared_campaign(tmp_path, recipients, per_transaction=5)
+    campaign, summary, transactions = await send(toml, recipients, script)
     assert campaign.shared
     assert summary.counts[Status.DELIVERED] == 23
     assert summary.counts[Status.BOUNCED] == 1  # refused alone; its companions delivered
@@ -76,9 +59,10 @@ async def test_shared_message_goes_to_several_recipients_per_transaction(tmp_pat
 
 
 async def test_personalised_message_stays_one_per_transaction(tmp_path: Path) -> None:
-    toml = campaign_toml(policy="[policy.defaults]\nrecipients_per_transaction = 5\n")
+    text = campaign_toml(policy="[policy.defaults]\nrecipients_per_transaction = 5\n")
     recipients = addresses(["one.test"], 10)
-    campaign, summary, transactions = await send(tmp_path, toml, recipients, ServerScript())
+    toml = write_campaign(tmp_path, recipients, toml=text)
+    campaign, summary, transactions = await send(toml, recipients, ServerScript())
     assert not campaign.shared
     assert summary.counts[Status.DELIVERED] == 10
     assert [len(t.rcpt_to) for t in transactions] == [1] * 10
