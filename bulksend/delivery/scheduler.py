@@ -195,7 +195,7 @@ class Scheduler:
                 await self._settle(domain, exc)
                 self._domain_idle(domain)
                 return
-            d.metrics.dns_lookups.labels("ok").inc()
+            d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
             self._destination(route, volume).attach(domain, nursery)
         finally:
             self._routing.release()

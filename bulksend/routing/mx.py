@@ -150,10 +150,12 @@ class MXSet:
         names: every MX host name the domain publishes (sorted, lowercase), usable or not:
             the input of the site key.
         hosts: the usable hosts in the order to try them.
+        cached: the MX answer came from the cache (no query was sent for it).
     """
 
     names: tuple[str, ...]
     hosts: tuple[MXHost, ...]
+    cached: bool = field(default=False, compare=False)
 
 
 class _Status(enum.Enum):
@@ -230,6 +232,7 @@ class MXResolver:
                 (5.1.2), every address refused (5.4.4).
             TransientRoutingError: DNS failure or timeout (4.4.3), no MX host resolves (4.4.4).
         """
+        cached = self._cache.get((domain, dns.rdatatype.MX)) is not None
         mx = await self._lookup(domain, dns.rdatatype.MX)
         if mx.status is _Status.FAILED:
             raise TransientRoutingError(domain, "4.4.3", f"MX lookup failed: {mx.reason}")
@@ -268,7 +271,7 @@ class MXResolver:
             elif not reason:
                 missing.append(name)
         if hosts:
-            return MXSet(names, tuple(hosts))
+            return MXSet(names, tuple(hosts), cached)
         raise self._no_host(
             domain, implicit=implicit, failed=failed, missing=missing, refused=refused
         )

@@ -74,12 +74,14 @@ class Route:
         site: the MX rollup key shared with every domain that has the same MX hosts.
         hosts: the hosts in the order to try them, each with its addresses and port.
         auth: a smarthost's or override's AUTH settings, for the SMTP client; opaque here.
+        cached: the MX answer came from the resolver's cache (for the lookup metrics).
     """
 
     domain: str
     site: Site
     hosts: tuple[MXHost, ...]
     auth: Hashable | None = None
+    cached: bool = field(default=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -193,7 +195,9 @@ class Router:
             return await self._relay_route(name, relay)
         assert self._resolver is not None
         found = await self._resolver.resolve(name)
-        return Route(name, Site(found.names, self.config.smtp_port), found.hosts)
+        return Route(
+            name, Site(found.names, self.config.smtp_port), found.hosts, cached=found.cached
+        )
 
     async def _relay_route(self, domain: str, relay: Relay) -> Route:
         address = relay.address

@@ -192,3 +192,12 @@ async def test_answer_too_big_for_udp_comes_over_tcp(dns_server, make_config):
         route = await Router(make_config(ipv6=False)).route("big.test")
     assert len(route.site.mx) == 60
     assert dns_server.count("big.test", "MX", "tcp") == 1
+
+
+async def test_a_route_says_whether_its_mx_answer_was_cached(dns_server, make_config):
+    router = Router(make_config())
+    first = await route(router, "example.com")
+    second = await route(router, "example.com")
+    assert (first.cached, second.cached) == (False, True)
+    assert first == second  # the flag is not part of a route's identity
+    assert dns_server.count("example.com", "MX") == 1
