@@ -45,13 +45,12 @@ from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import BulksendError, ConfigError
-from bulksend.journal import Journal, JournalSet, Status
+from bulksend.journal import Journal, JournalPeek, JournalSet, Status
 from bulksend.metrics import Metrics, MetricsServer
 from bulksend.metrics import serve as serve_registry
 from bulksend.progress import (
     SNAPSHOT_STALE,
     AccountingLog,
-    JournalPeek,
     Progress,
     Tally,
     format_duration,

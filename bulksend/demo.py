@@ -35,7 +35,8 @@ import trio
 
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.errors import JournalError
-from bulksend.progress import JournalPeek, Progress
+from bulksend.journal import JournalPeek
+from bulksend.progress import Progress
 from bulksend.testing.scenario import SiteSpec, campaign_toml, write_campaign
 from bulksend.testing.smtp import ServerScript
 

@@ -96,6 +96,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO, TypeVar
+from urllib.parse import quote
 
 import trio
 
@@ -109,6 +110,7 @@ __all__ = [
     "ImportStats",
     "Journal",
     "JournalMetrics",
+    "JournalPeek",
     "JournalSet",
     "JournalWriter",
     "Kind",
@@ -1195,6 +1197,59 @@ class JournalSet(_Reports):
         wanted = None if statuses is None else tuple(statuses)
         for journal in self.journals:
             yield from journal.iter_states(wanted)
+
+
+class JournalPeek:
+    """A read-only look into a journal, usable while another connection writes to it.
+
+    WAL mode lets a reader see the last committed state without blocking the writer, and it
+    takes no lock that a run would notice. ``bulksend status`` uses it too, since the running
+    process holds the journal's lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.is_file():
+            raise JournalError(f"there is no journal at {str(path)!r}")
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read journal {str(path)!r}: {exc}") from None
+        if app_id != APPLICATION_ID:
+            self._db.close()
+            raise JournalError(f"{str(path)!r} is not a bulksend journal")
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read journal {str(self.path)!r}: {exc}") from None
+
+    def counts(self) -> dict[str, int]:
+        """Recipients per status (every status present)."""
+        counts = {s.value: 0 for s in Status}
+        for status, n in self._query("SELECT status, count(*) FROM recipients GROUP BY status"):
+            counts[str(status)] = int(n)
+        return counts
+
+    def waiting_by_domain(self) -> dict[str, int]:
+        """Recipients still waiting (pending or in doubt) per domain."""
+        rows = self._query(
+            "SELECT domain, count(*) FROM recipients"
+            " WHERE status IN ('pending', 'in_doubt') GROUP BY domain"
+        )
+        return {str(d): int(n) for d, n in rows}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JournalPeek:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _encode_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

@@ -7,9 +7,9 @@ counters (it runs once per recipient outcome, on the hot path) and feeds the opt
 window, reads ``scheduler.sites()`` for the busiest and the backed-off sites, and draws a few
 lines on a terminal (redrawn in place with ANSI cursor-up and erase-line) or, when stderr is
 not a terminal, prints one plain line every few seconds. Counts that only the journal knows
-(recipients still waiting, expired) come from a :class:`JournalPeek`, a second, read-only
-SQLite connection that WAL mode lets read while the run writes; it is asked every few
-seconds at most, in a worker thread, never per refresh.
+(recipients still waiting, expired) come from a :class:`~bulksend.journal.JournalPeek`, a
+second, read-only SQLite connection that WAL mode lets read while the run writes; it is
+asked every few seconds at most, in a worker thread, never per refresh.
 
 Per-site live state exists only in the running process, so once a second the task also
 writes a status snapshot (``<journal>.status.json``, mode 0600, replaced atomically by
@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import os
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -30,18 +29,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
-from urllib.parse import quote
 
 import trio
 
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
-from bulksend.journal import APPLICATION_ID, Due, Kind, Outcome, Status
+from bulksend.journal import Due, JournalPeek, Kind, Outcome
 from bulksend.metrics import Metrics
 
 __all__ = [
     "AccountingLog",
-    "JournalPeek",
     "Progress",
     "Tally",
     "format_duration",
@@ -163,59 +160,6 @@ class Tally:
     def done(self) -> int:
         """Outcomes that ended an attempt: delivered, bounced, deferred, in doubt."""
         return sum(self.kinds.values())
-
-
-class JournalPeek:
-    """A read-only look into a journal, usable while another connection writes to it.
-
-    WAL mode lets a reader see the last committed state without blocking the writer, and it
-    takes no lock that a run would notice. ``bulksend status`` uses it too, since the running
-    process holds the journal's lock.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.is_file():
-            raise JournalError(f"there is no journal at {str(path)!r}")
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-        try:
-            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot read journal {str(path)!r}: {exc}") from None
-        if app_id != APPLICATION_ID:
-            self._db.close()
-            raise JournalError(f"{str(path)!r} is not a bulksend journal")
-
-    def _query(self, sql: str) -> list[tuple[Any, ...]]:
-        try:
-            return self._db.execute(sql).fetchall()
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot read journal {str(self.path)!r}: {exc}") from None
-
-    def counts(self) -> dict[str, int]:
-        """Recipients per status (every status present)."""
-        counts = {s.value: 0 for s in Status}
-        for status, n in self._query("SELECT status, count(*) FROM recipients GROUP BY status"):
-            counts[str(status)] = int(n)
-        return counts
-
-    def waiting_by_domain(self) -> dict[str, int]:
-        """Recipients still waiting (pending or in doubt) per domain."""
-        rows = self._query(
-            "SELECT domain, count(*) FROM recipients"
-            " WHERE status IN ('pending', 'in_doubt') GROUP BY domain"
-        )
-        return {str(d): int(n) for d, n in rows}
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> JournalPeek:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --- status snapshot ---------------------------------------------------------------------
