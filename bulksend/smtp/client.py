@@ -195,12 +195,13 @@ class SMTPClient:
     def _io(self, stage: str, seconds: float) -> Iterator[None]:
         """Run one network step under its deadline; the one place trio errors become ours."""
         ok = False
+        # A bare cancel scope rather than trio.fail_after (itself a generator): this runs for
+        # every write and most reads.
+        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
         try:
-            with trio.fail_after(seconds):
+            with scope:
                 yield
-            ok = True
-        except trio.TooSlowError:
-            raise SMTPTimeoutError(f"{stage}: not complete within {seconds:g}s") from None
+            ok = not scope.cancelled_caught
         except ssl.SSLError as exc:
             raise TLSError(f"{stage}: TLS failure: {exc}") from exc
         except trio.BrokenResourceError as exc:
@@ -213,6 +214,8 @@ class SMTPClient:
         finally:
             if not ok:
                 self._broken()
+        if scope.cancelled_caught:
+            raise SMTPTimeoutError(f"{stage}: not complete within {seconds:g}s")
 
     def _broken(self) -> None:
         self.usable = False
