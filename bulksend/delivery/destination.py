@@ -86,6 +86,7 @@ class Delivery:
     on_due: Callable[[float], None] = lambda _at: None  # a deferral is due again at this time
     on_domain_idle: Callable[[str], None] = lambda _domain: None
     on_limit: Callable[[], None] = lambda: None
+    on_final: Callable[[], None] = lambda: None  # a recipient reached a final state
     #: Called with every outcome as it is recorded (accounting log, progress display).
     on_outcome: Callable[[Due, Outcome, str], None] = lambda _due, _outcome, _site: None
     limit: int | None = None  # recipients to send in this run (``--limit``)
@@ -149,6 +150,8 @@ class Delivery:
         if outcome.kind in (Kind.DEFERRED, Kind.IN_DOUBT, Kind.THROTTLED):
             # The journal decides the exact time; the scheduler just needs to look again.
             self.on_due(now + (outcome.retry_after or 0.0))
+        else:
+            self.on_final()
 
 
 @dataclass
@@ -287,8 +290,13 @@ class Destination:
         counted = True
         try:
             while self._may_continue():
-                if slot.client is not None and (not self._buffer or self._suspended()):
-                    await slot.client.flush()  # we may wait: send the held data first
+                if slot.client is not None and self._suspended():
+                    # Suspended: collect what is owed and free the connection slot.
+                    client, slot.client = slot.client, None
+                    await self._close(client, slot.sent)
+                if slot.client is not None and not self._buffer:
+                    # We may wait: send the held data first.
+                    await self._finish(await slot.client.flush(), slot.sent)
                 pipelining = slot.client is not None and slot.client.in_flight > 0
                 due = await self._take(wait=not pipelining)
                 if due is not None:
@@ -356,9 +364,15 @@ class Destination:
                 return
         delay = max(self.delivery.total_rate.reserve(), self.rate.reserve())
         if delay > 0:
-            await slot.client.flush()  # never sit on message data while waiting
+            # Never sit on message data while waiting.
+            await self._finish(await slot.client.flush(), slot.sent)
             self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
             await trio.sleep(delay)
+            if not slot.client.usable:  # the flush found the connection gone
+                held, slot.holding = slot.holding, []
+                for due in held:  # nothing started for them: hand them back
+                    await self.delivery.record(due, Outcome.released(), self.label)
+                return
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
         slot.holding = []
@@ -418,13 +432,19 @@ class Destination:
 
     async def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
         for txn in done:
-            record = sent.pop(id(txn), None)
+            record = sent.get(id(txn))
             if record is None:
                 continue
             if txn.data_sent:
                 elapsed = trio.current_time() - record.started
                 self.delivery.metrics.transaction_seconds.observe(elapsed)
-            for due, result in zip(record.items, txn.results, strict=True):
+            await self._record_results(record)
+            del sent[id(txn)]
+
+    async def _record_results(self, record: _Sent) -> None:
+        """Journal a finished transaction's per-recipient outcomes, all or (shielded) none."""
+        with trio.CancelScope(shield=True):
+            for due, result in zip(record.items, record.txn.results, strict=True):
                 if result.error is None and result.reply is not None:
                     reply = result.reply
                     outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
@@ -476,6 +496,10 @@ class Destination:
             await self.delivery.record(due, Outcome.released(), self.label)
         sent = slot.sent
         for record in sent.values():
+            if record.txn.done:
+                # Its replies were read before the stop: record what they said.
+                await self._record_results(record)
+                continue
             if record.txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
             else:

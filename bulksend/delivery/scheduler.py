@@ -96,6 +96,7 @@ class Scheduler:
         delivery.on_due = self._note_due
         delivery.on_domain_idle = self._domain_idle
         delivery.on_limit = self.stop
+        delivery.on_final = self._final
 
     # ------------------------------------------------------------------ public
 
@@ -147,6 +148,11 @@ class Scheduler:
 
     def _note_due(self, at: float) -> None:
         if at < self._wake_at:
+            self._wake.set()
+
+    def _final(self) -> None:
+        # With no domain attached, the last claimed recipients finishing may end the run.
+        if not self._attached:
             self._wake.set()
 
     def _domain_idle(self, domain: str) -> None:
@@ -207,9 +213,13 @@ class Scheduler:
             transient=exc.transient, enhanced_code=exc.enhanced_code, text=exc.text
         )
         log.info("domain %s: %s %s", domain, exc.enhanced_code, exc.text)
-        while batch := await d.writer.fetch_due(domain, 500, now=d.now()):
-            for due in batch:
-                await d.record(due, outcome, "other")
+        while not d.stopping.is_set():
+            batch = await d.writer.fetch_due(domain, 500, now=d.now())
+            if not batch:
+                return
+            with trio.CancelScope(shield=True):  # claimed: each gets its outcome
+                for due in batch:
+                    await d.record(due, outcome, "other")
 
     def _destination(self, route: Route, volume: int) -> Destination:
         destination = self.destinations.get(route.site)

@@ -224,21 +224,32 @@ class SMTPClient:
     async def _send(self, stage: str, seconds: float, data: bytes) -> None:
         if self._held:
             # Held message data first, in the same send; it gets the data-block deadline.
+            # It counts as sent from here on: if this write fails part-way, the held
+            # messages may have reached the server (in doubt), never "not sent".
             data = bytes(self._held_data) + data
-            held, self._held, self._held_data = self._held, [], bytearray()
+            for txn in self._held:
+                txn.data_sent = True
+            self._held, self._held_data = [], bytearray()
             seconds = max(seconds, self.timeouts.data_block)
             with self._io(stage, seconds):
                 await self._stream.send_all(data)
-            for txn in held:
-                txn.data_sent = True
             return
         with self._io(stage, seconds):
             await self._stream.send_all(data)
 
-    async def flush(self) -> None:
-        """Write any held message data now (before waiting on anything else)."""
+    async def flush(self) -> list[Transaction]:
+        """Write any held message data now (before waiting on anything else).
+
+        Like :meth:`drain`, never raises for a connection failure: the transactions that
+        failure ends are returned.
+        """
+        done: list[Transaction] = []
         if self._held:
-            await self._send("message data", self.timeouts.data_block, b"")
+            try:
+                await self._send("message data", self.timeouts.data_block, b"")
+            except SMTPError as exc:
+                self._abandon(exc, done)
+        return done
 
     async def _reply(self) -> tuple[Verb, Reply]:
         """Read the next reply, under the deadline of the command it answers."""
@@ -410,6 +421,8 @@ class SMTPClient:
         valid: list[RecipientResult] = []
         for result in txn.results:
             try:
+                if not result.address:
+                    raise LocalProtocolError("empty recipient address")
                 check_address(result.address, smtputf8=env.smtputf8)
             except LocalProtocolError as exc:
                 result.error = exc
@@ -479,9 +492,19 @@ class SMTPClient:
             await self._send("commands", self.timeouts.mail, commands)
             await self._envelope_replies(owed, txn, rcpts, done)
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send, "commands", self.timeouts.mail, commands)
-            await self._envelope_replies(owed, txn, rcpts, done)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send, "commands", self.timeouts.mail, commands)
+                await self._envelope_replies(owed, txn, rcpts, done)
+        except BaseExceptionGroup as group:
+            # The writer or the reader failed: one SMTP error, as from the plain path.
+            failures, rest = group.split(SMTPError)
+            if failures is None or rest is not None:
+                raise
+            first: BaseException = failures
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
     async def _envelope_replies(
         self,
@@ -574,9 +597,8 @@ class SMTPClient:
 
     async def drain(self) -> list[Transaction]:
         """Read the final replies of every transaction still in flight."""
-        done: list[Transaction] = []
+        done = await self.flush()
         try:
-            await self.flush()
             while self._in_flight:
                 _verb, reply = await self._reply()
                 self._complete(self._in_flight.popleft(), reply, done)

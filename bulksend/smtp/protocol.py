@@ -63,7 +63,8 @@ class Reply:
 
     @property
     def is_success(self) -> bool:
-        return 200 <= self.code < 400
+        """A 2xx: the command (or the message, at the final dot) was accepted."""
+        return 200 <= self.code < 300
 
     def __str__(self) -> str:
         parts = [str(self.code)]

@@ -345,3 +345,14 @@ max_age = "3s"
         for address, (status, attempts, _d) in result.items()
         if address.endswith("@dead.test")
     )
+
+
+async def test_slow_final_replies_do_not_stall_the_end_of_the_run(tmp_path: Path) -> None:
+    # The last recipients' final replies arrive after their domain was detached: the run
+    # must still notice that nobody is waiting any more and finish.
+    sites = [
+        SiteSpec("slow", ("slowdot.test",), "127.0.0.2", ServerScript(reply_delays={"DOT": 1.0}))
+    ]
+    summary, _world = await send(tmp_path, sites, addresses(["slowdot.test"], 3), "", deadline=20)
+    assert summary.complete
+    assert summary.counts[Status.DELIVERED] == 3

@@ -531,3 +531,48 @@ async def test_transaction_left_open_is_reset_before_the_next_mail() -> None:
     assert stream.writes[2] == (
         b"RSET\r\nMAIL FROM:<bounce@s.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n"
     )
+
+
+async def test_held_data_is_in_doubt_when_its_write_fails() -> None:
+    # The message data held back for the next write goes out with it; if that write fails,
+    # the message may have reached the server: in doubt, and flush() does not raise.
+    async with serving(ServerScript(disconnect_after="data")) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            txn = Transaction(env("a@x.test"), b"held")
+            assert await client.submit(txn, hold=True) == []
+            assert not txn.data_sent  # still held
+            await trio.sleep(0.2)  # the server has closed by now
+            done = await client.flush()
+            done += await client.drain()
+            await client.aclose()
+    assert done == [txn]
+    assert isinstance(txn.results[0].error, InDoubtError)
+
+
+async def test_a_failing_big_pipelined_batch_is_a_plain_deferral() -> None:
+    # Over 16 KiB of commands are written by a child task while replies are read; a failure
+    # there must come out as the recipients' results, not as an exception group.
+    rcpts = tuple(f"user{i}@x.test" for i in range(800))
+    async with serving(ServerScript(disconnect_after="mail")) as server:
+        with trio.fail_after(20):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            txn = Transaction(env(*rcpts), b"x")
+            done = await client.submit(txn)
+            await client.aclose()
+    assert done == [txn]
+    assert all(isinstance(r.error, SMTPConnectionError) for r in txn.results)
+    assert not any(isinstance(r.error, InDoubtError) for r in txn.results)
+
+
+async def test_a_3xx_final_reply_is_not_a_delivery() -> None:
+    async with serving(ServerScript(replies={"DOT": "354 what?"})) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            results = await client.send(env("a@x.test"), b"x")
+            await client.aclose()
+    assert not results[0].delivered
+    assert isinstance(results[0].error, TransientReplyError)
