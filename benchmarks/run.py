@@ -461,7 +461,6 @@ def scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
     out["bounded send"]["of"] = args.scale_n
     _progress("bounded send", {"send": out["bounded send"]})
-    out["workers"] = {"skipped": "--workers (7bf0c04) is not measured by this runner yet"}
     return out
 
 
