@@ -522,10 +522,11 @@ def _serve_until_signal(server: MetricsServer) -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=1,
     show_default=True,
-    help="Processes to run (one shard each, sites divided among them); use one per core.",
+    help="Processes to run, one shard each (sites divided among them, one journal per "
+    "shard); 0: one per core.",
 )
 @_run_options
 def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int, **kw: Any) -> None:
@@ -535,6 +536,8 @@ def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int,
     if dry_run:
         raise SystemExit(_dry_run(campaign, flags))
     journal = journal or campaign.config.source.parent / f"{campaign.config.id}.journal.sqlite3"
+    if workers == 0:
+        workers = os.cpu_count() or 1
     if workers > 1:
         if flags.shard is not None:
             raise click.UsageError("--workers and --shard do not go together")
