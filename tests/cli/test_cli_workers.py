@@ -135,3 +135,43 @@ async def test_shards_run_separately_and_a_killed_shard_resumes(tmp_path: Path) 
     repeats = sum(n - 1 for n in received.values())
     in_doubt = int(text.split("sends in doubt (possibly duplicated):")[1].split()[0])
     assert repeats <= in_doubt
+
+
+async def test_sigint_stops_every_worker_and_each_shard_resumes(tmp_path: Path) -> None:
+    path, recipients = campaign(tmp_path, 200, rate=20)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(150):
+        async with running(SITES) as world:
+            async with bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--workers",
+                "2",
+                "-q",
+                *world_args(world),
+                name="workers-int",
+            ) as proc:
+                await proc.wait_for(lambda: world.delivered >= 30, 60, "sending")
+                proc.signal(signal.SIGINT)
+                assert await proc.wait(60) == 3, proc
+            assert "stopped before completion" in proc.stdout()
+            assert world.delivered < 200
+            for i in range(2):
+                shard = Shard(i, 2).journal(journal)
+                resumed = await run_bulksend(
+                    tmp_path, "resume", str(shard), "-q", *world_args(world), name=f"r{i}"
+                )
+                assert resumed.process.returncode == 0, resumed
+            received = Counter(
+                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
+            )
+    assert set(received) == set(recipients)
+    report = await run_bulksend(
+        tmp_path, "report", *(str(Shard(i, 2).journal(journal)) for i in range(2)), name="rep"
+    )
+    text = report.stdout().replace(",", "")
+    in_doubt = int(text.split("sends in doubt (possibly duplicated):")[1].split()[0])
+    assert sum(n - 1 for n in received.values()) <= in_doubt
