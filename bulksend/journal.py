@@ -191,6 +191,9 @@ class Outcome:
     category: Category | None = None
     #: THROTTLED only: seconds until the throttle lifts.
     retry_after: float | None = None
+    #: THROTTLED only: a transaction was really tried (the receiver pushed back), so the
+    #: recipient's age counts from now even though this is not an attempt.
+    tried: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is Kind.THROTTLED:
@@ -237,9 +240,13 @@ class Outcome:
         return cls(Kind.IN_DOUBT, None, None, text, Category.OTHER)
 
     @classmethod
-    def throttled(cls, retry_after: float, text: str = "") -> Outcome:
-        """A deferral by our own throttle or backoff: due again in ``retry_after`` seconds."""
-        return cls(Kind.THROTTLED, None, None, text, None, float(retry_after))
+    def throttled(cls, retry_after: float, text: str = "", *, tried: bool = False) -> Outcome:
+        """A deferral by our own throttle or backoff: due again in ``retry_after`` seconds.
+
+        ``tried``: the receiver pushed back on a real transaction (a backoff rule matched its
+        reply): still not an attempt, but the recipient's ``max_age`` starts counting.
+        """
+        return cls(Kind.THROTTLED, None, None, text, None, float(retry_after), tried)
 
     @classmethod
     def released(cls) -> Outcome:
@@ -301,7 +308,11 @@ def plan_step(
         raise ValueError(f"recipient is already final ({status})")
     if not outcome.is_attempt:
         assert outcome.retry_after is not None
-        return Step(status, attempts, first_attempt_at, now + outcome.retry_after, 0, True)
+        first = now if first_attempt_at is None and outcome.tried else first_attempt_at
+        if first is not None and now >= first + policy.max_age:
+            # Throttled for longer than max_age: give up, with the last real reply kept.
+            return Step(Status.EXPIRED, attempts, first, None, 0, True)
+        return Step(status, attempts, first, now + outcome.retry_after, 0, True)
     done = attempts + 1
     first = now if first_attempt_at is None else first_attempt_at
     if outcome.kind is Kind.DELIVERED:
@@ -1014,10 +1025,11 @@ class Journal(_Reports):
                     rng=self._rng,
                 )
                 if step.keeps_reply:
+                    # Not an attempt: the last real reply stays (an expiry keeps it too).
                     self._db.execute(
-                        "UPDATE recipients SET next_attempt_at = ?, claimed_at = NULL,"
-                        " updated_at = ? WHERE id = ?",
-                        (step.next_attempt_at, now, rid),
+                        "UPDATE recipients SET status = ?, first_attempt_at = ?,"
+                        " next_attempt_at = ?, claimed_at = NULL, updated_at = ? WHERE id = ?",
+                        (str(step.status), step.first_attempt_at, step.next_attempt_at, now, rid),
                     )
                 else:
                     self._db.execute(

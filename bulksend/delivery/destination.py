@@ -464,7 +464,7 @@ class Destination:
                 if self.backoff.apply(rule, now, str(reply)):
                     self._backoff_changed("suspend" if rule.suspend else "reduce")
                 wait = max(self.backoff.limits.suspended_until - now, 0.0)
-                return Outcome.throttled(wait, f"site backed off: {reply}")
+                return Outcome.throttled(wait, f"site backed off: {reply}", tried=True)
         return classify_error(error)
 
     def _backoff_changed(self, action: str) -> None:

@@ -129,3 +129,32 @@ def test_journal_applies_the_schedule(journal: Journal, policy: RetryPolicy) -> 
         "over quota",
     )
     assert row.next_attempt_at is None
+
+
+def test_pushback_throttles_start_the_age_and_expire_at_max_age() -> None:
+    # A receiver that pushes back on every try: never an attempt, but not forever either.
+    pushback = Outcome.throttled(60.0, "421 4.7.0 try later", tried=True)
+    first = step(pushback, Status.PENDING, 0, None, T0)
+    assert (first.status, first.attempts, first.first_attempt_at) == (Status.PENDING, 0, T0)
+    later = step(pushback, Status.PENDING, 0, T0, T0 + NO_JITTER.max_age - 1)
+    assert later.status is Status.PENDING
+    assert later.next_attempt_at == T0 + NO_JITTER.max_age - 1 + 60.0
+    expired = step(pushback, Status.PENDING, 0, T0, T0 + NO_JITTER.max_age)
+    assert (expired.status, expired.attempts, expired.next_attempt_at) == (Status.EXPIRED, 0, None)
+    # Our own pacing (nothing tried) never starts the clock.
+    ours = step(Outcome.throttled(0.0, "released"), Status.PENDING, 0, None, T0)
+    assert ours.first_attempt_at is None
+
+
+def test_journal_expires_a_recipient_pushed_back_past_max_age(
+    journal: Journal, policy: RetryPolicy
+) -> None:
+    due = journal.fetch_due("a.example", 1, now=T0)[0]
+    pushback = Outcome.throttled(1.0, "421 busy", tried=True)
+    assert journal.record(due.id, pushback, now=T0)
+    again = journal.fetch_due("a.example", 10, now=T0 + 5)
+    assert due.id in {d.id for d in again}  # due again after its 1 s, same recipient
+    assert journal.record(due.id, pushback, now=T0 + policy.max_age + 1)
+    state = journal.get(due.id)
+    assert state is not None
+    assert (state.status, state.attempts) == (Status.EXPIRED, 0)
