@@ -541,6 +541,14 @@ def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int,
     if workers > 1:
         if flags.shard is not None:
             raise click.UsageError("--workers and --shard do not go together")
+        # Each worker would apply these on its own (N times the limit, N logs racing on one
+        # file): refuse rather than surprise.
+        for given, option in ((flags.limit, "--limit"), (flags.accounting, "--accounting")):
+            if given is not None:
+                raise click.UsageError(
+                    f"--workers and {option} do not go together: run the shards one at a "
+                    f"time with --shard I/N and {option}"
+                )
         raise SystemExit(run_workers(campaign, journal, flags, workers))
     raise SystemExit(_run(campaign, journal, flags))
 

@@ -46,7 +46,7 @@ __all__ = [
     "RecipientsConfig",
     "RetryPolicy",
     "RouteOverride",
-    "RoutingConfig",
+    "RoutingSection",
     "Secret",
     "SendingPolicy",
     "SiteLimits",
@@ -328,8 +328,12 @@ class Smarthost:
 
 
 @dataclass(frozen=True, slots=True)
-class RoutingConfig:
-    """How a recipient domain becomes a host to connect to."""
+class RoutingSection:
+    """The campaign file's ``[routing]`` section, as written.
+
+    :func:`bulksend.delivery.run.routing_config` turns it, with the run's options, into the
+    :class:`bulksend.routing.RoutingConfig` the router uses.
+    """
 
     nameservers: tuple[str, ...] = ()
     allow_private_addresses: bool = False
@@ -349,7 +353,7 @@ class CampaignConfig:
     unsubscribe: UnsubscribeConfig | None = None
     dkim: tuple[DkimConfig, ...] = ()
     policy: SendingPolicy = SendingPolicy()
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingSection = RoutingSection()
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()
@@ -1104,10 +1108,10 @@ def _parse_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
-def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingConfig:
+def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
     t = root.sub("routing")
     if t is None:
-        return RoutingConfig()
+        return RoutingSection()
     nameservers = t.string_list("nameservers")
     for server in nameservers:
         try:
@@ -1159,7 +1163,7 @@ def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingConfig:
             tls=_pick(tls, TlsMode.REQUIRED),
         )
     t.finish()
-    return RoutingConfig(
+    return RoutingSection(
         nameservers=tuple(nameservers),
         allow_private_addresses=allow_private,
         overrides=MappingProxyType(overrides),

@@ -44,7 +44,7 @@ from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Metrics
-from bulksend.routing import Route, Site
+from bulksend.routing import Route
 from bulksend.smtp.client import Envelope, SMTPClient, Transaction
 from bulksend.smtp.errors import (
     PermanentReplyError,
@@ -182,21 +182,19 @@ class Destination:
     def __init__(
         self,
         delivery: Delivery,
-        site: Site,
         route: Route,
         limits: SiteLimits,
         backoff: Backoff,
         *,
         label: str,
-        credentials: Credentials | None = None,
     ) -> None:
         self.delivery = delivery
-        self.site = site
-        self.route = route
+        self.route = route  # the first routed domain's: every domain of a site has its hosts
         self.limits = limits
         self.backoff = backoff
         self.label = label
-        self.credentials = credentials
+        # A relay's AUTH settings ride on its route (see delivery.run.routing_config).
+        self.credentials = route.auth if isinstance(route.auth, Credentials) else None
         self.rate = TokenBucket(limits.rate)
         self.open_rate = TokenBucket(limits.connection_rate)
         self._domains: deque[str] = deque()

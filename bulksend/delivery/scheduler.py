@@ -30,7 +30,7 @@ import trio
 
 from bulksend.config import SendingPolicy, SiteLimits
 from bulksend.delivery.backoff import Backoff
-from bulksend.delivery.destination import Credentials, Delivery, Destination
+from bulksend.delivery.destination import Delivery, Destination
 from bulksend.delivery.outcome import classify_dns
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -233,15 +233,6 @@ class Scheduler:
                 max_connections=limits.max_connections,
                 rate=limits.rate,
             )
-            destination = Destination(
-                self.delivery,
-                route.site,
-                route,
-                limits,
-                backoff,
-                label=label,
-                # A relay's AUTH settings ride on its route (see delivery.run.routing_config).
-                credentials=route.auth if isinstance(route.auth, Credentials) else None,
-            )
+            destination = Destination(self.delivery, route, limits, backoff, label=label)
             self.destinations[route.site] = destination
         return destination

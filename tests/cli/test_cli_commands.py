@@ -51,6 +51,19 @@ def test_limit_must_be_positive(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    "extra", [["--limit", "5"], ["--accounting", "a.jsonl"], ["--shard", "0/2"]]
+)
+def test_options_that_workers_cannot_honour_are_refused(
+    runner: CliRunner, tmp_path: Path, extra: list[str]
+) -> None:
+    path = write_campaign(tmp_path, addresses(["a.test"], 3))
+    result = runner.invoke(cli, ["send", str(path), "--workers", "2", *extra])
+    assert result.exit_code == 2
+    assert f"--workers and {extra[0]} do not go together" in result.output
+    assert not list(tmp_path.glob("*.sqlite3"))  # nothing started
+
+
 def test_config_error_is_one_line_and_debug_shows_the_traceback(
     runner: CliRunner, tmp_path: Path
 ) -> None:
