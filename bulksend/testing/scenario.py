@@ -11,6 +11,7 @@ benchmarks all build on this, so what they exercise is the real stack over real 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import socket
@@ -72,6 +73,13 @@ class World:
     @property
     def delivered(self) -> int:
         return sum(s.stats.messages for s in self.servers.values())
+
+    def received(self) -> collections.Counter[str]:
+        """Every recipient any server accepted, with how many times (repeats show as > 1)."""
+        total: collections.Counter[str] = collections.Counter()
+        for server in self.servers.values():
+            total.update(server.received())
+        return total
 
 
 def zones(sites: Sequence[SiteSpec]) -> dict[str, dict[str, Any]]:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import socket
 import ssl
@@ -1031,6 +1032,10 @@ class SMTPServer:
         self._address = (str(name[0]), int(name[1]))
         task_status.started(self._address)
         await trio.serve_listeners(self._handle, listeners)
+
+    def received(self) -> collections.Counter[str]:
+        """Every recipient of an accepted message, with how many times it was received."""
+        return collections.Counter(r for t in self.transactions for r in t.rcpt_to)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds; it is checked after each message and close."""

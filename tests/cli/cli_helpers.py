@@ -121,3 +121,9 @@ def recipients_total(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], outcome: str
 ) -> float:
     return samples.get(("bulksend_recipients_total", (("outcome", outcome),)), 0.0)
+
+
+def reported_in_doubt(report_text: str) -> int:
+    """The "sends in doubt (possibly duplicated)" count of a ``report --format table``."""
+    tail = report_text.replace(",", "").split("sends in doubt (possibly duplicated):")[1]
+    return int(tail.split()[0])

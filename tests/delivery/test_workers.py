@@ -65,9 +65,7 @@ async def test_two_workers_deliver_everyone_once_within_site_limits(tmp_path: Pa
         async with running(SITES) as world:
             pool = WorkerPool(toml, {}, options(tmp_path, world.dns_port, world.smtp_port), 2)
             states = await pool.run()
-            received = Counter(
-                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
-            )
+            received = world.received()
             peaks = {name: s.stats.connections_peak for name, s in world.servers.items()}
             smtp_port = world.smtp_port
     assert [s.failed for s in states] == [False, False]
@@ -116,9 +114,7 @@ async def test_a_dead_worker_is_reported_and_its_shard_resumes(tmp_path: Path) -
             resumed = await run_campaign(
                 Campaign.load(toml, {}), RunOptions(**{**opts.__dict__, "shard": Shard(1, 2)})
             )
-            received = Counter(
-                r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to
-            )
+            received = world.received()
     assert resumed.complete
     assert shard_counts(tmp_path, 2)[Status.DELIVERED] == 270
     assert set(received) == set(recipients)
