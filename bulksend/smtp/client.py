@@ -30,6 +30,7 @@ from bulksend.config import Timeouts, TlsMode
 from bulksend.smtp.errors import (
     InDoubtError,
     LocalProtocolError,
+    RemoteProtocolError,
     SMTPConnectionError,
     SMTPError,
     SMTPTimeoutError,
@@ -115,7 +116,7 @@ class SMTPClient:
         self._stream = stream
         self._proto = ClientProtocol(hostname)
         self.timeouts = timeouts or Timeouts()
-        self.usable = True
+        self._usable = True
         self.messages_sent = 0
         self.greeting: Reply | None = None
         self._in_flight: deque[Transaction] = deque()
@@ -153,6 +154,11 @@ class SMTPClient:
         return cls(stream, hostname=hostname, timeouts=timeouts)
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def usable(self) -> bool:
+        """False once the connection failed, the server closed it or fell out of step."""
+        return self._usable and self._proto.state is not State.CLOSED
 
     @property
     def extensions(self) -> Extensions:
@@ -218,7 +224,7 @@ class SMTPClient:
             raise SMTPTimeoutError(f"{stage}: not complete within {seconds:g}s")
 
     def _broken(self) -> None:
-        self.usable = False
+        self._usable = False
         self._proto.connection_lost()
 
     async def _send(self, stage: str, seconds: float, data: bytes) -> None:
@@ -255,7 +261,7 @@ class SMTPClient:
         """Read the next reply, under the deadline of the command it answers."""
         verb = self._proto.next_expected
         if verb is None:
-            self.usable = False
+            self._usable = False
             raise SMTPConnectionError("the server closed the session")
         # Fast path: a pipelining server answers a batch in one segment, so most replies
         # are already buffered; no I/O means no deadline to arm. A malformed reply raises
@@ -267,14 +273,14 @@ class SMTPClient:
             raise
         if item is not None:
             if item[1].code == 421:
-                self.usable = False
+                self._usable = False
             return item
         with self._io(f"reading reply to {verb.value}", self._deadline(verb)):
             while True:
                 item = self._proto.next_reply()
                 if item is not None:
                     if item[1].code == 421:
-                        self.usable = False
+                        self._usable = False
                     return item
                 data = await self._stream.receive_some(_RECEIVE_SIZE)
                 if not data:
@@ -301,15 +307,15 @@ class SMTPClient:
         """
         _verb, greeting = await self._reply()
         self.greeting = greeting
-        if greeting.code != 220:
-            self.usable = False
+        if not greeting.is_success:
+            self._usable = False
             raise reply_error(greeting, "greeting")
         await self._hello()
         if tls is TlsMode.NONE:
             return
         if not self.extensions.starttls:
             if tls is TlsMode.REQUIRED:
-                self.usable = False
+                self._usable = False
                 raise TLSError("TLS is required but the server does not offer STARTTLS")
             return
         await self._starttls(ssl_context or ssl.create_default_context(), server_hostname, tls)
@@ -317,24 +323,26 @@ class SMTPClient:
     async def _hello(self) -> None:
         await self._send("EHLO", self.timeouts.ehlo, self._proto.send_ehlo())
         _verb, reply = await self._reply()
-        if reply.code == 250:
+        if reply.is_success:
+            self._require_in_step("EHLO")
             return
         if reply.code == 421 or self._proto.state is not State.NEED_HELLO:
             raise reply_error(reply, "EHLO")
         await self._send("HELO", self.timeouts.ehlo, self._proto.send_helo())
         _verb, reply = await self._reply()
-        if reply.code != 250:
-            self.usable = False
+        if not reply.is_success:
+            self._usable = False
             raise reply_error(reply, "HELO")
+        self._require_in_step("HELO")
 
     async def _starttls(
         self, context: ssl.SSLContext, server_hostname: str | None, tls: TlsMode
     ) -> None:
         await self._send("STARTTLS", self.timeouts.starttls, self._proto.send_starttls())
         _verb, reply = await self._reply()
-        if reply.code != 220:
+        if not reply.is_success:
             if tls is TlsMode.REQUIRED or reply.code == 421:
-                self.usable = False
+                self._usable = False
                 raise TLSError(f"TLS is required but STARTTLS was refused: {reply}")
             return
         stream = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
@@ -376,10 +384,11 @@ class SMTPClient:
             raise LocalProtocolError(
                 f"server offers no AUTH mechanism we support (offered: {sorted(mechanisms)})"
             )
-        if reply.code != 235:
+        if not reply.is_success:
             if self._proto.state is State.AUTH_CONTINUE:
-                self.usable = False  # a challenge we cannot answer: the session is stuck
+                self._usable = False  # a challenge we cannot answer: the session is stuck
             raise reply_error(reply, "AUTH")
+        self._require_in_step("AUTH")
 
     # ----------------------------------------------------------------- transactions
 
@@ -413,6 +422,7 @@ class SMTPClient:
                 done.append(txn)
         if not self._proto.pipelining:
             done.extend(await self.drain())
+        self._in_step()
         return done
 
     async def _transact(self, txn: Transaction, done: list[Transaction], *, hold: bool) -> None:
@@ -606,7 +616,25 @@ class SMTPClient:
                     raise reply_error(reply, "end of data")
         except SMTPError as exc:
             self._abandon(exc, done)
+        self._in_step()
         return done
+
+    def _in_step(self) -> bool:
+        """False, and the connection broken, when bytes arrived beyond every owed reply.
+
+        An extra reply line in the same read means the server is out of step with us. The
+        replies already read stand, but the connection is never used again: whatever it
+        said next could be taken as the answer to the wrong command (RFC 5321 §4.1.1.4:
+        only a 2xx to the final dot is a delivery).
+        """
+        if self._proto.out_of_step:
+            self._broken()
+            return False
+        return True
+
+    def _require_in_step(self, stage: str) -> None:
+        if not self._in_step():
+            raise RemoteProtocolError(f"unsolicited data after the reply to {stage}")
 
     async def send(self, envelope: Envelope, data: bytes) -> list[RecipientResult]:
         """Send one message and wait for its result (no pipelining across messages)."""
@@ -639,7 +667,7 @@ class SMTPClient:
             await self.aclose()
 
     async def aclose(self) -> None:
-        self.usable = False
+        self._usable = False
         self._proto.connection_lost()
         with trio.move_on_after(self.timeouts.quit) as scope:
             scope.shield = True

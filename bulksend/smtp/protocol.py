@@ -21,6 +21,13 @@ whatever bytes arrive (``receive_data``) and asks for the next complete reply
   §3.1 says must end a pipelined group (EHLO, HELO, STARTTLS, AUTH, DATA, NOOP, QUIT) block
   further commands until their reply arrives; MAIL, RCPT, RSET and the end of message data
   may be followed at once when the server offers PIPELINING.
+* A reply must be able to answer the command it is paired with (RFC 5321 §4.3.2): DATA's
+  only go-ahead is 354 (a 2xx to DATA is never "delivered": only a 2xx to the final dot is,
+  §4.1.1.4), AUTH may get 334, no other command a 3xx. Codes are judged by their first
+  digit (§4.2): 299 is a success, 471 transient. Bytes that arrive when no reply is owed
+  (an extra line queued behind a reply) are found before the next command is encoded.
+  Either ends the session with a :class:`RemoteProtocolError`: read on, every later
+  reply would answer the wrong command.
 * After the 220 to STARTTLS every byte already buffered is discarded and the extension list
   forgotten (RFC 3207 §4.2): a server (or a man in the middle) that sends a forged reply in
   the same packet as its 220 has no effect.
@@ -34,7 +41,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError
+from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, reply_error
 
 MAX_LINE = 8 * 1024
 MAX_REPLY = 64 * 1024
@@ -137,7 +144,7 @@ class ReplyParser:
             if (
                 len(code) != 3
                 or code[0] not in b"2345"
-                or code[1] not in b"012345"
+                or code[1] not in b"0123456789"
                 or code[2] not in b"0123456789"
             ):
                 raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
@@ -361,6 +368,27 @@ _MOVES: dict[tuple[State, Verb], _Move] = {
 _GREETING = _Move(_S.WAITING, _S.NEED_HELLO, _S.REJECTED, True)
 
 
+# The intermediate (3yz) replies a command can get (RFC 5321 §4.3.2, RFC 4954 §4); a 2yz to
+# DATA is no answer at all: only a 2yz to the final dot means "delivered" (§4.1.1.4).
+_INTERMEDIATE: dict[Verb, int] = {Verb.DATA: 354, Verb.AUTH: 334, Verb.AUTH_RESPONSE: 334}
+
+
+def _can_answer(verb: Verb, code: int) -> bool:
+    """Whether a reply with ``code`` can be the answer to ``verb``.
+
+    Every command may be refused (4yz, 5yz). DATA must get 354 (never a 2yz), AUTH a 2yz or
+    334; every other command a 2yz. Anything else means the replies are out of step with
+    the commands, or the server is broken: it must not be read as success.
+    """
+    digit = code // 100
+    if digit in (4, 5):
+        return True
+    intermediate = _INTERMEDIATE.get(verb)
+    if digit == 3:
+        return code == intermediate
+    return verb is not Verb.DATA
+
+
 @dataclass(slots=True)
 class _Pending:
     verb: Verb
@@ -400,6 +428,11 @@ class ClientProtocol:
         return self._pending[0].verb if self._pending else None
 
     @property
+    def out_of_step(self) -> bool:
+        """Bytes arrived that no command asked for (nothing is owed): the session is over."""
+        return not self._pending and self._parser.buffered > 0
+
+    @property
     def pipelining(self) -> bool:
         return self.extensions.pipelining
 
@@ -414,10 +447,31 @@ class ClientProtocol:
                 f"cannot send {verb.value} while the reply to {self._pending[-1].verb.value} "
                 "is outstanding"
             )
+        if self.out_of_step:
+            self._unsolicited(verb)
         self._seq += 1
         self._pending.append(_Pending(verb, move, self._seq))
         self.state = move.after_send
         return line
+
+    def _unsolicited(self, verb: Verb) -> None:
+        """Bytes arrived although no reply was owed: the session is out of step.
+
+        Taking them as the answer to ``verb`` would shift every later reply onto the wrong
+        command (a queued "250" read as DATA's answer, a recipient "delivered" that the
+        server never got), so the session ends here. A lone 421 is the server closing
+        (RFC 5321 §3.8) and is reported as such.
+
+        Raises:
+            ReplyError: the unsolicited reply is a 421.
+            RemoteProtocolError: anything else.
+        """
+        self.state = State.CLOSED
+        reply = self._parser.next_reply()
+        if reply is not None and reply.code == 421 and not self._parser.buffered:
+            raise reply_error(reply, verb.value)
+        shown = "data" if reply is None else f"reply {reply}"
+        raise RemoteProtocolError(f"unsolicited {shown} received before {verb.value}")
 
     def send_ehlo(self) -> bytes:
         return self._send(Verb.EHLO, b"EHLO " + self.hostname.encode("ascii", "strict") + b"\r\n")
@@ -513,8 +567,8 @@ class ClientProtocol:
         if reply is None:
             return None
         if not self._pending:
+            self.state = State.CLOSED
             if reply.code == 421:
-                self.state = State.CLOSED
                 return Verb.QUIT, reply
             raise RemoteProtocolError(f"unsolicited reply {reply}")
         pending = self._pending.popleft()
@@ -524,6 +578,10 @@ class ClientProtocol:
             self.state = State.CLOSED
             self._pending.clear()
             return verb, reply
+        if not _can_answer(verb, reply.code):
+            self.state = State.CLOSED
+            self._pending.clear()
+            raise RemoteProtocolError(f"reply {reply} cannot answer {verb.value}")
         success = self._is_success(verb, reply)
         if verb is Verb.AUTH or verb is Verb.AUTH_RESPONSE:
             if reply.code == 334:
@@ -542,13 +600,10 @@ class ClientProtocol:
 
     @staticmethod
     def _is_success(verb: Verb, reply: Reply) -> bool:
-        if verb is Verb.GREETING or verb is Verb.STARTTLS:
-            return reply.code == 220
+        """RFC 5321 §4.2: judged by the first digit; DATA's only positive reply is 354."""
         if verb is Verb.DATA:
             return reply.code == 354
-        if verb is Verb.AUTH or verb is Verb.AUTH_RESPONSE:
-            return reply.code == 235
-        return 200 <= reply.code < 300
+        return reply.is_success
 
     def tls_started(self) -> None:
         """The I/O layer finished the TLS handshake: forget the past, EHLO again (RFC 3207)."""

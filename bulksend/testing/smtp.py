@@ -171,6 +171,8 @@ class ConnectionRecord:
     tls_offset: int | None = None
     #: Plaintext that followed STARTTLS in the same read and was thrown away.
     discarded_after_starttls: bytes = b""
+    #: The client said QUIT (RFC 5321 §4.1.1.10) before closing.
+    quit: bool = False
 
     @property
     def sent(self) -> bytes:
@@ -891,6 +893,7 @@ class Session:
         return forced if forced is not None else self._r(214, "2.0.0", "See RFC 5321")
 
     def _quit_command(self, arg: str, forced: bytes | None) -> bytes:
+        self.record.quit = True
         reply = forced if forced is not None else self._r(221, "2.0.0", "Bye")
         if reply.startswith(b"221"):
             self._quit = True

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulksend.config import Timeouts, TlsMode
-from bulksend.smtp.client import Envelope, SMTPClient, Transaction
+from bulksend.delivery.outcome import Kind, classify_error
+from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
     InDoubtError,
     LocalProtocolError,
@@ -29,10 +30,13 @@ from bulksend.smtp.errors import (
 )
 from bulksend.testing.smtp import (
     GARBAGE_REPLY,
+    HANG,
     MISMATCHED_REPLY,
     OVERLONG_REPLY,
+    Hook,
     Respond,
     ServerScript,
+    Session,
     SMTPServer,
     serving,
 )
@@ -573,6 +577,217 @@ async def test_a_3xx_final_reply_is_not_a_delivery() -> None:
             client, _ = await open_client(server)
             await client.handshake(tls=TlsMode.NONE)
             results = await client.send(env("a@x.test"), b"x")
+            assert not client.usable
             await client.aclose()
     assert not results[0].delivered
-    assert isinstance(results[0].error, TransientReplyError)
+    # A 3xx cannot answer the final dot: the session is out of step and what the server did
+    # with the message it received is unknown (in doubt, a temporary outcome).
+    assert isinstance(results[0].error, InDoubtError)
+
+
+# ------------------------------------------------------ a server out of step with its replies
+# RFC 5321 §4.1.1.4: only a 2xx to the final dot delivers; DATA's only go-ahead is 354. A
+# reply that cannot answer the command it is matched with, or one nobody asked for, ends the
+# session: every recipient not yet decided is deferred (temporary), the connection is not used
+# again, and the server gets no message from us.
+
+
+def deferred_not_delivered(results: list[RecipientResult]) -> None:
+    for result in results:
+        assert not result.delivered
+        assert result.error is not None
+        assert classify_error(result.error).kind is Kind.DEFERRED, result.error
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+@pytest.mark.parametrize("code", [250, 251, 220, 299, 334, 300])
+async def test_data_answered_with_anything_but_354_delivers_nothing(
+    code: int, pipelining: bool
+) -> None:
+    script = ServerScript(
+        pipelining=pipelining, replies={"DATA": f"{code} 2.0.0 go"}, record_wire=True
+    )
+    async with serving(script) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            results = await client.send(env("a@x.test", "b@x.test"), b"secret body")
+            assert not client.usable
+            await client.quit()
+    deferred_not_delivered(results)
+    assert all(isinstance(r.error, RemoteProtocolError) for r in results)
+    assert f"{code} " in str(results[0].error) and "cannot answer DATA" in str(results[0].error)
+    assert server.transactions == [] and server.stats.final_dots == 0
+    assert b"secret body" not in server.connections[0].received
+    assert not server.connections[0].quit  # a broken session is closed, not QUIT
+
+
+def extra_after_rcpt(index: int) -> Hook:
+    def hook(session: Session, verb: str, arg: str) -> str | None:
+        if verb == "RCPT" and len(session.rcpt_to) == index:
+            session.rcpt_to.append(arg[4:-1])
+            return "250 2.1.5 OK\n250 2.1.5 extra"
+        return None
+
+    return hook
+
+
+EXTRA_LINE = {
+    "after MAIL": ServerScript(replies={"MAIL": "250 2.1.0 OK\n250 2.1.0 extra"}),
+    "after RCPT 1": ServerScript(hook=extra_after_rcpt(0)),
+    "after RCPT 2": ServerScript(hook=extra_after_rcpt(1)),
+    "after 354": ServerScript(replies={"DATA": "354 go ahead\n250 2.0.0 extra"}),
+}
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+@pytest.mark.parametrize("stage", list(EXTRA_LINE))
+async def test_an_extra_reply_line_delivers_nothing(stage: str, pipelining: bool) -> None:
+    script = replace(EXTRA_LINE[stage], pipelining=pipelining, record_wire=True)
+    async with serving(script) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            results = await client.send(env("a@x.test", "b@x.test"), b"secret body")
+            assert not client.usable
+            await client.quit()
+    deferred_not_delivered(results)
+    assert server.transactions == [] and server.stats.final_dots == 0
+    assert b"secret body" not in server.connections[0].received
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["held data", "data written"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+async def test_an_extra_line_after_the_final_dot_shifts_nothing(
+    pipelining: bool, hold: bool
+) -> None:
+    script = ServerScript(
+        pipelining=pipelining, replies={"DOT": "250 2.0.0 queued\n250 2.0.0 extra"}
+    )
+    async with serving(script) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            first = Transaction(env("a@x.test"), b"one")
+            second = Transaction(env("b@x.test"), b"two")
+            await client.submit(first, hold=hold)
+            await trio.sleep(0.1)  # let the final reply and the extra line arrive together
+            await client.submit(second, hold=hold)
+            await client.drain()
+            assert not client.usable
+            await client.quit()
+    assert first.results[0].delivered  # the server did take it
+    deferred_not_delivered(second.results)
+    assert [t.rcpt_to for t in server.transactions] == [("a@x.test",)]
+
+
+STAGE_TIMEOUTS = {"MAIL": "mail", "RCPT": "rcpt", "DATA": "data_init", "DOT": "final_dot"}
+
+
+@pytest.mark.parametrize("verb", list(STAGE_TIMEOUTS))
+async def test_no_reply_at_all_ends_at_the_stage_deadline(verb: str) -> None:
+    timeouts = replace(FAST, **{STAGE_TIMEOUTS[verb]: 0.3})
+    async with serving(ServerScript(pipelining=False, replies={verb: HANG})) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server, timeouts=timeouts)
+            await client.handshake(tls=TlsMode.NONE)
+            results = await client.send(env("a@x.test"), b"x")
+            assert not client.usable
+            await client.quit()
+    error = results[0].error
+    assert not results[0].delivered
+    assert isinstance(error, InDoubtError if verb == "DOT" else SMTPTimeoutError), error
+    assert server.transactions == []
+
+
+# Session commands: a 3xx where none can come, a 2xx to DATA's place, an extra line, silence.
+SESSION_FAULTS = [
+    ("greeting 354", ServerScript(greeting="354 go"), RemoteProtocolError),
+    ("greeting extra line", ServerScript(greeting="220 hi\n250 extra"), RemoteProtocolError),
+    ("EHLO 354", ServerScript(replies={"EHLO": "354 go"}), RemoteProtocolError),
+    ("EHLO extra line", ServerScript(replies={"EHLO": "250 mx\n250 extra"}), RemoteProtocolError),
+    ("EHLO silence", ServerScript(replies={"EHLO": HANG}), SMTPTimeoutError),
+    ("HELO 334", ServerScript(esmtp=False, replies={"HELO": "334 go"}), RemoteProtocolError),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "error"), [f[1:] for f in SESSION_FAULTS], ids=[f[0] for f in SESSION_FAULTS]
+)
+async def test_hostile_handshake_replies_end_the_session(
+    script: ServerScript, error: type[Exception]
+) -> None:
+    async with serving(script) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server, timeouts=replace(FAST, ehlo=0.3))
+            with pytest.raises(error):
+                await client.handshake(tls=TlsMode.NONE)
+            assert not client.usable
+            await client.aclose()
+    assert server.transactions == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"), [("354 go", RemoteProtocolError), (HANG, SMTPTimeoutError)]
+)
+async def test_hostile_starttls_replies(
+    ca: trustme.CA, reply: Respond | str, error: type[Exception]
+) -> None:
+    # (An extra line after the 220 is discarded, RFC 3207 §4.2: see the injection test.)
+    async with serving(tls_script(ca, replies={"STARTTLS": reply})) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server, timeouts=replace(FAST, starttls=0.3))
+            with pytest.raises(error):
+                await client.handshake(tls=TlsMode.OPPORTUNISTIC, ssl_context=trusting(ca))
+            assert not client.usable
+            await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("354 go", RemoteProtocolError), ("235 ok\n250 extra", RemoteProtocolError)],
+)
+async def test_hostile_auth_replies(reply: str, error: type[Exception]) -> None:
+    script = ServerScript(auth_credentials={"u": "p"}, replies={"AUTH": reply})
+    async with serving(script) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            with pytest.raises(error):
+                await client.authenticate("u", "p", allow_plaintext=True)
+            assert not client.usable
+            await client.aclose()
+    assert server.transactions == []
+
+
+async def test_hostile_rset_replies() -> None:
+    async with serving(ServerScript(replies={"RSET": "354 go"})) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            with pytest.raises(RemoteProtocolError, match="cannot answer RSET"):
+                await client.rset()
+            assert not client.usable
+            await client.aclose()
+            server.script = ServerScript(replies={"RSET": "250 ok\n250 extra"})
+            client, _ = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            assert (await client.rset()).code == 250
+            with pytest.raises(RemoteProtocolError, match="unsolicited"):
+                await client.noop()
+            assert not client.usable
+            await client.aclose()
+
+
+@pytest.mark.parametrize("reply", [HANG, "354 go", "221 bye\n250 extra"])
+async def test_quit_is_bounded_whatever_the_server_answers(reply: Respond | str) -> None:
+    async with serving(ServerScript(replies={"QUIT": reply})) as server:
+        with trio.fail_after(10):
+            client, _ = await open_client(server, timeouts=replace(FAST, quit=0.3))
+            await client.handshake(tls=TlsMode.NONE)
+            assert (await client.send(env("a@x.test"), b"x"))[0].delivered
+            start = trio.current_time()
+            await client.quit()
+            assert trio.current_time() - start < 2
+            assert not client.usable
+    assert server.connections[0].quit

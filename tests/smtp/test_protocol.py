@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError
+from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, TransientReplyError
 from bulksend.smtp.protocol import (
     MAX_LINE,
     ClientProtocol,
@@ -393,3 +393,204 @@ def test_quit_then_nothing() -> None:
     assert proto.send_quit() == b"QUIT\r\n"
     with pytest.raises(LocalProtocolError):
         proto.send_noop()
+
+
+# ------------------------------------------------- replies that cannot answer their command
+
+
+def test_reply_codes_are_judged_by_their_first_digit() -> None:
+    # RFC 5321 §4.2: 2yz success, 4yz transient, whatever the second and third digits.
+    assert parse_all(b"299 fine\r\n471 later\r\n", bytewise=False) == [
+        Reply(299, None, ("fine",)),
+        Reply(471, None, ("later",)),
+    ]
+    proto = ready(pipelining=False)
+    proto.send_mail("a@b.example")
+    proto.receive_data(b"471 4.7.1 try later\r\n")
+    assert proto.next_reply() == (Verb.MAIL, Reply(471, "4.7.1", ("try later",)))
+    assert proto.state is State.READY  # refused, the session goes on
+    proto.send_mail("a@b.example")
+    proto.receive_data(b"250 ok\r\n")
+    proto.next_reply()
+    proto.send_rcpt("c@d.example")
+    proto.receive_data(b"299 2.1.5 fine\r\n")
+    assert proto.next_reply() == (Verb.RCPT, Reply(299, "2.1.5", ("fine",)))
+    assert proto.state is State.RCPT
+    proto.send_data()  # the recipient counts as accepted
+
+
+@pytest.mark.parametrize("wire", [b"199 x\r\n", b"600 x\r\n", b"2x0 x\r\n", b"1 x\r\n"])
+def test_reply_codes_outside_2xx_to_5xx_stay_malformed(wire: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="malformed"):
+        parse_all(wire, bytewise=False)
+
+
+def owing(verb: Verb) -> ClientProtocol:
+    """A protocol whose next owed reply answers ``verb`` (nothing else owed)."""
+    if verb is Verb.GREETING:
+        return ClientProtocol("client.example.org")
+    proto = ClientProtocol("client.example.org")
+    _answer(proto, b"220 mx\r\n")
+    proto.send_ehlo()
+    _answer(proto, b"250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n")
+    if verb is Verb.EHLO:
+        proto.send_ehlo()
+    elif verb is Verb.HELO:
+        proto.send_helo()
+    elif verb is Verb.STARTTLS:
+        proto.send_starttls()
+    elif verb is Verb.AUTH:
+        proto.send_auth_plain("u", "p")
+    elif verb is Verb.AUTH_RESPONSE:
+        proto.send_auth_login("u")
+        proto.receive_data(b"334 UGFzc3dvcmQ6\r\n")
+        proto.next_reply()
+        proto.send_auth_response("p")
+    elif verb is Verb.RSET:
+        proto.send_rset()
+    elif verb is Verb.NOOP:
+        proto.send_noop()
+    elif verb is Verb.QUIT:
+        proto.send_quit()
+    else:
+        steps = [(proto.send_mail, ("a@b.example",), b"250 ok\r\n")]
+        steps += [(proto.send_rcpt, ("c@d.example",), b"250 ok\r\n")]
+        steps += [(proto.send_data, (), b"354 go\r\n")]
+        for send, args, reply in steps:
+            send(*args)  # type: ignore[operator]
+            if proto.next_expected is verb:
+                return proto
+            proto.receive_data(reply)
+            proto.next_reply()
+        proto.send_body(b"x")
+    assert proto.next_expected is verb and proto.pending == 1
+    return proto
+
+
+# (command, codes that can answer it, codes that cannot). 421 and other 4yz/5yz answer
+# anything; DATA's only positive reply is 354 (RFC 5321 §4.1.1.4, §4.3.2).
+ANSWERS = [
+    (Verb.GREETING, [220, 299, 421, 554], [354, 334, 300]),
+    (Verb.EHLO, [250, 299, 502, 421], [354, 334]),
+    (Verb.HELO, [250, 550], [354]),
+    (Verb.STARTTLS, [220, 454, 501], [354, 334]),
+    (Verb.AUTH, [235, 334, 535, 454], [354, 300]),
+    (Verb.AUTH_RESPONSE, [235, 535], [354, 300]),
+    (Verb.MAIL, [250, 251, 299, 471, 550], [354, 334, 300]),
+    (Verb.RCPT, [250, 251, 299, 452, 550], [354, 334, 300]),
+    (Verb.DATA, [354, 451, 554], [250, 251, 220, 299, 334, 300]),
+    (Verb.BODY, [250, 299, 452, 552], [354, 334, 300]),
+    (Verb.RSET, [250, 500], [354]),
+    (Verb.NOOP, [250, 500], [354]),
+    (Verb.QUIT, [221, 500], [354]),
+]
+
+
+@pytest.mark.parametrize(("verb", "good", "bad"), ANSWERS, ids=[v.name for v, _, _ in ANSWERS])
+def test_a_reply_that_cannot_answer_its_command_ends_the_session(
+    verb: Verb, good: list[int], bad: list[int]
+) -> None:
+    for code in good:
+        proto = owing(verb)
+        proto.receive_data(f"{code} text\r\n".encode())
+        assert proto.next_reply() == (verb, Reply(code, None, ("text",)))
+    for code in bad:
+        proto = owing(verb)
+        proto.receive_data(f"{code} text\r\n".encode())
+        with pytest.raises(RemoteProtocolError, match=f"cannot answer {verb.value}") as info:
+            proto.next_reply()
+        assert info.value.transient
+        assert proto.state is State.CLOSED and proto.pending == 0
+
+
+def test_a_2xx_to_data_is_never_the_go_ahead_even_pipelined() -> None:
+    proto = ready()
+    proto.send_mail("a@b.example")
+    proto.send_rcpt("c@d.example")
+    proto.send_data()
+    # An extra line after MAIL shifts every reply by one: DATA would get RCPT's 250.
+    proto.receive_data(b"250 2.1.0 ok\r\n250 2.1.0 extra\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert proto.next_reply() == (Verb.MAIL, Reply(250, "2.1.0", ("ok",)))
+    assert proto.next_reply() == (Verb.RCPT, Reply(250, "2.1.0", ("extra",)))
+    with pytest.raises(RemoteProtocolError, match=r"250 2\.1\.5 ok cannot answer DATA"):
+        proto.next_reply()
+    with pytest.raises(LocalProtocolError):
+        proto.send_body(b"x")  # nothing more is sent on this session
+
+
+def _answer(proto: ClientProtocol, wire: bytes) -> None:
+    proto.receive_data(wire)
+    while proto.pending and proto.next_reply() is not None:
+        pass
+
+
+# (what to send, its reply with an extra line queued behind it, the next command)
+EXTRA = [
+    ("greeting", b"220 hi\r\n250 extra\r\n", "ehlo"),
+    ("ehlo", b"250 mx\r\n250 extra\r\n", "mail"),
+    ("mail", b"250 ok\r\n250 extra\r\n", "rcpt"),
+    ("rcpt", b"250 ok\r\n250 extra\r\n", "data"),
+    ("data", b"354 go\r\n250 extra\r\n", "body"),
+    ("body", b"250 queued\r\n250 extra\r\n", "mail"),
+    ("rset", b"250 ok\r\n250 extra\r\n", "mail"),
+    ("noop", b"250 ok\r\n250 extra\r\n", "quit"),
+    ("body", b"250 queued\r\n25", "quit"),  # a partial line is unsolicited too
+]
+
+
+@pytest.mark.parametrize(("stage", "wire", "following"), EXTRA)
+def test_unsolicited_bytes_are_found_before_the_next_command(
+    stage: str, wire: bytes, following: str
+) -> None:
+    proto = ClientProtocol("client.example.org")
+    sends = {
+        "ehlo": proto.send_ehlo,
+        "mail": lambda: proto.send_mail("a@b.example"),
+        "rcpt": lambda: proto.send_rcpt("c@d.example"),
+        "data": proto.send_data,
+        "body": lambda: proto.send_body(b"x"),
+        "rset": proto.send_rset,
+        "noop": proto.send_noop,
+        "quit": proto.send_quit,
+    }
+    order = ["greeting", "ehlo", "mail", "rcpt", "data", "body"]
+    if stage in ("rset", "noop"):
+        order = ["greeting", "ehlo", stage]
+    proven = {
+        "greeting": b"220 hi\r\n",
+        "ehlo": b"250 mx\r\n",
+        "mail": b"250 ok\r\n",
+        "rcpt": b"250 ok\r\n",
+        "data": b"354 go\r\n",
+        "body": b"250 queued\r\n",
+        "rset": b"250 ok\r\n",
+        "noop": b"250 ok\r\n",
+    }
+    for step in order:
+        if step != "greeting":
+            sends[step]()
+        if step == stage:
+            _answer(proto, wire)
+            break
+        _answer(proto, proven[step])
+    assert proto.out_of_step
+    with pytest.raises(RemoteProtocolError, match="unsolicited"):
+        sends[following]()
+    assert proto.state is State.CLOSED
+
+
+def test_a_421_queued_while_idle_is_the_server_closing() -> None:
+    proto = ready()
+    proto.receive_data(b"421 4.4.2 idle timeout\r\n")
+    with pytest.raises(TransientReplyError) as info:
+        proto.send_mail("a@b.example")
+    assert (info.value.code, info.value.stage) == (421, "MAIL")
+    assert proto.state is State.CLOSED
+
+
+def test_starttls_220_with_injected_bytes_is_not_out_of_step() -> None:
+    proto = ready(extra="STARTTLS")
+    proto.send_starttls()
+    proto.receive_data(b"220 go\r\n250 injected\r\n")
+    proto.next_reply()
+    assert not proto.out_of_step
