@@ -26,6 +26,7 @@ journal and not sent is handed back, and a message whose final reply is lost is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import ssl
@@ -206,6 +207,7 @@ class Destination:
         self._clients: set[SMTPClient] = set()
         self._plaintext_hosts: set[str] = set()
         self.last_error = ""
+        self._connect_failure: SMTPError | None = None  # why the last connect failed
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
 
@@ -541,6 +543,7 @@ class Destination:
                 )
         if tried and last is not None:
             self.last_error = str(last)
+            self._connect_failure = last
             outcome = classify_error(last)
             if outcome.kind is Kind.BOUNCED:
                 # A refused greeting is not the recipient's fault: try again later.
@@ -552,6 +555,9 @@ class Destination:
             outcome = classify_error(
                 SMTPConnectionError(f"every MX host is backing off; last error: {self.last_error}")
             )
+            if self._connect_failure is not None:  # filed under what made the hosts fail
+                category = classify_error(self._connect_failure).category
+                outcome = dataclasses.replace(outcome, category=category)
         held, slot.holding = slot.holding, []
         for due in held:
             await self.delivery.record(due, outcome, self.label)

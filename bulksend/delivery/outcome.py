@@ -234,13 +234,20 @@ def classify_error(exc: BaseException) -> Outcome:
         TypeError: ``exc`` is not an SMTP or network error (a bug must not be classified).
     """
     if isinstance(exc, ReplyError):
+        if exc.code < 400:
+            # An error is never a delivery, whatever code it carries: only a 2xx to the
+            # final dot delivers (RFC 5321 §4.1.1.4), and that is not an error.
+            text = f"protocol error: unexpected reply to {exc.stage}: {exc.reply}"
+            return Outcome.deferred(None, None, text, Category.OTHER)
         return classify_reply(exc.reply, stage=exc.stage)
     if isinstance(exc, InDoubtError):
         return Outcome.in_doubt(str(exc) or "no reply to the end of data")
     if isinstance(exc, TLSError):
         return Outcome.deferred(None, None, str(exc), Category.TLS)
     if isinstance(exc, LocalProtocolError):
-        return Outcome.bounced(None, None, str(exc), Category.OTHER)
+        parsed = parse_enhanced_code(exc.enhanced_code)
+        category = None if parsed is None else _category_from_enhanced(parsed[1], parsed[2])
+        return Outcome.bounced(None, exc.enhanced_code, str(exc), category or Category.OTHER)
     if isinstance(exc, SMTPTimeoutError | SMTPConnectionError | RemoteProtocolError | SMTPError):
         return Outcome.deferred(None, None, str(exc) or type(exc).__name__, Category.OTHER)
     if isinstance(exc, OSError):

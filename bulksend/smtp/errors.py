@@ -28,10 +28,16 @@ class LocalProtocolError(SMTPError):
     """We tried something the protocol does not allow (a bug or a refused input).
 
     Raised before any byte is produced: an address with CR/LF, an over-long path, a command
-    out of sequence.
+    out of sequence. ``enhanced_code`` is the RFC 3463 code a server would have given for
+    the same refusal, where there is one (5.3.4 too big for the server's SIZE, 5.6.7 an
+    address that needs SMTPUTF8, 5.6.3 data that needs 8BITMIME).
     """
 
     transient = False
+
+    def __init__(self, message: str, *, enhanced_code: str | None = None) -> None:
+        super().__init__(message)
+        self.enhanced_code = enhanced_code
 
 
 class RemoteProtocolError(SMTPError):

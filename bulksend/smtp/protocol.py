@@ -257,7 +257,10 @@ def check_address(address: str, *, smtputf8: bool = False) -> None:
     if len(encoded) + 2 > MAX_PATH:
         raise LocalProtocolError(f"path <{address}> exceeds {MAX_PATH} octets")
     if not smtputf8 and not address.isascii():
-        raise LocalProtocolError(f"address {address!r} is not ASCII and SMTPUTF8 is not in use")
+        raise LocalProtocolError(
+            f"address {address!r} is not ASCII and SMTPUTF8 is not in use",
+            enhanced_code="5.6.7",
+        )
 
 
 def encode_data(body: bytes) -> bytes:
@@ -514,12 +517,18 @@ class ClientProtocol:
         """
         ext = self.extensions
         if smtputf8 and not ext.smtputf8:
-            raise LocalProtocolError("message needs SMTPUTF8 but the server does not offer it")
+            raise LocalProtocolError(
+                "message needs SMTPUTF8 but the server does not offer it", enhanced_code="5.6.7"
+            )
         if eightbitmime and not ext.eightbitmime:
-            raise LocalProtocolError("message needs 8BITMIME but the server does not offer it")
+            raise LocalProtocolError(
+                "message needs 8BITMIME but the server does not offer it", enhanced_code="5.6.3"
+            )
         check_address(sender, smtputf8=smtputf8)
         if size is not None and ext.size and size > ext.size:
-            raise LocalProtocolError(f"message of {size} octets exceeds server SIZE {ext.size}")
+            raise LocalProtocolError(
+                f"message of {size} octets exceeds server SIZE {ext.size}", enhanced_code="5.3.4"
+            )
         line = f"MAIL FROM:<{sender}>"
         if size is not None and ext.size is not None:
             line += f" SIZE={size}"
