@@ -307,11 +307,13 @@ class Destination:
                     await self._finish(await slot.client.drain(), slot.sent)
                 else:
                     break
-            self._leave()
-            counted = False
             if slot.client is not None:
+                # Before leaving: the run ends when the last sender leaves, and a close it
+                # interrupted would end the session without QUIT (RFC 5321 §4.1.1.10).
                 await self._close(slot.client, slot.sent)
                 slot.client = None
+            self._leave()
+            counted = False
         finally:
             with trio.CancelScope(shield=True):
                 if counted:

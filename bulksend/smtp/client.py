@@ -18,6 +18,7 @@ each recipient ends with ``error=None`` (the server's 2xx to the final dot) or a
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Iterator
@@ -667,6 +668,16 @@ class SMTPClient:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Close now; a healthy, idle session still says QUIT first (RFC 5321 §4.1.1.10).
+
+        Idle means no reply is owed and no data held, so QUIT cannot land inside a
+        transaction. This may run after a cancellation (a stop, a deadline): QUIT is written
+        within its deadline, shielded, and its reply is not waited for. A broken session is
+        closed without a word.
+        """
+        if self.usable and not self._held and self._proto.pending == 0:
+            with trio.CancelScope(shield=True), contextlib.suppress(SMTPError):
+                await self._send("QUIT", self.timeouts.quit, self._proto.send_quit())
         self._usable = False
         self._proto.connection_lost()
         with trio.move_on_after(self.timeouts.quit) as scope:

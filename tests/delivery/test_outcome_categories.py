@@ -3,11 +3,13 @@ a reply out of step is never a delivery, and every refusal is filed under its ca
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from bulksend.campaign import Campaign
 from bulksend.delivery.outcome import Kind, classify_error
@@ -34,8 +36,14 @@ max_age = "2h"
 
 
 async def run(
-    tmp_path: Path, sites: Sequence[SiteSpec], recipients: list[str], policy: str = ""
+    tmp_path: Path,
+    sites: Sequence[SiteSpec],
+    recipients: list[str],
+    policy: str = "",
+    *,
+    first_outcomes: bool = True,
 ) -> tuple[dict[str, RecipientState], World]:
+    """Run the campaign; with ``first_outcomes`` until every recipient has one outcome."""
     toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=ONE_TRY + policy))
     with trio.fail_after(20):
         async with running(sites) as world:
@@ -46,7 +54,7 @@ async def run(
                 smtp_port=world.smtp_port,
                 ehlo_hostname="sender.test",
                 grace=2,
-                limit=len(recipients),  # each recipient's first outcome ends the run
+                limit=len(recipients) if first_outcomes else None,
             )
             await run_campaign(Campaign.load(toml, {}), options)
     with Journal.open(tmp_path / "journal.sqlite3", None) as journal:
@@ -119,3 +127,28 @@ def test_an_error_carrying_a_2xx_or_3xx_is_never_a_delivery(code: int) -> None:
     outcome = classify_error(error)
     assert outcome.kind is Kind.DEFERRED
     assert outcome.text == f"protocol error: unexpected reply to DATA: {code} odd"
+
+
+async def test_every_healthy_connection_ends_with_quit(tmp_path: Path) -> None:
+    # RFC 5321 §4.1.1.10: TLS and plaintext sites, connections replaced after a few messages
+    # and closed at the end of the run; each one must have said QUIT before closing. (The
+    # last sender used to leave before its QUIT, and the end of the run cut that short.)
+    ca = trustme.CA()
+    sites = []
+    for i in range(4):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(f"mx1.s{i}.test").configure_cert(context)
+        script = ServerScript(tls_context=context if i % 2 == 0 else None)
+        sites.append(SiteSpec(f"s{i}", (f"s{i}.test",), f"127.0.0.{i + 2}", script))
+    policy = """
+[policy.defaults]
+max_connections = 4
+messages_per_connection = 5
+"""
+    recipients = addresses([f"s{i}.test" for i in range(4)], 200)
+    rows, world = await run(tmp_path, sites, recipients, policy, first_outcomes=False)
+    assert all(row.status is Status.DELIVERED for row in rows.values())
+    connections = [(s, c) for s, server in world.servers.items() for c in server.connections]
+    assert {c.tls for _s, c in connections} == {True, False}
+    assert len(connections) >= 40
+    assert [(s, c.id, c.tls) for s, c in connections if not c.quit] == []

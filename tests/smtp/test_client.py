@@ -791,3 +791,31 @@ async def test_quit_is_bounded_whatever_the_server_answers(reply: Respond | str)
             assert trio.current_time() - start < 2
             assert not client.usable
     assert server.connections[0].quit
+
+
+async def test_aclose_of_a_healthy_idle_session_still_says_quit(server: SMTPServer) -> None:
+    # RFC 5321 §4.1.1.10, also when the close comes from a cancellation (a stop, the end of
+    # a run): QUIT is written, shielded and within its deadline; its reply is not awaited.
+    with trio.fail_after(10):
+        client, stream = await open_client(server)
+        await client.handshake(tls=TlsMode.NONE)
+        assert (await client.send(env("a@x.test"), b"x"))[0].delivered
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.aclose()
+        await server.wait_until(lambda: server.stats.connections_current == 0)
+    assert stream.writes[-1] == b"QUIT\r\n"
+    assert server.connections[0].quit
+
+
+async def test_aclose_with_a_reply_owed_closes_without_quit(server: SMTPServer) -> None:
+    with trio.fail_after(10):
+        client, stream = await open_client(server)
+        await client.handshake(tls=TlsMode.NONE)
+        txn = Transaction(env("a@x.test"), b"x")
+        await client.submit(txn)
+        assert client.in_flight == 1
+        await client.aclose()  # QUIT now would land where the final reply is due
+        await server.wait_until(lambda: server.stats.connections_current == 0)
+    assert b"QUIT\r\n" not in stream.writes
+    assert not server.connections[0].quit
