@@ -22,7 +22,11 @@ digit; RFC 3463: enhanced status codes class.subject.detail):
 - network, timeout, TLS and remote protocol errors: deferred (RFC 5321 §3.8: a dropped
   connection is a temporary failure); :class:`InDoubtError` (no reply to the final dot):
   its own kind, in_doubt; a :class:`LocalProtocolError` (we refused the input, such as an
-  address with CR/LF, before any I/O) bounces: retrying cannot fix it.
+  address with CR/LF, before any I/O) bounces: retrying cannot fix it. It carries the
+  enhanced code a server would have given where there is one (5.3.4 over the server's SIZE:
+  ``message_too_big``; 5.6.7 an address that needs SMTPUTF8; 5.6.3 8BITMIME).
+- an *error* carrying a 2xx or 3xx reply (a reply that could not answer its command) is a
+  protocol error, deferred: only a 2xx to the final dot is a delivery (RFC 5321 §4.1.1.4).
 - DNS answers as routing reports them (:func:`classify_dns`): category ``dns``.
 - our own throttle or backoff: :func:`throttled`, not an attempt.
 

@@ -152,3 +152,15 @@ messages_per_connection = 5
     assert {c.tls for _s, c in connections} == {True, False}
     assert len(connections) >= 40
     assert [(s, c.id, c.tls) for s, c in connections if not c.quit] == []
+
+
+async def test_a_quoted_local_part_is_refused_with_its_reason(tmp_path: Path) -> None:
+    # Valid RFC 5321 syntax, refused by design (docs/campaign.md, "[recipients]").
+    sites = [SiteSpec("ok", ("ok.test",), "127.0.0.2")]
+    # "a\"b"@ok.test, written as a CSV field (quotes doubled, the field quoted).
+    recipients = ['"""a\\""b""@ok.test"', "plain@ok.test"]
+    rows, world = await run(tmp_path, sites, recipients)
+    assert world.received() == {"plain@ok.test": 1}
+    rejects = (tmp_path / "rejects.csv").read_text()
+    assert "Quoting the part before the @-sign is not allowed" in rejects
+    assert rows['"a\\"b"@ok.test'].status is Status.INVALID
