@@ -632,18 +632,20 @@ def extra_after_rcpt(index: int) -> Hook:
     return hook
 
 
-EXTRA_LINE = {
-    "after MAIL": ServerScript(replies={"MAIL": "250 2.1.0 OK\n250 2.1.0 extra"}),
-    "after RCPT 1": ServerScript(hook=extra_after_rcpt(0)),
-    "after RCPT 2": ServerScript(hook=extra_after_rcpt(1)),
-    "after 354": ServerScript(replies={"DATA": "354 go ahead\n250 2.0.0 extra"}),
+OUT_OF_STEP = {
+    "MAIL answered 354": ServerScript(replies={"MAIL": "354 go ahead"}),
+    "RCPT answered 334": ServerScript(replies={"RCPT": "334 go on"}),
+    "extra line after MAIL": ServerScript(replies={"MAIL": "250 2.1.0 OK\n250 2.1.0 extra"}),
+    "extra line after RCPT 1": ServerScript(hook=extra_after_rcpt(0)),
+    "extra line after RCPT 2": ServerScript(hook=extra_after_rcpt(1)),
+    "extra line after 354": ServerScript(replies={"DATA": "354 go ahead\n250 2.0.0 extra"}),
 }
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
-@pytest.mark.parametrize("stage", list(EXTRA_LINE))
-async def test_an_extra_reply_line_delivers_nothing(stage: str, pipelining: bool) -> None:
-    script = replace(EXTRA_LINE[stage], pipelining=pipelining, record_wire=True)
+@pytest.mark.parametrize("stage", list(OUT_OF_STEP))
+async def test_replies_out_of_step_deliver_nothing(stage: str, pipelining: bool) -> None:
+    script = replace(OUT_OF_STEP[stage], pipelining=pipelining, record_wire=True)
     async with serving(script) as server:
         with trio.fail_after(10):
             client, _ = await open_client(server)
@@ -745,13 +747,17 @@ async def test_hostile_starttls_replies(
 
 @pytest.mark.parametrize(
     ("reply", "error"),
-    [("354 go", RemoteProtocolError), ("235 ok\n250 extra", RemoteProtocolError)],
+    [
+        ("354 go", RemoteProtocolError),
+        ("235 ok\n250 extra", RemoteProtocolError),
+        (HANG, SMTPTimeoutError),
+    ],
 )
-async def test_hostile_auth_replies(reply: str, error: type[Exception]) -> None:
+async def test_hostile_auth_replies(reply: Respond | str, error: type[Exception]) -> None:
     script = ServerScript(auth_credentials={"u": "p"}, replies={"AUTH": reply})
     async with serving(script) as server:
         with trio.fail_after(10):
-            client, _ = await open_client(server)
+            client, _ = await open_client(server, timeouts=replace(FAST, auth=0.3))
             await client.handshake(tls=TlsMode.NONE)
             with pytest.raises(error):
                 await client.authenticate("u", "p", allow_plaintext=True)
