@@ -13,9 +13,10 @@ How this works (RFC 5321 §5.1):
    spreads over them; the first ``max_mx_hosts`` are resolved (A, and AAAA when enabled).
    A host whose name does not resolve is skipped.
 4. Addresses outside the global unicast space (loopback, RFC 1918, link-local, CGNAT,
-   documentation, IPv4-mapped forms of those...; RFC 6890 registries, via ``ipaddress``) are
-   refused unless ``allow_private`` is set, so a hostile DNS entry cannot aim the sender at
-   internal services.
+   documentation...: every non-global block of the IANA special-purpose registries, RFC 6890)
+   are refused unless ``allow_private`` is set, so a hostile DNS entry cannot aim the sender
+   at internal services. IPv6 forms that carry an IPv4 address (IPv4-mapped, NAT64, 6to4,
+   Teredo) are judged by the IPv4 they carry.
 
    When no usable address remains: if every host's lookups succeeded and every address found
    was refused, the failure is permanent 5.4.4. That is an answer the domain's owner
@@ -99,22 +100,88 @@ def normalize_domain(domain: str) -> str:
     return b".".join(labels).decode("ascii")
 
 
+# IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 and its updates): every block
+# whose "Globally Reachable" is False or N/A, plus multicast and the reserved 240/4. Written out
+# rather than taken from ``ipaddress.is_global``, whose answer changes between Python releases.
+_NON_GLOBAL_V4 = tuple(
+    ipaddress.IPv4Network(block)
+    for block in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # private (RFC 1918)
+        "100.64.0.0/10",  # shared address space, CGNAT (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments (RFC 6890; .9 and .10 are anycast services)
+        "192.0.2.0/24",  # documentation TEST-NET-1
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast (RFC 7526)
+        "192.168.0.0/16",  # private
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation TEST-NET-2
+        "203.0.113.0/24",  # documentation TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and the limited broadcast address
+    )
+)
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")  # the only allocated unicast space
+_NON_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(block)
+    for block in (
+        "2001::/23",  # IETF protocol assignments: benchmarking, ORCHID, ... (Teredo: below)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
+    )
+)
+# IPv6 forms that carry an IPv4 address: acceptable only when every embedded IPv4 is.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: last 32 bits
+_6TO4 = ipaddress.IPv6Network("2002::/16")  # RFC 3056: bits 16-47
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380: server bits 32-63, client ~last 32
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 translation or tunnel address carries; None if not one."""
+    value = int(ip)
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip in _NAT64:
+        return (ipaddress.IPv4Address(value & 0xFFFFFFFF),)
+    if ip in _6TO4:
+        return (ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF),)
+    if ip in _TEREDO:
+        server = ipaddress.IPv4Address((value >> 64) & 0xFFFFFFFF)
+        return (server, ipaddress.IPv4Address(~value & 0xFFFFFFFF))
+    return None
+
+
 def is_acceptable_address(address: str, *, allow_private: bool = False) -> bool:
     """Whether mail may be sent to ``address``.
 
-    Unspecified and multicast addresses are never acceptable. Otherwise, unless
-    ``allow_private``, only globally reachable addresses are (``ipaddress``'s ``is_global``,
-    after unwrapping IPv4-mapped IPv6).
+    Unspecified and multicast addresses are never acceptable, nor IPv6 forms that embed one.
+    Otherwise, unless ``allow_private``, only globally reachable addresses are: IPv4 outside
+    every non-global special-purpose block; IPv6 in the global unicast space ``2000::/3``
+    outside its non-global blocks. An IPv6 address that embeds IPv4 (IPv4-mapped, NAT64
+    ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32``) is judged by the IPv4
+    addresses it carries, so ``64:ff9b::7f00:1`` is loopback.
     """
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified or ip.is_multicast:
+    carried: tuple[ipaddress.IPv4Address, ...] | None = None
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = _embedded_ipv4(ip)
+    checked = (ip,) if carried is None else carried
+    if any(a.is_unspecified or a.is_multicast for a in (ip, *checked)):
         return False
-    return allow_private or ip.is_global
+    if allow_private:
+        return True
+    return all(_is_global(a) for a in checked)
+
+
+def _is_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not any(ip in block for block in _NON_GLOBAL_V4)
+    return ip in _GLOBAL_UNICAST_V6 and not any(ip in block for block in _NON_GLOBAL_V6)
 
 
 def system_nameservers() -> tuple[str, ...]:
