@@ -27,7 +27,9 @@ How this works (RFC 5321 §5.1):
 
 Every lookup (one name, one type) goes through a cache: a positive answer lives for its TTL
 (the CNAME chain's smallest), a negative one for its SOA MINIMUM (RFC 2308 §5), both clamped
-to [ttl_min, ttl_max]; a SERVFAIL or timeout for ``failure_ttl`` (RFC 2308 §7.1). Time is
+to [ttl_min, ttl_max] (by default only capped: TTL 0 is not cached at all, RFC 1035 §3.2.1);
+a SERVFAIL or timeout for ``failure_ttl`` (RFC 2308 §7.1). An :class:`MXSet` carries the
+expiry of the earliest answer it was built from, so the delivery layer can route again. Time is
 ``trio.current_time()``, so a MockClock drives expiry. Concurrent lookups of one key share
 one query: the first caller leads, the rest wait on its ``trio.Event``; if the leader is
 cancelled, a waiter takes over.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -218,11 +221,14 @@ class MXSet:
             the input of the site key.
         hosts: the usable hosts in the order to try them.
         cached: the MX answer came from the cache (no query was sent for it).
+        expires: when the first of the DNS answers it was built from expires (trio time):
+            from then on a new lookup may give another answer.
     """
 
     names: tuple[str, ...]
     hosts: tuple[MXHost, ...]
     cached: bool = field(default=False, compare=False)
+    expires: float = field(default=math.inf, compare=False)
 
 
 class _Status(enum.Enum):
@@ -316,7 +322,7 @@ class MXResolver:
                 )
         names = tuple(sorted({name for _, name in exchanges}))
         ordered = self._order(exchanges)[: self._config.max_mx_hosts]
-        found = await self._addresses_of([name for _, name in ordered])
+        found, expires = await self._addresses_of([name for _, name in ordered])
 
         hosts: list[MXHost] = []
         failed: list[str] = []
@@ -338,24 +344,27 @@ class MXResolver:
             elif not reason:
                 missing.append(name)
         if hosts:
-            return MXSet(names, tuple(hosts), cached)
+            return MXSet(names, tuple(hosts), cached, min(mx.expires, expires))
         raise self._no_host(
             domain, implicit=implicit, failed=failed, missing=missing, refused=refused
         )
 
-    async def addresses(self, host: str) -> tuple[str, ...]:
-        """The addresses of a configured relay's host name; no range filtering (it is trusted).
+    async def addresses(self, host: str) -> tuple[tuple[str, ...], float]:
+        """The addresses of a configured relay's host name, and when the answer expires.
+
+        No range filtering: a configured relay is trusted.
 
         Raises:
             TransientRoutingError: 4.4.3 when no address could be found.
         """
         name = normalize_domain(host)
-        addresses, reason = (await self._addresses_of([name]))[name]
+        found, expires = await self._addresses_of([name])
+        addresses, reason = found[name]
         if not addresses:
             raise TransientRoutingError(
                 host, "4.4.3", f"relay host {name} has no address ({reason or 'no A/AAAA'})"
             )
-        return addresses
+        return addresses, expires
 
     # ---- ordering and failure classification ------------------------------------------------
 
@@ -394,8 +403,11 @@ class MXResolver:
 
     # ---- lookups -----------------------------------------------------------------------------
 
-    async def _addresses_of(self, names: Sequence[str]) -> dict[str, tuple[tuple[str, ...], str]]:
-        """For each name: (addresses, IPv4 first, each family shuffled; failure reason or "")."""
+    async def _addresses_of(
+        self, names: Sequence[str]
+    ) -> tuple[dict[str, tuple[tuple[str, ...], str]], float]:
+        """For each name: (addresses, IPv4 first, each family shuffled; failure reason or "");
+        and when the first of the answers used expires."""
         kinds = [dns.rdatatype.A]
         if self._config.ipv6:
             kinds.append(dns.rdatatype.AAAA)
@@ -429,7 +441,7 @@ class MXResolver:
                 self._rng.shuffle(family)
                 addresses.extend(family)
             result[name] = (tuple(addresses), "; ".join(reasons))
-        return result
+        return result, min((a.expires for a in answers.values()), default=math.inf)
 
     async def _lookup(self, name: str, kind: dns.rdatatype.RdataType) -> _Answer:
         """One cached answer; concurrent callers for one key share one query."""
