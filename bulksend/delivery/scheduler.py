@@ -136,6 +136,7 @@ class Scheduler:
         # Attached domains that have a route: when to route again, and who serves them.
         self._routed: dict[str, tuple[float, Destination]] = {}
         self._reroutes: list[tuple[float, str]] = []  # heap of (trio time, domain)
+        self._sleep_until = -math.inf  # trio time the feeder sleeps until, while it sleeps
         self._routing = trio.Semaphore(_ROUTING_CONCURRENCY)
         self._wake = trio.Event()
         self._wake_at = math.inf
@@ -214,6 +215,7 @@ class Scheduler:
         while not d.stopping.is_set():
             self._wake = trio.Event()
             self._wake_at = math.inf
+            self._sleep_until = -math.inf
             await d.writer.flush()  # what senders recorded is visible to the queries below
             now = d.now()
             due = await d.writer.due_domains(now=now)
@@ -239,6 +241,7 @@ class Scheduler:
             wait = self._wake_at - d.now()
             if self._reroutes:
                 wait = min(wait, self._reroutes[0][0] - trio.current_time())
+            self._sleep_until = trio.current_time() + wait
             with trio.move_on_after(max(wait, 0.0)):
                 await self._wake.wait()
             await trio.sleep(_COALESCE)
@@ -273,6 +276,8 @@ class Scheduler:
             if reroute_at < math.inf:
                 self._routed[domain] = (reroute_at, destination)
                 heapq.heappush(self._reroutes, (reroute_at, domain))
+                if reroute_at < self._sleep_until:
+                    self._wake.set()  # the feeder sleeps past it
                 if len(self._reroutes) > 2 * len(self._routed) + 1024:
                     # Entries of domains gone idle pile up: keep the live ones only.
                     self._reroutes = [(at, name) for name, (at, _) in self._routed.items()]

@@ -42,7 +42,6 @@ import functools
 import ipaddress
 import math
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +54,7 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
+from bulksend.config import parse_domain
 from bulksend.errors import ConfigError
 from bulksend.routing.config import RoutingConfig
 from bulksend.routing.errors import PermanentRoutingError, TransientRoutingError
@@ -68,39 +68,22 @@ __all__ = [
     "system_nameservers",
 ]
 
-_MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
-_LDH_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _EDNS_PAYLOAD = 1232  # DNS flag day 2020: no fragmentation, TCP beyond this
 _RETRANSMIT = 2.0  # seconds before a UDP query is sent again, within the lookup's timeout
 
 
 @functools.lru_cache(maxsize=65536)
 def normalize_domain(domain: str) -> str:
-    """Return ``domain`` as lowercase A-labels without a final dot.
+    """Return ``domain`` as lowercase A-labels without a final dot (see :func:`parse_domain`).
 
     Raises:
         PermanentRoutingError: 5.1.3 when it is not a valid host name (too long, empty label,
             characters outside letters, digits and hyphen, or invalid IDNA 2008).
     """
-    text = domain[:-1] if domain.endswith(".") else domain
-    if not text or len(text.encode("utf-8", "surrogatepass")) > _MAX_DOMAIN_OCTETS:
-        raise PermanentRoutingError(domain, "5.1.3", "domain is empty or longer than 253 octets")
-    if text.startswith("["):
-        raise PermanentRoutingError(domain, "5.1.3", "address literals are not routed")
     try:
-        if text.isascii():
-            name = dns.name.from_text(text, origin=None)
-        else:
-            name = dns.name.from_unicode(text, origin=None, idna_codec=dns.name.IDNA_2008_Practical)
-    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
-        raise PermanentRoutingError(domain, "5.1.3", f"invalid domain ({exc})") from None
-    labels = [label.lower() for label in name.labels]
-    for label in labels:
-        if not _LDH_LABEL.match(label):
-            raise PermanentRoutingError(
-                domain, "5.1.3", f"invalid domain label {label.decode('ascii', 'replace')!r}"
-            )
-    return b".".join(labels).decode("ascii")
+        return parse_domain(domain)
+    except ValueError as exc:
+        raise PermanentRoutingError(domain, "5.1.3", str(exc)) from None
 
 
 # IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 and its updates): every block

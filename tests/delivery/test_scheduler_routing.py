@@ -99,3 +99,31 @@ async def test_mx_change_followed_after_the_ttl(
     assert old.stats.messages < 80 - 40  # at most a fetched batch more went to the old host
     assert new.stats.bytes_received > 0
     assert sorted(world.received()) == sorted(recipients)
+
+
+async def test_idn_keys_route_an_idn_recipient(tmp_path: Path) -> None:
+    sites = [SiteSpec("idn", (), "127.0.0.2")]
+    with trio.fail_after(30):
+        async with running(sites) as world:
+            extra = f"""
+[routing.overrides]
+"müller.de" = "127.0.0.2:{world.smtp_port}"
+
+[policy.domains."müller.de"]
+max_connections = 1
+"""
+            recipients = ["anna@müller.de", "bert@MÜLLER.de"]
+            toml = write(tmp_path, recipients, toml=campaign_toml(extra=extra))
+            seen: list[Scheduler] = []
+            summary = await run_campaign(
+                Campaign.load(toml, {}), options(tmp_path, world), on_start=seen.append
+            )
+    assert summary.counts[Status.DELIVERED] == 2
+    assert sorted(world.received()) == ["anna@xn--mller-kva.de", "bert@xn--mller-kva.de"]
+    # The domain's own policy applied: its own site, one connection at most.
+    [site] = seen[0].sites()
+    assert (site.site, site.max_connections) == (
+        f"xn--mller-kva.de@127.0.0.2:{world.smtp_port}",
+        1,
+    )
+    assert world.servers["idn"].stats.connections_peak == 1
