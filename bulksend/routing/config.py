@@ -86,8 +86,8 @@ class RoutingConfig:
         dns_port: the resolvers' port (53; tests use the test server's port).
         timeout: seconds for one DNS lookup (one name and type), retries included.
         ttl_min, ttl_max: every cached answer, positive or negative, lives at least ``ttl_min``
-            and at most ``ttl_max`` seconds whatever its DNS TTL says. ``ttl_min`` is 0: the
-            TTL is honoured (RFC 1035 §3.2.1: TTL 0 means "do not cache"), only capped.
+            and at most ``ttl_max`` seconds whatever its DNS TTL says. ``ttl_min`` defaults to
+            0: the TTL is honoured (RFC 1035 §3.2.1: TTL 0 means "do not cache"), only capped.
         failure_ttl: seconds a SERVFAIL or timeout is remembered (RFC 2308 §7.1: at most five
             minutes), so a burst of recipients for a broken domain asks DNS once; 0 disables.
         cache_size: the most answers kept; the least recently used beyond that are dropped.
