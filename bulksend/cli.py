@@ -1103,40 +1103,85 @@ def judge_dmarc(
     return findings
 
 
-async def _lookup_txt(resolver: dns.asyncresolver.Resolver, name: str) -> list[str] | None:
-    """TXT strings at ``name`` ([] when none), None when the lookup failed."""
-    try:
-        answer = await resolver.resolve(name, "TXT")
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
-    except dns.exception.DNSException:
-        return None
-    return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+_TXT_LIFETIME = 5.0  # seconds for one validate lookup, retries included
+
+
+class _TxtLookups:
+    """``validate``'s TXT lookups through the given resolvers.
+
+    A failure is remembered with the resolvers and the reason. After a timeout (a resolver
+    that does not answer) the remaining lookups are not sent: each would wait as long again.
+    """
+
+    def __init__(self, nameservers: tuple[str, ...], port: int) -> None:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = list(nameservers)
+        resolver.port = port
+        resolver.lifetime = _TXT_LIFETIME
+        self._resolver = resolver
+        self.where = ", ".join(
+            s if port == 53 else (f"[{s}]:{port}" if ":" in s else f"{s}:{port}")
+            for s in nameservers
+        )
+        self._failures: list[str] = []
+        self._timed_out = False
+        self._skipped: list[str] = []
+
+    async def txt(self, name: str) -> list[str] | None:
+        """TXT strings at ``name`` ([] when none), None when the lookup failed or was skipped."""
+        if self._timed_out:
+            self._skipped.append(name)
+            return None
+        try:
+            answer = await self._resolver.resolve(name, "TXT")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.Timeout:
+            self._timed_out = True
+            self._failures.append(f"TXT {name}: no answer within {_TXT_LIFETIME:g}s (timeout)")
+            return None
+        except dns.resolver.NoNameservers as exc:
+            # Each resolver answered, unhelpfully (REFUSED, SERVFAIL, a malformed reply).
+            answers = sorted({f"answered {e[3]}" for e in exc.kwargs.get("errors") or ()})
+            self._failures.append(f"TXT {name}: " + ("; ".join(answers) or str(exc)))
+            return None
+        except dns.exception.DNSException as exc:
+            self._failures.append(f"TXT {name}: {exc}")
+            return None
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    def failures(self) -> list[str]:
+        """Why lookups failed, one line each, naming what was not asked after a timeout."""
+        lines = list(self._failures)
+        if self._skipped:
+            lines.append("not asked after the timeout: " + ", ".join(self._skipped))
+        return lines
 
 
 async def _dns_findings(
     campaign: Campaign, nameservers: tuple[str, ...], port: int
 ) -> list[Finding]:
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = list(nameservers)
-    resolver.port = port
-    resolver.lifetime = 5.0
+    lookups = _TxtLookups(nameservers, port)
     config = campaign.config
     from_domain = config.message.from_address.rpartition("@")[2].lower()
     spf_domain = config.envelope_sender.rpartition("@")[2].lower()
-    findings = judge_spf(spf_domain, await _lookup_txt(resolver, spf_domain))
+    findings = judge_spf(spf_domain, await lookups.txt(spf_domain))
     if not campaign.signers:
         findings.append(Finding("warning", "DKIM: no [dkim] section: messages are not signed"))
     for signer in campaign.signers:
         name = f"{signer.selector}._domainkey.{signer.domain}"
-        records = await _lookup_txt(resolver, name)
+        records = await lookups.txt(name)
         findings += judge_dkim(name, records, signer.public_txt_record())
     findings += judge_dmarc(
         from_domain,
-        await _lookup_txt(resolver, f"_dmarc.{from_domain}"),
+        await lookups.txt(f"_dmarc.{from_domain}"),
         dkim_domains=[s.domain for s in campaign.signers],
         spf_domain=spf_domain,
     )
+    findings += [
+        Finding("warning", f"DNS: resolver {lookups.where}: {failure}")
+        for failure in lookups.failures()
+    ]
     return findings
 
 
@@ -1165,7 +1210,8 @@ async def _dns_findings(
     "--nameserver",
     "nameservers",
     multiple=True,
-    help="DNS resolver for the lookups (repeatable); default the system's.",
+    help="DNS resolver for the lookups (repeatable); default the campaign's [routing] "
+    "nameservers, else the system's (/etc/resolv.conf).",
 )
 @click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)
 @_debug_option

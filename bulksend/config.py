@@ -31,6 +31,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import dns.exception
+import dns.name
 import email_validator
 
 from bulksend.errors import ConfigError
@@ -55,6 +57,7 @@ __all__ = [
     "TlsMode",
     "UnsubscribeConfig",
     "load_campaign",
+    "parse_domain",
     "parse_duration",
     "parse_rate",
 ]
@@ -959,11 +962,62 @@ def _load_override(t: _Table) -> LimitsOverride:
     return override
 
 
-def _host_key(table: _Table, name: str) -> str:
-    key = name.lower().strip(".")
-    if not key or not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", key):
-        raise table.error(name, "not a domain or host suffix", "Use a name like 'google.com'.")
-    return key
+_MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
+_LDH_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+def parse_domain(text: str) -> str:
+    """``text`` as lowercase A-labels without a final dot: the one IDNA conversion.
+
+    U-labels become A-labels (IDNA 2008 with UTS #46 mapping, RFC 5891); the length is
+    checked *before* conversion, so a huge input never reaches the IDNA codec. Routing
+    (:func:`bulksend.routing.normalize_domain`) and the campaign file's domain keys use it.
+
+    Raises:
+        ValueError: not a valid host name (too long, empty label, characters outside
+            letters, digits and hyphen, or invalid IDNA 2008); the message says which.
+    """
+    name_text = text[:-1] if text.endswith(".") else text
+    if not name_text or len(name_text.encode("utf-8", "surrogatepass")) > _MAX_DOMAIN_OCTETS:
+        raise ValueError("domain is empty or longer than 253 octets")
+    if name_text.startswith("["):
+        raise ValueError("address literals are not routed")
+    try:
+        if name_text.isascii():
+            name = dns.name.from_text(name_text, origin=None)
+        else:
+            name = dns.name.from_unicode(
+                name_text, origin=None, idna_codec=dns.name.IDNA_2008_Practical
+            )
+    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
+        raise ValueError(f"invalid domain ({exc})") from None
+    labels = [label.lower() for label in name.labels]
+    for label in labels:
+        if not _LDH_LABEL.match(label):
+            raise ValueError(f"invalid domain label {label.decode('ascii', 'replace')!r}")
+    return b".".join(labels).decode("ascii")
+
+
+def _host_keyed(table: _Table, what: str) -> Iterator[tuple[str, str, Any]]:
+    """``(key as written, key in A-labels, value)`` for each key of a table of domains.
+
+    Keys may be U-labels (``"müller.de"``), any case, with a final dot (or, for MX suffixes,
+    a leading one); two keys that name the same domain are refused.
+    """
+    seen: dict[str, str] = {}
+    for name, value in table.items():
+        try:
+            key = parse_domain(name.lstrip("."))
+        except ValueError as exc:
+            raise table.error(
+                name, f"not a {what} ({exc})", "Use a name like 'example.com' or 'müller.de'."
+            ) from None
+        if key in seen:
+            raise table.error(
+                name, f"names the same domain as {seen[key]!r} ({key})", "Keep one of them."
+            )
+        seen[key] = name
+        yield name, key, value
 
 
 def _load_policy(root: _Table) -> SendingPolicy:
@@ -975,20 +1029,20 @@ def _load_policy(root: _Table) -> SendingPolicy:
     if defaults_table is not None:
         defaults = _load_override(defaults_table).apply(defaults)
 
-    def keyed(name: str) -> Mapping[str, LimitsOverride]:
+    def keyed(name: str, what: str) -> Mapping[str, LimitsOverride]:
         section = t.sub(name)
         result: dict[str, LimitsOverride] = {}
         if section is not None:
-            for key, value in section.items():
+            for written, key, value in _host_keyed(section, what):
                 if not isinstance(value, dict):
-                    raise section.error(key, "expected a table", f"Write [policy.{name}.{key}].")
-                result[_host_key(section, key)] = _load_override(
-                    _Table(value, section.key(key), t.source)
-                )
+                    raise section.error(
+                        written, "expected a table", f"Write [policy.{name}.{written}]."
+                    )
+                result[key] = _load_override(_Table(value, section.key(written), t.source))
         return MappingProxyType(result)
 
-    domains = keyed("domains")
-    sites = keyed("sites")
+    domains = keyed("domains", "domain")
+    sites = keyed("sites", "domain or host suffix")
     max_total = t.integer("max_total_connections", minimum=1)
     total_rate = t.converted("total_rate", parse_rate, "Write a rate like '500/s'.")
 
@@ -1124,16 +1178,18 @@ def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
     overrides: dict[str, RouteOverride] = {}
     section = t.sub("overrides")
     if section is not None:
-        for key, value in section.items():
+        for written, key, value in _host_keyed(section, "domain"):
             if not isinstance(value, str):
-                raise section.error(key, "expected 'host[:port]'", "Quote it: 'mx.example:2525'.")
+                raise section.error(
+                    written, "expected 'host[:port]'", "Quote it: 'mx.example:2525'."
+                )
             try:
                 host, port = _parse_host_port(value, 25)
             except ValueError as exc:
                 raise section.error(
-                    key, str(exc), "Write 'host', 'host:port' or '[ip]:port'."
+                    written, str(exc), "Write 'host', 'host:port' or '[ip]:port'."
                 ) from None
-            overrides[_host_key(section, key)] = RouteOverride(host=host, port=port)
+            overrides[key] = RouteOverride(host=host, port=port)
     smarthost = None
     smart = t.sub("smarthost")
     if smart is not None:

@@ -190,7 +190,7 @@ class Destination:
         label: str,
     ) -> None:
         self.delivery = delivery
-        self.route = route  # the first routed domain's: every domain of a site has its hosts
+        self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
         self.limits = limits
         self.backoff = backoff
         self.label = label
@@ -228,6 +228,11 @@ class Destination:
             self._domains.append(domain)
         self.wake()
         self._spawn()
+
+    def detach(self, domain: str) -> None:
+        """Stop fetching ``domain``'s recipients (its route expired: it is routed again)."""
+        if domain in self._domains:
+            self._domains.remove(domain)
 
     def wake(self) -> None:
         """Wake idle senders (to see a stop, or new work)."""

@@ -107,7 +107,7 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
             credentials = Credentials(
                 sh.username, sh.password.reveal(), allow_plaintext=options.allow_plaintext_auth
             )
-        smarthost = Relay(sh.host, sh.port, credentials)
+        smarthost = Relay(sh.host, sh.port, credentials, sh.tls)
     return RoutingConfig(
         nameservers=section.nameservers or options.nameservers,
         dns_port=options.dns_port,

@@ -14,6 +14,17 @@ deferral just recorded), never polling, and finishes when no recipient is waitin
 Routing failures are settled here: a permanent one (NXDOMAIN, null MX) bounces the domain's
 due recipients, a temporary one defers them, both with the enhanced code routing reported.
 
+Routes expire with the DNS answers behind them (a run lasts days, MX TTLs hours): when an
+attached domain's route has expired (and it has kept it at least ``_REROUTE_MIN``, so TTL 0
+does not turn every batch into a lookup), the feeder detaches it from its destination and
+routes it again; the new route may lead to another site, whose destination then serves it.
+
+Limits (:class:`SitePolicy`) are layered: defaults, then a relay's own ``tls`` (the
+smarthost's), then the site's MX suffix override, then the domain's override. A domain with
+an override of its own does not roll up: it gets a site of its own (the same hosts, see
+:meth:`~bulksend.routing.Site.alone`), so its limits and TLS requirement hold for its
+recipients only, and the rolled-up site keeps the site's limits.
+
 Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
 starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
 message whose final reply is still owed then is in doubt); unsent recipients are handed back
@@ -22,13 +33,15 @@ to the journal. The run can be resumed.
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import logging
 import math
 from dataclasses import dataclass
 
 import trio
 
-from bulksend.config import SendingPolicy, SiteLimits
+from bulksend.config import LimitsOverride, SendingPolicy, SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.destination import Delivery, Destination
 from bulksend.delivery.outcome import classify_dns
@@ -38,19 +51,51 @@ log = logging.getLogger("bulksend.scheduler")
 
 # Domains routed at once; DNS answers come back in milliseconds, so this is plenty.
 _ROUTING_CONCURRENCY = 64
+# Seconds an attached domain keeps its route at least, whatever the TTL (0 included): routing
+# again detaches the domain from its destination for a moment.
+_REROUTE_MIN = 30.0
 # Wake-ups (deferrals recorded, domains finished) are handled together, at most this often:
 # asking the journal which domains are due scans its index (~0.1 s at 1M recipients).
 _COALESCE = 0.25
 
 
-def policy_table(policy: SendingPolicy) -> PolicyTable[SiteLimits]:
-    """The policy's limits as a table: by domain, then by MX host suffix, then defaults."""
-    defaults = policy.defaults
-    return PolicyTable(
-        defaults,
-        domains={d: o.apply(defaults) for d, o in policy.domains.items()},
-        mx_suffixes={s: o.apply(defaults) for s, o in policy.sites.items()},
-    )
+class SitePolicy:
+    """The limits of each route's destination, and which domains do not roll up.
+
+    Limits are layered, each layer replacing only the keys it sets: the policy's defaults, a
+    relay's own ``tls`` (the smarthost's), the override of the site's MX host suffix, the
+    override of the domain. A domain with an override has a site of its own (:meth:`site_of`).
+
+    Raises:
+        ConfigError: an override's key is not a valid domain.
+    """
+
+    def __init__(self, policy: SendingPolicy) -> None:
+        self._defaults = policy.defaults
+        self._sites: PolicyTable[LimitsOverride | None] = PolicyTable(
+            None, mx_suffixes=policy.sites
+        )
+        self._domains: PolicyTable[LimitsOverride | None] = PolicyTable(
+            None, domains=policy.domains
+        )
+
+    def lookup(self, domain: str, site: Site, tls: TlsMode | None = None) -> SiteLimits:
+        """The limits for ``domain`` (normalised) at ``site``, over a relay's ``tls``."""
+        limits = self._defaults if tls is None else dataclasses.replace(self._defaults, tls=tls)
+        for override in (self._sites.lookup(domain, site), self._domains.lookup(domain, site)):
+            if override is not None:
+                limits = override.apply(limits)
+        return limits
+
+    def for_route(self, route: Route) -> SiteLimits:
+        """The limits of a route's destination."""
+        return self.lookup(route.domain, route.site, route.tls)
+
+    def site_of(self, route: Route) -> Site:
+        """The route's site, or a site of the domain's own when it has an override."""
+        if self._domains.lookup(route.domain, route.site) is None:
+            return route.site
+        return route.site.alone(route.domain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +129,14 @@ class Scheduler:
         self.delivery = delivery
         self.router = router
         self.policy = policy
-        self.table = policy_table(policy)
+        self.table = SitePolicy(policy)
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
+        # Attached domains that have a route: when to route again, and who serves them.
+        self._routed: dict[str, tuple[float, Destination]] = {}
+        self._reroutes: list[tuple[float, str]] = []  # heap of (trio time, domain)
+        self._sleep_until = -math.inf  # trio time the feeder sleeps until, while it sleeps
         self._routing = trio.Semaphore(_ROUTING_CONCURRENCY)
         self._wake = trio.Event()
         self._wake_at = math.inf
@@ -157,6 +206,7 @@ class Scheduler:
 
     def _domain_idle(self, domain: str) -> None:
         self._attached.discard(domain)
+        self._routed.pop(domain, None)
         self._wake.set()
 
     async def _feed(self, nursery: trio.Nursery) -> None:
@@ -165,6 +215,7 @@ class Scheduler:
         while not d.stopping.is_set():
             self._wake = trio.Event()
             self._wake_at = math.inf
+            self._sleep_until = -math.inf
             await d.writer.flush()  # what senders recorded is visible to the queries below
             now = d.now()
             due = await d.writer.due_domains(now=now)
@@ -180,15 +231,33 @@ class Scheduler:
                 self._attached.add(domain)
                 await self._routing.acquire()
                 nursery.start_soon(self._route, domain, due[domain], nursery)
+            await self._reroute_expired(nursery)
             if not self._attached and not await d.writer.waiting():
                 self.complete = True
                 return
             upcoming = await d.writer.next_due_at()
             # Rows due now belong to attached domains: their destinations fetch them.
             self._wake_at = upcoming if upcoming is not None and upcoming > now else math.inf
-            with trio.move_on_after(max(self._wake_at - d.now(), 0.0)):
+            wait = self._wake_at - d.now()
+            if self._reroutes:
+                wait = min(wait, self._reroutes[0][0] - trio.current_time())
+            self._sleep_until = trio.current_time() + wait
+            with trio.move_on_after(max(wait, 0.0)):
                 await self._wake.wait()
             await trio.sleep(_COALESCE)
+
+    async def _reroute_expired(self, nursery: trio.Nursery) -> None:
+        """Route again every attached domain whose route expired (it may move to another site)."""
+        now = trio.current_time()
+        while self._reroutes and self._reroutes[0][0] <= now:
+            at, domain = heapq.heappop(self._reroutes)
+            routed = self._routed.get(domain)
+            if routed is None or routed[0] != at:
+                continue  # detached since, or routed again since
+            del self._routed[domain]
+            routed[1].detach(domain)
+            await self._routing.acquire()
+            nursery.start_soon(self._route, domain, 0, nursery)
 
     async def _route(self, domain: str, volume: int, nursery: trio.Nursery) -> None:
         d = self.delivery
@@ -202,7 +271,18 @@ class Scheduler:
                 self._domain_idle(domain)
                 return
             d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
-            self._destination(route, volume).attach(domain, nursery)
+            destination = self._destination(route, volume)
+            reroute_at = max(route.expires, trio.current_time() + _REROUTE_MIN)
+            if reroute_at < math.inf:
+                self._routed[domain] = (reroute_at, destination)
+                heapq.heappush(self._reroutes, (reroute_at, domain))
+                if reroute_at < self._sleep_until:
+                    self._wake.set()  # the feeder sleeps past it
+                if len(self._reroutes) > 2 * len(self._routed) + 1024:
+                    # Entries of domains gone idle pile up: keep the live ones only.
+                    self._reroutes = [(at, name) for name, (at, _) in self._routed.items()]
+                    heapq.heapify(self._reroutes)
+            destination.attach(domain, nursery)
         finally:
             self._routing.release()
 
@@ -222,10 +302,13 @@ class Scheduler:
                     await d.record(due, outcome, "other")
 
     def _destination(self, route: Route, volume: int) -> Destination:
-        destination = self.destinations.get(route.site)
-        if destination is None:
+        site = self.table.site_of(route)
+        destination = self.destinations.get(site)
+        if destination is not None:
+            destination.route = route  # the newest answer: same hosts, maybe new addresses
+        else:
             limits = self.table.for_route(route)
-            name = str(route.site)
+            name = str(site)
             label = self.delivery.metrics.sites.label(name, volume, threshold=self._label_threshold)
             backoff = Backoff(
                 name,
@@ -234,5 +317,5 @@ class Scheduler:
                 rate=limits.rate,
             )
             destination = Destination(self.delivery, route, limits, backoff, label=label)
-            self.destinations[route.site] = destination
+            self.destinations[site] = destination
         return destination

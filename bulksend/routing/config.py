@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
+from bulksend.config import TlsMode
 from bulksend.errors import ConfigError
 
 __all__ = ["Relay", "RoutingConfig"]
@@ -23,11 +24,14 @@ class Relay:
     Used for route overrides (like a Postfix transport map entry ``smtp:[host]:port``) and for
     smarthost mode. ``host`` is a host name (resolved by A/AAAA, never by MX) or an IP address
     (no DNS at all). ``auth`` is carried to the SMTP client untouched; routing never reads it.
+    ``tls`` is the relay's own STARTTLS setting (the smarthost's), carried on its routes; None
+    leaves it to the policy.
     """
 
     host: str
     port: int = 25
     auth: Hashable | None = None
+    tls: TlsMode | None = None
 
     def __post_init__(self) -> None:
         if not self.host or self.host != self.host.strip():
@@ -82,7 +86,8 @@ class RoutingConfig:
         dns_port: the resolvers' port (53; tests use the test server's port).
         timeout: seconds for one DNS lookup (one name and type), retries included.
         ttl_min, ttl_max: every cached answer, positive or negative, lives at least ``ttl_min``
-            and at most ``ttl_max`` seconds whatever its DNS TTL says.
+            and at most ``ttl_max`` seconds whatever its DNS TTL says. ``ttl_min`` defaults to
+            0: the TTL is honoured (RFC 1035 §3.2.1: TTL 0 means "do not cache"), only capped.
         failure_ttl: seconds a SERVFAIL or timeout is remembered (RFC 2308 §7.1: at most five
             minutes), so a burst of recipients for a broken domain asks DNS once; 0 disables.
         cache_size: the most answers kept; the least recently used beyond that are dropped.
@@ -99,7 +104,7 @@ class RoutingConfig:
     nameservers: tuple[str, ...] = ()
     dns_port: int = 53
     timeout: float = 10.0
-    ttl_min: float = 30.0
+    ttl_min: float = 0.0
     ttl_max: float = 86400.0
     failure_ttl: float = 30.0
     cache_size: int = 100_000

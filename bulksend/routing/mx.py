@@ -13,9 +13,10 @@ How this works (RFC 5321 §5.1):
    spreads over them; the first ``max_mx_hosts`` are resolved (A, and AAAA when enabled).
    A host whose name does not resolve is skipped.
 4. Addresses outside the global unicast space (loopback, RFC 1918, link-local, CGNAT,
-   documentation, IPv4-mapped forms of those...; RFC 6890 registries, via ``ipaddress``) are
-   refused unless ``allow_private`` is set, so a hostile DNS entry cannot aim the sender at
-   internal services.
+   documentation...: every non-global block of the IANA special-purpose registries, RFC 6890)
+   are refused unless ``allow_private`` is set, so a hostile DNS entry cannot aim the sender
+   at internal services. IPv6 forms that carry an IPv4 address (IPv4-mapped, NAT64, 6to4,
+   Teredo) are judged by the IPv4 they carry.
 
    When no usable address remains: if every host's lookups succeeded and every address found
    was refused, the failure is permanent 5.4.4. That is an answer the domain's owner
@@ -26,7 +27,9 @@ How this works (RFC 5321 §5.1):
 
 Every lookup (one name, one type) goes through a cache: a positive answer lives for its TTL
 (the CNAME chain's smallest), a negative one for its SOA MINIMUM (RFC 2308 §5), both clamped
-to [ttl_min, ttl_max]; a SERVFAIL or timeout for ``failure_ttl`` (RFC 2308 §7.1). Time is
+to [ttl_min, ttl_max] (by default only capped: TTL 0 is not cached at all, RFC 1035 §3.2.1);
+a SERVFAIL or timeout for ``failure_ttl`` (RFC 2308 §7.1). An :class:`MXSet` carries the
+expiry of the earliest answer it was built from, so the delivery layer can route again. Time is
 ``trio.current_time()``, so a MockClock drives expiry. Concurrent lookups of one key share
 one query: the first caller leads, the rest wait on its ``trio.Event``; if the leader is
 cancelled, a waiter takes over.
@@ -37,8 +40,8 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import math
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +54,7 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
+from bulksend.config import parse_domain
 from bulksend.errors import ConfigError
 from bulksend.routing.config import RoutingConfig
 from bulksend.routing.errors import PermanentRoutingError, TransientRoutingError
@@ -64,57 +68,106 @@ __all__ = [
     "system_nameservers",
 ]
 
-_MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
-_LDH_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _EDNS_PAYLOAD = 1232  # DNS flag day 2020: no fragmentation, TCP beyond this
 _RETRANSMIT = 2.0  # seconds before a UDP query is sent again, within the lookup's timeout
 
 
 @functools.lru_cache(maxsize=65536)
 def normalize_domain(domain: str) -> str:
-    """Return ``domain`` as lowercase A-labels without a final dot.
+    """Return ``domain`` as lowercase A-labels without a final dot (see :func:`parse_domain`).
 
     Raises:
         PermanentRoutingError: 5.1.3 when it is not a valid host name (too long, empty label,
             characters outside letters, digits and hyphen, or invalid IDNA 2008).
     """
-    text = domain[:-1] if domain.endswith(".") else domain
-    if not text or len(text.encode("utf-8", "surrogatepass")) > _MAX_DOMAIN_OCTETS:
-        raise PermanentRoutingError(domain, "5.1.3", "domain is empty or longer than 253 octets")
-    if text.startswith("["):
-        raise PermanentRoutingError(domain, "5.1.3", "address literals are not routed")
     try:
-        if text.isascii():
-            name = dns.name.from_text(text, origin=None)
-        else:
-            name = dns.name.from_unicode(text, origin=None, idna_codec=dns.name.IDNA_2008_Practical)
-    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
-        raise PermanentRoutingError(domain, "5.1.3", f"invalid domain ({exc})") from None
-    labels = [label.lower() for label in name.labels]
-    for label in labels:
-        if not _LDH_LABEL.match(label):
-            raise PermanentRoutingError(
-                domain, "5.1.3", f"invalid domain label {label.decode('ascii', 'replace')!r}"
-            )
-    return b".".join(labels).decode("ascii")
+        return parse_domain(domain)
+    except ValueError as exc:
+        raise PermanentRoutingError(domain, "5.1.3", str(exc)) from None
+
+
+# IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 and its updates): every block
+# whose "Globally Reachable" is False or N/A, plus multicast and the reserved 240/4. Written out
+# rather than taken from ``ipaddress.is_global``, whose answer changes between Python releases.
+_NON_GLOBAL_V4 = tuple(
+    ipaddress.IPv4Network(block)
+    for block in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # private (RFC 1918)
+        "100.64.0.0/10",  # shared address space, CGNAT (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments (RFC 6890; .9 and .10 are anycast services)
+        "192.0.2.0/24",  # documentation TEST-NET-1
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast (RFC 7526)
+        "192.168.0.0/16",  # private
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation TEST-NET-2
+        "203.0.113.0/24",  # documentation TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and the limited broadcast address
+    )
+)
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")  # the only allocated unicast space
+_NON_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(block)
+    for block in (
+        "2001::/23",  # IETF protocol assignments: benchmarking, ORCHID, ... (Teredo: below)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
+    )
+)
+# IPv6 forms that carry an IPv4 address: acceptable only when every embedded IPv4 is.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: last 32 bits
+_6TO4 = ipaddress.IPv6Network("2002::/16")  # RFC 3056: bits 16-47
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380: server bits 32-63, client ~last 32
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 translation or tunnel address carries; None if not one."""
+    value = int(ip)
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip in _NAT64:
+        return (ipaddress.IPv4Address(value & 0xFFFFFFFF),)
+    if ip in _6TO4:
+        return (ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF),)
+    if ip in _TEREDO:
+        server = ipaddress.IPv4Address((value >> 64) & 0xFFFFFFFF)
+        return (server, ipaddress.IPv4Address(~value & 0xFFFFFFFF))
+    return None
 
 
 def is_acceptable_address(address: str, *, allow_private: bool = False) -> bool:
     """Whether mail may be sent to ``address``.
 
-    Unspecified and multicast addresses are never acceptable. Otherwise, unless
-    ``allow_private``, only globally reachable addresses are (``ipaddress``'s ``is_global``,
-    after unwrapping IPv4-mapped IPv6).
+    Unspecified and multicast addresses are never acceptable, nor IPv6 forms that embed one.
+    Otherwise, unless ``allow_private``, only globally reachable addresses are: IPv4 outside
+    every non-global special-purpose block; IPv6 in the global unicast space ``2000::/3``
+    outside its non-global blocks. An IPv6 address that embeds IPv4 (IPv4-mapped, NAT64
+    ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32``) is judged by the IPv4
+    addresses it carries, so ``64:ff9b::7f00:1`` is loopback.
     """
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified or ip.is_multicast:
+    carried: tuple[ipaddress.IPv4Address, ...] | None = None
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = _embedded_ipv4(ip)
+    checked = (ip,) if carried is None else carried
+    if any(a.is_unspecified or a.is_multicast for a in (ip, *checked)):
         return False
-    return allow_private or ip.is_global
+    if allow_private:
+        return True
+    return all(_is_global(a) for a in checked)
+
+
+def _is_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not any(ip in block for block in _NON_GLOBAL_V4)
+    return ip in _GLOBAL_UNICAST_V6 and not any(ip in block for block in _NON_GLOBAL_V6)
 
 
 def system_nameservers() -> tuple[str, ...]:
@@ -151,11 +204,14 @@ class MXSet:
             the input of the site key.
         hosts: the usable hosts in the order to try them.
         cached: the MX answer came from the cache (no query was sent for it).
+        expires: when the first of the DNS answers it was built from expires (trio time):
+            from then on a new lookup may give another answer.
     """
 
     names: tuple[str, ...]
     hosts: tuple[MXHost, ...]
     cached: bool = field(default=False, compare=False)
+    expires: float = field(default=math.inf, compare=False)
 
 
 class _Status(enum.Enum):
@@ -249,7 +305,7 @@ class MXResolver:
                 )
         names = tuple(sorted({name for _, name in exchanges}))
         ordered = self._order(exchanges)[: self._config.max_mx_hosts]
-        found = await self._addresses_of([name for _, name in ordered])
+        found, expires = await self._addresses_of([name for _, name in ordered])
 
         hosts: list[MXHost] = []
         failed: list[str] = []
@@ -271,24 +327,27 @@ class MXResolver:
             elif not reason:
                 missing.append(name)
         if hosts:
-            return MXSet(names, tuple(hosts), cached)
+            return MXSet(names, tuple(hosts), cached, min(mx.expires, expires))
         raise self._no_host(
             domain, implicit=implicit, failed=failed, missing=missing, refused=refused
         )
 
-    async def addresses(self, host: str) -> tuple[str, ...]:
-        """The addresses of a configured relay's host name; no range filtering (it is trusted).
+    async def addresses(self, host: str) -> tuple[tuple[str, ...], float]:
+        """The addresses of a configured relay's host name, and when the answer expires.
+
+        No range filtering: a configured relay is trusted.
 
         Raises:
             TransientRoutingError: 4.4.3 when no address could be found.
         """
         name = normalize_domain(host)
-        addresses, reason = (await self._addresses_of([name]))[name]
+        found, expires = await self._addresses_of([name])
+        addresses, reason = found[name]
         if not addresses:
             raise TransientRoutingError(
                 host, "4.4.3", f"relay host {name} has no address ({reason or 'no A/AAAA'})"
             )
-        return addresses
+        return addresses, expires
 
     # ---- ordering and failure classification ------------------------------------------------
 
@@ -327,8 +386,11 @@ class MXResolver:
 
     # ---- lookups -----------------------------------------------------------------------------
 
-    async def _addresses_of(self, names: Sequence[str]) -> dict[str, tuple[tuple[str, ...], str]]:
-        """For each name: (addresses, IPv4 first, each family shuffled; failure reason or "")."""
+    async def _addresses_of(
+        self, names: Sequence[str]
+    ) -> tuple[dict[str, tuple[tuple[str, ...], str]], float]:
+        """For each name: (addresses, IPv4 first, each family shuffled; failure reason or "");
+        and when the first of the answers used expires."""
         kinds = [dns.rdatatype.A]
         if self._config.ipv6:
             kinds.append(dns.rdatatype.AAAA)
@@ -362,7 +424,7 @@ class MXResolver:
                 self._rng.shuffle(family)
                 addresses.extend(family)
             result[name] = (tuple(addresses), "; ".join(reasons))
-        return result
+        return result, min((a.expires for a in answers.values()), default=math.inf)
 
     async def _lookup(self, name: str, kind: dns.rdatatype.RdataType) -> _Answer:
         """One cached answer; concurrent callers for one key share one query."""

@@ -17,12 +17,14 @@ How this works:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import trio
 
+from bulksend.config import TlsMode
 from bulksend.errors import ConfigError
 from bulksend.routing.config import Relay, RoutingConfig
 from bulksend.routing.errors import RoutingError
@@ -39,30 +41,39 @@ class Site:
 
     Build it with :meth:`of`, which sorts, lowercases and deduplicates, so equal sets give
     equal sites. Hashing is cached: sites key the delivery layer's hot dictionaries.
+
+    ``domain`` is set for a domain that does not roll up with the others (one with its own
+    policy, see :meth:`alone`): the same hosts, but a site, limits and connections of its own.
     """
 
     mx: tuple[str, ...]
     port: int = 25
+    domain: str = ""
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.mx, self.port)))
+        object.__setattr__(self, "_hash", hash((self.mx, self.port, self.domain)))
 
     def __hash__(self) -> int:
         return self._hash
 
-    def __reduce__(self) -> tuple[type[Site], tuple[tuple[str, ...], int]]:
+    def __reduce__(self) -> tuple[type[Site], tuple[tuple[str, ...], int, str]]:
         # Rebuild through __init__: a pickled hash is wrong under another PYTHONHASHSEED.
-        return (Site, (self.mx, self.port))
+        return (Site, (self.mx, self.port, self.domain))
 
     @classmethod
     def of(cls, names: Iterable[str], port: int = 25) -> Site:
         """The site of these MX host names, in any order, case or with final dots."""
         return cls(tuple(sorted({n.lower().rstrip(".") for n in names})), port)
 
+    def alone(self, domain: str) -> Site:
+        """This site's hosts serving ``domain`` alone (not rolled up with other domains)."""
+        return Site(self.mx, self.port, domain)
+
     def __str__(self) -> str:
         hosts = ",".join(self.mx)
-        return hosts if self.port == 25 else f"{hosts}:{self.port}"
+        text = hosts if self.port == 25 else f"{hosts}:{self.port}"
+        return f"{self.domain}@{text}" if self.domain else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,26 +85,34 @@ class Route:
         site: the MX rollup key shared with every domain that has the same MX hosts.
         hosts: the hosts in the order to try them, each with its addresses and port.
         auth: a smarthost's or override's AUTH settings, for the SMTP client; opaque here.
+        tls: a relay's own STARTTLS setting (the smarthost's ``tls``), None for MX routes:
+            the policy's limits layer on it.
         cached: the MX answer came from the resolver's cache (for the lookup metrics).
+        expires: when the first DNS answer behind this route expires (trio time; infinite
+            for a relay given by address): from then on, routing again may give another route.
     """
 
     domain: str
     site: Site
     hosts: tuple[MXHost, ...]
     auth: Hashable | None = None
+    tls: TlsMode | None = None
     cached: bool = field(default=False, compare=False)
+    expires: float = field(default=math.inf, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.domain, self.site, self.hosts, self.auth)))
+        object.__setattr__(
+            self, "_hash", hash((self.domain, self.site, self.hosts, self.auth, self.tls))
+        )
 
     def __hash__(self) -> int:
         return self._hash
 
     def __reduce__(
         self,
-    ) -> tuple[type[Route], tuple[str, Site, tuple[MXHost, ...], Hashable | None]]:
-        return (Route, (self.domain, self.site, self.hosts, self.auth))
+    ) -> tuple[type[Route], tuple[str, Site, tuple[MXHost, ...], Hashable | None, TlsMode | None]]:
+        return (Route, (self.domain, self.site, self.hosts, self.auth, self.tls))
 
 
 class PolicyTable(Generic[T]):
@@ -196,17 +215,24 @@ class Router:
         assert self._resolver is not None
         found = await self._resolver.resolve(name)
         return Route(
-            name, Site(found.names, self.config.smtp_port), found.hosts, cached=found.cached
+            name,
+            Site(found.names, self.config.smtp_port),
+            found.hosts,
+            cached=found.cached,
+            expires=found.expires,
         )
 
     async def _relay_route(self, domain: str, relay: Relay) -> Route:
         address = relay.address
+        expires = math.inf
         if address is not None:
             addresses: tuple[str, ...] = (address,)
             host = address
         else:
             assert self._resolver is not None
             host = normalize_domain(relay.host)
-            addresses = await self._resolver.addresses(host)
+            addresses, expires = await self._resolver.addresses(host)
         hosts = (MXHost(host, 0, addresses, relay.port),)
-        return Route(domain, Site((host,), relay.port), hosts, relay.auth)
+        return Route(
+            domain, Site((host,), relay.port), hosts, relay.auth, relay.tls, expires=expires
+        )

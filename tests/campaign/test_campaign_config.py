@@ -20,7 +20,7 @@ from bulksend.config import (
     parse_duration,
     parse_rate,
 )
-from bulksend.delivery.scheduler import policy_table
+from bulksend.delivery.scheduler import SitePolicy
 from bulksend.errors import ConfigError
 from bulksend.routing import Site
 
@@ -72,7 +72,7 @@ def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
     assert policy.timeouts.greeting == 300.0
     assert policy.timeouts.quit == 10.0
     assert policy.retry.max_age == 2 * 86400
-    table = policy_table(policy)
+    table = SitePolicy(policy)
     gmail = table.lookup("gmail.com", Site.of(["alt1.ASPMX.l.google.com.", "aspmx.l.google.com"]))
     assert (gmail.max_connections, gmail.rate) == (20, 300.0)
     net = table.lookup("example.net", Site.of(["mx.example.net"]))

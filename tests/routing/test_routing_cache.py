@@ -80,6 +80,41 @@ async def test_ttl_clamped_to_the_maximum(dns_server, make_config, clock):
     assert dns_server.count("long.test", "MX") == 2
 
 
+async def test_ttl_zero_is_not_cached(dns_server, make_config, clock):
+    dns_server.load({"zero.test": {"MX": [(10, "mx1.example.com")], "ttl": 0}})
+    router = Router(make_config())
+    first = await route(router, "zero.test")
+    assert first.expires <= trio.current_time()  # expired as soon as it is made
+    await route(router, "zero.test")
+    assert dns_server.count("zero.test", "MX") == 2
+
+
+async def test_short_ttl_honoured(dns_server, make_config, clock):
+    dns_server.load({"five.test": {"MX": [(10, "mx2.example.com")], "ttl": 5}})
+    router = Router(make_config(ipv6=False))
+    first = await route(router, "five.test")
+    assert first.expires == pytest.approx(trio.current_time() + 5, abs=0.5)
+    clock.jump(4)
+    await route(router, "five.test")
+    assert dns_server.count("five.test", "MX") == 1
+    clock.jump(1.5)
+    await route(router, "five.test")
+    assert dns_server.count("five.test", "MX") == 2
+
+
+async def test_route_expires_with_its_first_answer(dns_server, make_config, clock):
+    # The MX answer lives 300 s, the MX host's address 20 s: the route lives 20 s.
+    dns_server.load(
+        {
+            "mixed.test": {"MX": [(10, "mx.mixed.test")], "ttl": 300},
+            "mx.mixed.test": {"A": ["127.0.0.9"], "ttl": 20},
+        }
+    )
+    router = Router(make_config(ipv6=False))
+    first = await route(router, "mixed.test")
+    assert first.expires == pytest.approx(trio.current_time() + 20, abs=0.5)
+
+
 async def test_ttl_clamped_to_the_minimum(dns_server, make_config, clock):
     dns_server.load({"short.test": {"MX": [(10, "mx1.example.com")], "ttl": 0}})
     router = Router(make_config(ttl_min=30))

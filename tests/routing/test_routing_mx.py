@@ -10,6 +10,7 @@ from bulksend.routing import (
     Router,
     RoutingError,
     TransientRoutingError,
+    is_acceptable_address,
     normalize_domain,
 )
 from bulksend.testing.dns import Fault
@@ -275,6 +276,98 @@ async def test_refused_addresses_with_a_failed_lookup_are_transient(dns_server, 
         error = await route_error(Router(make_config(allow_private=False)), "internal.test")
     assert isinstance(error, TransientRoutingError)
     assert error.enhanced_code == "4.4.3"
+
+
+# IPv6 forms that carry IPv4, and the special-purpose blocks (IANA registries, RFC 6890).
+ADDRESS_TABLE = [
+    # (address, acceptable by default)
+    (PUBLIC_V4, True),
+    (PUBLIC_V6, True),
+    ("8.8.8.8", True),
+    ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+    ("::ffff:8.8.8.8", True),
+    ("64:ff9b::7f00:1", False),  # NAT64 (RFC 6052) of 127.0.0.1
+    ("64:ff9b::10.1.2.3", False),  # NAT64 of RFC 1918
+    ("64:ff9b::a9fe:a9fe", False),  # NAT64 of link-local 169.254.169.254 (cloud metadata)
+    ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+    ("64:ff9b:1::808:808", False),  # local-use NAT64 prefix (RFC 8215)
+    ("2002:7f00:1::1", False),  # 6to4 (RFC 3056) of 127.0.0.1
+    ("2002:c0a8:101::1", False),  # 6to4 of 192.168.1.1
+    ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo, client 192.0.2.45 (RFC 4380)
+    ("2001:0:808:808:0:0:80ff:fefe", False),  # Teredo, client ~0x80fffefe = 127.0.1.1
+    ("2001:0:808:808::f7f7:f7f7", True),  # Teredo, server and client 8.8.8.8
+    ("2001:0:a00:1::f7f7:f7f7", False),  # Teredo, server 10.0.0.1
+    ("::1", False),
+    ("::", False),
+    ("::127.0.0.1", False),  # deprecated IPv4-compatible form (::/96)
+    ("::ffff:0:7f00:1", False),  # IPv4-translated (RFC 2765)
+    ("fe80::1", False),
+    ("fd00::1", False),
+    ("fec0::1", False),  # deprecated site-local
+    ("100::1", False),  # discard-only
+    ("2001:2::1", False),  # benchmarking
+    ("2001:10::1", False),  # deprecated ORCHID
+    ("2001:db8::1", False),  # documentation
+    ("3fff::1", False),  # documentation (RFC 9637)
+    ("5f00::1", False),  # SRv6 SIDs (RFC 9602)
+    ("4000::1", False),  # unallocated, outside 2000::/3
+    ("ff02::1", False),
+    ("0.1.2.3", False),
+    ("10.0.0.1", False),
+    ("100.64.0.1", False),  # CGNAT
+    ("127.0.0.1", False),
+    ("169.254.169.254", False),
+    ("172.16.0.1", False),
+    ("192.0.0.8", False),  # IETF protocol assignments
+    ("192.0.0.170", False),  # NAT64 discovery
+    ("192.0.2.1", False),
+    ("192.88.99.1", False),  # deprecated 6to4 relay anycast
+    ("192.168.0.1", False),
+    ("198.18.0.1", False),  # benchmarking
+    ("198.51.100.1", False),
+    ("203.0.113.1", False),
+    ("224.0.0.1", False),
+    ("240.0.0.1", False),
+    ("255.255.255.255", False),
+    ("not an address", False),
+]
+
+
+@pytest.mark.parametrize(("address", "acceptable"), ADDRESS_TABLE)
+def test_address_acceptable_by_default(address, acceptable):
+    assert is_acceptable_address(address) is acceptable
+
+
+@pytest.mark.parametrize(
+    ("address", "acceptable"),
+    [
+        ("127.0.0.1", True),
+        ("64:ff9b::7f00:1", True),
+        ("::", False),
+        ("0.0.0.0", False),
+        ("::ffff:0.0.0.0", False),
+        ("64:ff9b::e000:1", False),  # NAT64 of multicast 224.0.0.1
+        ("2002:e000:1::1", False),  # 6to4 of multicast
+        ("ff02::1", False),
+    ],
+)
+def test_address_acceptable_with_private_allowed(address, acceptable):
+    assert is_acceptable_address(address, allow_private=True) is acceptable
+
+
+async def test_embedded_private_ipv4_refused_through_dns(dns_server, make_config):
+    dns_server.load(
+        {
+            "tunnel.test": {"MX": [(10, "mx.tunnel.test")]},
+            "mx.tunnel.test": {"AAAA": ["64:ff9b::7f00:1", "2002:7f00:1::1"]},
+        }
+    )
+    with trio.fail_after(10):
+        error = await route_error(Router(make_config(allow_private=False)), "tunnel.test")
+    assert isinstance(error, PermanentRoutingError)
+    assert error.enhanced_code == "5.4.4"
+    assert "64:ff9b::7f00:1" in error.text
 
 
 # ---- domain names --------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Domain keys of the campaign file ([routing.overrides], [policy.domains], [policy.sites]):
+U-labels are accepted and converted to A-labels, like every other domain bulksend reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulksend.config import RouteOverride, load_campaign
+from bulksend.errors import ConfigError
+from bulksend.routing import normalize_domain
+from bulksend.testing.scenario import campaign_toml, write_campaign
+
+IDN_KEYS = """
+[routing.overrides]
+"müller.de" = "127.0.0.2:2525"
+
+[policy.domains."Müller.DE."]
+max_connections = 2
+
+[policy.sites.".bücher.example"]
+rate = "5/s"
+"""
+
+
+def write(tmp_path: Path, extra: str) -> Path:
+    return write_campaign(tmp_path, ["a@example.com"], toml=campaign_toml(extra=extra))
+
+
+def test_u_label_keys_become_a_labels(tmp_path: Path) -> None:
+    config = load_campaign(write(tmp_path, IDN_KEYS), {})
+    assert dict(config.routing.overrides) == {"xn--mller-kva.de": RouteOverride("127.0.0.2", 2525)}
+    assert list(config.policy.domains) == ["xn--mller-kva.de"]
+    assert config.policy.domains["xn--mller-kva.de"].max_connections == 2
+    assert list(config.policy.sites) == ["xn--bcher-kva.example"]
+    # The same conversion as routing's, which recipients' domains go through.
+    assert normalize_domain("müller.de") == "xn--mller-kva.de"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "expected"),
+    [
+        (
+            '[routing.overrides]\n"bad_key.example" = "127.0.0.2"\n',
+            'routing.overrides."bad_key.example"',
+            "not a domain (invalid domain label 'bad_key')",
+        ),
+        (
+            '[policy.domains."a..b"]\nrate = "1/s"\n',
+            'policy.domains."a..b"',
+            "not a domain (invalid domain",
+        ),
+        (
+            '[routing.overrides]\n"müller.de" = "127.0.0.2"\n"xn--mller-kva.de" = "127.0.0.3"\n',
+            'routing.overrides."xn--mller-kva.de"',
+            "names the same domain as 'müller.de' (xn--mller-kva.de). Keep one of them.",
+        ),
+        (
+            '[policy.domains."müller.de"]\nrate = "1/s"\n[policy.domains."MÜLLER.de"]\n'
+            'rate = "2/s"\n',
+            'policy.domains."MÜLLER.de"',
+            "names the same domain as 'müller.de'",
+        ),
+    ],
+)
+def test_bad_or_repeated_domain_keys_named(
+    tmp_path: Path, extra: str, key: str, expected: str
+) -> None:
+    path = write(tmp_path, extra)
+    with pytest.raises(ConfigError) as caught:
+        load_campaign(path, {})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}: ")
+    assert expected in message
