@@ -45,7 +45,7 @@ from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Metrics
 from bulksend.routing import Route
-from bulksend.smtp.client import Envelope, SMTPClient, Transaction
+from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
     PermanentReplyError,
     ReplyError,
@@ -154,6 +154,27 @@ class Delivery:
             self.on_final()
 
 
+def _too_many(error: SMTPError | None) -> bool:
+    """A 452 to RCPT: "too many recipients" (RFC 5321 §4.5.3.1.10)."""
+    return isinstance(error, ReplyError) and error.stage == "RCPT" and error.code == 452
+
+
+def _recipients_limit(results: list[RecipientResult]) -> int | None:
+    """How many recipients the server took before answering 452 to the rest, if it did.
+
+    A 452 before any recipient was taken says nothing about a limit (the server may be
+    short of storage): None.
+    """
+    taken = 0
+    for result in results:
+        if _too_many(result.error):
+            return taken or None
+        error = result.error
+        if not (isinstance(error, ReplyError) and error.stage == "RCPT"):
+            taken += 1
+    return None
+
+
 @dataclass
 class _HostHealth:
     failures: int = 0
@@ -208,6 +229,9 @@ class Destination:
         self.last_error = ""
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
+        # Recipients in one transaction: the site's setting for a message the same for
+        # everyone (else 1), lowered to what the server showed it accepts (452 after N).
+        self.per_transaction = limits.recipients_per_transaction if delivery.campaign.shared else 1
 
     # ------------------------------------------------------------------ scheduling
 
@@ -266,8 +290,10 @@ class Destination:
                     continue
                 domain = self._domains[0]
                 self._domains.rotate(-1)
-                # Enough for every sender to pipeline a while; claims are cheap (no fsync).
+                # Enough for every sender to pipeline a while (claims are cheap, no fsync),
+                # and for one whole transaction.
                 limit = min(self.delivery.fetch_batch, max(16 * self._senders, 16))
+                limit = max(limit, self.per_transaction)
                 batch = await self.delivery.writer.fetch_due(domain, limit, now=self.delivery.now())
                 if batch:
                     self._buffer.extend(batch)
@@ -326,9 +352,9 @@ class Destination:
 
     def _more_for(self, due: Due) -> list[Due]:
         """Recipients to share ``due``'s transaction: only for a campaign whose message is
-        the same for everyone, up to the site's recipients per transaction, same domain."""
-        room = self.limits.recipients_per_transaction - 1
-        if room <= 0 or not self.delivery.campaign.shared:
+        the same for everyone, up to :attr:`per_transaction`, same domain."""
+        room = self.per_transaction - 1
+        if room <= 0:
             return []
         group = [d for d in self._buffer if d.domain == due.domain][:room]
         for d in group:
@@ -441,11 +467,19 @@ class Destination:
 
     async def _record_results(self, record: _Sent) -> None:
         """Journal a finished transaction's per-recipient outcomes, all or (shielded) none."""
+        results = record.txn.results
+        accepted = _recipients_limit(results)
+        if accepted is not None and accepted < self.per_transaction:
+            log.info("%s: the server takes %d recipients per transaction", self.label, accepted)
+            self.per_transaction = accepted
         with trio.CancelScope(shield=True):
-            for due, result in zip(record.items, record.txn.results, strict=True):
+            for due, result in zip(record.items, results, strict=True):
                 if result.error is None and result.reply is not None:
                     reply = result.reply
                     outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
+                elif accepted is not None and _too_many(result.error):
+                    # Our transaction was too big, not the recipient's fault: next one, now.
+                    outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
                 else:
                     assert result.error is not None
                     outcome = self._judge(result.error)
