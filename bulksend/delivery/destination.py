@@ -41,6 +41,7 @@ from bulksend.campaign.render import Campaign, RenderError
 from bulksend.config import SiteLimits, Timeouts, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.outcome import classify_error
+from bulksend.delivery.pool import ConnectionKey, ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Metrics
@@ -78,7 +79,7 @@ class Delivery:
     metrics: Metrics
     timeouts: Timeouts
     ehlo_hostname: str
-    connections: trio.CapacityLimiter  # global cap on open connections
+    connections: ConnectionPool  # the global cap on open connections
     ssl_verified: ssl.SSLContext  # for TLS that must verify (required, smarthost AUTH)
     ssl_opportunistic: ssl.SSLContext  # for opportunistic STARTTLS to MX hosts
     epoch: float  # wall-clock seconds at trio time 0
@@ -224,7 +225,10 @@ class Destination:
         self._work = trio.Event()  # set when a domain is attached
         self._hosts: dict[str, _HostHealth] = {}
         self._senders = 0
-        self._clients: set[SMTPClient] = set()
+        self._clients: dict[SMTPClient, ConnectionKey] = {}
+        # When the last recipient this site handed back (throttle, backoff, stop) is due again:
+        # while that is near, an idle connection may wait for it.
+        self._back_at = -math.inf
         self._plaintext_hosts: set[str] = set()
         self.last_error = ""
         self._nursery: trio.Nursery | None = None
@@ -253,6 +257,8 @@ class Destination:
 
     def wake(self) -> None:
         """Wake idle senders (to see a stop, or new work)."""
+        if self.delivery.stopping.is_set():
+            self.delivery.connections.stop()  # and those waiting for a connection slot
         self._work.set()
         self._work = trio.Event()
 
@@ -264,10 +270,10 @@ class Destination:
             self.delivery.sender_started()
             self._nursery.start_soon(self._sender)
 
-    async def _take(self, *, wait: bool) -> Due | None:
+    async def _take(self, slot: _Slot, *, wait: bool) -> Due | None:
         """The next recipient to send.
 
-        None when there is none: at once if not ``wait``, else after the idle timeout.
+        None when there is none: at once if not ``wait``, else when :meth:`_rest` finds none.
         """
         while True:
             await self._wait_while_suspended()
@@ -277,12 +283,7 @@ class Destination:
                 self.delivery.take_one()
                 return self._buffer.popleft()
             if not self._domains:
-                if not wait:
-                    return None
-                work = self._work
-                with trio.move_on_after(self.limits.idle_timeout):
-                    await work.wait()
-                if not self._domains:
+                if not wait or not await self._rest(slot):
                     return None
                 continue
             async with self._fetching:
@@ -301,11 +302,47 @@ class Destination:
                     self._domains.remove(domain)
                     self.delivery.on_domain_idle(domain)
 
+    async def _rest(self, slot: _Slot) -> bool:
+        """Wait, idle, for work (a domain attached); False when there is none to wait for.
+
+        A site with nothing coming back soon keeps no connection. Otherwise an idle
+        connection waits up to ``idle_timeout``, but gives its global slot up as soon as a
+        sender of another site waits for one (see :mod:`bulksend.delivery.pool`).
+        """
+        timeout = self.limits.idle_timeout
+        now = self.delivery.now()
+        if not now - timeout <= self._back_at <= now + timeout:
+            return False
+        pool = self.delivery.connections
+        key = None if slot.client is None else self._clients.get(slot.client)
+        if key is not None and not pool.rest(key, self.wake):
+            return False
+        deadline = trio.current_time() + timeout
+        try:
+            while not (self._domains or self.delivery.stopping.is_set()):
+                if key is not None and pool.retiring(key):
+                    return False
+                work = self._work
+                with trio.move_on_at(deadline) as waited:
+                    await work.wait()
+                if waited.cancelled_caught:
+                    break
+        finally:
+            if key is not None:
+                pool.busy(key)
+        return bool(self._domains) and not (key is not None and pool.retiring(key))
+
+    async def _record(self, due: Due, outcome: Outcome) -> None:
+        if outcome.kind is Kind.THROTTLED:
+            back_at = self.delivery.now() + (outcome.retry_after or 0.0)
+            self._back_at = max(self._back_at, back_at)
+        await self.delivery.record(due, outcome, self.label)
+
     async def _release_buffer(self, retry_after: float, reason: str) -> None:
         """Hand back everything taken but not sent: a throttle deferral, not an attempt."""
         while self._buffer:
             due = self._buffer.popleft()
-            await self.delivery.record(due, Outcome.throttled(retry_after, reason), self.label)
+            await self._record(due, Outcome.throttled(retry_after, reason))
 
     # --------------------------------------------------------------------- senders
 
@@ -322,7 +359,7 @@ class Destination:
                     # We may wait: send the held data first.
                     await self._finish(await slot.client.flush(), slot.sent)
                 pipelining = slot.client is not None and slot.client.in_flight > 0
-                due = await self._take(wait=not pipelining)
+                due = await self._take(slot, wait=not pipelining)
                 if due is not None:
                     slot.holding = [due, *self._more_for(due)]
                     await self._deliver(slot)
@@ -375,9 +412,7 @@ class Destination:
         except RenderError as exc:
             slot.holding = []
             for due in group:
-                await self.delivery.record(
-                    due, Outcome.bounced(text=f"not rendered: {exc}"), self.label
-                )
+                await self._record(due, Outcome.bounced(text=f"not rendered: {exc}"))
             return
         if slot.client is not None and not slot.client.usable:
             client, slot.client = slot.client, None
@@ -395,8 +430,10 @@ class Destination:
             if not slot.client.usable:  # the flush found the connection gone
                 held, slot.holding = slot.holding, []
                 for due in held:  # nothing started for them: hand them back
-                    await self.delivery.record(due, Outcome.released(), self.label)
+                    await self._record(due, Outcome.released())
                 return
+        if self.delivery.stopping.is_set():
+            return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
         slot.holding = []
@@ -483,7 +520,7 @@ class Destination:
                 else:
                     assert result.error is not None
                     outcome = self._judge(result.error)
-                await self.delivery.record(due, outcome, self.label)
+                await self._record(due, outcome)
 
     def _judge(self, error: SMTPError) -> Outcome:
         """Classify an error; a reply that matches a backoff rule backs the site off."""
@@ -525,7 +562,7 @@ class Destination:
         """Stopped with work unfinished: in doubt if its data went out, else handed back."""
         held, slot.holding = slot.holding, []
         for due in held:
-            await self.delivery.record(due, Outcome.released(), self.label)
+            await self._record(due, Outcome.released())
         sent = slot.sent
         for record in sent.values():
             if record.txn.done:
@@ -537,12 +574,35 @@ class Destination:
             else:
                 outcome = Outcome.released()
             for due in record.items:
-                await self.delivery.record(due, outcome, self.label)
+                await self._record(due, outcome)
         sent.clear()
 
     # ----------------------------------------------------------------- connections
 
     async def _connect(self, slot: _Slot) -> SMTPClient | None:
+        """Take a global connection slot and open a connection in it.
+
+        None when that fails (see :meth:`_open_first`) or when stopping: then no connection
+        is opened and the recipients the slot holds stay held, to be handed back.
+        """
+        d = self.delivery
+        # Pace before taking a slot: a slot is never held while waiting for the site's rate.
+        waited = await self.open_rate.acquire()
+        if waited:
+            d.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
+        pool = d.connections
+        key = await pool.acquire(str(self.route.site))
+        if key is None:
+            return None
+        client = None
+        try:
+            client = await self._open_first(slot, key)
+        finally:
+            if client is None:
+                pool.release(key)
+        return client
+
+    async def _open_first(self, slot: _Slot, key: ConnectionKey) -> SMTPClient | None:
         """Open a connection to the first MX host/address that answers.
 
         On failure the recipient the slot holds is deferred: as an attempt when hosts were
@@ -558,7 +618,7 @@ class Destination:
             for address in host.addresses:
                 tried = True
                 try:
-                    client = await self._open_with_fallback(address, host.port, host.name)
+                    client = await self._open_with_fallback(address, host.port, host.name, key)
                 except SMTPError as exc:
                     last = exc
                     reason = "tls" if isinstance(exc, TLSError) else type(exc).__name__
@@ -588,10 +648,12 @@ class Destination:
             )
         held, slot.holding = slot.holding, []
         for due in held:
-            await self.delivery.record(due, outcome, self.label)
+            await self._record(due, outcome)
         return None
 
-    async def _open_with_fallback(self, address: str, port: int, server_name: str) -> SMTPClient:
+    async def _open_with_fallback(
+        self, address: str, port: int, server_name: str, key: ConnectionKey
+    ) -> SMTPClient:
         """Open a connection; with opportunistic TLS, a failed handshake means plaintext.
 
         A host whose TLS failed once is reached in plaintext for the rest of the run
@@ -601,21 +663,20 @@ class Destination:
         if mode is TlsMode.OPPORTUNISTIC and server_name in self._plaintext_hosts:
             mode = TlsMode.NONE
         try:
-            return await self._open(address, port, server_name, mode)
+            return await self._open(address, port, server_name, mode, key)
         except TLSError as exc:
             if mode is not TlsMode.OPPORTUNISTIC or self.credentials is not None:
                 raise
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
             self.delivery.metrics.connections_failed.labels(self.label, "tls").inc()
             self._plaintext_hosts.add(server_name)
-            return await self._open(address, port, server_name, TlsMode.NONE)
+            return await self._open(address, port, server_name, TlsMode.NONE, key)
 
-    async def _open(self, address: str, port: int, server_name: str, mode: TlsMode) -> SMTPClient:
+    async def _open(
+        self, address: str, port: int, server_name: str, mode: TlsMode, key: ConnectionKey
+    ) -> SMTPClient:
+        """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot."""
         d = self.delivery
-        waited = await self.open_rate.acquire()
-        if waited:
-            d.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
-        await d.connections.acquire()
         client: SMTPClient | None = None
         try:
             client = await SMTPClient.connect(
@@ -634,9 +695,8 @@ class Destination:
             if client is not None:
                 with trio.CancelScope(shield=True):
                     await client.aclose()
-            d.connections.release()
             raise
-        self._clients.add(client)
+        self._clients[client] = key
         d.metrics.connections_open.labels(self.label).inc()
         tls = "tls" if client.tls_active else "plaintext"
         d.metrics.connections_opened.labels(self.label, tls).inc()
@@ -659,10 +719,10 @@ class Destination:
             self._closed(client)
 
     def _closed(self, client: SMTPClient) -> None:
-        if client in self._clients:  # count each connection's end once
-            self._clients.remove(client)
+        key = self._clients.pop(client, None)
+        if key is not None:  # count each connection's end once
             self.delivery.metrics.connections_open.labels(self.label).dec()
-            self.delivery.connections.release()
+            self.delivery.connections.release(key)
 
     @property
     def open_connections(self) -> int:
