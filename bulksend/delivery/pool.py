@@ -89,11 +89,8 @@ class ConnectionPool:
         self._retire_for_waiters()
         try:
             await waiter.done.wait()
-        except BaseException:
-            if waiter.granted is not None:  # granted, then cancelled before it was used
-                self.release(waiter.granted)
-            else:
-                self._waiters.remove(waiter)
+        except BaseException:  # cancelled: a granted or stopped waiter is woken, never cancelled
+            self._waiters.remove(waiter)
             raise
         return waiter.granted
 
