@@ -131,6 +131,12 @@ class Delivery:
         if self.limit is not None and self.taken >= self.limit:
             self.on_limit()
 
+    @property
+    def halted(self) -> bool:
+        """No new connection or transaction may start: stopping, except for the recipients
+        taken within ``limit`` (reaching it stops the run, and they are its last)."""
+        return self.stopping.is_set() and not (self.limit is not None and self.taken >= self.limit)
+
     def now(self) -> float:
         """Wall-clock seconds, advancing with trio's clock (so MockClock tests work)."""
         return self.epoch + trio.current_time()
@@ -260,7 +266,7 @@ class Destination:
 
     def wake(self) -> None:
         """Wake idle senders (to see a stop, or new work)."""
-        if self.delivery.stopping.is_set():
+        if self.delivery.halted:
             self.delivery.connections.stop()  # and those waiting for a connection slot
         self._work.set()
         self._work = trio.Event()
@@ -435,7 +441,7 @@ class Destination:
                 for due in held:  # nothing started for them: hand them back
                     await self._record(due, Outcome.released())
                 return
-        if self.delivery.stopping.is_set():
+        if self.delivery.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
