@@ -342,6 +342,7 @@ class Destination:
         return bool(self._domains) and not (key is not None and pool.retiring(key))
 
     async def _record(self, due: Due, outcome: Outcome) -> None:
+        """Record an outcome of this site's, noting when a recipient handed back is due."""
         if outcome.kind is Kind.THROTTLED:
             back_at = self.delivery.now() + (outcome.retry_after or 0.0)
             self._back_at = max(self._back_at, back_at)
