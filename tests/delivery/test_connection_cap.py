@@ -11,7 +11,14 @@ from bulksend.campaign import Campaign
 from bulksend.delivery.run import RunOptions, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.journal import Journal, Status
-from bulksend.testing.scenario import SiteSpec, World, campaign_toml, running, write_campaign
+from bulksend.testing.scenario import (
+    SiteSpec,
+    World,
+    campaign_toml,
+    running,
+    write_campaign,
+    write_shared_campaign,
+)
 from bulksend.testing.smtp import ServerScript, Session
 
 
@@ -135,3 +142,37 @@ max_total_connections = 4
     assert second.complete
     assert set(_rows(tmp_path).values()) == {(Status.DELIVERED, 1)}
     assert world.received() == collections.Counter(recipients)  # each exactly once
+
+
+async def test_an_idle_connection_gives_its_slot_to_a_waiting_site(tmp_path: Path) -> None:
+    # One connection in all, an idle timeout of an hour. Site a takes one recipient per
+    # transaction (452 to the second), so its connection rests, idle, waiting for the one
+    # handed back; site b greylists its recipient, which comes back a second later and
+    # needs the one slot. The idle connection must give way at once (with QUIT), whichever
+    # site went first: before, whoever rested held the slot for the hour.
+    sites = [
+        SiteSpec("a", ("a.test",), "127.0.30.1", ServerScript(max_recipients=1, record_wire=True)),
+        SiteSpec("b", ("b.test",), "127.0.30.2", ServerScript(greylist=True, record_wire=True)),
+    ]
+    policy = """idle_timeout = "1h"
+
+[policy]
+max_total_connections = 1
+
+[policy.retry]
+initial = "1s"
+factor = 1.0
+maximum = "1s"
+jitter = 0.0
+max_age = "1h"
+"""
+    recipients = ["one@a.test", "two@a.test", "three@b.test"]
+    toml = write_shared_campaign(tmp_path, recipients, per_transaction=2, policy=policy)
+    with trio.fail_after(30):
+        async with running(sites) as world:
+            summary = await run_campaign(Campaign.load(toml, {}), _options(tmp_path, world, 2))
+    assert summary.complete
+    assert world.received() == collections.Counter(recipients)
+    assert _peak(world) == 1
+    for server in world.servers.values():
+        assert all(c.received.endswith(b"QUIT\r\n") for c in server.connections)
