@@ -13,14 +13,17 @@ limit, and each owns at most one SMTP connection:
 * with PIPELINING the next message's MAIL/RCPT/DATA follow the previous message's data
   without waiting for its final reply (RFC 2920), and the replies are read in order;
 * when a connection reaches the site's messages-per-connection limit it is closed and the
-  next message opens a new one at once; any error drops it; an idle sender closes it;
+  next message opens a new one at once; any error drops it; an idle sender keeps it up to
+  ``idle_timeout`` only while its site may get work back soon and no other site waits for a
+  connection slot (:mod:`bulksend.delivery.pool` keeps that bookkeeping);
 * a connection is opened to the route's MX hosts in order, each address in turn; a host
   that fails backs off (per host, not per message). Opening is paced by the site's
-  connection rate and capped by a global limit on open connections.
+  connection rate, then takes one of the global connection slots.
 
 Replies that match a backoff rule put the site under reduced limits for a while (see
 :mod:`bulksend.delivery.backoff`); the recipients concerned are throttle deferrals, not
-failed attempts. On a graceful stop no new transaction starts; whatever was taken from the
+failed attempts. On a graceful stop no new transaction starts, at a site that waits for a
+connection slot or its rate as much as at one that is sending; whatever was taken from the
 journal and not sent is handed back, and a message whose final reply is lost is in doubt.
 """
 
@@ -42,11 +45,12 @@ from bulksend.campaign.render import Campaign, RenderError
 from bulksend.config import SiteLimits, Timeouts, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.outcome import classify_error
+from bulksend.delivery.pool import ConnectionKey, ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Metrics
 from bulksend.routing import Route
-from bulksend.smtp.client import Envelope, SMTPClient, Transaction
+from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
     PermanentReplyError,
     ReplyError,
@@ -79,7 +83,7 @@ class Delivery:
     metrics: Metrics
     timeouts: Timeouts
     ehlo_hostname: str
-    connections: trio.CapacityLimiter  # global cap on open connections
+    connections: ConnectionPool  # the global cap on open connections
     ssl_verified: ssl.SSLContext  # for TLS that must verify (required, smarthost AUTH)
     ssl_opportunistic: ssl.SSLContext  # for opportunistic STARTTLS to MX hosts
     epoch: float  # wall-clock seconds at trio time 0
@@ -128,6 +132,12 @@ class Delivery:
         if self.limit is not None and self.taken >= self.limit:
             self.on_limit()
 
+    @property
+    def halted(self) -> bool:
+        """No new connection or transaction may start: stopping, except for the recipients
+        taken within ``limit`` (reaching it stops the run, and they are its last)."""
+        return self.stopping.is_set() and not (self.limit is not None and self.taken >= self.limit)
+
     def now(self) -> float:
         """Wall-clock seconds, advancing with trio's clock (so MockClock tests work)."""
         return self.epoch + trio.current_time()
@@ -153,6 +163,27 @@ class Delivery:
             self.on_due(now + (outcome.retry_after or 0.0))
         else:
             self.on_final()
+
+
+def _too_many(error: SMTPError | None) -> bool:
+    """A 452 to RCPT: "too many recipients" (RFC 5321 §4.5.3.1.10)."""
+    return isinstance(error, ReplyError) and error.stage == "RCPT" and error.code == 452
+
+
+def _recipients_limit(results: list[RecipientResult]) -> int | None:
+    """How many recipients the server took before answering 452 to the rest, if it did.
+
+    A 452 before any recipient was taken says nothing about a limit (the server may be
+    short of storage): None.
+    """
+    taken = 0
+    for result in results:
+        if _too_many(result.error):
+            return taken or None
+        error = result.error
+        if not (isinstance(error, ReplyError) and error.stage == "RCPT"):
+            taken += 1
+    return None
 
 
 @dataclass
@@ -204,12 +235,18 @@ class Destination:
         self._work = trio.Event()  # set when a domain is attached
         self._hosts: dict[str, _HostHealth] = {}
         self._senders = 0
-        self._clients: set[SMTPClient] = set()
+        self._clients: dict[SMTPClient, ConnectionKey] = {}
+        # When the last recipient this site handed back (throttle, backoff, stop) is due again:
+        # while that is near, an idle connection may wait for it.
+        self._back_at = -math.inf
         self._plaintext_hosts: set[str] = set()
         self.last_error = ""
         self._connect_failure: SMTPError | None = None  # why the last connect failed
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
+        # Recipients in one transaction: the site's setting for a message the same for
+        # everyone (else 1), lowered to what the server showed it accepts (452 after N).
+        self.per_transaction = limits.recipients_per_transaction if delivery.campaign.shared else 1
 
     # ------------------------------------------------------------------ scheduling
 
@@ -236,6 +273,8 @@ class Destination:
 
     def wake(self) -> None:
         """Wake idle senders (to see a stop, or new work)."""
+        if self.delivery.halted:
+            self.delivery.connections.stop()  # and those waiting for a connection slot
         self._work.set()
         self._work = trio.Event()
 
@@ -247,10 +286,10 @@ class Destination:
             self.delivery.sender_started()
             self._nursery.start_soon(self._sender)
 
-    async def _take(self, *, wait: bool) -> Due | None:
+    async def _take(self, slot: _Slot, *, wait: bool) -> Due | None:
         """The next recipient to send.
 
-        None when there is none: at once if not ``wait``, else after the idle timeout.
+        None when there is none: at once if not ``wait``, else when :meth:`_rest` finds none.
         """
         while True:
             await self._wait_while_suspended()
@@ -260,12 +299,7 @@ class Destination:
                 self.delivery.take_one()
                 return self._buffer.popleft()
             if not self._domains:
-                if not wait:
-                    return None
-                work = self._work
-                with trio.move_on_after(self.limits.idle_timeout):
-                    await work.wait()
-                if not self._domains:
+                if not wait or not await self._rest(slot):
                     return None
                 continue
             async with self._fetching:
@@ -273,8 +307,10 @@ class Destination:
                     continue
                 domain = self._domains[0]
                 self._domains.rotate(-1)
-                # Enough for every sender to pipeline a while; claims are cheap (no fsync).
+                # Enough for every sender to pipeline a while (claims are cheap, no fsync),
+                # and for one whole transaction.
                 limit = min(self.delivery.fetch_batch, max(16 * self._senders, 16))
+                limit = max(limit, self.per_transaction)
                 batch = await self.delivery.writer.fetch_due(domain, limit, now=self.delivery.now())
                 if batch:
                     self._buffer.extend(batch)
@@ -282,11 +318,48 @@ class Destination:
                     self._domains.remove(domain)
                     self.delivery.on_domain_idle(domain)
 
+    async def _rest(self, slot: _Slot) -> bool:
+        """Wait, idle, for work (a domain attached); False when there is none to wait for.
+
+        A site with nothing coming back soon keeps no connection. Otherwise an idle
+        connection waits up to ``idle_timeout``, but gives its global slot up as soon as a
+        sender of another site waits for one (see :mod:`bulksend.delivery.pool`).
+        """
+        timeout = self.limits.idle_timeout
+        now = self.delivery.now()
+        if not now - timeout <= self._back_at <= now + timeout:
+            return False
+        pool = self.delivery.connections
+        key = None if slot.client is None else self._clients.get(slot.client)
+        if key is not None and not pool.rest(key, self.wake):
+            return False
+        deadline = trio.current_time() + timeout
+        try:
+            while not (self._domains or self.delivery.stopping.is_set()):
+                if key is not None and pool.retiring(key):
+                    return False
+                work = self._work
+                with trio.move_on_at(deadline) as waited:
+                    await work.wait()
+                if waited.cancelled_caught:
+                    break
+        finally:
+            if key is not None:
+                pool.busy(key)
+        return bool(self._domains) and not (key is not None and pool.retiring(key))
+
+    async def _record(self, due: Due, outcome: Outcome) -> None:
+        """Record an outcome of this site's, noting when a recipient handed back is due."""
+        if outcome.kind is Kind.THROTTLED:
+            back_at = self.delivery.now() + (outcome.retry_after or 0.0)
+            self._back_at = max(self._back_at, back_at)
+        await self.delivery.record(due, outcome, self.label)
+
     async def _release_buffer(self, retry_after: float, reason: str) -> None:
         """Hand back everything taken but not sent: a throttle deferral, not an attempt."""
         while self._buffer:
             due = self._buffer.popleft()
-            await self.delivery.record(due, Outcome.throttled(retry_after, reason), self.label)
+            await self._record(due, Outcome.throttled(retry_after, reason))
 
     # --------------------------------------------------------------------- senders
 
@@ -303,7 +376,7 @@ class Destination:
                     # We may wait: send the held data first.
                     await self._finish(await slot.client.flush(), slot.sent)
                 pipelining = slot.client is not None and slot.client.in_flight > 0
-                due = await self._take(wait=not pipelining)
+                due = await self._take(slot, wait=not pipelining)
                 if due is not None:
                     slot.holding = [due, *self._more_for(due)]
                     await self._deliver(slot)
@@ -335,9 +408,9 @@ class Destination:
 
     def _more_for(self, due: Due) -> list[Due]:
         """Recipients to share ``due``'s transaction: only for a campaign whose message is
-        the same for everyone, up to the site's recipients per transaction, same domain."""
-        room = self.limits.recipients_per_transaction - 1
-        if room <= 0 or not self.delivery.campaign.shared:
+        the same for everyone, up to :attr:`per_transaction`, same domain."""
+        room = self.per_transaction - 1
+        if room <= 0:
             return []
         group = [d for d in self._buffer if d.domain == due.domain][:room]
         for d in group:
@@ -358,9 +431,7 @@ class Destination:
         except RenderError as exc:
             slot.holding = []
             for due in group:
-                await self.delivery.record(
-                    due, Outcome.bounced(text=f"not rendered: {exc}"), self.label
-                )
+                await self._record(due, Outcome.bounced(text=f"not rendered: {exc}"))
             return
         if slot.client is not None and not slot.client.usable:
             client, slot.client = slot.client, None
@@ -378,8 +449,10 @@ class Destination:
             if not slot.client.usable:  # the flush found the connection gone
                 held, slot.holding = slot.holding, []
                 for due in held:  # nothing started for them: hand them back
-                    await self.delivery.record(due, Outcome.released(), self.label)
+                    await self._record(due, Outcome.released())
                 return
+        if self.delivery.halted:
+            return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
         slot.holding = []
@@ -450,15 +523,23 @@ class Destination:
 
     async def _record_results(self, record: _Sent) -> None:
         """Journal a finished transaction's per-recipient outcomes, all or (shielded) none."""
+        results = record.txn.results
+        accepted = _recipients_limit(results)
+        if accepted is not None and accepted < self.per_transaction:
+            log.info("%s: the server takes %d recipients per transaction", self.label, accepted)
+            self.per_transaction = accepted
         with trio.CancelScope(shield=True):
-            for due, result in zip(record.items, record.txn.results, strict=True):
+            for due, result in zip(record.items, results, strict=True):
                 if result.error is None and result.reply is not None:
                     reply = result.reply
                     outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
+                elif accepted is not None and _too_many(result.error):
+                    # Our transaction was too big, not the recipient's fault: next one, now.
+                    outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
                 else:
                     assert result.error is not None
                     outcome = self._judge(result.error)
-                await self.delivery.record(due, outcome, self.label)
+                await self._record(due, outcome)
 
     def _judge(self, error: SMTPError) -> Outcome:
         """Classify an error; a reply that matches a backoff rule backs the site off."""
@@ -500,7 +581,7 @@ class Destination:
         """Stopped with work unfinished: in doubt if its data went out, else handed back."""
         held, slot.holding = slot.holding, []
         for due in held:
-            await self.delivery.record(due, Outcome.released(), self.label)
+            await self._record(due, Outcome.released())
         sent = slot.sent
         for record in sent.values():
             if record.txn.done:
@@ -512,12 +593,35 @@ class Destination:
             else:
                 outcome = Outcome.released()
             for due in record.items:
-                await self.delivery.record(due, outcome, self.label)
+                await self._record(due, outcome)
         sent.clear()
 
     # ----------------------------------------------------------------- connections
 
     async def _connect(self, slot: _Slot) -> SMTPClient | None:
+        """Take a global connection slot and open a connection in it.
+
+        None when that fails (see :meth:`_open_first`) or when stopping: then no connection
+        is opened and the recipients the slot holds stay held, to be handed back.
+        """
+        d = self.delivery
+        # Pace before taking a slot: a slot is never held while waiting for the site's rate.
+        waited = await self.open_rate.acquire()
+        if waited:
+            d.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
+        pool = d.connections
+        key = await pool.acquire(str(self.route.site))
+        if key is None:
+            return None
+        client = None
+        try:
+            client = await self._open_first(slot, key)
+        finally:
+            if client is None:
+                pool.release(key)
+        return client
+
+    async def _open_first(self, slot: _Slot, key: ConnectionKey) -> SMTPClient | None:
         """Open a connection to the first MX host/address that answers.
 
         On failure the recipient the slot holds is deferred: as an attempt when hosts were
@@ -533,7 +637,7 @@ class Destination:
             for address in host.addresses:
                 tried = True
                 try:
-                    client = await self._open_with_fallback(address, host.port, host.name)
+                    client = await self._open_with_fallback(address, host.port, host.name, key)
                 except SMTPError as exc:
                     last = exc
                     reason = "tls" if isinstance(exc, TLSError) else type(exc).__name__
@@ -567,10 +671,12 @@ class Destination:
                 outcome = dataclasses.replace(outcome, category=category)
         held, slot.holding = slot.holding, []
         for due in held:
-            await self.delivery.record(due, outcome, self.label)
+            await self._record(due, outcome)
         return None
 
-    async def _open_with_fallback(self, address: str, port: int, server_name: str) -> SMTPClient:
+    async def _open_with_fallback(
+        self, address: str, port: int, server_name: str, key: ConnectionKey
+    ) -> SMTPClient:
         """Open a connection; with opportunistic TLS, a failed handshake means plaintext.
 
         A host whose TLS failed once is reached in plaintext for the rest of the run
@@ -580,21 +686,20 @@ class Destination:
         if mode is TlsMode.OPPORTUNISTIC and server_name in self._plaintext_hosts:
             mode = TlsMode.NONE
         try:
-            return await self._open(address, port, server_name, mode)
+            return await self._open(address, port, server_name, mode, key)
         except TLSError as exc:
             if mode is not TlsMode.OPPORTUNISTIC or self.credentials is not None:
                 raise
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
             self.delivery.metrics.connections_failed.labels(self.label, "tls").inc()
             self._plaintext_hosts.add(server_name)
-            return await self._open(address, port, server_name, TlsMode.NONE)
+            return await self._open(address, port, server_name, TlsMode.NONE, key)
 
-    async def _open(self, address: str, port: int, server_name: str, mode: TlsMode) -> SMTPClient:
+    async def _open(
+        self, address: str, port: int, server_name: str, mode: TlsMode, key: ConnectionKey
+    ) -> SMTPClient:
+        """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot."""
         d = self.delivery
-        waited = await self.open_rate.acquire()
-        if waited:
-            d.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
-        await d.connections.acquire()
         client: SMTPClient | None = None
         try:
             client = await SMTPClient.connect(
@@ -613,9 +718,8 @@ class Destination:
             if client is not None:
                 with trio.CancelScope(shield=True):
                     await client.aclose()
-            d.connections.release()
             raise
-        self._clients.add(client)
+        self._clients[client] = key
         d.metrics.connections_open.labels(self.label).inc()
         tls = "tls" if client.tls_active else "plaintext"
         d.metrics.connections_opened.labels(self.label, tls).inc()
@@ -638,10 +742,10 @@ class Destination:
             self._closed(client)
 
     def _closed(self, client: SMTPClient) -> None:
-        if client in self._clients:  # count each connection's end once
-            self._clients.remove(client)
+        key = self._clients.pop(client, None)
+        if key is not None:  # count each connection's end once
             self.delivery.metrics.connections_open.labels(self.label).dec()
-            self.delivery.connections.release()
+            self.delivery.connections.release(key)
 
     @property
     def open_connections(self) -> int:

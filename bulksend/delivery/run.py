@@ -24,6 +24,7 @@ from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile
 from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
 from bulksend.delivery.destination import Credentials, Delivery
+from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
@@ -231,7 +232,7 @@ async def run_campaign(
             metrics=metrics,
             timeouts=policy.timeouts,
             ehlo_hostname=options.ehlo_hostname,
-            connections=trio.CapacityLimiter(policy.max_total_connections),
+            connections=ConnectionPool(policy.max_total_connections),
             ssl_verified=options.ssl_verified or ssl.create_default_context(),
             ssl_opportunistic=options.ssl_opportunistic or _unverified_context(),
             epoch=time.time() - trio.current_time(),

@@ -7,8 +7,8 @@ must sleep until it. Callers queue up in reservation order and nobody ever polls
 limited to 50/s wakes 50 senders a second, each at its own instant. ``burst`` lets that many
 messages go back to back after an idle spell (1 = strictly paced).
 
-Concurrency (how many connections) is a separate tool (a ``trio.CapacityLimiter`` in the
-destination); this module is only about rate.
+Concurrency (how many connections) is a separate tool (the senders per site in the
+destination, the global cap in :mod:`bulksend.delivery.pool`); this module is only about rate.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ def test_runner_small(tmp_path: Path) -> None:
     command = [
         sys.executable, str(ROOT / "benchmarks" / "run.py"),
         "--n", str(N), "--domains", "2", "--connections", "2",
-        "--sections", "headline,scale,micro", "--sinks", "bulksend",
+        "--sections", "headline,longtail,scale,micro", "--sinks", "bulksend",
+        "--longtail-domains", "20",
         "--peers", "trio-raw,aiosmtplib,smtp-source",
         "--scale-n", "400", "--scale-domains", "200", "--scale-send", "100",
         "--micro-seconds", "0.02", "--sink-speed-n", "200",
@@ -44,6 +45,10 @@ def test_runner_small(tmp_path: Path) -> None:
         run = runs[peer]
         assert "skipped" in run or (run["sink_count"] == N and "error" not in run), (peer, run)
     assert "bulksend sink: bulksend / trio-raw" in results["ratios"]
+
+    tail = results["longtail"]["long tail"]
+    assert tail["delivered"] == tail["sink_count"] == tail["messages"] == 39  # 1-3 each
+    assert "long tail / headline msgs/s" in results["ratios"]
 
     scale = results["scale"]
     assert scale["import large"]["imported"] == 400
