@@ -794,11 +794,15 @@ class Journal(_Reports):
         try:
             if not durable:
                 self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
-            yield
-            self._db.execute("COMMIT")
-            if not durable:
-                self._db.execute("PRAGMA synchronous = FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    # Whatever happened, the next commit must sync again.
+                    self._rollback()
+                    self._db.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as e:
             self._failed = e
             self._rollback()

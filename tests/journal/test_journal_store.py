@@ -321,3 +321,14 @@ def test_disk_full_during_import_stops_the_journal(open_journal: Opener) -> None
     with pytest.raises(JournalError, match="stopped"):
         j.record(1, Outcome.delivered(), now=T0)
     assert not j.import_complete
+
+
+def test_a_failed_claim_leaves_commits_synced(journal: Journal) -> None:
+    # A claim commits without its own fsync (synchronous = NORMAL for that transaction);
+    # one that fails half-way must not leave every later outcome commit unsynced.
+    with pytest.raises(TypeError):
+        journal.fetch_due("a.example", None, now=T0)  # type: ignore[arg-type]
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert journal.record(1, Outcome.delivered(), now=T0)
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert [d.id for d in journal.fetch_due("a.example", 2, now=T0)] == [3, 5]
