@@ -1008,11 +1008,11 @@ class Journal(_Reports):
         """
         self._check_free()
         now = time.time() if now is None else now
-        return self._apply([(recipient_id, outcome, now)]) == 1
+        return self._apply([(recipient_id, outcome, now)])[0] == 1
 
-    def _apply(self, records: Sequence[tuple[int, Outcome, float]]) -> int:
-        """Apply outcomes in one transaction; returns how many applied."""
-        applied = 0
+    def _apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int]:
+        """Apply outcomes in one transaction; returns how many applied, and expired."""
+        applied = expired = 0
         select = "SELECT status, attempts, first_attempt_at FROM recipients WHERE id = ?"
         with self._write("record outcomes"):
             for rid, outcome, now in records:
@@ -1057,7 +1057,8 @@ class Journal(_Reports):
                         ),
                     )
                 applied += 1
-        return applied
+                expired += step.status is Status.EXPIRED
+        return applied, expired
 
     # --- reports ---------------------------------------------------------------------------
 
@@ -1318,12 +1319,25 @@ class _Observer(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Outcomes(Protocol):
+    def labels(self, *values: str) -> _Counter: ...
+
+
 class JournalMetrics(Protocol):
     """What the writer reports to (``bulksend.metrics.Metrics`` fits; duck-typed, so the
     journal does not depend on prometheus)."""
 
     @property
     def journal_commit_seconds(self) -> _Observer: ...
+
+    @property
+    def recipients(self) -> _Outcomes:
+        """Recipient outcomes by ``outcome``: the writer counts "expired" (it decides expiry
+        from ``max_age``; no attempt does) once the expiry is committed."""
 
 
 class JournalWriter:
@@ -1412,9 +1426,11 @@ class JournalWriter:
             try:
                 if batch:
                     records = [(r.recipient_id, r.outcome, r.now) for r in batch]
-                    applied, seconds = await self._call(self._timed_apply, records)
+                    applied, expired, seconds = await self._call(self._timed_apply, records)
                     if self.metrics is not None:
                         self.metrics.journal_commit_seconds.observe(seconds)
+                        if expired:
+                            self.metrics.recipients.labels("expired").inc(expired)
                     self.committed += applied
                     self.ignored += len(batch) - applied
                     self.batches += 1
@@ -1426,10 +1442,12 @@ class JournalWriter:
             for f in flushes:
                 f.done.set()
 
-    def _timed_apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, float]:
+    def _timed_apply(
+        self, records: Sequence[tuple[int, Outcome, float]]
+    ) -> tuple[int, int, float]:
         start = time.perf_counter()
-        applied = self.journal._apply(records)
-        return applied, time.perf_counter() - start
+        applied, expired = self.journal._apply(records)
+        return applied, expired, time.perf_counter() - start
 
     def _stop(self) -> None:
         # Fail the flushes still queued, then close: later sends see a closed channel.

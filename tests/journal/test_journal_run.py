@@ -1,0 +1,81 @@
+"""The journal in whole runs against the test DNS and SMTP servers: what it exports, what it
+refuses, what it re-reads."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from bulksend.campaign import Campaign
+from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
+from bulksend.journal import Status
+from bulksend.metrics import Metrics
+from bulksend.testing.scenario import (
+    SiteSpec,
+    World,
+    addresses,
+    campaign_toml,
+    running,
+    write_campaign,
+)
+from bulksend.testing.smtp import ServerScript
+
+QUICK_EXPIRY = """
+[policy.retry]
+initial = "1s"
+factor = 1.0
+maximum = "1s"
+jitter = 0.0
+max_age = "1s"
+"""
+
+
+def run_options(tmp_path: Path, world: World) -> RunOptions:
+    return RunOptions(
+        journal=tmp_path / "journal.sqlite3",
+        nameservers=("127.0.0.1",),
+        dns_port=world.dns_port,
+        smtp_port=world.smtp_port,
+        ehlo_hostname="sender.test",
+        grace=1,
+    )
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback http
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_an_expiry_is_exported(tmp_path: Path) -> None:
+    # Expiry is decided by the journal writer (max_age), not by an attempt: the bounce-rate
+    # alert and the dashboard divide by outcome="expired", so it must be there.
+    greylisted = ServerScript(greylist=True, greylist_seconds=3600.0)
+    sites = [
+        SiteSpec("grey", ("grey.test",), "127.0.0.2", greylisted),
+        SiteSpec("ok", ("ok.test",), "127.0.0.3"),
+    ]
+    toml = write_campaign(
+        tmp_path, addresses(["grey.test", "ok.test"], 2), toml=campaign_toml(policy=QUICK_EXPIRY)
+    )
+    metrics = Metrics()
+    server = metrics.serve(0)
+    try:
+        with trio.fail_after(30):
+            async with running(sites) as world:
+                summary: RunSummary = await run_campaign(
+                    Campaign.load(toml, {}), run_options(tmp_path, world), metrics=metrics
+                )
+        samples = await trio.to_thread.run_sync(scrape, server.url)
+    finally:
+        server.close()
+    assert summary.counts[Status.EXPIRED] == 1
+    assert samples[("bulksend_recipients_total", (("outcome", "expired"),))] == 1
+    assert samples[("bulksend_recipients_total", (("outcome", "delivered"),))] == 1
