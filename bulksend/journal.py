@@ -1442,9 +1442,7 @@ class JournalWriter:
             for f in flushes:
                 f.done.set()
 
-    def _timed_apply(
-        self, records: Sequence[tuple[int, Outcome, float]]
-    ) -> tuple[int, int, float]:
+    def _timed_apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int, float]:
         start = time.perf_counter()
         applied, expired = self.journal._apply(records)
         return applied, expired, time.perf_counter() - start
