@@ -354,13 +354,21 @@ def campaign_identity(
     campaign: str | os.PathLike[str],
     templates: Iterable[str | os.PathLike[str]],
     recipients: str | os.PathLike[str],
+    attachments: Iterable[str | os.PathLike[str]] = (),
 ) -> dict[str, str]:
-    """The identity of a campaign run: one digest per part, so a change can be named."""
-    return {
+    """The identity of a campaign run: one digest per part, so a change can be named.
+
+    Attachments are content like the templates: each is a part of its own ("attachment
+    <path>"), so a refusal names the file whose bytes changed.
+    """
+    identity = {
         "campaign file": hash_files([campaign]),
         "templates": hash_files(templates),
         "recipients file": hash_files([recipients]),
     }
+    for path in attachments:
+        identity[f"attachment {os.fspath(path)}"] = hash_files([path])
+    return identity
 
 
 def _normalise_identity(identity: str | bytes | Mapping[str, str | bytes]) -> dict[str, str]:

@@ -150,7 +150,8 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
     """Open or resume the campaign's journal (checking the campaign did not change)."""
     config = campaign.config
     templates = [p for p in (config.message.text_template, config.message.html_template) if p]
-    identity = campaign_identity(config.source, templates, config.recipients.file)
+    attachments = [a.path for a in config.message.attachments]
+    identity = campaign_identity(config.source, templates, config.recipients.file, attachments)
     if options.shard is not None:
         identity["shard"] = str(options.shard)
     return Journal.open(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulksend.campaign import Campaign
 from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.errors import JournalError
 from bulksend.journal import Status
 from bulksend.metrics import Metrics
 from bulksend.testing.scenario import (
@@ -75,3 +77,33 @@ async def test_an_expiry_is_exported(tmp_path: Path) -> None:
     assert summary.counts[Status.EXPIRED] == 1
     assert samples[("bulksend_recipients_total", (("outcome", "expired"),))] == 1
     assert samples[("bulksend_recipients_total", (("outcome", "delivered"),))] == 1
+
+
+def with_recipients_keys(toml: str, keys: str) -> str:
+    """A test campaign's TOML with more keys in its [recipients] table."""
+    anchor = 'rejects = "rejects.csv"\n'
+    assert anchor in toml
+    return toml.replace(anchor, anchor + keys)
+
+
+async def test_resume_refuses_a_changed_attachment(tmp_path: Path) -> None:
+    # An attachment is content, like a template: resuming with other bytes would send some
+    # recipients the old file and the rest the new one.
+    sites = [SiteSpec("ok", ("ok.test",), "127.0.0.2")]
+    toml = campaign_toml().replace(
+        'html = "body.html"\n', 'html = "body.html"\nattachments = ["terms.txt"]\n'
+    )
+    campaign = write_campaign(tmp_path, addresses(["ok.test"], 5), toml=toml)
+    attachment = tmp_path / "terms.txt"
+    attachment.write_text("Terms, version 1\n")
+    with trio.fail_after(30):
+        async with running(sites) as world:
+            options = run_options(tmp_path, world)
+            options.limit = 2
+            first = await run_campaign(Campaign.load(campaign, {}), options)
+            assert not first.complete
+            attachment.write_text("Terms, version 2\n")
+            with pytest.raises(JournalError, match=r"attachment \S*terms\.txt changed"):
+                await run_campaign(Campaign.load(campaign, {}), options)
+            received = world.servers["ok"].received()
+    assert sum(received.values()) == 2
