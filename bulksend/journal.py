@@ -84,6 +84,7 @@ import csv
 import datetime
 import enum
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -527,6 +528,138 @@ _INDEXES: Final = (
 )
 
 
+# --- damage and lost history --------------------------------------------------------------
+
+#: The state file's size: one JSON record, padded, rewritten in place with one write.
+_STATE_SIZE: Final = 256
+#: SQLite's result codes for a file whose content is not what SQLite wrote.
+_DAMAGE_CODES: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_TABLES: Final = frozenset({"meta", "recipients"})
+
+
+def _state_path(path: Path) -> Path:
+    """The file beside a journal that records how much history the journal must hold."""
+    return path.with_name(path.name + ".state")
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    campaign_id: str
+    imported: int
+    commits: int
+
+
+def _read_state(path: Path) -> _State | None:
+    """The journal's state file; None if there is none (or it was never written)."""
+    where = f"journal {str(path)!r}"
+    try:
+        data = _state_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise JournalError(f"{where}: cannot read its state file: {e}") from e
+    if not data.strip():
+        return _State("", 0, 0)  # created, no commit recorded yet
+    try:
+        record = json.loads(data)
+        return _State(str(record["campaign_id"]), int(record["imported"]), int(record["commits"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged(where, f"its state file {str(_state_path(path))!r} is unreadable") from e
+
+
+def _check_history(
+    where: str, path: Path, state: _State | None, commits: int | None, fresh: bool
+) -> None:
+    """Refuse a journal holding less history than its state file says it committed.
+
+    ``commits`` is the journal's own count (None: a journal from before commits were
+    counted, which has no state file either).
+    """
+    state_file = str(_state_path(path))
+    if state is None:
+        if commits is not None:
+            raise JournalError(
+                f"{where} has no state file {state_file!r} beside it (moved or copied "
+                "without it?); put it back, with the journal's -wal file if there is one"
+            )
+        return
+    held = 0 if fresh or commits is None else commits
+    if held >= state.commits:
+        return
+    what = (
+        f"it is empty, yet its state file records {state.imported:,} recipients imported"
+        if fresh
+        else f"it holds {held:,} of the {state.commits:,} commits its state file records"
+    )
+    raise JournalError(
+        f"{where} lost committed history: {what} (its -wal file was lost, or only the "
+        ".sqlite3 file was copied); sending now would mail recipients again without "
+        "counting them in doubt. Restore it with its -wal file from a backup, or delete it "
+        f"and {state_file!r} to start the campaign over"
+    )
+
+
+def _is_damage(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorname", "") in _DAMAGE_CODES
+
+
+def _damaged(where: str, detail: str) -> JournalError:
+    return JournalError(f"{where} is damaged: {detail}; restore it from a backup")
+
+
+def _write_error(path: str, what: str, error: sqlite3.Error) -> JournalError:
+    where = f"journal {path!r}"
+    if _is_damage(error):
+        return _damaged(where, f"could not {what}: {error}")
+    if getattr(error, "sqlite_errorname", "") == "SQLITE_FULL":
+        advice = "free disk space, then resume"
+    else:
+        advice = "check the disk and its free space, then resume"
+    return JournalError(
+        f"{where}: could not {what}: {error}. The journal is stopped; outcomes not yet "
+        f"committed are not recorded ({advice})"
+    )
+
+
+@functools.cache
+def _expected_schema() -> dict[str, str | None]:
+    """Every schema object bulksend creates (tables and indexes), name -> SQL text."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        for statement in (_ADDRESS_INDEX, *_INDEXES):
+            db.execute(statement)
+        return dict(db.execute("SELECT name, sql FROM sqlite_schema"))
+    finally:
+        db.close()
+
+
+def _check_damage(db: sqlite3.Connection, where: str, *, thorough: bool) -> None:
+    """Refuse a journal whose schema text differs from ours or whose pages are damaged.
+
+    ``thorough`` runs ``integrity_check`` (every index against its table: about 4 s per
+    million recipients) instead of ``quick_check`` (the pages and records: about 0.4 s).
+    """
+    expected = _expected_schema()
+    try:
+        found = dict(db.execute("SELECT name, sql FROM sqlite_schema"))
+        # An object altered or not ours, or a table missing (indexes come with the import).
+        changed = sorted(
+            name
+            for name in expected.keys() | found.keys()
+            if (name in found and found[name] != expected.get(name))
+            or (name not in found and name in _TABLES)
+        )
+        if changed:
+            raise _damaged(where, f"the definition of {', '.join(changed)} is not bulksend's")
+        check = "integrity_check" if thorough else "quick_check"
+        problems = [str(row[0]) for row in db.execute(f"PRAGMA {check}(3)")]
+    except sqlite3.Error as e:
+        raise _damaged(where, str(e)) from e
+    if problems != ["ok"]:
+        raise _damaged(where, "; ".join(problems))
+
+
 class _Reports(abc.ABC):
     """Exports shared by one journal and a set of shard journals (built on ``iter_states``)."""
 
@@ -599,6 +732,11 @@ class Journal(_Reports):
         self.recovered_in_doubt = 0
         self.forced = False
         self._import_done = False
+        #: Durable commits made (``meta.commits``) and rows imported, mirrored in the state
+        #: file after every durable commit (see "Damage and lost history").
+        self._commits = 0
+        self._imported = 0
+        self._state_fd = -1
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -672,6 +810,13 @@ class Journal(_Reports):
                 f"{where} has schema version {version}; this bulksend reads version "
                 f"{SCHEMA_VERSION}. Use the bulksend version that wrote it."
             )
+        # Before anything is written or sent: a damaged journal would resend (or lose) work.
+        # A run gets the thorough check (it also compares every index with its table).
+        state = _read_state(self.path)
+        if not fresh:
+            _check_damage(self._db, where, thorough=identity is not None)
+        commits = None if fresh else self._read("read meta", lambda: self._meta_or_none("commits"))
+        _check_history(where, self.path, state, None if commits is None else int(commits), fresh)
         try:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -680,13 +825,27 @@ class Journal(_Reports):
             self._db.execute("PRAGMA cache_size = -32768")
         except sqlite3.Error as e:
             raise JournalError(f"{where}: {e}") from e
+        if fresh and identity is None:
+            raise JournalError(f"{where} does not exist yet; a campaign identity is needed")
+        try:
+            self._state_fd = os.open(
+                _state_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as e:
+            raise JournalError(f"{where}: cannot open its state file: {e}") from e
         if fresh:
-            if identity is None:
-                raise JournalError(f"{where} does not exist yet; a campaign identity is needed")
+            assert identity is not None
             self._create(_normalise_identity(identity), now)
         else:
+            if commits is None:
+                # Written before journals counted their commits: start counting now.
+                with self._write("start counting commits"):
+                    self._db.execute("INSERT INTO meta VALUES ('commits', '0')")
+            else:
+                self._commits = int(commits)
             self._check_identity(identity, force=force, now=now)
         self._import_done = self._read("read meta", lambda: self._meta("import_complete")) == "1"
+        self._imported = int(self._read("read meta", lambda: self._meta("import_position")))
         self._recover(now)
 
     def _create(self, identity: dict[str, str], now: float) -> None:
@@ -699,14 +858,15 @@ class Journal(_Reports):
             "created_at": repr(now),
             "import_position": "0",
             "import_complete": "0",
+            "commits": "0",
         }
+        self.campaign_id = campaign_id
         with self._write("create the journal"):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         self.identity = identity
-        self.campaign_id = campaign_id
 
     def _check_identity(
         self, identity: str | bytes | Mapping[str, str | bytes] | None, *, force: bool, now: float
@@ -749,10 +909,31 @@ class Journal(_Reports):
             self.recovered_in_doubt = cur.rowcount
 
     def _meta(self, key: str) -> str:
+        value = self._meta_or_none(key)
+        if value is None:
+            raise JournalError(
+                f"journal {str(self.path)!r} is damaged: meta {key!r} missing; "
+                "restore it from a backup"
+            )
+        return value
+
+    def _meta_or_none(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            raise JournalError(f"journal {str(self.path)!r} is damaged: meta {key!r} missing")
-        return str(row[0])
+        return None if row is None else str(row[0])
+
+    def _save_state(self) -> None:
+        # After the commit it describes: the state file may lag the journal (a crash in
+        # between), never lead it.
+        record = {"campaign_id": self.campaign_id, "imported": self._imported}
+        record["commits"] = self._commits
+        data = json.dumps(record).encode().ljust(_STATE_SIZE - 1) + b"\n"
+        assert len(data) == _STATE_SIZE
+        try:
+            os.pwrite(self._state_fd, data, 0)  # one small write in place: never torn
+        except OSError as e:
+            raise JournalError(
+                f"journal {str(self.path)!r}: cannot write its state file: {e}"
+            ) from e
 
     def close(self) -> None:
         """Close the connection and release the lock (idempotent)."""
@@ -761,6 +942,9 @@ class Journal(_Reports):
         try:
             self._db.close()
         finally:
+            if self._state_fd >= 0:
+                os.close(self._state_fd)
+                self._state_fd = -1
             # Only after SQLite closed: closing another fd of the file drops its POSIX locks.
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -805,6 +989,8 @@ class Journal(_Reports):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield
+                if durable:
+                    self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
                 self._db.execute("COMMIT")
             finally:
                 if not durable:
@@ -814,13 +1000,13 @@ class Journal(_Reports):
         except sqlite3.Error as e:
             self._failed = e
             self._rollback()
-            raise JournalError(
-                f"journal {str(self.path)!r}: could not {what}: {e}. The journal is stopped; "
-                "outcomes not yet committed are not recorded (free disk space, then resume)"
-            ) from e
+            raise _write_error(str(self.path), what, e) from e
         except BaseException:
             self._rollback()
             raise
+        if durable:
+            self._commits += 1
+            self._save_state()
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -833,6 +1019,8 @@ class Journal(_Reports):
         try:
             return fn()
         except sqlite3.Error as e:
+            if _is_damage(e):
+                raise _damaged(f"journal {str(self.path)!r}", str(e)) from e
             raise JournalError(f"journal {str(self.path)!r}: could not {what}: {e}") from e
 
     # --- import ----------------------------------------------------------------------------
@@ -876,6 +1064,7 @@ class Journal(_Reports):
                     self._db.executemany(insert, _import_rows(items, position + 1, now))
                     position += len(items)
                     written += len(items)
+                    self._imported = position
                     self._db.execute(
                         "UPDATE meta SET value = ? WHERE key = 'import_position'", (str(position),)
                     )
@@ -884,6 +1073,12 @@ class Journal(_Reports):
                     self._db.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
             if last:
                 self._import_done = True
+                # Into the main file: a journal copied without its -wal (a backup, a move)
+                # or one whose -wal is lost keeps its recipients.
+                self._read(
+                    "checkpoint the import",
+                    lambda: self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(),
+                )
                 return ImportStats(written - duplicates, duplicates, skipped)
 
     def _build_indexes(self) -> int:
@@ -1237,19 +1432,31 @@ class JournalPeek:
         if not path.is_file():
             raise JournalError(f"there is no journal at {str(path)!r}")
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        where = f"journal {str(path)!r}"
+        # The state file first: the run commits, then records, so the journal read after it
+        # holds at least what it records.
+        state = _read_state(path)
         try:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read journal {str(path)!r}: {exc}") from None
-        if app_id != APPLICATION_ID:
+        try:
+            if app_id != APPLICATION_ID:
+                raise JournalError(f"{str(path)!r} is not a bulksend journal")
+            _check_damage(self._db, where, thorough=False)
+            row = self._query("SELECT value FROM meta WHERE key = 'commits'")
+            _check_history(where, path, state, int(row[0][0]) if row else None, fresh=False)
+        except BaseException:
             self._db.close()
-            raise JournalError(f"{str(path)!r} is not a bulksend journal")
+            raise
 
     def _query(self, sql: str) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql).fetchall()
         except sqlite3.Error as exc:
+            if _is_damage(exc):
+                raise _damaged(f"journal {str(self.path)!r}", str(exc)) from None
             raise JournalError(f"cannot read journal {str(self.path)!r}: {exc}") from None
 
     def counts(self) -> dict[str, int]:
