@@ -70,7 +70,20 @@ miss one), a trade worth the thousands of fsyncs per second it saves.
 
 Disk faults: any SQLite error during a write (``SQLITE_FULL``, ``SQLITE_IOERR``, ...) rolls
 the transaction back, raises :class:`JournalError` and stops the journal: every later write
-raises too, and the writer task's error propagates so the run exits non-zero.
+raises too, and the writer task's error propagates so the run exits non-zero. Corruption
+(``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) is reported as damage, not as a full disk.
+
+Damage and lost history: before anything is written (or sent), opening compares the schema
+text in ``sqlite_schema`` with the one this module creates (a flipped byte in a CHECK can
+still parse) and runs ``PRAGMA integrity_check`` (``quick_check`` for reports). The import
+ends with a checkpoint, so the recipients live in the main file, not only in the ``-wal``.
+``meta.commits`` counts durable commits, in the same transactions; after each one the count
+is written to ``<journal>.state`` (one fixed-size record, rewritten in place). A journal
+holding fewer commits than its state file records has lost the end of its ``-wal`` (deleted,
+torn, or the main file copied alone): SQLite would silently fall back to the last commit it
+can read and the run would resend everything committed after it, so it is refused. The
+state file is written after the commit it records and without an fsync: it may lag the
+journal after a power loss (no false alarm), so a loss it has not recorded goes unseen.
 
 Files are created 0600 (they hold personal data) and the process keeps an exclusive
 ``flock`` on the journal while it is open, so two runs never send from the same journal.
@@ -657,7 +670,9 @@ def _check_damage(db: sqlite3.Connection, where: str, *, thorough: bool) -> None
     except sqlite3.Error as e:
         raise _damaged(where, str(e)) from e
     if problems != ["ok"]:
-        raise _damaged(where, "; ".join(problems))
+        # One line: SQLite heads its report with "*** in database main ***" lines.
+        lines = [line for p in problems for line in p.splitlines() if not line.startswith("***")]
+        raise _damaged(where, "; ".join(lines))
 
 
 class _Reports(abc.ABC):
