@@ -41,6 +41,9 @@ the first attempt; in doubt (the final-dot reply never came) -> ``in_doubt``, re
 deferral and counted. A *throttled* deferral (our own rate limit or backoff) is not an
 attempt: it only sets ``next_attempt_at`` to when the throttle lifts, and never lengthens
 the retry interval. A final row ignores any later outcome, so delivered is never undone.
+Suppressions added after the import: :meth:`Journal.suppress_waiting` marks the unclaimed
+waiting rows on the list ``suppressed``; a claimed one is the sender's to drop, with a
+``suppressed`` outcome (not an attempt).
 
 Batching: during a run one :class:`JournalWriter` task owns the connection (the
 synchronous :class:`Journal` methods refuse to run meanwhile). Outcomes arrive over a
@@ -176,6 +179,7 @@ class Kind(enum.StrEnum):
     BOUNCED = "bounced"  # permanent
     IN_DOUBT = "in_doubt"  # the final-dot reply never came
     THROTTLED = "throttled"  # our own throttle/backoff: not an attempt
+    SUPPRESSED = "suppressed"  # suppressed during the run, before it was sent: not an attempt
 
 
 class Category(enum.StrEnum):
@@ -220,8 +224,8 @@ class Outcome:
 
     @property
     def is_attempt(self) -> bool:
-        """False for throttled deferrals: they never count as an attempt."""
-        return self.kind is not Kind.THROTTLED
+        """False for throttled deferrals and suppressions: they never count as an attempt."""
+        return self.kind not in (Kind.THROTTLED, Kind.SUPPRESSED)
 
     @classmethod
     def delivered(
@@ -261,6 +265,11 @@ class Outcome:
         reply): still not an attempt, but the recipient's ``max_age`` starts counting.
         """
         return cls(Kind.THROTTLED, None, None, text, None, float(retry_after), tried)
+
+    @classmethod
+    def suppressed(cls) -> Outcome:
+        """The address went on the suppression list after it was claimed: never sent."""
+        return cls(Kind.SUPPRESSED)
 
     @classmethod
     def released(cls) -> Outcome:
@@ -320,6 +329,8 @@ def plan_step(
     """
     if not status.waiting:
         raise ValueError(f"recipient is already final ({status})")
+    if outcome.kind is Kind.SUPPRESSED:
+        return Step(Status.SUPPRESSED, attempts, first_attempt_at, None, 0, True)
     if not outcome.is_attempt:
         assert outcome.retry_after is not None
         first = now if first_attempt_at is None and outcome.tried else first_attempt_at
@@ -1219,6 +1230,43 @@ class Journal(_Reports):
             ),
         )
 
+    def suppress_waiting(
+        self, suppressed: Callable[[str], bool], *, now: float | None = None
+    ) -> int:
+        """Mark every unclaimed waiting recipient whose address is ``suppressed`` as such.
+
+        For a suppression list that changed since the import (resume, or during a run).
+        Claimed recipients are a sender's to check. Returns how many were marked.
+        """
+        self._check_free()
+        return self._suppress_waiting(suppressed, now)
+
+    def _suppress_waiting(self, suppressed: Callable[[str], bool], now: float | None) -> int:
+        self._check_imported()
+        now = time.time() if now is None else now
+        cursor = self._read(
+            "read waiting recipients",
+            lambda: self._db.execute(
+                "SELECT id, address FROM recipients"
+                " WHERE (status = 'pending' OR status = 'in_doubt') AND claimed_at IS NULL"
+            ),
+        )
+        ids: list[tuple[float, int]] = []
+        try:
+            while rows := self._read("read waiting recipients", lambda: cursor.fetchmany(10_000)):
+                ids += [(now, rid) for rid, address in rows if suppressed(address)]
+        finally:
+            cursor.close()
+        if ids:
+            with self._write("mark suppressed recipients"):
+                self._db.executemany(
+                    "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL,"
+                    " updated_at = ? WHERE id = ? AND claimed_at IS NULL"
+                    " AND (status = 'pending' OR status = 'in_doubt')",
+                    ids,
+                )
+        return len(ids)
+
     def record(self, recipient_id: int, outcome: Outcome, *, now: float | None = None) -> bool:
         """Record one outcome and commit it (outside a run; the writer batches during one).
 
@@ -1749,6 +1797,11 @@ class JournalWriter:
         """Whether any recipient is still waiting (pending or in doubt, claimed or not)."""
         self._check_failed()
         return await self._call(self.journal._waiting)
+
+    async def suppress_waiting(self, suppressed: Callable[[str], bool]) -> int:
+        """See :meth:`Journal.suppress_waiting`."""
+        self._check_failed()
+        return await self._call(self.journal._suppress_waiting, suppressed, None)
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         async with self._lock:

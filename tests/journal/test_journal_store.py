@@ -457,3 +457,19 @@ def test_a_damaged_journal_is_refused_before_anything_is_written(
         with pytest.raises(JournalError, match=r"is damaged: .*; restore it from a backup"):
             opening()
     assert journal_path.read_bytes() == damaged
+
+
+def test_suppress_waiting_marks_unclaimed_waiting_recipients(journal: Journal) -> None:
+    [claimed] = journal.fetch_due("a.example", 1, now=T0)  # user0, in a sender's hands
+    journal.record(3, Outcome.delivered(), now=T0)  # user2: final, stays delivered
+    journal.record(5, Outcome.in_doubt(), now=T0)  # user4: in doubt, waiting
+    on_list = {"user0@a.example", "user2@a.example", "user4@a.example", "user6@a.example"}
+    assert journal.suppress_waiting(on_list.__contains__, now=T0) == 2
+    statuses = {s.address: s.status for s in journal.iter_states()}
+    assert statuses["user0@a.example"] is Status.PENDING  # claimed: the sender drops it
+    assert statuses["user2@a.example"] is Status.DELIVERED
+    assert statuses["user4@a.example"] is statuses["user6@a.example"] is Status.SUPPRESSED
+    assert all(d.id != 7 for d in journal.fetch_due("a.example", 10, now=T0 + 1e6))
+    assert journal.record(claimed.id, Outcome.suppressed(), now=T0)
+    assert journal.get(claimed.id).status is Status.SUPPRESSED  # type: ignore[union-attr]
+    assert journal.get(claimed.id).attempts == 0  # type: ignore[union-attr]
