@@ -592,14 +592,22 @@ def _read_state(path: Path) -> _State | None:
 
 
 def _check_history(
-    where: str, path: Path, state: _State | None, commits: int | None, fresh: bool
+    where: str, path: Path, state: _State | None, meta: Callable[[str], str | None], fresh: bool
 ) -> None:
     """Refuse a journal holding less history than its state file says it committed.
 
-    ``commits`` is the journal's own count (None: a journal from before commits were
-    counted, which has no state file either).
+    ``meta`` reads the journal's meta table. Its ``commits`` is None for a journal from
+    before commits were counted (which has no state file either).
     """
     state_file = str(_state_path(path))
+    raw = None if fresh else meta("commits")
+    commits = None if raw is None else int(raw)
+    campaign_id = None if fresh else meta("campaign_id")
+    if state is not None and state.campaign_id and campaign_id not in (None, state.campaign_id):
+        raise JournalError(
+            f"{where}: its state file {state_file!r} belongs to another journal (campaign id "
+            f"{state.campaign_id}); put this journal's own state file beside it"
+        )
     if state is None:
         if commits is not None:
             raise JournalError(
@@ -616,8 +624,8 @@ def _check_history(
         else f"it holds {held:,} of the {state.commits:,} commits its state file records"
     )
     raise JournalError(
-        f"{where} lost committed history: {what} (its -wal file was lost, or only the "
-        ".sqlite3 file was copied); sending now would mail recipients again without "
+        f"{where} lost committed history: {what} (its -wal file was lost or torn, or the "
+        "journal file was copied without it); sending now would mail recipients again without "
         "counting them in doubt. Restore it with its -wal file from a backup, or delete it "
         f"and {state_file!r} to start the campaign over"
     )
@@ -841,8 +849,14 @@ class Journal(_Reports):
         state = _read_state(self.path)
         if not fresh:
             _check_damage(self._db, where, thorough=identity is not None)
-        commits = None if fresh else self._read("read meta", lambda: self._meta_or_none("commits"))
-        _check_history(where, self.path, state, None if commits is None else int(commits), fresh)
+        _check_history(
+            where,
+            self.path,
+            state,
+            lambda key: self._read("read meta", lambda: self._meta_or_none(key)),
+            fresh,
+        )
+        commits = None if fresh else self._meta_or_none("commits")
         try:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -950,9 +964,10 @@ class Journal(_Reports):
     def _save_state(self) -> None:
         # After the commit it describes: the state file may lag the journal (a crash in
         # between), never lead it.
-        record = {"campaign_id": self.campaign_id, "imported": self._imported}
-        record["commits"] = self._commits
-        data = json.dumps(record).encode().ljust(_STATE_SIZE - 1) + b"\n"
+        record = json.dumps(
+            {"campaign_id": self.campaign_id, "imported": self._imported, "commits": self._commits}
+        )
+        data = record.encode().ljust(_STATE_SIZE - 1) + b"\n"
         assert len(data) == _STATE_SIZE
         try:
             os.pwrite(self._state_fd, data, 0)  # one small write in place: never torn
@@ -1508,15 +1523,14 @@ class JournalPeek:
             if app_id != APPLICATION_ID:
                 raise JournalError(f"{str(path)!r} is not a bulksend journal")
             _check_damage(self._db, where, thorough=False)
-            row = self._query("SELECT value FROM meta WHERE key = 'commits'")
-            _check_history(where, path, state, int(row[0][0]) if row else None, fresh=False)
+            _check_history(where, path, state, self._meta, fresh=False)
         except BaseException:
             self._db.close()
             raise
 
-    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, args: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(sql).fetchall()
+            return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             if _is_damage(exc):
                 raise _damaged(f"journal {str(self.path)!r}", str(exc)) from None
@@ -1536,6 +1550,10 @@ class JournalPeek:
             " WHERE status IN ('pending', 'in_doubt') GROUP BY domain"
         )
         return {str(d): int(n) for d, n in rows}
+
+    def _meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if not rows else str(rows[0][0])
 
     def close(self) -> None:
         self._db.close()

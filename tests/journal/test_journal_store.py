@@ -473,3 +473,14 @@ def test_suppress_waiting_marks_unclaimed_waiting_recipients(journal: Journal) -
     assert journal.record(claimed.id, Outcome.suppressed(), now=T0)
     assert journal.get(claimed.id).status is Status.SUPPRESSED  # type: ignore[union-attr]
     assert journal.get(claimed.id).attempts == 0  # type: ignore[union-attr]
+
+
+def test_another_journals_state_file_is_refused(
+    journal: Journal, open_journal: Opener, journal_path: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.journal"
+    Journal.open(other, {"campaign": "another"}, now=T0).close()
+    journal.close()
+    shutil.copyfile(state_file(other), state_file(journal_path))
+    with pytest.raises(JournalError, match="belongs to another journal"):
+        open_journal()
