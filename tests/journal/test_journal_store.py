@@ -375,7 +375,7 @@ def test_a_journal_copied_without_its_wal_is_refused(journal: Journal, tmp_path:
     with pytest.raises(JournalError, match=r"lost committed history: it holds \d+ of the \d+"):
         Journal.open(copy, IDENTITY)
     with pytest.raises(JournalError, match="lost committed history"):
-        JournalPeek(copy)
+        JournalPeek(copy, check=True)
 
 
 def test_a_torn_wal_tail_is_refused(journal: Journal, tmp_path: Path) -> None:
@@ -452,7 +452,7 @@ def test_a_damaged_journal_is_refused_before_anything_is_written(
     for opening in (
         open_journal,
         lambda: open_journal(identity=None),
-        lambda: JournalPeek(journal_path),
+        lambda: JournalPeek(journal_path, check=True),
     ):
         with pytest.raises(JournalError, match=r"is damaged: .*; restore it from a backup"):
             opening()
