@@ -808,7 +808,7 @@ def status(journals: tuple[Path, ...], as_json: bool) -> None:
 
 
 def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
-    with JournalPeek(journal) as peek:
+    with JournalPeek(journal, check=True) as peek:
         counts = peek.counts()
     snap = read_snapshot(snapshot_path(journal))
     age = time.time() - float(snap.get("updated_at", 0)) if snap else None

@@ -41,6 +41,9 @@ the first attempt; in doubt (the final-dot reply never came) -> ``in_doubt``, re
 deferral and counted. A *throttled* deferral (our own rate limit or backoff) is not an
 attempt: it only sets ``next_attempt_at`` to when the throttle lifts, and never lengthens
 the retry interval. A final row ignores any later outcome, so delivered is never undone.
+Suppressions added after the import: :meth:`Journal.suppress_waiting` marks the unclaimed
+waiting rows on the list ``suppressed``; a claimed one is the sender's to drop, with a
+``suppressed`` outcome (not an attempt).
 
 Batching: during a run one :class:`JournalWriter` task owns the connection (the
 synchronous :class:`Journal` methods refuse to run meanwhile). Outcomes arrive over a
@@ -70,7 +73,20 @@ miss one), a trade worth the thousands of fsyncs per second it saves.
 
 Disk faults: any SQLite error during a write (``SQLITE_FULL``, ``SQLITE_IOERR``, ...) rolls
 the transaction back, raises :class:`JournalError` and stops the journal: every later write
-raises too, and the writer task's error propagates so the run exits non-zero.
+raises too, and the writer task's error propagates so the run exits non-zero. Corruption
+(``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) is reported as damage, not as a full disk.
+
+Damage and lost history: before anything is written (or sent), opening compares the schema
+text in ``sqlite_schema`` with the one this module creates (a flipped byte in a CHECK can
+still parse) and runs ``PRAGMA integrity_check`` (``quick_check`` for reports). The import
+ends with a checkpoint, so the recipients live in the main file, not only in the ``-wal``.
+``meta.commits`` counts durable commits, in the same transactions; after each one the count
+is written to ``<journal>.state`` (one fixed-size record, rewritten in place). A journal
+holding fewer commits than its state file records has lost the end of its ``-wal`` (deleted,
+torn, or the main file copied alone): SQLite would silently fall back to the last commit it
+can read and the run would resend everything committed after it, so it is refused. The
+state file is written after the commit it records and without an fsync: it may lag the
+journal after a power loss (no false alarm), so a loss it has not recorded goes unseen.
 
 Files are created 0600 (they hold personal data) and the process keeps an exclusive
 ``flock`` on the journal while it is open, so two runs never send from the same journal.
@@ -84,6 +100,7 @@ import csv
 import datetime
 import enum
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -162,6 +179,7 @@ class Kind(enum.StrEnum):
     BOUNCED = "bounced"  # permanent
     IN_DOUBT = "in_doubt"  # the final-dot reply never came
     THROTTLED = "throttled"  # our own throttle/backoff: not an attempt
+    SUPPRESSED = "suppressed"  # suppressed during the run, before it was sent: not an attempt
 
 
 class Category(enum.StrEnum):
@@ -206,8 +224,8 @@ class Outcome:
 
     @property
     def is_attempt(self) -> bool:
-        """False for throttled deferrals: they never count as an attempt."""
-        return self.kind is not Kind.THROTTLED
+        """False for throttled deferrals and suppressions: they never count as an attempt."""
+        return self.kind not in (Kind.THROTTLED, Kind.SUPPRESSED)
 
     @classmethod
     def delivered(
@@ -247,6 +265,11 @@ class Outcome:
         reply): still not an attempt, but the recipient's ``max_age`` starts counting.
         """
         return cls(Kind.THROTTLED, None, None, text, None, float(retry_after), tried)
+
+    @classmethod
+    def suppressed(cls) -> Outcome:
+        """The address went on the suppression list after it was claimed: never sent."""
+        return cls(Kind.SUPPRESSED)
 
     @classmethod
     def released(cls) -> Outcome:
@@ -306,6 +329,8 @@ def plan_step(
     """
     if not status.waiting:
         raise ValueError(f"recipient is already final ({status})")
+    if outcome.kind is Kind.SUPPRESSED:
+        return Step(Status.SUPPRESSED, attempts, first_attempt_at, None, 0, True)
     if not outcome.is_attempt:
         assert outcome.retry_after is not None
         first = now if first_attempt_at is None and outcome.tried else first_attempt_at
@@ -354,13 +379,21 @@ def campaign_identity(
     campaign: str | os.PathLike[str],
     templates: Iterable[str | os.PathLike[str]],
     recipients: str | os.PathLike[str],
+    attachments: Iterable[str | os.PathLike[str]] = (),
 ) -> dict[str, str]:
-    """The identity of a campaign run: one digest per part, so a change can be named."""
-    return {
+    """The identity of a campaign run: one digest per part, so a change can be named.
+
+    Attachments are content like the templates: each is a part of its own ("attachment
+    <path>"), so a refusal names the file whose bytes changed.
+    """
+    identity = {
         "campaign file": hash_files([campaign]),
         "templates": hash_files(templates),
         "recipients file": hash_files([recipients]),
     }
+    for path in attachments:
+        identity[f"attachment {os.fspath(path)}"] = hash_files([path])
+    return identity
 
 
 def _normalise_identity(identity: str | bytes | Mapping[str, str | bytes]) -> dict[str, str]:
@@ -519,6 +552,148 @@ _INDEXES: Final = (
 )
 
 
+# --- damage and lost history --------------------------------------------------------------
+
+#: The state file's size: one JSON record, padded, rewritten in place with one write.
+_STATE_SIZE: Final = 256
+#: SQLite's result codes for a file whose content is not what SQLite wrote.
+_DAMAGE_CODES: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_TABLES: Final = frozenset({"meta", "recipients"})
+
+
+def _state_path(path: Path) -> Path:
+    """The file beside a journal that records how much history the journal must hold."""
+    return path.with_name(path.name + ".state")
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    campaign_id: str
+    imported: int
+    commits: int
+
+
+def _read_state(path: Path) -> _State | None:
+    """The journal's state file; None if there is none (or it was never written)."""
+    where = f"journal {str(path)!r}"
+    try:
+        data = _state_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise JournalError(f"{where}: cannot read its state file: {e}") from e
+    if not data.strip():
+        return _State("", 0, 0)  # created, no commit recorded yet
+    try:
+        record = json.loads(data)
+        return _State(str(record["campaign_id"]), int(record["imported"]), int(record["commits"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged(where, f"its state file {str(_state_path(path))!r} is unreadable") from e
+
+
+def _check_history(
+    where: str, path: Path, state: _State | None, meta: Callable[[str], str | None], fresh: bool
+) -> None:
+    """Refuse a journal holding less history than its state file says it committed.
+
+    ``meta`` reads the journal's meta table. Its ``commits`` is None for a journal from
+    before commits were counted (which has no state file either).
+    """
+    state_file = str(_state_path(path))
+    raw = None if fresh else meta("commits")
+    commits = None if raw is None else int(raw)
+    campaign_id = None if fresh else meta("campaign_id")
+    if state is not None and state.campaign_id and campaign_id not in (None, state.campaign_id):
+        raise JournalError(
+            f"{where}: its state file {state_file!r} belongs to another journal (campaign id "
+            f"{state.campaign_id}); put this journal's own state file beside it"
+        )
+    if state is None:
+        if commits is not None:
+            raise JournalError(
+                f"{where} has no state file {state_file!r} beside it (moved or copied "
+                "without it?); put it back, with the journal's -wal file if there is one"
+            )
+        return
+    held = 0 if fresh or commits is None else commits
+    if held >= state.commits:
+        return
+    what = (
+        f"it is empty, yet its state file records {state.imported:,} recipients imported"
+        if fresh
+        else f"it holds {held:,} of the {state.commits:,} commits its state file records"
+    )
+    raise JournalError(
+        f"{where} lost committed history: {what} (its -wal file was lost or torn, or the "
+        "journal file was copied without it); sending now would mail recipients again without "
+        "counting them in doubt. Restore it with its -wal file from a backup, or delete it "
+        f"and {state_file!r} to start the campaign over"
+    )
+
+
+def _is_damage(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorname", "") in _DAMAGE_CODES
+
+
+def _damaged(where: str, detail: str) -> JournalError:
+    return JournalError(f"{where} is damaged: {detail}; restore it from a backup")
+
+
+def _write_error(path: str, what: str, error: sqlite3.Error) -> JournalError:
+    where = f"journal {path!r}"
+    if _is_damage(error):
+        return _damaged(where, f"could not {what}: {error}")
+    if getattr(error, "sqlite_errorname", "") == "SQLITE_FULL":
+        advice = "free disk space, then resume"
+    else:
+        advice = "check the disk and its free space, then resume"
+    return JournalError(
+        f"{where}: could not {what}: {error}. The journal is stopped; outcomes not yet "
+        f"committed are not recorded ({advice})"
+    )
+
+
+@functools.cache
+def _expected_schema() -> dict[str, str | None]:
+    """Every schema object bulksend creates (tables and indexes), name -> SQL text."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        for statement in (_ADDRESS_INDEX, *_INDEXES):
+            db.execute(statement)
+        return dict(db.execute("SELECT name, sql FROM sqlite_schema"))
+    finally:
+        db.close()
+
+
+def _check_damage(db: sqlite3.Connection, where: str, *, thorough: bool) -> None:
+    """Refuse a journal whose schema text differs from ours or whose pages are damaged.
+
+    ``thorough`` runs ``integrity_check`` (every index against its table: about 4 s per
+    million recipients) instead of ``quick_check`` (the pages and records: about 0.4 s).
+    """
+    expected = _expected_schema()
+    try:
+        found = dict(db.execute("SELECT name, sql FROM sqlite_schema"))
+        # An object altered or not ours, or a table missing (indexes come with the import).
+        changed = sorted(
+            name
+            for name in expected.keys() | found.keys()
+            if (name in found and found[name] != expected.get(name))
+            or (name not in found and name in _TABLES)
+        )
+        if changed:
+            raise _damaged(where, f"the definition of {', '.join(changed)} is not bulksend's")
+        check = "integrity_check" if thorough else "quick_check"
+        problems = [str(row[0]) for row in db.execute(f"PRAGMA {check}(3)")]
+    except sqlite3.Error as e:
+        raise _damaged(where, str(e)) from e
+    if problems != ["ok"]:
+        # One line: SQLite heads its report with "*** in database main ***" lines.
+        lines = [line for p in problems for line in p.splitlines() if not line.startswith("***")]
+        raise _damaged(where, "; ".join(lines))
+
+
 class _Reports(abc.ABC):
     """Exports shared by one journal and a set of shard journals (built on ``iter_states``)."""
 
@@ -591,6 +766,11 @@ class Journal(_Reports):
         self.recovered_in_doubt = 0
         self.forced = False
         self._import_done = False
+        #: Durable commits made (``meta.commits``) and rows imported, mirrored in the state
+        #: file after every durable commit (see "Damage and lost history").
+        self._commits = 0
+        self._imported = 0
+        self._state_fd = -1
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -664,6 +844,19 @@ class Journal(_Reports):
                 f"{where} has schema version {version}; this bulksend reads version "
                 f"{SCHEMA_VERSION}. Use the bulksend version that wrote it."
             )
+        # Before anything is written or sent: a damaged journal would resend (or lose) work.
+        # A run gets the thorough check (it also compares every index with its table).
+        state = _read_state(self.path)
+        if not fresh:
+            _check_damage(self._db, where, thorough=identity is not None)
+        _check_history(
+            where,
+            self.path,
+            state,
+            lambda key: self._read("read meta", lambda: self._meta_or_none(key)),
+            fresh,
+        )
+        commits = None if fresh else self._meta_or_none("commits")
         try:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -672,13 +865,27 @@ class Journal(_Reports):
             self._db.execute("PRAGMA cache_size = -32768")
         except sqlite3.Error as e:
             raise JournalError(f"{where}: {e}") from e
+        if fresh and identity is None:
+            raise JournalError(f"{where} does not exist yet; a campaign identity is needed")
+        try:
+            self._state_fd = os.open(
+                _state_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as e:
+            raise JournalError(f"{where}: cannot open its state file: {e}") from e
         if fresh:
-            if identity is None:
-                raise JournalError(f"{where} does not exist yet; a campaign identity is needed")
+            assert identity is not None
             self._create(_normalise_identity(identity), now)
         else:
+            if commits is None:
+                # Written before journals counted their commits: start counting now.
+                with self._write("start counting commits"):
+                    self._db.execute("INSERT INTO meta VALUES ('commits', '0')")
+            else:
+                self._commits = int(commits)
             self._check_identity(identity, force=force, now=now)
         self._import_done = self._read("read meta", lambda: self._meta("import_complete")) == "1"
+        self._imported = int(self._read("read meta", lambda: self._meta("import_position")))
         self._recover(now)
 
     def _create(self, identity: dict[str, str], now: float) -> None:
@@ -691,14 +898,15 @@ class Journal(_Reports):
             "created_at": repr(now),
             "import_position": "0",
             "import_complete": "0",
+            "commits": "0",
         }
+        self.campaign_id = campaign_id
         with self._write("create the journal"):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         self.identity = identity
-        self.campaign_id = campaign_id
 
     def _check_identity(
         self, identity: str | bytes | Mapping[str, str | bytes] | None, *, force: bool, now: float
@@ -741,10 +949,32 @@ class Journal(_Reports):
             self.recovered_in_doubt = cur.rowcount
 
     def _meta(self, key: str) -> str:
+        value = self._meta_or_none(key)
+        if value is None:
+            raise JournalError(
+                f"journal {str(self.path)!r} is damaged: meta {key!r} missing; "
+                "restore it from a backup"
+            )
+        return value
+
+    def _meta_or_none(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            raise JournalError(f"journal {str(self.path)!r} is damaged: meta {key!r} missing")
-        return str(row[0])
+        return None if row is None else str(row[0])
+
+    def _save_state(self) -> None:
+        # After the commit it describes: the state file may lag the journal (a crash in
+        # between), never lead it.
+        record = json.dumps(
+            {"campaign_id": self.campaign_id, "imported": self._imported, "commits": self._commits}
+        )
+        data = record.encode().ljust(_STATE_SIZE - 1) + b"\n"
+        assert len(data) == _STATE_SIZE
+        try:
+            os.pwrite(self._state_fd, data, 0)  # one small write in place: never torn
+        except OSError as e:
+            raise JournalError(
+                f"journal {str(self.path)!r}: cannot write its state file: {e}"
+            ) from e
 
     def close(self) -> None:
         """Close the connection and release the lock (idempotent)."""
@@ -753,6 +983,9 @@ class Journal(_Reports):
         try:
             self._db.close()
         finally:
+            if self._state_fd >= 0:
+                os.close(self._state_fd)
+                self._state_fd = -1
             # Only after SQLite closed: closing another fd of the file drops its POSIX locks.
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -794,21 +1027,27 @@ class Journal(_Reports):
         try:
             if not durable:
                 self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
-            yield
-            self._db.execute("COMMIT")
-            if not durable:
-                self._db.execute("PRAGMA synchronous = FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield
+                if durable:
+                    self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    # Whatever happened, the next commit must sync again.
+                    self._rollback()
+                    self._db.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as e:
             self._failed = e
             self._rollback()
-            raise JournalError(
-                f"journal {str(self.path)!r}: could not {what}: {e}. The journal is stopped; "
-                "outcomes not yet committed are not recorded (free disk space, then resume)"
-            ) from e
+            raise _write_error(str(self.path), what, e) from e
         except BaseException:
             self._rollback()
             raise
+        if durable:
+            self._commits += 1
+            self._save_state()
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -821,6 +1060,8 @@ class Journal(_Reports):
         try:
             return fn()
         except sqlite3.Error as e:
+            if _is_damage(e):
+                raise _damaged(f"journal {str(self.path)!r}", str(e)) from e
             raise JournalError(f"journal {str(self.path)!r}: could not {what}: {e}") from e
 
     # --- import ----------------------------------------------------------------------------
@@ -864,6 +1105,7 @@ class Journal(_Reports):
                     self._db.executemany(insert, _import_rows(items, position + 1, now))
                     position += len(items)
                     written += len(items)
+                    self._imported = position
                     self._db.execute(
                         "UPDATE meta SET value = ? WHERE key = 'import_position'", (str(position),)
                     )
@@ -872,6 +1114,12 @@ class Journal(_Reports):
                     self._db.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
             if last:
                 self._import_done = True
+                # Into the main file: a journal copied without its -wal (a backup, a move)
+                # or one whose -wal is lost keeps its recipients.
+                self._read(
+                    "checkpoint the import",
+                    lambda: self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(),
+                )
                 return ImportStats(written - duplicates, duplicates, skipped)
 
     def _build_indexes(self) -> int:
@@ -997,6 +1245,43 @@ class Journal(_Reports):
             ),
         )
 
+    def suppress_waiting(
+        self, suppressed: Callable[[str], bool], *, now: float | None = None
+    ) -> int:
+        """Mark every unclaimed waiting recipient whose address is ``suppressed`` as such.
+
+        For a suppression list that changed since the import (resume, or during a run).
+        Claimed recipients are a sender's to check. Returns how many were marked.
+        """
+        self._check_free()
+        return self._suppress_waiting(suppressed, now)
+
+    def _suppress_waiting(self, suppressed: Callable[[str], bool], now: float | None) -> int:
+        self._check_imported()
+        now = time.time() if now is None else now
+        cursor = self._read(
+            "read waiting recipients",
+            lambda: self._db.execute(
+                "SELECT id, address FROM recipients"
+                " WHERE (status = 'pending' OR status = 'in_doubt') AND claimed_at IS NULL"
+            ),
+        )
+        ids: list[tuple[float, int]] = []
+        try:
+            while rows := self._read("read waiting recipients", lambda: cursor.fetchmany(10_000)):
+                ids += [(now, rid) for rid, address in rows if suppressed(address)]
+        finally:
+            cursor.close()
+        if ids:
+            with self._write("mark suppressed recipients"):
+                self._db.executemany(
+                    "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL,"
+                    " updated_at = ? WHERE id = ? AND claimed_at IS NULL"
+                    " AND (status = 'pending' OR status = 'in_doubt')",
+                    ids,
+                )
+        return len(ids)
+
     def record(self, recipient_id: int, outcome: Outcome, *, now: float | None = None) -> bool:
         """Record one outcome and commit it (outside a run; the writer batches during one).
 
@@ -1004,11 +1289,11 @@ class Journal(_Reports):
         """
         self._check_free()
         now = time.time() if now is None else now
-        return self._apply([(recipient_id, outcome, now)]) == 1
+        return self._apply([(recipient_id, outcome, now)])[0] == 1
 
-    def _apply(self, records: Sequence[tuple[int, Outcome, float]]) -> int:
-        """Apply outcomes in one transaction; returns how many applied."""
-        applied = 0
+    def _apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int]:
+        """Apply outcomes in one transaction; returns how many applied, and expired."""
+        applied = expired = 0
         select = "SELECT status, attempts, first_attempt_at FROM recipients WHERE id = ?"
         with self._write("record outcomes"):
             for rid, outcome, now in records:
@@ -1053,7 +1338,8 @@ class Journal(_Reports):
                         ),
                     )
                 applied += 1
-        return applied
+                expired += step.status is Status.EXPIRED
+        return applied, expired
 
     # --- reports ---------------------------------------------------------------------------
 
@@ -1217,26 +1503,42 @@ class JournalPeek:
     WAL mode lets a reader see the last committed state without blocking the writer, and it
     takes no lock that a run would notice. ``bulksend status`` uses it too, since the running
     process holds the journal's lock.
+
+    ``check`` refuses a damaged journal, or one that lost history, as :meth:`Journal.open`
+    does (``quick_check``: a fraction of a second per million recipients); a run's own
+    progress display leaves it off, since the run checked the journal when it opened it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, check: bool = False) -> None:
         self.path = path
         if not path.is_file():
             raise JournalError(f"there is no journal at {str(path)!r}")
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        where = f"journal {str(path)!r}"
+        # The state file first: the run commits, then records, so the journal read after it
+        # holds at least what it records.
+        state = _read_state(path) if check else None
         try:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read journal {str(path)!r}: {exc}") from None
-        if app_id != APPLICATION_ID:
-            self._db.close()
-            raise JournalError(f"{str(path)!r} is not a bulksend journal")
-
-    def _query(self, sql: str) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(sql).fetchall()
+            if app_id != APPLICATION_ID:
+                raise JournalError(f"{str(path)!r} is not a bulksend journal")
+            if check:
+                _check_damage(self._db, where, thorough=False)
+                _check_history(where, path, state, self._meta, fresh=False)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _query(self, sql: str, args: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
+            if _is_damage(exc):
+                raise _damaged(f"journal {str(self.path)!r}", str(exc)) from None
             raise JournalError(f"cannot read journal {str(self.path)!r}: {exc}") from None
 
     def counts(self) -> dict[str, int]:
@@ -1253,6 +1555,10 @@ class JournalPeek:
             " WHERE status IN ('pending', 'in_doubt') GROUP BY domain"
         )
         return {str(d): int(n) for d, n in rows}
+
+    def _meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if not rows else str(rows[0][0])
 
     def close(self) -> None:
         self._db.close()
@@ -1314,12 +1620,25 @@ class _Observer(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Outcomes(Protocol):
+    def labels(self, *values: str) -> _Counter: ...
+
+
 class JournalMetrics(Protocol):
     """What the writer reports to (``bulksend.metrics.Metrics`` fits; duck-typed, so the
     journal does not depend on prometheus)."""
 
     @property
     def journal_commit_seconds(self) -> _Observer: ...
+
+    @property
+    def recipients(self) -> _Outcomes:
+        """Recipient outcomes by ``outcome``: the writer counts "expired" (it decides expiry
+        from ``max_age``; no attempt does) once the expiry is committed."""
 
 
 class JournalWriter:
@@ -1408,9 +1727,11 @@ class JournalWriter:
             try:
                 if batch:
                     records = [(r.recipient_id, r.outcome, r.now) for r in batch]
-                    applied, seconds = await self._call(self._timed_apply, records)
+                    applied, expired, seconds = await self._call(self._timed_apply, records)
                     if self.metrics is not None:
                         self.metrics.journal_commit_seconds.observe(seconds)
+                        if expired:
+                            self.metrics.recipients.labels("expired").inc(expired)
                     self.committed += applied
                     self.ignored += len(batch) - applied
                     self.batches += 1
@@ -1422,10 +1743,10 @@ class JournalWriter:
             for f in flushes:
                 f.done.set()
 
-    def _timed_apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, float]:
+    def _timed_apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int, float]:
         start = time.perf_counter()
-        applied = self.journal._apply(records)
-        return applied, time.perf_counter() - start
+        applied, expired = self.journal._apply(records)
+        return applied, expired, time.perf_counter() - start
 
     def _stop(self) -> None:
         # Fail the flushes still queued, then close: later sends see a closed channel.
@@ -1499,6 +1820,11 @@ class JournalWriter:
         """Whether any recipient is still waiting (pending or in doubt, claimed or not)."""
         self._check_failed()
         return await self._call(self.journal._waiting)
+
+    async def suppress_waiting(self, suppressed: Callable[[str], bool]) -> int:
+        """See :meth:`Journal.suppress_waiting`."""
+        self._check_failed()
+        return await self._call(self.journal._suppress_waiting, suppressed, None)
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         async with self._lock:

@@ -83,7 +83,8 @@ class Metrics:
         r = self.registry
         self.recipients = Counter(
             "bulksend_recipients",
-            "Recipient outcomes by result (delivered, deferred, bounced, expired, in_doubt).",
+            "Recipient outcomes by result (delivered, deferred, bounced, expired, in_doubt); "
+            "expired is counted when the journal commits it.",
             ["outcome"],
             registry=r,
         )

@@ -58,6 +58,7 @@ __all__ = [
     "Reject",
     "RejectKind",
     "RejectsFile",
+    "SuppressionFile",
     "load_suppression",
     "normalise_address",
 ]
@@ -226,6 +227,44 @@ def load_suppression(path: Path) -> FingerprintSet:
             "recipients.suppression."
         ) from None
     return table
+
+
+class SuppressionFile:
+    """A suppression file that a long run re-reads when it changes.
+
+    ``address in suppression`` compares as the reader does (:func:`normalise_address`).
+    :meth:`changed` is one ``stat``: cheap enough to ask every few seconds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._table = FingerprintSet()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # gone for a moment (replaced by a rename): keep what was read
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def changed(self) -> bool:
+        """Whether the file changed (size, mtime or inode) since it was last read."""
+        stamp = self._stat()
+        return stamp is not None and stamp != self._stamp
+
+    def reload(self) -> None:
+        """Read the file again (a change made during the read is seen by the next check).
+
+        Raises:
+            ConfigError: the file cannot be read.
+        """
+        stamp = self._stat()
+        self._table = load_suppression(self.path)
+        self._stamp = stamp
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, str) and normalise_address(address) in self._table
 
 
 class RejectsFile:

@@ -95,6 +95,8 @@ class Delivery:
     #: Called with every outcome as it is recorded (accounting log, progress display).
     on_outcome: Callable[[Due, Outcome, str], None] = lambda _due, _outcome, _site: None
     limit: int | None = None  # recipients to send in this run (``--limit``)
+    #: Whether an address is on the suppression list (re-read during the run).
+    suppressed: Callable[[str], bool] = lambda _address: False
     total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
     fetch_batch: int = 64
     stats: dict[str, int] = field(default_factory=dict)
@@ -296,8 +298,13 @@ class Destination:
             if self.delivery.stopping.is_set():
                 return None
             if self._buffer:
+                due = self._buffer.popleft()
+                if self.delivery.suppressed(due.address):
+                    # Suppressed since it was claimed: never sent (invariant 8).
+                    await self.delivery.record(due, Outcome.suppressed(), self.label)
+                    continue
                 self.delivery.take_one()
-                return self._buffer.popleft()
+                return due
             if not self._domains:
                 if not wait or not await self._rest(slot):
                     return None
@@ -412,7 +419,10 @@ class Destination:
         room = self.per_transaction - 1
         if room <= 0:
             return []
-        group = [d for d in self._buffer if d.domain == due.domain][:room]
+        suppressed = self.delivery.suppressed
+        group = [d for d in self._buffer if d.domain == due.domain and not suppressed(d.address)][
+            :room
+        ]
         for d in group:
             self._buffer.remove(d)
             self.delivery.take_one()

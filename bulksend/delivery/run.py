@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile
+from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile, SuppressionFile
 from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
 from bulksend.delivery.destination import Credentials, Delivery
@@ -28,7 +28,7 @@ from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
-from bulksend.errors import JournalError
+from bulksend.errors import ConfigError, JournalError
 from bulksend.journal import (
     Due,
     ImportStats,
@@ -64,6 +64,8 @@ class RunOptions:
         allow_plaintext_auth: AUTH to a relay without TLS (tests only).
         shard: run only this shard's sites (see :mod:`bulksend.delivery.shard`); the
             journal and rejects files get the shard in their names.
+        suppression_check: seconds between looks at the suppression file during a run; a
+            change is read and applied before the next recipient is taken.
     """
 
     journal: Path
@@ -78,6 +80,7 @@ class RunOptions:
     grace: float = 30.0
     allow_plaintext_auth: bool = False
     shard: Shard | None = None
+    suppression_check: float = 30.0
 
     @property
     def journal_path(self) -> Path:
@@ -151,7 +154,8 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
     """Open or resume the campaign's journal (checking the campaign did not change)."""
     config = campaign.config
     templates = [p for p in (config.message.text_template, config.message.html_template) if p]
-    identity = campaign_identity(config.source, templates, config.recipients.file)
+    attachments = [a.path for a in config.message.attachments]
+    identity = campaign_identity(config.source, templates, config.recipients.file, attachments)
     if options.shard is not None:
         identity["shard"] = str(options.shard)
     return Journal.open(
@@ -225,6 +229,16 @@ async def run_campaign(
         imported = await trio.to_thread.run_sync(
             import_recipients, campaign, journal, options.shard, keep
         )
+        suppression = None
+        if config.recipients.suppression is not None:
+            suppression = SuppressionFile(config.recipients.suppression)
+            await trio.to_thread.run_sync(suppression.reload)
+            if imported is None or imported.skipped:
+                # Imported (some of it) by an earlier run: the list may have grown since.
+                n = await trio.to_thread.run_sync(
+                    journal.suppress_waiting, suppression.__contains__
+                )
+                log.info("%d waiting recipients are on the suppression list now", n)
         policy = config.policy
         delivery = Delivery(
             campaign=campaign,
@@ -241,15 +255,27 @@ async def run_campaign(
         )
         if on_outcome is not None:
             delivery.on_outcome = on_outcome
+        watching = trio.CancelScope()
+        if suppression is not None:
+            delivery.suppressed = suppression.__contains__
         scheduler = Scheduler(delivery, router, policy, grace=options.grace)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(delivery.writer.run)
+                if suppression is not None:
+                    nursery.start_soon(
+                        _watch_suppression,
+                        suppression,
+                        delivery,
+                        options.suppression_check,
+                        watching,
+                    )
                 if on_start is not None:
                     on_start(scheduler)
                 try:
                     await scheduler.run()
                 finally:
+                    watching.cancel()
                     with trio.CancelScope(shield=True):
                         await delivery.writer.aclose()
         except BaseExceptionGroup as group:
@@ -269,6 +295,32 @@ async def run_campaign(
         )
     finally:
         journal.close()
+
+
+async def _watch_suppression(
+    suppression: SuppressionFile, delivery: Delivery, every: float, scope: trio.CancelScope
+) -> None:
+    """Re-read the suppression file when it changes; mark the waiting recipients on it.
+
+    Senders see the new list at once (``Delivery.suppressed``); the journal then marks those
+    not yet claimed, so they are never fetched again.
+    """
+    with scope:
+        while True:
+            await trio.sleep(every)
+            if not suppression.changed():
+                continue
+            try:
+                await trio.to_thread.run_sync(suppression.reload)
+            except ConfigError as exc:
+                log.warning("%s; keeping the suppression list read before", exc)
+                continue
+            n = await delivery.writer.suppress_waiting(suppression.__contains__)
+            log.warning(
+                "suppression list %s changed: %d waiting recipients suppressed", suppression.path, n
+            )
+            if n:
+                delivery.on_final()  # they may have been the last ones waiting
 
 
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from journal_helpers import T0
 
+from bulksend.errors import JournalError
 from bulksend.journal import Journal, Kind, NewRecipient, Status
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -146,3 +147,18 @@ def test_kill_minus_nine_loses_no_committed_outcome(tmp_path: Path, seed: int) -
                 break
     assert ledger.done
     assert ledger.final  # the kills did not all land before any work
+
+
+def test_a_killed_run_whose_wal_is_lost_is_refused(tmp_path: Path) -> None:
+    # kill -9 leaves the outcomes since the import in the -wal only. Losing that file must
+    # not turn the journal back into one where nothing was sent.
+    path = tmp_path / "crash.journal"
+    with Journal.open(path, "crash-test", now=T0) as journal:
+        journal.import_recipients((f"user{i}@a.example" for i in range(RECIPIENTS)), now=T0)
+    ledger = Ledger()
+    run_child(path, 1, T0, ledger, kill_after=3)
+    assert ledger.final  # something was acknowledged as committed before the kill
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(JournalError, match="lost committed history"):
+        Journal.open(path, "crash-test", now=T0 + 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from bulksend.errors import JournalError
 from bulksend.journal import (
     Category,
     Journal,
+    JournalPeek,
     NewRecipient,
     Outcome,
     Status,
@@ -321,3 +323,164 @@ def test_disk_full_during_import_stops_the_journal(open_journal: Opener) -> None
     with pytest.raises(JournalError, match="stopped"):
         j.record(1, Outcome.delivered(), now=T0)
     assert not j.import_complete
+
+
+def test_a_failed_claim_leaves_commits_synced(journal: Journal) -> None:
+    # A claim commits without its own fsync (synchronous = NORMAL for that transaction);
+    # one that fails half-way must not leave every later outcome commit unsynced.
+    with pytest.raises(TypeError):
+        journal.fetch_due("a.example", None, now=T0)  # type: ignore[arg-type]
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert journal.record(1, Outcome.delivered(), now=T0)
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert [d.id for d in journal.fetch_due("a.example", 2, now=T0)] == [3, 5]
+
+
+# --- damage and lost history ---------------------------------------------------------------
+
+
+def state_file(path: Path) -> Path:
+    return path.with_name(path.name + ".state")
+
+
+def deliver_some(journal: Journal, n: int) -> None:
+    for due in journal.fetch_due("a.example", n, now=T0):
+        journal.record(due.id, Outcome.delivered(), now=T0)
+
+
+def copy_journal(path: Path, into: Path, *suffixes: str) -> Path:
+    """Copy a journal's files (the main file and those ``suffixes``), as a backup would."""
+    into.mkdir()
+    for suffix in ("", *suffixes):
+        shutil.copyfile(path.with_name(path.name + suffix), into / (path.name + suffix))
+    return into / path.name
+
+
+def main_file_rows(path: Path) -> int:
+    """Recipients in the main file alone (immutable: SQLite ignores any -wal)."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM recipients").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_journal_copied_without_its_wal_is_refused(journal: Journal, tmp_path: Path) -> None:
+    # The outcomes since the import live in the -wal until a checkpoint: a copy of the main
+    # file alone (or a journal whose -wal was lost) must not pass for a journal with nothing
+    # sent, or every recipient delivered since would be mailed again, 0 counted in doubt.
+    deliver_some(journal, 3)
+    copy = copy_journal(journal.path, tmp_path / "backup", ".state")
+    assert main_file_rows(copy) == 10  # the checkpoint after the import kept the recipients
+    with pytest.raises(JournalError, match=r"lost committed history: it holds \d+ of the \d+"):
+        Journal.open(copy, IDENTITY)
+    with pytest.raises(JournalError, match="lost committed history"):
+        JournalPeek(copy, check=True)
+
+
+def test_a_torn_wal_tail_is_refused(journal: Journal, tmp_path: Path) -> None:
+    # SQLite silently stops reading a -wal at the first frame that fails its checksum and
+    # falls back to the commit before: the commit count in the state file notices.
+    deliver_some(journal, 3)
+    copy = copy_journal(journal.path, tmp_path / "backup", "-wal", ".state")
+    wal = copy.with_name(copy.name + "-wal")
+    with wal.open("r+b") as f:
+        f.truncate(wal.stat().st_size - 100)
+    with pytest.raises(JournalError, match="lost committed history"):
+        Journal.open(copy, IDENTITY)
+
+
+def test_a_whole_copy_resumes(journal: Journal, tmp_path: Path) -> None:
+    deliver_some(journal, 3)
+    copy = copy_journal(journal.path, tmp_path / "backup", "-wal", ".state")
+    with Journal.open(copy, IDENTITY) as j:
+        assert j.counts()[Status.DELIVERED] == 3
+
+
+def test_an_emptied_journal_with_a_state_file_is_refused(
+    journal: Journal, open_journal: Opener, journal_path: Path
+) -> None:
+    journal.close()
+    journal_path.write_bytes(b"")  # as a journal that lived in its lost -wal
+    with pytest.raises(JournalError, match="it is empty, yet its state file records 10 "):
+        open_journal()
+    assert journal_path.read_bytes() == b""  # not re-created
+
+
+def test_a_journal_without_its_state_file_is_refused(
+    journal: Journal, open_journal: Opener, journal_path: Path
+) -> None:
+    journal.close()
+    state_file(journal_path).unlink()
+    with pytest.raises(JournalError, match=r"no state file .*\.state"):
+        open_journal()
+
+
+def flip(path: Path, offset: int, length: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        data = f.read(length)
+        f.seek(offset)
+        f.write(bytes(b ^ 0x55 for b in data))
+
+
+def recipients_root_page(path: Path) -> int:
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        root = int(
+            db.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'recipients'").fetchone()[0]
+        )
+    finally:
+        db.close()
+    return (root - 1) * page_size
+
+
+@pytest.mark.parametrize("where", ["pages", "check constraint"])
+def test_a_damaged_journal_is_refused_before_anything_is_written(
+    journal: Journal, open_journal: Opener, journal_path: Path, where: str
+) -> None:
+    deliver_some(journal, 3)
+    journal.close()  # checkpointed: everything is in the main file
+    data = journal_path.read_bytes()
+    if where == "pages":
+        flip(journal_path, recipients_root_page(journal_path), 8)  # the b-tree page header
+    else:
+        # One letter of a state name in the CHECK text: SQLite still parses it.
+        flip(journal_path, data.index(b"status = 'expired'") + 10, 1)
+    damaged = journal_path.read_bytes()
+    for opening in (
+        open_journal,
+        lambda: open_journal(identity=None),
+        lambda: JournalPeek(journal_path, check=True),
+    ):
+        with pytest.raises(JournalError, match=r"is damaged: .*; restore it from a backup"):
+            opening()
+    assert journal_path.read_bytes() == damaged
+
+
+def test_suppress_waiting_marks_unclaimed_waiting_recipients(journal: Journal) -> None:
+    [claimed] = journal.fetch_due("a.example", 1, now=T0)  # user0, in a sender's hands
+    journal.record(3, Outcome.delivered(), now=T0)  # user2: final, stays delivered
+    journal.record(5, Outcome.in_doubt(), now=T0)  # user4: in doubt, waiting
+    on_list = {"user0@a.example", "user2@a.example", "user4@a.example", "user6@a.example"}
+    assert journal.suppress_waiting(on_list.__contains__, now=T0) == 2
+    statuses = {s.address: s.status for s in journal.iter_states()}
+    assert statuses["user0@a.example"] is Status.PENDING  # claimed: the sender drops it
+    assert statuses["user2@a.example"] is Status.DELIVERED
+    assert statuses["user4@a.example"] is statuses["user6@a.example"] is Status.SUPPRESSED
+    assert all(d.id != 7 for d in journal.fetch_due("a.example", 10, now=T0 + 1e6))
+    assert journal.record(claimed.id, Outcome.suppressed(), now=T0)
+    assert journal.get(claimed.id).status is Status.SUPPRESSED  # type: ignore[union-attr]
+    assert journal.get(claimed.id).attempts == 0  # type: ignore[union-attr]
+
+
+def test_another_journals_state_file_is_refused(
+    journal: Journal, open_journal: Opener, journal_path: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.journal"
+    Journal.open(other, {"campaign": "another"}, now=T0).close()
+    journal.close()
+    shutil.copyfile(state_file(other), state_file(journal_path))
+    with pytest.raises(JournalError, match="belongs to another journal"):
+        open_journal()
