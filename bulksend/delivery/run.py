@@ -63,6 +63,8 @@ class RunOptions:
         allow_plaintext_auth: AUTH to a relay without TLS (tests only).
         shard: run only this shard's sites (see :mod:`bulksend.delivery.shard`); the
             journal and rejects files get the shard in their names.
+        retry_unrendered: make the recipients whose message could not be made in an
+            earlier run (``not_rendered``) pending again: the campaign has been fixed.
     """
 
     journal: Path
@@ -77,6 +79,7 @@ class RunOptions:
     grace: float = 30.0
     allow_plaintext_auth: bool = False
     shard: Shard | None = None
+    retry_unrendered: bool = False
 
     @property
     def journal_path(self) -> Path:
@@ -94,6 +97,8 @@ class RunSummary:
     in_doubt_recovered: int  # claimed without an outcome when the journal was opened
     complete: bool  # no recipient is waiting any more
     elapsed: float
+    requeued: int = 0  # not rendered before, pending again (``retry_unrendered``)
+    halted: str = ""  # why the run stopped itself (renders failing systematically)
 
 
 def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig:
@@ -210,13 +215,18 @@ async def run_campaign(
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
-        ConfigError: the routing configuration is unusable.
+        ConfigError: the routing configuration is unusable, or the templates do not fit the
+            recipients file (checked before the journal is opened: nothing is sent).
     """
     started = time.monotonic()
     metrics = metrics or Metrics()
     config = campaign.config
+    await trio.to_thread.run_sync(campaign.check_recipients)
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
     try:
+        requeued = 0
+        if options.retry_unrendered:
+            requeued = await trio.to_thread.run_sync(journal.retry_unrendered)
         router = Router(routing_config(config, options))
         keep = None
         if options.shard is not None and not journal.import_complete:
@@ -265,6 +275,8 @@ async def run_campaign(
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,
+            requeued=requeued,
+            halted=delivery.halted,
         )
     finally:
         journal.close()
