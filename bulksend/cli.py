@@ -502,9 +502,9 @@ def print_summary(
         )
     if summary.counts[Status.NOT_RENDERED]:
         out.write(
-            f"  {summary.counts[Status.NOT_RENDERED]:,} recipients not rendered (nothing sent "
-            f"to them); after fixing the template: bulksend resume {journal} --retry-unrendered "
-            "(and --force, since the campaign changed)\n"
+            f"  {summary.counts[Status.NOT_RENDERED]:,} recipients not rendered (nothing was "
+            f"sent to them); once the template is fixed: bulksend resume {journal} --force "
+            "--retry-unrendered\n"
         )
 
 
@@ -594,7 +594,7 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
         print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
         sys.stdout.flush()
         if result.summary is not None and result.summary.halted:
-            click.echo(f"bulksend: error: {result.summary.halted}; nothing bounced", err=True)
+            click.echo(f"bulksend: error: {result.summary.halted}; nothing was bounced", err=True)
         if flags.keep_serving and server is not None and not result.signalled:
             _serve_until_signal(server)
     finally:

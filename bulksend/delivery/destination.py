@@ -142,7 +142,6 @@ class Delivery:
         stop = self.renders.failed(error)
         if stop is not None and not self.halted:
             self.halted = stop
-            log.error("%s: stopping", stop)
             self.on_limit()
 
     async def record(self, due: Due, outcome: Outcome, site_label: str) -> None:
