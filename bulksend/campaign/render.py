@@ -141,8 +141,8 @@ class RenderBreaker:
         return None
 
     def verdict(self) -> str | None:
-        """Why to stop, judged on the renders so far (a list shorter than the window is
-        judged whole: 2 failures of 5 are too many)."""
+        """Why to stop, judged on the renders so far: the end of a list shorter than the
+        window judges it whole (1 failure of 5 is too many, 1 of 10 is not)."""
         counted = min(self.renders, self.window)
         if self.failures > self.ratio * counted:
             return (
