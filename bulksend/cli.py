@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO, TypeVar
@@ -464,6 +464,15 @@ def _undelivered(counts: Mapping[Status, int]) -> int:
     return counts[Status.BOUNCED] + counts[Status.EXPIRED] + counts[Status.NOT_RENDERED]
 
 
+def _say_halted(summaries: Iterable[RunSummary | None]) -> bool:
+    """Print why a run stopped itself (renders failing systematically), if one did."""
+    for summary in summaries:
+        if summary is not None and summary.halted:
+            click.echo(f"bulksend: error: {summary.halted}; nothing was bounced", err=True)
+            return True
+    return False
+
+
 def _counts_line(counts: Mapping[Status, int] | Mapping[str, int]) -> str:
     return "  ".join(f"{str(s).replace('_', ' ')} {n:,}" for s, n in counts.items())
 
@@ -593,8 +602,7 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     try:
         print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
         sys.stdout.flush()
-        if result.summary is not None and result.summary.halted:
-            click.echo(f"bulksend: error: {result.summary.halted}; nothing was bounced", err=True)
+        _say_halted([result.summary])
         if flags.keep_serving and server is not None and not result.signalled:
             _serve_until_signal(server)
     finally:
@@ -648,11 +656,14 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     try:
         states, signals = trio.run(go)
         counts, complete = _workers_summary(pool, states, journal, started, sys.stdout)
+        halted = _say_halted(st.summary for st in states)
         if flags.keep_serving and server is not None and not signals:
             _serve_until_signal(server)
     finally:
         if server is not None:
             server.close()
+    if halted:
+        return EXIT_ERROR
     if not complete:
         return EXIT_STOPPED
     return EXIT_UNDELIVERED if _undelivered(counts) else EXIT_OK

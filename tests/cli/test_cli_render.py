@@ -105,3 +105,29 @@ async def test_a_stopped_run_then_a_fixed_resume_sends_each_once(tmp_path: Path)
     assert "ZeroDivisionError" in rows[0]["text"]
     status = CliRunner().invoke(cli, ["status", str(journal)])
     assert "not rendered" in status.stdout
+
+
+async def test_workers_stopped_by_the_breaker_exit_1_with_the_reason(tmp_path: Path) -> None:
+    recipients = addresses(["a.test"], 150)
+    path = write_campaign(tmp_path / "c", recipients, toml=campaign_toml(policy=ONE_SENDER))
+    (tmp_path / "c" / "body.txt").write_text(TEXT_BODY + "{{ 1000 // ((code | int) < 120) }}\n")
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(120):
+        async with running([SITE]) as world:
+            proc = await run_bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--workers",
+                "2",
+                "-q",
+                *world_args(world),
+                name="send",
+                seconds=100,
+            )
+            received = world.received()
+    assert proc.process.returncode == 1, proc
+    assert "renders fail systematically: 20 messages in a row" in proc.stderr()
+    assert len(received) == 120
