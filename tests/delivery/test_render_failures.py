@@ -17,6 +17,7 @@ from bulksend.campaign import Campaign
 from bulksend.delivery.run import RunOptions, run_campaign
 from bulksend.errors import ConfigError
 from bulksend.journal import Journal, Status
+from bulksend.metrics import Metrics
 from bulksend.testing.scenario import SiteSpec, running
 
 TOML = """\
@@ -101,10 +102,13 @@ async def test_row_specific_failures_are_set_aside_and_the_rest_delivered(
     del rows[5]["code"]  # a field the list has, that this row lacks
     rows[12]["share"] = "0"  # a value that makes the template raise
     toml = _campaign(tmp_path / "c", rows)
+    metrics = Metrics()
     with trio.fail_after(30):
         async with running([SITE]) as world:
             summary = await run_campaign(
-                Campaign.load(toml, {}), _options(tmp_path, world.dns_port, world.smtp_port)
+                Campaign.load(toml, {}),
+                _options(tmp_path, world.dns_port, world.smtp_port),
+                metrics=metrics,
             )
             received = world.received()
     assert summary.complete
@@ -113,6 +117,9 @@ async def test_row_specific_failures_are_set_aside_and_the_rest_delivered(
     assert summary.counts[Status.DELIVERED] == 28
     assert summary.counts[Status.NOT_RENDERED] == 2
     assert summary.outcomes.get("not_rendered") == 2
+    sample = metrics.registry.get_sample_value
+    assert sample("bulksend_recipients_total", {"outcome": "not_rendered"}) == 2
+    assert sample("bulksend_recipients_total", {"outcome": "bounced"}) is None
     not_rendered = _states(tmp_path, Status.NOT_RENDERED)
     assert set(not_rendered) == {"user5@a.test", "user12@a.test"}
     assert "'code' is undefined" in str(not_rendered["user5@a.test"])
