@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO, TypeVar
@@ -195,6 +195,7 @@ class _RunFlags:
     quiet: bool
     keep_serving: bool = False
     shard: Shard | None = None
+    retry_unrendered: bool = False
 
     def options(self, journal: Path, campaign: Campaign) -> RunOptions:
         return RunOptions(
@@ -207,6 +208,7 @@ class _RunFlags:
             force=self.force,
             limit=self.limit,
             grace=self.grace,
+            retry_unrendered=self.retry_unrendered,
         )
 
 
@@ -450,11 +452,25 @@ async def execute_run(
 
 def _exit_code(result: RunResult) -> int:
     summary = result.summary
+    if summary is not None and summary.halted:
+        return EXIT_ERROR
     if summary is None or not summary.complete:
         return EXIT_STOPPED
-    if summary.counts[Status.BOUNCED] or summary.counts[Status.EXPIRED]:
-        return EXIT_UNDELIVERED
-    return EXIT_OK
+    return EXIT_UNDELIVERED if _undelivered(summary.counts) else EXIT_OK
+
+
+def _undelivered(counts: Mapping[Status, int]) -> int:
+    """Recipients that will not get the message (unless a fixed campaign retries them)."""
+    return counts[Status.BOUNCED] + counts[Status.EXPIRED] + counts[Status.NOT_RENDERED]
+
+
+def _say_halted(summaries: Iterable[RunSummary | None]) -> bool:
+    """Print why a run stopped itself (renders failing systematically), if one did."""
+    for summary in summaries:
+        if summary is not None and summary.halted:
+            click.echo(f"bulksend: error: {summary.halted}; nothing was bounced", err=True)
+            return True
+    return False
 
 
 def _counts_line(counts: Mapping[Status, int] | Mapping[str, int]) -> str:
@@ -478,6 +494,8 @@ def print_summary(
         with contextlib.suppress(OSError):
             if rejects is not None and rejects.stat().st_size:
                 out.write(f"  rejected rows are listed in {rejects}\n")
+    if summary.requeued:
+        out.write(f"  requeued:  {summary.requeued:,} recipients not rendered before\n")
     if summary.in_doubt_recovered:
         out.write(
             f"  recovered: {summary.in_doubt_recovered:,} recipients in doubt from an "
@@ -490,6 +508,12 @@ def print_summary(
         waiting = summary.counts[Status.PENDING] + summary.counts[Status.IN_DOUBT]
         out.write(
             f"  {waiting:,} recipients still waiting; continue with: bulksend resume {journal}\n"
+        )
+    if summary.counts[Status.NOT_RENDERED]:
+        out.write(
+            f"  {summary.counts[Status.NOT_RENDERED]:,} recipients not rendered (nothing was "
+            f"sent to them); once the template is fixed: bulksend resume {journal} --force "
+            "--retry-unrendered\n"
         )
 
 
@@ -549,6 +573,7 @@ def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int,
                     f"--workers and {option} do not go together: run the shards one at a "
                     f"time with --shard I/N and {option}"
                 )
+        campaign.check_recipients()  # once here, not as N failing workers
         raise SystemExit(run_workers(campaign, journal, flags, workers))
     raise SystemExit(_run(campaign, journal, flags))
 
@@ -577,6 +602,7 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     try:
         print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
         sys.stdout.flush()
+        _say_halted([result.summary])
         if flags.keep_serving and server is not None and not result.signalled:
             _serve_until_signal(server)
     finally:
@@ -630,14 +656,17 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     try:
         states, signals = trio.run(go)
         counts, complete = _workers_summary(pool, states, journal, started, sys.stdout)
+        halted = _say_halted(st.summary for st in states)
         if flags.keep_serving and server is not None and not signals:
             _serve_until_signal(server)
     finally:
         if server is not None:
             server.close()
+    if halted:
+        return EXIT_ERROR
     if not complete:
         return EXIT_STOPPED
-    return EXIT_UNDELIVERED if counts[Status.BOUNCED] or counts[Status.EXPIRED] else EXIT_OK
+    return EXIT_UNDELIVERED if _undelivered(counts) else EXIT_OK
 
 
 def _workers_summary(
@@ -680,10 +709,17 @@ def _workers_line(pool: WorkerPool) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The campaign file; default the one `send` recorded next to the journal.",
 )
+@click.option(
+    "--retry-unrendered",
+    is_flag=True,
+    help="Send again to the recipients whose message could not be made (`not rendered`), "
+    "once the template is fixed.",
+)
 @_run_options
-def resume(journal: Path, campaign_file: Path | None, **kw: Any) -> None:
+def resume(journal: Path, campaign_file: Path | None, retry_unrendered: bool, **kw: Any) -> None:
     """Continue an interrupted run from its journal."""
     flags = _flags(kw)
+    flags.retry_unrendered = retry_unrendered
     if campaign_file is None:
         sidecar = campaign_sidecar(journal)
         try:
@@ -1227,6 +1263,7 @@ def validate(
 ) -> None:
     """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS."""
     campaign = Campaign.load(campaign_file, os.environ)
+    campaign.check_recipients(sample)
     config = campaign.config
     findings = [Finding("ok", f"campaign {config.id}: configuration and templates load")]
     findings += [Finding("warning", w) for w in campaign.warnings]

@@ -20,7 +20,10 @@ schema version; anything else is refused with a :class:`JournalError`, never re-
 
 States: exactly one ``status`` per recipient, enforced by a CHECK constraint:
 ``pending`` and ``in_doubt`` are *waiting* (will be sent); ``delivered``, ``bounced``,
-``expired``, ``suppressed`` and ``invalid`` are final and never sent again. A waiting row is
+``expired``, ``suppressed`` and ``invalid`` are final and never sent again. ``not_rendered``
+(its message could not be made: the sender's fault, never sent, no attempt) is neither: it
+is set aside until :meth:`Journal.retry_unrendered` makes it pending again, once the
+campaign is fixed. A waiting row is
 either due at ``next_attempt_at`` or *claimed* (``claimed_at`` set, handed to a sender);
 a CHECK keeps exactly one of the two set, and final rows have neither. The index
 ``(status, domain, next_attempt_at)`` answers "due recipients for a domain" with a range
@@ -142,7 +145,7 @@ __all__ = [
     "retry_delay",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: the not_rendered status
 #: ``PRAGMA application_id`` of a bulksend journal ("bksn").
 APPLICATION_ID: Final = 0x626B736E
 #: Longest reply text kept per recipient; a multi-line reply can be long.
@@ -161,6 +164,7 @@ class Status(enum.StrEnum):
     EXPIRED = "expired"
     SUPPRESSED = "suppressed"
     INVALID = "invalid"
+    NOT_RENDERED = "not_rendered"  # set aside: the message could not be made
 
     @property
     def waiting(self) -> bool:
@@ -180,6 +184,7 @@ class Kind(enum.StrEnum):
     IN_DOUBT = "in_doubt"  # the final-dot reply never came
     THROTTLED = "throttled"  # our own throttle/backoff: not an attempt
     SUPPRESSED = "suppressed"  # suppressed during the run, before it was sent: not an attempt
+    NOT_RENDERED = "not_rendered"  # the message could not be made: not an attempt
 
 
 class Category(enum.StrEnum):
@@ -224,8 +229,8 @@ class Outcome:
 
     @property
     def is_attempt(self) -> bool:
-        """False for throttled deferrals and suppressions: they never count as an attempt."""
-        return self.kind not in (Kind.THROTTLED, Kind.SUPPRESSED)
+        """False for throttles, suppressions and messages not rendered: nothing was sent."""
+        return self.kind not in (Kind.THROTTLED, Kind.SUPPRESSED, Kind.NOT_RENDERED)
 
     @classmethod
     def delivered(
@@ -270,6 +275,11 @@ class Outcome:
     def suppressed(cls) -> Outcome:
         """The address went on the suppression list after it was claimed: never sent."""
         return cls(Kind.SUPPRESSED)
+
+    @classmethod
+    def not_rendered(cls, text: str) -> Outcome:
+        """The recipient's message could not be made (``text`` says why): set it aside."""
+        return cls(Kind.NOT_RENDERED, None, None, text)
 
     @classmethod
     def released(cls) -> Outcome:
@@ -331,6 +341,9 @@ def plan_step(
         raise ValueError(f"recipient is already final ({status})")
     if outcome.kind is Kind.SUPPRESSED:
         return Step(Status.SUPPRESSED, attempts, first_attempt_at, None, 0, True)
+    if outcome.kind is Kind.NOT_RENDERED:
+        # The sender's fault, not the recipient's: no attempt, no bounce; set aside.
+        return Step(Status.NOT_RENDERED, attempts, first_attempt_at, None, 0, False)
     if not outcome.is_attempt:
         assert outcome.retry_after is not None
         first = now if first_attempt_at is None and outcome.tried else first_attempt_at
@@ -1290,6 +1303,21 @@ class Journal(_Reports):
         self._check_free()
         now = time.time() if now is None else now
         return self._apply([(recipient_id, outcome, now)])[0] == 1
+
+    def retry_unrendered(self, *, now: float | None = None) -> int:
+        """Make every ``not_rendered`` recipient pending again, due at ``now``.
+
+        For a campaign fixed after its messages could not be made: they were never sent,
+        so sending them now sends each once. Returns how many.
+        """
+        self._check_free()
+        now = time.time() if now is None else now
+        with self._write("requeue recipients not rendered"):
+            return self._db.execute(
+                "UPDATE recipients SET status = 'pending', next_attempt_at = ?, updated_at = ?"
+                " WHERE status = 'not_rendered'",
+                (now, now),
+            ).rowcount
 
     def _apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int]:
         """Apply outcomes in one transaction; returns how many applied, and expired."""

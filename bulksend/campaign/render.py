@@ -20,6 +20,12 @@ values (RFC 2047 encoded-words for non-ASCII, RFC 5322 §2.2.3 folding at 78 col
 past 998 octets), quoted-printable-encode the bodies (RFC 2045 §6.7, ``binascii.b2a_qp``, so
 lines stay under 76 columns and only 7-bit bytes remain), fill the skeleton, and sign.
 
+Before anything is sent (``Campaign.check_recipients``): every field a template reads
+without a fallback (``| default(...)``, ``is defined``) must be a column of the recipients
+file (its CSV header, or a key of one of its first JSON Lines rows), and a sample of the first
+rows must render; :class:`RenderBreaker` tells a template problem (many renders fail) from a
+few bad rows, then and during the run.
+
 Boundaries are ``=_bs_<hash of the campaign id>_...``. The sequence ``=_`` can never occur in
 quoted-printable output (``=`` there is always followed by two hex digits or a line break) nor
 in base64 (``=`` only pads the end of the data), so no body can contain a boundary and no scan
@@ -39,9 +45,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -50,6 +57,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.campaign.dkim import DkimSigner, body_hash, relaxed_header
@@ -64,6 +72,7 @@ from bulksend.errors import BulksendError, ConfigError
 
 __all__ = [
     "Campaign",
+    "RenderBreaker",
     "RenderError",
     "RenderedMessage",
     "encode_mailbox",
@@ -92,6 +101,60 @@ class RenderError(BulksendError):
         self.recipient = recipient
         self.reason = reason
         self.line = line
+
+
+class RenderBreaker:
+    """Tells a template problem from a few bad rows by counting renders (pure, no I/O).
+
+    A render failure is the sender's fault, never the recipient's. A few failing rows are
+    set aside (the journal's ``not_rendered``); but when more than ``ratio`` of the first
+    ``window`` renders fail, or ``streak`` fail one after the other, the templates do not fit
+    the list, and going on would only set aside the rest of it: :meth:`failed` then returns
+    why, and the caller stops.
+    """
+
+    __slots__ = ("failures", "last", "ratio", "renders", "run", "streak", "window")
+
+    def __init__(self, *, window: int = 100, ratio: float = 0.1, streak: int = 20) -> None:
+        self.window = window
+        self.ratio = ratio
+        self.streak = streak
+        self.renders = 0
+        self.failures = 0  # among the first ``window`` renders
+        self.run = 0  # failures in a row
+        self.last = ""
+
+    def passed(self) -> None:
+        """Count a message rendered."""
+        self.renders += 1
+        self.run = 0
+
+    def failed(self, error: RenderError) -> str | None:
+        """Count a render failure; returns why to stop once failures are systematic."""
+        self.renders += 1
+        self.run += 1
+        self.last = error.reason
+        if self.renders <= self.window:
+            self.failures += 1
+        if self.failures > self.window * self.ratio or self.run >= self.streak:
+            return self.verdict()
+        return None
+
+    def verdict(self) -> str | None:
+        """Why to stop, judged on the renders so far: the end of a list shorter than the
+        window judges it whole (1 failure of 5 is too many, 1 of 10 is not)."""
+        counted = min(self.renders, self.window)
+        if self.failures > self.ratio * counted:
+            return (
+                f"renders fail systematically: {self.failures} of the first {counted} messages "
+                f"could not be rendered (last: {self.last})"
+            )
+        if self.run >= self.streak:
+            return (
+                f"renders fail systematically: {self.run} messages in a row could not be "
+                f"rendered (last: {self.last})"
+            )
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,14 +322,25 @@ def encode_mailbox(name: str, display: str, address: str) -> bytes:
 # Templates
 
 
+class _FieldFailure(Exception):
+    """A template raised while rendering: which one, and what it raised."""
+
+    def __init__(self, field: str, error: Exception) -> None:
+        super().__init__(field, error)
+        self.field = field
+        self.error = error
+
+
 class _Field:
     """A header value or body: a constant, or a compiled template.
 
-    ``variables`` are the names the template reads from outside itself (merge fields and
-    globals alike), as :func:`jinja2.meta.find_undeclared_variables` finds them.
+    ``name`` says where the template is (its campaign key or file). ``variables`` are the
+    names the template reads from outside itself (merge fields and globals alike), as
+    :func:`jinja2.meta.find_undeclared_variables` finds them; ``required`` those of them it
+    reads without a fallback (see :func:`_required`).
     """
 
-    __slots__ = ("constant", "name", "template", "variables")
+    __slots__ = ("constant", "name", "required", "template", "variables")
 
     def __init__(
         self,
@@ -274,11 +348,13 @@ class _Field:
         constant: str | None,
         template: jinja2.Template | None,
         variables: frozenset[str] = frozenset(),
+        required: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.constant = constant
         self.template = template
         self.variables = variables
+        self.required = required
 
     def render(self, context: dict[str, Any]) -> str:
         """Render with ``context``, which must already hold the environment's globals.
@@ -293,16 +369,35 @@ class _Field:
             return self.constant
         try:
             return "".join(template.root_render_func(template.new_context(context, shared=True)))
-        except Exception:
-            template.environment.handle_exception()
+        except Exception as exc:
+            raise _FieldFailure(self.name, exc) from exc
+
+
+def _required(ast: nodes.Template) -> frozenset[str]:
+    """The names a template reads that it has no fallback for.
+
+    A name given a default (``{{ x | default('') }}``) or tested (``{% if x is defined %}``)
+    anywhere in the template is optional: the template says what happens without it.
+    """
+    guarded = {
+        f.node.name
+        for f in ast.find_all(nodes.Filter)
+        if f.name in ("default", "d") and isinstance(f.node, nodes.Name)
+    } | {
+        t.node.name
+        for t in ast.find_all(nodes.Test)
+        if t.name in ("defined", "undefined") and isinstance(t.node, nodes.Name)
+    }
+    return frozenset(jinja2.meta.find_undeclared_variables(ast) - guarded)
 
 
 def _compile(env: SandboxedEnvironment, name: str, source: str, where: str) -> _Field:
     if not _TEMPLATE_SYNTAX.search(source):
         return _Field(name, source, None)
     try:
-        variables = frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
-        return _Field(name, None, env.from_string(source), variables)
+        ast = env.parse(source)
+        variables = frozenset(jinja2.meta.find_undeclared_variables(ast))
+        return _Field(name, None, env.from_string(source), variables, _required(ast))
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(
             f"{where}: line {exc.lineno}: template error: {exc.message}. Fix the template."
@@ -377,9 +472,9 @@ class Campaign:
         def header_field(key: str, source: str) -> _Field:
             return _compile(text_env, key, source, f"{where}: {key}")
 
-        self._subject = header_field("subject", message.subject)
-        self._from_name = header_field("from_name", message.from_name)
-        self._to_name = header_field("to_name", message.to_name)
+        self._subject = header_field("message.subject", message.subject)
+        self._from_name = header_field("message.from_name", message.from_name)
+        self._to_name = header_field("message.to_name", message.to_name)
         self._extra = tuple(
             (name, header_field(f"message.headers.{name}", value))
             for name, value in message.headers
@@ -393,10 +488,10 @@ class Campaign:
         self._html: _Field | None = None
         if message.text_template is not None:
             path = message.text_template
-            self._text = _compile(text_env, "text", _read_text(read, path), str(path))
+            self._text = _compile(text_env, str(path), _read_text(read, path), str(path))
         if message.html_template is not None:
             path = message.html_template
-            self._html = _compile(html_env, "html", _read_text(read, path), str(path))
+            self._html = _compile(html_env, str(path), _read_text(read, path), str(path))
 
         # Sender side: From domain for Message-ID, VERP template split around {token}.
         self._msgid_domain = message.from_address.rpartition("@")[2]
@@ -405,16 +500,7 @@ class Campaign:
 
         # A campaign whose templates read nothing of the recipient (and no VERP) can send one
         # message to several recipients in one transaction (see render_shared).
-        fields = (
-            self._subject,
-            self._from_name,
-            self._to_name,
-            *(f for _name, f in self._extra),
-            self._unsubscribe,
-            self._text,
-            self._html,
-        )
-        used: set[str] = set().union(*(f.variables for f in fields if f is not None))
+        used: set[str] = set().union(*(f.variables for f in self._fields()))
         self.shared = self._verp is None and used <= {"campaign_id", *self._globals}
 
         # Constant header lines, with their DKIM canonical forms.
@@ -569,6 +655,72 @@ class Campaign:
             allow_test_domain=config.allow_test_domain,
         )
 
+    def check_recipients(self, sample: int = 100) -> None:
+        """Check the templates against the recipients file, before anything is sent.
+
+        Every field a template reads without a fallback must be a column of the file (its
+        CSV header, or a key of one of the first ``sample`` JSON Lines rows), and no more of
+        the first ``sample`` recipients may fail to render than :class:`RenderBreaker`
+        allows (a few bad rows are set aside when sending; more mean the templates are wrong).
+
+        Raises:
+            ConfigError: a template reads a missing field, or the sample does not render.
+        """
+        reader = iter(self.recipients())
+        try:
+            rows = list(itertools.islice(reader, sample))
+        finally:
+            if isinstance(reader, Generator):
+                reader.close()  # the file it reads
+        if not rows:
+            return  # nothing to check against (and nothing to send)
+        columns = {name for row in rows for name in row.fields}
+        self._check_fields(columns)
+        breaker = RenderBreaker(window=sample)
+        now = time.time()
+        for row in rows:
+            try:
+                self.render(row, now=now)
+            except RenderError as exc:
+                breaker.failed(exc)
+            else:
+                breaker.passed()
+        stop = breaker.verdict()
+        if stop is not None:
+            raise ConfigError(
+                f"{self.config.recipients.file}: {stop}. Fix the template or the recipients file."
+            )
+
+    def _check_fields(self, columns: Collection[str]) -> None:
+        provided = {"email", "campaign_id", "message_id", *self._globals}
+        if self._unsubscribe is not None:
+            provided.add("unsubscribe_url")
+        for field in self._fields():
+            missing = sorted(field.required - provided - set(columns))
+            if missing:
+                where = field.name
+                if where.startswith(("message.", "unsubscribe.")):
+                    where = f"{self.config.source}: {where}"
+                raise ConfigError(
+                    f"{where}: the template reads {missing[0]!r}, which the recipients file "
+                    f"{self.config.recipients.file} does not have (columns: "
+                    f"{', '.join(sorted(columns))}). Fix the field name, add the column, or "
+                    f"give it a default: {{{{ {missing[0]} | default('') }}}}"
+                )
+
+    def _fields(self) -> list[_Field]:
+        """Every templated part of the message, in message order."""
+        fields = (
+            self._from_name,
+            self._to_name,
+            self._subject,
+            self._unsubscribe,
+            *(f for _name, f in self._extra),
+            self._text,
+            self._html,
+        )
+        return [f for f in fields if f is not None]
+
     def message_id(self, address: str) -> str:
         """The Message-ID of this campaign's message to ``address`` (stable across retries)."""
         key = f"{self.config.id}\0{address}".encode("utf-8", "surrogatepass")
@@ -592,24 +744,12 @@ class Campaign:
                 control character headed for a header, a template error). Other recipients
                 are unaffected.
         """
-        address = recipient.address
         try:
             return self._render(recipient, now)
         except RenderError:
             raise
-        except jinja2.UndefinedError as exc:
-            raise RenderError(
-                address,
-                f"{exc.message}: add the field to the recipients file or give the template a "
-                "default (`{{ name | default('') }}`)",
-                recipient.line,
-            ) from None
-        except (jinja2.TemplateError, ValueError, UnicodeError) as exc:
-            raise RenderError(address, str(exc), recipient.line) from None
-        except Exception as exc:  # a template raised something of its own
-            raise RenderError(
-                address, f"template failed: {type(exc).__name__}: {exc}", recipient.line
-            ) from None
+        except Exception as exc:
+            raise RenderError(recipient.address, _reason(exc), recipient.line) from None
 
     def _render(self, recipient: Recipient, now: float | None) -> RenderedMessage:
         address = recipient.address
@@ -662,8 +802,8 @@ class Campaign:
         }
         try:
             return self._assemble(context, None, message_id, now)
-        except (jinja2.TemplateError, ValueError, UnicodeError) as exc:
-            raise RenderError(first, str(exc)) from None
+        except Exception as exc:
+            raise RenderError(first, _reason(exc)) from None
 
     def _assemble(
         self,
@@ -757,6 +897,21 @@ class Campaign:
             entry = _entry("date", f"Date: {stamp}\r\n".encode("ascii"))
             self._date = (second, entry)
         return entry
+
+
+def _reason(exc: Exception) -> str:
+    """Why a message could not be made, naming the template that failed."""
+    where = ""
+    if isinstance(exc, _FieldFailure):
+        where, exc = f"{exc.field}: ", exc.error
+    if isinstance(exc, jinja2.UndefinedError):
+        return (
+            f"{where}{exc.message}: add the field to the recipients file or give the template "
+            "a default (`{{ name | default('') }}`)"
+        )
+    if isinstance(exc, jinja2.TemplateError | ValueError | UnicodeError):
+        return f"{where}{exc}"
+    return f"{where}template failed: {type(exc).__name__}: {exc}"  # a template's own error
 
 
 def _entry(name: str, line: bytes) -> tuple[str, bytes, bytes]:

@@ -41,7 +41,7 @@ import trio
 from prometheus_client import Counter
 
 from bulksend.campaign.recipients import Recipient
-from bulksend.campaign.render import Campaign, RenderError
+from bulksend.campaign.render import Campaign, RenderBreaker, RenderError
 from bulksend.config import SiteLimits, Timeouts, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.outcome import classify_error
@@ -90,7 +90,7 @@ class Delivery:
     stopping: trio.Event = field(default_factory=trio.Event)
     on_due: Callable[[float], None] = lambda _at: None  # a deferral is due again at this time
     on_domain_idle: Callable[[str], None] = lambda _domain: None
-    on_limit: Callable[[], None] = lambda: None
+    on_limit: Callable[[], None] = lambda: None  # begin a graceful stop
     on_final: Callable[[], None] = lambda: None  # a recipient reached a final state
     #: Called with every outcome as it is recorded (accounting log, progress display).
     on_outcome: Callable[[Due, Outcome, str], None] = lambda _due, _outcome, _site: None
@@ -99,6 +99,9 @@ class Delivery:
     suppressed: Callable[[str], bool] = lambda _address: False
     total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
     fetch_batch: int = 64
+    renders: RenderBreaker = field(default_factory=RenderBreaker)
+    #: Why the run stopped itself (renders failing systematically); "" while it has not.
+    halt_reason: str = ""
     stats: dict[str, int] = field(default_factory=dict)
     taken: int = 0  # recipients taken for sending in this run
     _children: dict[tuple[str, str], tuple[Counter, Counter]] = field(default_factory=dict)
@@ -143,6 +146,16 @@ class Delivery:
     def now(self) -> float:
         """Wall-clock seconds, advancing with trio's clock (so MockClock tests work)."""
         return self.epoch + trio.current_time()
+
+    async def not_rendered(self, group: list[Due], error: RenderError, site_label: str) -> None:
+        """Set aside recipients whose message could not be made: never a bounce (the fault
+        is the sender's); once render failures are systematic, stop the run."""
+        for due in group:
+            await self.record(due, Outcome.not_rendered(error.reason), site_label)
+        stop = self.renders.failed(error)
+        if stop is not None and not self.halt_reason:
+            self.halt_reason = stop
+            self.on_limit()
 
     async def record(self, due: Due, outcome: Outcome, site_label: str) -> None:
         """Journal one recipient's outcome and count it."""
@@ -440,9 +453,9 @@ class Destination:
             envelope, data = self._render(group)
         except RenderError as exc:
             slot.holding = []
-            for due in group:
-                await self._record(due, Outcome.bounced(text=f"not rendered: {exc}"))
+            await self.delivery.not_rendered(group, exc, self.label)
             return
+        self.delivery.renders.passed()
         if slot.client is not None and not slot.client.usable:
             client, slot.client = slot.client, None
             await self._close(client, slot.sent)

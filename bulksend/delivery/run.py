@@ -66,6 +66,8 @@ class RunOptions:
             journal and rejects files get the shard in their names.
         suppression_check: seconds between looks at the suppression file during a run; a
             change is read and applied before the next recipient is taken.
+        retry_unrendered: make the recipients whose message could not be made in an
+            earlier run (``not_rendered``) pending again: the campaign has been fixed.
     """
 
     journal: Path
@@ -81,6 +83,7 @@ class RunOptions:
     allow_plaintext_auth: bool = False
     shard: Shard | None = None
     suppression_check: float = 30.0
+    retry_unrendered: bool = False
 
     @property
     def journal_path(self) -> Path:
@@ -98,6 +101,8 @@ class RunSummary:
     in_doubt_recovered: int  # claimed without an outcome when the journal was opened
     complete: bool  # no recipient is waiting any more
     elapsed: float
+    requeued: int = 0  # not rendered before, pending again (``retry_unrendered``)
+    halted: str = ""  # why the run stopped itself (renders failing systematically)
 
 
 def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig:
@@ -215,13 +220,18 @@ async def run_campaign(
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
-        ConfigError: the routing configuration is unusable.
+        ConfigError: the routing configuration is unusable, or the templates do not fit the
+            recipients file (checked before the journal is opened: nothing is sent).
     """
     started = time.monotonic()
     metrics = metrics or Metrics()
     config = campaign.config
+    await trio.to_thread.run_sync(campaign.check_recipients)
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
     try:
+        requeued = 0
+        if options.retry_unrendered:
+            requeued = await trio.to_thread.run_sync(journal.retry_unrendered)
         router = Router(routing_config(config, options))
         keep = None
         if options.shard is not None and not journal.import_complete:
@@ -229,16 +239,7 @@ async def run_campaign(
         imported = await trio.to_thread.run_sync(
             import_recipients, campaign, journal, options.shard, keep
         )
-        suppression = None
-        if config.recipients.suppression is not None:
-            suppression = SuppressionFile(config.recipients.suppression)
-            await trio.to_thread.run_sync(suppression.reload)
-            if imported is None or imported.skipped:
-                # Imported (some of it) by an earlier run: the list may have grown since.
-                n = await trio.to_thread.run_sync(
-                    journal.suppress_waiting, suppression.__contains__
-                )
-                log.info("%d waiting recipients are on the suppression list now", n)
+        suppression = await _read_suppression(campaign, journal, imported)
         policy = config.policy
         delivery = Delivery(
             campaign=campaign,
@@ -292,9 +293,27 @@ async def run_campaign(
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,
+            requeued=requeued,
+            halted=delivery.halt_reason,
         )
     finally:
         journal.close()
+
+
+async def _read_suppression(
+    campaign: Campaign, journal: Journal, imported: ImportStats | None
+) -> SuppressionFile | None:
+    """Read the suppression file, if any; on a resume, mark the waiting recipients on it."""
+    path = campaign.config.recipients.suppression
+    if path is None:
+        return None
+    suppression = SuppressionFile(path)
+    await trio.to_thread.run_sync(suppression.reload)
+    if imported is None or imported.skipped:
+        # Imported (some of it) by an earlier run: the list may have grown since.
+        n = await trio.to_thread.run_sync(journal.suppress_waiting, suppression.__contains__)
+        log.info("%d waiting recipients are on the suppression list now", n)
+    return suppression
 
 
 async def _watch_suppression(

@@ -182,6 +182,7 @@ def test_reports(journal: Journal) -> None:
         Status.EXPIRED: 0,
         Status.SUPPRESSED: 0,
         Status.INVALID: 0,
+        Status.NOT_RENDERED: 0,
     }
     assert sum(counts.values()) == 10
     assert journal.counts_by_category() == {Category.BAD_MAILBOX: 1, Category.POLICY: 2}
