@@ -50,6 +50,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.campaign.dkim import DkimSigner, body_hash, relaxed_header
@@ -259,6 +260,40 @@ def encode_mailbox(name: str, display: str, address: str) -> bytes:
 # Templates
 
 
+class _BoundedEnvironment(SandboxedEnvironment):
+    """The sandbox, with a cap on what one template may produce (``max_message_size``).
+
+    Output is counted piece by piece as it is generated (:meth:`_Field.render`), and a
+    repetition (``"x" * n``) that would exceed the cap is refused before it is built, so a
+    runaway template fails its recipient instead of filling memory.
+    """
+
+    intercepted_binops = frozenset({"*"})
+
+    def __init__(self, limit: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.limit = limit
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        for seq, times in ((left, right), (right, left)):
+            if (
+                isinstance(seq, str | bytes | list | tuple)
+                and isinstance(times, int)
+                and len(seq) * times > self.limit
+            ):
+                raise _too_large(self.limit)
+        return super().call_binop(context, operator, left, right)
+
+
+def _too_large(limit: int) -> SecurityError:
+    return SecurityError(
+        f"the template's output exceeds max_message_size ({limit:,} bytes); check the "
+        "template, or raise [campaign] max_message_size"
+    )
+
+
 class _Field:
     """A header value or body: a constant, or a compiled template.
 
@@ -291,10 +326,20 @@ class _Field:
         if template is None:
             assert self.constant is not None
             return self.constant
+        env = template.environment
+        assert isinstance(env, _BoundedEnvironment)
+        limit = env.limit
+        pieces: list[str] = []
+        size = 0
         try:
-            return "".join(template.root_render_func(template.new_context(context, shared=True)))
+            for piece in template.root_render_func(template.new_context(context, shared=True)):
+                size += len(piece)
+                if size > limit:
+                    raise _too_large(limit)
+                pieces.append(piece)
         except Exception:
             template.environment.handle_exception()
+        return "".join(pieces)
 
 
 def _compile(env: SandboxedEnvironment, name: str, source: str, where: str) -> _Field:
@@ -364,11 +409,12 @@ class Campaign:
         )
         read = _read_file
         message = config.message
-        text_env = SandboxedEnvironment(
-            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+        limit = config.max_message_size
+        text_env = _BoundedEnvironment(
+            limit, undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
         )
-        html_env = SandboxedEnvironment(
-            undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True
+        html_env = _BoundedEnvironment(
+            limit, undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True
         )
         where = str(config.source)
         # Both environments have the same (default) globals; see _Field.render.
@@ -567,6 +613,7 @@ class Campaign:
             suppression=suppression,
             on_reject=on_reject,
             allow_test_domain=config.allow_test_domain,
+            encoding=config.encoding,
         )
 
     def message_id(self, address: str) -> str:
@@ -693,6 +740,12 @@ class Campaign:
                 for signer in reversed(self.signers)
             )
             head = signatures + head
+        size = len(head) + 2 + len(body)
+        if size > self.config.max_message_size:
+            raise ValueError(
+                f"the message is {size:,} bytes, over max_message_size "
+                f"({self.config.max_message_size:,} bytes)"
+            )
         return head + b"\r\n" + body
 
     def _headers(
