@@ -913,11 +913,11 @@ def _load_message(root: _Table, max_size: int, within: Path | None) -> MessageCo
         # Base64 in 76-column lines: 78 bytes for every 57 of the file.
         encoded += -(-attachment.path.stat().st_size // 57) * 78
         if encoded > max_size:
-            raise t.error(
-                f"attachments[{index}]",
-                f"{attachment.path.name!r} makes every message over {max_size:,} bytes "
-                f"({encoded:,} bytes of attachments once base64-encoded)",
-                "Link to the file instead, or raise `max_message_size` in [campaign].",
+            raise ConfigError(
+                f"{t.source}: {t.key('attachments')}[{index}]: {attachment.path.name!r} makes "
+                f"every message over {max_size:,} bytes ({encoded:,} bytes of attachments once "
+                "base64-encoded). Link to the file instead, or raise `max_message_size` in "
+                "[campaign]."
             )
 
     headers: list[tuple[str, str]] = []
@@ -1015,7 +1015,7 @@ def _load_recipients(root: _Table, campaign_id: str) -> RecipientsConfig:
     allow_test = t.boolean("allow_test_domain", default=False)
     encoding = t.string("encoding") or "utf-8"
     try:
-        b"".decode(encoding)  # a text encoding, not a bytes codec such as "base64"
+        b"a".decode(encoding, "ignore")  # a text encoding, not a codec such as "base64"
     except LookupError:
         raise t.error(
             "encoding", f"{encoding!r} is not a known encoding", 'Use e.g. "utf-8" or "latin-1".'
