@@ -260,9 +260,13 @@ def test_a_message_over_the_cap_fails_its_recipient(campaign_dir: CampaignDir) -
         campaign_dir, 'max_message_size = "100kB"', 'attachments = ["terms.txt"]'
     )
     campaign = campaign_dir.campaign(toml)
-    short = Recipient("a@example.com", {"first_name": "A", "last_name": "B", "offer": "x", "token": "t"})
+    short = Recipient(
+        "a@example.com", {"first_name": "A", "last_name": "B", "offer": "x", "token": "t"}
+    )
     assert len(campaign.render(short).data) < 100_000
-    long = Recipient("b@example.com", {"first_name": "A", "last_name": "B", "offer": "y" * 15_000, "token": "t"})
+    long = Recipient(
+        "b@example.com", {"first_name": "A", "last_name": "B", "offer": "y" * 15_000, "token": "t"}
+    )
     with pytest.raises(RenderError, match=r"over max_message_size \(100,000 bytes\)"):
         campaign.render(long)  # the offer is in both bodies: 30 kB more
 
@@ -308,10 +312,17 @@ def test_validate_renders_previews_within_the_cap(campaign_dir: CampaignDir) -> 
 
 
 def test_max_message_size_is_checked(campaign_dir: CampaignDir) -> None:
-    for bad in ('"lots"', "0", '"-5MB"', "true"):
+    for bad, problem in (
+        ('"lots"', "'lots' is not a size"),
+        ("0", "0: a size must be greater than zero"),
+        ('"5 parsecs"', "'5 parsecs' is not a size"),
+        ("true", "expected a size"),
+    ):
         toml = _with_campaign_keys(campaign_dir, f"max_message_size = {bad}")
-        with pytest.raises(ConfigError, match=r"campaign\.max_message_size: "):
+        with pytest.raises(ConfigError, match=rf"campaign\.max_message_size: {problem}"):
             campaign_dir.campaign(toml)
+    toml = _with_campaign_keys(campaign_dir, 'max_message_size = "10 MiB"')
+    assert campaign_dir.campaign(toml).config.max_message_size == 10 * 1024 * 1024
 
 
 # --- paths outside the campaign directory ---------------------------------------------------
