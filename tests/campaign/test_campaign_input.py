@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -309,6 +310,23 @@ def test_validate_renders_previews_within_the_cap(campaign_dir: CampaignDir) -> 
         done.output
     )
     assert "0 previews in" in done.output
+
+
+def test_validate_keeps_only_the_previews_in_memory(campaign_dir: CampaignDir) -> None:
+    campaign_dir.write("brochure.pdf", os.urandom(1_000_000))  # 1.4 MB in every message
+    rows = "".join(f"r{i}@example.com,R{i},S,tulips,t{i}\n" for i in range(60))
+    campaign_dir.write("recipients.csv", "email,first_name,last_name,offer,token\n" + rows)
+    toml = _with_campaign_keys(campaign_dir, "", 'attachments = ["brochure.pdf"]')
+    tracemalloc.start()
+    try:
+        done = CliRunner().invoke(
+            main, ["validate", str(campaign_dir.toml(toml)), "--no-dns", "--sample", "60"]
+        )
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "ok: recipients: 60 of the first 60 rendered" in done.output, done.output
+    assert peak < 20_000_000  # 60 messages kept would be 85 MB
 
 
 def test_max_message_size_is_checked(campaign_dir: CampaignDir) -> None:
