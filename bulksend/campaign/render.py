@@ -18,7 +18,9 @@ value for control characters (header injection; we do not rely on the :mod:`emai
 which let CR/LF through on older 3.11/3.12 patch levels: CVE-2024-6923), encode the header
 values (RFC 2047 encoded-words for non-ASCII, RFC 5322 §2.2.3 folding at 78 columns, never
 past 998 octets), quoted-printable-encode the bodies (RFC 2045 §6.7, ``binascii.b2a_qp``, so
-lines stay under 76 columns and only 7-bit bytes remain), fill the skeleton, and sign.
+lines stay under 76 columns and only 7-bit bytes remain), fill the skeleton, and sign. No
+template may produce, and no message may be, more than ``[campaign] max_message_size``: output
+is counted as the template generates it, so a runaway template fails its recipient early.
 
 Boundaries are ``=_bs_<hash of the campaign id>_...``. The sequence ``=_`` can never occur in
 quoted-printable output (``=`` there is always followed by two hex digits or a line break) nor
