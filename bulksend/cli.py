@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -38,9 +37,17 @@ import dns.resolver
 import trio
 from prometheus_client import CollectorRegistry
 
-from bulksend.campaign.recipients import Recipient, Reject
+from bulksend.campaign.dkim import zone_txt
+from bulksend.campaign.recipients import Reject
 from bulksend.campaign.render import Campaign, RenderError
-from bulksend.delivery.run import RunOptions, RunSummary, routing_config, run_campaign
+from bulksend.config import is_fqdn
+from bulksend.delivery.run import (
+    RunOptions,
+    RunSummary,
+    ehlo_hostname,
+    routing_config,
+    run_campaign,
+)
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
@@ -198,18 +205,29 @@ class _RunFlags:
     retry_unrendered: bool = False
 
     def options(self, journal: Path, campaign: Campaign) -> RunOptions:
+        ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
+        if not is_fqdn(ehlo):
+            _warn(_not_fqdn(ehlo))
         return RunOptions(
             journal=journal,
             shard=self.shard,
             nameservers=_nameservers(self.nameservers, campaign),
             dns_port=self.dns_port,
             smtp_port=self.smtp_port,
-            ehlo_hostname=self.ehlo_hostname or socket.getfqdn(),
+            ehlo_hostname=ehlo,
             force=self.force,
             limit=self.limit,
             grace=self.grace,
             retry_unrendered=self.retry_unrendered,
         )
+
+
+def _not_fqdn(name: str) -> str:
+    return (
+        f"the EHLO name {name!r} is not a fully qualified domain name; receivers may refuse "
+        "or distrust the mail: set [campaign] ehlo_hostname (or --ehlo-hostname) to this "
+        "host's public name"
+    )
 
 
 def _nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
@@ -270,7 +288,10 @@ def _run_options(f: _F) -> _F:
             hidden=True,
             help="SMTP port of every MX host (test servers).",
         ),
-        click.option("--ehlo-hostname", help="Our name in EHLO; default this host's FQDN."),
+        click.option(
+            "--ehlo-hostname",
+            help="Our name in EHLO; default the campaign's ehlo_hostname, else this host's FQDN.",
+        ),
         click.option(
             "--grace",
             type=click.FloatRange(min=0),
@@ -1075,7 +1096,11 @@ def judge_dkim(name: str, records: list[str] | None, expected: str) -> list[Find
         return [Finding("warning", f"DKIM: could not look up TXT {name}")]
     keys = [r for r in records if "p=" in r]
     if not keys:
-        return [Finding("warning", f"DKIM: no key record at {name}; publish: {expected}")]
+        return [
+            Finding(
+                "warning", f"DKIM: no key record at {name}; publish: {zone_txt(name, expected)}"
+            )
+        ]
     published = _txt_tags(keys[0]).get("p", "")
     wanted = _txt_tags(expected)["p"]
     if not published:
@@ -1085,7 +1110,7 @@ def judge_dkim(name: str, records: list[str] | None, expected: str) -> list[Find
             Finding(
                 "warning",
                 f"DKIM: the key at {name} is not the configured key's "
-                f"public key; publish: {expected}",
+                f"public key; publish: {zone_txt(name, expected)}",
             )
         ]
     return [Finding("ok", f"DKIM: {name} publishes the configured key")]
@@ -1275,28 +1300,39 @@ def validate(
                 f"{signer.selector}._domainkey.{signer.domain}",
             )
         )
+    ehlo = ehlo_hostname(config, None)
+    findings.append(
+        Finding("ok", f"EHLO name: {ehlo}")
+        if is_fqdn(ehlo)
+        else Finding("warning", _not_fqdn(ehlo))
+    )
     rejects: list[Reject] = []
-    rendered: list[tuple[Recipient, bytes]] = []
+    rendered = 0
+    kept: list[bytes] = []  # only the previews: each message may be max_message_size
     failures: list[str] = []
     now = time.time()
     keep = max(sample, previews)
     reader = iter(campaign.recipients(rejects.append))
     for recipient in reader:
-        if len(rendered) + len(failures) >= keep:
+        if rendered + len(failures) >= keep:
             break
         try:
-            rendered.append((recipient, campaign.render(recipient, now=now).data))
+            data = campaign.render(recipient, now=now).data
         except RenderError as exc:
             failures.append(str(exc))
+            continue
+        rendered += 1
+        if len(kept) < previews:
+            kept.append(data)
     if isinstance(reader, Generator):
         reader.close()  # the file it reads
-    tried = len(rendered) + len(failures)
+    tried = rendered + len(failures)
     if failures:
         findings += [Finding("warning", f"render failure: {f}") for f in failures[:5]]
     findings.append(
         Finding(
             "ok" if tried and not failures else "warning",
-            f"recipients: {len(rendered):,} of the first {tried:,} rendered"
+            f"recipients: {rendered:,} of the first {tried:,} rendered"
             + (f"; {len(rejects):,} rows rejected before them" if rejects else ""),
         )
     )
@@ -1309,9 +1345,9 @@ def validate(
     if previews:
         directory = preview_dir or config.source.parent / "previews"
         directory.mkdir(parents=True, exist_ok=True)
-        for i, (_recipient, data) in enumerate(rendered[:previews], 1):
+        for i, data in enumerate(kept, 1):
             write_private_bytes(directory / f"preview-{i:03d}.eml", data)
-        findings.append(Finding("ok", f"{min(previews, len(rendered))} previews in {directory}"))
+        findings.append(Finding("ok", f"{len(kept)} previews in {directory}"))
     if not no_dns:
         servers = tuple(nameservers) or config.routing.nameservers or _system_or_none()
         if servers:

@@ -17,12 +17,14 @@ Every key is documented in ``docs/campaign.md``.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import enum
 import hmac
 import ipaddress
 import math
 import re
+import ssl
 import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -55,11 +57,15 @@ __all__ = [
     "Smarthost",
     "Timeouts",
     "TlsMode",
+    "TlsTrust",
     "UnsubscribeConfig",
+    "decoding_problem",
+    "is_fqdn",
     "load_campaign",
     "parse_domain",
     "parse_duration",
     "parse_rate",
+    "parse_size",
 ]
 
 
@@ -181,6 +187,7 @@ class RecipientsConfig:
     email_column: str = "email"
     suppression: Path | None = None
     allow_test_domain: bool = False
+    encoding: str = "utf-8"  # a Python codec name, checked at load time
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +352,22 @@ class RoutingSection:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsTrust:
+    """The ``[tls]`` section: certificate authorities trusted besides the system's.
+
+    ``ca_certs`` is the PEM text of ``ca_file``, read (and checked) by the loader, so the
+    delivery code builds its verifying context without reading a file.
+    """
+
+    ca_file: Path | None = None
+    ca_certs: str | None = None
+
+
+#: The default cap on one rendered message: the common receivers' limit (Gmail, Outlook).
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1000 * 1000
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignConfig:
     """A whole campaign file, loaded and checked."""
 
@@ -357,6 +380,13 @@ class CampaignConfig:
     dkim: tuple[DkimConfig, ...] = ()
     policy: SendingPolicy = SendingPolicy()
     routing: RoutingSection = RoutingSection()
+    #: Our name in EHLO; None: the run's ``--ehlo-hostname``, else this host's FQDN.
+    ehlo_hostname: str | None = None
+    #: No rendered message may be larger (bytes); a recipient whose message is fails alone.
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Templates and attachments may lie outside the campaign file's directory.
+    allow_outside_paths: bool = False
+    tls: TlsTrust = TlsTrust()
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()
@@ -420,6 +450,111 @@ def parse_duration(value: str | float) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{value!r}: a duration cannot be negative")
     return seconds
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def parse_size(value: str | int) -> int:
+    """Parse ``"25MB"``, ``"10 MiB"``, ``"500kB"`` or a number of bytes into bytes.
+
+    Raises:
+        ValueError: the text is not a positive size.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '25MB'")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE_RE.match(value.lower())
+        if m is None or m.group(2) not in _SIZE_UNITS:
+            raise ValueError(f"{value!r} is not a size; write bytes or '25MB', '10MiB', '500kB'")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if size <= 0:
+        raise ValueError(f"{value!r}: a size must be greater than zero")
+    return size
+
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _hostname_syntax(name: str) -> bool:
+    """A host name of LDH labels (RFC 1123 §2.1), or an address literal (RFC 5321 §4.1.3)."""
+    if name.startswith("[") and name.endswith("]"):
+        literal = name[1:-1]
+        if literal.lower().startswith("ipv6:"):
+            literal = literal[5:]
+            kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address] = ipaddress.IPv6Address
+        else:
+            kind = ipaddress.IPv4Address
+        try:
+            kind(literal)
+        except ValueError:
+            return False
+        return True
+    labels = name.lower().removesuffix(".").split(".")
+    return len(name) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+def is_fqdn(name: str) -> bool:
+    """Whether an EHLO name is a fully qualified domain name (or an address literal).
+
+    RFC 5321 §4.1.1.1 asks for the client's FQDN; receivers distrust a bare host name or
+    ``localhost`` (often a spam score, sometimes a refusal).
+    """
+    if not _hostname_syntax(name):
+        return False
+    if name.startswith("["):
+        return True
+    labels = name.lower().removesuffix(".").split(".")
+    return (
+        len(labels) >= 2
+        and not labels[-1].isdigit()
+        and labels[-1] not in ("localhost", "localdomain", "local")
+    )
+
+
+def decoding_problem(path: Path, encoding: str) -> str | None:
+    """Where a file first fails to decode, as a one-line message; None when it decodes.
+
+    Reads the file in 1 MiB blocks (memory stays flat) and names the line and the byte.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    label = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else repr(encoding)
+    offset = 0
+    with path.open("rb") as stream:
+        while True:
+            block = stream.read(1 << 20)
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start
+                byte = exc.object[exc.start]
+                break
+            if not block:
+                return None
+            offset += len(block)
+        stream.seek(0)
+        line = 1
+        while stream.tell() < bad:
+            line += stream.read(min(1 << 20, bad - stream.tell())).count(b"\n")
+    hint = (
+        'set [recipients] encoding = "latin-1" if the file uses it'
+        if label == "UTF-8"
+        else "set [recipients] encoding to the file's encoding"
+    )
+    return f"{path} is not valid {label} at line {line}, byte 0x{byte:02x}; {hint}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,11 +692,26 @@ class _Table:
                 )
         return list(value)
 
-    def path_(self, name: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
+    def path_(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        must_exist: bool = True,
+        within: Path | None = None,
+    ) -> Path | None:
+        """A file path; with ``within``, one that must lie in that directory."""
         text = self.string(name, required=required)
         if text is None:
             return None
-        return _resolve(self, name, text, must_exist=must_exist)
+        path = _resolve(self, name, text, must_exist=must_exist)
+        if within is not None and not path.resolve().is_relative_to(within.resolve()):
+            raise self.error(
+                name,
+                f"{text!r} is outside the campaign directory {str(within)!r}",
+                "Move the file into it, or set `allow_outside_paths = true` in [campaign].",
+            )
+        return path
 
     def finish(self) -> None:
         """Refuse any key that was not read: a typo must never be ignored silently."""
@@ -674,9 +824,21 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
             f"{campaign_id!r} is not a valid campaign id",
             "Use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
         )
+    ehlo_hostname = campaign.string("ehlo_hostname")
+    if ehlo_hostname is not None and not _hostname_syntax(ehlo_hostname):
+        raise campaign.error(
+            "ehlo_hostname",
+            f"{ehlo_hostname!r} is not a host name",
+            "Use this host's public name (e.g. 'mta1.example.org') or an address literal.",
+        )
+    max_size = _pick(
+        campaign.converted("max_message_size", parse_size, "Write bytes or a size like '25MB'."),
+        DEFAULT_MAX_MESSAGE_SIZE,
+    )
+    allow_outside = campaign.boolean("allow_outside_paths", default=False)
     campaign.finish()
 
-    message = _load_message(root)
+    message = _load_message(root, max_size, None if allow_outside else source.parent)
     envelope = root.sub("envelope", required=True)
     assert envelope is not None
     sender = _load_envelope_sender(envelope)
@@ -686,6 +848,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     dkim = _load_dkim(root, environ)
     policy = _load_policy(root)
     routing = _load_routing(root, environ)
+    tls = _load_tls(root)
     root.finish()
     return CampaignConfig(
         source=source,
@@ -697,11 +860,35 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         dkim=dkim,
         policy=policy,
         routing=routing,
+        ehlo_hostname=ehlo_hostname,
+        max_message_size=max_size,
+        allow_outside_paths=allow_outside,
+        tls=tls,
         warnings=tuple(root.warnings),
     )
 
 
-def _load_message(root: _Table) -> MessageConfig:
+def _load_tls(root: _Table) -> TlsTrust:
+    t = root.sub("tls")
+    if t is None:
+        return TlsTrust()
+    ca_file = t.path_("ca_file")
+    t.finish()
+    if ca_file is None:
+        return TlsTrust()
+    try:
+        pem = ca_file.read_text("ascii")
+        ssl.create_default_context(cadata=pem)  # parses every certificate in it
+    except (OSError, UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+        raise t.error(
+            "ca_file",
+            f"cannot load CA certificates from {str(ca_file)!r} ({exc})",
+            "Give a file of PEM certificates ('-----BEGIN CERTIFICATE-----').",
+        ) from None
+    return TlsTrust(ca_file=ca_file, ca_certs=pem)
+
+
+def _load_message(root: _Table, max_size: int, within: Path | None) -> MessageConfig:
     t = root.sub("message", required=True)
     assert t is not None
     from_address = _address(t, "from", t.req_string("from"))
@@ -710,8 +897,8 @@ def _load_message(root: _Table) -> MessageConfig:
     subject = _header_template(t, "subject", t.req_string("subject"))
     from_name = _header_template(t, "from_name", t.string("from_name") or "")
     to_name = _header_template(t, "to_name", t.string("to_name") or "")
-    text_template = t.path_("text")
-    html_template = t.path_("html")
+    text_template = t.path_("text", within=within)
+    html_template = t.path_("html", within=within)
     if text_template is None and html_template is None:
         raise t.error(
             "text", "no body template", 'Set `text = "body.txt"`, `html = "body.html"` or both.'
@@ -722,8 +909,19 @@ def _load_message(root: _Table) -> MessageConfig:
 
     attachments: list[AttachmentConfig] = []
     raw_attachments = t.typed("attachments", list, "an array of paths or tables") or []
+    encoded = 0
     for index, item in enumerate(raw_attachments):
-        attachments.append(_load_attachment(t, index, item))
+        attachment = _load_attachment(t, index, item, within)
+        attachments.append(attachment)
+        # Base64 in 76-column lines: 78 bytes for every 57 of the file.
+        encoded += -(-attachment.path.stat().st_size // 57) * 78
+        if encoded > max_size:
+            raise ConfigError(
+                f"{t.source}: {t.key('attachments')}[{index}]: {attachment.path.name!r} makes "
+                f"every message over {max_size:,} bytes ({encoded:,} bytes of attachments once "
+                "base64-encoded). Link to the file instead, or raise `max_message_size` in "
+                "[campaign]."
+            )
 
     headers: list[tuple[str, str]] = []
     extra = t.sub("headers")
@@ -759,7 +957,7 @@ def _load_message(root: _Table) -> MessageConfig:
     )
 
 
-def _load_attachment(t: _Table, index: int, item: object) -> AttachmentConfig:
+def _load_attachment(t: _Table, index: int, item: object, within: Path | None) -> AttachmentConfig:
     import mimetypes  # noqa: PLC0415 - only needed when a campaign has attachments
 
     key = f"attachments[{index}]"
@@ -769,7 +967,7 @@ def _load_attachment(t: _Table, index: int, item: object) -> AttachmentConfig:
         table = _Table(item, t.key("attachments") + f"[{index}]", t.source)
     else:
         raise t.error(key, f"expected a path or a table, found {_toml_type(item)}", "Fix it.")
-    path = table.path_("path", required=True)
+    path = table.path_("path", required=True, within=within)
     assert path is not None
     guessed, _ = mimetypes.guess_type(path.name)
     content_type = table.string("content_type") or guessed or "application/octet-stream"
@@ -818,6 +1016,16 @@ def _load_recipients(root: _Table, campaign_id: str) -> RecipientsConfig:
     email_column = t.string("email_column") or "email"
     suppression = t.path_("suppression")
     allow_test = t.boolean("allow_test_domain", default=False)
+    encoding = t.string("encoding") or "utf-8"
+    try:
+        b"a".decode(encoding, "ignore")  # a text encoding, not a codec such as "base64"
+    except LookupError:
+        raise t.error(
+            "encoding", f"{encoding!r} is not a known encoding", 'Use e.g. "utf-8" or "latin-1".'
+        ) from None
+    problem = decoding_problem(file, encoding)
+    if problem is not None:
+        raise ConfigError(problem)
     t.finish()
     return RecipientsConfig(
         file=file,
@@ -826,6 +1034,7 @@ def _load_recipients(root: _Table, campaign_id: str) -> RecipientsConfig:
         email_column=email_column,
         suppression=suppression,
         allow_test_domain=allow_test,
+        encoding=encoding,
     )
 
 
@@ -905,7 +1114,8 @@ def _load_secret(
         origin = f"{t.key(file_key)} = {str(file_path)!r} in {t.source}"
         mode = file_path.stat().st_mode
         if mode & 0o077:
-            # As ssh does for private keys: a secret others can read is not secret.
+            # ssh refuses such a key; we warn instead (secrets mounted by Docker or Kubernetes
+            # are often 0644), but say so on every load.
             t.warnings.append(
                 f"{t.source}: {t.key(file_key)}: {str(file_path)!r} is readable by others "
                 f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {file_path}`."

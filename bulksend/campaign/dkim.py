@@ -49,6 +49,7 @@ __all__ = [
     "body_hash",
     "relaxed_body",
     "relaxed_header",
+    "zone_txt",
 ]
 
 #: Headers signed when present (lower case), in addition to none other. RFC 8058 §4 requires
@@ -109,6 +110,17 @@ def relaxed_body(body: bytes) -> bytes:
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body
+
+
+def zone_txt(name: str, record: str) -> str:
+    """A key record as a zone-file line, in quoted strings of at most 255 bytes.
+
+    One TXT string holds at most 255 bytes (RFC 1035 §3.3.14); a 2048-bit RSA key's ``p=``
+    alone is about 400, so the record is split and verifiers join the strings again
+    (RFC 6376 §3.6.2.2). ``record`` is ASCII (tags and base64), so characters are bytes.
+    """
+    strings = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
+    return f"{name}. IN TXT ( {strings} )"
 
 
 def body_hash(body: bytes) -> bytes:

@@ -6,7 +6,7 @@ and two fingerprint tables do.
 
 Each row is checked in order:
 
-1. the row itself parses (CSV column count, JSON object, UTF-8);
+1. the row itself parses (CSV column count, JSON object);
 2. the address is valid (``email_validator`` without DNS; RFC 5321 §4.5.3.1 lengths); the
    domain is converted to A-labels for the envelope (RFC 5890), the local part is kept as
    written (RFC 5321 §2.4: it is case-sensitive), and a non-ASCII local part marks the
@@ -20,7 +20,8 @@ Each row is checked in order:
 A row that fails any step is not sent: it is handed to ``on_reject`` (normally a
 :class:`RejectsFile`, a CSV of line number, raw email and reason created with mode 0600, since
 it holds personal data) and reading goes on. Only a file-level problem (the file is missing,
-the CSV has no email column) raises :class:`~bulksend.errors.ConfigError`.
+the CSV has no email column, a byte that is not valid in the file's encoding, UTF-8 unless
+``[recipients] encoding`` says otherwise) raises :class:`~bulksend.errors.ConfigError`.
 
 Memory: de-duplication and suppression keep 8-byte BLAKE2b fingerprints of the normalised
 address in an open-addressing table (:class:`FingerprintSet`) held in an ``array('Q')``: 16-32
@@ -32,6 +33,7 @@ is dropped as a duplicate.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import enum
@@ -48,6 +50,7 @@ from types import TracebackType
 
 import email_validator
 
+from bulksend.config import decoding_problem
 from bulksend.errors import ConfigError
 
 __all__ = [
@@ -321,7 +324,7 @@ class RecipientReader:
     not sent go to ``on_reject``. ``stats`` counts what was seen.
 
     Raises (while iterating):
-        ConfigError: the file cannot be read, or a CSV file has no email column.
+        ConfigError: the file cannot be read or decoded, or a CSV file has no email column.
     """
 
     path: Path
@@ -330,14 +333,14 @@ class RecipientReader:
     suppression: FingerprintSet | None = None
     on_reject: Callable[[Reject], None] | None = None
     allow_test_domain: bool = False
+    encoding: str = "utf-8"
     stats: RecipientStats = field(default_factory=RecipientStats)
     #: raw domain -> (A-label domain, display domain), for domains already validated.
     _domains: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def __iter__(self) -> Iterator[Recipient]:
         seen = FingerprintSet()
-        rows = self._csv_rows() if self.format == "csv" else self._jsonl_rows()
-        for line, raw_email, fields, problem in rows:
+        for line, raw_email, fields, problem in self._rows():
             self.stats.rows += 1
             if problem is not None:
                 self._reject(Reject(line, raw_email, problem))
@@ -363,9 +366,17 @@ class RecipientReader:
 
     def raw_emails(self) -> Iterator[str]:
         """The email column of every row, unvalidated (a cheap pass, e.g. to plan shards)."""
-        rows = self._csv_rows() if self.format == "csv" else self._jsonl_rows()
-        for _line, raw_email, _fields, _problem in rows:
+        for _line, raw_email, _fields, _problem in self._rows():
             yield raw_email
+
+    def _rows(self) -> Iterator[tuple[int, str, dict[str, object], str | None]]:
+        rows = self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+        try:
+            yield from rows
+        except UnicodeDecodeError as exc:
+            # The loader checked the whole file; it must have changed since.
+            problem = decoding_problem(self.path, self.encoding) or f"{self.path}: {exc}"
+            raise ConfigError(problem) from None
 
     def _reject(self, reject: Reject) -> None:
         if reject.kind is RejectKind.INVALID:
@@ -388,8 +399,8 @@ class RecipientReader:
         email = raw_email.strip()
         if not email:
             raise _RowError("empty email")
-        if _SURROGATE.search(email):
-            raise _RowError("email is not valid UTF-8")
+        if _SURROGATE.search(email):  # a JSON "\\udcXX" escape
+            raise _RowError("email contains an unpaired surrogate")
         local, _, raw_domain = email.rpartition("@")
         known = self._domains.get(raw_domain) if _PLAIN_LOCAL.match(local) else None
         if known is not None:
@@ -423,8 +434,10 @@ class RecipientReader:
         )
 
     def _open(self) -> io.TextIOWrapper:
+        # A UTF-8 file may start with a byte order mark (Excel writes one): skip it.
+        utf8 = codecs.lookup(self.encoding).name == "utf-8"
         try:
-            return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            return open(self.path, encoding="utf-8-sig" if utf8 else self.encoding, newline="")
         except OSError as exc:
             raise ConfigError(
                 f"{self.path}: cannot read the recipients file ({exc.strerror}). Check "
@@ -480,12 +493,7 @@ class RecipientReader:
                 try:
                     value = json.loads(text)
                 except ValueError as exc:
-                    reason = (
-                        "line is not valid UTF-8"
-                        if _SURROGATE.search(text)
-                        else f"invalid JSON: {exc}"
-                    )
-                    yield number, "", {}, reason
+                    yield number, "", {}, f"invalid JSON: {exc}"
                     continue
                 if not isinstance(value, dict):
                     yield number, "", {}, "a line must be a JSON object"

@@ -18,7 +18,9 @@ value for control characters (header injection; we do not rely on the :mod:`emai
 which let CR/LF through on older 3.11/3.12 patch levels: CVE-2024-6923), encode the header
 values (RFC 2047 encoded-words for non-ASCII, RFC 5322 §2.2.3 folding at 78 columns, never
 past 998 octets), quoted-printable-encode the bodies (RFC 2045 §6.7, ``binascii.b2a_qp``, so
-lines stay under 76 columns and only 7-bit bytes remain), fill the skeleton, and sign.
+lines stay under 76 columns and only 7-bit bytes remain), fill the skeleton, and sign. No
+template may produce, and no message may be, more than ``[campaign] max_message_size``: output
+is counted as the template generates it, so a runaway template fails its recipient early.
 
 Before anything is sent (``Campaign.check_recipients``): every field a template reads
 without a fallback (``| default(...)``, ``is defined``) must be a column of the recipients
@@ -58,6 +60,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.campaign.dkim import DkimSigner, body_hash, relaxed_header
@@ -331,6 +334,40 @@ class _FieldFailure(Exception):
         self.error = error
 
 
+class _BoundedEnvironment(SandboxedEnvironment):
+    """The sandbox, with a cap on what one template may produce (``max_message_size``).
+
+    Output is counted piece by piece as it is generated (:meth:`_Field.render`), and a
+    repetition (``"x" * n``) that would exceed the cap is refused before it is built, so a
+    runaway template fails its recipient instead of filling memory.
+    """
+
+    intercepted_binops = frozenset({"*"})
+
+    def __init__(self, limit: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.limit = limit
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        for seq, times in ((left, right), (right, left)):
+            if (
+                isinstance(seq, str | bytes | list | tuple)
+                and isinstance(times, int)
+                and len(seq) * times > self.limit
+            ):
+                raise _too_large(self.limit)
+        return super().call_binop(context, operator, left, right)
+
+
+def _too_large(limit: int) -> SecurityError:
+    return SecurityError(
+        f"the template's output exceeds max_message_size ({limit:,} bytes); check the "
+        "template, or raise [campaign] max_message_size"
+    )
+
+
 class _Field:
     """A header value or body: a constant, or a compiled template.
 
@@ -367,10 +404,20 @@ class _Field:
         if template is None:
             assert self.constant is not None
             return self.constant
+        env = template.environment
+        assert isinstance(env, _BoundedEnvironment)
+        limit = env.limit
+        pieces: list[str] = []
+        size = 0
         try:
-            return "".join(template.root_render_func(template.new_context(context, shared=True)))
+            for piece in template.root_render_func(template.new_context(context, shared=True)):
+                size += len(piece)
+                if size > limit:
+                    raise _too_large(limit)
+                pieces.append(piece)
         except Exception as exc:
             raise _FieldFailure(self.name, exc) from exc
+        return "".join(pieces)
 
 
 def _required(ast: nodes.Template) -> frozenset[str]:
@@ -459,11 +506,12 @@ class Campaign:
         )
         read = _read_file
         message = config.message
-        text_env = SandboxedEnvironment(
-            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+        limit = config.max_message_size
+        text_env = _BoundedEnvironment(
+            limit, undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
         )
-        html_env = SandboxedEnvironment(
-            undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True
+        html_env = _BoundedEnvironment(
+            limit, undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True
         )
         where = str(config.source)
         # Both environments have the same (default) globals; see _Field.render.
@@ -653,6 +701,7 @@ class Campaign:
             suppression=suppression,
             on_reject=on_reject,
             allow_test_domain=config.allow_test_domain,
+            encoding=config.encoding,
         )
 
     def check_recipients(self, sample: int = 100) -> None:
@@ -833,6 +882,12 @@ class Campaign:
                 for signer in reversed(self.signers)
             )
             head = signatures + head
+        size = len(head) + 2 + len(body)
+        if size > self.config.max_message_size:
+            raise ValueError(
+                f"the message is {size:,} bytes, over max_message_size "
+                f"({self.config.max_message_size:,} bytes)"
+            )
         return head + b"\r\n" + body
 
     def _headers(

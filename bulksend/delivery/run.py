@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -53,9 +53,10 @@ class RunOptions:
         journal: the journal file (created on first run, resumed after).
         nameservers: DNS resolvers when the campaign names none (the CLI reads the system's).
         dns_port, smtp_port: 53 and 25, except against test servers.
-        ehlo_hostname: our name in EHLO.
+        ehlo_hostname: our name in EHLO; by default the campaign's ``ehlo_hostname``, else
+            this host's FQDN (see :func:`ehlo_hostname`).
         ssl_verified: the context for TLS that must verify (TLS required, smarthost AUTH);
-            by default the system's trust store.
+            by default the system's trust store plus the campaign's ``[tls] ca_file``.
         ssl_opportunistic: the context for opportunistic STARTTLS to MX hosts (no
             verification, RFC 7435); by default one that does not verify.
         force: resume even though the campaign or recipients changed.
@@ -74,7 +75,7 @@ class RunOptions:
     nameservers: tuple[str, ...] = ()
     dns_port: int = 53
     smtp_port: int = 25
-    ehlo_hostname: str = field(default_factory=socket.getfqdn)
+    ehlo_hostname: str | None = None
     ssl_verified: ssl.SSLContext | None = None
     ssl_opportunistic: ssl.SSLContext | None = None
     force: bool = False
@@ -103,6 +104,11 @@ class RunSummary:
     elapsed: float
     requeued: int = 0  # not rendered before, pending again (``retry_unrendered``)
     halted: str = ""  # why the run stopped itself (renders failing systematically)
+
+
+def ehlo_hostname(config: CampaignConfig, given: str | None) -> str:
+    """Our EHLO name: the run's (``--ehlo-hostname``), else the campaign's, else the FQDN."""
+    return given or config.ehlo_hostname or socket.getfqdn()
 
 
 def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig:
@@ -246,9 +252,9 @@ async def run_campaign(
             writer=JournalWriter(journal, metrics=metrics),
             metrics=metrics,
             timeouts=policy.timeouts,
-            ehlo_hostname=options.ehlo_hostname,
+            ehlo_hostname=ehlo_hostname(config, options.ehlo_hostname),
             connections=ConnectionPool(policy.max_total_connections),
-            ssl_verified=options.ssl_verified or ssl.create_default_context(),
+            ssl_verified=options.ssl_verified or _verified_context(config.tls.ca_certs),
             ssl_opportunistic=options.ssl_opportunistic or _unverified_context(),
             epoch=time.time() - trio.current_time(),
             limit=options.limit,
@@ -345,6 +351,14 @@ async def _watch_suppression(
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _verified_context(ca_certs: str | None) -> ssl.SSLContext:
+    """The system's trust store, plus the campaign's own CA certificates (``[tls] ca_file``)."""
+    context = ssl.create_default_context()
+    if ca_certs is not None:
+        context.load_verify_locations(cadata=ca_certs)
+    return context
 
 
 def _unverified_context() -> ssl.SSLContext:

@@ -143,6 +143,7 @@ def campaign_toml(
     return f"""\
 [campaign]
 id = "{campaign_id}"
+ehlo_hostname = "sender.test"
 
 [message]
 from = "news@sender.test"
@@ -213,6 +214,7 @@ def write_campaign(
 SHARED_TOML = """\
 [campaign]
 id = "{campaign_id}"
+ehlo_hostname = "sender.test"
 
 [message]
 from = "news@sender.test"

