@@ -558,6 +558,13 @@ def _write_sidecar(campaign: Campaign, journal: Path) -> None:
         out.write(str(campaign.config.source) + "\n")
 
 
+def _forget_missing_journal(journal: Path) -> None:
+    """After a run that left no journal (nothing imported), remove the files naming it."""
+    if not journal.exists():
+        campaign_sidecar(journal).unlink(missing_ok=True)
+        snapshot_path(journal).unlink(missing_ok=True)
+
+
 def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     options = flags.options(journal, campaign)
     _write_sidecar(campaign, options.journal_path)
@@ -572,7 +579,11 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
             stream=sys.stderr,
         )
 
-    result = trio.run(go)
+    try:
+        result = trio.run(go)
+    except BaseException:
+        _forget_missing_journal(journal)
+        raise
     server = result.metrics_server
     try:
         print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
@@ -673,7 +684,7 @@ def _workers_line(pool: WorkerPool) -> str:
 
 
 @main.command()
-@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--campaign",
     "campaign_file",
@@ -684,6 +695,11 @@ def _workers_line(pool: WorkerPool) -> str:
 def resume(journal: Path, campaign_file: Path | None, **kw: Any) -> None:
     """Continue an interrupted run from its journal."""
     flags = _flags(kw)
+    if not journal.is_file():
+        # A run stopped before its journal existed (or that had nothing to send) left none.
+        raise ConfigError(
+            f"no journal at {journal}: nothing to resume; start with `bulksend send CAMPAIGN`"
+        )
     if campaign_file is None:
         sidecar = campaign_sidecar(journal)
         try:

@@ -10,6 +10,7 @@ comes in through :class:`RunOptions`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -27,7 +28,7 @@ from bulksend.delivery.destination import Credentials, Delivery
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
-from bulksend.errors import JournalError
+from bulksend.errors import ConfigError, JournalError
 from bulksend.journal import (
     Due,
     ImportStats,
@@ -210,7 +211,8 @@ async def run_campaign(
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
-        ConfigError: the routing configuration is unusable.
+        ConfigError: the routing configuration is unusable, or a first import found no
+            recipient to send (the journal is then removed again).
     """
     started = time.monotonic()
     metrics = metrics or Metrics()
@@ -221,9 +223,23 @@ async def run_campaign(
         keep = None
         if options.shard is not None and not journal.import_complete:
             keep = await shard_filter(campaign, router, options.shard)
-        imported = await trio.to_thread.run_sync(
-            import_recipients, campaign, journal, options.shard, keep
-        )
+        try:
+            imported = await trio.to_thread.run_sync(
+                import_recipients, campaign, journal, options.shard, keep
+            )
+        except BaseException:
+            with contextlib.suppress(JournalError):
+                if not any(journal.counts().values()):
+                    _discard(journal)  # a failed first import leaves no journal behind
+            raise
+        if imported is not None and options.shard is None and not journal.waiting():
+            # Nothing to send: leave no journal that a corrected file would resume into.
+            _discard(journal)
+            raise ConfigError(
+                f"{config.recipients.file}: no recipient to send (the file has no rows, or "
+                f"every row was rejected: see {config.recipients.rejects}); fix the file and "
+                "send again"
+            )
         policy = config.policy
         delivery = Delivery(
             campaign=campaign,
@@ -268,6 +284,12 @@ async def run_campaign(
         )
     finally:
         journal.close()
+
+
+def _discard(journal: Journal) -> None:
+    journal.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal.path}{suffix}").unlink(missing_ok=True)
 
 
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:
