@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -528,14 +529,36 @@ def _serve_until_signal(server: MetricsServer) -> None:
     help="Processes to run, one shard each (sites divided among them, one journal per "
     "shard); 0: one per core.",
 )
+@click.option(
+    "--send-again",
+    is_flag=True,
+    help="Send a campaign id that was already sent with another journal (everyone again).",
+)
+@click.option(
+    "--sent-record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="BULKSEND_SENT_RECORD",
+    help="The record of campaigns sent from this account; default "
+    "$XDG_STATE_HOME/bulksend/sent.jsonl (~/.local/state/bulksend/sent.jsonl).",
+)
 @_run_options
-def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int, **kw: Any) -> None:
+def send(
+    *,
+    campaign_file: Path,
+    journal: Path | None,
+    dry_run: bool,
+    workers: int,
+    send_again: bool,
+    sent_record: Path | None,
+    **kw: Any,
+) -> None:
     """Send a campaign (journaled: resumes where an earlier run on the journal stopped)."""
     flags = _flags(kw)
     campaign = _load_campaign(campaign_file)
     if dry_run:
         raise SystemExit(_dry_run(campaign, flags))
     journal = journal or campaign.config.source.parent / f"{campaign.config.id}.journal.sqlite3"
+    record = SentRecord(sent_record or _default_sent_record())
     if workers == 0:
         workers = os.cpu_count() or 1
     if workers > 1:
@@ -549,8 +572,108 @@ def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int,
                     f"--workers and {option} do not go together: run the shards one at a "
                     f"time with --shard I/N and {option}"
                 )
-        raise SystemExit(run_workers(campaign, journal, flags, workers))
-    raise SystemExit(_run(campaign, journal, flags))
+    shard = "" if flags.shard is None else str(flags.shard)
+    own = journal if flags.shard is None else flags.shard.journal(journal)
+    journals = (
+        [Shard(i, workers).journal(journal) for i in range(workers)] if workers > 1 else [own]
+    )
+    record.check_and_add(campaign.config.id, shard, own, journals, send_again=send_again)
+    try:
+        if workers > 1:
+            code = run_workers(campaign, journal, flags, workers)
+        else:
+            code = _run(campaign, journal, flags)
+    finally:
+        if not any(j.exists() for j in journals):
+            record.remove(campaign.config.id, shard, own)  # it sent nothing
+    raise SystemExit(code)
+
+
+def _default_sent_record() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "bulksend" / "sent.jsonl"
+
+
+@dataclass
+class SentRecord:
+    """Which campaign ids this account has sent, and with which journal (JSON Lines, 0600).
+
+    A second full send of the same campaign id (a new journal: not a resume) would mail
+    everyone again; ``send`` refuses it unless ``--send-again``. Shards count separately.
+    """
+
+    path: Path
+
+    def entries(self) -> list[dict[str, str]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path}: cannot read the record of sent campaigns ({exc.strerror}); "
+                "give another with --sent-record"
+            ) from None
+        found = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    found.append({str(k): str(v) for k, v in entry.items()})
+        return found
+
+    def check_and_add(
+        self,
+        campaign_id: str,
+        shard: str,
+        journal: Path,
+        journals: Sequence[Path],
+        *,
+        send_again: bool,
+    ) -> None:
+        """Refuse a second full send of ``campaign_id``; record this one.
+
+        ``journals`` are the files this send writes: if one exists, this is a resume.
+        """
+        if any(j.exists() for j in journals):
+            return
+        journal = journal.resolve()
+        for entry in self.entries():
+            if send_again or entry.get("campaign") != campaign_id:
+                continue
+            if entry.get("shard", "") != shard:
+                continue
+            raise ConfigError(
+                f"campaign {campaign_id!r}"
+                + (f" (shard {shard})" if shard else "")
+                + f" was already sent on {entry.get('at', '?')} with journal "
+                f"{entry.get('journal')}: resume that journal (bulksend resume "
+                f"{entry.get('journal')}), or give --send-again to mail everyone again "
+                f"(recorded in {self.path})"
+            )
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        line = {"campaign": campaign_id, "shard": shard, "journal": str(journal), "at": at}
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open_private(self.path, append=True) as out:
+                out.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            _warn(
+                f"{self.path}: cannot record this send ({exc.strerror}); a second send of "
+                "this campaign will not be caught (set --sent-record)"
+            )
+
+    def remove(self, campaign_id: str, shard: str, journal: Path) -> None:
+        """Forget a send that left no journal (it sent nothing)."""
+        journal = journal.resolve()
+        keep = [
+            e
+            for e in self.entries()
+            if (e.get("campaign"), e.get("shard", ""), e.get("journal"))
+            != (campaign_id, shard, str(journal))
+        ]
+        with contextlib.suppress(OSError), open_private(self.path) as out:
+            out.writelines(json.dumps(e) + "\n" for e in keep)
 
 
 def _write_sidecar(campaign: Campaign, journal: Path) -> None:
