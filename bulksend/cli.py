@@ -6,7 +6,8 @@ Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink`` a
 
 Exit statuses (:data:`EXIT_OK` ...): 0 done; 1 error; 2 usage (click's); 3 stopped before
 the campaign completed (a signal, ``--limit``): resumable; 4 done, but some recipients were
-not delivered (bounced or expired), or a dry run / validation found problems.
+not delivered (bounced or expired; 0 with ``--exit-zero-when-complete``, for orchestrators),
+or a dry run / validation found problems.
 
 Signals during a run: the first SIGINT or SIGTERM stops gracefully (no new transaction;
 in-flight ones get ``--grace`` seconds; the journal is flushed); a second aborts at once
@@ -196,6 +197,7 @@ class _RunFlags:
     quiet: bool
     keep_serving: bool = False
     shard: Shard | None = None
+    exit_zero_when_complete: bool = False
 
     def options(self, journal: Path, campaign: Campaign) -> RunOptions:
         return RunOptions(
@@ -251,7 +253,7 @@ def _run_options(f: _F) -> _F:
         click.option(
             "--accounting",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="Append one JSON line per outcome to this file (created 0600).",
+            help="Append one JSON line per delivery attempt to this file (created 0600).",
         ),
         click.option(
             "--nameserver",
@@ -290,6 +292,12 @@ def _run_options(f: _F) -> _F:
             is_flag=True,
             help="After the run, keep the metrics endpoint up until SIGINT/SIGTERM.",
         ),
+        click.option(
+            "--exit-zero-when-complete",
+            is_flag=True,
+            help="Exit 0, not 4, when the campaign completed with bounces or expiries "
+            "(for orchestrators: a Kubernetes Job, systemd).",
+        ),
         _debug_option,
     ]
     for decorator in reversed(decorators):
@@ -312,6 +320,7 @@ def _flags(kw: dict[str, Any]) -> _RunFlags:
         quiet=kw.pop("quiet"),
         keep_serving=kw.pop("keep_serving"),
         shard=kw.pop("shard"),
+        exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
     )
 
 
@@ -449,11 +458,18 @@ async def execute_run(
     return RunResult(summary, control.signals > 0, tally, metrics_server)
 
 
-def _exit_code(result: RunResult) -> int:
+def _exit_code(result: RunResult, flags: _RunFlags) -> int:
     summary = result.summary
-    if summary is None or not summary.complete:
+    if summary is None:
         return EXIT_STOPPED
-    if summary.counts[Status.BOUNCED] or summary.counts[Status.EXPIRED]:
+    return _completion_code(summary.complete, summary.counts, flags)
+
+
+def _completion_code(complete: bool, counts: Mapping[Status, int], flags: _RunFlags) -> int:
+    """3 stopped; 4 complete with bounces or expiries (0 with --exit-zero-when-complete)."""
+    if not complete:
+        return EXIT_STOPPED
+    if (counts[Status.BOUNCED] or counts[Status.EXPIRED]) and not flags.exit_zero_when_complete:
         return EXIT_UNDELIVERED
     return EXIT_OK
 
@@ -716,7 +732,7 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     finally:
         if server is not None:
             server.close()
-    return _exit_code(result)
+    return _exit_code(result, flags)
 
 
 def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int) -> int:
@@ -769,9 +785,7 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     finally:
         if server is not None:
             server.close()
-    if not complete:
-        return EXIT_STOPPED
-    return EXIT_UNDELIVERED if counts[Status.BOUNCED] or counts[Status.EXPIRED] else EXIT_OK
+    return _completion_code(complete, counts, flags)
 
 
 def _workers_summary(
