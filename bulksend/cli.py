@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -111,6 +112,27 @@ def _message(exc: BaseException) -> str:
     return " ".join(text.split()) if "\n" not in text else text.splitlines()[0]
 
 
+def _stdout_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is stdout's reader going away (``bulksend report | head``)."""
+    if not any(isinstance(e, BrokenPipeError) for e in _leaves(exc)):
+        return False
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), 0)
+    except (OSError, ValueError):
+        return False  # not a file descriptor (tests' captured output)
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poll.poll(0))
+
+
+def _end_by_sigpipe() -> None:
+    """End as a Unix tool does when its reader leaves: killed by SIGPIPE, without a word."""
+    with contextlib.suppress(OSError, ValueError):
+        # Python flushes stdout at exit: point it at /dev/null so that flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 class _Group(click.Group):
     """Turns errors into one line on stderr and exit status 1 (a traceback with --debug)."""
 
@@ -125,6 +147,8 @@ class _Group(click.Group):
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 raise
+            if _stdout_gone(exc):
+                _end_by_sigpipe()
             error = _user_error(exc)
             if ctx.meta.get(_DEBUG_KEY):
                 traceback.print_exception(exc, file=sys.stderr)
@@ -211,6 +235,18 @@ class _RunFlags:
             limit=self.limit,
             grace=self.grace,
         )
+
+
+def _serve_metrics(registry: CollectorRegistry, flags: _RunFlags) -> MetricsServer:
+    assert flags.metrics_port is not None
+    try:
+        return serve_registry(registry, flags.metrics_port, flags.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {flags.metrics_port}: cannot listen on {flags.metrics_host}:"
+            f"{flags.metrics_port} ({exc.strerror or exc}); choose another port, or 0 for any "
+            "free one"
+        ) from None
 
 
 def _nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
@@ -415,7 +451,7 @@ async def execute_run(
     """
     metrics = metrics or Metrics()
     if metrics_server is None and flags.metrics_port is not None:
-        metrics_server = metrics.serve(flags.metrics_port, flags.metrics_host)
+        metrics_server = _serve_metrics(metrics.registry, flags)
         _info(f"metrics at {metrics_server.url}")
     tally = tally or Tally()
     if flags.accounting is not None:
@@ -745,7 +781,7 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     if flags.metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(pool.collector())
-        server = serve_registry(registry, flags.metrics_port, flags.metrics_host)
+        server = _serve_metrics(registry, flags)
         _info(f"metrics at {server.url} (all workers)")
     started = time.monotonic()
 
@@ -1054,9 +1090,11 @@ def report(
 ) -> None:
     """Report a campaign's outcomes from its journal, or its shards' journals merged.
 
-    Not while it runs: see `status`.
+    While a run holds a journal, its last committed state is read (`status` shows the run).
     """
     with JournalSet(journals) as j, _output(output) as out:
+        for path in j.live:
+            _info(f"{path} is in use by a run: reporting its last committed state")
         if fmt == "csv":
             j.export_csv(out, [Status(s) for s in statuses] or None)
         elif fmt == "jsonl":

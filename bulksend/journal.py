@@ -109,6 +109,7 @@ __all__ = [
     "Due",
     "ImportStats",
     "Journal",
+    "JournalInUse",
     "JournalMetrics",
     "JournalPeek",
     "JournalSet",
@@ -629,8 +630,13 @@ class Journal(_Reports):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            holder = _lock_holder(fd)
             os.close(fd)
-            raise JournalError(f"journal {str(p)!r} is in use by another bulksend process") from e
+            raise JournalInUse(
+                f"journal {str(p)!r} is in use by another bulksend process"
+                + ("" if holder is None else f" (pid {holder})")
+                + "; `bulksend status` shows its progress"
+            ) from e
         db: sqlite3.Connection | None = None
         old_umask = os.umask(0o077)  # -wal and -shm: 0600 too
         try:
@@ -646,9 +652,45 @@ class Journal(_Reports):
             os.umask(old_umask)
         return journal
 
-    def _setup(
-        self, identity: str | bytes | Mapping[str, str | bytes] | None, *, force: bool, now: float
-    ) -> None:
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str]) -> Journal:
+        """Open an existing journal for reading only, without its lock (reports).
+
+        WAL mode lets this read the last committed state while a run holds the journal. No
+        crash recovery runs: recipients a running (or killed) run has claimed still count as
+        waiting, and their possible sends are not yet counted in doubt.
+
+        Raises:
+            JournalError: no journal there, not a journal, another schema version.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise JournalError(f"there is no journal at {str(p)!r}")
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise JournalError(f"cannot open journal {str(p)!r}: {e}") from e
+        try:
+            uri = f"file:{quote(str(p.resolve()))}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as e:
+            os.close(fd)
+            raise JournalError(f"cannot read journal {str(p)!r}: {e}") from None
+        journal = cls(p, db, fd, RetryPolicy(), random.Random())
+        try:
+            if journal._check_format():
+                raise JournalError(f"journal {str(p)!r} is empty: its run never imported")
+            journal._check_identity(None, force=False, now=0.0)
+            journal._import_done = (
+                journal._read("read meta", lambda: journal._meta("import_complete")) == "1"
+            )
+        except BaseException:
+            journal.close()
+            raise
+        return journal
+
+    def _check_format(self) -> bool:
+        """Check the file is a journal of our schema version; True if it is still empty."""
         where = f"journal {str(self.path)!r}"
         try:
             app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
@@ -664,6 +706,13 @@ class Journal(_Reports):
                 f"{where} has schema version {version}; this bulksend reads version "
                 f"{SCHEMA_VERSION}. Use the bulksend version that wrote it."
             )
+        return bool(fresh)
+
+    def _setup(
+        self, identity: str | bytes | Mapping[str, str | bytes] | None, *, force: bool, now: float
+    ) -> None:
+        where = f"journal {str(self.path)!r}"
+        fresh = self._check_format()
         try:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -1157,9 +1206,15 @@ class JournalSet(_Reports):
         if not paths:
             raise ValueError("no journal given")
         self.journals: list[Journal] = []
+        #: Journals read without their lock because a run holds them (a moment's snapshot).
+        self.live: list[Path] = []
         try:
             for path in paths:
-                self.journals.append(Journal.open(path, None))
+                try:
+                    self.journals.append(Journal.open(path, None))
+                except JournalInUse:
+                    self.journals.append(Journal.open_readonly(path))
+                    self.live.append(Path(path))
         except BaseException:
             self.close()
             raise
@@ -1209,6 +1264,25 @@ class JournalSet(_Reports):
         wanted = None if statuses is None else tuple(statuses)
         for journal in self.journals:
             yield from journal.iter_states(wanted)
+
+
+class JournalInUse(JournalError):
+    """Another process holds the journal (a run is going)."""
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding an flock on ``fd``'s file, from Linux's /proc/locks (None elsewhere)."""
+    st = os.fstat(fd)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class JournalPeek:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ from cli_helpers import run_bulksend, world_args
 from click.testing import CliRunner
 
 from bulksend.cli import campaign_sidecar, main
+from bulksend.journal import Journal
 from bulksend.progress import snapshot_path
 from bulksend.testing.scenario import SiteSpec, addresses, running, write_campaign
 
@@ -94,3 +100,64 @@ async def test_a_second_full_send_of_a_campaign_is_refused(
             assert set(world.received().values()) == {2}
     assert stat.S_IMODE(sent_record.stat().st_mode) == 0o600
     assert len(sent_record.read_text().splitlines()) == 2
+
+
+def test_report_reads_a_journal_a_run_holds_and_the_busy_error_names_the_pid(
+    runner: CliRunner, finished_journal: Path, tmp_path: Path
+) -> None:
+    campaign = write_campaign(tmp_path / "c", ["a@one.test"])
+    campaign_sidecar(finished_journal).write_text(f"{campaign}\n")
+    with Journal.open(finished_journal, None):  # what a running `send` holds
+        report = runner.invoke(main, ["report", str(finished_journal)])
+        assert report.exit_code == 0, report.output
+        assert "delivered            3" in report.stdout.replace("  60.0%", "")
+        assert "is in use by a run: reporting its last committed state" in report.stderr
+        resumed = runner.invoke(main, ["resume", str(finished_journal), "--force"])
+    assert resumed.exit_code == 1
+    (line,) = resumed.stderr.splitlines()
+    assert f"in use by another bulksend process (pid {os.getpid()})" in line
+    assert "bulksend status" in line
+
+
+def test_metrics_port_in_use_names_the_port_and_the_option(
+    runner: CliRunner, tmp_path: Path, sent_record: Path
+) -> None:
+    campaign = write_campaign(tmp_path / "c", ["a@one.test"])
+    journal = tmp_path / "j.sqlite3"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _output = _send(runner, campaign, journal, "--metrics-port", str(port))
+        result = runner.invoke(main, ["send", str(campaign), "--metrics-port", str(port)])
+    assert code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"bulksend: error: --metrics-port {port}: cannot listen on 127.0.0.1:")
+    assert "choose another port" in line
+    # Nothing was sent, so nothing is left that would refuse the next send.
+    assert not journal.exists()
+    assert not campaign_sidecar(journal).exists()
+    assert "test-campaign" not in (sent_record.read_text() if sent_record.exists() else "")
+
+
+def test_report_into_a_closed_pipe_ends_quietly_by_sigpipe(tmp_path: Path) -> None:
+    journal = tmp_path / "big.sqlite3"
+    with Journal.open(journal, "pipe-test") as j:
+        j.import_recipients(f"user{i}@example{i % 50}.test" for i in range(20_000))
+    reader, writer = os.pipe()
+    with open(tmp_path / "err", "wb") as err:
+        process = subprocess.Popen(  # `bulksend report --format csv | head -1`
+            [sys.executable, "-m", "bulksend", "report", "--format", "csv", str(journal)],
+            stdout=writer,
+            stderr=err,
+        )
+        os.close(writer)
+        with os.fdopen(reader, "rb") as head:
+            header = head.readline()
+        assert (
+            header
+            == b"id,address,status,code,enhanced_code,text,category,attempts,in_doubt,time\r\n"
+        )
+        returncode = process.wait(timeout=60)
+    assert returncode == -signal.SIGPIPE
+    assert (tmp_path / "err").read_text() == ""
