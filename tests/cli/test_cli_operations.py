@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import run_bulksend, world_args
+from cli_helpers import bulksend, run_bulksend, world_args
 from click.testing import CliRunner
 
 from bulksend.cli import campaign_sidecar, main
 from bulksend.journal import Journal
 from bulksend.progress import snapshot_path
-from bulksend.testing.scenario import SiteSpec, addresses, running, write_campaign
+from bulksend.testing.scenario import (
+    SiteSpec,
+    addresses,
+    campaign_toml,
+    running,
+    write_campaign,
+)
 
 
 def _send(runner: CliRunner, campaign: Path, journal: Path, *extra: str) -> tuple[int, str]:
@@ -161,3 +167,49 @@ def test_report_into_a_closed_pipe_ends_quietly_by_sigpipe(tmp_path: Path) -> No
         returncode = process.wait(timeout=60)
     assert returncode == -signal.SIGPIPE
     assert (tmp_path / "err").read_text() == ""
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes (multiprocessing spawn children) of ``pid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat_fields[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+async def test_workers_stop_quietly_when_the_parent_is_killed(tmp_path: Path) -> None:
+    domains = ("one.test", "two.test", "three.test", "four.test")
+    sites = [SiteSpec(d.split(".")[0], (d,), f"127.0.0.{i}") for i, d in enumerate(domains, 2)]
+    toml = campaign_toml(policy='[policy.defaults]\nrate = "20/s"\n')
+    campaign = write_campaign(tmp_path / "c", addresses(list(domains), 2000), toml=toml)
+    with trio.fail_after(90):
+        async with running(sites) as world:
+            args = ["send", str(campaign), "--workers", "2", "--journal", str(tmp_path / "j")]
+            async with bulksend(tmp_path, *args, *world_args(world), name="workers") as proc:
+                await proc.wait_for(lambda: world.delivered >= 20, 60, "the workers sending")
+                children = _children(proc.process.pid)
+                assert len(children) == 2, children
+                proc.signal(signal.SIGKILL)
+                await proc.wait(10)
+                while not all(_gone(c) for c in children):
+                    await trio.sleep(0.1)
+    stderr = proc.stderr()
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr
