@@ -48,10 +48,11 @@ from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import BulksendError, ConfigError
-from bulksend.journal import Journal, JournalPeek, JournalSet, Status
+from bulksend.journal import CampaignTally, Journal, JournalPeek, JournalSet, Status
 from bulksend.metrics import Metrics, MetricsServer
 from bulksend.metrics import serve as serve_registry
 from bulksend.progress import (
+    SHOWN_KINDS,
     SNAPSHOT_STALE,
     AccountingLog,
     Progress,
@@ -390,7 +391,6 @@ class RunResult:
 
     summary: RunSummary | None
     signalled: bool = False
-    tally: Tally = field(default_factory=Tally)
     metrics_server: MetricsServer | None = None
 
 
@@ -491,7 +491,7 @@ async def execute_run(
         progress.finish(state)
         if tally.accounting is not None:
             tally.accounting.close()
-    return RunResult(summary, control.signals > 0, tally, metrics_server)
+    return RunResult(summary, control.signals > 0, metrics_server)
 
 
 def _exit_code(result: RunResult, flags: _RunFlags) -> int:
@@ -522,28 +522,65 @@ def print_summary(
     if summary is None:
         out.write(f"aborted: the journal is consistent; continue with: bulksend resume {journal}\n")
         return
-    rate = sum(result.tally.kinds.values()) / summary.elapsed if summary.elapsed > 0 else 0.0
-    state = "complete" if summary.complete else "stopped before completion"
-    out.write(f"{state} after {format_duration(summary.elapsed)} ({rate:,.0f} outcomes/s)\n")
-    if summary.imported is not None:
-        imp = summary.imported
-        out.write(f"  imported:  {imp.imported:,} recipients ({imp.duplicates:,} duplicates)\n")
-        with contextlib.suppress(OSError):
-            if rejects is not None and rejects.stat().st_size:
-                out.write(f"  rejected rows are listed in {rejects}\n")
+    _write_tally(
+        out,
+        state="complete" if summary.complete else "stopped before completion",
+        elapsed=summary.elapsed,
+        outcomes=summary.outcomes,
+        tally=summary.tally,
+        rejects=[] if rejects is None else [rejects],
+    )
     if summary.in_doubt_recovered:
         out.write(
             f"  recovered: {summary.in_doubt_recovered:,} recipients in doubt from an "
             "interrupted run\n"
         )
-    this_run = {str(k): v for k, v in result.tally.kinds.items()}
-    out.write(f"  this run:  {_counts_line(this_run)}\n")
-    out.write(f"  campaign:  {_counts_line(summary.counts)}\n")
     if not summary.complete:
         waiting = summary.counts[Status.PENDING] + summary.counts[Status.IN_DOUBT]
         out.write(
             f"  {waiting:,} recipients still waiting; continue with: bulksend resume {journal}\n"
         )
+
+
+def _attempts(outcomes: Mapping[str, int]) -> dict[str, int]:
+    """A run's delivery attempts by kind (our own throttle's deferrals are not attempts)."""
+    return {str(kind): outcomes.get(kind.value, 0) for kind in SHOWN_KINDS}
+
+
+def _write_tally(
+    out: TextIO,
+    *,
+    state: str,
+    elapsed: float,
+    outcomes: Mapping[str, int],
+    tally: CampaignTally,
+    rejects: Sequence[Path],
+    how: str = "",
+) -> None:
+    """The summary's lines: this run's attempts and the campaign's tally (one or N workers)."""
+    attempts = _attempts(outcomes)
+    done = sum(attempts.values())
+    rate = done / elapsed if elapsed > 0 else 0.0
+    out.write(
+        f"{state} after {format_duration(elapsed)}{how} "
+        f"({done:,} delivery attempts, {rate:,.0f}/s)\n"
+    )
+    listed = [str(p) for p in rejects if p.is_file() and p.stat().st_size]
+    out.write(
+        f"  {_rows_line(tally)}"
+        + (f" (listed in {', '.join(listed)})" if tally.rejected and listed else "")
+        + "\n"
+    )
+    out.write(f"  this run:  {_counts_line(attempts)}\n")
+    out.write(f"  campaign:  {_counts_line(tally.by_state())}\n")
+    out.write(f"  sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
+
+
+def _rows_line(tally: CampaignTally) -> str:
+    return (
+        f"recipients file: {tally.rows:,} rows, {tally.rows - tally.rejected:,} to send, "
+        f"{tally.rejected:,} rejected"
+    )
 
 
 def _serve_until_signal(server: MetricsServer) -> None:
@@ -815,7 +852,9 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
 
     try:
         states, signals = trio.run(go)
-        counts, complete = _workers_summary(pool, states, journal, started, sys.stdout)
+        counts, complete = _workers_summary(
+            pool, states, journal, started, sys.stdout, rejects=campaign.config.recipients.rejects
+        )
         if flags.keep_serving and server is not None and not signals:
             _serve_until_signal(server)
     finally:
@@ -825,30 +864,39 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
 
 
 def _workers_summary(
-    pool: WorkerPool, states: list[WorkerState], journal: Path, started: float, out: TextIO
-) -> tuple[dict[Status, int], bool]:
+    pool: WorkerPool,
+    states: list[WorkerState],
+    journal: Path,
+    started: float,
+    out: TextIO,
+    *,
+    rejects: Path,
+) -> tuple[Mapping[Status, int], bool]:
     """Print the merged outcome of the shards; returns the counts and whether all are done."""
     with JournalSet([st.shard.journal(journal) for st in states]) as merged:
-        counts = merged.counts()
+        tally = merged.tally()
     complete = all(st.summary is not None and st.summary.complete for st in states)
-    elapsed = format_duration(time.monotonic() - started)
-    state = "complete" if complete else "stopped before completion"
-    out.write(f"{state} after {elapsed} with {len(states)} workers\n")
-    out.write(f"  this run:  {_counts_line(pool.outcomes())}\n")
-    out.write(f"  campaign:  {_counts_line(counts)}\n")
+    _write_tally(
+        out,
+        state="complete" if complete else "stopped before completion",
+        elapsed=time.monotonic() - started,
+        outcomes=pool.outcomes(),
+        tally=tally,
+        rejects=[st.shard.journal(rejects) for st in states],
+        how=f" with {len(states)} workers",
+    )
     for st in states:
         if st.failed:
             out.write(
                 f"  shard {st.shard} failed ({st.error or f'exit code {st.exitcode}'}); "
                 f"continue it with: bulksend resume {st.shard.journal(journal)}\n"
             )
-    return counts, complete
+    return tally.statuses, complete
 
 
 def _workers_line(pool: WorkerPool) -> str:
-    outcomes = pool.outcomes()
     backed_off = [s.site for s in pool.sites() if s.backed_off]
-    line = "workers: " + "  ".join(f"{k} {n:,}" for k, n in sorted(outcomes.items()))
+    line = "workers: " + _counts_line(_attempts(pool.outcomes()))
     if backed_off:
         line += f"  backed off: {', '.join(backed_off[:3])}"
         if len(backed_off) > 3:
@@ -1116,18 +1164,18 @@ def write_report_table(
     journal: Journal | JournalSet, out: TextIO, *, top_domains: int = 20
 ) -> None:
     """The ``report --format table`` text."""
-    counts = journal.counts()
-    total = sum(counts.values())
+    tally = journal.tally()
+    total = tally.rows
     out.write(f"campaign journal {journal.path}\n\n")
     rows = [["status", "recipients", "share"]]
-    for s, n in counts.items():
+    for state, n in tally.by_state().items():
         rows.append(
-            [s.value.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
+            [state.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
         )
     rows.append(["total", f"{total:,}", ""])
     _table(rows, out, indent="")
-    in_doubt = journal.in_doubt_total()
-    out.write(f"\nsends in doubt (possibly duplicated): {in_doubt:,}\n")
+    out.write(f"\n{_rows_line(tally)}\n")
+    out.write(f"sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
     categories = journal.counts_by_category()
     if categories:
         out.write("\nbounces by category\n")

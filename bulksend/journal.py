@@ -105,6 +105,7 @@ from bulksend.errors import JournalError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CampaignTally",
     "Category",
     "Due",
     "ImportStats",
@@ -393,6 +394,46 @@ class ImportStats:
 
 
 @dataclass(frozen=True, slots=True)
+class CampaignTally:
+    """Where a campaign stands, counted in one place.
+
+    The run summary, the ``--workers`` summary and ``report`` all print this, so their
+    numbers agree with each other and with the rejects file.
+
+    Attributes:
+        statuses: recipients in the journal per status (every status).
+        not_imported: rows of the recipients file that have no journal row: ``duplicate``
+            (a repeat of an earlier address) and ``invalid`` (no address to keep).
+        in_doubt_sends: sends that may have been duplicated (in-doubt events, all recipients).
+    """
+
+    statuses: Mapping[Status, int]
+    not_imported: Mapping[str, int]
+    in_doubt_sends: int
+
+    @property
+    def rows(self) -> int:
+        """Rows of the recipients file (every recipient and every rejected row)."""
+        return sum(self.statuses.values()) + sum(self.not_imported.values())
+
+    @property
+    def rejected(self) -> int:
+        """Rows that are not sent: the rows of the rejects file."""
+        return (
+            self.statuses[Status.INVALID]
+            + self.statuses[Status.SUPPRESSED]
+            + sum(self.not_imported.values())
+        )
+
+    def by_state(self) -> dict[str, int]:
+        """Every row of the file in one state: the statuses, every invalid row, duplicates."""
+        states = {str(s): n for s, n in self.statuses.items()}
+        states[Status.INVALID.value] += self.not_imported.get("invalid", 0)
+        states["duplicate"] = self.not_imported.get("duplicate", 0)
+        return states
+
+
+@dataclass(frozen=True, slots=True)
 class Due:
     """A recipient handed to a sender (claimed until its outcome is recorded)."""
 
@@ -539,6 +580,22 @@ class _Reports(abc.ABC):
     @abc.abstractmethod
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         """Every recipient's row, optionally only those in ``statuses``."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[Status, int]:
+        """Recipients per status (every status present, zero included)."""
+
+    @abc.abstractmethod
+    def not_imported(self) -> dict[str, int]:
+        """Rows of the recipients file left out of the journal, by reason."""
+
+    @abc.abstractmethod
+    def in_doubt_total(self) -> int:
+        """How many sends may have been duplicated."""
+
+    def tally(self) -> CampaignTally:
+        """Where the campaign stands (see :class:`CampaignTally`)."""
+        return CampaignTally(self.counts(), self.not_imported(), self.in_doubt_total())
 
     def export_csv(self, stream: TextIO, statuses: Iterable[Status] | None = None) -> int:
         """Write outcomes as CSV (header first) to a text stream; returns the row count.
@@ -885,6 +942,7 @@ class Journal(_Reports):
         *,
         now: float | None = None,
         batch_size: int = 50_000,
+        not_imported: Mapping[str, int] | None = None,
     ) -> ImportStats:
         """Write recipients in large transactions, resuming a partial import.
 
@@ -892,6 +950,8 @@ class Journal(_Reports):
         recipients again on resume. The secondary indexes are built once, when the last
         batch is in (much faster than maintaining them row by row); an address seen twice is
         then kept only at its first position. Pending recipients are due at ``now``.
+        ``not_imported`` (read once ``recipients`` is exhausted) counts the rows the caller
+        left out, by reason; it is kept, with the duplicates found here, for :meth:`tally`.
         """
         self._check_free()
         now = time.time() if now is None else now
@@ -918,6 +978,12 @@ class Journal(_Reports):
                     )
                 if last:
                     duplicates = self._build_indexes()
+                    left_out = dict(not_imported or {})
+                    left_out["duplicate"] = left_out.get("duplicate", 0) + duplicates
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('not_imported', ?)",
+                        (json.dumps(left_out, sort_keys=True),),
+                    )
                     self._db.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
             if last:
                 self._import_done = True
@@ -1162,6 +1228,16 @@ class Journal(_Reports):
             lambda: int(self._db.execute("SELECT total(in_doubt) FROM recipients").fetchone()[0]),
         )
 
+    def not_imported(self) -> dict[str, int]:
+        """Rows of the recipients file left out of the journal, by reason (see import)."""
+        self._check_free()
+
+        def q() -> dict[str, int]:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'not_imported'").fetchone()
+            return {} if row is None else {str(k): int(n) for k, n in json.loads(row[0]).items()}
+
+        return self._read("read meta", q)
+
     def get(self, recipient_id: int) -> RecipientState | None:
         """One recipient's row."""
         self._check_free()
@@ -1259,6 +1335,13 @@ class JournalSet(_Reports):
 
     def in_doubt_total(self) -> int:
         return sum(j.in_doubt_total() for j in self.journals)
+
+    def not_imported(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for journal in self.journals:
+            for reason, n in journal.not_imported().items():
+                total[reason] = total.get(reason, 0) + n
+        return total
 
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         wanted = None if statuses is None else tuple(statuses)

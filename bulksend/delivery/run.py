@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.errors import ConfigError, JournalError
 from bulksend.journal import (
+    CampaignTally,
     Due,
     ImportStats,
     Journal,
@@ -91,10 +92,15 @@ class RunSummary:
 
     imported: ImportStats | None
     outcomes: dict[str, int]  # by kind, this run
-    counts: dict[Status, int]  # by status, the whole campaign
+    tally: CampaignTally  # the whole campaign
     in_doubt_recovered: int  # claimed without an outcome when the journal was opened
     complete: bool  # no recipient is waiting any more
     elapsed: float
+
+    @property
+    def counts(self) -> Mapping[Status, int]:
+        """Recipients per status, the whole campaign."""
+        return self.tally.statuses
 
 
 def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig:
@@ -122,8 +128,13 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
 Keep = Callable[[str], bool]  # does this run own recipients of this domain?
 
 
-def _recipients(campaign: Campaign, rejects: RejectsFile, keep: Keep) -> Iterator[NewRecipient]:
-    """The recipients file as journal rows; rejected rows are kept as invalid/suppressed."""
+def _recipients(
+    campaign: Campaign, rejects: RejectsFile, keep: Keep, not_imported: dict[str, int]
+) -> Iterator[NewRecipient]:
+    """The recipients file as journal rows; rejected rows are kept as invalid/suppressed.
+
+    Rejected rows that get no journal row are counted in ``not_imported`` by reason.
+    """
     held: list[Reject] = []
 
     def on_reject(reject: Reject) -> None:
@@ -132,18 +143,20 @@ def _recipients(campaign: Campaign, rejects: RejectsFile, keep: Keep) -> Iterato
             held.append(reject)
 
     for recipient in campaign.recipients(on_reject):
-        yield from _rejected(held)
+        yield from _rejected(held, not_imported)
         if keep(recipient.domain):
             yield NewRecipient(recipient.address, dict(recipient.fields))
-    yield from _rejected(held)
+    yield from _rejected(held, not_imported)
 
 
-def _rejected(held: list[Reject]) -> Iterator[NewRecipient]:
+def _rejected(held: list[Reject], not_imported: dict[str, int]) -> Iterator[NewRecipient]:
     for reject in held:
         if reject.kind is RejectKind.SUPPRESSED:
             yield NewRecipient(reject.raw_email, None, Status.SUPPRESSED, reject.reason)
         elif reject.kind is RejectKind.INVALID and "@" in reject.raw_email:
             yield NewRecipient(reject.raw_email, None, Status.INVALID, reject.reason)
+        else:
+            not_imported[reject.kind.value] = not_imported.get(reject.kind.value, 0) + 1
     held.clear()
 
 
@@ -172,8 +185,10 @@ def import_recipients(
     path = campaign.config.recipients.rejects
     if shard is not None:
         path = shard.journal(path)
+    not_imported: dict[str, int] = {}
     with RejectsFile(path) as rejects:
-        return journal.import_recipients(_recipients(campaign, rejects, keep or _everything))
+        rows = _recipients(campaign, rejects, keep or _everything, not_imported)
+        return journal.import_recipients(rows, not_imported=not_imported)
 
 
 def _everything(_domain: str) -> bool:
@@ -273,11 +288,10 @@ async def run_campaign(
             if failure is None:
                 raise
             raise _first_leaf(failure) from None
-        counts = journal.counts()
         return RunSummary(
             imported=imported,
             outcomes=dict(delivery.stats),
-            counts=counts,
+            tally=journal.tally(),
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ from bulksend.testing.scenario import (
     running,
     write_campaign,
 )
+from bulksend.testing.smtp import ServerScript
 
 
 def _send(runner: CliRunner, campaign: Path, journal: Path, *extra: str) -> tuple[int, str]:
@@ -213,3 +217,78 @@ async def test_workers_stop_quietly_when_the_parent_is_killed(tmp_path: Path) ->
     stderr = proc.stderr()
     assert "Traceback" not in stderr
     assert "BrokenPipeError" not in stderr
+
+
+def _line(text: str, prefix: str) -> str:
+    (line,) = [x.strip() for x in text.splitlines() if x.strip().startswith(prefix)]
+    return line
+
+
+async def test_summary_report_rejects_and_workers_agree_on_every_count(tmp_path: Path) -> None:
+    domains = ("one.test", "two.test", "three.test", "four.test")
+    bad = "user5@two.test"
+    sites = [
+        SiteSpec(
+            d.split(".")[0],
+            (d,),
+            f"127.0.0.{i}",
+            ServerScript(unknown_mailboxes=frozenset({bad})),
+        )
+        for i, d in enumerate(domains, 2)
+    ]
+    good = addresses(list(domains), 40)
+    # 3 duplicates (one differs only in the domain's case), 2 invalid rows (one without
+    # an address to keep), 40 distinct good rows, one of which bounces.
+    rows = [*good[:20], good[0], good[1], "user2@THREE.test", *good[20:]]
+    rows += ["not-an-address", "two@@one.test"]
+    campaigns = [write_campaign(tmp_path / name, rows) for name in ("single", "workers")]
+    with trio.fail_after(120):
+        async with running(sites) as world:
+            common = ["--quiet", "--send-again", *world_args(world)]
+            single = await run_bulksend(
+                tmp_path, "send", str(campaigns[0]), *common, name="single", seconds=90
+            )
+            workers = await run_bulksend(
+                tmp_path,
+                "send",
+                str(campaigns[1]),
+                "--workers",
+                "2",
+                "--exit-zero-when-complete",
+                *common,
+                name="workers",
+                seconds=90,
+            )
+    assert single.process.returncode == 4, single  # complete, one bounce
+    assert workers.process.returncode == 0, workers  # the same, for an orchestrator
+    journal = tmp_path / "single" / "test-campaign.journal.sqlite3"
+    report = await run_bulksend(tmp_path, "report", str(journal), name="report")
+    assert report.process.returncode == 0, report
+    summary, table = single.stdout(), report.stdout()
+
+    # The rejects file lists exactly the rejected rows the summary and the report count.
+    with (tmp_path / "single" / "rejects.csv").open() as f:
+        rejects = list(csv.DictReader(f))
+    reasons = Counter(r["reason"] for r in rejects)
+    assert reasons["duplicate address"] == 3
+    assert len(rejects) == 5
+    files_line = "recipients file: 45 rows, 40 to send, 5 rejected"
+    assert _line(summary, "recipients file:").startswith(files_line)
+    assert _line(table, "recipients file:") == files_line
+    campaign_line = _line(summary, "campaign:")
+    for state, n in [("delivered", 39), ("bounced", 1), ("invalid", 2), ("duplicate", 3)]:
+        assert f"{state} {n}" in campaign_line
+        assert re.search(rf"^{state}\s+{n}\s", table, re.M), table
+    assert re.search(r"^total\s+45\s", table, re.M), table
+    in_doubt = "sends in doubt (possibly duplicated): 0"
+    assert _line(summary, "sends in doubt") == _line(table, "sends in doubt") == in_doubt
+
+    # --workers prints the same lines as one process for the same campaign.
+    for prefix in ("recipients file:", "this run:", "campaign:", "sends in doubt"):
+        assert (
+            _line(workers.stdout(), prefix).split(" (listed")[0]
+            == _line(summary, prefix).split(" (listed")[0]
+        )
+    assert _line(summary, "this run:") == (
+        "this run:  delivered 39  deferred 0  bounced 1  in doubt 0"
+    )
