@@ -285,7 +285,10 @@ def _run_options(f: _F) -> _F:
             help="Stop after this many recipients have an outcome in this run (exit 3).",
         ),
         click.option(
-            "--force", is_flag=True, help="Resume even though the campaign or its files changed."
+            "--force",
+            is_flag=True,
+            help="Resume even though the campaign's content (message, sender, templates, "
+            "recipients file) changed; policy changes need no --force.",
         ),
         click.option(
             "--accounting",
@@ -482,7 +485,12 @@ async def execute_run(
 
             with control.abort:
                 summary = await run_campaign(
-                    campaign, options, metrics=metrics, on_start=on_start, on_outcome=tally
+                    campaign,
+                    options,
+                    metrics=metrics,
+                    on_start=on_start,
+                    on_outcome=tally,
+                    on_journal=_show_changes,
                 )
             nursery.cancel_scope.cancel()
         if summary is not None:
@@ -492,6 +500,14 @@ async def execute_run(
         if tally.accounting is not None:
             tally.accounting.close()
     return RunResult(summary, control.signals > 0, metrics_server)
+
+
+def _show_changes(journal: Journal) -> None:
+    """Say what changed in the campaign since its journal was written (a resume goes on)."""
+    if "policy" in journal.changes:
+        _info(f"sending policy changed since the last run: {journal.changes['policy']}")
+    if "content" in journal.changes:
+        _warn(f"campaign content changed (--force): {journal.changes['content']}")
 
 
 def _exit_code(result: RunResult, flags: _RunFlags) -> int:

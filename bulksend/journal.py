@@ -92,6 +92,7 @@ import os
 import random
 import sqlite3
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,14 +353,76 @@ def hash_files(paths: Iterable[str | os.PathLike[str]]) -> str:
     return total.hexdigest()
 
 
+#: Sections of the campaign file that say how to send, not what (rates, connections,
+#: timeouts, retries, routes): a change to them is allowed on resume, and reported.
+POLICY_SECTIONS: Final = ("policy", "routing")
+_FILE_PART: Final = "campaign file: "
+
+
+def _campaign_file_parts(campaign: str | os.PathLike[str]) -> dict[str, str]:
+    """One identity part per setting of the campaign file, holding its value (JSON).
+
+    Parts are named ``campaign file: <section.key>``, so a refusal can show what changed
+    from what to what; comments and layout are not part of the identity.
+
+    Raises:
+        JournalError: the file cannot be read or is not TOML.
+    """
+    try:
+        with open(campaign, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise JournalError(
+            f"cannot read {os.fspath(campaign)!r} to identify the campaign: {e}"
+        ) from e
+    parts: dict[str, str] = {}
+
+    def walk(prefix: str, table: Mapping[str, Any]) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                parts[f"{_FILE_PART}{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
+
+    walk("", data)
+    return parts
+
+
+def _is_policy_part(part: str) -> bool:
+    """Whether an identity part is a sending-policy setting (may change on resume)."""
+    return part.startswith(_FILE_PART) and (
+        part.removeprefix(_FILE_PART).split(".", 1)[0] in POLICY_SECTIONS
+    )
+
+
+def _describe_changes(
+    stored: Mapping[str, str], given: Mapping[str, str], parts: Sequence[str]
+) -> str:
+    """``a.b ("old" -> "new"), templates`` for the changed ``parts`` (at most 8 named)."""
+    shown = []
+    for part in parts[:8]:
+        name = part.removeprefix(_FILE_PART)
+        if part.startswith(_FILE_PART):
+            name += f" ({stored.get(part, 'unset')} -> {given.get(part, 'unset')})"
+        shown.append(name)
+    more = f" and {len(parts) - 8} more" if len(parts) > 8 else ""
+    return ", ".join(shown) + more
+
+
 def campaign_identity(
     campaign: str | os.PathLike[str],
     templates: Iterable[str | os.PathLike[str]],
     recipients: str | os.PathLike[str],
 ) -> dict[str, str]:
-    """The identity of a campaign run: one digest per part, so a change can be named."""
+    """The identity of a campaign run: one part per setting or file, so a change can be named.
+
+    Content parts (what is sent: the campaign file's settings outside
+    :data:`POLICY_SECTIONS`, the templates, the recipients file) refuse a resume when they
+    change, unless forced; policy parts (how it is sent) may change (see
+    :func:`_is_policy_part`).
+    """
     return {
-        "campaign file": hash_files([campaign]),
+        **_campaign_file_parts(campaign),
         "templates": hash_files(templates),
         "recipients file": hash_files([recipients]),
     }
@@ -648,6 +711,9 @@ class Journal(_Reports):
         #: Recipients found claimed without an outcome when opened (crash): now in_doubt.
         self.recovered_in_doubt = 0
         self.forced = False
+        #: What changed since the journal was last opened: "policy" (allowed) and "content"
+        #: (forced) mapped to a description.
+        self.changes: dict[str, str] = {}
         self._import_done = False
 
     # --- opening ---------------------------------------------------------------------------
@@ -818,23 +884,30 @@ class Journal(_Reports):
         changed = sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
         if not changed:
             return
-        if not force:
+        content = [k for k in changed if not _is_policy_part(k)]
+        if content and not force:
             raise JournalError(
-                f"journal {str(self.path)!r} belongs to a different campaign: "
-                f"{', '.join(changed)} changed since it was written. Refusing to resume; "
-                "start a new journal, or force the resume to continue with the changed files."
+                f"journal {str(self.path)!r} was written for other campaign content: "
+                f"{_describe_changes(stored, given, content)} changed since. Resuming would "
+                "send the remaining recipients the changed message: resume with --force to do "
+                "that (a new journal would send everyone again)."
             )
-        with self._write("record a forced resume"):
+        policy = [k for k in changed if _is_policy_part(k)]
+        for kind, group in (("policy", policy), ("content", content)):
+            if group:
+                self.changes[kind] = _describe_changes(stored, given, group)
+        with self._write("record a changed campaign"):
             self._db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'identity'",
                 (json.dumps(given, sort_keys=True),),
             )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('forced_at', ?)",
-                (repr(now),),
-            )
+            if content:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('forced_at', ?)",
+                    (repr(now),),
+                )
         self.identity = given
-        self.forced = True
+        self.forced = bool(content)
 
     def _recover(self, now: float) -> None:
         with self._write("recover claimed recipients"):

@@ -217,12 +217,15 @@ async def run_campaign(
     metrics: Metrics | None = None,
     on_start: Callable[[Scheduler], None] | None = None,
     on_outcome: Callable[[Due, Outcome, str], None] | None = None,
+    on_journal: Callable[[Journal], None] | None = None,
 ) -> RunSummary:
     """Journal and deliver a campaign; resumable; returns when done or stopped.
 
     ``on_start`` receives the scheduler once sending begins (for progress display and for
     ``scheduler.stop()`` on a signal); ``on_outcome`` sees every recipient outcome as it is
-    recorded, with the site's metric label (for an accounting log).
+    recorded, with the site's metric label (for an accounting log); ``on_journal`` sees the
+    journal once opened (``journal.changes``: what changed in the campaign since it was
+    written).
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
@@ -234,6 +237,8 @@ async def run_campaign(
     config = campaign.config
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
     try:
+        if on_journal is not None:
+            on_journal(journal)
         router = Router(routing_config(config, options))
         keep = None
         if options.shard is not None and not journal.import_complete:

@@ -292,3 +292,54 @@ async def test_summary_report_rejects_and_workers_agree_on_every_count(tmp_path:
     assert _line(summary, "this run:") == (
         "this run:  delivered 39  deferred 0  bounced 1  in doubt 0"
     )
+
+
+async def test_resume_allows_policy_changes_and_refuses_content_changes_unless_forced(
+    tmp_path: Path,
+) -> None:
+    policy = '[policy.defaults]\nrate = "{rate}/s"\n'
+    toml = campaign_toml(policy=policy.format(rate=200))
+    campaign = write_campaign(tmp_path / "c", addresses(["one.test"], 30), toml=toml)
+    journal = tmp_path / "j.sqlite3"
+    site = SiteSpec("one", ("one.test",), "127.0.0.2")
+    with trio.fail_after(90):
+        async with running([site]) as world:
+            first = await run_bulksend(
+                tmp_path,
+                "send",
+                str(campaign),
+                "--journal",
+                str(journal),
+                "--limit",
+                "5",
+                "--quiet",
+                *world_args(world),
+                name="first",
+            )
+            assert first.process.returncode == 3, first
+            resume = ["resume", str(journal), "--quiet", *world_args(world)]
+            # A content change (the subject) is refused, with the diff and the way on.
+            campaign.write_text(toml.replace('subject = "Hello', 'subject = "Hi'))
+            refused = await run_bulksend(tmp_path, *resume, "--limit", "5", name="refused")
+            assert refused.process.returncode == 1, refused
+            (line,) = refused.stderr().splitlines()
+            assert 'message.subject ("Hello {{ first_name }}' in line
+            assert '-> "Hi {{ first_name }}' in line
+            assert "--force" in line
+            assert "a new journal would send everyone again" in line
+            # A policy change alone (the rate) resumes, and says what changed.
+            campaign.write_text(policy.format(rate=100).join(toml.split(policy.format(rate=200))))
+            slower = await run_bulksend(tmp_path, *resume, "--limit", "5", name="policy")
+            assert slower.process.returncode == 3, slower
+            assert (
+                'sending policy changed since the last run: policy.defaults.rate ("200/s" -> '
+                '"100/s")' in slower.stderr()
+            )
+            # Forced, the content change goes through, and is named.
+            campaign.write_text(campaign.read_text().replace('subject = "Hello', 'subject = "Hi'))
+            forced = await run_bulksend(tmp_path, *resume, "--force", name="forced")
+            assert forced.process.returncode == 0, forced
+            assert "campaign content changed (--force): message.subject" in forced.stderr()
+            subjects = [t.data for s in world.servers.values() for t in s.transactions]
+    assert len(subjects) == 30
+    assert sum(b"Subject: Hi " in d for d in subjects) == 20
