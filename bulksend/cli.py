@@ -6,7 +6,8 @@ Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink`` a
 
 Exit statuses (:data:`EXIT_OK` ...): 0 done; 1 error; 2 usage (click's); 3 stopped before
 the campaign completed (a signal, ``--limit``): resumable; 4 done, but some recipients were
-not delivered (bounced or expired), or a dry run / validation found problems.
+not delivered (bounced or expired; 0 with ``--exit-zero-when-complete``, for orchestrators),
+or a dry run / validation found problems.
 
 Signals during a run: the first SIGINT or SIGTERM stops gracefully (no new transaction;
 in-flight ones get ``--grace`` seconds; the journal is flushed); a second aborts at once
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -52,10 +55,11 @@ from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import BulksendError, ConfigError
-from bulksend.journal import Journal, JournalPeek, JournalSet, Status
+from bulksend.journal import CampaignTally, Journal, JournalPeek, JournalSet, Status
 from bulksend.metrics import Metrics, MetricsServer
 from bulksend.metrics import serve as serve_registry
 from bulksend.progress import (
+    SHOWN_KINDS,
     SNAPSHOT_STALE,
     AccountingLog,
     Progress,
@@ -116,6 +120,27 @@ def _message(exc: BaseException) -> str:
     return " ".join(text.split()) if "\n" not in text else text.splitlines()[0]
 
 
+def _stdout_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is stdout's reader going away (``bulksend report | head``)."""
+    if not any(isinstance(e, BrokenPipeError) for e in _leaves(exc)):
+        return False
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), 0)
+    except (OSError, ValueError):
+        return False  # not a file descriptor (tests' captured output)
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poll.poll(0))
+
+
+def _end_by_sigpipe() -> None:
+    """End as a Unix tool does when its reader leaves: killed by SIGPIPE, without a word."""
+    with contextlib.suppress(OSError, ValueError):
+        # Python flushes stdout at exit: point it at /dev/null so that flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 class _Group(click.Group):
     """Turns errors into one line on stderr and exit status 1 (a traceback with --debug)."""
 
@@ -130,6 +155,8 @@ class _Group(click.Group):
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 raise
+            if _stdout_gone(exc):
+                _end_by_sigpipe()
             error = _user_error(exc)
             if ctx.meta.get(_DEBUG_KEY):
                 traceback.print_exception(exc, file=sys.stderr)
@@ -203,6 +230,7 @@ class _RunFlags:
     keep_serving: bool = False
     shard: Shard | None = None
     retry_unrendered: bool = False
+    exit_zero_when_complete: bool = False
 
     def options(self, journal: Path, campaign: Campaign) -> RunOptions:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
@@ -228,6 +256,18 @@ def _not_fqdn(name: str) -> str:
         "or distrust the mail: set [campaign] ehlo_hostname (or --ehlo-hostname) to this "
         "host's public name"
     )
+
+
+def _serve_metrics(registry: CollectorRegistry, flags: _RunFlags) -> MetricsServer:
+    assert flags.metrics_port is not None
+    try:
+        return serve_registry(registry, flags.metrics_port, flags.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {flags.metrics_port}: cannot listen on {flags.metrics_host}:"
+            f"{flags.metrics_port} ({exc.strerror or exc}); choose another port, or 0 for any "
+            "free one"
+        ) from None
 
 
 def _nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
@@ -265,12 +305,15 @@ def _run_options(f: _F) -> _F:
             help="Stop after this many recipients have an outcome in this run (exit 3).",
         ),
         click.option(
-            "--force", is_flag=True, help="Resume even though the campaign or its files changed."
+            "--force",
+            is_flag=True,
+            help="Resume even though the campaign's content (message, sender, templates, "
+            "recipients file) changed; policy changes need no --force.",
         ),
         click.option(
             "--accounting",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="Append one JSON line per outcome to this file (created 0600).",
+            help="Append one JSON line per delivery attempt to this file (created 0600).",
         ),
         click.option(
             "--nameserver",
@@ -312,6 +355,12 @@ def _run_options(f: _F) -> _F:
             is_flag=True,
             help="After the run, keep the metrics endpoint up until SIGINT/SIGTERM.",
         ),
+        click.option(
+            "--exit-zero-when-complete",
+            is_flag=True,
+            help="Exit 0, not 4, when the campaign completed with bounces or expiries "
+            "(for orchestrators: a Kubernetes Job, systemd).",
+        ),
         _debug_option,
     ]
     for decorator in reversed(decorators):
@@ -334,6 +383,7 @@ def _flags(kw: dict[str, Any]) -> _RunFlags:
         quiet=kw.pop("quiet"),
         keep_serving=kw.pop("keep_serving"),
         shard=kw.pop("shard"),
+        exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
     )
 
 
@@ -367,7 +417,6 @@ class RunResult:
 
     summary: RunSummary | None
     signalled: bool = False
-    tally: Tally = field(default_factory=Tally)
     metrics_server: MetricsServer | None = None
 
 
@@ -428,7 +477,7 @@ async def execute_run(
     """
     metrics = metrics or Metrics()
     if metrics_server is None and flags.metrics_port is not None:
-        metrics_server = metrics.serve(flags.metrics_port, flags.metrics_host)
+        metrics_server = _serve_metrics(metrics.registry, flags)
         _info(f"metrics at {metrics_server.url}")
     tally = tally or Tally()
     if flags.accounting is not None:
@@ -459,7 +508,12 @@ async def execute_run(
 
             with control.abort:
                 summary = await run_campaign(
-                    campaign, options, metrics=metrics, on_start=on_start, on_outcome=tally
+                    campaign,
+                    options,
+                    metrics=metrics,
+                    on_start=on_start,
+                    on_outcome=tally,
+                    on_journal=_show_changes,
                 )
             nursery.cancel_scope.cancel()
         if summary is not None:
@@ -468,16 +522,33 @@ async def execute_run(
         progress.finish(state)
         if tally.accounting is not None:
             tally.accounting.close()
-    return RunResult(summary, control.signals > 0, tally, metrics_server)
+    return RunResult(summary, control.signals > 0, metrics_server)
 
 
-def _exit_code(result: RunResult) -> int:
+def _show_changes(journal: Journal) -> None:
+    """Say what changed in the campaign since its journal was written (a resume goes on)."""
+    if "policy" in journal.changes:
+        _info(f"sending policy changed since the last run: {journal.changes['policy']}")
+    if "content" in journal.changes:
+        _warn(f"campaign content changed (--force): {journal.changes['content']}")
+
+
+def _exit_code(result: RunResult, flags: _RunFlags) -> int:
     summary = result.summary
     if summary is not None and summary.halted:
         return EXIT_ERROR
-    if summary is None or not summary.complete:
+    if summary is None:
         return EXIT_STOPPED
-    return EXIT_UNDELIVERED if _undelivered(summary.counts) else EXIT_OK
+    return _completion_code(summary.complete, summary.counts, flags)
+
+
+def _completion_code(complete: bool, counts: Mapping[Status, int], flags: _RunFlags) -> int:
+    """3 stopped; 4 complete with recipients undelivered (0 with --exit-zero-when-complete)."""
+    if not complete:
+        return EXIT_STOPPED
+    if _undelivered(counts) and not flags.exit_zero_when_complete:
+        return EXIT_UNDELIVERED
+    return EXIT_OK
 
 
 def _undelivered(counts: Mapping[Status, int]) -> int:
@@ -506,15 +577,14 @@ def print_summary(
     if summary is None:
         out.write(f"aborted: the journal is consistent; continue with: bulksend resume {journal}\n")
         return
-    rate = sum(result.tally.kinds.values()) / summary.elapsed if summary.elapsed > 0 else 0.0
-    state = "complete" if summary.complete else "stopped before completion"
-    out.write(f"{state} after {format_duration(summary.elapsed)} ({rate:,.0f} outcomes/s)\n")
-    if summary.imported is not None:
-        imp = summary.imported
-        out.write(f"  imported:  {imp.imported:,} recipients ({imp.duplicates:,} duplicates)\n")
-        with contextlib.suppress(OSError):
-            if rejects is not None and rejects.stat().st_size:
-                out.write(f"  rejected rows are listed in {rejects}\n")
+    _write_tally(
+        out,
+        state="complete" if summary.complete else "stopped before completion",
+        elapsed=summary.elapsed,
+        outcomes=summary.outcomes,
+        tally=summary.tally,
+        rejects=[] if rejects is None else [rejects],
+    )
     if summary.requeued:
         out.write(f"  requeued:  {summary.requeued:,} recipients not rendered before\n")
     if summary.in_doubt_recovered:
@@ -522,9 +592,6 @@ def print_summary(
             f"  recovered: {summary.in_doubt_recovered:,} recipients in doubt from an "
             "interrupted run\n"
         )
-    this_run = {str(k): v for k, v in result.tally.kinds.items()}
-    out.write(f"  this run:  {_counts_line(this_run)}\n")
-    out.write(f"  campaign:  {_counts_line(summary.counts)}\n")
     if not summary.complete:
         waiting = summary.counts[Status.PENDING] + summary.counts[Status.IN_DOUBT]
         out.write(
@@ -536,6 +603,47 @@ def print_summary(
             f"sent to them); once the template is fixed: bulksend resume {journal} --force "
             "--retry-unrendered\n"
         )
+
+
+def _attempts(outcomes: Mapping[str, int]) -> dict[str, int]:
+    """A run's delivery attempts by kind (our own throttle's deferrals are not attempts)."""
+    return {str(kind): outcomes.get(kind.value, 0) for kind in SHOWN_KINDS}
+
+
+def _write_tally(
+    out: TextIO,
+    *,
+    state: str,
+    elapsed: float,
+    outcomes: Mapping[str, int],
+    tally: CampaignTally,
+    rejects: Sequence[Path],
+    how: str = "",
+) -> None:
+    """The summary's lines: this run's attempts and the campaign's tally (one or N workers)."""
+    attempts = _attempts(outcomes)
+    done = sum(attempts.values())
+    rate = done / elapsed if elapsed > 0 else 0.0
+    out.write(
+        f"{state} after {format_duration(elapsed)}{how} "
+        f"({done:,} delivery attempts, {rate:,.0f}/s)\n"
+    )
+    listed = [str(p) for p in rejects if p.is_file() and p.stat().st_size]
+    out.write(
+        f"  {_rows_line(tally)}"
+        + (f" (listed in {', '.join(listed)})" if tally.rejected and listed else "")
+        + "\n"
+    )
+    out.write(f"  this run:  {_counts_line(attempts)}\n")
+    out.write(f"  campaign:  {_counts_line(tally.by_state())}\n")
+    out.write(f"  sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
+
+
+def _rows_line(tally: CampaignTally) -> str:
+    return (
+        f"recipients file: {tally.rows:,} rows, {tally.rows - tally.rejected:,} to send, "
+        f"{tally.rejected:,} rejected"
+    )
 
 
 def _serve_until_signal(server: MetricsServer) -> None:
@@ -573,14 +681,36 @@ def _serve_until_signal(server: MetricsServer) -> None:
     help="Processes to run, one shard each (sites divided among them, one journal per "
     "shard); 0: one per core.",
 )
+@click.option(
+    "--send-again",
+    is_flag=True,
+    help="Send a campaign id that was already sent with another journal (everyone again).",
+)
+@click.option(
+    "--sent-record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="BULKSEND_SENT_RECORD",
+    help="The record of campaigns sent from this account; default "
+    "$XDG_STATE_HOME/bulksend/sent.jsonl (~/.local/state/bulksend/sent.jsonl).",
+)
 @_run_options
-def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int, **kw: Any) -> None:
+def send(
+    *,
+    campaign_file: Path,
+    journal: Path | None,
+    dry_run: bool,
+    workers: int,
+    send_again: bool,
+    sent_record: Path | None,
+    **kw: Any,
+) -> None:
     """Send a campaign (journaled: resumes where an earlier run on the journal stopped)."""
     flags = _flags(kw)
     campaign = _load_campaign(campaign_file)
     if dry_run:
         raise SystemExit(_dry_run(campaign, flags))
     journal = journal or campaign.config.source.parent / f"{campaign.config.id}.journal.sqlite3"
+    record = SentRecord(sent_record or _default_sent_record())
     if workers == 0:
         workers = os.cpu_count() or 1
     if workers > 1:
@@ -594,14 +724,122 @@ def send(campaign_file: Path, journal: Path | None, dry_run: bool, workers: int,
                     f"--workers and {option} do not go together: run the shards one at a "
                     f"time with --shard I/N and {option}"
                 )
+    shard = "" if flags.shard is None else str(flags.shard)
+    own = journal if flags.shard is None else flags.shard.journal(journal)
+    journals = (
+        [Shard(i, workers).journal(journal) for i in range(workers)] if workers > 1 else [own]
+    )
+    if workers > 1:
         campaign.check_recipients()  # once here, not as N failing workers
-        raise SystemExit(run_workers(campaign, journal, flags, workers))
-    raise SystemExit(_run(campaign, journal, flags))
+    record.check_and_add(campaign.config.id, shard, own, journals, send_again=send_again)
+    try:
+        if workers > 1:
+            code = run_workers(campaign, journal, flags, workers)
+        else:
+            code = _run(campaign, journal, flags)
+    finally:
+        if not any(j.exists() for j in journals):
+            record.remove(campaign.config.id, shard, own)  # it sent nothing
+    raise SystemExit(code)
+
+
+def _default_sent_record() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "bulksend" / "sent.jsonl"
+
+
+@dataclass
+class SentRecord:
+    """Which campaign ids this account has sent, and with which journal (JSON Lines, 0600).
+
+    A second full send of the same campaign id (a new journal: not a resume) would mail
+    everyone again; ``send`` refuses it unless ``--send-again``. Shards count separately.
+    """
+
+    path: Path
+
+    def entries(self) -> list[dict[str, str]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path}: cannot read the record of sent campaigns ({exc.strerror}); "
+                "give another with --sent-record"
+            ) from None
+        found = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    found.append({str(k): str(v) for k, v in entry.items()})
+        return found
+
+    def check_and_add(
+        self,
+        campaign_id: str,
+        shard: str,
+        journal: Path,
+        journals: Sequence[Path],
+        *,
+        send_again: bool,
+    ) -> None:
+        """Refuse a second full send of ``campaign_id``; record this one.
+
+        ``journals`` are the files this send writes: if one exists, this is a resume.
+        """
+        if any(j.exists() for j in journals):
+            return
+        journal = journal.resolve()
+        for entry in self.entries():
+            if send_again or entry.get("campaign") != campaign_id:
+                continue
+            if entry.get("shard", "") != shard:
+                continue
+            raise ConfigError(
+                f"campaign {campaign_id!r}"
+                + (f" (shard {shard})" if shard else "")
+                + f" was already sent on {entry.get('at', '?')} with journal "
+                f"{entry.get('journal')}: resume that journal (bulksend resume "
+                f"{entry.get('journal')}), or give --send-again to mail everyone again "
+                f"(recorded in {self.path})"
+            )
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        line = {"campaign": campaign_id, "shard": shard, "journal": str(journal), "at": at}
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open_private(self.path, append=True) as out:
+                out.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            _warn(
+                f"{self.path}: cannot record this send ({exc.strerror}); a second send of "
+                "this campaign will not be caught (set --sent-record)"
+            )
+
+    def remove(self, campaign_id: str, shard: str, journal: Path) -> None:
+        """Forget a send that left no journal (it sent nothing)."""
+        journal = journal.resolve()
+        keep = [
+            e
+            for e in self.entries()
+            if (e.get("campaign"), e.get("shard", ""), e.get("journal"))
+            != (campaign_id, shard, str(journal))
+        ]
+        with contextlib.suppress(OSError), open_private(self.path) as out:
+            out.writelines(json.dumps(e) + "\n" for e in keep)
 
 
 def _write_sidecar(campaign: Campaign, journal: Path) -> None:
     with open_private(campaign_sidecar(journal)) as out:
         out.write(str(campaign.config.source) + "\n")
+
+
+def _forget_missing_journal(journal: Path) -> None:
+    """After a run that left no journal (nothing imported), remove the files naming it."""
+    if not journal.exists():
+        campaign_sidecar(journal).unlink(missing_ok=True)
+        snapshot_path(journal).unlink(missing_ok=True)
 
 
 def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
@@ -618,7 +856,11 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
             stream=sys.stderr,
         )
 
-    result = trio.run(go)
+    try:
+        result = trio.run(go)
+    except BaseException:
+        _forget_missing_journal(journal)
+        raise
     server = result.metrics_server
     try:
         print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
@@ -629,7 +871,7 @@ def _run(campaign: Campaign, journal: Path, flags: _RunFlags) -> int:
     finally:
         if server is not None:
             server.close()
-    return _exit_code(result)
+    return _exit_code(result, flags)
 
 
 def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int) -> int:
@@ -642,7 +884,7 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     if flags.metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(pool.collector())
-        server = serve_registry(registry, flags.metrics_port, flags.metrics_host)
+        server = _serve_metrics(registry, flags)
         _info(f"metrics at {server.url} (all workers)")
     started = time.monotonic()
 
@@ -676,7 +918,9 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
 
     try:
         states, signals = trio.run(go)
-        counts, complete = _workers_summary(pool, states, journal, started, sys.stdout)
+        counts, complete = _workers_summary(
+            pool, states, journal, started, sys.stdout, rejects=campaign.config.recipients.rejects
+        )
         halted = _say_halted(st.summary for st in states)
         if flags.keep_serving and server is not None and not signals:
             _serve_until_signal(server)
@@ -685,36 +929,43 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
             server.close()
     if halted:
         return EXIT_ERROR
-    if not complete:
-        return EXIT_STOPPED
-    return EXIT_UNDELIVERED if _undelivered(counts) else EXIT_OK
+    return _completion_code(complete, counts, flags)
 
 
 def _workers_summary(
-    pool: WorkerPool, states: list[WorkerState], journal: Path, started: float, out: TextIO
-) -> tuple[dict[Status, int], bool]:
+    pool: WorkerPool,
+    states: list[WorkerState],
+    journal: Path,
+    started: float,
+    out: TextIO,
+    *,
+    rejects: Path,
+) -> tuple[Mapping[Status, int], bool]:
     """Print the merged outcome of the shards; returns the counts and whether all are done."""
     with JournalSet([st.shard.journal(journal) for st in states]) as merged:
-        counts = merged.counts()
+        tally = merged.tally()
     complete = all(st.summary is not None and st.summary.complete for st in states)
-    elapsed = format_duration(time.monotonic() - started)
-    state = "complete" if complete else "stopped before completion"
-    out.write(f"{state} after {elapsed} with {len(states)} workers\n")
-    out.write(f"  this run:  {_counts_line(pool.outcomes())}\n")
-    out.write(f"  campaign:  {_counts_line(counts)}\n")
+    _write_tally(
+        out,
+        state="complete" if complete else "stopped before completion",
+        elapsed=time.monotonic() - started,
+        outcomes=pool.outcomes(),
+        tally=tally,
+        rejects=[st.shard.journal(rejects) for st in states],
+        how=f" with {len(states)} workers",
+    )
     for st in states:
         if st.failed:
             out.write(
                 f"  shard {st.shard} failed ({st.error or f'exit code {st.exitcode}'}); "
                 f"continue it with: bulksend resume {st.shard.journal(journal)}\n"
             )
-    return counts, complete
+    return tally.statuses, complete
 
 
 def _workers_line(pool: WorkerPool) -> str:
-    outcomes = pool.outcomes()
     backed_off = [s.site for s in pool.sites() if s.backed_off]
-    line = "workers: " + "  ".join(f"{k} {n:,}" for k, n in sorted(outcomes.items()))
+    line = "workers: " + _counts_line(_attempts(pool.outcomes()))
     if backed_off:
         line += f"  backed off: {', '.join(backed_off[:3])}"
         if len(backed_off) > 3:
@@ -723,7 +974,7 @@ def _workers_line(pool: WorkerPool) -> str:
 
 
 @main.command()
-@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--campaign",
     "campaign_file",
@@ -741,6 +992,11 @@ def resume(journal: Path, campaign_file: Path | None, retry_unrendered: bool, **
     """Continue an interrupted run from its journal."""
     flags = _flags(kw)
     flags.retry_unrendered = retry_unrendered
+    if not journal.is_file():
+        # A run stopped before its journal existed (or that had nothing to send) left none.
+        raise ConfigError(
+            f"no journal at {journal}: nothing to resume; start with `bulksend send CAMPAIGN`"
+        )
     if campaign_file is None:
         sidecar = campaign_sidecar(journal)
         try:
@@ -958,9 +1214,11 @@ def report(
 ) -> None:
     """Report a campaign's outcomes from its journal, or its shards' journals merged.
 
-    Not while it runs: see `status`.
+    While a run holds a journal, its last committed state is read (`status` shows the run).
     """
     with JournalSet(journals) as j, _output(output) as out:
+        for path in j.live:
+            _info(f"{path} is in use by a run: reporting its last committed state")
         if fmt == "csv":
             j.export_csv(out, [Status(s) for s in statuses] or None)
         elif fmt == "jsonl":
@@ -982,18 +1240,18 @@ def write_report_table(
     journal: Journal | JournalSet, out: TextIO, *, top_domains: int = 20
 ) -> None:
     """The ``report --format table`` text."""
-    counts = journal.counts()
-    total = sum(counts.values())
+    tally = journal.tally()
+    total = tally.rows
     out.write(f"campaign journal {journal.path}\n\n")
     rows = [["status", "recipients", "share"]]
-    for s, n in counts.items():
+    for state, n in tally.by_state().items():
         rows.append(
-            [s.value.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
+            [state.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
         )
     rows.append(["total", f"{total:,}", ""])
     _table(rows, out, indent="")
-    in_doubt = journal.in_doubt_total()
-    out.write(f"\nsends in doubt (possibly duplicated): {in_doubt:,}\n")
+    out.write(f"\n{_rows_line(tally)}\n")
+    out.write(f"sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
     categories = journal.counts_by_category()
     if categories:
         out.write("\nbounces by category\n")

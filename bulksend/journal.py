@@ -112,6 +112,7 @@ import os
 import random
 import sqlite3
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +126,12 @@ from bulksend.errors import JournalError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CampaignTally",
     "Category",
     "Due",
     "ImportStats",
     "Journal",
+    "JournalInUse",
     "JournalMetrics",
     "JournalPeek",
     "JournalSet",
@@ -388,19 +391,77 @@ def hash_files(paths: Iterable[str | os.PathLike[str]]) -> str:
     return total.hexdigest()
 
 
+#: Sections of the campaign file that say how to send, not what (rates, connections,
+#: timeouts, retries, routes): a change to them is allowed on resume, and reported.
+POLICY_SECTIONS: Final = ("policy", "routing")
+_FILE_PART: Final = "campaign file: "
+
+
+def _campaign_file_parts(campaign: str | os.PathLike[str]) -> dict[str, str]:
+    """One identity part per setting of the campaign file, holding its value (JSON).
+
+    Parts are named ``campaign file: <section.key>``, so a refusal can show what changed
+    from what to what; comments and layout are not part of the identity.
+
+    Raises:
+        JournalError: the file cannot be read or is not TOML.
+    """
+    try:
+        with open(campaign, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise JournalError(
+            f"cannot read {os.fspath(campaign)!r} to identify the campaign: {e}"
+        ) from e
+    parts: dict[str, str] = {}
+
+    def walk(prefix: str, table: Mapping[str, Any]) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                parts[f"{_FILE_PART}{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
+
+    walk("", data)
+    return parts
+
+
+def _is_policy_part(part: str) -> bool:
+    """Whether an identity part is a sending-policy setting (may change on resume)."""
+    return part.startswith(_FILE_PART) and (
+        part.removeprefix(_FILE_PART).split(".", 1)[0] in POLICY_SECTIONS
+    )
+
+
+def _describe_changes(
+    stored: Mapping[str, str], given: Mapping[str, str], parts: Sequence[str]
+) -> str:
+    """``a.b ("old" -> "new"), templates`` for the changed ``parts`` (at most 8 named)."""
+    shown = []
+    for part in parts[:8]:
+        name = part.removeprefix(_FILE_PART)
+        if part.startswith(_FILE_PART):
+            name += f" ({stored.get(part, 'unset')} -> {given.get(part, 'unset')})"
+        shown.append(name)
+    more = f" and {len(parts) - 8} more" if len(parts) > 8 else ""
+    return ", ".join(shown) + more
+
+
 def campaign_identity(
     campaign: str | os.PathLike[str],
     templates: Iterable[str | os.PathLike[str]],
     recipients: str | os.PathLike[str],
     attachments: Iterable[str | os.PathLike[str]] = (),
 ) -> dict[str, str]:
-    """The identity of a campaign run: one digest per part, so a change can be named.
+    """The identity of a campaign run: one part per setting or file, so a change can be named.
 
-    Attachments are content like the templates: each is a part of its own ("attachment
-    <path>"), so a refusal names the file whose bytes changed.
+    Content parts (what is sent: the campaign file's settings outside
+    :data:`POLICY_SECTIONS`, the templates, the recipients file, each attachment's bytes as
+    a part of its own, "attachment <path>") refuse a resume when they change, unless forced;
+    policy parts (how it is sent) may change (see :func:`_is_policy_part`).
     """
     identity = {
-        "campaign file": hash_files([campaign]),
+        **_campaign_file_parts(campaign),
         "templates": hash_files(templates),
         "recipients file": hash_files([recipients]),
     }
@@ -435,6 +496,46 @@ class ImportStats:
     imported: int
     duplicates: int
     skipped: int  # already imported before a resume
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignTally:
+    """Where a campaign stands, counted in one place.
+
+    The run summary, the ``--workers`` summary and ``report`` all print this, so their
+    numbers agree with each other and with the rejects file.
+
+    Attributes:
+        statuses: recipients in the journal per status (every status).
+        not_imported: rows of the recipients file that have no journal row: ``duplicate``
+            (a repeat of an earlier address) and ``invalid`` (no address to keep).
+        in_doubt_sends: sends that may have been duplicated (in-doubt events, all recipients).
+    """
+
+    statuses: Mapping[Status, int]
+    not_imported: Mapping[str, int]
+    in_doubt_sends: int
+
+    @property
+    def rows(self) -> int:
+        """Rows of the recipients file (every recipient and every rejected row)."""
+        return sum(self.statuses.values()) + sum(self.not_imported.values())
+
+    @property
+    def rejected(self) -> int:
+        """Rows that are not sent: the rows of the rejects file."""
+        return (
+            self.statuses[Status.INVALID]
+            + self.statuses[Status.SUPPRESSED]
+            + sum(self.not_imported.values())
+        )
+
+    def by_state(self) -> dict[str, int]:
+        """Every row of the file in one state: the statuses, every invalid row, duplicates."""
+        states = {str(s): n for s, n in self.statuses.items()}
+        states[Status.INVALID.value] += self.not_imported.get("invalid", 0)
+        states["duplicate"] = self.not_imported.get("duplicate", 0)
+        return states
 
 
 @dataclass(frozen=True, slots=True)
@@ -727,6 +828,22 @@ class _Reports(abc.ABC):
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         """Every recipient's row, optionally only those in ``statuses``."""
 
+    @abc.abstractmethod
+    def counts(self) -> dict[Status, int]:
+        """Recipients per status (every status present, zero included)."""
+
+    @abc.abstractmethod
+    def not_imported(self) -> dict[str, int]:
+        """Rows of the recipients file left out of the journal, by reason."""
+
+    @abc.abstractmethod
+    def in_doubt_total(self) -> int:
+        """How many sends may have been duplicated."""
+
+    def tally(self) -> CampaignTally:
+        """Where the campaign stands (see :class:`CampaignTally`)."""
+        return CampaignTally(self.counts(), self.not_imported(), self.in_doubt_total())
+
     def export_csv(self, stream: TextIO, statuses: Iterable[Status] | None = None) -> int:
         """Write outcomes as CSV (header first) to a text stream; returns the row count.
 
@@ -778,6 +895,9 @@ class Journal(_Reports):
         #: Recipients found claimed without an outcome when opened (crash): now in_doubt.
         self.recovered_in_doubt = 0
         self.forced = False
+        #: What changed since the journal was last opened: "policy" (allowed) and "content"
+        #: (forced) mapped to a description.
+        self.changes: dict[str, str] = {}
         self._import_done = False
         #: Durable commits made (``meta.commits``) and rows imported, mirrored in the state
         #: file after every durable commit (see "Damage and lost history").
@@ -822,8 +942,13 @@ class Journal(_Reports):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            holder = _lock_holder(fd)
             os.close(fd)
-            raise JournalError(f"journal {str(p)!r} is in use by another bulksend process") from e
+            raise JournalInUse(
+                f"journal {str(p)!r} is in use by another bulksend process"
+                + ("" if holder is None else f" (pid {holder})")
+                + "; `bulksend status` shows its progress"
+            ) from e
         db: sqlite3.Connection | None = None
         old_umask = os.umask(0o077)  # -wal and -shm: 0600 too
         try:
@@ -839,9 +964,46 @@ class Journal(_Reports):
             os.umask(old_umask)
         return journal
 
-    def _setup(
-        self, identity: str | bytes | Mapping[str, str | bytes] | None, *, force: bool, now: float
-    ) -> None:
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str]) -> Journal:
+        """Open an existing journal for reading only, without its lock (reports).
+
+        WAL mode lets this read the last committed state while a run holds the journal. No
+        crash recovery runs: recipients a running (or killed) run has claimed still count as
+        waiting, and their possible sends are not yet counted in doubt.
+
+        Raises:
+            JournalError: no journal there, not a journal, another schema version.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise JournalError(f"there is no journal at {str(p)!r}")
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise JournalError(f"cannot open journal {str(p)!r}: {e}") from e
+        try:
+            uri = f"file:{quote(str(p.resolve()))}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as e:
+            os.close(fd)
+            raise JournalError(f"cannot read journal {str(p)!r}: {e}") from None
+        journal = cls(p, db, fd, RetryPolicy(), random.Random())
+        try:
+            if journal._check_format():
+                raise JournalError(f"journal {str(p)!r} is empty: its run never imported")
+            journal._check_intact(fresh=False, thorough=False)
+            journal._check_identity(None, force=False, now=0.0)
+            journal._import_done = (
+                journal._read("read meta", lambda: journal._meta("import_complete")) == "1"
+            )
+        except BaseException:
+            journal.close()
+            raise
+        return journal
+
+    def _check_format(self) -> bool:
+        """Check the file is a journal of our schema version; True if it is still empty."""
         where = f"journal {str(self.path)!r}"
         try:
             app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
@@ -857,11 +1019,18 @@ class Journal(_Reports):
                 f"{where} has schema version {version}; this bulksend reads version "
                 f"{SCHEMA_VERSION}. Use the bulksend version that wrote it."
             )
-        # Before anything is written or sent: a damaged journal would resend (or lose) work.
-        # A run gets the thorough check (it also compares every index with its table).
-        state = _read_state(self.path)
+        return bool(fresh)
+
+    def _check_intact(self, *, fresh: bool, thorough: bool) -> str | None:
+        """Refuse a damaged journal or one that lost history; returns its commit count.
+
+        Before anything is written or sent: a damaged journal would resend (or lose) work.
+        A run gets the thorough check (it also compares every index with its table).
+        """
+        where = f"journal {str(self.path)!r}"
+        state = _read_state(self.path)  # before the journal: a commit may land meanwhile
         if not fresh:
-            _check_damage(self._db, where, thorough=identity is not None)
+            _check_damage(self._db, where, thorough=thorough)
         _check_history(
             where,
             self.path,
@@ -869,7 +1038,14 @@ class Journal(_Reports):
             lambda key: self._read("read meta", lambda: self._meta_or_none(key)),
             fresh,
         )
-        commits = None if fresh else self._meta_or_none("commits")
+        return None if fresh else self._meta_or_none("commits")
+
+    def _setup(
+        self, identity: str | bytes | Mapping[str, str | bytes] | None, *, force: bool, now: float
+    ) -> None:
+        where = f"journal {str(self.path)!r}"
+        fresh = self._check_format()
+        commits = self._check_intact(fresh=fresh, thorough=identity is not None)
         try:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -933,23 +1109,30 @@ class Journal(_Reports):
         changed = sorted(k for k in stored.keys() | given.keys() if stored.get(k) != given.get(k))
         if not changed:
             return
-        if not force:
+        content = [k for k in changed if not _is_policy_part(k)]
+        if content and not force:
             raise JournalError(
-                f"journal {str(self.path)!r} belongs to a different campaign: "
-                f"{', '.join(changed)} changed since it was written. Refusing to resume; "
-                "start a new journal, or force the resume to continue with the changed files."
+                f"journal {str(self.path)!r} was written for other campaign content: "
+                f"{_describe_changes(stored, given, content)} changed since. Resuming would "
+                "send the remaining recipients the changed message: resume with --force to do "
+                "that (a new journal would send everyone again)."
             )
-        with self._write("record a forced resume"):
+        policy = [k for k in changed if _is_policy_part(k)]
+        for kind, group in (("policy", policy), ("content", content)):
+            if group:
+                self.changes[kind] = _describe_changes(stored, given, group)
+        with self._write("record a changed campaign"):
             self._db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'identity'",
                 (json.dumps(given, sort_keys=True),),
             )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('forced_at', ?)",
-                (repr(now),),
-            )
+            if content:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('forced_at', ?)",
+                    (repr(now),),
+                )
         self.identity = given
-        self.forced = True
+        self.forced = bool(content)
 
     def _recover(self, now: float) -> None:
         with self._write("recover claimed recipients"):
@@ -1090,6 +1273,7 @@ class Journal(_Reports):
         *,
         now: float | None = None,
         batch_size: int = 50_000,
+        not_imported: Mapping[str, int] | None = None,
     ) -> ImportStats:
         """Write recipients in large transactions, resuming a partial import.
 
@@ -1097,6 +1281,8 @@ class Journal(_Reports):
         recipients again on resume. The secondary indexes are built once, when the last
         batch is in (much faster than maintaining them row by row); an address seen twice is
         then kept only at its first position. Pending recipients are due at ``now``.
+        ``not_imported`` (read once ``recipients`` is exhausted) counts the rows the caller
+        left out, by reason; it is kept, with the duplicates found here, for :meth:`tally`.
         """
         self._check_free()
         now = time.time() if now is None else now
@@ -1124,6 +1310,12 @@ class Journal(_Reports):
                     )
                 if last:
                     duplicates = self._build_indexes()
+                    left_out = dict(not_imported or {})
+                    left_out["duplicate"] = left_out.get("duplicate", 0) + duplicates
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('not_imported', ?)",
+                        (json.dumps(left_out, sort_keys=True),),
+                    )
                     self._db.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
             if last:
                 self._import_done = True
@@ -1427,6 +1619,16 @@ class Journal(_Reports):
             lambda: int(self._db.execute("SELECT total(in_doubt) FROM recipients").fetchone()[0]),
         )
 
+    def not_imported(self) -> dict[str, int]:
+        """Rows of the recipients file left out of the journal, by reason (see import)."""
+        self._check_free()
+
+        def q() -> dict[str, int]:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'not_imported'").fetchone()
+            return {} if row is None else {str(k): int(n) for k, n in json.loads(row[0]).items()}
+
+        return self._read("read meta", q)
+
     def get(self, recipient_id: int) -> RecipientState | None:
         """One recipient's row."""
         self._check_free()
@@ -1471,9 +1673,15 @@ class JournalSet(_Reports):
         if not paths:
             raise ValueError("no journal given")
         self.journals: list[Journal] = []
+        #: Journals read without their lock because a run holds them (a moment's snapshot).
+        self.live: list[Path] = []
         try:
             for path in paths:
-                self.journals.append(Journal.open(path, None))
+                try:
+                    self.journals.append(Journal.open(path, None))
+                except JournalInUse:
+                    self.journals.append(Journal.open_readonly(path))
+                    self.live.append(Path(path))
         except BaseException:
             self.close()
             raise
@@ -1519,10 +1727,36 @@ class JournalSet(_Reports):
     def in_doubt_total(self) -> int:
         return sum(j.in_doubt_total() for j in self.journals)
 
+    def not_imported(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for journal in self.journals:
+            for reason, n in journal.not_imported().items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         wanted = None if statuses is None else tuple(statuses)
         for journal in self.journals:
             yield from journal.iter_states(wanted)
+
+
+class JournalInUse(JournalError):
+    """Another process holds the journal (a run is going)."""
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding an flock on ``fd``'s file, from Linux's /proc/locks (None elsewhere)."""
+    st = os.fstat(fd)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class JournalPeek:

@@ -10,11 +10,12 @@ comes in through :class:`RunOptions`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.errors import ConfigError, JournalError
 from bulksend.journal import (
+    CampaignTally,
     Due,
     ImportStats,
     Journal,
@@ -98,12 +100,17 @@ class RunSummary:
 
     imported: ImportStats | None
     outcomes: dict[str, int]  # by kind, this run
-    counts: dict[Status, int]  # by status, the whole campaign
+    tally: CampaignTally  # the whole campaign
     in_doubt_recovered: int  # claimed without an outcome when the journal was opened
     complete: bool  # no recipient is waiting any more
     elapsed: float
     requeued: int = 0  # not rendered before, pending again (``retry_unrendered``)
     halted: str = ""  # why the run stopped itself (renders failing systematically)
+
+    @property
+    def counts(self) -> Mapping[Status, int]:
+        """Recipients per status, the whole campaign."""
+        return self.tally.statuses
 
 
 def ehlo_hostname(config: CampaignConfig, given: str | None) -> str:
@@ -136,8 +143,13 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
 Keep = Callable[[str], bool]  # does this run own recipients of this domain?
 
 
-def _recipients(campaign: Campaign, rejects: RejectsFile, keep: Keep) -> Iterator[NewRecipient]:
-    """The recipients file as journal rows; rejected rows are kept as invalid/suppressed."""
+def _recipients(
+    campaign: Campaign, rejects: RejectsFile, keep: Keep, not_imported: dict[str, int]
+) -> Iterator[NewRecipient]:
+    """The recipients file as journal rows; rejected rows are kept as invalid/suppressed.
+
+    Rejected rows that get no journal row are counted in ``not_imported`` by reason.
+    """
     held: list[Reject] = []
 
     def on_reject(reject: Reject) -> None:
@@ -146,18 +158,20 @@ def _recipients(campaign: Campaign, rejects: RejectsFile, keep: Keep) -> Iterato
             held.append(reject)
 
     for recipient in campaign.recipients(on_reject):
-        yield from _rejected(held)
+        yield from _rejected(held, not_imported)
         if keep(recipient.domain):
             yield NewRecipient(recipient.address, dict(recipient.fields))
-    yield from _rejected(held)
+    yield from _rejected(held, not_imported)
 
 
-def _rejected(held: list[Reject]) -> Iterator[NewRecipient]:
+def _rejected(held: list[Reject], not_imported: dict[str, int]) -> Iterator[NewRecipient]:
     for reject in held:
         if reject.kind is RejectKind.SUPPRESSED:
             yield NewRecipient(reject.raw_email, None, Status.SUPPRESSED, reject.reason)
         elif reject.kind is RejectKind.INVALID and "@" in reject.raw_email:
             yield NewRecipient(reject.raw_email, None, Status.INVALID, reject.reason)
+        else:
+            not_imported[reject.kind.value] = not_imported.get(reject.kind.value, 0) + 1
     held.clear()
 
 
@@ -187,8 +201,10 @@ def import_recipients(
     path = campaign.config.recipients.rejects
     if shard is not None:
         path = shard.journal(path)
+    not_imported: dict[str, int] = {}
     with RejectsFile(path) as rejects:
-        return journal.import_recipients(_recipients(campaign, rejects, keep or _everything))
+        rows = _recipients(campaign, rejects, keep or _everything, not_imported)
+        return journal.import_recipients(rows, not_imported=not_imported)
 
 
 def _everything(_domain: str) -> bool:
@@ -217,17 +233,21 @@ async def run_campaign(
     metrics: Metrics | None = None,
     on_start: Callable[[Scheduler], None] | None = None,
     on_outcome: Callable[[Due, Outcome, str], None] | None = None,
+    on_journal: Callable[[Journal], None] | None = None,
 ) -> RunSummary:
     """Journal and deliver a campaign; resumable; returns when done or stopped.
 
     ``on_start`` receives the scheduler once sending begins (for progress display and for
     ``scheduler.stop()`` on a signal); ``on_outcome`` sees every recipient outcome as it is
-    recorded, with the site's metric label (for an accounting log).
+    recorded, with the site's metric label (for an accounting log); ``on_journal`` sees the
+    journal once opened (``journal.changes``: what changed in the campaign since it was
+    written).
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
-        ConfigError: the routing configuration is unusable, or the templates do not fit the
-            recipients file (checked before the journal is opened: nothing is sent).
+        ConfigError: the routing configuration is unusable, the templates do not fit the
+            recipients file (checked before the journal is opened: nothing is sent), or a
+            first import found no recipient to send (the journal is then removed again).
     """
     started = time.monotonic()
     metrics = metrics or Metrics()
@@ -235,16 +255,13 @@ async def run_campaign(
     await trio.to_thread.run_sync(campaign.check_recipients)
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
     try:
+        if on_journal is not None:
+            on_journal(journal)
         requeued = 0
         if options.retry_unrendered:
             requeued = await trio.to_thread.run_sync(journal.retry_unrendered)
         router = Router(routing_config(config, options))
-        keep = None
-        if options.shard is not None and not journal.import_complete:
-            keep = await shard_filter(campaign, router, options.shard)
-        imported = await trio.to_thread.run_sync(
-            import_recipients, campaign, journal, options.shard, keep
-        )
+        imported = await _import(campaign, journal, options, router)
         suppression = await _read_suppression(campaign, journal, imported)
         policy = config.policy
         delivery = Delivery(
@@ -291,11 +308,10 @@ async def run_campaign(
             if failure is None:
                 raise
             raise _first_leaf(failure) from None
-        counts = journal.counts()
         return RunSummary(
             imported=imported,
             outcomes=dict(delivery.stats),
-            counts=counts,
+            tally=journal.tally(),
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,
@@ -304,6 +320,34 @@ async def run_campaign(
         )
     finally:
         journal.close()
+
+
+async def _import(
+    campaign: Campaign, journal: Journal, options: RunOptions, router: Router
+) -> ImportStats | None:
+    """Import the recipients (once); a first import with nothing to send leaves no journal."""
+    config = campaign.config
+    keep = None
+    if options.shard is not None and not journal.import_complete:
+        keep = await shard_filter(campaign, router, options.shard)
+    try:
+        imported = await trio.to_thread.run_sync(
+            import_recipients, campaign, journal, options.shard, keep
+        )
+    except BaseException:
+        with contextlib.suppress(JournalError):
+            if not any(journal.counts().values()):
+                _discard(journal)  # a failed first import leaves no journal behind
+        raise
+    if imported is not None and options.shard is None and not journal.waiting():
+        # Nothing to send: leave no journal that a corrected file would resume into.
+        _discard(journal)
+        raise ConfigError(
+            f"{config.recipients.file}: no recipient to send (the file has no rows, or "
+            f"every row was rejected: see {config.recipients.rejects}); fix the file and "
+            "send again"
+        )
+    return imported
 
 
 async def _read_suppression(
@@ -346,6 +390,12 @@ async def _watch_suppression(
             )
             if n:
                 delivery.on_final()  # they may have been the last ones waiting
+
+
+def _discard(journal: Journal) -> None:
+    journal.close()
+    for suffix in ("", "-wal", "-shm", ".state"):
+        Path(f"{journal.path}{suffix}").unlink(missing_ok=True)
 
 
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:

@@ -10,7 +10,8 @@ exposition format) and its summary at the end; the parent sends "stop" when the 
 presses Ctrl-C. The parent's :class:`WorkerPool` serves one merged metrics view
 (:class:`MergedMetrics`, an aggregating collector: counters, gauges and histogram series
 summed across workers) and one combined progress view. A worker that dies is reported with
-its shard, so it can be resumed; the others keep going.
+its shard, so it can be resumed; the others keep going. A worker whose parent is gone (killed:
+its pipe breaks) stops gracefully and quietly, its journal consistent for a resume.
 """
 
 from __future__ import annotations
@@ -90,11 +91,19 @@ async def _worker(
                 campaign, options, metrics=metrics, on_start=control.started
             )
             _snapshot(conn, control, metrics)
-            conn.send(("done", summary))
+            _tell(conn, control, ("done", summary))
             nursery.cancel_scope.cancel()
     except Exception as exc:  # reported to the parent, which logs it once
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        _tell(conn, control, ("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
+
+
+def _tell(conn: multiprocessing.connection.Connection, control: _Control, message: Any) -> None:
+    """Send the parent a message; if it is gone (killed), stop cleanly and quietly."""
+    try:
+        conn.send(message)
+    except OSError:  # BrokenPipeError, ConnectionResetError: nobody is listening any more
+        control.stop()
 
 
 @dataclass
@@ -140,13 +149,15 @@ def _snapshot(
     scheduler = control.scheduler
     if scheduler is None:
         return
-    conn.send(
+    _tell(
+        conn,
+        control,
         (
             "progress",
             dict(scheduler.delivery.stats),
             scheduler.sites(),
             generate_latest(metrics.registry).decode(),
-        )
+        ),
     )
 
 

@@ -98,6 +98,7 @@ password_env = "RELAY_PASSWORD"
                 str(toml),
                 "--journal",
                 str(outputs / "bad.sqlite3"),
+                "--send-again",
                 "--limit",
                 "3",
                 "--debug",

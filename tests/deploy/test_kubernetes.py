@@ -67,3 +67,39 @@ def test_configmap_holds_a_loadable_campaign(tmp_path: Path) -> None:
     (tmp_path / "campaign.toml").write_text(toml)
     config = load_campaign(tmp_path / "campaign.toml", {})
     assert config.id == "spring-2026"
+
+
+def _send_params(tmp_path: Path) -> dict[str, Any]:
+    """The Job's `send` command line as the CLI parses it (every option must exist)."""
+    from bulksend.cli import send  # noqa: PLC0415
+
+    spec = load("job.yaml")["spec"]
+    args = list(spec["template"]["spec"]["containers"][0]["args"])
+    assert args[0] == "send"
+    campaign = tmp_path / "campaign.toml"
+    campaign.touch()
+    args = [str(campaign) if a == "/campaign/campaign.toml" else a for a in args[1:]]
+    args = [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in args]
+    return dict(send.make_context("send", args).params)
+
+
+def test_a_completed_shard_with_bounces_succeeds_and_only_config_errors_fail_the_index(
+    tmp_path: Path,
+) -> None:
+    params = _send_params(tmp_path)
+    # Any real campaign has bounces: exit 4 would fail (and retry) every pod.
+    assert params["exit_zero_when_complete"] is True
+    rules = load("job.yaml")["spec"]["podFailurePolicy"]["rules"]
+    fail_index = [r for r in rules if r["action"] == "FailIndex"]
+    assert [r["onExitCodes"]["values"] for r in fail_index] == [[1, 2]]
+    codes = {v for r in rules if "onExitCodes" in r for v in r["onExitCodes"]["values"]}
+    assert 3 not in codes  # stopped (SIGTERM): retried, and the retry resumes the journal
+    # The sent record lives on the shard's own volume, next to its journal.
+    assert str(params["sent_record"]).startswith("/journal/")
+
+
+def test_termination_grace_exceeds_the_send_grace(tmp_path: Path) -> None:
+    grace = _send_params(tmp_path)["grace"]
+    pod = load("job.yaml")["spec"]["template"]["spec"]
+    # Kubernetes' default is 30 s, the same as --grace's: the journal flush needs more.
+    assert pod["terminationGracePeriodSeconds"] >= grace + 10
