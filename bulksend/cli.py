@@ -46,7 +46,7 @@ from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import BulksendError, ConfigError
 from bulksend.journal import Journal, JournalPeek, JournalSet, Status
-from bulksend.metrics import Metrics, MetricsServer
+from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
 from bulksend.progress import (
     SNAPSHOT_STALE,
@@ -61,6 +61,7 @@ from bulksend.progress import (
     write_private_bytes,
 )
 from bulksend.routing import Router, RoutingError, system_nameservers
+from bulksend.text import printable
 
 __all__ = [
     "EXIT_ERROR",
@@ -344,6 +345,7 @@ class RunResult:
 
     summary: RunSummary | None
     signalled: bool = False
+    sending: bool = True  # False: stopped before sending began (during the import)
     tally: Tally = field(default_factory=Tally)
     metrics_server: MetricsServer | None = None
 
@@ -362,11 +364,14 @@ class _RunControl:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+        else:
+            self.abort.cancel()  # nothing sent yet (importing): stop at once
 
 
 async def _watch_signals(
     control: _RunControl,
     grace: float,
+    progress: Progress,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -375,14 +380,17 @@ async def _watch_signals(
         async for signum in signals:
             control.signals += 1
             name = signal.Signals(signum).name
-            if control.signals == 1:
-                _info(
-                    f"{name}: stopping; in-flight messages get up to {grace:g}s "
+            if control.signals == 1 and control.scheduler is None:
+                progress.message(f"bulksend: {name}: stopping before sending began")
+                control.stop()
+            elif control.signals == 1:
+                progress.message(
+                    f"bulksend: {name}: stopping; in-flight messages get up to {grace:g}s "
                     "(signal again to abort at once)"
                 )
                 control.stop()
             else:
-                _info(f"{name}: aborting")
+                progress.message(f"bulksend: {name}: aborting")
                 control.abort.cancel()
 
 
@@ -425,7 +433,7 @@ async def execute_run(
     state = "aborted"
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(_watch_signals, control, options.grace)
+            await nursery.start(_watch_signals, control, options.grace, progress)
             await nursery.start(progress.run)
 
             def on_start(scheduler: Scheduler) -> None:
@@ -436,7 +444,12 @@ async def execute_run(
 
             with control.abort:
                 summary = await run_campaign(
-                    campaign, options, metrics=metrics, on_start=on_start, on_outcome=tally
+                    campaign,
+                    options,
+                    metrics=metrics,
+                    on_start=on_start,
+                    on_outcome=tally,
+                    on_import=progress.importing,
                 )
             nursery.cancel_scope.cancel()
         if summary is not None:
@@ -445,7 +458,9 @@ async def execute_run(
         progress.finish(state)
         if tally.accounting is not None:
             tally.accounting.close()
-    return RunResult(summary, control.signals > 0, tally, metrics_server)
+    return RunResult(
+        summary, control.signals > 0, control.scheduler is not None, tally, metrics_server
+    )
 
 
 def _exit_code(result: RunResult) -> int:
@@ -466,6 +481,9 @@ def print_summary(
 ) -> None:
     """The lines a run ends with (stdout)."""
     summary = result.summary
+    if summary is None and not result.sending:
+        out.write(f"stopped before sending began: continue with: bulksend resume {journal}\n")
+        return
     if summary is None:
         out.write(f"aborted: the journal is consistent; continue with: bulksend resume {journal}\n")
         return
@@ -594,6 +612,7 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     server: MetricsServer | None = None
     if flags.metrics_port is not None:
         registry = CollectorRegistry()
+        register_process_metrics(registry)
         registry.register(pool.collector())
         server = serve_registry(registry, flags.metrics_port, flags.metrics_host)
         _info(f"metrics at {server.url} (all workers)")
@@ -709,6 +728,9 @@ def resume(journal: Path, campaign_file: Path | None, **kw: Any) -> None:
 # --- dry run -------------------------------------------------------------------------------
 
 
+_DRY_RUN_REPORT_EVERY: Final = 5.0  # seconds between the dry run's progress lines
+
+
 def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
     config = campaign.config
     rejected: collections.Counter[str] = collections.Counter()
@@ -720,8 +742,12 @@ def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
         rejected[reject.kind.value] += 1
 
     now = time.time()
+    report_at = time.monotonic() + _DRY_RUN_REPORT_EVERY
     for recipient in campaign.recipients(on_reject):
         read += 1
+        if time.monotonic() >= report_at:
+            report_at += _DRY_RUN_REPORT_EVERY
+            _info(f"dry run: {read:,} recipients read, {rendered:,} rendered")
         try:
             campaign.render(recipient, now=now)
         except RenderError as exc:
@@ -732,6 +758,7 @@ def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
         domains[recipient.address.rpartition("@")[2].lower()] += 1
     options = flags.options(Path(os.devnull), campaign)
     router = Router(routing_config(config, options))
+    _info(f"dry run: {read:,} recipients read; routing {len(domains):,} domains")
     results = trio.run(_route_all, router, list(domains))
     unroutable = {d: e for d, e in results.items() if isinstance(e, RoutingError)}
     sites = {str(r.site) for r in results.values() if not isinstance(r, RoutingError)}
@@ -753,7 +780,7 @@ def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
         f"{len(sites):,} sites, {len(unroutable):,} unroutable ({lost:,} recipients)\n"
     )
     for domain, error in sorted(unroutable.items())[:10]:
-        why = f"{error.enhanced_code} {error.text}"
+        why = printable(f"{error.enhanced_code} {error.text}")
         out.write(f"    unroutable: {domain} ({domains[domain]:,} recipients): {why}\n")
     return EXIT_UNDELIVERED if unroutable or rendered < read else EXIT_OK
 
@@ -1236,7 +1263,7 @@ def validate(
         else:
             findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
     for f in findings:
-        click.echo(f"{f.level}: {f.text}")
+        click.echo(printable(f"{f.level}: {f.text}"))  # DNS text is anyone's
     warnings = sum(1 for f in findings if f.level != "ok")
     click.echo(f"{warnings} warning(s)" if warnings else "campaign looks good")
     raise SystemExit(EXIT_UNDELIVERED if warnings else EXIT_OK)

@@ -102,6 +102,7 @@ import trio
 
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
+from bulksend.text import printable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -423,13 +424,14 @@ class RecipientState:
     updated_at: float
 
     def as_export(self) -> dict[str, Any]:
+        """The exported fields; the reply text, a remote server's, escaped."""
         return {
             "id": self.id,
             "address": self.address,
             "status": str(self.status),
             "code": self.code,
             "enhanced_code": self.enhanced_code,
-            "text": self.text,
+            "text": None if self.text is None else printable(self.text),
             "category": None if self.category is None else str(self.category),
             "attempts": self.attempts,
             "in_doubt": self.in_doubt,

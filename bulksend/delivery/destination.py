@@ -43,7 +43,7 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, JournalWriter, Kind, Outcome
-from bulksend.metrics import Metrics
+from bulksend.metrics import Metrics, connection_failure_reason
 from bulksend.routing import Route
 from bulksend.smtp.client import Envelope, SMTPClient, Transaction
 from bulksend.smtp.errors import (
@@ -527,7 +527,7 @@ class Destination:
                     client = await self._open_with_fallback(address, host.port, host.name)
                 except SMTPError as exc:
                     last = exc
-                    reason = "tls" if isinstance(exc, TLSError) else type(exc).__name__
+                    reason = connection_failure_reason(exc)
                     self.delivery.metrics.connections_failed.labels(self.label, reason).inc()
                     if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
                         break  # this host refuses service; try the next host

@@ -159,12 +159,18 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
 
 
 def import_recipients(
-    campaign: Campaign, journal: Journal, shard: Shard | None = None, keep: Keep | None = None
+    campaign: Campaign,
+    journal: Journal,
+    shard: Shard | None = None,
+    keep: Keep | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ImportStats | None:
     """Import the recipients file into the journal unless that is already complete.
 
     With a shard, only the recipients ``keep`` accepts (by domain) are imported, and the
-    rejects file gets the shard in its name.
+    rejects file gets the shard in its name. ``on_progress(rows)`` is called every
+    :data:`IMPORT_PROGRESS_EVERY` rows read; whatever it raises stops the import, whose
+    uncommitted batch is rolled back (the journal stays not-imported; a later run resumes).
     """
     if journal.import_complete:
         return None
@@ -172,7 +178,23 @@ def import_recipients(
     if shard is not None:
         path = shard.journal(path)
     with RejectsFile(path) as rejects:
-        return journal.import_recipients(_recipients(campaign, rejects, keep or _everything))
+        rows = _recipients(campaign, rejects, keep or _everything)
+        if on_progress is not None:
+            rows = _reporting(rows, on_progress)
+        return journal.import_recipients(rows)
+
+
+#: How often (in rows read) the import reports its progress and can be stopped.
+IMPORT_PROGRESS_EVERY = 10_000
+
+
+def _reporting(
+    rows: Iterator[NewRecipient], on_progress: Callable[[int], None]
+) -> Iterator[NewRecipient]:
+    for n, row in enumerate(rows, 1):
+        if n % IMPORT_PROGRESS_EVERY == 0:
+            on_progress(n)
+        yield row
 
 
 def _everything(_domain: str) -> bool:
@@ -201,12 +223,15 @@ async def run_campaign(
     metrics: Metrics | None = None,
     on_start: Callable[[Scheduler], None] | None = None,
     on_outcome: Callable[[Due, Outcome, str], None] | None = None,
+    on_import: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Journal and deliver a campaign; resumable; returns when done or stopped.
 
     ``on_start`` receives the scheduler once sending begins (for progress display and for
     ``scheduler.stop()`` on a signal); ``on_outcome`` sees every recipient outcome as it is
-    recorded, with the site's metric label (for an accounting log).
+    recorded, with the site's metric label (for an accounting log); ``on_import(rows)`` the
+    rows the import has read so far, every few thousand (from the import's thread).
+    Cancelling the run during the import stops it within those few thousand rows.
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
@@ -221,8 +246,14 @@ async def run_campaign(
         keep = None
         if options.shard is not None and not journal.import_complete:
             keep = await shard_filter(campaign, router, options.shard)
+
+        def importing(rows: int) -> None:
+            trio.from_thread.check_cancelled()  # a cancelled run stops its import here
+            if on_import is not None:
+                on_import(rows)
+
         imported = await trio.to_thread.run_sync(
-            import_recipients, campaign, journal, options.shard, keep
+            import_recipients, campaign, journal, options.shard, keep, importing
         )
         policy = config.policy
         delivery = Delivery(

@@ -79,7 +79,7 @@ async def _worker(
     options: RunOptions,
     conn: multiprocessing.connection.Connection,
 ) -> None:
-    metrics = Metrics()
+    metrics = Metrics(process=False)  # the parent exports its own process metrics
     control = _Control()
     try:
         campaign = Campaign.load(campaign_path, environ)
