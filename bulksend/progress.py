@@ -379,6 +379,13 @@ class Progress:
         if self.scheduler is None:
             self.state = "importing"
 
+    def sample(self, now: float) -> None:
+        """Take the tally's counts at ``now`` (monotonic seconds) for the rate and the state."""
+        k = self.tally.kinds
+        self.rate = self._rates.add(now, k[Kind.DELIVERED] + k[Kind.BOUNCED])
+        if self.scheduler is not None and self.scheduler.delivery.stopping.is_set():
+            self.state = "stopping" if not self.scheduler.complete else "finishing"
+
     def _eta(self, waiting: int | None) -> float | None:
         if waiting == 0:
             return 0.0
@@ -535,10 +542,7 @@ class Progress:
         last_peek = last_snapshot = -_PEEK_EVERY
         while True:
             now = time.monotonic()
-            k = self.tally.kinds
-            self.rate = self._rates.add(now, k[Kind.DELIVERED] + k[Kind.BOUNCED])
-            if self.scheduler is not None and self.scheduler.delivery.stopping.is_set():
-                self.state = "stopping" if not self.scheduler.complete else "finishing"
+            self.sample(now)
             if now - last_peek >= _PEEK_EVERY:
                 last_peek = now
                 await self._refresh_counts()

@@ -11,12 +11,13 @@ import stat
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import trio
 from cli_helpers import bulksend
 
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.journal import Category, Due, Outcome, Status
-from bulksend.progress import AccountingLog, Progress, Tally, format_duration
+from bulksend.progress import AccountingLog, Progress, Tally, format_duration, site_labels
 
 
 class _Stopping:
@@ -140,3 +141,157 @@ async def test_sink_counts_messages_and_stops_on_sigint(tmp_path: Path) -> None:
             proc.signal(signal.SIGINT)
             assert await proc.wait(10) == 0
     assert "sink stopped after 1 messages" in proc.stdout()
+
+
+# --- the live display on a real terminal's terms ----------------------------------------------
+
+_CSI = re.compile(r"\x1b\[(\d*)([AJK])")
+
+
+class Screen:
+    """Just enough of a terminal for the display: auto-wrap at ``width``, CR, LF (as a tty
+    with ONLCR prints it), and the three sequences the display uses: CSI n A, CSI 2 K, CSI J.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: list[list[str]] = [[]]
+        self.row = self.col = 0
+
+    def _line(self) -> list[str]:
+        while len(self.rows) <= self.row:
+            self.rows.append([])
+        return self.rows[self.row]
+
+    def feed(self, text: str) -> None:
+        i = 0
+        while i < len(text):
+            seq = _CSI.match(text, i)
+            if seq:
+                n, op = int(seq.group(1) or 1), seq.group(2)
+                if op == "A":
+                    self.row = max(self.row - n, 0)
+                elif op == "K":
+                    self._line().clear()
+                else:  # J: erase from the cursor to the end of the screen
+                    del self._line()[self.col :]
+                    del self.rows[self.row + 1 :]
+                i = seq.end()
+                continue
+            char = text[i]
+            i += 1
+            assert char != "\x1b", f"unexpected escape sequence at {text[i - 1 : i + 8]!r}"
+            if char == "\r":
+                self.col = 0
+            elif char == "\n":
+                self.row, self.col = self.row + 1, 0
+            else:
+                if self.col >= self.width:  # wrap
+                    self.row, self.col = self.row + 1, 0
+                line = self._line()
+                line.extend(" " * (self.col + 1 - len(line)))
+                line[self.col] = char
+                self.col += 1
+
+    def text(self) -> list[str]:
+        """The screen's non-empty rows, top to bottom."""
+        return [r for r in ("".join(row).rstrip() for row in self.rows) if r]
+
+
+class _WideScheduler(_Scheduler):
+    """Sites whose names and backoff reasons are far wider than a terminal."""
+
+    def sites(self) -> list[SiteStatus]:
+        long_reason = "421 4.7.28 " + "Our system has detected an unusual rate of mail " * 3
+        return [
+            SiteStatus(
+                ",".join(f"mx{i}.a-rather-long-provider-name.example" for i in range(3)),
+                "big",
+                4,
+                8,
+                8,
+                True,
+                5,
+                25.0,
+                0.0,
+                long_reason,
+                "",
+            ),
+            SiteStatus("127.0.0.1:2525", "relay-a", 1, 2, 2, False, 5, None, 0.0, "", ""),
+            SiteStatus("127.0.0.1:2526", "relay-b", 1, 3, 3, True, 5, None, 0.0, "451 4.3.0", ""),
+        ]
+
+
+def _wide_progress(tmp_path: Path, stream: io.StringIO, width: int) -> Progress:
+    progress = Progress(
+        Tally(), stream, tty=True, journal=tmp_path / "j.sqlite3", width=lambda: width
+    )
+    progress.attach(cast(Scheduler, _WideScheduler()))
+    progress.counts = {"pending": 12_345_678, "in_doubt": 0, "expired": 0}
+    return progress
+
+
+@pytest.mark.parametrize("width", [40, 80])
+def test_frames_fit_the_terminal_and_leave_no_stale_lines(tmp_path: Path, width: int) -> None:
+    stream = io.StringIO()
+    progress = _wide_progress(tmp_path, stream, width)
+    for _ in range(5):
+        progress.draw()
+    screen = Screen(width)
+    screen.feed(stream.getvalue())
+    frame = progress.lines()
+    shown = screen.text()
+    # Exactly one frame on screen: no wrapped remains of earlier frames piled up above it.
+    assert len(shown) == len(frame)
+    for line, full in zip(shown, frame, strict=True):
+        assert len(line) <= width
+        assert line == full or (line.endswith("…") and full.startswith(line[:-1]))
+
+
+def test_messages_stay_above_the_live_frame(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    progress = _wide_progress(tmp_path, stream, 80)
+    progress.draw()
+    notice = "bulksend: SIGINT: stopping; in-flight messages get up to 30s"
+    progress.message(notice)
+    progress.draw()
+    progress.draw()
+    screen = Screen(80)
+    screen.feed(stream.getvalue())
+    shown = screen.text()
+    assert shown[0] == notice
+    assert len(shown) == 1 + len(progress.lines())  # the notice, then one frame
+
+
+def test_sites_on_one_host_get_distinct_labels_with_their_ports(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    progress = _wide_progress(tmp_path, stream, 200)
+    progress.draw()
+    text = stream.getvalue()
+    assert "127.0.0.1:2525 2 conn; 127.0.0.1:2526 3 conn" in text
+    assert "backed off: 127.0.0.1:2526 (" in text
+    assert site_labels(["a,b", "a,c", "mx.x.test", "mx.y.test:2525"]) == {
+        "a,b": "a,b",  # both would be "a +1": the full names tell them apart
+        "a,c": "a,c",
+        "mx.x.test": "mx.x.test",
+        "mx.y.test:2525": "mx.y.test:2525",
+    }
+    assert site_labels(["m1.t,m2.t,m3.t:26"]) == {"m1.t,m2.t,m3.t:26": "m1.t:26 +2"}
+
+
+def test_no_eta_while_nothing_is_delivered(tmp_path: Path) -> None:
+    tally = Tally()
+    progress = Progress(tally, io.StringIO(), tty=True, journal=tmp_path / "j.sqlite3")
+    progress.attach(cast(Scheduler, _Scheduler()))
+    progress.counts = {"pending": 100, "in_doubt": 0, "expired": 0}
+    progress.sample(0.0)
+    for i in range(50):  # the receiver is down: every attempt is deferred
+        tally(_due(i), Outcome.deferred(421, "4.4.2", "connection refused"), "big")
+        progress.sample(0.1 * (i + 1))
+    assert "0 msg/s" in progress.lines()[1]
+    assert "ETA -" in progress.lines()[1]
+    for i in range(150):  # it is back: 10 delivered per second, for longer than the window
+        tally(_due(i), Outcome.delivered(), "big")
+        progress.sample(20.0 + 0.1 * (i + 1))
+    progress.counts = {"pending": 50, "in_doubt": 0, "expired": 0}
+    assert "ETA 0:05" in progress.lines()[1]
