@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import re
 import signal
 import smtplib
+import ssl
 import stat
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import trio
-from cli_helpers import bulksend
+from cli_helpers import bulksend, run_bulksend, world_args
 
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.journal import Category, Due, Outcome, Status
 from bulksend.progress import AccountingLog, Progress, Tally, format_duration, site_labels
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from bulksend.testing.smtp import ServerScript
 
 
 class _Stopping:
@@ -295,3 +304,128 @@ def test_no_eta_while_nothing_is_delivered(tmp_path: Path) -> None:
         progress.sample(20.0 + 0.1 * (i + 1))
     progress.counts = {"pending": 50, "in_doubt": 0, "expired": 0}
     assert "ETA 0:05" in progress.lines()[1]
+
+
+# --- a hostile server's reply text, end to end ---------------------------------------------------
+
+#: Window title (OSC ... BEL), clear screen (CSI 2J), a C1 CSI (U+009B), DEL, a bidi override.
+HOSTILE = b"\x1b]0;pwned\x07\x1b[2J\xc2\x9b31m\x7f\xe2\x80\xaeevil"
+RAW_CONTROLS = (b"\x07", b"\x1b]", b"\x1b[2J", b"\xc2\x9b", b"\x7f", b"\xe2\x80\xae")
+#: How the hostile text reads once escaped.
+ESCAPED = "\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f\\u202eevil"
+
+HOSTILE_POLICY = """
+[policy.retry]
+initial = "1s"
+maximum = "1s"
+max_age = "4s"
+
+[[policy.backoff]]
+code = 451
+text = "(?i)slow down"
+suspend = "1s"
+duration = "2s"
+"""
+
+
+def _without_display_codes(data: bytes) -> bytes:
+    """The pty's bytes less the display's own cursor movements and erasures."""
+    return re.sub(rb"\x1b\[(?:\d+A|2K|J)", b"", data)
+
+
+def _read_pty(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_hostile_reply_text_is_escaped_everywhere_it_is_shown(tmp_path: Path) -> None:
+    no_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # no certificate: fails
+    sites = [
+        SiteSpec(
+            "hostile",
+            ("hostile.test",),
+            "127.0.0.2",
+            ServerScript(replies={"RCPT": b"451 4.7.0 slow down " + HOSTILE + b"\r\n"}),
+        ),
+        SiteSpec(
+            "bouncer",
+            ("bouncer.test",),
+            "127.0.0.4",
+            ServerScript(replies={"RCPT": b"550 5.7.1 go away " + HOSTILE + b"\r\n"}),
+        ),
+        SiteSpec("notls", ("notls.test",), "127.0.0.3", ServerScript(tls_context=no_tls)),
+    ]
+    toml = write_campaign(
+        tmp_path / "c",
+        addresses(["hostile.test", "bouncer.test", "notls.test"], 6),
+        toml=campaign_toml(policy=HOSTILE_POLICY),
+    )
+    journal = tmp_path / "j.sqlite3"
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        with trio.fail_after(90):
+            async with running(sites) as world:
+                process = await trio.lowlevel.open_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bulksend",
+                        "send",
+                        str(toml),
+                        "--journal",
+                        str(journal),
+                        *world_args(world),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=slave,
+                )
+                os.close(slave)
+                slave = -1
+                async with trio.open_nursery() as nursery:
+                    shown: list[bytes] = []
+
+                    async def read() -> None:
+                        shown.append(await trio.to_thread.run_sync(_read_pty, master))
+
+                    nursery.start_soon(read)
+                    code = await process.wait()
+                delivered = world.servers["notls"].stats.messages
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    display = shown[0]
+    assert code == 4, display.decode(errors="replace")  # bounced and expired recipients
+    assert delivered == 2  # in plaintext, after the failed STARTTLS
+    # Warnings are shown by default: the backoff and the STARTTLS fallback.
+    assert b"warning: site " in display
+    assert b"backing off" in display
+    assert b"STARTTLS failed" in display
+    status = await run_bulksend(tmp_path, "status", str(journal), name="status")
+    csv_out = await run_bulksend(tmp_path, "report", str(journal), "--format", "csv", name="csv")
+    jsonl = await run_bulksend(tmp_path, "report", str(journal), "--format", "jsonl", name="jsonl")
+    outputs = {
+        "progress": _without_display_codes(display),
+        "status": status.out.read_bytes(),
+        "csv": csv_out.out.read_bytes(),
+        "jsonl": jsonl.out.read_bytes(),
+    }
+    for name, data in outputs.items():
+        for raw in RAW_CONTROLS:
+            assert raw not in data, f"{name} shows {raw!r} raw"
+        assert b"\x1b" not in data, f"{name} has an escape sequence"
+    assert ESCAPED.encode() in outputs["progress"]
+    assert ESCAPED.encode() in outputs["status"]
+    assert ESCAPED.encode() in outputs["csv"]
+    texts = [json.loads(line)["text"] for line in jsonl.stdout().splitlines()]
+    assert any(text and ESCAPED in text for text in texts)
