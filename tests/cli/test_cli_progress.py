@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import ssl
 import stat
 import struct
@@ -23,7 +24,7 @@ import trio
 from cli_helpers import bulksend, run_bulksend, world_args
 
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
-from bulksend.journal import Category, Due, Outcome, Status
+from bulksend.journal import Category, Due, Journal, Outcome, Status
 from bulksend.progress import AccountingLog, Progress, Tally, format_duration, site_labels
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
@@ -429,3 +430,51 @@ async def test_hostile_reply_text_is_escaped_everywhere_it_is_shown(tmp_path: Pa
     assert ESCAPED.encode() in outputs["csv"]
     texts = [json.loads(line)["text"] for line in jsonl.stdout().splitlines()]
     assert any(text and ESCAPED in text for text in texts)
+
+
+# --- a large import: progress shown, Ctrl-C obeyed at once ---------------------------------------
+
+
+async def test_sigint_during_a_large_import_stops_it_at_once(tmp_path: Path) -> None:
+    toml = write_campaign(tmp_path / "c", addresses(["big.test", "small.test"], 200_000))
+    journal = tmp_path / "j.sqlite3"
+    with socket.socket() as sock:  # a resolver port where nothing answers: no DNS is needed
+        sock.bind(("127.0.0.1", 0))
+        dns_port = sock.getsockname()[1]
+    args = ["--nameserver", "127.0.0.1", "--dns-port", str(dns_port)]
+    with trio.fail_after(120):
+        async with bulksend(
+            tmp_path, "send", str(toml), "--journal", str(journal), *args, name="send"
+        ) as proc:
+            await proc.wait_for(
+                lambda: "importing recipients: rows=" in proc.stderr(), 60, "import progress"
+            )
+            proc.signal(signal.SIGINT)
+            signalled = trio.current_time()
+            code = await proc.wait(30)
+            stopped_after = trio.current_time() - signalled
+    assert code == 3, proc  # stopped, resumable
+    assert stopped_after < 10, proc
+    assert "SIGINT: stopping before sending began" in proc.stderr()
+    assert "Traceback" not in proc.stderr()
+    assert (
+        proc.stdout() == f"stopped before sending began: continue with: bulksend resume {journal}\n"
+    )
+    # The journal is clearly not imported (a later run resumes the import), never taken
+    # for a complete campaign.
+    with Journal.open(journal, None) as j:
+        assert not j.import_complete
+
+
+async def test_dry_run_reports_its_phases(tmp_path: Path) -> None:
+    # Rows are reported every few seconds while they render (too slow to wait for here);
+    # the routing phase is announced with its size.
+    path = write_campaign(tmp_path, addresses(["a1.test", "a2.test"], 10))
+    site = SiteSpec("alpha", ("a1.test", "a2.test"), "127.0.0.2")
+    with trio.fail_after(60):
+        async with running([site]) as world:
+            proc = await run_bulksend(
+                tmp_path, "send", str(path), "--dry-run", *world_args(world), name="dry"
+            )
+    assert proc.process.returncode == 0, proc
+    assert "bulksend: dry run: 10 recipients read; routing 2 domains\n" in proc.stderr()
