@@ -478,3 +478,37 @@ async def test_dry_run_reports_its_phases(tmp_path: Path) -> None:
             )
     assert proc.process.returncode == 0, proc
     assert "bulksend: dry run: 10 recipients read; routing 2 domains\n" in proc.stderr()
+
+
+async def test_workers_show_warnings_with_reply_text_escaped(tmp_path: Path) -> None:
+    site = SiteSpec(
+        "hostile",
+        ("hostile.test", "hostile2.test"),
+        "127.0.0.2",
+        ServerScript(replies={"RCPT": b"451 4.7.0 slow down " + HOSTILE + b"\r\n"}),
+    )
+    toml = write_campaign(
+        tmp_path / "c",
+        addresses(["hostile.test", "hostile2.test"], 4),
+        toml=campaign_toml(policy=HOSTILE_POLICY),
+    )
+    with trio.fail_after(90):
+        async with running([site]) as world:
+            proc = await run_bulksend(
+                tmp_path,
+                "send",
+                str(toml),
+                "--journal",
+                str(tmp_path / "j.sqlite3"),
+                "--workers",
+                "2",
+                *world_args(world),
+                name="workers",
+                seconds=80,
+            )
+    shown = proc.err.read_bytes()
+    assert proc.process.returncode == 4, proc
+    assert b"backing off" in shown
+    assert ESCAPED.encode() in shown
+    for raw in (*RAW_CONTROLS, b"\x1b"):
+        assert raw not in shown, f"{raw!r} raw on stderr"
