@@ -413,11 +413,13 @@ async def test_hostile_reply_text_is_escaped_everywhere_it_is_shown(tmp_path: Pa
     assert b"backing off" in display
     assert b"STARTTLS failed" in display
     status = await run_bulksend(tmp_path, "status", str(journal), name="status")
+    status_json = await run_bulksend(tmp_path, "status", "--json", str(journal), name="json")
     csv_out = await run_bulksend(tmp_path, "report", str(journal), "--format", "csv", name="csv")
     jsonl = await run_bulksend(tmp_path, "report", str(journal), "--format", "jsonl", name="jsonl")
     outputs = {
         "progress": _without_display_codes(display),
         "status": status.out.read_bytes(),
+        "status --json": status_json.out.read_bytes(),
         "csv": csv_out.out.read_bytes(),
         "jsonl": jsonl.out.read_bytes(),
     }
