@@ -136,7 +136,7 @@ class _Group(click.Group):
                     err=True,
                 )
                 ctx.exit(EXIT_ERROR)
-            click.echo(f"bulksend: error: {printable(_message(error))}", err=True)
+            click.echo(f"bulksend: error: {_message(error)}", err=True)
             ctx.exit(EXIT_ERROR)
 
 
