@@ -26,6 +26,7 @@ from cli_helpers import bulksend, run_bulksend, world_args
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.journal import Category, Due, Journal, Outcome, Status
 from bulksend.progress import AccountingLog, Progress, Tally, format_duration, site_labels
+from bulksend.testing.dns import DNSServer
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
 
@@ -514,3 +515,29 @@ async def test_workers_show_warnings_with_reply_text_escaped(tmp_path: Path) -> 
     assert ESCAPED.encode() in shown
     for raw in (*RAW_CONTROLS, b"\x1b"):
         assert raw not in shown, f"{raw!r} raw on stderr"
+
+
+async def test_validate_escapes_the_dns_text_it_prints(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, addresses(["a.test"], 3))
+    # The HOSTILE bytes in a TXT record's presentation format (\DDD: decimal octets).
+    hostile = "".join(chr(b) if 0x20 < b < 0x7F and b != 0x5C else f"\\{b:03d}" for b in HOSTILE)
+    zones = {"sender.test": {"TXT": [f'"v=spf1 ip4:192.0.2.10 {hostile} -all"']}}
+    dns = DNSServer(zones)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(dns.serve)
+            proc = await run_bulksend(
+                tmp_path,
+                "validate",
+                str(path),
+                "--nameserver",
+                "127.0.0.1",
+                "--dns-port",
+                str(port),
+                name="validate",
+            )
+            nursery.cancel_scope.cancel()
+    shown = proc.out.read_bytes()
+    assert f"ok: SPF: sender.test: v=spf1 ip4:192.0.2.10 {ESCAPED} -all\n".encode() in shown, proc
+    for raw in (*RAW_CONTROLS, b"\x1b"):
+        assert raw not in shown, f"{raw!r} raw in validate's output"
