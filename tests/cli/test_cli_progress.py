@@ -541,3 +541,15 @@ async def test_validate_escapes_the_dns_text_it_prints(tmp_path: Path) -> None:
     assert f"ok: SPF: sender.test: v=spf1 ip4:192.0.2.10 {ESCAPED} -all\n".encode() in shown, proc
     for raw in (*RAW_CONTROLS, b"\x1b"):
         assert raw not in shown, f"{raw!r} raw in validate's output"
+
+
+def test_accounting_log_escapes_reply_text(tmp_path: Path) -> None:
+    path = tmp_path / "acct.jsonl"
+    log = AccountingLog(path)
+    text = "slow down " + HOSTILE.decode()
+    log.write(_due(1), Outcome.deferred(451, "4.7.0", text), "big")
+    log.close()
+    data = path.read_bytes()
+    for raw in (*RAW_CONTROLS, b"\x1b"):
+        assert raw not in data, f"{raw!r} raw in the accounting log"
+    assert json.loads(data)["text"] == "slow down " + ESCAPED
