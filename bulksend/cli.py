@@ -837,6 +837,7 @@ def status(journals: tuple[Path, ...], as_json: bool) -> None:
 def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     with JournalPeek(journal) as peek:
         counts = peek.counts()
+        imported = peek.import_complete()
     snap = read_snapshot(snapshot_path(journal))
     age = time.time() - float(snap.get("updated_at", 0)) if snap else None
     running = bool(
@@ -847,7 +848,13 @@ def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     )
     if as_json:
         json.dump(
-            {"journal": str(journal), "counts": counts, "running": running, "snapshot": snap},
+            {
+                "journal": str(journal),
+                "import_complete": imported,
+                "counts": counts,
+                "running": running,
+                "snapshot": snap,
+            },
             sys.stdout,
             indent=1,
         )
@@ -857,6 +864,8 @@ def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     total = sum(counts.values())
     out.write(f"journal: {journal}\n")
     out.write(f"recipients: {total:,}\n")
+    if not imported:
+        out.write(f"import: not finished; `bulksend resume {journal}` continues it\n")
     _table([[s.replace("_", " "), f"{n:,}"] for s, n in counts.items()], out)
     if snap is None:
         out.write("not running (no status snapshot)\n")

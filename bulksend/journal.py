@@ -1248,6 +1248,11 @@ class JournalPeek:
             counts[str(status)] = int(n)
         return counts
 
+    def import_complete(self) -> bool:
+        """Whether the recipients import finished (a stopped one resumes on the next run)."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'import_complete'")
+        return bool(rows) and rows[0][0] == "1"
+
     def waiting_by_domain(self) -> dict[str, int]:
         """Recipients still waiting (pending or in doubt) per domain."""
         rows = self._query(

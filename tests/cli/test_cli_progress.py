@@ -467,6 +467,8 @@ async def test_sigint_during_a_large_import_stops_it_at_once(tmp_path: Path) -> 
     # for a complete campaign.
     with Journal.open(journal, None) as j:
         assert not j.import_complete
+    status = await run_bulksend(tmp_path, "status", str(journal), name="status")
+    assert f"import: not finished; `bulksend resume {journal}` continues it\n" in status.stdout()
 
 
 async def test_dry_run_reports_its_phases(tmp_path: Path) -> None:
