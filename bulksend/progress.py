@@ -7,12 +7,13 @@ counters (it runs once per recipient outcome, on the hot path) and feeds the opt
 window, reads ``scheduler.sites()`` for the busiest and the backed-off sites, and draws a few
 lines on a terminal (redrawn in place with ANSI cursor-up and erase-line, each line cut to the
 terminal's width so that none wraps and the cursor-up count stays true) or, when stderr is
-not a terminal, prints one plain line every few seconds. Messages during the run (a signal's
-notice, the warnings logged by backoff and TLS fallback: :meth:`Progress.log_handler`) go
-through :meth:`Progress.message`, which prints them above the live frame and redraws it, so
-they stay on screen. Reply text from remote servers is shown only through
-:func:`bulksend.text.printable`. Counts that only the journal knows
-(recipients still waiting, expired) come from a :class:`~bulksend.journal.JournalPeek`, a
+not a terminal, prints one plain line every few seconds; during the recipients import it
+shows the rows read so far. Messages during the run (a signal's notice, and the warnings
+logged under ``bulksend``, such as backoff and TLS fallback, which the task shows whatever the
+root logger's level) go through :meth:`Progress.message`, which prints them above the live
+frame and redraws it, so they stay on screen. Every line shown passes through
+:func:`bulksend.text.printable` (reply text is a remote server's). Counts that only the journal
+knows (recipients still waiting, expired) come from a :class:`~bulksend.journal.JournalPeek`, a
 second, read-only SQLite connection that WAL mode lets read while the run writes; it is
 asked every few seconds at most, in a worker thread, never per refresh.
 
@@ -271,13 +272,13 @@ def _rate(rate: float | None) -> str:
 
 
 def describe_backoff(s: SiteStatus | Mapping[str, Any]) -> str:
-    """One site's backoff state in words (the reply that caused it escaped)."""
+    """One site's backoff state in words."""
     d = asdict(s) if isinstance(s, SiteStatus) else s
     parts = [f"{d['max_connections']} conn max", f"rate {_rate(d['rate'])}"]
     if d["suspended_for"] > 0:
         parts.append(f"suspended {format_duration(d['suspended_for'])}")
     if d["reason"]:
-        parts.append(printable(str(d["reason"])))
+        parts.append(str(d["reason"]))
     return ", ".join(parts)
 
 

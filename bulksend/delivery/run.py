@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -158,6 +159,10 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
     )
 
 
+#: How often (in rows read) the import reports its progress and can be stopped.
+IMPORT_PROGRESS_EVERY: Final = 10_000
+
+
 def import_recipients(
     campaign: Campaign,
     journal: Journal,
@@ -182,10 +187,6 @@ def import_recipients(
         if on_progress is not None:
             rows = _reporting(rows, on_progress)
         return journal.import_recipients(rows)
-
-
-#: How often (in rows read) the import reports its progress and can be stopped.
-IMPORT_PROGRESS_EVERY = 10_000
 
 
 def _reporting(
