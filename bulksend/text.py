@@ -12,7 +12,12 @@ from __future__ import annotations
 __all__ = ["printable"]
 
 
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escape(char: str) -> str:
+    if char in _SHORT:
+        return _SHORT[char]
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"
@@ -24,6 +29,7 @@ def _escape(char: str) -> str:
 def printable(text: str) -> str:
     """``text`` with every non-printable character written as its Python escape.
 
+    Escapes are ``\\n``, ``\\r``, ``\\t``, else ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``.
     Non-printable means Unicode's "Other" and "Separator" categories except the ASCII space
     (:meth:`str.isprintable`): C0 controls and DEL (``\\x1b``, ``\\x7f``), C1 controls
     (``\\x9b``), format characters such as bidi overrides (``\\u202e``), line and paragraph
