@@ -56,7 +56,7 @@ from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import BulksendError, ConfigError
 from bulksend.journal import CampaignTally, Journal, JournalPeek, JournalSet, Status
-from bulksend.metrics import Metrics, MetricsServer
+from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
 from bulksend.progress import (
     SHOWN_KINDS,
@@ -72,6 +72,7 @@ from bulksend.progress import (
     write_private_bytes,
 )
 from bulksend.routing import Router, RoutingError, system_nameservers
+from bulksend.text import printable
 
 __all__ = [
     "EXIT_ERROR",
@@ -417,6 +418,7 @@ class RunResult:
 
     summary: RunSummary | None
     signalled: bool = False
+    sending: bool = True  # False: stopped before sending began (during the import)
     metrics_server: MetricsServer | None = None
 
 
@@ -434,11 +436,14 @@ class _RunControl:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+        else:
+            self.abort.cancel()  # nothing sent yet (importing): stop at once
 
 
 async def _watch_signals(
     control: _RunControl,
     grace: float,
+    progress: Progress,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -447,14 +452,17 @@ async def _watch_signals(
         async for signum in signals:
             control.signals += 1
             name = signal.Signals(signum).name
-            if control.signals == 1:
-                _info(
-                    f"{name}: stopping; in-flight messages get up to {grace:g}s "
+            if control.signals == 1 and control.scheduler is None:
+                progress.message(f"bulksend: {name}: stopping before sending began")
+                control.stop()
+            elif control.signals == 1:
+                progress.message(
+                    f"bulksend: {name}: stopping; in-flight messages get up to {grace:g}s "
                     "(signal again to abort at once)"
                 )
                 control.stop()
             else:
-                _info(f"{name}: aborting")
+                progress.message(f"bulksend: {name}: aborting")
                 control.abort.cancel()
 
 
@@ -497,7 +505,7 @@ async def execute_run(
     state = "aborted"
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(_watch_signals, control, options.grace)
+            await nursery.start(_watch_signals, control, options.grace, progress)
             await nursery.start(progress.run)
 
             def on_start(scheduler: Scheduler) -> None:
@@ -514,6 +522,7 @@ async def execute_run(
                     on_start=on_start,
                     on_outcome=tally,
                     on_journal=_show_changes,
+                    on_import=progress.importing,
                 )
             nursery.cancel_scope.cancel()
         if summary is not None:
@@ -522,7 +531,12 @@ async def execute_run(
         progress.finish(state)
         if tally.accounting is not None:
             tally.accounting.close()
-    return RunResult(summary, control.signals > 0, metrics_server)
+    return RunResult(
+        summary,
+        control.signals > 0,
+        control.scheduler is not None,
+        metrics_server=metrics_server,
+    )
 
 
 def _show_changes(journal: Journal) -> None:
@@ -574,6 +588,9 @@ def print_summary(
 ) -> None:
     """The lines a run ends with (stdout)."""
     summary = result.summary
+    if summary is None and not result.sending:
+        out.write(f"stopped before sending began: continue with: bulksend resume {journal}\n")
+        return
     if summary is None:
         out.write(f"aborted: the journal is consistent; continue with: bulksend resume {journal}\n")
         return
@@ -883,6 +900,7 @@ def run_workers(campaign: Campaign, journal: Path, flags: _RunFlags, count: int)
     server: MetricsServer | None = None
     if flags.metrics_port is not None:
         registry = CollectorRegistry()
+        register_process_metrics(registry)
         registry.register(pool.collector())
         server = _serve_metrics(registry, flags)
         _info(f"metrics at {server.url} (all workers)")
@@ -1022,6 +1040,9 @@ def resume(journal: Path, campaign_file: Path | None, retry_unrendered: bool, **
 # --- dry run -------------------------------------------------------------------------------
 
 
+_DRY_RUN_REPORT_EVERY: Final = 5.0  # seconds between the dry run's progress lines
+
+
 def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
     config = campaign.config
     rejected: collections.Counter[str] = collections.Counter()
@@ -1033,8 +1054,12 @@ def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
         rejected[reject.kind.value] += 1
 
     now = time.time()
+    report_at = time.monotonic() + _DRY_RUN_REPORT_EVERY
     for recipient in campaign.recipients(on_reject):
         read += 1
+        if time.monotonic() >= report_at:
+            report_at += _DRY_RUN_REPORT_EVERY
+            _info(f"dry run: {read:,} recipients read, {rendered:,} rendered")
         try:
             campaign.render(recipient, now=now)
         except RenderError as exc:
@@ -1045,6 +1070,7 @@ def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
         domains[recipient.address.rpartition("@")[2].lower()] += 1
     options = flags.options(Path(os.devnull), campaign)
     router = Router(routing_config(config, options))
+    _info(f"dry run: {read:,} recipients read; routing {len(domains):,} domains")
     results = trio.run(_route_all, router, list(domains))
     unroutable = {d: e for d, e in results.items() if isinstance(e, RoutingError)}
     sites = {str(r.site) for r in results.values() if not isinstance(r, RoutingError)}
@@ -1066,7 +1092,7 @@ def _dry_run(campaign: Campaign, flags: _RunFlags) -> int:
         f"{len(sites):,} sites, {len(unroutable):,} unroutable ({lost:,} recipients)\n"
     )
     for domain, error in sorted(unroutable.items())[:10]:
-        why = f"{error.enhanced_code} {error.text}"
+        why = printable(f"{error.enhanced_code} {error.text}")
         out.write(f"    unroutable: {domain} ({domains[domain]:,} recipients): {why}\n")
     return EXIT_UNDELIVERED if unroutable or rendered < read else EXIT_OK
 
@@ -1123,6 +1149,7 @@ def status(journals: tuple[Path, ...], as_json: bool) -> None:
 def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     with JournalPeek(journal, check=True) as peek:
         counts = peek.counts()
+        imported = peek.import_complete()
     snap = read_snapshot(snapshot_path(journal))
     age = time.time() - float(snap.get("updated_at", 0)) if snap else None
     running = bool(
@@ -1133,7 +1160,13 @@ def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     )
     if as_json:
         json.dump(
-            {"journal": str(journal), "counts": counts, "running": running, "snapshot": snap},
+            {
+                "journal": str(journal),
+                "import_complete": imported,
+                "counts": counts,
+                "running": running,
+                "snapshot": snap,
+            },
             sys.stdout,
             indent=1,
         )
@@ -1143,6 +1176,8 @@ def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     total = sum(counts.values())
     out.write(f"journal: {journal}\n")
     out.write(f"recipients: {total:,}\n")
+    if not imported:
+        out.write(f"import: not finished; `bulksend resume {journal}` continues it\n")
     _table([[s.replace("_", " "), f"{n:,}"] for s, n in counts.items()], out)
     if snap is None:
         out.write("not running (no status snapshot)\n")
@@ -1613,7 +1648,7 @@ def validate(
         else:
             findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
     for f in findings:
-        click.echo(f"{f.level}: {f.text}")
+        click.echo(printable(f"{f.level}: {f.text}"))  # DNS text is anyone's
     warnings = sum(1 for f in findings if f.level != "ok")
     click.echo(f"{warnings} warning(s)" if warnings else "campaign looks good")
     raise SystemExit(EXIT_UNDELIVERED if warnings else EXIT_OK)

@@ -123,6 +123,7 @@ import trio
 
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
+from bulksend.text import printable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -570,13 +571,14 @@ class RecipientState:
     updated_at: float
 
     def as_export(self) -> dict[str, Any]:
+        """The exported fields; the reply text, a remote server's, escaped."""
         return {
             "id": self.id,
             "address": self.address,
             "status": str(self.status),
             "code": self.code,
             "enhanced_code": self.enhanced_code,
-            "text": self.text,
+            "text": None if self.text is None else printable(self.text),
             "category": None if self.category is None else str(self.category),
             "attempts": self.attempts,
             "in_doubt": self.in_doubt,
@@ -1809,6 +1811,11 @@ class JournalPeek:
         for status, n in self._query("SELECT status, count(*) FROM recipients GROUP BY status"):
             counts[str(status)] = int(n)
         return counts
+
+    def import_complete(self) -> bool:
+        """Whether the recipients import finished (a stopped one resumes on the next run)."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'import_complete'")
+        return bool(rows) and rows[0][0] == "1"
 
     def waiting_by_domain(self) -> dict[str, int]:
         """Recipients still waiting (pending or in doubt) per domain."""

@@ -7,19 +7,86 @@ its own label only if it is among the ``top`` sites by recipient volume known wh
 is first seen, and ``"other"`` otherwise, so a campaign to 10k domains exports a few dozen
 series, not 10k.
 
-The README lists every metric; ``tests/test_metrics.py`` checks that list and the Grafana
-dashboard against what this module registers.
+The registry also carries ``bulksend_build_info{version}`` and the standard ``process_*``
+series (CPU, memory, file descriptors; Linux). prometheus_client's ``*_created`` series
+(a creation timestamp for every counter and histogram child, a third of the scrape and no
+use to a rate) are turned off for the whole process when this module is imported.
+
+The README lists every metric; ``tests/deploy/test_deploy.py`` checks that list and the
+Grafana dashboard against what this module registers.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from bulksend.smtp.errors import RemoteProtocolError, ReplyError, SMTPTimeoutError, TLSError
 
 OTHER = "other"
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: The ``reason`` values of ``bulksend_connections_failed_total``, as documented.
+CONNECTION_FAILURE_REASONS = ("refused", "timeout", "tls", "rejected", "protocol", "network")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes, and the members of any exception group among them."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        if e.__cause__ is not None:
+            todo.append(e.__cause__)
+
+
+def connection_failure_reason(exc: BaseException) -> str:
+    """Why a connection attempt failed, as a ``reason`` label value.
+
+    ``tls`` (STARTTLS or the handshake failed), ``timeout`` (no answer in time),
+    ``refused`` (nothing listens: TCP reset), ``rejected`` (the server answered with a
+    refusal: greeting or EHLO), ``protocol`` (it broke SMTP), ``network`` (anything else:
+    unreachable, reset, closed).
+    """
+    if isinstance(exc, TLSError):
+        return "tls"
+    if isinstance(exc, ReplyError):
+        return "rejected"
+    if isinstance(exc, RemoteProtocolError):
+        return "protocol"
+    causes = list(_causes(exc))
+    if any(isinstance(e, SMTPTimeoutError | TimeoutError) for e in causes):
+        return "timeout"
+    if any(isinstance(e, ConnectionRefusedError) for e in causes):
+        return "refused"
+    return "network"
+
+
+def _version() -> str:
+    try:
+        return version("bulksend")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -75,12 +142,27 @@ class SiteLabels:
 
 
 class Metrics:
-    """Every bulksend metric, registered in :attr:`registry`."""
+    """Every bulksend metric, registered in :attr:`registry`.
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, top_sites: int = 20) -> None:
+    Args:
+        registry: where to register (a new one by default).
+        top_sites: how many sites get their own label.
+        process: also register ``bulksend_build_info`` and the ``process_*`` series (a
+            worker of ``--workers`` leaves them to the parent, which sums its workers).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        top_sites: int = 20,
+        process: bool = True,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.sites = SiteLabels(top_sites)
         r = self.registry
+        if process:
+            register_process_metrics(r)
         self.recipients = Counter(
             "bulksend_recipients",
             "Recipient outcomes by result (delivered, deferred, bounced, expired, in_doubt); "
@@ -132,7 +214,8 @@ class Metrics:
         )
         self.connections_failed = Counter(
             "bulksend_connections_failed",
-            "SMTP connection attempts that failed, per site and reason.",
+            "SMTP connection attempts that failed, per site and reason "
+            f"({', '.join(CONNECTION_FAILURE_REASONS)}).",
             ["site", "reason"],
             registry=r,
         )
@@ -180,6 +263,18 @@ class Metrics:
             OSError: the address cannot be bound.
         """
         return serve(self.registry, port, host)
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """Add ``bulksend_build_info{version}`` and the ``process_*`` series to ``registry``."""
+    build = Gauge(
+        "bulksend_build_info",
+        "Always 1; the version label says which bulksend runs.",
+        ["version"],
+        registry=registry,
+    )
+    build.labels(_version()).set(1)
+    ProcessCollector(registry=registry)
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:

@@ -5,9 +5,15 @@ counters (it runs once per recipient outcome, on the hot path) and feeds the opt
 :class:`AccountingLog`, one JSON line per outcome as an MTA's accounting file has. The
 :class:`Progress` task wakes every half second: it turns the tally into a rate over a recent
 window, reads ``scheduler.sites()`` for the busiest and the backed-off sites, and draws a few
-lines on a terminal (redrawn in place with ANSI cursor-up and erase-line) or, when stderr is
-not a terminal, prints one plain line every few seconds. Counts that only the journal knows
-(recipients still waiting, expired) come from a :class:`~bulksend.journal.JournalPeek`, a
+lines on a terminal (redrawn in place with ANSI cursor-up and erase-line, each line cut to the
+terminal's width so that none wraps and the cursor-up count stays true) or, when stderr is
+not a terminal, prints one plain line every few seconds; during the recipients import it
+shows the rows read so far. Messages during the run (a signal's notice, and the warnings
+logged under ``bulksend``, such as backoff and TLS fallback, which the task shows whatever the
+root logger's level) go through :meth:`Progress.message`, which prints them above the live
+frame and redraws it, so they stay on screen. Every line shown passes through
+:func:`bulksend.text.printable` (reply text is a remote server's). Counts that only the journal
+knows (recipients still waiting, expired) come from a :class:`~bulksend.journal.JournalPeek`, a
 second, read-only SQLite connection that WAL mode lets read while the run writes; it is
 asked every few seconds at most, in a worker thread, never per refresh.
 
@@ -18,13 +24,19 @@ rename) that ``bulksend status`` reads from another process.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
+import logging
 import math
 import os
+import shutil
+import threading
 import time
+import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,14 +48,17 @@ from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
 from bulksend.journal import Due, JournalPeek, Kind, Outcome
 from bulksend.metrics import Metrics
+from bulksend.text import printable
 
 __all__ = [
     "AccountingLog",
     "Progress",
     "Tally",
+    "fit",
     "format_duration",
     "open_private",
     "read_snapshot",
+    "site_labels",
     "snapshot_path",
     "write_private_bytes",
     "write_snapshot",
@@ -122,7 +137,7 @@ class AccountingLog:
             "kind": outcome.kind.value,
             "code": outcome.code,
             "enhanced_code": outcome.enhanced_code,
-            "text": outcome.text,
+            "text": printable(outcome.text),
             "category": None if outcome.category is None else outcome.category.value,
         }
         self._stream.write(self._encode(record) + "\n")
@@ -202,10 +217,54 @@ def format_duration(seconds: float | None) -> str:
 
 
 def short_site(site: str) -> str:
-    """A site's first MX host, ``+N`` for the others (``mx1.a.test +2``)."""
-    hosts = site.rsplit(":", 1)[0] if site.count(":") == 1 else site
+    """A site's first MX host and ``+N`` for the others, with its port when not 25.
+
+    ``mx1.a.test +2``, ``127.0.0.1:2525``, ``mx1.b.test:2526 +1``.
+    """
+    hosts, port = site, ""
+    if site.count(":") == 1:
+        hosts, _, port = site.partition(":")
     names = hosts.split(",")
-    return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+    first = names[0] + (f":{port}" if port else "")
+    return first if len(names) == 1 else f"{first} +{len(names) - 1}"
+
+
+def site_labels(sites: Iterable[str]) -> dict[str, str]:
+    """A label per site, unique among ``sites``: its short form, or its full name where
+    several sites share one (``a,b`` and ``a,c`` are both ``a +1``)."""
+    short = {site: short_site(site) for site in sites}
+    shared = collections.Counter(short.values())
+    return {site: label if shared[label] == 1 else site for site, label in short.items()}
+
+
+def _columns(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(line: str, width: int) -> str:
+    """``line`` cut to ``width`` terminal columns, ending in "…" where it was cut.
+
+    Wide (East Asian) characters count two columns and combining marks none, so a line
+    never wraps: a wrapped line would take two rows while the redraw moves up over one.
+    """
+    if line.isascii() and len(line) <= width:
+        return line
+    columns = [_columns(c) for c in line]
+    if sum(columns) <= width:
+        return line
+    if width < 1:
+        return ""
+    cut = next(i for i, end in enumerate(itertools.accumulate(columns)) if end > width - 1)
+    return line[:cut] + "…"
+
+
+def _terminal_width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError):  # not a terminal, or no file descriptor
+        return shutil.get_terminal_size().columns
 
 
 def _rate(rate: float | None) -> str:
@@ -239,19 +298,37 @@ class _Rate:
         return (total - n0) / (now - t0) if now > t0 else 0.0
 
 
+class _MessageHandler(logging.Handler):
+    """Prints log records through :meth:`Progress.message` (above the live frame)."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.progress.message(f"bulksend: {record.levelname.lower()}: {record.getMessage()}")
+        except Exception:  # logging must never break the run
+            self.handleError(record)
+
+
 class Progress:
     """The progress display and status snapshot of one run.
 
     Start :meth:`run` with ``nursery.start`` and give it the scheduler with :meth:`attach`
     (``run_campaign``'s ``on_start``); cancel it when the run ends, then call :meth:`finish`.
+    While :meth:`run` runs, warnings logged under ``bulksend`` are shown (escaped) above the
+    frame, whatever the root logger's level.
 
     Args:
         tally: the run's outcome counters (its ``on_outcome`` hook).
         stream: where to draw (stderr); ``tty`` whether it is a terminal.
         journal: the journal file, for waiting counts and the snapshot's path.
         campaign: the campaign file, for the snapshot.
-        quiet: draw nothing (the snapshot is still written).
+        quiet: draw nothing (the snapshot is still written; messages are still shown).
         metrics: its ``queue_depth`` gauge is set from the journal's waiting count.
+        width: the terminal's width in columns, asked at every frame; default the
+            stream's terminal.
     """
 
     def __init__(
@@ -264,6 +341,7 @@ class Progress:
         campaign: Path | None = None,
         quiet: bool = False,
         metrics: Metrics | None = None,
+        width: Callable[[], int] | None = None,
     ) -> None:
         self.tally = tally
         self.metrics = metrics
@@ -272,17 +350,23 @@ class Progress:
         self.journal = journal
         self.campaign = campaign
         self.quiet = quiet
+        self.width = width or (lambda: _terminal_width(stream))
         self.scheduler: Scheduler | None = None
         self.snapshot = snapshot_path(journal)
         self.started = time.monotonic()
         self.started_at = time.time()
         self.state = "starting"
+        self.imported = 0  # recipients rows read by the import so far
         self.counts: dict[str, int] | None = None  # from the journal, a few seconds old
         self.waiting: dict[str, int] = {}  # per domain, from the journal
         self._domains_of: dict[str, set[str]] = {}  # site -> domains seen attached to it
+        #: Messages per second that got a final reply (delivered or bounced): deferrals do
+        #: not bring the end nearer, so they count neither here nor in the ETA.
         self.rate = 0.0
         self._rates = _Rate()
         self._drawn = 0
+        self._frame: list[str] = []
+        self._lock = threading.Lock()  # log records may come from other threads
         self._peek: JournalPeek | None = None
         self._last_plain = -_PLAIN_REFRESH
 
@@ -290,65 +374,124 @@ class Progress:
         self.scheduler = scheduler
         self.state = "running"
 
+    def importing(self, rows: int) -> None:
+        """The import has read ``rows`` rows so far (called from the import's thread)."""
+        self.imported = rows
+        if self.scheduler is None:
+            self.state = "importing"
+
+    def sample(self, now: float) -> None:
+        """Take the tally's counts at ``now`` (monotonic seconds) for the rate and the state."""
+        k = self.tally.kinds
+        self.rate = self._rates.add(now, k[Kind.DELIVERED] + k[Kind.BOUNCED])
+        if self.scheduler is not None and self.scheduler.delivery.stopping.is_set():
+            self.state = "stopping" if not self.scheduler.complete else "finishing"
+
+    def _eta(self, waiting: int | None) -> float | None:
+        if waiting == 0:
+            return 0.0
+        return waiting / self.rate if waiting is not None and self.rate > 0 else None
+
     def lines(self) -> list[str]:
-        """What the display shows now (without colour or cursor codes)."""
+        """What the display shows now (without colour or cursor codes), escaped."""
+        elapsed = format_duration(time.monotonic() - self.started)
+        if self.state == "importing":
+            return [f"importing recipients: {self.imported:,} rows read  elapsed {elapsed}"]
         k = self.tally.kinds
         counts = self.counts or {}
         waiting = counts.get("pending", 0) + counts.get("in_doubt", 0) if counts else None
-        eta = waiting / self.rate if waiting is not None and self.rate > 0.5 else None
-        if waiting == 0:
-            eta = 0.0
-        elapsed = time.monotonic() - self.started
         out = [
             f"delivered {k[Kind.DELIVERED]:,}  deferred {k[Kind.DEFERRED]:,}  "
             f"bounced {k[Kind.BOUNCED]:,}  in doubt {k[Kind.IN_DOUBT]:,}"
             + (f"  expired {counts.get('expired', 0):,}" if counts else ""),
-            f"{self.rate:,.0f} msg/s  elapsed {format_duration(elapsed)}  "
-            f"waiting {'-' if waiting is None else f'{waiting:,}'}  ETA {format_duration(eta)}"
+            f"{self.rate:,.0f} msg/s  elapsed {elapsed}  "
+            f"waiting {'-' if waiting is None else f'{waiting:,}'}  "
+            f"ETA {format_duration(self._eta(waiting))}"
             + ("  (stopping)" if self.state == "stopping" else ""),
         ]
         sites = self.scheduler.sites() if self.scheduler is not None else []
+        labels = site_labels(s.site for s in sites)
         busy = [s for s in sites if s.connections][:3]
         if busy:
             out.append(
-                "busiest: " + "; ".join(f"{short_site(s.site)} {s.connections} conn" for s in busy)
+                "busiest: " + "; ".join(f"{labels[s.site]} {s.connections} conn" for s in busy)
             )
         for s in [s for s in sites if s.backed_off][:3]:
-            out.append(f"backed off: {short_site(s.site)} ({describe_backoff(s)})")
-        return out
+            out.append(f"backed off: {labels[s.site]} ({describe_backoff(s)})")
+        return [printable(line) for line in out]
 
     def plain_line(self) -> str:
+        if self.state == "importing":
+            return f"bulksend: importing recipients: rows={self.imported}"
         k = self.tally.kinds
         counts = self.counts or {}
         waiting = counts.get("pending", 0) + counts.get("in_doubt", 0) if counts else None
-        eta = waiting / self.rate if waiting is not None and self.rate > 0.5 else None
-        backed = (
-            [short_site(s.site) for s in self.scheduler.sites() if s.backed_off]
-            if (self.scheduler is not None)
-            else []
-        )
-        return (
+        sites = self.scheduler.sites() if self.scheduler is not None else []
+        labels = site_labels(s.site for s in sites)
+        backed = [labels[s.site] for s in sites if s.backed_off]
+        return printable(
             f"bulksend: delivered={k[Kind.DELIVERED]} deferred={k[Kind.DEFERRED]} "
             f"bounced={k[Kind.BOUNCED]} in_doubt={k[Kind.IN_DOUBT]} "
             f"waiting={'-' if waiting is None else waiting} rate={self.rate:.0f}/s "
-            f"eta={format_duration(eta)}" + (f" backed_off={','.join(backed)}" if backed else "")
+            f"eta={format_duration(self._eta(waiting))}"
+            + (f" backed_off={','.join(backed)}" if backed else "")
         )
 
     def draw(self) -> None:
         if self.quiet:
             return
-        if self.tty:
-            lines = self.lines()
-            up = f"\x1b[{self._drawn}A" if self._drawn else ""
-            body = "".join(f"\r\x1b[2K{line}\n" for line in lines)
-            # Erase lines left over from a taller previous frame.
-            extra = max(self._drawn - len(lines), 0)
-            tail = "\x1b[2K\n" * extra + (f"\x1b[{extra}A" if extra else "")
-            self.stream.write(up + body + tail)
-            self._drawn = len(lines)
-        else:
-            self.stream.write(self.plain_line() + "\n")
-        self.stream.flush()
+        with self._lock:
+            if self.tty:
+                width = self.width()
+                self._write_frame([fit(line, width) for line in self.lines()])
+            else:
+                self.stream.write(self.plain_line() + "\n")
+            self.stream.flush()
+
+    def _write_frame(self, lines: list[str]) -> None:
+        up = f"\x1b[{self._drawn}A" if self._drawn else ""
+        body = "".join(f"\r\x1b[2K{line}\n" for line in lines)
+        # Erase lines left over from a taller previous frame.
+        extra = max(self._drawn - len(lines), 0)
+        tail = "\x1b[2K\n" * extra + (f"\x1b[{extra}A" if extra else "")
+        self.stream.write(up + body + tail)
+        self._drawn = len(lines)
+        self._frame = lines
+
+    def message(self, text: str) -> None:
+        """Print ``text`` (escaped) above the live frame, which is drawn again below it.
+
+        Anything printed to the display's stream during a run goes through here; printed
+        directly, the next frame would be drawn over it.
+        """
+        line = printable(text)
+        with self._lock:
+            if self.tty and self._drawn:
+                # Up to the frame's first line, erase to the end of the screen, then the
+                # message, then the last frame again (not recomputed: this may be a thread).
+                self.stream.write(f"\x1b[{self._drawn}A\r\x1b[J{line}\n")
+                self._drawn = 0
+                self._write_frame(self._frame)
+            else:
+                self.stream.write(line + "\n")
+            self.stream.flush()
+
+    @contextlib.contextmanager
+    def _showing_logs(self) -> Iterator[None]:
+        """Show warnings logged under ``bulksend`` as messages (the default level is ERROR)."""
+        logger = logging.getLogger("bulksend")
+        handler = _MessageHandler(self)
+        level, propagate = logger.level, logger.propagate
+        if logger.getEffectiveLevel() > logging.WARNING:
+            logger.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False  # shown here, not also raw by the root handler
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
     def _queued(self) -> dict[str, int]:
         """Recipients waiting per site: its domains' waiting counts in the journal."""
@@ -390,15 +533,17 @@ class Progress:
             pass  # not there yet (import running) or unreadable: try again later
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Refresh the display and the snapshot until cancelled."""
-        task_status.started()
+        """Refresh the display and the snapshot until cancelled; show warnings meanwhile."""
+        with self._showing_logs():
+            task_status.started()
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         refresh = _TTY_REFRESH if self.tty else _SNAPSHOT_EVERY
         last_peek = last_snapshot = -_PEEK_EVERY
         while True:
             now = time.monotonic()
-            self.rate = self._rates.add(now, self.tally.done)
-            if self.scheduler is not None and self.scheduler.delivery.stopping.is_set():
-                self.state = "stopping" if not self.scheduler.complete else "finishing"
+            self.sample(now)
             if now - last_peek >= _PEEK_EVERY:
                 last_peek = now
                 await self._refresh_counts()
@@ -406,7 +551,9 @@ class Progress:
                 self.tally.accounting.flush()
             if self.tty:
                 self.draw()
-            elif now - self._last_plain >= _PLAIN_REFRESH and self.scheduler is not None:
+            elif now - self._last_plain >= _PLAIN_REFRESH and (
+                self.scheduler is not None or self.state == "importing"
+            ):
                 self._last_plain = now
                 self.draw()
             if now - last_snapshot >= _SNAPSHOT_EVERY:
@@ -435,14 +582,15 @@ class Progress:
 
 
 def iter_site_rows(sites: list[Mapping[str, Any]]) -> Iterator[list[str]]:
-    """Rows of the per-site table ``bulksend status`` prints."""
+    """Rows of the per-site table ``bulksend status`` prints (remote text escaped)."""
+    labels = site_labels(str(s["site"]) for s in sites)
     for s in sites:
         yield [
-            short_site(str(s["site"])),
+            labels[str(s["site"])],
             str(s["domains"]),
             f"{s.get('queued', 0):,}",
             f"{s['connections']}/{s['max_connections']}",
             _rate(s["rate"]),
             "backed off" if s["backed_off"] else "ok",
-            str(s["reason"] or s["last_error"] or ""),
+            printable(str(s["reason"] or s["last_error"] or "")),
         ]

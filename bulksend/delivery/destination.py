@@ -48,7 +48,7 @@ from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, JournalWriter, Kind, Outcome
-from bulksend.metrics import Metrics
+from bulksend.metrics import Metrics, connection_failure_reason
 from bulksend.routing import Route
 from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
@@ -663,7 +663,7 @@ class Destination:
                     client = await self._open_with_fallback(address, host.port, host.name, key)
                 except SMTPError as exc:
                     last = exc
-                    reason = "tls" if isinstance(exc, TLSError) else type(exc).__name__
+                    reason = connection_failure_reason(exc)
                     self.delivery.metrics.connections_failed.labels(self.label, reason).inc()
                     if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
                         break  # this host refuses service; try the next host

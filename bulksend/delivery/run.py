@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -188,13 +189,23 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
     )
 
 
+#: How often (in rows read) the import reports its progress and can be stopped.
+IMPORT_PROGRESS_EVERY: Final = 10_000
+
+
 def import_recipients(
-    campaign: Campaign, journal: Journal, shard: Shard | None = None, keep: Keep | None = None
+    campaign: Campaign,
+    journal: Journal,
+    shard: Shard | None = None,
+    keep: Keep | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ImportStats | None:
     """Import the recipients file into the journal unless that is already complete.
 
     With a shard, only the recipients ``keep`` accepts (by domain) are imported, and the
-    rejects file gets the shard in its name.
+    rejects file gets the shard in its name. ``on_progress(rows)`` is called every
+    :data:`IMPORT_PROGRESS_EVERY` rows read; whatever it raises stops the import, whose
+    uncommitted batch is rolled back (the journal stays not-imported; a later run resumes).
     """
     if journal.import_complete:
         return None
@@ -204,7 +215,18 @@ def import_recipients(
     not_imported: dict[str, int] = {}
     with RejectsFile(path) as rejects:
         rows = _recipients(campaign, rejects, keep or _everything, not_imported)
+        if on_progress is not None:
+            rows = _reporting(rows, on_progress)
         return journal.import_recipients(rows, not_imported=not_imported)
+
+
+def _reporting(
+    rows: Iterator[NewRecipient], on_progress: Callable[[int], None]
+) -> Iterator[NewRecipient]:
+    for n, row in enumerate(rows, 1):
+        if n % IMPORT_PROGRESS_EVERY == 0:
+            on_progress(n)
+        yield row
 
 
 def _everything(_domain: str) -> bool:
@@ -234,6 +256,7 @@ async def run_campaign(
     on_start: Callable[[Scheduler], None] | None = None,
     on_outcome: Callable[[Due, Outcome, str], None] | None = None,
     on_journal: Callable[[Journal], None] | None = None,
+    on_import: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Journal and deliver a campaign; resumable; returns when done or stopped.
 
@@ -241,7 +264,9 @@ async def run_campaign(
     ``scheduler.stop()`` on a signal); ``on_outcome`` sees every recipient outcome as it is
     recorded, with the site's metric label (for an accounting log); ``on_journal`` sees the
     journal once opened (``journal.changes``: what changed in the campaign since it was
-    written).
+    written); ``on_import(rows)`` the rows the import has read so far, every few thousand
+    (from the import's thread). Cancelling the run during the import stops it within those
+    few thousand rows.
 
     Raises:
         JournalError: the journal is unusable, changed, or a write failed (disk full).
@@ -261,7 +286,7 @@ async def run_campaign(
         if options.retry_unrendered:
             requeued = await trio.to_thread.run_sync(journal.retry_unrendered)
         router = Router(routing_config(config, options))
-        imported = await _import(campaign, journal, options, router)
+        imported = await _import(campaign, journal, options, router, on_import)
         suppression = await _read_suppression(campaign, journal, imported)
         policy = config.policy
         delivery = Delivery(
@@ -323,16 +348,26 @@ async def run_campaign(
 
 
 async def _import(
-    campaign: Campaign, journal: Journal, options: RunOptions, router: Router
+    campaign: Campaign,
+    journal: Journal,
+    options: RunOptions,
+    router: Router,
+    on_import: Callable[[int], None] | None,
 ) -> ImportStats | None:
     """Import the recipients (once); a first import with nothing to send leaves no journal."""
     config = campaign.config
     keep = None
     if options.shard is not None and not journal.import_complete:
         keep = await shard_filter(campaign, router, options.shard)
+
+    def importing(rows: int) -> None:
+        trio.from_thread.check_cancelled()  # a cancelled run stops its import here
+        if on_import is not None:
+            on_import(rows)
+
     try:
         imported = await trio.to_thread.run_sync(
-            import_recipients, campaign, journal, options.shard, keep
+            import_recipients, campaign, journal, options.shard, keep, importing
         )
     except BaseException:
         with contextlib.suppress(JournalError):

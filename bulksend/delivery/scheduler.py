@@ -153,7 +153,7 @@ class Scheduler:
         """Begin a graceful stop: nothing new starts, in-flight work gets ``grace`` seconds."""
         if not self.delivery.stopping.is_set():
             if not self.complete:
-                log.warning("stopping: no new transactions; waiting up to %gs", self.grace)
+                log.info("stopping: no new transactions; waiting up to %gs", self.grace)
             self.delivery.stopping.set()
             for destination in self.destinations.values():
                 destination.wake()

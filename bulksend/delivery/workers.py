@@ -37,6 +37,7 @@ from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.delivery.shard import Shard
 from bulksend.metrics import Metrics
+from bulksend.text import printable
 
 log = logging.getLogger("bulksend.workers")
 
@@ -63,6 +64,11 @@ class WorkerState:
 # ------------------------------------------------------------------------------ worker
 
 
+def _printable_record(record: logging.LogRecord) -> bool:
+    record.msg, record.args = printable(record.getMessage()), None
+    return True
+
+
 def _worker_main(
     campaign_path: str,
     environ: Mapping[str, str],
@@ -71,6 +77,11 @@ def _worker_main(
 ) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # Warnings (backoff, TLS fallback) on the shared stderr, remote reply text escaped.
+    handler = logging.StreamHandler()
+    handler.addFilter(_printable_record)
+    handler.setFormatter(logging.Formatter(f"bulksend: shard {options.shard}: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     trio.run(_worker, campaign_path, environ, options, conn)
 
 
@@ -80,7 +91,7 @@ async def _worker(
     options: RunOptions,
     conn: multiprocessing.connection.Connection,
 ) -> None:
-    metrics = Metrics()
+    metrics = Metrics(process=False)  # the parent exports its own process metrics
     control = _Control()
     try:
         campaign = Campaign.load(campaign_path, environ)

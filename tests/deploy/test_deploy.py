@@ -46,8 +46,9 @@ PANEL_TYPES = frozenset({"timeseries", "stat", "bargauge"})
 # Grafana's interval variables, replaced by a plain duration to check the PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
 
-METRIC_NAME = re.compile(r"\bbulksend_[a-z_]+\b")
-SELECTOR = re.compile(r"\b(bulksend_[a-z_]+)\s*\{([^}]*)\}")
+# bulksend's own metrics and the standard process_* series its registry carries.
+METRIC_NAME = re.compile(r"\b(?:bulksend|process)_[a-z_]+\b")
+SELECTOR = re.compile(r"\b((?:bulksend|process)_[a-z_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 GROUPING = re.compile(r"\b(by|without)\s*\(([^)]*)\)")
 VECTOR_MATCHING = re.compile(r"\b(on|ignoring)\s*\(([^)]*)\)")

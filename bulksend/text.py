@@ -1,0 +1,41 @@
+"""Text that others wrote (SMTP reply text, DNS records), made safe to show and to export.
+
+Every mail server and DNS zone on the internet chooses such text. Written raw to a terminal
+its control characters act: ESC starts escape sequences (OSC sets the window title, CSI
+clears the screen), BEL rings, U+009B is a CSI on its own (C1), and bidi controls such as
+U+202E reorder what the reader sees. JSON escapes only C0; CSV escapes nothing. So every
+place that displays or exports remote text passes it through :func:`printable` first.
+"""
+
+from __future__ import annotations
+
+__all__ = ["printable"]
+
+
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character written as its Python escape.
+
+    Escapes are ``\\n``, ``\\r``, ``\\t``, else ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``.
+    Non-printable means Unicode's "Other" and "Separator" categories except the ASCII space
+    (:meth:`str.isprintable`): C0 controls and DEL (``\\x1b``, ``\\x7f``), C1 controls
+    (``\\x9b``), format characters such as bidi overrides (``\\u202e``), line and paragraph
+    separators, lone surrogates and unassigned code points. Printable text, accented and
+    non-Latin letters included, comes back unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
