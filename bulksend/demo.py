@@ -16,9 +16,8 @@ server, so the real stack (DNS, routing, scheduler, SMTP client, journal) does t
 * ``slowmail``: a slow server (half a second to greet, 50 ms per message).
 * ``busy``: answers every recipient ``451 4.3.2``: retried until the campaign's short
   ``max_age``, then expired.
-* ``gone``: MX records but no server: connections are refused. Its recipients keep waiting
-  (host backoff), so the demo stops once nothing else is waiting; a ``resume`` would go on
-  retrying them.
+* ``gone``: MX records but no server: connections are refused. Its recipients are retried
+  (host backoff) until the campaign's short ``max_age``, then expired.
 * ``corp``: three small company domains on one well-behaved server.
 
 Plus a few rows the recipients reader rejects (invalid, duplicate).
