@@ -30,9 +30,10 @@ class Status(enum.StrEnum):
     @property
     def waiting(self) -> bool:
         """True for states that will still be sent (pending, in_doubt)."""
-        return self in (Status.PENDING, Status.IN_DOUBT)
+        return self in WAITING
 
 
+#: The waiting statuses: recipients that will still be sent.
 WAITING: Final = (Status.PENDING, Status.IN_DOUBT)
 
 

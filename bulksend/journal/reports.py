@@ -22,7 +22,7 @@ from bulksend.journal.integrity import (
 )
 from bulksend.journal.outcomes import Category, Status
 from bulksend.journal.records import RecipientState
-from bulksend.journal.schema import APPLICATION_ID
+from bulksend.journal.schema import APPLICATION_ID, WAITING_SQL
 from bulksend.journal.store import Journal, JournalInUse
 
 
@@ -163,8 +163,7 @@ class JournalPeek:
     def waiting_by_domain(self) -> dict[str, int]:
         """Recipients still waiting (pending or in doubt) per domain."""
         rows = self._query(
-            "SELECT domain, count(*) FROM recipients"
-            " WHERE status IN ('pending', 'in_doubt') GROUP BY domain"
+            f"SELECT domain, count(*) FROM recipients WHERE {WAITING_SQL} GROUP BY domain"  # noqa: S608
         )
         return {str(d): int(n) for d, n in rows}
 

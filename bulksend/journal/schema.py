@@ -52,6 +52,11 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 
+#: ``status`` is one of :data:`WAITING`, for queries (the CHECK above keeps its own text:
+#: an existing journal's schema must match it byte for byte).
+WAITING_SQL: Final = "status IN (" + ", ".join(f"'{s}'" for s in WAITING) + ")"
+
+
 # Built when the import completes (see Journal.import_recipients).
 _ADDRESS_INDEX: Final = "CREATE UNIQUE INDEX recipients_address ON recipients (address)"
 _INDEXES: Final = (

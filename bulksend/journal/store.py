@@ -47,6 +47,7 @@ from bulksend.journal.schema import (
     _SCHEMA,
     APPLICATION_ID,
     SCHEMA_VERSION,
+    WAITING_SQL,
 )
 
 MAX_TEXT: Final = 2000
@@ -613,8 +614,7 @@ class Journal(_Reports):
     def _next_due_at(self) -> float | None:
         def q() -> float | None:
             row = self._db.execute(
-                "SELECT min(next_attempt_at) FROM recipients"
-                " WHERE status IN ('pending', 'in_doubt')"
+                f"SELECT min(next_attempt_at) FROM recipients WHERE {WAITING_SQL}"  # noqa: S608
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
@@ -630,8 +630,7 @@ class Journal(_Reports):
             "look for waiting recipients",
             lambda: bool(
                 self._db.execute(
-                    "SELECT EXISTS (SELECT 1 FROM recipients"
-                    " WHERE status = 'pending' OR status = 'in_doubt')"
+                    f"SELECT EXISTS (SELECT 1 FROM recipients WHERE {WAITING_SQL})"  # noqa: S608
                 ).fetchone()[0]
             ),
         )
@@ -653,8 +652,7 @@ class Journal(_Reports):
         cursor = self._read(
             "read waiting recipients",
             lambda: self._db.execute(
-                "SELECT id, address FROM recipients"
-                " WHERE (status = 'pending' OR status = 'in_doubt') AND claimed_at IS NULL"
+                f"SELECT id, address FROM recipients WHERE {WAITING_SQL} AND claimed_at IS NULL"  # noqa: S608
             ),
         )
         ids: list[tuple[float, int]] = []
@@ -666,9 +664,9 @@ class Journal(_Reports):
         if ids:
             with self._write("mark suppressed recipients"):
                 self._db.executemany(
-                    "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL,"
+                    "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL,"  # noqa: S608
                     " updated_at = ? WHERE id = ? AND claimed_at IS NULL"
-                    " AND (status = 'pending' OR status = 'in_doubt')",
+                    f" AND {WAITING_SQL}",
                     ids,
                 )
         return len(ids)
