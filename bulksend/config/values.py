@@ -231,12 +231,17 @@ def parse_domain(text: str) -> str:
 
 
 def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
-    """Split ``host``, ``host:port`` or ``[ip]:port`` into (host, port).
+    """Split ``host``, ``host:port``, ``[host]:port`` or ``[2001:db8::1]:port`` into (host, port).
+
+    Brackets are accepted (and stripped) as in Postfix, where they mean "no MX lookup", which
+    is what every configured host means here. An IPv6 address needs them: in ``::1:2525`` the
+    port could not be told from the address.
 
     Raises:
-        ValueError: no host, a control character or space in it, or a port out of range.
+        ValueError: none of those forms, no host, a control character or space in it, or a
+            port that is not a number in 1..65535.
     """
-    host, port = text, default_port
+    host, port_text = text, None
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -245,12 +250,18 @@ def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
         if rest:
             if not rest.startswith(":"):
                 raise ValueError(f"{text!r}: expected ':port' after ']'")
-            port = int(rest[1:])
+            port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
-        port = int(port_text)
+    elif ":" in text:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, '[2001:db8::1]:25'")
     if not host or CONTROL.search(host) or " " in host:
         raise ValueError(f"{text!r} is not a host")
+    port = default_port
+    if port_text is not None:
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise ValueError(f"{text!r}: port {port_text!r} is not a number")
+        port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range")
     return host, port
