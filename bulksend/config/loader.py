@@ -649,17 +649,6 @@ def _load_secret(
     return Secret(text), origin
 
 
-_LIMIT_KEYS = (
-    "max_connections",
-    "rate",
-    "connection_rate",
-    "messages_per_connection",
-    "recipients_per_transaction",
-    "idle_timeout",
-    "tls",
-)
-
-
 def _load_override(t: _Table) -> LimitsOverride:
     override = LimitsOverride(
         max_connections=t.integer("max_connections", minimum=1),
