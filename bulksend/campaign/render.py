@@ -71,6 +71,7 @@ from bulksend.campaign.recipients import (
     load_suppression,
 )
 from bulksend.config import CampaignConfig, load_campaign
+from bulksend.config.values import CONTROL
 from bulksend.errors import BulksendError, ConfigError
 
 __all__ = [
@@ -87,7 +88,6 @@ __all__ = [
 
 _MAX_LINE = 998  # RFC 5322 §2.1.1, without CRLF
 _FOLD_AT = 78
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
 _ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")  # atext and spaces
 _VERP_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
@@ -264,7 +264,7 @@ def _fold(name: str, tokens: Sequence[str]) -> str | None:
 
 
 def _check_value(value: str, what: str) -> None:
-    match = _CONTROL.search(value)
+    match = CONTROL.search(value)
     if match is not None:
         raise ValueError(
             f"{what} contains the control character {match.group()!r}; a header is one line "
@@ -469,7 +469,7 @@ def _b64_lines(data: bytes) -> bytes:
 
 def _param(name: str, value: str) -> str:
     """A MIME parameter: quoted ASCII, or RFC 2231 ``name*=utf-8''...`` for anything else."""
-    if value.isascii() and not _CONTROL.search(value):
+    if value.isascii() and not CONTROL.search(value):
         return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     encoded = "".join(
         chr(b) if (b < 128 and chr(b).isalnum()) or chr(b) in "-._~" else f"%{b:02X}"
@@ -803,7 +803,7 @@ class Campaign:
     def _render(self, recipient: Recipient, now: float | None) -> RenderedMessage:
         address = recipient.address
         if (
-            _CONTROL.search(address)
+            CONTROL.search(address)
             or " " in address
             or "<" in address
             or ">" in address
@@ -814,7 +814,7 @@ class Campaign:
         header_address = (recipient.display_address or address) if smtputf8 else address
         message_id = self.message_id(address)
         sender = self.envelope_sender(address)
-        if _CONTROL.search(sender) or " " in sender or len(sender.encode()) > 254:
+        if CONTROL.search(sender) or " " in sender or len(sender.encode()) > 254:
             raise RenderError(address, f"envelope sender {sender!r} is not valid", recipient.line)
 
         context: dict[str, Any] = {**self._globals, **recipient.fields}
@@ -976,7 +976,7 @@ def _entry(name: str, line: bytes) -> tuple[str, bytes, bytes]:
 
 
 def _check_url(url: str) -> None:
-    if _CONTROL.search(url):
+    if CONTROL.search(url):
         raise ValueError("the unsubscribe URL contains a control character")
     if not url.isascii() or _URL_FORBIDDEN.search(url) or not url.lower().startswith("https://"):
         raise ValueError(

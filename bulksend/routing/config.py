@@ -38,34 +38,6 @@ class Relay:
             raise ConfigError(f"relay host {self.host!r} is empty or has spaces")
         _check_port(self.port, f"relay {self.host}")
 
-    @classmethod
-    def parse(cls, text: str, *, default_port: int = 25, auth: Hashable | None = None) -> Relay:
-        """Parse ``host``, ``host:port``, ``[host]:port`` or ``[2001:db8::1]:port``.
-
-        Brackets are accepted (and stripped) as in Postfix, where they mean "no MX lookup",
-        which is what every relay means here.
-
-        Raises:
-            ConfigError: the text is not one of those forms, or the port is not a number.
-        """
-        text = text.strip()
-        host, port_text = text, ""
-        if text.startswith("["):
-            close = text.find("]")
-            if close < 0 or (close + 1 < len(text) and text[close + 1] != ":"):
-                raise ConfigError(f"relay {text!r}: expected [host] or [host]:port")
-            host, port_text = text[1:close], text[close + 2 :]
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-        elif text.count(":") > 1:
-            raise ConfigError(f"relay {text!r}: write an IPv6 address as [address]:port")
-        port = default_port
-        if port_text:
-            if not port_text.isdigit():
-                raise ConfigError(f"relay {text!r}: port {port_text!r} is not a number")
-            port = int(port_text)
-        return cls(host, port, auth)
-
     @property
     def address(self) -> str | None:
         """The host as a normalised IP address, or None when it is a name."""

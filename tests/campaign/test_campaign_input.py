@@ -42,10 +42,14 @@ LATIN1_ROWS += "francois@example.net,François,Müller,crème brûlée,t2\n"  # 
 
 
 def bulksend(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m bulksend ARGS`` to the end (bounded; no network is needed)."""
+    """``python -m bulksend ARGS`` to the end (bounded; no network is needed).
+
+    The run's record of sent campaigns stays in ``cwd``, never the user's state directory.
+    """
     return subprocess.run(
         [sys.executable, "-m", "bulksend", *args],
         cwd=cwd,
+        env={**os.environ, "BULKSEND_SENT_RECORD": str(cwd / "sent.jsonl")},
         capture_output=True,
         text=True,
         timeout=60,

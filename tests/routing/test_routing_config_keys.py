@@ -1,5 +1,6 @@
 """Domain keys of the campaign file ([routing.overrides], [policy.domains], [policy.sites]):
-U-labels are accepted and converted to A-labels, like every other domain bulksend reads."""
+U-labels are accepted and converted to A-labels, like every other domain bulksend reads.
+And the hosts they route to: the one host:port parser."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bulksend.config import RouteOverride, load_campaign
+from bulksend.config.values import parse_host_port
 from bulksend.errors import ConfigError
 from bulksend.routing import normalize_domain
 from bulksend.testing.scenario import campaign_toml, write_campaign
@@ -73,3 +75,55 @@ def test_bad_or_repeated_domain_keys_named(
     message = str(caught.value)
     assert message.startswith(f"{path}: {key}: ")
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("relay.example", ("relay.example", 25)),
+        ("relay.example:587", ("relay.example", 587)),
+        ("[relay.example]:2525", ("relay.example", 2525)),
+        ("[relay.example]", ("relay.example", 25)),
+        ("192.0.2.1:26", ("192.0.2.1", 26)),
+        ("[2001:db8::1]:27", ("2001:db8::1", 27)),
+    ],
+)
+def test_host_port_forms(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text, 25) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "relay:port",
+        "2001:db8::1",
+        "::1:2525",
+        "[2001:db8::1",
+        "[a]x",
+        "h:0",
+        "h:70000",
+        "h:",
+        "h:+25",
+        "h:2_5",
+        "bad host",
+    ],
+)
+def test_host_port_rejects(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each form fails in its own words
+        parse_host_port(text, 25)
+
+
+def test_an_ipv6_route_needs_brackets(tmp_path: Path) -> None:
+    # "::1:2525" is itself an IPv6 address: read whole, mail meant for port 2525 of ::1 went to
+    # host ::1:2525 on port 25. Brackets say where the address ends.
+    path = write(tmp_path, '[routing.overrides]\n"example.com" = "::1:2525"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_campaign(path, {})
+    assert str(caught.value) == (
+        f"{path}: routing.overrides.\"example.com\": '::1:2525': write an IPv6 address in "
+        "brackets, '[2001:db8::1]:25'. Write 'host', 'host:port' or '[ip]:port'."
+    )
+    path = write(tmp_path, '[routing.overrides]\n"example.com" = "[::1]:2525"\n')
+    config = load_campaign(path, {})
+    assert dict(config.routing.overrides) == {"example.com": RouteOverride("::1", 2525)}

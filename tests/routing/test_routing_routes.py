@@ -135,7 +135,7 @@ async def test_override_to_an_address_sends_no_query(dns_server, make_config):
     config = make_config(
         overrides={
             "Partner.Example": Relay("127.0.0.5", 2525),
-            "bücher.example": Relay.parse("[::1]:26"),
+            "bücher.example": Relay("::1", 26),
         }
     )
     router = Router(config)
@@ -219,29 +219,6 @@ async def test_shared_resolver_shares_the_cache(dns_server, make_config):
 
 
 # ---- configuration -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "relay"),
-    [
-        ("relay.example", Relay("relay.example", 25)),
-        ("relay.example:587", Relay("relay.example", 587)),
-        ("[relay.example]:2525", Relay("relay.example", 2525)),
-        ("[relay.example]", Relay("relay.example", 25)),
-        ("192.0.2.1:26", Relay("192.0.2.1", 26)),
-        ("[2001:db8::1]:27", Relay("2001:db8::1", 27)),
-    ],
-)
-def test_relay_parse(text, relay):
-    assert Relay.parse(text) == relay
-
-
-@pytest.mark.parametrize(
-    "text", ["", "relay:port", "2001:db8::1", "[2001:db8::1", "[a]x", "h:0", "h:70000"]
-)
-def test_relay_parse_rejects(text):
-    with pytest.raises(ConfigError):
-        Relay.parse(text)
 
 
 @pytest.mark.parametrize(

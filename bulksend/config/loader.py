@@ -1,569 +1,73 @@
-"""Configuration: frozen dataclasses built once from the campaign TOML.
-
-Code below the CLI never reads environment variables or files on its own; it receives these
-objects. The loader (:func:`load_campaign`) is the one place that reads the campaign file, the
-key files and password files, and it is handed the environment as an argument, so everything
-below it stays pure and testable.
+"""The campaign file loader: the TOML walker, its one-line errors, and the schema it builds.
 
 How loading works: the TOML document (stdlib :mod:`tomllib`) is walked table by table through
 a small reader (``_Table``) that knows the dotted path of every key it hands out, so an unknown
 key, a wrong type or a missing file becomes a :class:`~bulksend.errors.ConfigError` that names
 the key (``policy.sites."google.com".rate``), the campaign file, and what to do about it.
 Relative paths are resolved against the campaign file's directory. Secrets (DKIM keys, the
-smarthost password) are wrapped in :class:`Secret`, whose ``repr`` never shows the value.
+smarthost password) are wrapped in :class:`~bulksend.config.schema.Secret`, whose ``repr``
+never shows the value.
 
 Every key is documented in ``docs/campaign.md``.
 """
 
 from __future__ import annotations
 
-import codecs
 import difflib
-import enum
-import hmac
 import ipaddress
-import math
 import re
 import ssl
 import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-import dns.exception
-import dns.name
 import email_validator
 
+from bulksend.config.schema import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    AttachmentConfig,
+    BackoffRule,
+    CampaignConfig,
+    DkimAlgorithm,
+    DkimConfig,
+    LimitsOverride,
+    MessageConfig,
+    RecipientsConfig,
+    RetryPolicy,
+    RouteOverride,
+    RoutingSection,
+    Secret,
+    SendingPolicy,
+    SiteLimits,
+    Smarthost,
+    Timeouts,
+    TlsMode,
+    TlsTrust,
+    UnsubscribeConfig,
+    pick,
+)
+from bulksend.config.values import (
+    CONTROL,
+    decoding_problem,
+    hostname_syntax,
+    parse_domain,
+    parse_duration,
+    parse_host_port,
+    parse_rate,
+    parse_size,
+)
 from bulksend.errors import ConfigError
 
-__all__ = [
-    "AttachmentConfig",
-    "BackoffRule",
-    "CampaignConfig",
-    "DkimAlgorithm",
-    "DkimConfig",
-    "LimitsOverride",
-    "MessageConfig",
-    "RecipientsConfig",
-    "RetryPolicy",
-    "RouteOverride",
-    "RoutingSection",
-    "Secret",
-    "SendingPolicy",
-    "SiteLimits",
-    "Smarthost",
-    "Timeouts",
-    "TlsMode",
-    "TlsTrust",
-    "UnsubscribeConfig",
-    "decoding_problem",
-    "is_fqdn",
-    "load_campaign",
-    "parse_domain",
-    "parse_duration",
-    "parse_rate",
-    "parse_size",
-]
-
-
-class TlsMode(enum.Enum):
-    """STARTTLS policy (RFC 3207 §6: a client should be configurable to require TLS)."""
-
-    NONE = "none"  # never attempt STARTTLS
-    OPPORTUNISTIC = "opportunistic"  # use it when offered; fall back to plaintext on failure
-    REQUIRED = "required"  # fail (temporarily) when unavailable or the handshake fails
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Per-stage deadlines in seconds; defaults are RFC 5321 §4.5.3.2's.
-
-    Each applies to the *whole* reply of its stage, not to each byte.
-    """
-
-    connect: float = 30.0
-    greeting: float = 300.0
-    ehlo: float = 300.0
-    starttls: float = 120.0
-    auth: float = 120.0
-    mail: float = 300.0
-    rcpt: float = 300.0
-    data_init: float = 120.0
-    data_block: float = 180.0
-    final_dot: float = 600.0
-    rset: float = 120.0
-    quit: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """When a deferred recipient is tried again (RFC 5321 §4.5.4.1 in spirit).
-
-    The n-th retry waits ``min(initial * factor**(n-1), maximum)`` seconds, with +/- ``jitter``
-    fraction of random spread. After ``max_age`` seconds since the first attempt the
-    recipient expires with its last reply.
-    """
-
-    initial: float = 300.0
-    factor: float = 2.0
-    maximum: float = 4 * 3600.0
-    jitter: float = 0.2
-    max_age: float = 2 * 86400.0
-
-
-# --------------------------------------------------------------------------------------------
-# Secrets
-
-
-class Secret:
-    """A secret string (a private key, a password) whose ``repr`` and ``str`` never show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret itself; call it only where the value is used."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
-        # Worker processes (--workers N) receive the config by pickling.
-        return (Secret, (self._value,))
-
-
-# --------------------------------------------------------------------------------------------
-# The schema
-
-
-@dataclass(frozen=True, slots=True)
-class AttachmentConfig:
-    """One file attached to every message (encoded once per campaign)."""
-
-    path: Path
-    content_type: str
-    filename: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessageConfig:
-    """What each message looks like. Fields marked *template* are Jinja2 templates."""
-
-    from_address: str  # ASCII (IDN domain as A-labels)
-    subject: str  # template
-    from_name: str = ""  # template
-    reply_to: str | None = None
-    to_name: str = ""  # template
-    text_template: Path | None = None
-    html_template: Path | None = None
-    attachments: tuple[AttachmentConfig, ...] = ()
-    feedback_id: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()  # (name, value template), in file order
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientsConfig:
-    """Where the recipients come from and where the ones not sent are written down."""
-
-    file: Path
-    format: str  # "csv" or "jsonl"
-    rejects: Path
-    email_column: str = "email"
-    suppression: Path | None = None
-    allow_test_domain: bool = False
-    encoding: str = "utf-8"  # a Python codec name, checked at load time
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeConfig:
-    """RFC 8058 one-click unsubscribe (and an optional RFC 2369 mailto)."""
-
-    url: str  # template; must render to an https:// URL
-    mailto: str | None = None
-
-
-class DkimAlgorithm(enum.Enum):
-    """DKIM signing algorithms (RFC 6376 §3.3, RFC 8463)."""
-
-    RSA_SHA256 = "rsa-sha256"
-    ED25519_SHA256 = "ed25519-sha256"
-
-
-@dataclass(frozen=True, slots=True)
-class DkimConfig:
-    """One DKIM signature to add to every message."""
-
-    domain: str
-    selector: str
-    algorithm: DkimAlgorithm
-    private_key: Secret = field(repr=False)  # PEM (or base64 raw ed25519 seed)
-    key_origin: str = ""  # where the key came from, for error messages: never the key
-
-
-@dataclass(frozen=True, slots=True)
-class SiteLimits:
-    """Traffic limits of one destination (a site: the MX hosts one or more domains share).
-
-    ``rate`` and ``connection_rate`` are per second; ``None`` means no limit beyond the
-    connection cap.
-    """
-
-    max_connections: int = 5
-    rate: float | None = None
-    connection_rate: float | None = None
-    messages_per_connection: int = 100
-    recipients_per_transaction: int = 1
-    idle_timeout: float = 30.0
-    tls: TlsMode = TlsMode.OPPORTUNISTIC
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsOverride:
-    """A partial :class:`SiteLimits`: ``None`` fields inherit."""
-
-    max_connections: int | None = None
-    rate: float | None = None
-    connection_rate: float | None = None
-    messages_per_connection: int | None = None
-    recipients_per_transaction: int | None = None
-    idle_timeout: float | None = None
-    tls: TlsMode | None = None
-
-    def apply(self, base: SiteLimits) -> SiteLimits:
-        """Return ``base`` with this override's set fields replacing its own."""
-        return SiteLimits(
-            max_connections=_pick(self.max_connections, base.max_connections),
-            rate=_pick(self.rate, base.rate),
-            connection_rate=_pick(self.connection_rate, base.connection_rate),
-            messages_per_connection=_pick(
-                self.messages_per_connection, base.messages_per_connection
-            ),
-            recipients_per_transaction=_pick(
-                self.recipients_per_transaction, base.recipients_per_transaction
-            ),
-            idle_timeout=_pick(self.idle_timeout, base.idle_timeout),
-            tls=_pick(self.tls, base.tls),
-        )
-
+__all__ = ["load_campaign"]
 
 _T = TypeVar("_T")
-
-
-def _pick(value: _T | None, default: _T) -> _T:
-    return default if value is None else value
-
-
-@dataclass(frozen=True, slots=True)
-class BackoffRule:
-    """When a reply matches, the destination slows down.
-
-    Every condition that is set must match (code, enhanced code prefix, regex on the text);
-    every action that is set applies. ``duration`` is how long the reduced connection cap or
-    rate stays in force after the last matching reply before the site's limits come back.
-    """
-
-    code: str | None = None  # "421", or a pattern with x for any digit: "4xx", "45x"
-    enhanced_code: str | None = None  # "4.7.28" or a prefix "4.7"
-    text: re.Pattern[str] | None = None
-    reduce_connections: int | None = None
-    rate_factor: float | None = None
-    suspend: float | None = None  # seconds
-    duration: float = 600.0  # seconds
-
-    def matches(self, code: int, enhanced_code: str | None, text: str) -> bool:
-        """Say whether a reply matches every condition of this rule."""
-        if self.code is not None:
-            digits = f"{code:03d}"
-            if len(digits) != 3 or any(
-                p not in ("x", d) for p, d in zip(self.code, digits, strict=True)
-            ):
-                return False
-        if self.enhanced_code is not None:
-            if enhanced_code is None:
-                return False
-            if enhanced_code != self.enhanced_code and not enhanced_code.startswith(
-                self.enhanced_code + "."
-            ):
-                return False
-        return self.text is None or self.text.search(text) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class SendingPolicy:
-    """How fast, how many at once, how securely, and for how long to keep trying."""
-
-    defaults: SiteLimits = SiteLimits()
-    domains: Mapping[str, LimitsOverride] = field(default_factory=lambda: MappingProxyType({}))
-    sites: Mapping[str, LimitsOverride] = field(default_factory=lambda: MappingProxyType({}))
-    max_total_connections: int = 500
-    total_rate: float | None = None
-    timeouts: Timeouts = Timeouts()
-    retry: RetryPolicy = RetryPolicy()
-    backoff: tuple[BackoffRule, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RouteOverride:
-    """Send a domain's mail to this host instead of its MX."""
-
-    host: str
-    port: int = 25
-
-
-@dataclass(frozen=True, slots=True)
-class Smarthost:
-    """Relay every message through one submission server."""
-
-    host: str
-    port: int = 587
-    username: str | None = None
-    password: Secret | None = field(default=None, repr=False)
-    tls: TlsMode = TlsMode.REQUIRED
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingSection:
-    """The campaign file's ``[routing]`` section, as written.
-
-    :func:`bulksend.delivery.run.routing_config` turns it, with the run's options, into the
-    :class:`bulksend.routing.RoutingConfig` the router uses.
-    """
-
-    nameservers: tuple[str, ...] = ()
-    allow_private_addresses: bool = False
-    overrides: Mapping[str, RouteOverride] = field(default_factory=lambda: MappingProxyType({}))
-    smarthost: Smarthost | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TlsTrust:
-    """The ``[tls]`` section: certificate authorities trusted besides the system's.
-
-    ``ca_certs`` is the PEM text of ``ca_file``, read (and checked) by the loader, so the
-    delivery code builds its verifying context without reading a file.
-    """
-
-    ca_file: Path | None = None
-    ca_certs: str | None = None
-
-
-#: The default cap on one rendered message: the common receivers' limit (Gmail, Outlook).
-DEFAULT_MAX_MESSAGE_SIZE = 25 * 1000 * 1000
-
-
-@dataclass(frozen=True, slots=True)
-class CampaignConfig:
-    """A whole campaign file, loaded and checked."""
-
-    source: Path  # the campaign file, absolute
-    id: str
-    message: MessageConfig
-    envelope_sender: str  # may contain one "{token}" in its local part (VERP)
-    recipients: RecipientsConfig
-    unsubscribe: UnsubscribeConfig | None = None
-    dkim: tuple[DkimConfig, ...] = ()
-    policy: SendingPolicy = SendingPolicy()
-    routing: RoutingSection = RoutingSection()
-    #: Our name in EHLO; None: the run's ``--ehlo-hostname``, else this host's FQDN.
-    ehlo_hostname: str | None = None
-    #: No rendered message may be larger (bytes); a recipient whose message is fails alone.
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: Templates and attachments may lie outside the campaign file's directory.
-    allow_outside_paths: bool = False
-    tls: TlsTrust = TlsTrust()
-    #: Problems worth telling the user that do not stop the campaign (e.g. a key file
-    #: readable by others).
-    warnings: tuple[str, ...] = ()
-
-
-# --------------------------------------------------------------------------------------------
-# Value parsers (public: the CLI uses them for flags too)
-
-_RATE_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-}
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-
-
-def parse_rate(value: str | float) -> float:
-    """Parse ``"50/s"``, ``"3000/h"``, ``"10/min"`` or a bare number into events per second.
-
-    Raises:
-        ValueError: the text is not a positive rate.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a rate such as '50/s' or '3000/h'")
-    if isinstance(value, int | float):
-        per_second = float(value)
-    else:
-        m = _RATE_RE.match(value.lower())
-        if m is None or m.group(2) not in _RATE_UNITS:
-            raise ValueError(f"{value!r} is not a rate; write it like '50/s', '20/m' or '3000/h'")
-        per_second = float(m.group(1)) / _RATE_UNITS[m.group(2)]
-    if not math.isfinite(per_second) or per_second <= 0:
-        raise ValueError(f"{value!r}: a rate must be greater than zero")
-    return per_second
-
-
-def parse_duration(value: str | float) -> float:
-    """Parse ``"30s"``, ``"5m"``, ``"2h"``, ``"2d"``, ``"500ms"`` or a number of seconds.
-
-    Raises:
-        ValueError: the text is not a non-negative duration.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as '30s' or '5m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION_RE.match(value.lower())
-        if m is None:
-            raise ValueError(
-                f"{value!r} is not a duration; write seconds as a number or '30s', '5m', '2h', '2d'"
-            )
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r}: a duration cannot be negative")
-    return seconds
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
-
-
-def parse_size(value: str | int) -> int:
-    """Parse ``"25MB"``, ``"10 MiB"``, ``"500kB"`` or a number of bytes into bytes.
-
-    Raises:
-        ValueError: the text is not a positive size.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as '25MB'")
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _SIZE_RE.match(value.lower())
-        if m is None or m.group(2) not in _SIZE_UNITS:
-            raise ValueError(f"{value!r} is not a size; write bytes or '25MB', '10MiB', '500kB'")
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    if size <= 0:
-        raise ValueError(f"{value!r}: a size must be greater than zero")
-    return size
-
-
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
-def _hostname_syntax(name: str) -> bool:
-    """A host name of LDH labels (RFC 1123 §2.1), or an address literal (RFC 5321 §4.1.3)."""
-    if name.startswith("[") and name.endswith("]"):
-        literal = name[1:-1]
-        if literal.lower().startswith("ipv6:"):
-            literal = literal[5:]
-            kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address] = ipaddress.IPv6Address
-        else:
-            kind = ipaddress.IPv4Address
-        try:
-            kind(literal)
-        except ValueError:
-            return False
-        return True
-    labels = name.lower().removesuffix(".").split(".")
-    return len(name) <= 253 and all(_LABEL.match(label) for label in labels)
-
-
-def is_fqdn(name: str) -> bool:
-    """Whether an EHLO name is a fully qualified domain name (or an address literal).
-
-    RFC 5321 §4.1.1.1 asks for the client's FQDN; receivers distrust a bare host name or
-    ``localhost`` (often a spam score, sometimes a refusal).
-    """
-    if not _hostname_syntax(name):
-        return False
-    if name.startswith("["):
-        return True
-    labels = name.lower().removesuffix(".").split(".")
-    return (
-        len(labels) >= 2
-        and not labels[-1].isdigit()
-        and labels[-1] not in ("localhost", "localdomain", "local")
-    )
-
-
-def decoding_problem(path: Path, encoding: str) -> str | None:
-    """Where a file first fails to decode, as a one-line message; None when it decodes.
-
-    Reads the file in 1 MiB blocks (memory stays flat) and names the line and the byte.
-    """
-    decoder = codecs.getincrementaldecoder(encoding)("strict")
-    label = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else repr(encoding)
-    offset = 0
-    with path.open("rb") as stream:
-        while True:
-            block = stream.read(1 << 20)
-            pending = len(decoder.getstate()[0])
-            try:
-                decoder.decode(block, final=not block)
-            except UnicodeDecodeError as exc:
-                bad = offset - pending + exc.start
-                byte = exc.object[exc.start]
-                break
-            if not block:
-                return None
-            offset += len(block)
-        stream.seek(0)
-        line = 1
-        while stream.tell() < bad:
-            line += stream.read(min(1 << 20, bad - stream.tell())).count(b"\n")
-    hint = (
-        'set [recipients] encoding = "latin-1" if the file uses it'
-        if label == "UTF-8"
-        else "set [recipients] encoding to the file's encoding"
-    )
-    return f"{path} is not valid {label} at line {line}, byte 0x{byte:02x}; {hint}"
-
-
-# --------------------------------------------------------------------------------------------
-# The loader
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 §3.6.8 ftext
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _RESERVED_HEADERS = frozenset(
     {
         "from",
@@ -760,7 +264,7 @@ def _resolve(table: _Table, name: str, text: str, *, must_exist: bool) -> Path:
 def _address(table: _Table, name: str, text: str, *, template_token: bool = False) -> str:
     """Validate a configured address; return it with the domain in A-labels, lower case."""
     probe = text.replace("{token}", "token") if template_token else text
-    if _CONTROL.search(text):
+    if CONTROL.search(text):
         raise table.error(name, "contains a control character", "Remove it.")
     try:
         checked = email_validator.validate_email(
@@ -779,7 +283,7 @@ def _address(table: _Table, name: str, text: str, *, template_token: bool = Fals
 
 
 def _header_template(table: _Table, name: str, text: str) -> str:
-    if _CONTROL.search(text):
+    if CONTROL.search(text):
         raise table.error(
             name,
             "contains a line break or control character",
@@ -825,13 +329,13 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
             "Use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
         )
     ehlo_hostname = campaign.string("ehlo_hostname")
-    if ehlo_hostname is not None and not _hostname_syntax(ehlo_hostname):
+    if ehlo_hostname is not None and not hostname_syntax(ehlo_hostname):
         raise campaign.error(
             "ehlo_hostname",
             f"{ehlo_hostname!r} is not a host name",
             "Use this host's public name (e.g. 'mta1.example.org') or an address literal.",
         )
-    max_size = _pick(
+    max_size = pick(
         campaign.converted("max_message_size", parse_size, "Write bytes or a size like '25MB'."),
         DEFAULT_MAX_MESSAGE_SIZE,
     )
@@ -904,7 +408,7 @@ def _load_message(root: _Table, max_size: int, within: Path | None) -> MessageCo
             "text", "no body template", 'Set `text = "body.txt"`, `html = "body.html"` or both.'
         )
     feedback_id = t.string("feedback_id")
-    if feedback_id is not None and (not feedback_id.isascii() or _CONTROL.search(feedback_id)):
+    if feedback_id is not None and (not feedback_id.isascii() or CONTROL.search(feedback_id)):
         raise t.error("feedback_id", "must be printable ASCII on one line", "Fix the value.")
 
     attachments: list[AttachmentConfig] = []
@@ -974,7 +478,7 @@ def _load_attachment(t: _Table, index: int, item: object, within: Path | None) -
     if not re.match(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$", content_type):
         raise table.error("content_type", f"{content_type!r} is not a MIME type", "Fix it.")
     filename = table.string("filename") or path.name
-    if _CONTROL.search(filename):
+    if CONTROL.search(filename):
         raise table.error("filename", "contains a control character", "Rename it.")
     table.finish()
     return AttachmentConfig(path=path, content_type=content_type.lower(), filename=filename)
@@ -1145,17 +649,6 @@ def _load_secret(
     return Secret(text), origin
 
 
-_LIMIT_KEYS = (
-    "max_connections",
-    "rate",
-    "connection_rate",
-    "messages_per_connection",
-    "recipients_per_transaction",
-    "idle_timeout",
-    "tls",
-)
-
-
 def _load_override(t: _Table) -> LimitsOverride:
     override = LimitsOverride(
         max_connections=t.integer("max_connections", minimum=1),
@@ -1170,42 +663,6 @@ def _load_override(t: _Table) -> LimitsOverride:
     )
     t.finish()
     return override
-
-
-_MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
-_LDH_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
-
-
-def parse_domain(text: str) -> str:
-    """``text`` as lowercase A-labels without a final dot: the one IDNA conversion.
-
-    U-labels become A-labels (IDNA 2008 with UTS #46 mapping, RFC 5891); the length is
-    checked *before* conversion, so a huge input never reaches the IDNA codec. Routing
-    (:func:`bulksend.routing.normalize_domain`) and the campaign file's domain keys use it.
-
-    Raises:
-        ValueError: not a valid host name (too long, empty label, characters outside
-            letters, digits and hyphen, or invalid IDNA 2008); the message says which.
-    """
-    name_text = text[:-1] if text.endswith(".") else text
-    if not name_text or len(name_text.encode("utf-8", "surrogatepass")) > _MAX_DOMAIN_OCTETS:
-        raise ValueError("domain is empty or longer than 253 octets")
-    if name_text.startswith("["):
-        raise ValueError("address literals are not routed")
-    try:
-        if name_text.isascii():
-            name = dns.name.from_text(name_text, origin=None)
-        else:
-            name = dns.name.from_unicode(
-                name_text, origin=None, idna_codec=dns.name.IDNA_2008_Practical
-            )
-    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
-        raise ValueError(f"invalid domain ({exc})") from None
-    labels = [label.lower() for label in name.labels]
-    for label in labels:
-        if not _LDH_LABEL.match(label):
-            raise ValueError(f"invalid domain label {label.decode('ascii', 'replace')!r}")
-    return b".".join(labels).decode("ascii")
 
 
 def _host_keyed(table: _Table, what: str) -> Iterator[tuple[str, str, Any]]:
@@ -1284,11 +741,11 @@ def _load_policy(root: _Table) -> SendingPolicy:
             raise retry_table.error("jitter", f"{jitter} is out of range", "Use 0 <= jitter < 1.")
         retry_table.finish()
         retry = RetryPolicy(
-            initial=_pick(initial, retry.initial),
-            factor=_pick(factor, retry.factor),
-            maximum=_pick(maximum, retry.maximum),
-            jitter=_pick(jitter, retry.jitter),
-            max_age=_pick(max_age, retry.max_age),
+            initial=pick(initial, retry.initial),
+            factor=pick(factor, retry.factor),
+            maximum=pick(maximum, retry.maximum),
+            jitter=pick(jitter, retry.jitter),
+            max_age=pick(max_age, retry.max_age),
         )
 
     rules: list[BackoffRule] = []
@@ -1302,7 +759,7 @@ def _load_policy(root: _Table) -> SendingPolicy:
         defaults=defaults,
         domains=domains,
         sites=sites,
-        max_total_connections=_pick(max_total, 500),
+        max_total_connections=pick(max_total, 500),
         total_rate=total_rate,
         timeouts=timeouts,
         retry=retry,
@@ -1347,29 +804,8 @@ def _load_backoff(t: _Table) -> BackoffRule:
         reduce_connections=reduce_to,
         rate_factor=factor,
         suspend=suspend,
-        duration=_pick(duration, 600.0),
+        duration=pick(duration, 600.0),
     )
-
-
-def _parse_host_port(text: str, default_port: int) -> tuple[str, int]:
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"{text!r}: unclosed '['")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{text!r}: expected ':port' after ']'")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = int(port_text)
-    if not host or _CONTROL.search(host) or " " in host:
-        raise ValueError(f"{text!r} is not a host")
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is out of range")
-    return host, port
 
 
 def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
@@ -1394,7 +830,7 @@ def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
                     written, "expected 'host[:port]'", "Quote it: 'mx.example:2525'."
                 )
             try:
-                host, port = _parse_host_port(value, 25)
+                host, port = parse_host_port(value, 25)
             except ValueError as exc:
                 raise section.error(
                     written, str(exc), "Write 'host', 'host:port' or '[ip]:port'."
@@ -1405,7 +841,7 @@ def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
     if smart is not None:
         host_text = smart.req_string("host")
         try:
-            host, port = _parse_host_port(host_text, 587)
+            host, port = parse_host_port(host_text, 587)
         except ValueError as exc:
             raise smart.error("host", str(exc), "Write 'host' or 'host:port'.") from None
         port_value = smart.integer("port", minimum=1)
@@ -1426,7 +862,7 @@ def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
             port=port,
             username=username,
             password=password,
-            tls=_pick(tls, TlsMode.REQUIRED),
+            tls=pick(tls, TlsMode.REQUIRED),
         )
     t.finish()
     return RoutingSection(
