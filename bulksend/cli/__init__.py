@@ -9,6 +9,7 @@ one module per command group: ``send`` (send, resume), ``report`` (status, repor
 
 from __future__ import annotations
 
+from bulksend.campaign.authcheck import judge_dkim, judge_dmarc, judge_spf
 from bulksend.cli.app import main
 from bulksend.cli.output import (
     EXIT_ERROR,
@@ -19,7 +20,6 @@ from bulksend.cli.output import (
 )
 from bulksend.cli.run import campaign_sidecar
 from bulksend.cli.send import send
-from bulksend.cli.validate import judge_dkim, judge_dmarc, judge_spf
 
 __all__ = [
     "EXIT_ERROR",
