@@ -56,9 +56,6 @@ def sink(host: str, port: int, every: int) -> None:
     trio.run(serve)
 
 
-# --- demo ----------------------------------------------------------------------------------
-
-
 @click.command()
 @click.option(
     "--recipients",

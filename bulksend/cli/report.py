@@ -100,9 +100,6 @@ def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
     return counts
 
 
-# --- report --------------------------------------------------------------------------------
-
-
 @click.command()
 @click.argument(
     "journals",

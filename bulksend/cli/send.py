@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import click
 import trio
 
-from bulksend.campaign.recipients import Reject
-from bulksend.campaign.render import Campaign, RenderError
+from bulksend.campaign.render import Campaign
 from bulksend.cli.options import RunFlags, flags_from, load_campaign, run_options
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED, info, warn
 from bulksend.cli.run import campaign_sidecar, run_single, run_workers
+from bulksend.delivery.dry_run import dry_run
 from bulksend.delivery.run import routing_config
 from bulksend.delivery.shard import Shard
 from bulksend.errors import ConfigError
 from bulksend.journal import Journal
 from bulksend.progress import open_private
-from bulksend.routing import Router, RoutingError
+from bulksend.routing import Router
 from bulksend.text import printable
 
 
@@ -245,78 +244,29 @@ def resume(journal: Path, campaign_file: Path | None, retry_unrendered: bool, **
     raise SystemExit(run_single(campaign, journal, flags))
 
 
-# --- dry run -------------------------------------------------------------------------------
-
-
-_DRY_RUN_REPORT_EVERY: Final = 5.0  # seconds between the dry run's progress lines
-
-
 def _dry_run(campaign: Campaign, flags: RunFlags) -> int:
+    """``send --dry-run``: print what :func:`dry_run` found; 4 if anything will not go."""
     config = campaign.config
-    rejected: collections.Counter[str] = collections.Counter()
-    failures: list[str] = []
-    domains: collections.Counter[str] = collections.Counter()
-    read = rendered = 0
-
-    def on_reject(reject: Reject) -> None:
-        rejected[reject.kind.value] += 1
-
-    now = time.time()
-    report_at = time.monotonic() + _DRY_RUN_REPORT_EVERY
-    for recipient in campaign.recipients(on_reject):
-        read += 1
-        if time.monotonic() >= report_at:
-            report_at += _DRY_RUN_REPORT_EVERY
-            info(f"dry run: {read:,} recipients read, {rendered:,} rendered")
-        try:
-            campaign.render(recipient, now=now)
-        except RenderError as exc:
-            if len(failures) < 5:
-                failures.append(str(exc))
-            continue
-        rendered += 1
-        domains[recipient.address.rpartition("@")[2].lower()] += 1
-    options = flags.options(Path(os.devnull), campaign)
-    router = Router(routing_config(config, options))
-    info(f"dry run: {read:,} recipients read; routing {len(domains):,} domains")
-    results = trio.run(_route_all, router, list(domains))
-    unroutable = {d: e for d, e in results.items() if isinstance(e, RoutingError)}
-    sites = {str(r.site) for r in results.values() if not isinstance(r, RoutingError)}
-    lost = sum(domains[d] for d in unroutable)
+    router = Router(routing_config(config, flags.options(Path(os.devnull), campaign)))
+    found = trio.run(partial(dry_run, campaign, router, say=info))
     out = sys.stdout
     out.write(f"dry run: campaign {config.id} ({config.source})\n")
-    total_rejected = sum(rejected.values())
-    reasons = ", ".join(f"{k} {n:,}" for k, n in sorted(rejected.items()))
+    rejected = sum(found.rejected.values())
+    reasons = ", ".join(f"{k} {n:,}" for k, n in sorted(found.rejected.items()))
     out.write(
-        f"  recipients: {read + total_rejected:,} rows, {rendered:,} renderable, "
-        f"{read - rendered:,} render failures, {total_rejected:,} rejected"
+        f"  recipients: {found.read + rejected:,} rows, {found.rendered:,} renderable, "
+        f"{found.read - found.rendered:,} render failures, {rejected:,} rejected"
         + (f" ({reasons})" if reasons else "")
         + "\n"
     )
-    for failure in failures:
+    for failure in found.failures:
         out.write(f"    render failure: {failure}\n")
+    domains, unroutable = found.domains, found.unroutable
     out.write(
         f"  domains: {len(domains):,}, {len(domains) - len(unroutable):,} routable over "
-        f"{len(sites):,} sites, {len(unroutable):,} unroutable ({lost:,} recipients)\n"
+        f"{len(found.sites):,} sites, {len(unroutable):,} unroutable ({found.lost:,} recipients)\n"
     )
     for domain, error in sorted(unroutable.items())[:10]:
         why = printable(f"{error.enhanced_code} {error.text}")
         out.write(f"    unroutable: {domain} ({domains[domain]:,} recipients): {why}\n")
-    return EXIT_UNDELIVERED if unroutable or rendered < read else EXIT_OK
-
-
-async def _route_all(router: Router, domains: list[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    limit = trio.Semaphore(64)
-
-    async def one(domain: str) -> None:
-        async with limit:
-            try:
-                results[domain] = await router.route(domain)
-            except RoutingError as exc:
-                results[domain] = exc
-
-    async with trio.open_nursery() as nursery:
-        for domain in domains:
-            nursery.start_soon(one, domain)
-    return results
+    return EXIT_OK if found.clean else EXIT_UNDELIVERED
