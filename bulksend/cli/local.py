@@ -12,10 +12,10 @@ import trio
 
 from bulksend.cli.options import RunFlags, debug_option, demo_metrics_options, load_campaign
 from bulksend.cli.output import EXIT_OK, EXIT_STOPPED, RunResult, info, print_summary
+from bulksend.cli.progress import open_private
 from bulksend.cli.report import write_report_table
 from bulksend.cli.run import execute_run, serve_until_signal, wait_for_signal
 from bulksend.journal import Journal
-from bulksend.progress import open_private
 
 
 @click.command()
@@ -89,7 +89,7 @@ def demo(
     metrics_host: str,
 ) -> None:
     """Run a realistic campaign against local test servers (DNS + SMTP on 127.0.0.x)."""
-    from bulksend import demo as world_of  # noqa: PLC0415
+    from bulksend.cli import demo as world_of  # noqa: PLC0415
     from bulksend.testing.scenario import running  # noqa: PLC0415
 
     flags = RunFlags(

@@ -15,10 +15,10 @@ from typing import Final, TextIO
 
 import click
 
+from bulksend.cli.progress import SHOWN_KINDS, format_duration
 from bulksend.delivery.run import RunSummary
 from bulksend.journal import CampaignTally, Status
 from bulksend.metrics import MetricsServer
-from bulksend.progress import SHOWN_KINDS, format_duration
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1

@@ -15,8 +15,7 @@ import click
 
 from bulksend.cli.options import debug_option
 from bulksend.cli.output import counts_line, info, rows_line, write_table
-from bulksend.journal import Journal, JournalPeek, JournalSet, Status
-from bulksend.progress import (
+from bulksend.cli.progress import (
     SNAPSHOT_STALE,
     format_duration,
     iter_site_rows,
@@ -24,6 +23,7 @@ from bulksend.progress import (
     read_snapshot,
     snapshot_path,
 )
+from bulksend.journal import Journal, JournalPeek, JournalSet, Status
 
 
 @click.command()

@@ -33,6 +33,7 @@ from bulksend.cli.output import (
     warn,
     write_tally,
 )
+from bulksend.cli.progress import AccountingLog, Progress, Tally, open_private, snapshot_path
 from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
@@ -41,7 +42,6 @@ from bulksend.errors import ConfigError
 from bulksend.journal import Journal, JournalSet, Status
 from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
-from bulksend.progress import AccountingLog, Progress, Tally, open_private, snapshot_path
 
 
 def serve_metrics(registry: CollectorRegistry, flags: RunFlags) -> MetricsServer:
