@@ -40,11 +40,3 @@ def finished_journal(tmp_path: Path) -> Path:
             now=1_700_000_002.0,
         )
     return path
-
-
-@pytest.fixture(autouse=True)
-def sent_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's own record of sent campaigns (never the user's state directory)."""
-    path = tmp_path / "state" / "sent.jsonl"
-    monkeypatch.setenv("BULKSEND_SENT_RECORD", str(path))
-    return path
