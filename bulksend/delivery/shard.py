@@ -25,12 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
-
 from bulksend.errors import ConfigError
-from bulksend.routing import Router, RoutingError, normalize_domain
-
-_CONCURRENT_LOOKUPS = 64
+from bulksend.routing import Router, RoutingError, normalize_domain, route_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,19 +85,8 @@ async def site_keys(router: Router, domains: Iterable[str]) -> dict[str, str]:
 
     A domain that cannot be routed maps to itself.
     """
-    keys: dict[str, str] = {}
-    limiter = trio.CapacityLimiter(_CONCURRENT_LOOKUPS)
-
-    async def one(domain: str) -> None:
-        async with limiter:
-            try:
-                route = await router.route(domain)
-            except RoutingError:
-                keys[domain] = domain
-            else:
-                keys[domain] = str(route.site)
-
-    async with trio.open_nursery() as nursery:
-        for domain in domains:
-            nursery.start_soon(one, domain)
-    return keys
+    routes = await route_all(router, domains)
+    return {
+        domain: domain if isinstance(route, RoutingError) else str(route.site)
+        for domain, route in routes.items()
+    }

@@ -16,7 +16,7 @@ from bulksend.routing.mx import (
     normalize_domain,
     system_nameservers,
 )
-from bulksend.routing.routes import PolicyTable, Route, Router, Site
+from bulksend.routing.routes import PolicyTable, Route, Router, Site, route_all
 
 __all__ = [
     "MXHost",
@@ -33,5 +33,6 @@ __all__ = [
     "TransientRoutingError",
     "is_acceptable_address",
     "normalize_domain",
+    "route_all",
     "system_nameservers",
 ]

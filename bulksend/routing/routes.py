@@ -236,3 +236,23 @@ class Router:
         return Route(
             domain, Site((host,), relay.port), hosts, relay.auth, relay.tls, expires=expires
         )
+
+
+async def route_all(
+    router: Router, domains: Iterable[str], *, at_once: int = 64
+) -> dict[str, Route | RoutingError]:
+    """Route every domain, ``at_once`` lookups at a time: its route, or why it has none."""
+    results: dict[str, Route | RoutingError] = {}
+    limiter = trio.CapacityLimiter(at_once)
+
+    async def one(domain: str) -> None:
+        async with limiter:
+            try:
+                results[domain] = await router.route(domain)
+            except RoutingError as exc:
+                results[domain] = exc
+
+    async with trio.open_nursery() as nursery:
+        for domain in domains:
+            nursery.start_soon(one, domain)
+    return results

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from bulksend.campaign.render import Campaign
 from bulksend.cli import judge_dkim, judge_dmarc, judge_spf
 from bulksend.cli import main as cli
-from bulksend.progress import snapshot_path, write_snapshot
+from bulksend.cli.progress import snapshot_path, write_snapshot
 from bulksend.testing.dns import DNSServer
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 

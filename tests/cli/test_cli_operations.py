@@ -19,9 +19,9 @@ from cli_helpers import bulksend, run_bulksend, world_args
 from click.testing import CliRunner
 
 from bulksend.cli import campaign_sidecar, main
+from bulksend.cli.progress import snapshot_path
 from bulksend.delivery.shard import Shard
 from bulksend.journal import Journal, JournalInUse
-from bulksend.progress import snapshot_path
 from bulksend.testing.scenario import (
     SiteSpec,
     addresses,

@@ -23,9 +23,9 @@ import pytest
 import trio
 from cli_helpers import bulksend, run_bulksend, world_args
 
+from bulksend.cli.progress import AccountingLog, Progress, Tally, format_duration, site_labels
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.journal import Category, Due, Journal, Outcome, Status
-from bulksend.progress import AccountingLog, Progress, Tally, format_duration, site_labels
 from bulksend.testing.dns import DNSServer
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript

@@ -19,6 +19,7 @@ from bulksend.routing import (
     Router,
     RoutingConfig,
     Site,
+    route_all,
 )
 
 GOOGLE = ["aspmx.l.google.com", "alt1.aspmx.l.google.com", "alt2.aspmx.l.google.com"]
@@ -51,6 +52,20 @@ async def test_domains_sharing_mx_hosts_share_a_site(dns_server, make_config):
     # Each domain keeps its own route even though the site is shared.
     assert one.domain == "one.test"
     assert [h.preference for h in one.hosts] == [1, 5, 10]
+
+
+async def test_route_all_gives_each_domain_its_route_or_its_error(dns_server, make_config):
+    dns_server.load({"one.test": {"MX": [(1, GOOGLE[0])]}, "two.test": {"MX": [(1, GOOGLE[0])]}})
+    dns_server.load({GOOGLE[0]: {"A": ["127.0.6.1"]}})
+    router = Router(make_config())
+    with trio.fail_after(10):
+        routes = await route_all(router, ["one.test", "two.test", "nowhere.test"], at_once=1)
+    assert sorted(routes) == ["nowhere.test", "one.test", "two.test"]
+    one, two, nowhere = routes["one.test"], routes["two.test"], routes["nowhere.test"]
+    assert isinstance(one, Route)
+    assert isinstance(two, Route)
+    assert one.site == two.site
+    assert isinstance(nowhere, PermanentRoutingError)
 
 
 async def test_site_stable_across_shuffles(dns_server, make_config):

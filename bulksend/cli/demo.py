@@ -32,10 +32,10 @@ from typing import Final
 
 import trio
 
+from bulksend.cli.progress import Progress
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.errors import JournalError
 from bulksend.journal import JournalPeek
-from bulksend.progress import Progress
 from bulksend.testing.scenario import SiteSpec, campaign_toml, write_campaign
 from bulksend.testing.smtp import ServerScript
 

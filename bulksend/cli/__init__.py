@@ -1,0 +1,36 @@
+"""The ``bulksend`` command line: a thin face over the campaign, delivery and journal rooms.
+
+The entry point is :func:`main` (``bulksend = "bulksend.cli:main"``). ``app`` holds the
+click group and its one-line errors; ``output`` the exit statuses and what runs print;
+``options`` the shared options; ``run`` the run orchestration (one process or ``--workers``);
+one module per command group: ``send`` (send, resume), ``report`` (status, report),
+``validate``, ``local`` (sink, demo).
+"""
+
+from __future__ import annotations
+
+from bulksend.campaign.authcheck import judge_dkim, judge_dmarc, judge_spf
+from bulksend.cli.app import main
+from bulksend.cli.output import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+)
+from bulksend.cli.run import campaign_sidecar
+from bulksend.cli.send import send
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "EXIT_UNDELIVERED",
+    "EXIT_USAGE",
+    "campaign_sidecar",
+    "judge_dkim",
+    "judge_dmarc",
+    "judge_spf",
+    "main",
+    "send",
+]

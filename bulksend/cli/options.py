@@ -1,0 +1,226 @@
+"""Options shared by several commands: ``--debug``, the run flags, the metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import click
+
+from bulksend.campaign.render import Campaign
+from bulksend.cli.output import warn
+from bulksend.config import is_fqdn
+from bulksend.delivery.run import RunOptions, ehlo_hostname
+from bulksend.delivery.shard import Shard
+from bulksend.errors import ConfigError
+from bulksend.routing import system_nameservers
+
+DEBUG_KEY: Final = "bulksend.debug"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[DEBUG_KEY] = True
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s", force=True
+        )
+    return value
+
+
+def debug_option(f: _F) -> _F:
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_debug,
+        help="Show tracebacks and debug logging.",
+    )(f)
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """The options of a run as given (``send``, ``resume``, ``demo``)."""
+
+    metrics_port: int | None
+    metrics_host: str
+    limit: int | None
+    force: bool
+    accounting: Path | None
+    nameservers: tuple[str, ...]
+    dns_port: int
+    smtp_port: int
+    ehlo_hostname: str | None
+    grace: float
+    quiet: bool
+    keep_serving: bool = False
+    shard: Shard | None = None
+    retry_unrendered: bool = False
+    exit_zero_when_complete: bool = False
+
+    def options(self, journal: Path, campaign: Campaign) -> RunOptions:
+        ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
+        if not is_fqdn(ehlo):
+            warn(not_fqdn(ehlo))
+        return RunOptions(
+            journal=journal,
+            shard=self.shard,
+            nameservers=_nameservers(self.nameservers, campaign),
+            dns_port=self.dns_port,
+            smtp_port=self.smtp_port,
+            ehlo_hostname=ehlo,
+            force=self.force,
+            limit=self.limit,
+            grace=self.grace,
+            retry_unrendered=self.retry_unrendered,
+        )
+
+
+def not_fqdn(name: str) -> str:
+    return (
+        f"the EHLO name {name!r} is not a fully qualified domain name; receivers may refuse "
+        "or distrust the mail: set [campaign] ehlo_hostname (or --ehlo-hostname) to this "
+        "host's public name"
+    )
+
+
+def _nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
+    if given:
+        return given
+    if campaign.config.routing.nameservers:
+        return ()
+    try:
+        return system_nameservers()
+    except ConfigError:
+        return ()  # routing names the problem if it needs DNS
+
+
+def metrics_options(f: _F, *, default_port: int | None = None) -> _F:
+    f = click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address the metrics endpoint listens on (0.0.0.0 exposes it on every interface).",
+    )(f)
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=default_port,
+        help="Serve Prometheus metrics on this port (0: any free port; the URL is printed)."
+        + (" Off by default." if default_port is None else ""),
+    )(f)
+
+
+def run_options(f: _F) -> _F:
+    decorators = [
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            help="Stop after this many recipients have an outcome in this run (exit 3).",
+        ),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Resume even though the campaign's content (message, sender, templates, "
+            "recipients file) changed; policy changes need no --force.",
+        ),
+        click.option(
+            "--accounting",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Append one JSON line per delivery attempt to this file (created 0600).",
+        ),
+        click.option(
+            "--nameserver",
+            "nameservers",
+            multiple=True,
+            help="DNS resolver to ask (repeatable); default the campaign's, else the system's.",
+        ),
+        click.option(
+            "--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True, help="DNS port."
+        ),
+        click.option(
+            "--smtp-port",
+            type=click.IntRange(1, 65535),
+            default=25,
+            hidden=True,
+            help="SMTP port of every MX host (test servers).",
+        ),
+        click.option(
+            "--ehlo-hostname",
+            help="Our name in EHLO; default the campaign's ehlo_hostname, else this host's FQDN.",
+        ),
+        click.option(
+            "--grace",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            help="Seconds in-flight transactions get to finish when stopping.",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress display."),
+        click.option(
+            "--shard",
+            callback=_parse_shard,
+            metavar="INDEX/COUNT",
+            help="Run one shard of COUNT (0-based INDEX; sites are divided, not domains); "
+            "its journal is JOURNAL with INDEXofCOUNT in its name.",
+        ),
+        click.option(
+            "--keep-serving",
+            is_flag=True,
+            help="After the run, keep the metrics endpoint up until SIGINT/SIGTERM.",
+        ),
+        click.option(
+            "--exit-zero-when-complete",
+            is_flag=True,
+            help="Exit 0, not 4, when the campaign completed with bounces or expiries "
+            "(for orchestrators: a Kubernetes Job, systemd).",
+        ),
+        debug_option,
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return metrics_options(f)
+
+
+def flags_from(kw: dict[str, Any]) -> RunFlags:
+    return RunFlags(
+        metrics_port=kw.pop("metrics_port"),
+        metrics_host=kw.pop("metrics_host"),
+        limit=kw.pop("limit"),
+        force=kw.pop("force"),
+        accounting=kw.pop("accounting"),
+        nameservers=tuple(kw.pop("nameservers")),
+        dns_port=kw.pop("dns_port"),
+        smtp_port=kw.pop("smtp_port"),
+        ehlo_hostname=kw.pop("ehlo_hostname"),
+        grace=kw.pop("grace"),
+        quiet=kw.pop("quiet"),
+        keep_serving=kw.pop("keep_serving"),
+        shard=kw.pop("shard"),
+        exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
+    )
+
+
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard | None:
+    if value is None:
+        return None
+    try:
+        return Shard.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def load_campaign(path: Path) -> Campaign:
+    campaign = Campaign.load(path, os.environ)
+    for warning in campaign.warnings:
+        warn(warning)
+    return campaign
+
+
+def demo_metrics_options(f: _F) -> _F:
+    return metrics_options(f, default_port=0)

@@ -1,0 +1,227 @@
+"""``status`` (where a campaign stands) and ``report`` (its outcomes) from journals."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from bulksend.cli.options import debug_option
+from bulksend.cli.output import counts_line, info, rows_line, write_table
+from bulksend.cli.progress import (
+    SNAPSHOT_STALE,
+    format_duration,
+    iter_site_rows,
+    open_private,
+    read_snapshot,
+    snapshot_path,
+)
+from bulksend.journal import Journal, JournalPeek, JournalSet, Status
+
+
+@click.command()
+@click.argument(
+    "journals", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per journal.")
+@debug_option
+def status(journals: tuple[Path, ...], as_json: bool) -> None:
+    """Where a campaign stands: journal counts, and per site state while it runs.
+
+    Several journals (the shards of one campaign) are shown one after the other, then their
+    total.
+    """
+    total: collections.Counter[str] = collections.Counter()
+    for journal in journals:
+        total.update(_status_of(journal, as_json))
+    if len(journals) > 1 and not as_json:
+        sys.stdout.write(f"all {len(journals)} journals: {counts_line(dict(total))}\n")
+
+
+def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
+    with JournalPeek(journal, check=True) as peek:
+        counts = peek.counts()
+        imported = peek.import_complete()
+    snap = read_snapshot(snapshot_path(journal))
+    age = time.time() - float(snap.get("updated_at", 0)) if snap else None
+    running = bool(
+        snap
+        and snap.get("state") in ("running", "stopping", "starting")
+        and age is not None
+        and age < SNAPSHOT_STALE
+    )
+    if as_json:
+        json.dump(
+            {
+                "journal": str(journal),
+                "import_complete": imported,
+                "counts": counts,
+                "running": running,
+                "snapshot": snap,
+            },
+            sys.stdout,
+            indent=1,
+        )
+        sys.stdout.write("\n")
+        return counts
+    out = sys.stdout
+    total = sum(counts.values())
+    out.write(f"journal: {journal}\n")
+    out.write(f"recipients: {total:,}\n")
+    if not imported:
+        out.write(f"import: not finished; `bulksend resume {journal}` continues it\n")
+    write_table([[s.replace("_", " "), f"{n:,}"] for s, n in counts.items()], out)
+    if snap is None:
+        out.write("not running (no status snapshot)\n")
+        return counts
+    assert age is not None
+    if running:
+        out.write(
+            f"running: pid {snap.get('pid')}, {snap.get('state')}, snapshot "
+            f"{age:.1f}s old, {snap.get('rate', 0):,.0f} outcomes/s\n"
+        )
+    else:
+        out.write(f"not running: last run {snap.get('state')} {format_duration(age)} ago\n")
+    this_run = snap.get("this_run") or {}
+    out.write(f"this run: {counts_line(this_run)}\n")
+    sites = snap.get("sites") or []
+    if sites:
+        out.write("sites:" if running else "sites (at the last snapshot):")
+        out.write("\n")
+        header = ["site", "domains", "queued", "conn", "rate", "state", "last error"]
+        write_table([header, *iter_site_rows(sites)], out)
+    return counts
+
+
+@click.command()
+@click.argument(
+    "journals",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="table: counts per status, bounce category and domain; csv/jsonl: every outcome.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here (created 0600) instead of stdout.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="csv/jsonl: only recipients in this status (repeatable).",
+)
+@click.option(
+    "--domains",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="table: how many domains to list (the largest).",
+)
+@debug_option
+def report(
+    journals: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    statuses: tuple[str, ...],
+    domains: int,
+) -> None:
+    """Report a campaign's outcomes from its journal, or its shards' journals merged.
+
+    While a run holds a journal, its last committed state is read (`status` shows the run).
+    """
+    with JournalSet(journals) as j, _output(output) as out:
+        for path in j.live:
+            info(f"{path} is in use by a run: reporting its last committed state")
+        if fmt == "csv":
+            j.export_csv(out, [Status(s) for s in statuses] or None)
+        elif fmt == "jsonl":
+            j.export_jsonl(out, [Status(s) for s in statuses] or None)
+        else:
+            write_report_table(j, out, top_domains=domains)
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    with open_private(path) as out:
+        yield out
+
+
+def write_report_table(
+    journal: Journal | JournalSet, out: TextIO, *, top_domains: int = 20
+) -> None:
+    """The ``report --format table`` text."""
+    tally = journal.tally()
+    total = tally.rows
+    out.write(f"campaign journal {journal.path}\n\n")
+    rows = [["status", "recipients", "share"]]
+    for state, n in tally.by_state().items():
+        rows.append(
+            [state.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
+        )
+    rows.append(["total", f"{total:,}", ""])
+    write_table(rows, out, indent="")
+    out.write(f"\n{rows_line(tally)}\n")
+    out.write(f"sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
+    categories = journal.counts_by_category()
+    if categories:
+        out.write("\nbounces by category\n")
+        write_table(
+            [["category", "recipients"]]
+            + [[c.value, f"{n:,}"] for c, n in sorted(categories.items(), key=lambda x: -x[1])],
+            out,
+            indent="",
+        )
+    expired = journal.counts_by_category([Status.EXPIRED])
+    if expired:
+        out.write("\nexpired by category of the last reply\n")
+        write_table(
+            [["category", "recipients"]]
+            + [[c.value, f"{n:,}"] for c, n in sorted(expired.items(), key=lambda x: -x[1])],
+            out,
+            indent="",
+        )
+    by_domain = journal.counts_by_domain()
+    if by_domain and top_domains:
+        largest = sorted(by_domain.items(), key=lambda x: (-sum(x[1].values()), x[0]))
+        shown = largest[:top_domains]
+        more = len(largest) - len(shown)
+        out.write(f"\ndomains ({len(by_domain):,}; the largest {len(shown)})\n")
+        cols = [Status.DELIVERED, Status.BOUNCED, Status.EXPIRED]
+        rows = [["domain", "recipients", "delivered", "bounced", "expired", "waiting", "other"]]
+        for domain, c in shown:
+            n = sum(c.values())
+            waiting = c.get(Status.PENDING, 0) + c.get(Status.IN_DOUBT, 0)
+            other = n - waiting - sum(c.get(s, 0) for s in cols)
+            rows.append(
+                [
+                    domain,
+                    f"{n:,}",
+                    *(f"{c.get(s, 0):,}" for s in cols),
+                    f"{waiting:,}",
+                    f"{other:,}",
+                ]
+            )
+        write_table(rows, out, indent="")
+        if more:
+            out.write(f"... and {more:,} more domains\n")

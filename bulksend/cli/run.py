@@ -1,0 +1,362 @@
+"""Running a campaign from the command line: one process, or ``--workers`` shard processes.
+
+Signals during a run: the first SIGINT or SIGTERM stops gracefully (no new transaction;
+in-flight ones get ``--grace`` seconds; the journal is flushed); a second aborts at once
+(the journal stays consistent: transactions without a recorded outcome are
+counted in doubt on resume).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from bulksend.campaign.render import Campaign
+from bulksend.cli.options import RunFlags
+from bulksend.cli.output import (
+    RunResult,
+    attempts_by_kind,
+    counts_line,
+    exit_code,
+    info,
+    print_summary,
+    say_halted,
+    warn,
+    write_tally,
+)
+from bulksend.cli.progress import AccountingLog, Progress, Tally, open_private, snapshot_path
+from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
+from bulksend.delivery.scheduler import Scheduler
+from bulksend.delivery.shard import Shard
+from bulksend.delivery.workers import WorkerPool, WorkerState
+from bulksend.errors import ConfigError
+from bulksend.journal import Journal, JournalSet, Status
+from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
+from bulksend.metrics import serve as serve_registry
+
+
+def serve_metrics(registry: CollectorRegistry, flags: RunFlags) -> MetricsServer:
+    assert flags.metrics_port is not None
+    try:
+        return serve_registry(registry, flags.metrics_port, flags.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {flags.metrics_port}: cannot listen on {flags.metrics_host}:"
+            f"{flags.metrics_port} ({exc.strerror or exc}); choose another port, or 0 for any "
+            "free one"
+        ) from None
+
+
+def campaign_sidecar(journal: Path) -> Path:
+    """The file next to a journal that names its campaign file (for ``resume``)."""
+    return journal.with_name(journal.name + ".campaign")
+
+
+@dataclass
+class _RunControl:
+    scheduler: Scheduler | None = None
+    signals: int = 0
+    abort: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def on_start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        if self.signals:
+            scheduler.stop()
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        else:
+            self.abort.cancel()  # nothing sent yet (importing): stop at once
+
+
+async def watch_signals(
+    on_signal: Callable[[int, str], object],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``on_signal(n, name)`` on the n-th SIGINT or SIGTERM (1: stop; 2: abort), forever.
+
+    Started with ``nursery.start``, the signals are ours once it returns.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        received = 0
+        async for signum in signals:
+            received += 1
+            on_signal(received, signal.Signals(signum).name)
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.CancelScope() as scope:
+        await watch_signals(lambda _n, _name: scope.cancel())
+
+
+def _on_run_signal(
+    control: _RunControl, grace: float, progress: Progress
+) -> Callable[[int, str], None]:
+    def on_signal(received: int, name: str) -> None:
+        control.signals = received
+        if received == 1 and control.scheduler is None:
+            progress.message(f"bulksend: {name}: stopping before sending began")
+            control.stop()
+        elif received == 1:
+            progress.message(
+                f"bulksend: {name}: stopping; in-flight messages get up to {grace:g}s "
+                "(signal again to abort at once)"
+            )
+            control.stop()
+        else:
+            progress.message(f"bulksend: {name}: aborting")
+            control.abort.cancel()
+
+    return on_signal
+
+
+async def execute_run(
+    campaign: Campaign,
+    options: RunOptions,
+    *,
+    flags: RunFlags,
+    campaign_path: Path | None,
+    stream: TextIO,
+    metrics: Metrics | None = None,
+    metrics_server: MetricsServer | None = None,
+    tally: Tally | None = None,
+    watch: Callable[[Scheduler, Progress], Any] | None = None,
+) -> RunResult:
+    """Run a campaign with signals, progress, status snapshot, accounting and metrics.
+
+    ``watch(scheduler, progress)``, if given, is started as a task once sending begins (the
+    demo uses it to end its run).
+    """
+    metrics = metrics or Metrics()
+    if metrics_server is None and flags.metrics_port is not None:
+        metrics_server = serve_metrics(metrics.registry, flags)
+        info(f"metrics at {metrics_server.url}")
+    tally = tally or Tally()
+    if flags.accounting is not None:
+        tally.accounting = AccountingLog(flags.accounting)
+    tty = stream.isatty()
+    progress = Progress(
+        tally,
+        stream,
+        tty=tty,
+        journal=options.journal_path,
+        campaign=campaign_path,
+        quiet=flags.quiet,
+        metrics=metrics,
+    )
+    control = _RunControl()
+    summary: RunSummary | None = None
+    state = "aborted"
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch_signals, _on_run_signal(control, options.grace, progress))
+            await nursery.start(progress.run)
+
+            def on_start(scheduler: Scheduler) -> None:
+                control.on_start(scheduler)
+                progress.attach(scheduler)
+                if watch is not None:
+                    nursery.start_soon(watch, scheduler, progress)
+
+            with control.abort:
+                summary = await run_campaign(
+                    campaign,
+                    options,
+                    metrics=metrics,
+                    on_start=on_start,
+                    on_outcome=tally,
+                    on_journal=_show_changes,
+                    on_import=progress.importing,
+                )
+            nursery.cancel_scope.cancel()
+        if summary is not None:
+            state = "finished" if summary.complete else "stopped"
+    finally:
+        progress.finish(state)
+        if tally.accounting is not None:
+            tally.accounting.close()
+    return RunResult(
+        summary,
+        control.signals > 0,
+        control.scheduler is not None,
+        metrics_server=metrics_server,
+    )
+
+
+def _show_changes(journal: Journal) -> None:
+    """Say what changed in the campaign since its journal was written (a resume goes on)."""
+    if "policy" in journal.changes:
+        info(f"sending policy changed since the last run: {journal.changes['policy']}")
+    if "content" in journal.changes:
+        warn(f"campaign content changed (--force): {journal.changes['content']}")
+
+
+def serve_until_signal(server: MetricsServer) -> None:
+    """Keep the process (and its metrics endpoint) up until SIGINT or SIGTERM."""
+
+    info(f"serving metrics at {server.url} until SIGINT/SIGTERM")
+    trio.run(wait_for_signal)
+
+
+def _write_sidecar(campaign: Campaign, journal: Path) -> None:
+    with open_private(campaign_sidecar(journal)) as out:
+        out.write(str(campaign.config.source) + "\n")
+
+
+def _forget_missing_journal(journal: Path) -> None:
+    """After a run that left no journal (nothing imported), remove the files naming it."""
+    if not journal.exists():
+        campaign_sidecar(journal).unlink(missing_ok=True)
+        snapshot_path(journal).unlink(missing_ok=True)
+
+
+def run_single(campaign: Campaign, journal: Path, flags: RunFlags) -> int:
+    options = flags.options(journal, campaign)
+    _write_sidecar(campaign, options.journal_path)
+    journal = options.journal_path
+
+    async def go() -> RunResult:
+        return await execute_run(
+            campaign,
+            options,
+            flags=flags,
+            campaign_path=campaign.config.source,
+            stream=sys.stderr,
+        )
+
+    try:
+        result = trio.run(go)
+    except BaseException:
+        _forget_missing_journal(journal)
+        raise
+    server = result.metrics_server
+    try:
+        print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
+        sys.stdout.flush()
+        halted = say_halted([result.summary])
+        if flags.keep_serving and server is not None and not result.signalled:
+            serve_until_signal(server)
+    finally:
+        if server is not None:
+            server.close()
+    summary = result.summary
+    return exit_code(
+        halted=halted,
+        complete=summary is not None and summary.complete,
+        counts=summary.counts if summary is not None else {},
+        exit_zero_when_complete=flags.exit_zero_when_complete,
+    )
+
+
+def run_workers(campaign: Campaign, journal: Path, flags: RunFlags, count: int) -> int:
+    """``send --workers N``: N shard processes, one progress line, one metrics endpoint."""
+    options = flags.options(journal, campaign)
+    for index in range(count):
+        _write_sidecar(campaign, Shard(index, count).journal(journal))
+    pool = WorkerPool(campaign.config.source, os.environ, options, count)
+    server: MetricsServer | None = None
+    if flags.metrics_port is not None:
+        registry = CollectorRegistry()
+        register_process_metrics(registry)
+        registry.register(pool.collector())
+        server = serve_metrics(registry, flags)
+        info(f"metrics at {server.url} (all workers)")
+    started = time.monotonic()
+
+    async def go() -> tuple[list[WorkerState], int]:
+        signals = 0
+        async with trio.open_nursery() as nursery:
+
+            def on_signal(received: int, name: str) -> None:
+                nonlocal signals
+                signals = received
+                if received == 1:
+                    info(f"{name}: stopping every worker")
+                    pool.stop()
+                else:
+                    nursery.cancel_scope.cancel()
+
+            async def report_progress() -> None:
+                every = 1.0 if sys.stderr.isatty() else 5.0
+                while True:
+                    await trio.sleep(every)
+                    if not flags.quiet:
+                        info(_workers_line(pool))
+
+            nursery.start_soon(watch_signals, on_signal)
+            nursery.start_soon(report_progress)
+            states = await pool.run()
+            nursery.cancel_scope.cancel()
+        return states, signals
+
+    try:
+        states, signals = trio.run(go)
+        counts, complete = _workers_summary(
+            pool, states, journal, started, sys.stdout, rejects=campaign.config.recipients.rejects
+        )
+        halted = say_halted(st.summary for st in states)
+        if flags.keep_serving and server is not None and not signals:
+            serve_until_signal(server)
+    finally:
+        if server is not None:
+            server.close()
+    return exit_code(
+        halted=halted,
+        complete=complete,
+        counts=counts,
+        exit_zero_when_complete=flags.exit_zero_when_complete,
+    )
+
+
+def _workers_summary(
+    pool: WorkerPool,
+    states: list[WorkerState],
+    journal: Path,
+    started: float,
+    out: TextIO,
+    *,
+    rejects: Path,
+) -> tuple[Mapping[Status, int], bool]:
+    """Print the merged outcome of the shards; returns the counts and whether all are done."""
+    with JournalSet([st.shard.journal(journal) for st in states]) as merged:
+        tally = merged.tally()
+    complete = all(st.summary is not None and st.summary.complete for st in states)
+    write_tally(
+        out,
+        state="complete" if complete else "stopped before completion",
+        elapsed=time.monotonic() - started,
+        outcomes=pool.outcomes(),
+        tally=tally,
+        rejects=[st.shard.journal(rejects) for st in states],
+        how=f" with {len(states)} workers",
+    )
+    for st in states:
+        if st.failed:
+            out.write(
+                f"  shard {st.shard} failed ({st.error or f'exit code {st.exitcode}'}); "
+                f"continue it with: bulksend resume {st.shard.journal(journal)}\n"
+            )
+    return tally.statuses, complete
+
+
+def _workers_line(pool: WorkerPool) -> str:
+    backed_off = [s.site for s in pool.sites() if s.backed_off]
+    line = "workers: " + counts_line(attempts_by_kind(pool.outcomes()))
+    if backed_off:
+        line += f"  backed off: {', '.join(backed_off[:3])}"
+        if len(backed_off) > 3:
+            line += f" +{len(backed_off) - 3}"
+    return line

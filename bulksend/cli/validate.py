@@ -1,0 +1,143 @@
+"""``validate``: a campaign's configuration, templates, recipients and DNS records."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import click
+import trio
+
+from bulksend.campaign.authcheck import Finding, check_authentication
+from bulksend.campaign.recipients import Reject
+from bulksend.campaign.render import Campaign, RenderError
+from bulksend.cli.options import debug_option, not_fqdn
+from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED
+from bulksend.cli.progress import write_private_bytes
+from bulksend.config import is_fqdn
+from bulksend.delivery.run import ehlo_hostname
+from bulksend.errors import ConfigError
+from bulksend.routing import system_nameservers
+from bulksend.text import printable
+
+
+@click.command()
+@click.argument("campaign_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Render this many recipients (the first ones).",
+)
+@click.option(
+    "--previews",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Write this many rendered messages as .eml files (0600).",
+)
+@click.option(
+    "--preview-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where previews go; default <campaign dir>/previews.",
+)
+@click.option("--no-dns", is_flag=True, help="Skip the SPF, DKIM and DMARC lookups.")
+@click.option(
+    "--nameserver",
+    "nameservers",
+    multiple=True,
+    help="DNS resolver for the lookups (repeatable); default the campaign's [routing] "
+    "nameservers, else the system's (/etc/resolv.conf).",
+)
+@click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)
+@debug_option
+def validate(
+    *,
+    campaign_file: Path,
+    sample: int,
+    previews: int,
+    preview_dir: Path | None,
+    no_dns: bool,
+    nameservers: tuple[str, ...],
+    dns_port: int,
+) -> None:
+    """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS."""
+    campaign = Campaign.load(campaign_file, os.environ)
+    campaign.check_recipients(sample)
+    config = campaign.config
+    findings = [Finding("ok", f"campaign {config.id}: configuration and templates load")]
+    findings += [Finding("warning", w) for w in campaign.warnings]
+    for signer in campaign.signers:
+        findings.append(
+            Finding(
+                "ok",
+                f"DKIM key loaded: {signer.algorithm.value} "
+                f"{signer.selector}._domainkey.{signer.domain}",
+            )
+        )
+    ehlo = ehlo_hostname(config, None)
+    findings.append(
+        Finding("ok", f"EHLO name: {ehlo}") if is_fqdn(ehlo) else Finding("warning", not_fqdn(ehlo))
+    )
+    rejects: list[Reject] = []
+    rendered = 0
+    kept: list[bytes] = []  # only the previews: each message may be max_message_size
+    failures: list[str] = []
+    now = time.time()
+    keep = max(sample, previews)
+    reader = iter(campaign.recipients(rejects.append))
+    for recipient in reader:
+        if rendered + len(failures) >= keep:
+            break
+        try:
+            data = campaign.render(recipient, now=now).data
+        except RenderError as exc:
+            failures.append(str(exc))
+            continue
+        rendered += 1
+        if len(kept) < previews:
+            kept.append(data)
+    if isinstance(reader, Generator):
+        reader.close()  # the file it reads
+    tried = rendered + len(failures)
+    if failures:
+        findings += [Finding("warning", f"render failure: {f}") for f in failures[:5]]
+    findings.append(
+        Finding(
+            "ok" if tried and not failures else "warning",
+            f"recipients: {rendered:,} of the first {tried:,} rendered"
+            + (f"; {len(rejects):,} rows rejected before them" if rejects else ""),
+        )
+    )
+    for reject in rejects[:5]:
+        findings.append(
+            Finding(
+                "warning", f"rejected row: line {reject.line}: {reject.raw_email}: {reject.reason}"
+            )
+        )
+    if previews:
+        directory = preview_dir or config.source.parent / "previews"
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(kept, 1):
+            write_private_bytes(directory / f"preview-{i:03d}.eml", data)
+        findings.append(Finding("ok", f"{len(kept)} previews in {directory}"))
+    if not no_dns:
+        servers = tuple(nameservers) or config.routing.nameservers or _system_or_none()
+        if servers:
+            findings += trio.run(check_authentication, campaign, servers, dns_port)
+        else:
+            findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
+    for f in findings:
+        click.echo(printable(f"{f.level}: {f.text}"))  # DNS text is anyone's
+    warnings = sum(1 for f in findings if f.level != "ok")
+    click.echo(f"{warnings} warning(s)" if warnings else "campaign looks good")
+    raise SystemExit(EXIT_UNDELIVERED if warnings else EXIT_OK)
+
+
+def _system_or_none() -> tuple[str, ...]:
+    try:
+        return system_nameservers()
+    except ConfigError:
+        return ()
