@@ -183,24 +183,19 @@ def write_report_table(
     write_table(rows, out, indent="")
     out.write(f"\n{rows_line(tally)}\n")
     out.write(f"sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
-    categories = journal.counts_by_category()
-    if categories:
-        out.write("\nbounces by category\n")
-        write_table(
-            [["category", "recipients"]]
-            + [[c.value, f"{n:,}"] for c, n in sorted(categories.items(), key=lambda x: -x[1])],
-            out,
-            indent="",
-        )
-    expired = journal.counts_by_category([Status.EXPIRED])
-    if expired:
-        out.write("\nexpired by category of the last reply\n")
-        write_table(
-            [["category", "recipients"]]
-            + [[c.value, f"{n:,}"] for c, n in sorted(expired.items(), key=lambda x: -x[1])],
-            out,
-            indent="",
-        )
+    for title, statuses in (
+        ("bounces by category", [Status.BOUNCED]),
+        ("expired by category of the last reply", [Status.EXPIRED]),
+    ):
+        categories = journal.counts_by_category(statuses)
+        if categories:
+            out.write(f"\n{title}\n")
+            ranked = sorted(categories.items(), key=lambda x: -x[1])
+            write_table(
+                [["category", "recipients"]] + [[c.value, f"{n:,}"] for c, n in ranked],
+                out,
+                indent="",
+            )
     by_domain = journal.counts_by_domain()
     if by_domain and top_domains:
         largest = sorted(by_domain.items(), key=lambda x: (-sum(x[1].values()), x[0]))
