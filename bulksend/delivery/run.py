@@ -372,11 +372,11 @@ async def _import(
     except BaseException:
         with contextlib.suppress(JournalError):
             if not any(journal.counts().values()):
-                _discard(journal)  # a failed first import leaves no journal behind
+                journal.discard()  # a failed first import leaves no journal behind
         raise
     if imported is not None and options.shard is None and not journal.waiting():
         # Nothing to send: leave no journal that a corrected file would resume into.
-        _discard(journal)
+        journal.discard()
         raise ConfigError(
             f"{config.recipients.file}: no recipient to send (the file has no rows, or "
             f"every row was rejected: see {config.recipients.rejects}); fix the file and "
@@ -425,12 +425,6 @@ async def _watch_suppression(
             )
             if n:
                 delivery.on_final()  # they may have been the last ones waiting
-
-
-def _discard(journal: Journal) -> None:
-    journal.close()
-    for suffix in ("", "-wal", "-shm", ".state"):
-        Path(f"{journal.path}{suffix}").unlink(missing_ok=True)
 
 
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:

@@ -359,6 +359,14 @@ class Journal(_Reports):
                 f"journal {str(self.path)!r}: cannot write its state file: {e}"
             ) from e
 
+    def discard(self) -> None:
+        """Close and delete the journal with its -wal, -shm and state files (a run that
+        imported nothing to send leaves none behind)."""
+        self.close()
+        for path in (self.path, *(Path(f"{self.path}{s}") for s in ("-wal", "-shm"))):
+            path.unlink(missing_ok=True)
+        _state_path(self.path).unlink(missing_ok=True)
+
     def close(self) -> None:
         """Close the connection and release the lock (idempotent)."""
         if self._lock_fd < 0:
