@@ -52,6 +52,7 @@ import email_validator
 
 from bulksend.config import decoding_problem
 from bulksend.errors import ConfigError
+from bulksend.files import private_fd
 
 __all__ = [
     "FingerprintSet",
@@ -280,13 +281,12 @@ class RejectsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = private_fd(path, os.O_WRONLY | os.O_TRUNC)
         except OSError as exc:
             raise ConfigError(
                 f"{path}: cannot create the rejects file ({exc.strerror}). Check "
                 "recipients.rejects."
             ) from None
-        os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
         self._file = open(fd, "w", encoding="utf-8", newline="", errors="backslashreplace")  # noqa: SIM115
         self._writer = csv.writer(self._file)
         self._writer.writerow(["line", "email", "reason"])

@@ -12,9 +12,9 @@ import trio
 
 from bulksend.cli.options import RunFlags, debug_option, demo_metrics_options, load_campaign
 from bulksend.cli.output import EXIT_OK, EXIT_STOPPED, RunResult, info, print_summary
-from bulksend.cli.progress import open_private
 from bulksend.cli.report import write_report_table
 from bulksend.cli.run import execute_run, serve_until_signal, wait_for_signal
+from bulksend.files import open_private
 from bulksend.journal import Journal
 
 

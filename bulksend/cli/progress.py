@@ -46,6 +46,7 @@ import trio
 
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
+from bulksend.files import open_private
 from bulksend.journal import Due, JournalPeek, Kind, Outcome
 from bulksend.metrics import Metrics
 from bulksend.text import printable
@@ -56,11 +57,9 @@ __all__ = [
     "Tally",
     "fit",
     "format_duration",
-    "open_private",
     "read_snapshot",
     "site_labels",
     "snapshot_path",
-    "write_private_bytes",
     "write_snapshot",
 ]
 
@@ -73,35 +72,6 @@ _PEEK_EVERY: Final = 3.0
 _RATE_WINDOW: Final = 10.0
 #: Outcome kinds the display and the accounting log count (throttled ones are our own pacing).
 SHOWN_KINDS: Final = (Kind.DELIVERED, Kind.DEFERRED, Kind.BOUNCED, Kind.IN_DOUBT)
-
-
-def _private_fd(path: Path, *, append: bool) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_private(path: Path, *, append: bool = False) -> TextIO:
-    """Open ``path`` for writing text, created with mode 0600 (it holds personal data).
-
-    An existing file is made 0600 too, so nothing written here is readable by others.
-
-    Raises:
-        OSError: the file cannot be created or opened.
-    """
-    fd = _private_fd(path, append=append)
-    return os.fdopen(fd, "a" if append else "w", encoding="utf-8", newline="")
-
-
-def write_private_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, created (or truncated) with mode 0600."""
-    with os.fdopen(_private_fd(path, append=False), "wb") as out:
-        out.write(data)
 
 
 def _iso(t: float) -> str:

@@ -19,10 +19,10 @@ from bulksend.cli.progress import (
     SNAPSHOT_STALE,
     format_duration,
     iter_site_rows,
-    open_private,
     read_snapshot,
     snapshot_path,
 )
+from bulksend.files import open_private
 from bulksend.journal import Journal, JournalPeek, JournalSet, Status
 
 

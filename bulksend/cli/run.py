@@ -33,12 +33,13 @@ from bulksend.cli.output import (
     warn,
     write_tally,
 )
-from bulksend.cli.progress import AccountingLog, Progress, Tally, open_private, snapshot_path
+from bulksend.cli.progress import AccountingLog, Progress, Tally, snapshot_path
 from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import ConfigError
+from bulksend.files import open_private
 from bulksend.journal import Journal, JournalSet, Status
 from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry

@@ -19,12 +19,12 @@ import trio
 from bulksend.campaign.render import Campaign
 from bulksend.cli.options import RunFlags, flags_from, load_campaign, run_options
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED, info, warn
-from bulksend.cli.progress import open_private
 from bulksend.cli.run import campaign_sidecar, run_single, run_workers
 from bulksend.delivery.dry_run import dry_run
 from bulksend.delivery.run import routing_config
 from bulksend.delivery.shard import Shard
 from bulksend.errors import ConfigError
+from bulksend.files import open_private
 from bulksend.journal import Journal
 from bulksend.routing import Router
 from bulksend.text import printable

@@ -15,10 +15,10 @@ from bulksend.campaign.recipients import Reject
 from bulksend.campaign.render import Campaign, RenderError
 from bulksend.cli.options import debug_option, not_fqdn
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED
-from bulksend.cli.progress import write_private_bytes
 from bulksend.config import is_fqdn
 from bulksend.delivery.run import ehlo_hostname
 from bulksend.errors import ConfigError
+from bulksend.files import write_private_bytes
 from bulksend.routing import system_nameservers
 from bulksend.text import printable
 

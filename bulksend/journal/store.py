@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
+from bulksend.files import private_fd
 from bulksend.journal.exports import _Reports
 from bulksend.journal.identity import _describe_changes, _is_policy_part, _normalise_identity
 from bulksend.journal.integrity import (
@@ -122,8 +123,8 @@ class Journal(_Reports):
         if identity is None and not p.exists():
             raise JournalError(f"there is no journal at {str(p)!r}")
         try:
-            # 0600 before SQLite sees it; O_CREAT leaves an existing file's mode alone.
-            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # 0600 before SQLite sees it (its -wal and -shm files take this file's mode).
+            fd = private_fd(p, os.O_RDWR)
         except OSError as e:
             raise JournalError(f"cannot open journal {str(p)!r}: {e}") from e
         try:
@@ -137,7 +138,6 @@ class Journal(_Reports):
                 + "; `bulksend status` shows its progress"
             ) from e
         db: sqlite3.Connection | None = None
-        old_umask = os.umask(0o077)  # -wal and -shm: 0600 too
         try:
             db = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
             journal = cls(p, db, fd, policy or RetryPolicy(), rng or random.Random())
@@ -147,8 +147,6 @@ class Journal(_Reports):
                 db.close()
             os.close(fd)
             raise
-        finally:
-            os.umask(old_umask)
         return journal
 
     @classmethod
@@ -244,9 +242,7 @@ class Journal(_Reports):
         if fresh and identity is None:
             raise JournalError(f"{where} does not exist yet; a campaign identity is needed")
         try:
-            self._state_fd = os.open(
-                _state_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            self._state_fd = private_fd(_state_path(self.path), os.O_RDWR)
         except OSError as e:
             raise JournalError(f"{where}: cannot open its state file: {e}") from e
         if fresh:
