@@ -5,6 +5,7 @@ hands out claims, answers the scheduler's queries and commits outcomes in batche
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class JournalMetrics(Protocol):
 class JournalWriter:
     """The one task that writes outcomes during a run, in batched transactions.
 
-    Start ``run`` with ``nursery.start``; record with :meth:`record`, make durable with
+    Start ``run`` with ``nursery.start``; record with :meth:`add`, make durable with
     :meth:`flush`, and end with :meth:`aclose` (commits what is queued, then ``run`` returns).
     A write failure makes ``run`` raise :class:`JournalError`, and every later call too.
 
@@ -77,7 +78,6 @@ class JournalWriter:
         *,
         batch_size: int = 500,
         interval: float = 0.2,
-        buffer: int = 4096,
         offload: bool = True,
         metrics: JournalMetrics | None = None,
     ) -> None:
@@ -86,7 +86,7 @@ class JournalWriter:
         self.metrics = metrics
         self.batch_size = batch_size
         self.interval = interval
-        self._send, self._recv = trio.open_memory_channel[_Record | _Flush](buffer)
+        self._send, self._recv = trio.open_memory_channel[_Record | _Flush](math.inf)
         self._lock = trio.Lock()
         self._failure: JournalError | None = None
         self._started = False
@@ -187,16 +187,27 @@ class JournalWriter:
             return JournalError(f"the journal writer failed: {self._failure}")
         return JournalError("the journal writer is closed; nothing more is recorded")
 
-    async def record(
-        self, recipient_id: int, outcome: Outcome, *, now: float | None = None
-    ) -> None:
-        """Queue an outcome for the next batch (durable only after :meth:`flush`)."""
+    def add(self, recipient_id: int, outcome: Outcome, *, now: float | None = None) -> None:
+        """Queue an outcome for the next batch (durable only after :meth:`flush`); no await.
+
+        The queue needs no bound of its own: every outcome is for a recipient claimed by
+        :meth:`fetch_due`, and claims are bounded by the senders' batches.
+
+        Raises:
+            JournalError: the writer failed or is closed.
+        """
         self._check_failed()
         item = _Record(recipient_id, outcome, time.time() if now is None else now)
         try:
-            await self._send.send(item)
+            self._send.send_nowait(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._stopped() from None
+
+    async def record(
+        self, recipient_id: int, outcome: Outcome, *, now: float | None = None
+    ) -> None:
+        """:meth:`add`, for callers that are coroutines anyway."""
+        self.add(recipient_id, outcome, now=now)
 
     async def flush(self) -> None:
         """Return once every outcome recorded before this call is committed.
