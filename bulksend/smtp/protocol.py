@@ -309,7 +309,10 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class Verb(enum.Enum):
+class Verb(enum.StrEnum):
+    """An SMTP command (or the greeting, or the message data), as errors name their stage:
+    a ``str``, so ``error.stage == Verb.RCPT`` holds whether a stage was given as either."""
+
     GREETING = "greeting"
     EHLO = "EHLO"
     HELO = "HELO"
