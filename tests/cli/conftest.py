@@ -1,4 +1,4 @@
-"""Fixtures for the command-line tests (helpers live in cli_helpers.py)."""
+"""Fixtures for the command-line tests (helpers live in tests.cli.cli_helpers)."""
 
 from __future__ import annotations
 

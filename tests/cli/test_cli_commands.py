@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import run_bulksend, world_args
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -21,6 +20,7 @@ from bulksend.cli import main as cli
 from bulksend.cli.progress import snapshot_path, write_snapshot
 from bulksend.testing.dns import DNSServer
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from tests.cli.cli_helpers import run_bulksend, world_args
 
 
 def _mode(path: Path) -> int:

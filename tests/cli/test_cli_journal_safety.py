@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import bulksend, run_bulksend, world_args
 
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from tests.cli.cli_helpers import bulksend, run_bulksend, world_args
 
 POLICY = """
 [policy.defaults]

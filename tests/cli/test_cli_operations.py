@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import bulksend, run_bulksend, world_args
 from click.testing import CliRunner
 
 from bulksend.cli import campaign_sidecar, main
@@ -30,6 +29,7 @@ from bulksend.testing.scenario import (
     write_campaign,
 )
 from bulksend.testing.smtp import ServerScript
+from tests.cli.cli_helpers import bulksend, run_bulksend, world_args
 
 
 def _send(runner: CliRunner, campaign: Path, journal: Path, *extra: str) -> tuple[int, str]:

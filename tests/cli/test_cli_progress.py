@@ -21,7 +21,6 @@ from typing import Any, cast
 
 import pytest
 import trio
-from cli_helpers import bulksend, run_bulksend, world_args
 
 from bulksend.cli.progress import AccountingLog, Progress, Tally, format_duration, site_labels
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
@@ -29,6 +28,7 @@ from bulksend.journal import Category, Due, Journal, Outcome, Status
 from bulksend.testing.dns import DNSServer
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
+from tests.cli.cli_helpers import bulksend, run_bulksend, world_args
 
 
 class _Stopping:

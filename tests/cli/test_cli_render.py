@@ -9,7 +9,6 @@ import io
 from pathlib import Path
 
 import trio
-from cli_helpers import run_bulksend, world_args
 from click.testing import CliRunner
 
 from bulksend.cli import main as cli
@@ -22,6 +21,7 @@ from bulksend.testing.scenario import (
     running,
     write_campaign,
 )
+from tests.cli.cli_helpers import run_bulksend, world_args
 
 ONE_SENDER = "[policy.defaults]\nmax_connections = 1\n"
 SITE = SiteSpec("alpha", ("a.test",), "127.0.0.2")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import bulksend, recipients_total, run_bulksend, scrape, world_args
 
 from bulksend.cli.progress import read_snapshot
 from bulksend.journal import Journal, JournalPeek, Status
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
+from tests.cli.cli_helpers import bulksend, recipients_total, run_bulksend, scrape, world_args
 
 SLOW_POLICY = """
 [policy.defaults]

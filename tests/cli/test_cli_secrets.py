@@ -9,12 +9,12 @@ from pathlib import Path
 
 import trio
 import trustme
-from cli_helpers import bulksend, run_bulksend, scrape
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
+from tests.cli.cli_helpers import bulksend, run_bulksend, scrape
 
 PASSWORD = "Pw-0f-the-relay-XYZZY"
 

@@ -9,7 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 import trio
-from cli_helpers import (
+
+from bulksend.delivery.shard import Shard
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from tests.cli.cli_helpers import (
     bulksend,
     recipients_total,
     reported_in_doubt,
@@ -17,9 +20,6 @@ from cli_helpers import (
     scrape,
     world_args,
 )
-
-from bulksend.delivery.shard import Shard
-from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 
 SITES = [
     SiteSpec("big", ("b1.test", "b2.test", "b3.test"), "127.0.0.2", mx_hosts=2),

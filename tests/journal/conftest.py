@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from journal_helpers import IDENTITY, T0, addresses
 
 from bulksend.config import RetryPolicy
 from bulksend.journal import Journal, NewRecipient
+from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from journal_helpers import T0
 
 from bulksend.errors import JournalError
 from bulksend.journal import Journal, Kind, NewRecipient, Status
+from tests.journal.journal_helpers import T0
 
 CHILD = Path(__file__).with_name("crash_child.py")
 REPO = Path(__file__).resolve().parents[2]

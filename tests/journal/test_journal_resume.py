@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from journal_helpers import T0, addresses
-
 from bulksend.delivery.outcome import classify_error
 from bulksend.journal import Journal, Outcome, Status
 from bulksend.smtp.errors import InDoubtError
+from tests.journal.journal_helpers import T0, addresses
 
 Opener = Callable[..., Journal]
 

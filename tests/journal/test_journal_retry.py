@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from journal_helpers import T0
 
 from bulksend.config import RetryPolicy
 from bulksend.journal import Journal, Outcome, Status, plan_step, retry_delay
+from tests.journal.journal_helpers import T0
 
 NO_JITTER = RetryPolicy(initial=300.0, factor=2.0, maximum=4 * 3600.0, jitter=0.0, max_age=86400.0)
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from journal_helpers import IDENTITY, T0, addresses
 
 from bulksend.errors import JournalError
 from bulksend.journal import (
@@ -25,6 +24,7 @@ from bulksend.journal import (
     campaign_identity,
     hash_files,
 )
+from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
 Opener = Callable[..., Journal]
 

@@ -9,10 +9,9 @@ import random
 import sqlite3
 from collections.abc import Callable
 
-from journal_helpers import T0
-
 from bulksend.config import RetryPolicy
 from bulksend.journal import Journal, JournalPeek, Outcome, Status, plan_step
+from tests.journal.journal_helpers import T0
 
 Opener = Callable[..., Journal]
 REASON = "body.txt: 'frist_name' is undefined"

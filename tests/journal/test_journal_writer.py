@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
-from journal_helpers import T0
 
 from bulksend.errors import JournalError
 from bulksend.journal import Journal, JournalWriter, Outcome, Status
+from tests.journal.journal_helpers import T0
 
 
 async def until(condition: Callable[[], bool]) -> None:
