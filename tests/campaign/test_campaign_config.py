@@ -38,11 +38,11 @@ def docs_example() -> str:
 
 
 @pytest.fixture
-def example(campaign_dir: CampaignDir, rsa_pem: str, ed25519_pem: str) -> Path:
+def example(campaign_dir: CampaignDir, rsa_pem: str, ed25519_pem: str, ca: trustme.CA) -> Path:
     for name in ("brochure.pdf", "terms.txt", "suppressed.txt"):
         campaign_dir.write(name, "x\n")
     campaign_dir.write("dkim-rsa.pem", rsa_pem)
-    trustme.CA().cert_pem.write_to_path(str(campaign_dir.root / "internal-ca.pem"))
+    ca.cert_pem.write_to_path(str(campaign_dir.root / "internal-ca.pem"))
     return campaign_dir.toml(docs_example())
 
 

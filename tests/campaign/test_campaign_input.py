@@ -10,7 +10,6 @@ import email
 import email.policy
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import tracemalloc
@@ -33,6 +32,7 @@ from bulksend.errors import ConfigError
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import SiteSpec, campaign_toml, running
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.tls import server_context
 
 if TYPE_CHECKING:
     from conftest import CampaignDir
@@ -412,14 +412,8 @@ def test_lists_and_secrets_may_live_anywhere(campaign_dir: CampaignDir, ed25519_
 # --- [tls] ca_file --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def private_ca() -> trustme.CA:
-    return trustme.CA()
-
-
 async def _send_to_private_ca_mx(tmp_path: Path, ca: trustme.CA, tls: str) -> dict[str, object]:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx1.internal.test").configure_cert(server_ctx)
+    server_ctx = server_context(ca, "mx1.internal.test")
     ca.cert_pem.write_to_path(str(tmp_path / "internal-ca.pem"))
     toml = campaign_toml(policy='[policy.defaults]\ntls = "required"\n', extra=tls)
     path = _write(tmp_path, toml, ["a@internal.test", "b@internal.test"])
@@ -443,12 +437,8 @@ async def _send_to_private_ca_mx(tmp_path: Path, ca: trustme.CA, tls: str) -> di
     return {"transactions": transactions, "states": states}
 
 
-async def test_tls_required_to_a_private_ca_mx_with_ca_file(
-    tmp_path: Path, private_ca: trustme.CA
-) -> None:
-    result = await _send_to_private_ca_mx(
-        tmp_path, private_ca, '[tls]\nca_file = "internal-ca.pem"\n'
-    )
+async def test_tls_required_to_a_private_ca_mx_with_ca_file(tmp_path: Path, ca: trustme.CA) -> None:
+    result = await _send_to_private_ca_mx(tmp_path, ca, '[tls]\nca_file = "internal-ca.pem"\n')
     transactions = result["transactions"]
     assert isinstance(transactions, list)
     assert sorted(r for t in transactions for r in t.rcpt_to) == [
@@ -459,9 +449,9 @@ async def test_tls_required_to_a_private_ca_mx_with_ca_file(
 
 
 async def test_tls_required_to_a_private_ca_mx_without_ca_file_defers(
-    tmp_path: Path, private_ca: trustme.CA
+    tmp_path: Path, ca: trustme.CA
 ) -> None:
-    result = await _send_to_private_ca_mx(tmp_path, private_ca, "")
+    result = await _send_to_private_ca_mx(tmp_path, ca, "")
     assert result["transactions"] == []
     states = result["states"]
     assert isinstance(states, list)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import ssl
 import stat
 from pathlib import Path
 
@@ -15,14 +14,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
 from tests.cli.cli_helpers import bulksend, run_bulksend, scrape
+from tests.helpers.tls import server_context
 
 PASSWORD = "Pw-0f-the-relay-XYZZY"
 
 
-async def test_no_secret_in_any_output(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.2").configure_cert(server_ctx)
+async def test_no_secret_in_any_output(tmp_path: Path, ca: trustme.CA) -> None:
+    server_ctx = server_context(ca, "127.0.0.2")
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     key = ed25519.Ed25519PrivateKey.generate()

@@ -4,7 +4,6 @@ backoff, isolation, stopping."""
 from __future__ import annotations
 
 import itertools
-import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from bulksend.testing.scenario import (
     write_campaign,
 )
 from bulksend.testing.smtp import ServerScript, Session
+from tests.helpers.tls import client_context, server_context
 
 FAST_RETRY = """
 [policy.retry]
@@ -260,12 +260,9 @@ async def test_dns_failures_are_classified(tmp_path: Path) -> None:
     assert bounced.category.value == "dns"
 
 
-async def test_required_tls_to_a_site(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx1.secure.test").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+async def test_required_tls_to_a_site(tmp_path: Path, ca: trustme.CA) -> None:
+    server_ctx = server_context(ca, "mx1.secure.test")
+    client_ctx = client_context(ca)
     sites = [
         SiteSpec("secure", ("secure.test",), "127.0.0.2", ServerScript(tls_context=server_ctx))
     ]

@@ -3,7 +3,6 @@ a reply out of step is never a delivery, and every refusal is filed under its ca
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from bulksend.testing.scenario import (
     write_campaign,
 )
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.tls import server_context
 
 # One try only: what the first attempt recorded stays in the journal.
 ONE_TRY = """
@@ -129,15 +129,13 @@ def test_an_error_carrying_a_2xx_or_3xx_is_never_a_delivery(code: int) -> None:
     assert outcome.text == f"protocol error: unexpected reply to DATA: {code} odd"
 
 
-async def test_every_healthy_connection_ends_with_quit(tmp_path: Path) -> None:
+async def test_every_healthy_connection_ends_with_quit(tmp_path: Path, ca: trustme.CA) -> None:
     # RFC 5321 §4.1.1.10: TLS and plaintext sites, connections replaced after a few messages
     # and closed at the end of the run; each one must have said QUIT before closing. (The
     # last sender used to leave before its QUIT, and the end of the run cut that short.)
-    ca = trustme.CA()
     sites = []
     for i in range(4):
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(f"mx1.s{i}.test").configure_cert(context)
+        context = server_context(ca, f"mx1.s{i}.test")
         script = ServerScript(tls_context=context if i % 2 == 0 else None)
         sites.append(SiteSpec(f"s{i}", (f"s{i}.test",), f"127.0.0.{i + 2}", script))
     policy = """

@@ -16,22 +16,14 @@ from bulksend.delivery.run import RunOptions, run_campaign
 from bulksend.journal import Journal, RecipientState, Status
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.tls import client_context, server_context
 
 PASSWORD = "relay-s3cret-pw"
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def relay_script(ca: trustme.CA, *, tls: bool = True, auth: bool = True) -> ServerScript:
-    context = None
-    if tls:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.2").configure_cert(context)
     return ServerScript(
-        tls_context=context,
+        tls_context=server_context(ca, "127.0.0.2") if tls else None,
         auth_credentials={"bulk": PASSWORD} if auth else None,
         require_auth=auth,
         record_wire=True,
@@ -95,14 +87,8 @@ async def relay_campaign(
     return RelayRun(counts, wire, users, tls, states)
 
 
-def trusting(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
 async def test_relay_with_verified_tls_and_auth(tmp_path: Path, ca: trustme.CA) -> None:
-    run = await relay_campaign(tmp_path, relay_script(ca), trusting(ca))
+    run = await relay_campaign(tmp_path, relay_script(ca), client_context(ca))
     counts, wire, users = run.counts, run.wire, run.users
     assert counts[Status.DELIVERED] == 6
     assert users == ["bulk"] * 6
@@ -120,7 +106,7 @@ async def test_no_auth_when_the_certificate_does_not_verify(tmp_path: Path, ca: 
 
 
 async def test_no_auth_when_the_relay_offers_no_tls(tmp_path: Path, ca: trustme.CA) -> None:
-    run = await relay_campaign(tmp_path, relay_script(ca, tls=False), trusting(ca))
+    run = await relay_campaign(tmp_path, relay_script(ca, tls=False), client_context(ca))
     counts, wire, users = run.counts, run.wire, run.users
     assert users == []
     assert counts[Status.DELIVERED] == 0
@@ -159,7 +145,7 @@ async def test_smarthost_tls_required_without_starttls_sends_nothing(
     run = await relay_campaign(
         tmp_path,
         relay_script(ca, tls=False, auth=False),
-        trusting(ca),
+        client_context(ca),
         routing=NO_AUTH_SMARTHOST.format(tls=tls),
     )
     assert run.counts[Status.DELIVERED] == 0
@@ -170,7 +156,7 @@ async def test_smarthost_tls_required_goes_over_tls(tmp_path: Path, ca: trustme.
     run = await relay_campaign(
         tmp_path,
         relay_script(ca, auth=False),
-        trusting(ca),
+        client_context(ca),
         routing=NO_AUTH_SMARTHOST.format(tls=""),
     )
     assert run.counts[Status.DELIVERED] == 6
@@ -183,7 +169,7 @@ async def test_smarthost_tls_opportunistic_may_go_in_plaintext(
     run = await relay_campaign(
         tmp_path,
         relay_script(ca, tls=False, auth=False),
-        trusting(ca),
+        client_context(ca),
         routing=NO_AUTH_SMARTHOST.format(tls='tls = "opportunistic"'),
     )
     assert run.counts[Status.DELIVERED] == 6
@@ -205,7 +191,7 @@ async def test_override_domain_tls_required_without_starttls(
     run = await relay_campaign(
         tmp_path,
         relay_script(ca, tls=False, auth=False),
-        trusting(ca),
+        client_context(ca),
         routing=OVERRIDES,
         policy=policy,
     )
@@ -222,7 +208,7 @@ async def test_override_tls_required_by_default_policy(tmp_path: Path, ca: trust
     run = await relay_campaign(
         tmp_path,
         relay_script(ca, tls=False, auth=False),
-        trusting(ca),
+        client_context(ca),
         routing=OVERRIDES,
         policy=policy,
     )

@@ -40,6 +40,7 @@ from bulksend.testing.smtp import (
     SMTPServer,
     serving,
 )
+from tests.helpers.tls import client_context, server_context
 
 FAST = Timeouts(
     connect=5,
@@ -410,21 +411,8 @@ async def test_server_receives_exactly_the_normalised_body(body: bytes) -> None:
 # ------------------------------------------------------------------------------ TLS
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def tls_script(ca: trustme.CA, **kwargs: object) -> ServerScript:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx.test").configure_cert(ctx)
-    return ServerScript(tls_context=ctx, **kwargs)  # type: ignore[arg-type]
-
-
-def trusting(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
+    return ServerScript(tls_context=server_context(ca, "mx.test"), **kwargs)  # type: ignore[arg-type]
 
 
 async def test_starttls_injection_has_no_effect(ca: trustme.CA) -> None:
@@ -433,7 +421,7 @@ async def test_starttls_injection_has_no_effect(ca: trustme.CA) -> None:
         with trio.fail_after(10):
             client, _stream = await open_client(server)
             await client.handshake(
-                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+                tls=TlsMode.REQUIRED, ssl_context=client_context(ca), server_hostname="mx.test"
             )
             assert client.tls_active
             assert client.extensions.auth == frozenset()
@@ -449,7 +437,7 @@ async def test_auth_after_starttls(ca: trustme.CA) -> None:
         with trio.fail_after(10):
             client, _ = await open_client(server)
             await client.handshake(
-                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+                tls=TlsMode.REQUIRED, ssl_context=client_context(ca), server_hostname="mx.test"
             )
             await client.authenticate("user", "s3cret")
             assert (await client.send(env("a@x.test"), b"x"))[0].delivered
@@ -740,7 +728,7 @@ async def test_hostile_starttls_replies(
         with trio.fail_after(10):
             client, _ = await open_client(server, timeouts=replace(FAST, starttls=0.3))
             with pytest.raises(error):
-                await client.handshake(tls=TlsMode.OPPORTUNISTIC, ssl_context=trusting(ca))
+                await client.handshake(tls=TlsMode.OPPORTUNISTIC, ssl_context=client_context(ca))
             assert not client.usable
             await client.aclose()
 

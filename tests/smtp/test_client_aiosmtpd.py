@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Envelope as AioEnvelope
 from bulksend.config import TlsMode
 from bulksend.smtp.client import Envelope, SMTPClient, Transaction
 from bulksend.smtp.errors import TLSError
+from tests.helpers.tls import client_context, server_context
 
 
 @dataclass
@@ -67,14 +68,8 @@ def plain_server(recorder: Recorder) -> Iterator[Controller]:
 
 
 @pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
 def tls_server(recorder: Recorder, ca: trustme.CA) -> Iterator[Controller]:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx.test.example").configure_cert(server_ctx)
+    server_ctx = server_context(ca, "mx.test.example")
 
     def authenticator(
         server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
@@ -145,8 +140,7 @@ async def test_all_recipients_refused_sends_no_data(
 async def test_starttls_and_auth(
     tls_server: Controller, recorder: Recorder, ca: trustme.CA
 ) -> None:
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    client_ctx = client_context(ca)
     with trio.fail_after(10):
         client = await SMTPClient.connect("127.0.0.1", port_of(tls_server), hostname="client.test")
         await client.handshake(

@@ -1,4 +1,4 @@
-"""Fixtures for the test SMTP server's tests: a raw-socket client and TLS material."""
+"""Fixtures for the test SMTP server's tests: a raw-socket client (the CA: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
-import trustme
 
 from bulksend.testing.smtp import SMTPServer
 
@@ -89,22 +88,3 @@ async def connect() -> AsyncIterator[Connect]:
     yield _connect
     for wire in wires:
         await trio.aclose_forcefully(wire.stream)
-
-
-@pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx.test", "127.0.0.1", "127.0.0.2").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="session")
-def client_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
