@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bulksend.campaign.render import Campaign
 from bulksend.cli import main
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.metrics import CONNECTION_FAILURE_REASONS, Metrics
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.worlds import run_options
 
 
 def test_default_bind_is_loopback_only() -> None:
@@ -116,14 +117,7 @@ async def test_connection_failure_reasons_are_the_documented_values(tmp_path: Pa
     metrics = Metrics()
     with trio.fail_after(60):
         async with running(sites) as world:
-            options = RunOptions(
-                journal=tmp_path / "journal.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                ehlo_hostname="sender.test",
-                grace=1,
-            )
+            options = run_options(tmp_path, world)
             await run_campaign(Campaign.load(toml, {}), options, metrics=metrics)
     reasons = {
         s.labels["reason"]

@@ -27,12 +27,13 @@ from click.testing import CliRunner
 from bulksend.campaign import Campaign, RenderError
 from bulksend.campaign.recipients import Recipient
 from bulksend.cli import judge_dkim, main
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.errors import ConfigError
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import SiteSpec, campaign_toml, running
 from bulksend.testing.smtp import ServerScript
 from tests.helpers.tls import server_context
+from tests.helpers.worlds import run_options
 
 if TYPE_CHECKING:
     from conftest import CampaignDir
@@ -139,12 +140,8 @@ async def test_the_campaign_ehlo_hostname_is_what_the_server_sees(tmp_path: Path
     sites = [SiteSpec("ehlo", ("ehlo.test",), "127.0.0.2", ServerScript(record_wire=True))]
     with trio.fail_after(30):
         async with running(sites) as world:
-            options = RunOptions(  # no ehlo_hostname: the campaign's
-                journal=tmp_path / "j.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                grace=1,
+            options = run_options(  # no ehlo_hostname: the campaign's
+                tmp_path, world, journal=tmp_path / "j.sqlite3", ehlo_hostname=None
             )
             summary = await run_campaign(Campaign.load(path, {}), options)
             server = world.servers["ehlo"]
@@ -289,13 +286,7 @@ async def test_a_send_goes_on_past_a_recipient_whose_message_is_too_big(tmp_path
     sites = [SiteSpec("big", ("big.test",), "127.0.0.2")]
     with trio.fail_after(30):
         async with running(sites) as world:
-            options = RunOptions(
-                journal=tmp_path / "j.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                grace=1,
-            )
+            options = run_options(tmp_path, world, journal=tmp_path / "j.sqlite3")
             summary = await run_campaign(Campaign.load(path, {}), options)
             received = world.received()
     assert summary.complete
@@ -422,12 +413,8 @@ async def _send_to_private_ca_mx(tmp_path: Path, ca: trustme.CA, tls: str) -> di
     )
     with trio.fail_after(30):
         async with running([site]) as world:
-            options = RunOptions(  # no ssl_verified: the context is built from the campaign
-                journal=tmp_path / "j.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                grace=1,
+            options = run_options(  # no ssl_verified: the context is built from the campaign
+                tmp_path, world, journal=tmp_path / "j.sqlite3"
             )
             with trio.move_on_after(5):
                 await run_campaign(Campaign.load(path, {}), options)

@@ -14,7 +14,8 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulksend.testing.scenario import World
+from bulksend.testing.scenario import World, addresses, campaign_toml, write_campaign
+from tests.helpers.worlds import limits_policy
 
 
 @dataclass
@@ -86,6 +87,16 @@ async def run_bulksend(
     async with bulksend(tmp_path, *args, name=name, env=env) as proc:
         await proc.wait(seconds)
     return proc
+
+
+def paced_campaign(
+    tmp_path: Path, domains: list[str], count: int, rate: int, policy: str = ""
+) -> tuple[Path, list[str]]:
+    """A campaign in ``tmp_path/c`` to ``count`` recipients over ``domains``, sent at ``rate``
+    messages a second per site (two connections), ``policy`` added; its TOML and recipients."""
+    recipients = addresses(domains, count)
+    toml = campaign_toml(policy=limits_policy(rate) + policy)
+    return write_campaign(tmp_path / "c", recipients, toml=toml), recipients
 
 
 def world_args(world: World) -> list[str]:

@@ -11,12 +11,9 @@ import trio
 
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from tests.cli.cli_helpers import bulksend, run_bulksend, world_args
+from tests.helpers.worlds import limits_policy
 
-POLICY = """
-[policy.defaults]
-max_connections = 2
-rate = "50/s"
-"""
+POLICY = limits_policy(50)
 SITE = SiteSpec("alpha", ("a1.test", "a2.test"), "127.0.0.2")
 
 

@@ -14,15 +14,18 @@ import trio
 
 from bulksend.cli.progress import read_snapshot
 from bulksend.journal import Journal, JournalPeek, Status
-from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from bulksend.testing.scenario import SiteSpec, running
 from bulksend.testing.smtp import ServerScript
-from tests.cli.cli_helpers import bulksend, recipients_total, run_bulksend, scrape, world_args
+from tests.cli.cli_helpers import (
+    bulksend,
+    paced_campaign,
+    recipients_total,
+    run_bulksend,
+    scrape,
+    world_args,
+)
 
-SLOW_POLICY = """
-[policy.defaults]
-max_connections = 2
-rate = "{rate}/s"
-
+RETRY_SOON = """
 [policy.retry]
 initial = "1s"
 """
@@ -35,9 +38,7 @@ def _mode(path: Path) -> int:
 
 
 def _campaign(tmp_path: Path, count: int, rate: int) -> tuple[Path, list[str]]:
-    recipients = addresses(DOMAINS, count)
-    toml = campaign_toml(policy=SLOW_POLICY.format(rate=rate))
-    return write_campaign(tmp_path / "c", recipients, toml=toml), recipients
+    return paced_campaign(tmp_path, DOMAINS, count, rate, policy=RETRY_SOON)
 
 
 async def test_send_metrics_accounting_status_match_the_journal(tmp_path: Path) -> None:

@@ -11,34 +11,24 @@ from pathlib import Path
 import trio
 
 from bulksend.delivery.shard import Shard
-from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from bulksend.testing.scenario import running
 from tests.cli.cli_helpers import (
     bulksend,
+    paced_campaign,
     recipients_total,
     reported_in_doubt,
     run_bulksend,
     scrape,
     world_args,
 )
+from tests.helpers.worlds import sharded_sites
 
-SITES = [
-    SiteSpec("big", ("b1.test", "b2.test", "b3.test"), "127.0.0.2", mx_hosts=2),
-    SiteSpec("one", ("one.test",), "127.0.0.3"),
-    SiteSpec("two", ("two.test",), "127.0.0.4"),
-    SiteSpec("three", ("three.test",), "127.0.0.5"),
-]
+SITES = sharded_sites(big_domains=3, small_sites=3)
 DOMAINS = [d for s in SITES for d in s.domains]
-POLICY = """
-[policy.defaults]
-max_connections = 2
-rate = "{rate}/s"
-"""
 
 
 def campaign(tmp_path: Path, count: int, rate: int) -> tuple[Path, list[str]]:
-    recipients = addresses(DOMAINS, count)
-    toml = campaign_toml(policy=POLICY.format(rate=rate))
-    return write_campaign(tmp_path / "c", recipients, toml=toml), recipients
+    return paced_campaign(tmp_path, DOMAINS, count, rate)
 
 
 async def test_send_with_two_workers_one_metrics_endpoint_one_report(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Run a campaign in a child process (the kill test SIGKILLs it at random moments).
 
-Usage: campaign_child.py CAMPAIGN.toml JOURNAL DNS_PORT SMTP_PORT
+Usage: python -m tests.delivery.campaign_child CAMPAIGN.toml JOURNAL DNS_PORT SMTP_PORT
+(from the repository root)
 Prints one JSON line with the run summary when the run ends by itself.
 """
 
@@ -13,18 +14,13 @@ from pathlib import Path
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
+from tests.helpers.worlds import Ports, run_options
 
 
 async def main(toml: str, journal: str, dns_port: int, smtp_port: int) -> None:
-    options = RunOptions(
-        journal=Path(journal),
-        nameservers=("127.0.0.1",),
-        dns_port=dns_port,
-        smtp_port=smtp_port,
-        ehlo_hostname="sender.test",
-        grace=1,
-    )
+    journal_path = Path(journal)
+    options = run_options(journal_path.parent, Ports(dns_port, smtp_port), journal=journal_path)
     summary = await run_campaign(Campaign.load(toml, {}), options)
     print(
         json.dumps(

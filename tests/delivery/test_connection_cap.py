@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import (
@@ -20,17 +20,7 @@ from bulksend.testing.scenario import (
     write_shared_campaign,
 )
 from bulksend.testing.smtp import ServerScript, Session
-
-
-def _options(tmp_path: Path, world: World, grace: float) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=world.dns_port,
-        smtp_port=world.smtp_port,
-        ehlo_hostname="sender.test",
-        grace=grace,
-    )
+from tests.helpers.worlds import run_options
 
 
 def _rows(tmp_path: Path) -> dict[str, tuple[Status, int]]:
@@ -83,7 +73,9 @@ idle_timeout = "1h"
     toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
     with trio.fail_after(60):
         async with running(sites) as world:
-            summary = await run_campaign(Campaign.load(toml, {}), _options(tmp_path, world, 2))
+            summary = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2)
+            )
     assert summary.complete
     assert set(_rows(tmp_path).values()) == {(Status.DELIVERED, 1)}
     assert len(_rows(tmp_path)) == 200
@@ -129,7 +121,9 @@ max_total_connections = 4
 
                 nursery.start_soon(stop_after_four)
                 first = await run_campaign(
-                    Campaign.load(toml, {}), _options(tmp_path, world, 5), on_start=seen.append
+                    Campaign.load(toml, {}),
+                    run_options(tmp_path, world, grace=5),
+                    on_start=seen.append,
                 )
             assert not first.complete
             assert [m for m in mails if m[1] > stopped_at] == []
@@ -138,7 +132,9 @@ max_total_connections = 4
             waiting = {a for a, (status, _attempts) in rows.items() if status is Status.PENDING}
             assert waiting and all(rows[a][1] == 0 for a in waiting)  # handed back, untried
             assert first.counts[Status.DELIVERED] + len(waiting) == 40
-            second = await run_campaign(Campaign.load(toml, {}), _options(tmp_path, world, 5))
+            second = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=5)
+            )
     assert second.complete
     assert set(_rows(tmp_path).values()) == {(Status.DELIVERED, 1)}
     assert world.received() == collections.Counter(recipients)  # each exactly once
@@ -170,7 +166,9 @@ max_age = "1h"
     toml = write_shared_campaign(tmp_path, recipients, per_transaction=2, policy=policy)
     with trio.fail_after(30):
         async with running(sites) as world:
-            summary = await run_campaign(Campaign.load(toml, {}), _options(tmp_path, world, 2))
+            summary = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2)
+            )
     assert summary.complete
     assert world.received() == collections.Counter(recipients)
     assert _peak(world) == 1

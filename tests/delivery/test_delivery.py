@@ -12,7 +12,7 @@ import trio
 import trustme
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
+from bulksend.delivery.run import RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.journal import Journal, Status
 from bulksend.metrics import Metrics
@@ -26,6 +26,7 @@ from bulksend.testing.scenario import (
 )
 from bulksend.testing.smtp import ServerScript, Session
 from tests.helpers.tls import client_context, server_context
+from tests.helpers.worlds import run_options
 
 FAST_RETRY = """
 [policy.retry]
@@ -35,18 +36,6 @@ maximum = "1s"
 jitter = 0.0
 max_age = "1h"
 """
-
-
-def run_options(tmp_path: Path, world: World, **kw: object) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=world.dns_port,
-        smtp_port=world.smtp_port,
-        ehlo_hostname="sender.test",
-        grace=2,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -73,7 +62,7 @@ async def send(
     with trio.fail_after(deadline):
         async with running(sites) as world:
             summary = await run_campaign(
-                Campaign.load(toml, {}), run_options(tmp_path, world), metrics=metrics
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2), metrics=metrics
             )
     return summary, world
 
@@ -113,7 +102,7 @@ max_connections = 1
     with trio.fail_after(60):
         async with running(sites) as world:
             summary = await run_campaign(
-                Campaign.load(toml, {}), run_options(tmp_path, world), on_start=seen.append
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2), on_start=seen.append
             )
     assert summary.counts[Status.DELIVERED] == 40
     assert len(seen[0].destinations) == 1
@@ -202,7 +191,9 @@ greeting = "60s"
 
                 nursery.start_soon(stop_when_fast_is_done)
                 summary = await run_campaign(
-                    Campaign.load(toml, {}), run_options(tmp_path, world), on_start=seen.append
+                    Campaign.load(toml, {}),
+                    run_options(tmp_path, world, grace=2),
+                    on_start=seen.append,
                 )
     assert summary.counts[Status.DELIVERED] == 200
     assert not summary.complete
@@ -234,11 +225,15 @@ rate = "40/s"
 
                 nursery.start_soon(stop_midway)
                 first = await run_campaign(
-                    Campaign.load(toml, {}), run_options(tmp_path, world), on_start=seen.append
+                    Campaign.load(toml, {}),
+                    run_options(tmp_path, world, grace=2),
+                    on_start=seen.append,
                 )
             assert not first.complete
             assert 20 <= first.counts[Status.DELIVERED] < 80
-            second = await run_campaign(Campaign.load(toml, {}), run_options(tmp_path, world))
+            second = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2)
+            )
     assert second.complete
     assert second.counts[Status.DELIVERED] == 80
     accepted = [r for t in server.transactions for r in t.rcpt_to]
@@ -276,7 +271,8 @@ tls = "required"
     with trio.fail_after(30):
         async with running(sites) as world:
             summary = await run_campaign(
-                Campaign.load(toml, {}), run_options(tmp_path, world, ssl_verified=client_ctx)
+                Campaign.load(toml, {}),
+                run_options(tmp_path, world, grace=2, ssl_verified=client_ctx),
             )
             transactions = world.servers["secure"].transactions
     assert summary.counts[Status.DELIVERED] == 5
@@ -304,7 +300,7 @@ messages_per_connection = 2
                 }
             )
             summary = await run_campaign(
-                Campaign.load(toml, {}), run_options(tmp_path, world), metrics=metrics
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2), metrics=metrics
             )
             accepted = [r for t in world.servers["backup"].transactions for r in t.rcpt_to]
     assert summary.counts[Status.DELIVERED] == 10

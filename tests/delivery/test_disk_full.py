@@ -8,17 +8,14 @@ import pytest
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.errors import JournalError
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from tests.helpers.worlds import limits_policy, run_options
 
-POLICY = """
-[policy.defaults]
-max_connections = 2
-rate = "100/s"
-"""
+POLICY = limits_policy(100)
 
 
 async def test_disk_full_stops_sending_and_resume_finishes(tmp_path: Path) -> None:
@@ -29,14 +26,7 @@ async def test_disk_full_stops_sending_and_resume_finishes(tmp_path: Path) -> No
     with trio.fail_after(60):
         async with running(sites) as world:
             server = world.servers["full"]
-            options = RunOptions(
-                journal=tmp_path / "journal.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                ehlo_hostname="sender.test",
-                grace=1,
-            )
+            options = run_options(tmp_path, world)
 
             async def fill_the_disk() -> None:
                 await server.wait_until(lambda: server.stats.messages >= 30)

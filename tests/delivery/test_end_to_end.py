@@ -7,22 +7,11 @@ from pathlib import Path
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import SiteSpec, addresses, running, write_campaign
 from bulksend.testing.smtp import ServerScript
-
-
-def options(tmp_path: Path, world_dns: int, smtp_port: int, **kw: object) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=world_dns,
-        smtp_port=smtp_port,
-        ehlo_hostname="sender.test",
-        grace=5,
-        **kw,  # type: ignore[arg-type]
-    )
+from tests.helpers.worlds import run_options
 
 
 async def test_small_campaign_delivers_everyone_once(tmp_path: Path) -> None:
@@ -40,7 +29,7 @@ async def test_small_campaign_delivers_everyone_once(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with running(sites) as world:
             summary = await run_campaign(
-                Campaign.load(toml, {}), options(tmp_path, world.dns_port, world.smtp_port)
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=5)
             )
             received = [
                 r for s in world.servers.values() for t in s.transactions for r in t.rcpt_to

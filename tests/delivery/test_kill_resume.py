@@ -20,20 +20,19 @@ import trio
 
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from tests.helpers.worlds import limits_policy
 
-CHILD = Path(__file__).with_name("campaign_child.py")
+CHILD = "tests.delivery.campaign_child"
+REPO = Path(__file__).resolve().parents[2]
 DOMAINS = ["k1.test", "k2.test", "k3.test"]
-POLICY = """
-[policy.defaults]
-max_connections = 3
-rate = "150/s"
-"""
+POLICY = limits_policy(150, max_connections=3)
 
 
 async def run_child(toml: Path, journal: Path, dns: int, smtp: int) -> trio.Process:
     return await trio.lowlevel.open_process(
-        [sys.executable, str(CHILD), str(toml), str(journal), str(dns), str(smtp)],
+        [sys.executable, "-m", CHILD, str(toml), str(journal), str(dns), str(smtp)],
         stdout=subprocess.PIPE,
+        cwd=REPO,
     )
 
 

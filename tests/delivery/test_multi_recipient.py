@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
+from bulksend.delivery.run import RunSummary, run_campaign
 from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import (
     SiteSpec,
@@ -19,6 +19,7 @@ from bulksend.testing.scenario import (
     write_shared_campaign,
 )
 from bulksend.testing.smtp import ServerScript, Transaction
+from tests.helpers.worlds import run_options
 
 
 async def send(
@@ -29,14 +30,7 @@ async def send(
     with trio.fail_after(30):
         async with running(sites) as world:
             campaign = Campaign.load(toml, {})
-            options = RunOptions(
-                journal=tmp_path / "j.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                ehlo_hostname="sender.test",
-                grace=1,
-            )
+            options = run_options(tmp_path, world, journal=tmp_path / "j.sqlite3")
             summary = await run_campaign(campaign, options)
             return campaign, summary, list(world.servers["mx"].transactions)
 

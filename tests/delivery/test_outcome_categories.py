@@ -12,7 +12,7 @@ import trustme
 
 from bulksend.campaign import Campaign
 from bulksend.delivery.outcome import Kind, classify_error
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.journal import Category, Journal, RecipientState, Status
 from bulksend.smtp.errors import reply_error
 from bulksend.smtp.protocol import Reply
@@ -26,6 +26,7 @@ from bulksend.testing.scenario import (
 )
 from bulksend.testing.smtp import ServerScript
 from tests.helpers.tls import server_context
+from tests.helpers.worlds import run_options
 
 # One try only: what the first attempt recorded stays in the journal.
 ONE_TRY = """
@@ -47,14 +48,8 @@ async def run(
     toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=ONE_TRY + policy))
     with trio.fail_after(20):
         async with running(sites) as world:
-            options = RunOptions(
-                journal=tmp_path / "journal.sqlite3",
-                nameservers=("127.0.0.1",),
-                dns_port=world.dns_port,
-                smtp_port=world.smtp_port,
-                ehlo_hostname="sender.test",
-                grace=2,
-                limit=len(recipients) if first_outcomes else None,
+            options = run_options(
+                tmp_path, world, grace=2, limit=len(recipients) if first_outcomes else None
             )
             await run_campaign(Campaign.load(toml, {}), options)
     with Journal.open(tmp_path / "journal.sqlite3", None) as journal:

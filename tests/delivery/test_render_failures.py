@@ -14,11 +14,12 @@ import pytest
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.errors import ConfigError
 from bulksend.journal import Journal, Status
 from bulksend.metrics import Metrics
 from bulksend.testing.scenario import SiteSpec, running
+from tests.helpers.worlds import run_options
 
 TOML = """\
 [campaign]
@@ -63,18 +64,6 @@ def _rows(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def _options(tmp_path: Path, dns_port: int, smtp_port: int, **kw: Any) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=dns_port,
-        smtp_port=smtp_port,
-        ehlo_hostname="sender.test",
-        grace=5,
-        **kw,
-    )
-
-
 def _states(tmp_path: Path, status: Status) -> dict[str, str | None]:
     with Journal.open(tmp_path / "journal.sqlite3", None) as journal:
         return {s.address: s.text for s in journal.iter_states([status])}
@@ -87,9 +76,7 @@ async def test_a_template_typo_is_refused_before_a_journal_or_a_connection(
     with trio.fail_after(30):
         async with running([SITE]) as world:
             with pytest.raises(ConfigError, match=r"body\.txt: the template reads 'cdoe'"):
-                await run_campaign(
-                    Campaign.load(toml, {}), _options(tmp_path, world.dns_port, world.smtp_port)
-                )
+                await run_campaign(Campaign.load(toml, {}), run_options(tmp_path, world, grace=5))
             server = world.servers["alpha"]
     assert server.stats.connections_opened == 0
     assert not (tmp_path / "journal.sqlite3").exists()
@@ -107,7 +94,7 @@ async def test_row_specific_failures_are_set_aside_and_the_rest_delivered(
         async with running([SITE]) as world:
             summary = await run_campaign(
                 Campaign.load(toml, {}),
-                _options(tmp_path, world.dns_port, world.smtp_port),
+                run_options(tmp_path, world, grace=5),
                 metrics=metrics,
             )
             received = world.received()
@@ -138,18 +125,19 @@ async def test_systematic_failures_stop_the_run_and_a_fixed_campaign_sends_them_
     everyone = {f"user{i}@a.test" for i in range(150)}
     with trio.fail_after(60):
         async with running([SITE]) as world:
-            ports = (world.dns_port, world.smtp_port)
-            stopped = await run_campaign(Campaign.load(toml, {}), _options(tmp_path, *ports))
+            stopped = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=5)
+            )
 
             # Fixed; a forced resume alone leaves the set-aside recipients alone...
             (tmp_path / "c" / "body.txt").write_text(BODY.replace("code }}", "code | d('-') }}"))
             resumed = await run_campaign(
-                Campaign.load(toml, {}), _options(tmp_path, *ports, force=True)
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=5, force=True)
             )
             # ... and --retry-unrendered sends to them.
             retried = await run_campaign(
                 Campaign.load(toml, {}),
-                _options(tmp_path, *ports, force=True, retry_unrendered=True),
+                run_options(tmp_path, world, grace=5, force=True, retry_unrendered=True),
             )
             received = world.received()
 

@@ -10,29 +10,19 @@ import trio
 import trio.testing
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.journal import Journal, Status
-from bulksend.testing.scenario import SiteSpec, World, addresses, campaign_toml, running
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running
 from bulksend.testing.scenario import write_campaign as write
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.worlds import run_options
 
 
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
     """Real-time pace (socket deadlines still work), plus ``clock.jump()`` past TTLs."""
     return trio.testing.MockClock(rate=1.0)
-
-
-def options(tmp_path: Path, world: World) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=world.dns_port,
-        smtp_port=world.smtp_port,
-        ehlo_hostname="sender.test",
-        grace=1,
-    )
 
 
 SHARED_SITE_POLICY = """
@@ -56,7 +46,7 @@ async def test_domain_override_applies_to_that_domain_only(tmp_path: Path) -> No
         async with running(sites) as world:
             with trio.move_on_after(4):
                 await run_campaign(
-                    Campaign.load(toml, {}), options(tmp_path, world), on_start=seen.append
+                    Campaign.load(toml, {}), run_options(tmp_path, world), on_start=seen.append
                 )
             server = world.servers["shared"]
             wire = b"".join(bytes(c.received) for c in server.connections)
@@ -90,7 +80,9 @@ async def test_mx_change_followed_after_the_ttl(
             world.dns.set("moving.test", "MX", [(10, "mx1.old.test")], ttl=60)
             old, new = world.servers["old"], world.servers["new"]
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_campaign, Campaign.load(toml, {}), options(tmp_path, world))
+                nursery.start_soon(
+                    run_campaign, Campaign.load(toml, {}), run_options(tmp_path, world)
+                )
                 await old.wait_until(lambda: old.stats.messages >= 3)
                 # The domain moves; the route the run holds says so only once it expires.
                 world.dns.set("moving.test", "MX", [(10, "mx1.new.test")], ttl=60)
@@ -116,7 +108,7 @@ max_connections = 1
             toml = write(tmp_path, recipients, toml=campaign_toml(extra=extra))
             seen: list[Scheduler] = []
             summary = await run_campaign(
-                Campaign.load(toml, {}), options(tmp_path, world), on_start=seen.append
+                Campaign.load(toml, {}), run_options(tmp_path, world), on_start=seen.append
             )
     assert summary.counts[Status.DELIVERED] == 2
     assert sorted(world.received()) == ["anna@xn--mller-kva.de", "bert@xn--mller-kva.de"]

@@ -12,11 +12,12 @@ import trio
 import trustme
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.journal import Journal, RecipientState, Status
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
 from tests.helpers.tls import client_context, server_context
+from tests.helpers.worlds import run_options
 
 PASSWORD = "relay-s3cret-pw"
 
@@ -67,13 +68,11 @@ async def relay_campaign(
                 toml=campaign_toml(extra=routing.format(port=world.smtp_port), policy=policy),
             )
             campaign = Campaign.load(toml, {"RELAY_PASSWORD": PASSWORD})
-            options = RunOptions(
-                journal=tmp_path / "journal.sqlite3",
-                ehlo_hostname="sender.test",
+            options = run_options(
+                tmp_path,
+                world,
                 ssl_verified=trust,
-                grace=1,
                 nameservers=() if "smarthost" in routing else ("127.0.0.1",),
-                dns_port=world.dns_port,
             )
             with trio.move_on_after(5):
                 await run_campaign(campaign, options)

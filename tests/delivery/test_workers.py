@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections import Counter
@@ -11,43 +12,22 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool
 from bulksend.journal import Journal, Status
-from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from bulksend.testing.scenario import addresses, campaign_toml, running, write_campaign
+from tests.helpers.worlds import limits_policy, run_options, sharded_sites
 
 # Six sites; "big" has four domains rolled up on one MX set.
-SITES = [
-    SiteSpec("big", ("big1.test", "big2.test", "big3.test", "big4.test"), "127.0.0.2", mx_hosts=2),
-    SiteSpec("s1", ("s1.test",), "127.0.0.3"),
-    SiteSpec("s2", ("s2.test",), "127.0.0.4"),
-    SiteSpec("s3", ("s3.test",), "127.0.0.5"),
-    SiteSpec("s4", ("s4.test",), "127.0.0.6"),
-    SiteSpec("s5", ("s5.test",), "127.0.0.7"),
-]
+SITES = sharded_sites(big_domains=4, small_sites=5)
 DOMAINS = [d for s in SITES for d in s.domains]
-POLICY = """
-[policy.defaults]
-max_connections = 2
-rate = "100/s"
-
+RETRY = """
 [policy.retry]
 initial = "1s"
 factor = 1.0
 jitter = 0.0
 """
-
-
-def options(tmp_path: Path, dns_port: int, smtp_port: int) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=dns_port,
-        smtp_port=smtp_port,
-        ehlo_hostname="sender.test",
-        grace=2,
-    )
 
 
 def shard_counts(tmp_path: Path, count: int) -> Counter[Status]:
@@ -60,10 +40,12 @@ def shard_counts(tmp_path: Path, count: int) -> Counter[Status]:
 
 async def test_two_workers_deliver_everyone_once_within_site_limits(tmp_path: Path) -> None:
     recipients = addresses(DOMAINS, 270)
-    toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=POLICY))
+    toml = write_campaign(
+        tmp_path, recipients, toml=campaign_toml(policy=limits_policy(100) + RETRY)
+    )
     with trio.fail_after(90):
         async with running(SITES) as world:
-            pool = WorkerPool(toml, {}, options(tmp_path, world.dns_port, world.smtp_port), 2)
+            pool = WorkerPool(toml, {}, run_options(tmp_path, world, grace=2), 2)
             states = await pool.run()
             received = world.received()
             peaks = {name: s.stats.connections_peak for name, s in world.servers.items()}
@@ -92,11 +74,11 @@ async def test_two_workers_deliver_everyone_once_within_site_limits(tmp_path: Pa
 
 async def test_a_dead_worker_is_reported_and_its_shard_resumes(tmp_path: Path) -> None:
     recipients = addresses(DOMAINS, 270)
-    slow = POLICY.replace('rate = "100/s"', 'rate = "20/s"')
+    slow = limits_policy(20) + RETRY
     toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=slow))
     with trio.fail_after(120):
         async with running(SITES) as world:
-            opts = options(tmp_path, world.dns_port, world.smtp_port)
+            opts = run_options(tmp_path, world, grace=2)
             pool = WorkerPool(toml, {}, opts, 2)
             async with trio.open_nursery() as nursery:
 
@@ -112,7 +94,7 @@ async def test_a_dead_worker_is_reported_and_its_shard_resumes(tmp_path: Path) -
             assert states[1].failed
             assert not states[0].failed
             resumed = await run_campaign(
-                Campaign.load(toml, {}), RunOptions(**{**opts.__dict__, "shard": Shard(1, 2)})
+                Campaign.load(toml, {}), dataclasses.replace(opts, shard=Shard(1, 2))
             )
             received = world.received()
     assert resumed.complete

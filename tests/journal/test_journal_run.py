@@ -11,19 +11,19 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.run import RunOptions, run_campaign
+from bulksend.delivery.run import run_campaign
 from bulksend.errors import JournalError
 from bulksend.journal import Journal, Status
 from bulksend.metrics import Metrics
 from bulksend.testing.scenario import (
     SiteSpec,
-    World,
     addresses,
     campaign_toml,
     running,
     write_campaign,
 )
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.worlds import run_options
 
 QUICK_EXPIRY = """
 [policy.retry]
@@ -33,17 +33,6 @@ maximum = "1s"
 jitter = 0.0
 max_age = "1s"
 """
-
-
-def run_options(tmp_path: Path, world: World) -> RunOptions:
-    return RunOptions(
-        journal=tmp_path / "journal.sqlite3",
-        nameservers=("127.0.0.1",),
-        dns_port=world.dns_port,
-        smtp_port=world.smtp_port,
-        ehlo_hostname="sender.test",
-        grace=1,
-    )
 
 
 def exposition(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
