@@ -1,14 +1,25 @@
-"""Fixtures every test gets, and the shared ones: the test CA and its TLS contexts."""
+"""Fixtures every test gets, and the shared ones: the test CA and its TLS contexts, a loopback
+DNS server."""
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
+from bulksend.testing.dns import DNSServer, open_dns_server
 from tests.helpers.tls import client_context, server_context
+
+#: The zones of ``dns_server``: example.com's MX hosts, one with an IPv6 address.
+ZONES: dict[str, dict[str, Any]] = {
+    "example.com": {"MX": [(10, "mx1.example.com"), (20, "mx2.example.com")], "ttl": 300},
+    "mx1.example.com": {"A": ["127.0.0.11"], "AAAA": ["::1"]},
+    "mx2.example.com": {"A": ["127.0.0.12"]},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +46,10 @@ def server_tls(ca: trustme.CA) -> ssl.SSLContext:
 def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     """A verifying client's context that trusts the test CA."""
     return client_context(ca)
+
+
+@pytest.fixture
+async def dns_server() -> AsyncIterator[DNSServer]:
+    """The test DNS server on loopback, serving ``ZONES`` (negative answers cached 120 s)."""
+    async with open_dns_server(ZONES, negative_ttl=120) as server:
+        yield server
