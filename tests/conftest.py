@@ -1,5 +1,5 @@
 """Fixtures every test gets, and the shared ones: the test CA and its TLS contexts, a loopback
-DNS server."""
+DNS server, a clock that can jump."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio.testing
 import trustme
 
 from bulksend.testing.dns import DNSServer, open_dns_server
@@ -53,3 +54,12 @@ async def dns_server() -> AsyncIterator[DNSServer]:
     """The test DNS server on loopback, serving ``ZONES`` (negative answers cached 120 s)."""
     async with open_dns_server(ZONES, negative_ttl=120) as server:
         yield server
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Real-time pace (so socket deadlines still work), plus ``clock.jump()`` past TTLs.
+
+    pytest-trio runs a test that requests it on this clock.
+    """
+    return trio.testing.MockClock(rate=1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
@@ -17,13 +16,6 @@ from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, runnin
 from bulksend.testing.scenario import write_campaign as write
 from bulksend.testing.smtp import ServerScript
 from tests.helpers.worlds import run_options
-
-
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """Real-time pace (socket deadlines still work), plus ``clock.jump()`` past TTLs."""
-    return trio.testing.MockClock(rate=1.0)
-
 
 SHARED_SITE_POLICY = """
 [policy.sites."shared.test"]

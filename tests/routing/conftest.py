@@ -1,21 +1,13 @@
-"""Fixtures for routing tests: configs pointed at the DNS server (tests/conftest.py), a clock
-that can jump."""
+"""Fixtures for routing tests: configs pointed at the DNS server (tests/conftest.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 import pytest
-import trio.testing
 
 from bulksend.routing import RoutingConfig
 from bulksend.testing.dns import DNSServer
-
-
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """Real-time pace (so socket deadlines still work), plus ``clock.jump()`` for TTLs."""
-    return trio.testing.MockClock(rate=1.0)
 
 
 class ConfigFactory(Protocol):
