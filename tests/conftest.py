@@ -1,5 +1,5 @@
 """Fixtures every test gets, and the shared ones: the test CA and its TLS contexts, a loopback
-DNS server, a clock that can jump."""
+DNS server, clocks (one that can jump, one that runs fast)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,14 @@ def clock() -> trio.testing.MockClock:
     pytest-trio runs a test that requests it on this clock.
     """
     return trio.testing.MockClock(rate=1.0)
+
+
+@pytest.fixture
+def fast_clock() -> trio.testing.MockClock:
+    """Trio time ten times faster than real time, for whole runs whose subject is time (retry,
+    expiry, backoff windows): a 3 s max_age passes in 0.3 s, and so does every deadline.
+
+    Not autojump: a run waits on its journal writer's thread, which autojump takes for idle
+    time and answers by firing the next deadline (the test's own ``fail_after``).
+    """
+    return trio.testing.MockClock(rate=10.0)

@@ -109,7 +109,9 @@ max_connections = 1
     assert world.servers["shared"].stats.connections_peak == 1
 
 
-async def test_pushback_backs_the_site_off_and_it_recovers(tmp_path: Path) -> None:
+async def test_pushback_backs_the_site_off_and_it_recovers(
+    tmp_path: Path, fast_clock: trio.testing.MockClock
+) -> None:
     # The site answers 421 to every third message for its first 15 messages, then calms down
     # (and 45 more messages leave the backoff time to end within the run).
     dots = 0
@@ -312,7 +314,9 @@ messages_per_connection = 2
     assert 1 <= failed <= 2
 
 
-async def test_a_dead_site_expires_at_max_age(tmp_path: Path) -> None:
+async def test_a_dead_site_expires_at_max_age(
+    tmp_path: Path, fast_clock: trio.testing.MockClock
+) -> None:
     sites = [
         SiteSpec("dead", ("dead.test",), "127.0.0.2", dead=True),
         SiteSpec("live", ("live.test",), "127.0.0.3"),

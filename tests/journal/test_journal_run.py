@@ -45,7 +45,7 @@ def exposition(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     }
 
 
-async def test_an_expiry_is_exported(tmp_path: Path) -> None:
+async def test_an_expiry_is_exported(tmp_path: Path, fast_clock: trio.testing.MockClock) -> None:
     # Expiry is decided by the journal writer (max_age), not by an attempt: the bounce-rate
     # alert and the dashboard divide by outcome="expired", so it must be there.
     greylisted = ServerScript(greylist=True, greylist_seconds=3600.0)
@@ -145,8 +145,7 @@ async def test_suppressions_added_during_a_run_are_never_sent(tmp_path: Path) ->
     with trio.fail_after(60):
         async with running(sites) as world:
             server = world.servers["slow"]
-            options = run_options(tmp_path, world)
-            options.suppression_check = 0.05
+            options = run_options(tmp_path, world, suppression_check=0.05)
 
             async def unsubscribe() -> None:
                 await server.wait_until(lambda: server.stats.messages >= 2)
