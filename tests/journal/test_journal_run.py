@@ -87,8 +87,7 @@ async def test_resume_refuses_a_changed_attachment(tmp_path: Path) -> None:
     attachment.write_text("Terms, version 1\n")
     with trio.fail_after(30):
         async with running(sites) as world:
-            options = run_options(tmp_path, world)
-            options.limit = 2
+            options = run_options(tmp_path, world, limit=2)
             first = await run_campaign(Campaign.load(campaign, {}), options)
             assert not first.complete
             attachment.write_text("Terms, version 2\n")
@@ -119,13 +118,12 @@ async def test_resume_applies_suppressions_added_since_the_import(tmp_path: Path
     campaign = suppression_campaign(tmp_path, addresses(["ok.test"], 10))
     with trio.fail_after(30):
         async with running(sites) as world:
-            options = run_options(tmp_path, world)
-            options.limit = 3
+            options = run_options(tmp_path, world, limit=3)
             first = await run_campaign(Campaign.load(campaign, {}), options)
             assert not first.complete
             # An unsubscribe arrives between the runs (compared without case, as at import).
             add_suppressed(tmp_path, "User7@OK.test")
-            options.limit = None
+            options = run_options(tmp_path, world)
             resumed = await run_campaign(Campaign.load(campaign, {}), options)
             received = world.servers["ok"].received()
     assert resumed.complete
