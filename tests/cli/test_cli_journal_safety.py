@@ -11,6 +11,7 @@ import trio
 
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from tests.cli.cli_helpers import bulksend, run_bulksend, world_args
+from tests.helpers.files import flip
 from tests.helpers.worlds import limits_policy
 
 POLICY = limits_policy(50)
@@ -59,14 +60,6 @@ async def test_resume_refuses_a_killed_run_whose_wal_was_lost(tmp_path: Path) ->
     for run in runs:
         assert run.process.returncode == 1, run
         one_error_line(run.stderr(), "lost committed history")
-
-
-def flip(path: Path, offset: int, length: int) -> None:
-    with path.open("r+b") as f:
-        f.seek(offset)
-        data = f.read(length)
-        f.seek(offset)
-        f.write(bytes(b ^ 0x55 for b in data))
 
 
 @pytest.mark.parametrize("where", ["pages", "check constraint"])

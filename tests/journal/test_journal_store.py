@@ -24,6 +24,7 @@ from bulksend.journal import (
     campaign_identity,
     hash_files,
 )
+from tests.helpers.files import flip
 from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
 Opener = Callable[..., Journal]
@@ -415,14 +416,6 @@ def test_a_journal_without_its_state_file_is_refused(
     state_file(journal_path).unlink()
     with pytest.raises(JournalError, match=r"no state file .*\.state"):
         open_journal()
-
-
-def flip(path: Path, offset: int, length: int) -> None:
-    with path.open("r+b") as f:
-        f.seek(offset)
-        data = f.read(length)
-        f.seek(offset)
-        f.write(bytes(b ^ 0x55 for b in data))
 
 
 def recipients_root_page(path: Path) -> int:
