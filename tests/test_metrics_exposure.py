@@ -17,6 +17,7 @@ from bulksend.delivery.run import run_campaign
 from bulksend.metrics import CONNECTION_FAILURE_REASONS, Metrics
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.metrics import parse_samples
 from tests.helpers.worlds import run_options
 
 
@@ -76,11 +77,7 @@ def test_scrape_has_build_info_and_process_metrics_but_no_created_series() -> No
     metrics.recipients.labels("delivered").inc()
     metrics.transaction_seconds.observe(0.2)
     text = _scrape(metrics)
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = parse_samples(text)
     assert "_created" not in text  # a timestamp per series, a third of the scrape
     assert samples[("bulksend_recipients_total", (("outcome", "delivered"),))] == 1
     assert samples[("bulksend_build_info", (("version", version("bulksend")),))] == 1

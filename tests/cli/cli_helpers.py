@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from bulksend.testing.scenario import World, addresses, campaign_toml, write_campaign
+from tests.helpers.metrics import Samples, parse_samples
 from tests.helpers.worlds import limits_policy
 
 
@@ -118,19 +118,12 @@ def _fetch(url: str) -> str:
         return str(response.read().decode())
 
 
-async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(url: str) -> Samples:
     """Every sample of a metrics endpoint: (name, sorted labels) -> value."""
-    text = await trio.to_thread.run_sync(_fetch, url)
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return parse_samples(await trio.to_thread.run_sync(_fetch, url))
 
 
-def recipients_total(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], outcome: str
-) -> float:
+def recipients_total(samples: Samples, outcome: str) -> float:
     return samples.get(("bulksend_recipients_total", (("outcome", outcome),)), 0.0)
 
 

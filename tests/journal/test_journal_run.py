@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import trio
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bulksend.campaign import Campaign
 from bulksend.delivery.run import run_campaign
@@ -23,6 +22,7 @@ from bulksend.testing.scenario import (
     write_campaign,
 )
 from bulksend.testing.smtp import ServerScript
+from tests.helpers.metrics import Samples, parse_samples
 from tests.helpers.worlds import run_options
 
 QUICK_EXPIRY = """
@@ -35,14 +35,9 @@ max_age = "1s"
 """
 
 
-def exposition(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def exposition(metrics: Metrics) -> Samples:
     """Every sample, parsed from the text the metrics endpoint serves."""
-    text = generate_latest(metrics.registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return parse_samples(generate_latest(metrics.registry).decode())
 
 
 async def test_an_expiry_is_exported(tmp_path: Path, fast_clock: trio.testing.MockClock) -> None:
