@@ -15,7 +15,6 @@ Every key is documented in ``docs/campaign.md``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import ssl
 import stat
@@ -50,6 +49,8 @@ from bulksend.config.values import (
     decoding_problem,
     hostname_syntax,
     parse_host_port,
+    parse_nameserver,
+    parse_port,
     parse_size,
 )
 from bulksend.errors import ConfigError
@@ -478,11 +479,9 @@ def _load_routing(root: Table, environ: Mapping[str, str]) -> RoutingSection:
     nameservers = t.string_list("nameservers")
     for server in nameservers:
         try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise t.error(
-                "nameservers", f"{server!r} is not an IP address", "List resolver IP addresses."
-            ) from None
+            parse_nameserver(server)
+        except ValueError as exc:
+            raise t.error("nameservers", str(exc), "List resolver IP addresses.") from None
     allow_private = t.boolean("allow_private_addresses", default=False)
     overrides: dict[str, RouteOverride] = {}
     section = t.sub("overrides")
@@ -507,11 +506,7 @@ def _load_routing(root: Table, environ: Mapping[str, str]) -> RoutingSection:
             host, port = parse_host_port(host_text, 587)
         except ValueError as exc:
             raise smart.error("host", str(exc), "Write 'host' or 'host:port'.") from None
-        port_value = smart.integer("port", minimum=1)
-        if port_value is not None:
-            if port_value > 65535:
-                raise smart.error("port", f"{port_value} is out of range", "Use 1-65535.")
-            port = port_value
+        port = pick(smart.converted("port", parse_port, "Use 1-65535."), port)
         username = smart.string("username")
         password, _ = _load_secret(
             smart, "password_file", "password_env", environ, strip=True, required=False

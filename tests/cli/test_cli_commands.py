@@ -52,6 +52,18 @@ def test_limit_must_be_positive(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["send", "validate"])
+def test_a_nameserver_flag_that_is_no_address_is_a_usage_error(
+    runner: CliRunner, tmp_path: Path, command: str
+) -> None:
+    # The same rule as [routing] nameservers; validate crashed on it with "unexpected ValueError".
+    path = write_campaign(tmp_path, addresses(["a.test"], 3))
+    result = runner.invoke(cli, [command, str(path), "--nameserver", "dns.example"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--nameserver': 'dns.example' is not an IP address" in result.output
+    assert not list(tmp_path.glob("*.sqlite3"))  # nothing started
+
+
 @pytest.mark.parametrize(
     "extra", [["--limit", "5"], ["--accounting", "a.jsonl"], ["--shard", "0/2"]]
 )
