@@ -45,7 +45,6 @@ from bulksend.config.schema import (
 )
 from bulksend.config.table import Table, host_keyed, toml_type
 from bulksend.config.values import (
-    CONTROL,
     decoding_problem,
     hostname_syntax,
     parse_host_port,
@@ -54,6 +53,7 @@ from bulksend.config.values import (
     parse_size,
 )
 from bulksend.errors import ConfigError
+from bulksend.text import CONTROL
 
 __all__ = ["load_campaign"]
 

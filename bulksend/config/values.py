@@ -16,6 +16,8 @@ from pathlib import Path
 import dns.exception
 import dns.name
 
+from bulksend.text import CONTROL  # named here too: the renderer imports it from here
+
 __all__ = [
     "CONTROL",
     "decoding_problem",
@@ -190,13 +192,6 @@ def decoding_problem(path: Path, encoding: str) -> str | None:
         else "set [recipients] encoding to the file's encoding"
     )
     return f"{path} is not valid {label} at line {line}, byte 0x{byte:02x}; {hint}"
-
-
-#: The one control-character rule: C0, DEL, C1, the Unicode line and paragraph separators,
-#: and lone surrogates (text that cannot be encoded). None may appear in a one-line value: a
-#: header, an address, a file name, a host. (Escaping remote text for display is another job:
-#: :mod:`bulksend.text`.)
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 _MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
