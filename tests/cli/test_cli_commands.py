@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from bulksend.campaign.authcheck import judge_dkim, judge_dmarc, judge_spf
 from bulksend.campaign.render import Campaign
-from bulksend.cli import judge_dkim, judge_dmarc, judge_spf
 from bulksend.cli import main as cli
 from bulksend.cli.progress import snapshot_path, write_snapshot
 from bulksend.testing.dns import DNSServer
