@@ -189,7 +189,6 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         routing=routing,
         ehlo_hostname=ehlo_hostname,
         max_message_size=max_size,
-        allow_outside_paths=allow_outside,
         tls=tls,
         warnings=tuple(root.warnings),
     )
