@@ -6,6 +6,8 @@ loads neither click nor the command line (a program that only sends must not pay
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import importlib
 import re
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 import bulksend
 from bulksend.errors import BulksendError
 
+PACKAGE = Path(bulksend.__file__).parent
 API_DOC = Path(__file__).parents[1] / "docs" / "api.md"
 _ROW = re.compile(r"^\| `(?P<name>\w+)` \| `(?P<home>bulksend(?:\.\w+)*)` \|")
 
@@ -65,3 +68,36 @@ def test_importing_bulksend_loads_no_command_line() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the bulksend modules it imports when it is loaded (not under TYPE_CHECKING,
+    not inside functions): the edges along which a circle would bite."""
+    names = {
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for path in PACKAGE.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = path.with_suffix("") / "__init__.py"
+        edges: set[str] = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in names)
+            elif isinstance(node, ast.ImportFrom) and node.module in names:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & names
+                # ``from package import submodule`` loads the submodule, not a name of the
+                # package's own.
+                if len(submodules) < len(node.names):
+                    edges.add(node.module)
+                edges |= submodules
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_import_circle() -> None:
+    graph = _module_graph()
+    assert "bulksend.config.loader" in graph["bulksend.config"]
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the circle
