@@ -1,7 +1,8 @@
 """The public API: ``import bulksend`` gives every name docs/api.md lists, and nothing more.
 
-Each name is the object of the module docs/api.md names as its home, and importing bulksend
-loads neither click nor the command line (a program that only sends must not pay for them).
+Each name is the object of the module docs/api.md names as its home; importing bulksend
+loads neither click nor the command line (a program that only sends must not pay for them);
+and since importing bulksend loads every room, no module imports another in a circle.
 """
 
 from __future__ import annotations
