@@ -1,15 +1,28 @@
-"""Text that others wrote (SMTP reply text, DNS records), made safe to show and to export.
+"""Text rules for the whole project: what a one-line value may hold; remote text made safe.
 
-Every mail server and DNS zone on the internet chooses such text. Written raw to a terminal
-its control characters act: ESC starts escape sequences (OSC sets the window title, CSI
-clears the screen), BEL rings, U+009B is a CSI on its own (C1), and bidi controls such as
+:data:`CONTROL` is the one rule for values that go out on one line (a header, an address, a
+host, a file name). It lives in this module, which imports only :mod:`re`, so that every layer
+can use it, the sans-IO SMTP protocol included.
+
+:func:`printable` is for text that others wrote (SMTP reply text, DNS records), shown or
+exported. Every mail server and DNS zone on the internet chooses such text. Written raw to a
+terminal its control characters act: ESC starts escape sequences (OSC sets the window title,
+CSI clears the screen), BEL rings, U+009B is a CSI on its own (C1), and bidi controls such as
 U+202E reorder what the reader sees. JSON escapes only C0; CSV escapes nothing. So every
 place that displays or exports remote text passes it through :func:`printable` first.
 """
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+import re
+
+__all__ = ["CONTROL", "printable"]
+
+#: The one control-character rule: C0, DEL, C1, the Unicode line and paragraph separators,
+#: and lone surrogates (text that cannot be encoded). None may appear in a one-line value: a
+#: header, an address, a file name, a host. (Escaping remote text for display is another job:
+#: :func:`printable`.)
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

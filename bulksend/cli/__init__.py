@@ -9,28 +9,6 @@ one module per command group: ``send`` (send, resume), ``report`` (status, repor
 
 from __future__ import annotations
 
-from bulksend.campaign.authcheck import judge_dkim, judge_dmarc, judge_spf
 from bulksend.cli.app import main
-from bulksend.cli.output import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_STOPPED,
-    EXIT_UNDELIVERED,
-    EXIT_USAGE,
-)
-from bulksend.cli.run import campaign_sidecar
-from bulksend.cli.send import send
 
-__all__ = [
-    "EXIT_ERROR",
-    "EXIT_OK",
-    "EXIT_STOPPED",
-    "EXIT_UNDELIVERED",
-    "EXIT_USAGE",
-    "campaign_sidecar",
-    "judge_dkim",
-    "judge_dmarc",
-    "judge_spf",
-    "main",
-    "send",
-]
+__all__ = ["main"]

@@ -14,6 +14,7 @@ import click
 from bulksend.campaign.render import Campaign
 from bulksend.cli.output import warn
 from bulksend.config import is_fqdn
+from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
 from bulksend.delivery.shard import Shard
 from bulksend.errors import ConfigError
@@ -138,6 +139,7 @@ def run_options(f: _F) -> _F:
             "--nameserver",
             "nameservers",
             multiple=True,
+            callback=check_nameservers,
             help="DNS resolver to ask (repeatable); default the campaign's, else the system's.",
         ),
         click.option(
@@ -204,6 +206,18 @@ def flags_from(kw: dict[str, Any]) -> RunFlags:
         shard=kw.pop("shard"),
         exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
     )
+
+
+def check_nameservers(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--nameserver``: the rule of the campaign's ``[routing] nameservers``."""
+    for value in values:
+        try:
+            parse_nameserver(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return values
 
 
 def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard | None:

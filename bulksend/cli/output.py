@@ -22,7 +22,6 @@ from bulksend.metrics import MetricsServer
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
-EXIT_USAGE: Final = 2
 EXIT_STOPPED: Final = 3
 EXIT_UNDELIVERED: Final = 4
 

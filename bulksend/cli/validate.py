@@ -13,7 +13,7 @@ import trio
 from bulksend.campaign.authcheck import Finding, check_authentication
 from bulksend.campaign.recipients import Reject
 from bulksend.campaign.render import Campaign, RenderError
-from bulksend.cli.options import debug_option, not_fqdn
+from bulksend.cli.options import check_nameservers, debug_option, not_fqdn
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED
 from bulksend.config import is_fqdn
 from bulksend.delivery.run import ehlo_hostname
@@ -48,6 +48,7 @@ from bulksend.text import printable
     "--nameserver",
     "nameservers",
     multiple=True,
+    callback=check_nameservers,
     help="DNS resolver for the lookups (repeatable); default the campaign's [routing] "
     "nameservers, else the system's (/etc/resolv.conf).",
 )

@@ -8,9 +8,11 @@ below it stays pure and testable.
 The rooms, each importing only the ones above it:
 
 - :mod:`~bulksend.config.values`: the value parsers and checks (rate, duration, size, host
-  names, domains, host:port, the control-character rule), shared with the CLI's flags.
+  names, domains, ports, host:port, nameservers), shared with routing and the CLI's flags.
 - :mod:`~bulksend.config.schema`: the frozen dataclasses, :class:`Secret` and the enums.
-- :mod:`~bulksend.config.loader`: the TOML walker with its one-line errors, building the schema.
+- :mod:`~bulksend.config.table`: the reader of one TOML table, whose errors name the key.
+- :mod:`~bulksend.config.policy`: the ``[policy]`` section (limits, timeouts, retry, backoff).
+- :mod:`~bulksend.config.loader`: :func:`load_campaign`, the walk over the whole file.
 
 Every key is documented in ``docs/campaign.md``.
 """

@@ -1,71 +1,62 @@
 """The campaign file loader: the TOML walker, its one-line errors, and the schema it builds.
 
 How loading works: the TOML document (stdlib :mod:`tomllib`) is walked table by table through
-a small reader (``_Table``) that knows the dotted path of every key it hands out, so an unknown
-key, a wrong type or a missing file becomes a :class:`~bulksend.errors.ConfigError` that names
-the key (``policy.sites."google.com".rate``), the campaign file, and what to do about it.
+a small reader (:class:`~bulksend.config.table.Table`) that knows the dotted path of every key
+it hands out, so an unknown key, a wrong type or a missing file becomes a
+:class:`~bulksend.errors.ConfigError` that names the key (``policy.sites."google.com".rate``),
+the campaign file, and what to do about it.
 Relative paths are resolved against the campaign file's directory. Secrets (DKIM keys, the
 smarthost password) are wrapped in :class:`~bulksend.config.schema.Secret`, whose ``repr``
-never shows the value.
+never shows the value. The ``[policy]`` section has its own module,
+:mod:`bulksend.config.policy`.
 
 Every key is documented in ``docs/campaign.md``.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import re
 import ssl
 import stat
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
 
 import email_validator
 
+from bulksend.config.policy import load_policy
 from bulksend.config.schema import (
     DEFAULT_MAX_MESSAGE_SIZE,
     AttachmentConfig,
-    BackoffRule,
     CampaignConfig,
     DkimAlgorithm,
     DkimConfig,
-    LimitsOverride,
     MessageConfig,
     RecipientsConfig,
-    RetryPolicy,
     RouteOverride,
     RoutingSection,
     Secret,
-    SendingPolicy,
-    SiteLimits,
     Smarthost,
-    Timeouts,
     TlsMode,
     TlsTrust,
     UnsubscribeConfig,
     pick,
 )
+from bulksend.config.table import Table, host_keyed, toml_type
 from bulksend.config.values import (
-    CONTROL,
     decoding_problem,
     hostname_syntax,
-    parse_domain,
-    parse_duration,
     parse_host_port,
-    parse_rate,
+    parse_nameserver,
+    parse_port,
     parse_size,
 )
 from bulksend.errors import ConfigError
+from bulksend.text import CONTROL
 
 __all__ = ["load_campaign"]
 
-_T = TypeVar("_T")
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 §3.6.8 ftext
 _RESERVED_HEADERS = frozenset(
@@ -93,175 +84,7 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-def _key_part(name: str) -> str:
-    return name if _BARE_KEY.match(name) else '"' + name.replace('"', '\\"') + '"'
-
-
-class _Table:
-    """A TOML table that remembers its dotted path and which keys were read."""
-
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        path: str,
-        source: Path,
-        warnings: list[str] | None = None,
-    ) -> None:
-        self.data = data
-        self.path = path
-        self.source = source
-        self.used: set[str] = set()
-        #: Shared by every table of one file: problems worth a warning, not an error.
-        self.warnings: list[str] = [] if warnings is None else warnings
-
-    def key(self, name: str) -> str:
-        part = _key_part(name)
-        return f"{self.path}.{part}" if self.path else part
-
-    def error(self, name: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.key(name)}: {problem}. {fix}")
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.data
-
-    def _get(self, name: str, required: bool) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            if required:
-                raise self.error(name, "missing", f"Add `{name} = ...` to [{self.path or '.'}].")
-            return None
-        return self.data[name]
-
-    def typed(self, name: str, kind: type[_T], what: str, *, required: bool = False) -> _T | None:
-        value = self._get(name, required)
-        if value is None:
-            return None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(
-                name, f"expected {what}, found {_toml_type(value)} {value!r}", f"Write {what}."
-            )
-        return value
-
-    def string(self, name: str, *, required: bool = False) -> str | None:
-        return self.typed(name, str, "a string", required=required)
-
-    def req_string(self, name: str) -> str:
-        value = self.string(name, required=True)
-        assert value is not None
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.typed(name, bool, "true or false")
-        return default if value is None else value
-
-    def integer(self, name: str, *, minimum: int = 0) -> int | None:
-        value = self.typed(name, int, "an integer")
-        if value is not None and value < minimum:
-            raise self.error(name, f"{value} is below {minimum}", f"Use a value >= {minimum}.")
-        return value
-
-    def number(self, name: str) -> float | None:
-        value = self._get(name, False)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(
-                name, f"expected a number, found {_toml_type(value)} {value!r}", "Write a number."
-            )
-        return float(value)
-
-    def converted(self, name: str, convert: Callable[[Any], _T], hint: str) -> _T | None:
-        value = self._get(name, False)
-        if value is None:
-            return None
-        try:
-            return convert(value)
-        except (ValueError, TypeError) as exc:
-            raise self.error(name, str(exc), hint) from None
-
-    def sub(self, name: str, *, required: bool = False) -> _Table | None:
-        value = self.typed(name, dict, "a table", required=required)
-        if value is None:
-            return None
-        return _Table(value, self.key(name), self.source, self.warnings)
-
-    def string_list(self, name: str) -> list[str]:
-        value = self.typed(name, list, "a list of strings")
-        if value is None:
-            return []
-        for item in value:
-            if not isinstance(item, str):
-                raise self.error(
-                    name, f"expected strings, found {_toml_type(item)} {item!r}", "Quote each."
-                )
-        return list(value)
-
-    def path_(
-        self,
-        name: str,
-        *,
-        required: bool = False,
-        must_exist: bool = True,
-        within: Path | None = None,
-    ) -> Path | None:
-        """A file path; with ``within``, one that must lie in that directory."""
-        text = self.string(name, required=required)
-        if text is None:
-            return None
-        path = _resolve(self, name, text, must_exist=must_exist)
-        if within is not None and not path.resolve().is_relative_to(within.resolve()):
-            raise self.error(
-                name,
-                f"{text!r} is outside the campaign directory {str(within)!r}",
-                "Move the file into it, or set `allow_outside_paths = true` in [campaign].",
-            )
-        return path
-
-    def finish(self) -> None:
-        """Refuse any key that was not read: a typo must never be ignored silently."""
-        for name in self.data:
-            if name not in self.used:
-                close = difflib.get_close_matches(name, list(self.used), n=1)
-                hint = f"Did you mean `{close[0]}`?" if close else ""
-                allowed = ", ".join(sorted(self.used)) or "none"
-                raise self.error(
-                    name, "unknown key", f"{hint} Keys allowed here: {allowed}.".lstrip()
-                )
-
-    def items(self) -> Iterator[tuple[str, Any]]:
-        self.used.update(self.data)
-        return iter(self.data.items())
-
-
-def _toml_type(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a float",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _resolve(table: _Table, name: str, text: str, *, must_exist: bool) -> Path:
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = table.source.parent / path
-    if must_exist and not path.is_file():
-        raise table.error(
-            name,
-            f"file {str(path)!r} does not exist or is not a file",
-            "Fix the path (relative paths are read from the campaign file's directory).",
-        )
-    if not must_exist and not path.parent.is_dir():
-        raise table.error(
-            name, f"directory {str(path.parent)!r} does not exist", "Create it or fix the path."
-        )
-    return path
-
-
-def _address(table: _Table, name: str, text: str, *, template_token: bool = False) -> str:
+def _address(table: Table, name: str, text: str, *, template_token: bool = False) -> str:
     """Validate a configured address; return it with the domain in A-labels, lower case."""
     probe = text.replace("{token}", "token") if template_token else text
     if CONTROL.search(text):
@@ -282,7 +105,7 @@ def _address(table: _Table, name: str, text: str, *, template_token: bool = Fals
     return f"{local}@{checked.ascii_domain}"
 
 
-def _header_template(table: _Table, name: str, text: str) -> str:
+def _header_template(table: Table, name: str, text: str) -> str:
     if CONTROL.search(text):
         raise table.error(
             name,
@@ -318,7 +141,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}. Fix the syntax there.") from None
 
-    root = _Table(document, "", source)
+    root = Table(document, "", source)
     campaign = root.sub("campaign", required=True)
     assert campaign is not None
     campaign_id = campaign.req_string("id")
@@ -350,7 +173,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     recipients = _load_recipients(root, campaign_id)
     unsubscribe = _load_unsubscribe(root)
     dkim = _load_dkim(root, environ)
-    policy = _load_policy(root)
+    policy = load_policy(root)
     routing = _load_routing(root, environ)
     tls = _load_tls(root)
     root.finish()
@@ -366,13 +189,12 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         routing=routing,
         ehlo_hostname=ehlo_hostname,
         max_message_size=max_size,
-        allow_outside_paths=allow_outside,
         tls=tls,
         warnings=tuple(root.warnings),
     )
 
 
-def _load_tls(root: _Table) -> TlsTrust:
+def _load_tls(root: Table) -> TlsTrust:
     t = root.sub("tls")
     if t is None:
         return TlsTrust()
@@ -392,7 +214,7 @@ def _load_tls(root: _Table) -> TlsTrust:
     return TlsTrust(ca_file=ca_file, ca_certs=pem)
 
 
-def _load_message(root: _Table, max_size: int, within: Path | None) -> MessageConfig:
+def _load_message(root: Table, max_size: int, within: Path | None) -> MessageConfig:
     t = root.sub("message", required=True)
     assert t is not None
     from_address = _address(t, "from", t.req_string("from"))
@@ -443,7 +265,7 @@ def _load_message(root: _Table, max_size: int, within: Path | None) -> MessageCo
                 )
             if not isinstance(value, str):
                 raise extra.error(
-                    name, f"expected a string, found {_toml_type(value)}", "Quote the value."
+                    name, f"expected a string, found {toml_type(value)}", "Quote the value."
                 )
             headers.append((name, _header_template(extra, name, value)))
     t.finish()
@@ -461,16 +283,16 @@ def _load_message(root: _Table, max_size: int, within: Path | None) -> MessageCo
     )
 
 
-def _load_attachment(t: _Table, index: int, item: object, within: Path | None) -> AttachmentConfig:
+def _load_attachment(t: Table, index: int, item: object, within: Path | None) -> AttachmentConfig:
     import mimetypes  # noqa: PLC0415 - only needed when a campaign has attachments
 
     key = f"attachments[{index}]"
     if isinstance(item, str):
-        table = _Table({"path": item}, t.key("attachments") + f"[{index}]", t.source)
+        table = t.child({"path": item}, "attachments", index)
     elif isinstance(item, dict):
-        table = _Table(item, t.key("attachments") + f"[{index}]", t.source)
+        table = t.child(item, "attachments", index)
     else:
-        raise t.error(key, f"expected a path or a table, found {_toml_type(item)}", "Fix it.")
+        raise t.error(key, f"expected a path or a table, found {toml_type(item)}", "Fix it.")
     path = table.path_("path", required=True, within=within)
     assert path is not None
     guessed, _ = mimetypes.guess_type(path.name)
@@ -484,7 +306,7 @@ def _load_attachment(t: _Table, index: int, item: object, within: Path | None) -
     return AttachmentConfig(path=path, content_type=content_type.lower(), filename=filename)
 
 
-def _load_envelope_sender(t: _Table) -> str:
+def _load_envelope_sender(t: Table) -> str:
     sender = t.req_string("sender")
     local, _, _domain = sender.rpartition("@")
     if sender.count("{token}") > 1 or ("{token}" not in local and "{token}" in sender):
@@ -499,7 +321,7 @@ def _load_envelope_sender(t: _Table) -> str:
     return _address(t, "sender", sender, template_token=True)
 
 
-def _load_recipients(root: _Table, campaign_id: str) -> RecipientsConfig:
+def _load_recipients(root: Table, campaign_id: str) -> RecipientsConfig:
     t = root.sub("recipients", required=True)
     assert t is not None
     file = t.path_("file", required=True)
@@ -542,7 +364,7 @@ def _load_recipients(root: _Table, campaign_id: str) -> RecipientsConfig:
     )
 
 
-def _load_unsubscribe(root: _Table) -> UnsubscribeConfig | None:
+def _load_unsubscribe(root: Table) -> UnsubscribeConfig | None:
     t = root.sub("unsubscribe")
     if t is None:
         return None
@@ -557,20 +379,20 @@ def _load_unsubscribe(root: _Table) -> UnsubscribeConfig | None:
     return UnsubscribeConfig(url=url, mailto=mailto)
 
 
-def _load_dkim(root: _Table, environ: Mapping[str, str]) -> tuple[DkimConfig, ...]:
-    value = root._get("dkim", False)
+def _load_dkim(root: Table, environ: Mapping[str, str]) -> tuple[DkimConfig, ...]:
+    value = root.raw("dkim")
     if value is None:
         return ()
     if isinstance(value, dict):
-        tables = [_Table(value, "dkim", root.source, root.warnings)]
+        tables = [root.child(value, "dkim")]
     elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
-        tables = [_Table(v, f"dkim[{i}]", root.source, root.warnings) for i, v in enumerate(value)]
+        tables = [root.child(v, "dkim", i) for i, v in enumerate(value)]
     else:
         raise root.error("dkim", "expected [dkim] or [[dkim]] tables", "Fix the section.")
     return tuple(_load_one_dkim(t, environ) for t in tables)
 
 
-def _load_one_dkim(t: _Table, environ: Mapping[str, str]) -> DkimConfig:
+def _load_one_dkim(t: Table, environ: Mapping[str, str]) -> DkimConfig:
     domain = t.req_string("domain")
     selector = t.req_string("selector")
     for name, label in (("domain", domain), ("selector", selector)):
@@ -598,7 +420,7 @@ def _load_one_dkim(t: _Table, environ: Mapping[str, str]) -> DkimConfig:
 
 
 def _load_secret(
-    t: _Table,
+    t: Table,
     file_key: str,
     env_key: str,
     environ: Mapping[str, str],
@@ -649,182 +471,21 @@ def _load_secret(
     return Secret(text), origin
 
 
-def _load_override(t: _Table) -> LimitsOverride:
-    override = LimitsOverride(
-        max_connections=t.integer("max_connections", minimum=1),
-        rate=t.converted("rate", parse_rate, "Write a rate like '50/s' or '3000/h'."),
-        connection_rate=t.converted(
-            "connection_rate", parse_rate, "Write a rate like '5/s' or '100/m'."
-        ),
-        messages_per_connection=t.integer("messages_per_connection", minimum=1),
-        recipients_per_transaction=t.integer("recipients_per_transaction", minimum=1),
-        idle_timeout=t.converted("idle_timeout", parse_duration, "Write a duration like '30s'."),
-        tls=t.converted("tls", TlsMode, 'Use "none", "opportunistic" or "required".'),
-    )
-    t.finish()
-    return override
-
-
-def _host_keyed(table: _Table, what: str) -> Iterator[tuple[str, str, Any]]:
-    """``(key as written, key in A-labels, value)`` for each key of a table of domains.
-
-    Keys may be U-labels (``"müller.de"``), any case, with a final dot (or, for MX suffixes,
-    a leading one); two keys that name the same domain are refused.
-    """
-    seen: dict[str, str] = {}
-    for name, value in table.items():
-        try:
-            key = parse_domain(name.lstrip("."))
-        except ValueError as exc:
-            raise table.error(
-                name, f"not a {what} ({exc})", "Use a name like 'example.com' or 'müller.de'."
-            ) from None
-        if key in seen:
-            raise table.error(
-                name, f"names the same domain as {seen[key]!r} ({key})", "Keep one of them."
-            )
-        seen[key] = name
-        yield name, key, value
-
-
-def _load_policy(root: _Table) -> SendingPolicy:
-    t = root.sub("policy")
-    if t is None:
-        return SendingPolicy()
-    defaults_table = t.sub("defaults")
-    defaults = SiteLimits()
-    if defaults_table is not None:
-        defaults = _load_override(defaults_table).apply(defaults)
-
-    def keyed(name: str, what: str) -> Mapping[str, LimitsOverride]:
-        section = t.sub(name)
-        result: dict[str, LimitsOverride] = {}
-        if section is not None:
-            for written, key, value in _host_keyed(section, what):
-                if not isinstance(value, dict):
-                    raise section.error(
-                        written, "expected a table", f"Write [policy.{name}.{written}]."
-                    )
-                result[key] = _load_override(_Table(value, section.key(written), t.source))
-        return MappingProxyType(result)
-
-    domains = keyed("domains", "domain")
-    sites = keyed("sites", "domain or host suffix")
-    max_total = t.integer("max_total_connections", minimum=1)
-    total_rate = t.converted("total_rate", parse_rate, "Write a rate like '500/s'.")
-
-    timeouts = Timeouts()
-    timeouts_table = t.sub("timeouts")
-    if timeouts_table is not None:
-        values = {}
-        for name in Timeouts.__dataclass_fields__:
-            seconds = timeouts_table.converted(name, parse_duration, "Write seconds or '5m'.")
-            if seconds is not None:
-                if seconds <= 0:
-                    raise timeouts_table.error(name, "must be positive", "Use a value > 0.")
-                values[name] = seconds
-        timeouts_table.finish()
-        timeouts = Timeouts(**values)
-
-    retry = RetryPolicy()
-    retry_table = t.sub("retry")
-    if retry_table is not None:
-        hint = "Write seconds or a duration like '5m'."
-        initial = retry_table.converted("initial", parse_duration, hint)
-        maximum = retry_table.converted("maximum", parse_duration, hint)
-        max_age = retry_table.converted("max_age", parse_duration, hint)
-        factor = retry_table.number("factor")
-        jitter = retry_table.number("jitter")
-        if factor is not None and factor < 1:
-            raise retry_table.error("factor", f"{factor} is below 1", "Use a factor >= 1.")
-        if jitter is not None and not 0 <= jitter < 1:
-            raise retry_table.error("jitter", f"{jitter} is out of range", "Use 0 <= jitter < 1.")
-        retry_table.finish()
-        retry = RetryPolicy(
-            initial=pick(initial, retry.initial),
-            factor=pick(factor, retry.factor),
-            maximum=pick(maximum, retry.maximum),
-            jitter=pick(jitter, retry.jitter),
-            max_age=pick(max_age, retry.max_age),
-        )
-
-    rules: list[BackoffRule] = []
-    raw_rules = t.typed("backoff", list, "an array of [[policy.backoff]] tables") or []
-    for index, item in enumerate(raw_rules):
-        if not isinstance(item, dict):
-            raise t.error(f"backoff[{index}]", "expected a table", "Write [[policy.backoff]].")
-        rules.append(_load_backoff(_Table(item, f"{t.key('backoff')}[{index}]", t.source)))
-    t.finish()
-    return SendingPolicy(
-        defaults=defaults,
-        domains=domains,
-        sites=sites,
-        max_total_connections=pick(max_total, 500),
-        total_rate=total_rate,
-        timeouts=timeouts,
-        retry=retry,
-        backoff=tuple(rules),
-    )
-
-
-def _load_backoff(t: _Table) -> BackoffRule:
-    code_value = t._get("code", False)
-    code: str | None = None
-    if code_value is not None:
-        code = str(code_value).lower() if not isinstance(code_value, bool) else ""
-        if not re.match(r"^[245][0-9x][0-9x]$", code):
-            raise t.error("code", f"{code_value!r} is not a reply code", "Use 421, '4xx' or '45x'.")
-    enhanced = t.string("enhanced_code")
-    if enhanced is not None and not re.match(r"^[245](\.\d{1,3}){0,2}$", enhanced):
-        raise t.error("enhanced_code", f"{enhanced!r} is not an enhanced code", "Use '4.7.28'.")
-    text = t.string("text")
-    pattern = None
-    if text is not None:
-        try:
-            pattern = re.compile(text)
-        except re.error as exc:
-            raise t.error("text", f"invalid regular expression ({exc})", "Fix it.") from None
-    reduce_to = t.integer("reduce_connections", minimum=1)
-    factor = t.number("rate_factor")
-    if factor is not None and not 0 < factor <= 1:
-        raise t.error("rate_factor", f"{factor} is out of range", "Use 0 < rate_factor <= 1.")
-    suspend = t.converted("suspend", parse_duration, "Write a duration like '10m'.")
-    duration = t.converted("duration", parse_duration, "Write a duration like '10m'.")
-    if code is None and enhanced is None and pattern is None:
-        raise t.error("code", "the rule matches nothing", "Set code, enhanced_code or text.")
-    if reduce_to is None and factor is None and suspend is None:
-        raise t.error(
-            "suspend", "the rule does nothing", "Set reduce_connections, rate_factor or suspend."
-        )
-    t.finish()
-    return BackoffRule(
-        code=code,
-        enhanced_code=enhanced,
-        text=pattern,
-        reduce_connections=reduce_to,
-        rate_factor=factor,
-        suspend=suspend,
-        duration=pick(duration, 600.0),
-    )
-
-
-def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
+def _load_routing(root: Table, environ: Mapping[str, str]) -> RoutingSection:
     t = root.sub("routing")
     if t is None:
         return RoutingSection()
     nameservers = t.string_list("nameservers")
     for server in nameservers:
         try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise t.error(
-                "nameservers", f"{server!r} is not an IP address", "List resolver IP addresses."
-            ) from None
+            parse_nameserver(server)
+        except ValueError as exc:
+            raise t.error("nameservers", str(exc), "List resolver IP addresses.") from None
     allow_private = t.boolean("allow_private_addresses", default=False)
     overrides: dict[str, RouteOverride] = {}
     section = t.sub("overrides")
     if section is not None:
-        for written, key, value in _host_keyed(section, "domain"):
+        for written, key, value in host_keyed(section, "domain"):
             if not isinstance(value, str):
                 raise section.error(
                     written, "expected 'host[:port]'", "Quote it: 'mx.example:2525'."
@@ -844,11 +505,7 @@ def _load_routing(root: _Table, environ: Mapping[str, str]) -> RoutingSection:
             host, port = parse_host_port(host_text, 587)
         except ValueError as exc:
             raise smart.error("host", str(exc), "Write 'host' or 'host:port'.") from None
-        port_value = smart.integer("port", minimum=1)
-        if port_value is not None:
-            if port_value > 65535:
-                raise smart.error("port", f"{port_value} is out of range", "Use 1-65535.")
-            port = port_value
+        port = pick(smart.converted("port", parse_port, "Use 1-65535."), port)
         username = smart.string("username")
         password, _ = _load_secret(
             smart, "password_file", "password_env", environ, strip=True, required=False

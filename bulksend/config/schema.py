@@ -356,8 +356,6 @@ class CampaignConfig:
     ehlo_hostname: str | None = None
     #: No rendered message may be larger (bytes); a recipient whose message is fails alone.
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: Templates and attachments may lie outside the campaign file's directory.
-    allow_outside_paths: bool = False
     tls: TlsTrust = TlsTrust()
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).

@@ -1,4 +1,5 @@
-"""Value parsers and checks: rate, duration, size, host names, domains, host:port.
+"""Value parsers and checks: rate, duration, size, host names, domains, ports, host:port,
+nameservers.
 
 Public because the CLI parses its flags with the same rules as the campaign file. Each raises
 ``ValueError`` with a message the loader puts after the key's name.
@@ -15,6 +16,8 @@ from pathlib import Path
 import dns.exception
 import dns.name
 
+from bulksend.text import CONTROL  # named here too: the renderer imports it from here
+
 __all__ = [
     "CONTROL",
     "decoding_problem",
@@ -23,6 +26,8 @@ __all__ = [
     "parse_domain",
     "parse_duration",
     "parse_host_port",
+    "parse_nameserver",
+    "parse_port",
     "parse_rate",
     "parse_size",
 ]
@@ -189,13 +194,6 @@ def decoding_problem(path: Path, encoding: str) -> str | None:
     return f"{path} is not valid {label} at line {line}, byte 0x{byte:02x}; {hint}"
 
 
-#: The one control-character rule: C0, DEL, C1, the Unicode line and paragraph separators,
-#: and lone surrogates (text that cannot be encoded). None may appear in a one-line value: a
-#: header, an address, a file name, a host. (Escaping remote text for display is another job:
-#: :mod:`bulksend.text`.)
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
 _MAX_DOMAIN_OCTETS = 253  # a 255-octet wire name, without the final dot (RFC 1035 §2.3.4)
 _LDH_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
@@ -264,6 +262,30 @@ def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
         if not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"{text!r}: port {port_text!r} is not a number")
         port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is out of range")
-    return host, port
+    return host, parse_port(port)
+
+
+def parse_port(value: object) -> int:
+    """A TCP port: an integer in 1..65535.
+
+    Raises:
+        ValueError: not an integer, or out of that range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a port number, found {value!r}")
+    if not 0 < value < 65536:
+        raise ValueError(f"port {value} is not in 1..65535")
+    return value
+
+
+def parse_nameserver(text: str) -> str:
+    """A recursive resolver, which must be given as an IP address (a name would need DNS).
+
+    Raises:
+        ValueError: ``text`` is not an IPv4 or IPv6 address.
+    """
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    return text

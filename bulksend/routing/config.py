@@ -7,14 +7,17 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from bulksend.config import TlsMode
+from bulksend.config.values import parse_nameserver, parse_port
 from bulksend.errors import ConfigError
 
 __all__ = ["Relay", "RoutingConfig"]
 
 
 def _check_port(port: int, what: str) -> None:
-    if not 0 < port < 65536:
-        raise ConfigError(f"{what}: port {port} is not in 1..65535")
+    try:
+        parse_port(port)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +93,9 @@ class RoutingConfig:
     def __post_init__(self) -> None:
         for server in self.nameservers:
             try:
-                ipaddress.ip_address(server)
-            except ValueError:
-                raise ConfigError(f"nameserver {server!r} is not an IP address") from None
+                parse_nameserver(server)
+            except ValueError as exc:
+                raise ConfigError(f"nameserver {exc}") from None
         _check_port(self.dns_port, "dns_port")
         _check_port(self.smtp_port, "smtp_port")
         if self.timeout <= 0:

@@ -200,8 +200,8 @@ class MXSet:
     """What MX resolution found for one domain.
 
     Attributes:
-        names: every MX host name the domain publishes (sorted, lowercase), usable or not:
-            the input of the site key.
+        names: every MX host name the domain publishes (lowercase), usable or not: the
+            input of the site key (:meth:`~bulksend.routing.Site.of` sorts them).
         hosts: the usable hosts in the order to try them.
         cached: the MX answer came from the cache (no query was sent for it).
         expires: when the first of the DNS answers it was built from expires (trio time):
@@ -303,7 +303,7 @@ class MXResolver:
                 raise PermanentRoutingError(
                     domain, "5.1.10", "domain accepts no mail (null MX, RFC 7505)"
                 )
-        names = tuple(sorted({name for _, name in exchanges}))
+        names = tuple(name for _, name in exchanges)
         ordered = self._order(exchanges)[: self._config.max_mx_hosts]
         found, expires = await self._addresses_of([name for _, name in ordered])
 

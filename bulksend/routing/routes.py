@@ -216,7 +216,7 @@ class Router:
         found = await self._resolver.resolve(name)
         return Route(
             name,
-            Site(found.names, self.config.smtp_port),
+            Site.of(found.names, self.config.smtp_port),
             found.hosts,
             cached=found.cached,
             expires=found.expires,

@@ -198,11 +198,6 @@ class DNSServer:
             and (not transport or via == transport)
         )
 
-    def reset_counts(self) -> None:
-        """Forget every counted query."""
-        self.queries.clear()
-        self.garbage = 0
-
     # ---- answering -------------------------------------------------------------------------
 
     def _fault(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> Fault | None:

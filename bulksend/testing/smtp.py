@@ -349,8 +349,8 @@ class Session:
 
     Public attributes, for hooks: ``server``, ``id``, ``record``, ``helo``, ``esmtp``,
     ``tls``, ``authenticated_as``, ``mail_from``, ``mail_params``, ``rcpt_to``, ``data``
-    (the last message, set before the ``DOT`` hook), ``messages`` (accepted on this
-    connection) and ``scratch`` (a dict for the hook's own state).
+    (the last message, set before the ``DOT`` hook) and ``messages`` (accepted on this
+    connection).
     """
 
     def __init__(
@@ -371,7 +371,6 @@ class Session:
         self.rcpt_to: list[str] = []
         self.data = b""
         self.messages = 0
-        self.scratch: dict[str, object] = {}
 
         self._buf = bytearray()
         self._pos = 0

@@ -25,8 +25,9 @@ import trustme
 from click.testing import CliRunner
 
 from bulksend.campaign import Campaign, RenderError
+from bulksend.campaign.authcheck import judge_dkim
 from bulksend.campaign.recipients import Recipient
-from bulksend.cli import judge_dkim, main
+from bulksend.cli import main
 from bulksend.delivery.run import run_campaign
 from bulksend.errors import ConfigError
 from bulksend.journal import Journal, Status

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from bulksend.campaign.authcheck import judge_dkim, judge_dmarc, judge_spf
 from bulksend.campaign.render import Campaign
-from bulksend.cli import judge_dkim, judge_dmarc, judge_spf
 from bulksend.cli import main as cli
 from bulksend.cli.progress import snapshot_path, write_snapshot
 from bulksend.testing.dns import DNSServer
@@ -50,6 +50,18 @@ def test_limit_must_be_positive(runner: CliRunner, tmp_path: Path) -> None:
     path = write_campaign(tmp_path, addresses(["a.test"], 3))
     result = runner.invoke(cli, ["send", str(path), "--limit", "0"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["send", "validate"])
+def test_a_nameserver_flag_that_is_no_address_is_a_usage_error(
+    runner: CliRunner, tmp_path: Path, command: str
+) -> None:
+    # The same rule as [routing] nameservers; validate crashed on it with "unexpected ValueError".
+    path = write_campaign(tmp_path, addresses(["a.test"], 3))
+    result = runner.invoke(cli, [command, str(path), "--nameserver", "dns.example"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--nameserver': 'dns.example' is not an IP address" in result.output
+    assert not list(tmp_path.glob("*.sqlite3"))  # nothing started
 
 
 @pytest.mark.parametrize(

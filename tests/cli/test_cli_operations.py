@@ -17,8 +17,9 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from bulksend.cli import campaign_sidecar, main
+from bulksend.cli import main
 from bulksend.cli.progress import snapshot_path
+from bulksend.cli.run import campaign_sidecar
 from bulksend.delivery.shard import Shard
 from bulksend.journal import Journal, JournalInUse
 from bulksend.testing.scenario import (

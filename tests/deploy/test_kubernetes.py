@@ -71,7 +71,7 @@ def test_configmap_holds_a_loadable_campaign(tmp_path: Path) -> None:
 
 def _send_params(tmp_path: Path) -> dict[str, Any]:
     """The Job's `send` command line as the CLI parses it (every option must exist)."""
-    from bulksend.cli import send  # noqa: PLC0415
+    from bulksend.cli.send import send  # noqa: PLC0415
 
     spec = load("job.yaml")["spec"]
     args = list(spec["template"]["spec"]["containers"][0]["args"])

@@ -11,7 +11,7 @@ import pytest
 from bulksend.config import RouteOverride, load_campaign
 from bulksend.config.values import parse_host_port
 from bulksend.errors import ConfigError
-from bulksend.routing import normalize_domain
+from bulksend.routing import Relay, RoutingConfig, normalize_domain
 from bulksend.testing.scenario import campaign_toml, write_campaign
 
 IDN_KEYS = """
@@ -127,3 +127,39 @@ def test_an_ipv6_route_needs_brackets(tmp_path: Path) -> None:
     path = write(tmp_path, '[routing.overrides]\n"example.com" = "[::1]:2525"\n')
     config = load_campaign(path, {})
     assert dict(config.routing.overrides) == {"example.com": RouteOverride("::1", 2525)}
+
+
+# ---- one port rule and one nameserver rule, in the file, in routing and for the CLI ----------
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[routing.overrides]\n"example.com" = "mx.example:70000"\n', 'overrides."example.com"'),
+        ('[routing.smarthost]\nhost = "relay.example:70000"\n', "smarthost.host"),
+        ('[routing.smarthost]\nhost = "relay.example"\nport = 70000\n', "smarthost.port"),
+    ],
+)
+def test_a_port_out_of_range_is_named_the_same_everywhere(
+    tmp_path: Path, extra: str, key: str
+) -> None:
+    path = write(tmp_path, extra)
+    with pytest.raises(ConfigError) as caught:
+        load_campaign(path, {})
+    assert str(caught.value).startswith(f"{path}: routing.{key}: port 70000 is not in 1..65535.")
+    with pytest.raises(ConfigError, match=r"^relay mx\.example: port 70000 is not in 1\.\.65535$"):
+        Relay("mx.example", 70000)
+
+
+def test_a_nameserver_that_is_no_address_is_named_the_same_everywhere(tmp_path: Path) -> None:
+    toml = campaign_toml().replace("[routing]\n", '[routing]\nnameservers = ["dns.example"]\n')
+    path = write_campaign(tmp_path, ["a@example.com"], toml=toml)
+    with pytest.raises(ConfigError) as caught:
+        load_campaign(path, {})
+    assert str(caught.value) == (
+        f"{path}: routing.nameservers: 'dns.example' is not an IP address. "
+        "List resolver IP addresses."
+    )
+    with pytest.raises(ConfigError) as caught:
+        RoutingConfig(nameservers=("dns.example",))
+    assert str(caught.value) == "nameserver 'dns.example' is not an IP address"
