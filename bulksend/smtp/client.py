@@ -199,7 +199,7 @@ class SMTPClient:
         return table[verb]
 
     @contextmanager
-    def _io(self, stage: str, seconds: float) -> Iterator[None]:
+    def _io(self, stage: Verb | str, seconds: float) -> Iterator[None]:
         """Run one network step under its deadline; the one place trio errors become ours."""
         ok = False
         # A bare cancel scope rather than trio.fail_after (itself a generator): this runs for
@@ -228,7 +228,7 @@ class SMTPClient:
         self._usable = False
         self._proto.connection_lost()
 
-    async def _send(self, stage: str, seconds: float, data: bytes) -> None:
+    async def _send(self, stage: Verb | str, seconds: float, data: bytes) -> None:
         if self._held:
             # Held message data first, in the same send; it gets the data-block deadline.
             # It counts as sent from here on: if this write fails part-way, the held
@@ -253,7 +253,7 @@ class SMTPClient:
         done: list[Transaction] = []
         if self._held:
             try:
-                await self._send("message data", self.timeouts.data_block, b"")
+                await self._send(Verb.BODY, self.timeouts.data_block, b"")
             except SMTPError as exc:
                 self._abandon(exc, done)
         return done
@@ -310,7 +310,7 @@ class SMTPClient:
         self.greeting = greeting
         if not greeting.is_success:
             self._usable = False
-            raise reply_error(greeting, "greeting")
+            raise reply_error(greeting, Verb.GREETING)
         await self._hello()
         if tls is TlsMode.NONE:
             return
@@ -322,24 +322,24 @@ class SMTPClient:
         await self._starttls(ssl_context or ssl.create_default_context(), server_hostname, tls)
 
     async def _hello(self) -> None:
-        await self._send("EHLO", self.timeouts.ehlo, self._proto.send_ehlo())
+        await self._send(Verb.EHLO, self.timeouts.ehlo, self._proto.send_ehlo())
         _verb, reply = await self._reply()
         if reply.is_success:
-            self._require_in_step("EHLO")
+            self._require_in_step(Verb.EHLO)
             return
         if reply.code == 421 or self._proto.state is not State.NEED_HELLO:
-            raise reply_error(reply, "EHLO")
-        await self._send("HELO", self.timeouts.ehlo, self._proto.send_helo())
+            raise reply_error(reply, Verb.EHLO)
+        await self._send(Verb.HELO, self.timeouts.ehlo, self._proto.send_helo())
         _verb, reply = await self._reply()
         if not reply.is_success:
             self._usable = False
-            raise reply_error(reply, "HELO")
-        self._require_in_step("HELO")
+            raise reply_error(reply, Verb.HELO)
+        self._require_in_step(Verb.HELO)
 
     async def _starttls(
         self, context: ssl.SSLContext, server_hostname: str | None, tls: TlsMode
     ) -> None:
-        await self._send("STARTTLS", self.timeouts.starttls, self._proto.send_starttls())
+        await self._send(Verb.STARTTLS, self.timeouts.starttls, self._proto.send_starttls())
         _verb, reply = await self._reply()
         if not reply.is_success:
             if tls is TlsMode.REQUIRED or reply.code == 421:
@@ -370,15 +370,15 @@ class SMTPClient:
         mechanisms = self.extensions.auth
         if "PLAIN" in mechanisms:
             await self._send(
-                "AUTH", self.timeouts.auth, self._proto.send_auth_plain(username, password)
+                Verb.AUTH, self.timeouts.auth, self._proto.send_auth_plain(username, password)
             )
             _verb, reply = await self._reply()
         elif "LOGIN" in mechanisms:
-            await self._send("AUTH", self.timeouts.auth, self._proto.send_auth_login(username))
+            await self._send(Verb.AUTH, self.timeouts.auth, self._proto.send_auth_login(username))
             _verb, reply = await self._reply()
             if reply.code == 334:
                 await self._send(
-                    "AUTH", self.timeouts.auth, self._proto.send_auth_response(password)
+                    Verb.AUTH_RESPONSE, self.timeouts.auth, self._proto.send_auth_response(password)
                 )
                 _verb, reply = await self._reply()
         else:
@@ -388,8 +388,8 @@ class SMTPClient:
         if not reply.is_success:
             if self._proto.state is State.AUTH_CONTINUE:
                 self._usable = False  # a challenge we cannot answer: the session is stuck
-            raise reply_error(reply, "AUTH")
-        self._require_in_step("AUTH")
+            raise reply_error(reply, Verb.AUTH)
+        self._require_in_step(Verb.AUTH)
 
     # ----------------------------------------------------------------- transactions
 
@@ -540,7 +540,7 @@ class SMTPClient:
                 pass  # handled below, after any final reply it answered
             elif verb is Verb.MAIL:
                 if not reply.is_success:
-                    txn._fail(reply_error(reply, "MAIL"))
+                    txn._fail(reply_error(reply, Verb.MAIL))
                     done.append(txn)
             elif verb is Verb.RCPT:
                 result = next(rcpts)
@@ -549,22 +549,23 @@ class SMTPClient:
                     if reply.is_success:
                         txn._accepted.append(result)
                     else:
-                        result.error = reply_error(reply, "RCPT")
+                        result.error = reply_error(reply, Verb.RCPT)
                         txn._unresolved.remove(result)
             elif verb is Verb.DATA:
                 if reply.code == 354 and (txn.done or not txn._accepted):
                     # RFC 2920 §3.1: DATA got 354 although no recipient was accepted: end
                     # it with a lone "." and ignore that reply.
-                    await self._send("DATA", self.timeouts.data_block, self._proto.send_body(b""))
+                    lone_dot = self._proto.send_body(b"")
+                    await self._send(Verb.BODY, self.timeouts.data_block, lone_dot)
                     await self._reply()
                     self._needs_rset = False
                     if not txn.done:
                         self._finish(txn, done)
                 elif reply.code != 354 and not txn.done:
-                    txn._fail(reply_error(reply, "DATA"))
+                    txn._fail(reply_error(reply, Verb.DATA))
                     done.append(txn)
             if reply.code == 421:
-                raise reply_error(reply, verb.value)
+                raise reply_error(reply, verb)
 
     def _finish(self, txn: Transaction, done: list[Transaction]) -> None:
         txn.done = True
@@ -587,7 +588,7 @@ class SMTPClient:
         txn.data_sent = True
 
     def _complete(self, txn: Transaction, reply: Reply, done: list[Transaction]) -> None:
-        error = None if reply.is_success else reply_error(reply, "end of data")
+        error = None if reply.is_success else reply_error(reply, Verb.BODY)
         for result in txn._accepted:
             result.reply = reply
             result.error = error
@@ -614,7 +615,7 @@ class SMTPClient:
                 _verb, reply = await self._reply()
                 self._complete(self._in_flight.popleft(), reply, done)
                 if reply.code == 421:
-                    raise reply_error(reply, "end of data")
+                    raise reply_error(reply, Verb.BODY)
         except SMTPError as exc:
             self._abandon(exc, done)
         self._in_step()
@@ -633,7 +634,7 @@ class SMTPClient:
             return False
         return True
 
-    def _require_in_step(self, stage: str) -> None:
+    def _require_in_step(self, stage: Verb) -> None:
         if not self._in_step():
             raise RemoteProtocolError(f"unsolicited data after the reply to {stage}")
 
@@ -647,11 +648,11 @@ class SMTPClient:
     # ------------------------------------------------------------ session commands
 
     async def rset(self) -> Reply:
-        await self._send("RSET", self.timeouts.rset, self._proto.send_rset())
+        await self._send(Verb.RSET, self.timeouts.rset, self._proto.send_rset())
         return (await self._reply())[1]
 
     async def noop(self) -> Reply:
-        await self._send("NOOP", self.timeouts.rset, self._proto.send_noop())
+        await self._send(Verb.NOOP, self.timeouts.rset, self._proto.send_noop())
         return (await self._reply())[1]
 
     async def quit(self) -> None:
@@ -660,7 +661,7 @@ class SMTPClient:
             if self.usable:
                 await self.drain()
             if self.usable:
-                await self._send("QUIT", self.timeouts.quit, self._proto.send_quit())
+                await self._send(Verb.QUIT, self.timeouts.quit, self._proto.send_quit())
                 await self._reply()
         except SMTPError:
             pass
@@ -677,7 +678,7 @@ class SMTPClient:
         """
         if self.usable and not self._held and self._proto.pending == 0:
             with trio.CancelScope(shield=True), contextlib.suppress(SMTPError):
-                await self._send("QUIT", self.timeouts.quit, self._proto.send_quit())
+                await self._send(Verb.QUIT, self.timeouts.quit, self._proto.send_quit())
         self._usable = False
         self._proto.connection_lost()
         with trio.move_on_after(self.timeouts.quit) as scope:

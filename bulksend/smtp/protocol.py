@@ -42,6 +42,21 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, reply_error
+from bulksend.smtp.reply import Reply, Verb
+
+# Reply and Verb live in bulksend.smtp.reply; they are imported from here too.
+__all__ = [
+    "MAX_LINE",
+    "MAX_REPLY",
+    "ClientProtocol",
+    "Extensions",
+    "Reply",
+    "ReplyParser",
+    "State",
+    "Verb",
+    "check_address",
+    "encode_data",
+]
 
 MAX_LINE = 8 * 1024
 MAX_REPLY = 64 * 1024
@@ -52,47 +67,7 @@ MAX_DOMAIN = 255
 MAX_PATH = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One complete server reply (RFC 5321 §4.2), possibly multi-line.
-
-    ``enhanced_code`` is the RFC 3463 status code ("5.1.1") when the first line carries one.
-    ``lines`` holds the text of each line with the code (and enhanced code) removed.
-    """
-
-    code: int
-    enhanced_code: str | None
-    lines: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def is_success(self) -> bool:
-        """A 2xx: the command (or the message, at the final dot) was accepted."""
-        return 200 <= self.code < 300
-
-    def __str__(self) -> str:
-        parts = [str(self.code)]
-        if self.enhanced_code:
-            parts.append(self.enhanced_code)
-        if self.lines:
-            parts.append(" ".join(self.lines))
-        return " ".join(parts)
-
-
 # ----------------------------------------------------------------------------- replies
-
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
-
-
-def _split_enhanced(code: int, text: str) -> tuple[str | None, str]:
-    match = _ENHANCED.match(text)
-    # RFC 3463 §2: the class digit must agree with the reply code's first digit.
-    if match is None or int(match.group(1)) != code // 100:
-        return None, text
-    return f"{match.group(1)}.{int(match.group(2))}.{int(match.group(3))}", text[match.end() :]
 
 
 class ReplyParser:
@@ -163,19 +138,11 @@ class ReplyParser:
 
     def _finish(self) -> Reply:
         assert self._code is not None
-        code = int(self._code)
-        texts = [raw.decode("utf-8", "replace") for raw in self._lines]
-        enhanced, first = _split_enhanced(code, texts[0])
-        if enhanced is not None:
-            texts[0] = first
-            for i in range(1, len(texts)):
-                again, rest = _split_enhanced(code, texts[i])
-                if again == enhanced:
-                    texts[i] = rest
+        reply = Reply.from_wire(int(self._code), self._lines)
         self._code = None
         self._lines = []
         self._size = 0
-        return Reply(code, enhanced, tuple(texts))
+        return reply
 
 
 # -------------------------------------------------------------------------- extensions
@@ -307,25 +274,6 @@ class State(enum.Enum):
     AUTH_CONTINUE = "AUTH continuation expected"
     WAITING = "awaiting reply to a group-ending command"
     CLOSED = "closed"
-
-
-class Verb(enum.StrEnum):
-    """An SMTP command (or the greeting, or the message data), as errors name their stage:
-    a ``str``, so ``error.stage == Verb.RCPT`` holds whether a stage was given as either."""
-
-    GREETING = "greeting"
-    EHLO = "EHLO"
-    HELO = "HELO"
-    STARTTLS = "STARTTLS"
-    AUTH = "AUTH"
-    AUTH_RESPONSE = "AUTH response"
-    MAIL = "MAIL"
-    RCPT = "RCPT"
-    DATA = "DATA"
-    BODY = "end of data"
-    RSET = "RSET"
-    NOOP = "NOOP"
-    QUIT = "QUIT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +423,7 @@ class ClientProtocol:
         self.state = State.CLOSED
         reply = self._parser.next_reply()
         if reply is not None and reply.code == 421 and not self._parser.buffered:
-            raise reply_error(reply, verb.value)
+            raise reply_error(reply, verb)
         shown = "data" if reply is None else f"reply {reply}"
         raise RemoteProtocolError(f"unsolicited {shown} received before {verb.value}")
 
