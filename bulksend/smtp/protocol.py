@@ -11,8 +11,10 @@ whatever bytes arrive (``receive_data``) and asks for the next complete reply
   lifted into :attr:`Reply.enhanced_code`. Anything else is a :class:`RemoteProtocolError`,
   which is a *temporary* failure: a broken server is never turned into a made-up 5xx.
 * Commands are encoded only after every argument is checked: CR, LF, NUL or any other
-  control character, and paths longer than RFC 5321 §4.5.3.1 allows, raise
-  :class:`LocalProtocolError` before a byte is produced (no command injection).
+  control character (the project's one rule, :data:`bulksend.config.values.CONTROL`, which
+  also refuses lone surrogates: text that cannot be encoded), and paths longer than RFC 5321
+  §4.5.3.1 allows, raise :class:`LocalProtocolError` before a byte is produced (no command
+  injection).
 * Message data is normalised (bare CR and bare LF become CRLF, RFC 5321 §2.3.8), dot-stuffed
   (§4.5.2) and terminated with CRLF.CRLF. Normalising before stuffing is what defeats SMTP
   smuggling (CVE-2023-51764/5/6): no ``<LF>.<LF>`` or ``<CR>.<CR>`` can reach the server.
@@ -37,10 +39,10 @@ from __future__ import annotations
 
 import base64
 import enum
-import re
 from collections import deque
 from dataclasses import dataclass, field
 
+from bulksend.config.values import CONTROL
 from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, reply_error
 from bulksend.smtp.reply import Reply, Verb
 
@@ -188,11 +190,9 @@ class Extensions:
 
 # ---------------------------------------------------------------------------- encoding
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 def _check_text(what: str, value: str) -> None:
-    match = _CONTROL.search(value)
+    match = CONTROL.search(value)
     if match is not None:
         raise LocalProtocolError(
             f"{what} contains control character {match.group()!r}: refused before sending"
@@ -354,13 +354,15 @@ class ClientProtocol:
     """The client side of one SMTP session, with no I/O.
 
     Args:
-        hostname: our name for EHLO/HELO (checked for control characters).
+        hostname: our name for EHLO/HELO (ASCII, checked for control characters).
     """
 
     def __init__(self, hostname: str) -> None:
         _check_text("EHLO name", hostname)
-        if not hostname or " " in hostname:
-            raise LocalProtocolError(f"EHLO name {hostname!r} is empty or has a space")
+        if not hostname or " " in hostname or not hostname.isascii():
+            raise LocalProtocolError(
+                f"EHLO name {hostname!r} is empty, has a space or is not ASCII"
+            )
         self.hostname = hostname
         self.state = State.WAITING
         self.extensions = Extensions()
