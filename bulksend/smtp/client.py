@@ -353,19 +353,16 @@ class SMTPClient:
         self._proto.tls_started()
         await self._hello()
 
-    async def authenticate(
-        self, username: str, password: str, *, allow_plaintext: bool = False
-    ) -> None:
-        """AUTH PLAIN, or LOGIN when PLAIN is not offered.
+    async def authenticate(self, username: str, password: str) -> None:
+        """AUTH PLAIN, or LOGIN when PLAIN is not offered; only over TLS.
 
-        Refused over a connection without TLS unless ``allow_plaintext`` (for tests).
         Neither the password nor its encoding ever appears in an error message.
 
         Raises:
             LocalProtocolError: no TLS, or no mechanism we support is offered.
             ReplyError: the server refused the credentials (535 is permanent).
         """
-        if not self.tls_active and not allow_plaintext:
+        if not self.tls_active:
             raise LocalProtocolError("refusing AUTH over a connection without TLS")
         mechanisms = self.extensions.auth
         if "PLAIN" in mechanisms:

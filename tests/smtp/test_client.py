@@ -458,18 +458,25 @@ async def test_auth_after_starttls(ca: trustme.CA) -> None:
 
 
 @pytest.mark.parametrize("mechanisms", [("PLAIN",), ("LOGIN",)])
-async def test_auth_mechanisms_and_bad_password(mechanisms: tuple[str, ...]) -> None:
-    script = ServerScript(auth_credentials={"user": "right"}, auth_mechanisms=mechanisms)
+async def test_auth_mechanisms_and_bad_password(
+    ca: trustme.CA, mechanisms: tuple[str, ...]
+) -> None:
+    script = tls_script(ca, auth_credentials={"user": "right"}, auth_mechanisms=mechanisms)
     async with serving(script) as server:
         with trio.fail_after(10):
             client, _ = await open_client(server)
             await client.handshake(tls=TlsMode.NONE)
             with pytest.raises(LocalProtocolError, match="without TLS"):
                 await client.authenticate("user", "right")
+            await client.quit()
+            client, _ = await open_client(server)
+            await client.handshake(
+                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+            )
             with pytest.raises(PermanentReplyError) as info:
-                await client.authenticate("user", "wrong-pw", allow_plaintext=True)
+                await client.authenticate("user", "wrong-pw")
             assert "wrong-pw" not in str(info.value)
-            await client.authenticate("user", "right", allow_plaintext=True)
+            await client.authenticate("user", "right")
             await client.quit()
 
 
@@ -753,14 +760,18 @@ async def test_hostile_starttls_replies(
         (HANG, SMTPTimeoutError),
     ],
 )
-async def test_hostile_auth_replies(reply: Respond | str, error: type[Exception]) -> None:
-    script = ServerScript(auth_credentials={"u": "p"}, replies={"AUTH": reply})
+async def test_hostile_auth_replies(
+    ca: trustme.CA, reply: Respond | str, error: type[Exception]
+) -> None:
+    script = tls_script(ca, auth_credentials={"u": "p"}, replies={"AUTH": reply})
     async with serving(script) as server:
         with trio.fail_after(10):
             client, _ = await open_client(server, timeouts=replace(FAST, auth=0.3))
-            await client.handshake(tls=TlsMode.NONE)
+            await client.handshake(
+                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+            )
             with pytest.raises(error):
-                await client.authenticate("u", "p", allow_plaintext=True)
+                await client.authenticate("u", "p")
             assert not client.usable
             await client.aclose()
     assert server.transactions == []
