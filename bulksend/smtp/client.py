@@ -38,7 +38,7 @@ from bulksend.smtp.errors import (
     TLSError,
     reply_error,
 )
-from bulksend.smtp.protocol import ClientProtocol, Extensions, Reply, State, Verb, check_address
+from bulksend.smtp.protocol import ClientProtocol, Envelope, Extensions, Reply, State, Verb
 
 _RECEIVE_SIZE = 64 * 1024
 # Above this many bytes of pipelined commands, write and read concurrently so that a server
@@ -47,15 +47,7 @@ _CONCURRENT_WRITE = 16 * 1024
 # Message data is written in blocks, each under the "data block" deadline (§4.5.3.2.5).
 _DATA_BLOCK = 256 * 1024
 
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Sender (``""`` is the null reverse-path) and one or more recipients."""
-
-    sender: str
-    recipients: tuple[str, ...]
-    eightbitmime: bool = False
-    smtputf8: bool = False
+__all__ = ["Envelope", "RecipientResult", "SMTPClient", "Transaction"]
 
 
 @dataclass(slots=True)
@@ -100,6 +92,25 @@ class Transaction:
         self.done = True
 
 
+class _Deadline:
+    """The cancel scope of :meth:`SMTPClient._io`, re-armed for each step it covers, and
+    the step it is at (for the error message if it passes)."""
+
+    __slots__ = ("scope", "seconds", "stage")
+
+    def __init__(self, stage: Verb | str, seconds: float) -> None:
+        self.stage = stage
+        self.seconds = seconds
+        # A bare cancel scope rather than trio.fail_after (itself a generator).
+        self.scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+
+    def rearm(self, stage: Verb | str, seconds: float) -> None:
+        """The next step (``stage``) must be done within ``seconds`` from now."""
+        self.stage = stage
+        self.seconds = seconds
+        self.scope.deadline = trio.current_time() + seconds
+
+
 class SMTPClient:
     """One SMTP session over a trio stream.
 
@@ -129,7 +140,7 @@ class SMTPClient:
         # front of the next write, so a message's data and the next transaction's commands
         # share one send.
         self._held: list[Transaction] = []
-        self._held_data = bytearray()
+        self._held_data: list[bytes] = []
         self._deadlines: tuple[Timeouts, dict[Verb, float]] | None = None
 
     @classmethod
@@ -199,48 +210,58 @@ class SMTPClient:
         return table[verb]
 
     @contextmanager
-    def _io(self, stage: Verb | str, seconds: float) -> Iterator[None]:
-        """Run one network step under its deadline; the one place trio errors become ours."""
+    def _io(self, stage: Verb | str, seconds: float) -> Iterator[_Deadline]:
+        """Run network steps under one deadline; the one place trio errors become ours.
+
+        The deadline can be re-armed for each step (:meth:`_Deadline.rearm`), so a whole
+        pipelined batch (its write and every reply it is owed) runs under one cancel scope.
+        Any error or cancellation inside marks the connection broken.
+        """
         ok = False
-        # A bare cancel scope rather than trio.fail_after (itself a generator): this runs for
-        # every write and most reads.
-        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+        deadline = _Deadline(stage, seconds)
         try:
-            with scope:
-                yield
-            ok = not scope.cancelled_caught
+            with deadline.scope:
+                yield deadline
+            ok = not deadline.scope.cancelled_caught
+        except SMTPError:
+            raise
         except ssl.SSLError as exc:
-            raise TLSError(f"{stage}: TLS failure: {exc}") from exc
+            raise TLSError(f"{deadline.stage}: TLS failure: {exc}") from exc
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__
             if isinstance(cause, ssl.SSLError):
-                raise TLSError(f"{stage}: TLS failure: {cause}") from exc
-            raise SMTPConnectionError(f"{stage}: connection broken: {cause or exc}") from exc
+                raise TLSError(f"{deadline.stage}: TLS failure: {cause}") from exc
+            raise SMTPConnectionError(
+                f"{deadline.stage}: connection broken: {cause or exc}"
+            ) from exc
         except (trio.ClosedResourceError, OSError) as exc:
-            raise SMTPConnectionError(f"{stage}: {exc}") from exc
+            raise SMTPConnectionError(f"{deadline.stage}: {exc}") from exc
         finally:
             if not ok:
                 self._broken()
-        if scope.cancelled_caught:
-            raise SMTPTimeoutError(f"{stage}: not complete within {seconds:g}s")
+        if deadline.scope.cancelled_caught:
+            raise SMTPTimeoutError(f"{deadline.stage}: not complete within {deadline.seconds:g}s")
 
     def _broken(self) -> None:
         self._usable = False
         self._proto.connection_lost()
 
+    def _with_held(self, data: bytes) -> bytes:
+        """Held message data first, then ``data``, for one send.
+
+        The held messages count as sent from here on: if this write fails part-way, they
+        may have reached the server (in doubt), never "not sent".
+        """
+        for txn in self._held:
+            txn.data_sent = True
+        data = b"".join([*self._held_data, data])
+        self._held, self._held_data = [], []
+        return data
+
     async def _send(self, stage: Verb | str, seconds: float, data: bytes) -> None:
         if self._held:
-            # Held message data first, in the same send; it gets the data-block deadline.
-            # It counts as sent from here on: if this write fails part-way, the held
-            # messages may have reached the server (in doubt), never "not sent".
-            data = bytes(self._held_data) + data
-            for txn in self._held:
-                txn.data_sent = True
-            self._held, self._held_data = [], bytearray()
+            data = self._with_held(data)
             seconds = max(seconds, self.timeouts.data_block)
-            with self._io(stage, seconds):
-                await self._stream.send_all(data)
-            return
         with self._io(stage, seconds):
             await self._stream.send_all(data)
 
@@ -258,37 +279,49 @@ class SMTPClient:
                 self._abandon(exc, done)
         return done
 
-    async def _reply(self) -> tuple[Verb, Reply]:
-        """Read the next reply, under the deadline of the command it answers."""
-        verb = self._proto.next_expected
+    async def _reply(self, deadline: _Deadline | None = None) -> tuple[Verb, Reply]:
+        """Read the next reply, under the deadline of the command it answers.
+
+        A reply already buffered (a pipelining server answers a batch in one segment) needs
+        no deadline. Otherwise ``deadline`` (the batch's) is re-armed for it, or a deadline
+        of its own is set; either covers the whole reply, however slowly it drips in.
+        """
+        proto = self._proto
+        verb = proto.next_expected
         if verb is None:
             self._usable = False
             raise SMTPConnectionError("the server closed the session")
-        # Fast path: a pipelining server answers a batch in one segment, so most replies
-        # are already buffered; no I/O means no deadline to arm. A malformed reply raises
-        # RemoteProtocolError here just as it would below (``_io`` lets it through).
-        try:
-            item = self._proto.next_reply()
-        except BaseException:
-            self._broken()
-            raise
-        if item is not None:
-            if item[1].code == 421:
-                self._usable = False
-            return item
-        with self._io(f"reading reply to {verb.value}", self._deadline(verb)):
-            while True:
-                item = self._proto.next_reply()
-                if item is not None:
-                    if item[1].code == 421:
-                        self._usable = False
-                    return item
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-                if not data:
-                    raise SMTPConnectionError(
-                        f"server closed the connection while we awaited its reply to {verb.value}"
-                    )
-                self._proto.receive_data(data)
+        if deadline is None:
+            try:
+                item = proto.next_reply()
+            except BaseException:
+                self._broken()
+                raise
+            if item is None:
+                with self._io(f"reading reply to {verb}", self._deadline(verb)):
+                    item = await self._receive(verb)
+        else:
+            item = proto.next_reply()
+            if item is None:
+                deadline.rearm(f"reading reply to {verb}", self._deadline(verb))
+                item = await self._receive(verb)
+        if item[1].code == 421:
+            self._usable = False
+        return item
+
+    async def _receive(self, verb: Verb) -> tuple[Verb, Reply]:
+        """Receive until the reply to ``verb`` is complete (inside :meth:`_io`)."""
+        proto = self._proto
+        while True:
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                raise SMTPConnectionError(
+                    f"server closed the connection while we awaited its reply to {verb}"
+                )
+            proto.receive_data(data)
+            item = proto.next_reply()
+            if item is not None:
+                return item
 
     # ---------------------------------------------------------------- session setup
 
@@ -426,16 +459,15 @@ class SMTPClient:
     async def _transact(self, txn: Transaction, done: list[Transaction], *, hold: bool) -> None:
         env = txn.envelope
         proto = self._proto
+        # Addresses were checked once, when the envelope was made: a refused one fails alone.
         valid: list[RecipientResult] = []
-        for result in txn.results:
-            try:
-                if not result.address:
-                    raise LocalProtocolError("empty recipient address")
-                check_address(result.address, smtputf8=env.smtputf8)
-            except LocalProtocolError as exc:
-                result.error = exc
-            else:
+        indexes: list[int] = []
+        for index, (result, refusal) in enumerate(zip(txn.results, env.refusals, strict=True)):
+            if refusal is None:
                 valid.append(result)
+                indexes.append(index)
+            else:
+                result.error = refusal
         txn._unresolved = list(valid)
         if not valid:
             self._finish(txn, done)
@@ -448,12 +480,7 @@ class SMTPClient:
             else:
                 await self._write_and_read(proto.send_rset(), 1, txn, iter(()), done)
         try:
-            mail = proto.send_mail(
-                env.sender,
-                size=len(txn.data),
-                eightbitmime=env.eightbitmime,
-                smtputf8=env.smtputf8,
-            )
+            mail = proto.send_envelope_mail(env, size=len(txn.data))
         except LocalProtocolError as exc:
             txn._fail(exc)
             done.append(txn)
@@ -467,7 +494,7 @@ class SMTPClient:
                 [
                     reset,
                     mail,
-                    *(proto.send_rcpt(r.address, smtputf8=env.smtputf8) for r in valid),
+                    *[proto.send_envelope_rcpt(env, i) for i in indexes],
                     proto.send_data(),
                 ]
             )
@@ -477,9 +504,8 @@ class SMTPClient:
             await self._write_and_read(mail, 1, txn, rcpts, done)
             if txn.done:
                 return
-            for result in valid:
-                rcpt = proto.send_rcpt(result.address, smtputf8=env.smtputf8)
-                await self._write_and_read(rcpt, 1, txn, rcpts, done)
+            for i in indexes:
+                await self._write_and_read(proto.send_envelope_rcpt(env, i), 1, txn, rcpts, done)
             if not txn._accepted:
                 self._finish(txn, done)
                 return
@@ -495,15 +521,33 @@ class SMTPClient:
         rcpts: Iterator[RecipientResult],
         done: list[Transaction],
     ) -> None:
-        """Write commands, then read ``owed`` replies (concurrently for a big batch)."""
-        if len(commands) <= _CONCURRENT_WRITE:
-            await self._send("commands", self.timeouts.mail, commands)
-            await self._envelope_replies(owed, txn, rcpts, done)
+        """Write commands (behind any held data), then read ``owed`` replies, all under one
+        deadline re-armed per step; a big batch is written while the replies are read."""
+        seconds = self.timeouts.mail
+        if len(commands) > _CONCURRENT_WRITE:
+            await self._write_while_reading(commands, owed, txn, rcpts, done)
             return
+        if self._held:
+            commands = self._with_held(commands)
+            seconds = max(seconds, self.timeouts.data_block)
+        with self._io("commands", seconds) as deadline:
+            await self._stream.send_all(commands)
+            await self._envelope_replies(deadline, owed, txn, rcpts, done)
+
+    async def _write_while_reading(
+        self,
+        commands: bytes,
+        owed: int,
+        txn: Transaction,
+        rcpts: Iterator[RecipientResult],
+        done: list[Transaction],
+    ) -> None:
+        """RFC 2920 §3.5: a server may stop reading until we read its replies; so a big
+        batch is written by a child task while the replies are read."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send, "commands", self.timeouts.mail, commands)
-                await self._envelope_replies(owed, txn, rcpts, done)
+                await self._envelope_replies(None, owed, txn, rcpts, done)
         except BaseExceptionGroup as group:
             # The writer or the reader failed: one SMTP error, as from the plain path.
             failures, rest = group.split(SMTPError)
@@ -516,6 +560,7 @@ class SMTPClient:
 
     async def _envelope_replies(
         self,
+        deadline: _Deadline | None,
         count: int,
         txn: Transaction,
         rcpts: Iterator[RecipientResult],
@@ -530,39 +575,47 @@ class SMTPClient:
             SMTPError: the server sent 421 or the connection failed.
         """
         for _ in range(count):
-            verb, reply = await self._reply()
+            verb, reply = await self._reply(deadline)
+            code = reply.code
             if verb is Verb.BODY:
                 self._complete(self._in_flight.popleft(), reply, done)
-            elif reply.code == 421:
+            elif code == 421:
                 pass  # handled below, after any final reply it answered
-            elif verb is Verb.MAIL:
-                if not reply.is_success:
-                    txn._fail(reply_error(reply, Verb.MAIL))
-                    done.append(txn)
             elif verb is Verb.RCPT:
                 result = next(rcpts)
                 if not txn.done:
                     result.reply = reply
-                    if reply.is_success:
+                    if 200 <= code < 300:
                         txn._accepted.append(result)
                     else:
                         result.error = reply_error(reply, Verb.RCPT)
                         txn._unresolved.remove(result)
+            elif verb is Verb.MAIL:
+                if not 200 <= code < 300:
+                    txn._fail(reply_error(reply, Verb.MAIL))
+                    done.append(txn)
             elif verb is Verb.DATA:
-                if reply.code == 354 and (txn.done or not txn._accepted):
+                if code == 354 and (txn.done or not txn._accepted):
                     # RFC 2920 §3.1: DATA got 354 although no recipient was accepted: end
                     # it with a lone "." and ignore that reply.
-                    lone_dot = self._proto.send_body(b"")
-                    await self._send(Verb.BODY, self.timeouts.data_block, lone_dot)
-                    await self._reply()
+                    await self._lone_dot(deadline)
                     self._needs_rset = False
                     if not txn.done:
                         self._finish(txn, done)
-                elif reply.code != 354 and not txn.done:
+                elif code != 354 and not txn.done:
                     txn._fail(reply_error(reply, Verb.DATA))
                     done.append(txn)
-            if reply.code == 421:
+            if code == 421:
                 raise reply_error(reply, verb)
+
+    async def _lone_dot(self, deadline: _Deadline | None) -> None:
+        lone_dot = self._proto.send_body(b"")
+        if deadline is None:
+            await self._send(Verb.BODY, self.timeouts.data_block, lone_dot)
+        else:
+            deadline.rearm(Verb.BODY, self.timeouts.data_block)
+            await self._stream.send_all(lone_dot)
+        await self._reply(deadline)
 
     def _finish(self, txn: Transaction, done: list[Transaction]) -> None:
         txn.done = True
@@ -576,11 +629,11 @@ class SMTPClient:
         self._in_flight.append(txn)
         if hold and len(payload) <= _DATA_BLOCK:
             self._held.append(txn)
-            self._held_data += payload
+            self._held_data.append(payload)
             return
         for start in range(0, len(payload), _DATA_BLOCK):
             await self._send(
-                "message data", self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
+                Verb.BODY, self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
             )
         txn.data_sent = True
 
@@ -595,7 +648,7 @@ class SMTPClient:
 
     def _abandon(self, error: SMTPError, done: list[Transaction]) -> None:
         """The connection failed: every transaction whose data went out is in doubt."""
-        self._held, self._held_data = [], bytearray()
+        self._held, self._held_data = [], []
         while self._in_flight:
             txn = self._in_flight.popleft()
             if txn.data_sent:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_LINE",
     "MAX_REPLY",
     "ClientProtocol",
+    "Envelope",
     "Extensions",
     "Reply",
     "ReplyParser",
@@ -72,79 +74,104 @@ MAX_PATH = 256
 # ----------------------------------------------------------------------------- replies
 
 
-class ReplyParser:
-    """Incremental parser: feed bytes in any chunks, take complete replies out."""
+# Every reply code there is (2yz to 5yz, RFC 5321 §4.2), keyed by its three bytes on the wire:
+# one lookup both checks a line's code and converts it.
+_CODES = {b"%d" % code: code for code in range(200, 600)}
+_SEPARATORS = (b" ", b"-", b"")
 
-    __slots__ = ("_buffer", "_code", "_lines", "_size")
+
+class ReplyParser:
+    """Incremental parser: feed bytes in any chunks, take complete replies out.
+
+    Replies are scanned in bulk: when the next one is asked for and none is ready, every
+    complete line buffered is split off at once and framed (code, separator, length); the
+    text of a reply is parsed only if someone reads it (:meth:`Reply.from_wire`). A malformed
+    line is reported once the replies before it have been taken.
+    """
+
+    __slots__ = ("_buffer", "_error", "_lines", "_ready", "_size")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._code: bytes | None = None
-        self._lines: list[bytes] = []
-        self._size = 0
+        self._lines: list[bytes] = []  # the multi-line reply being read
+        self._size = 0  # its size so far
+        self._ready: deque[Reply] = deque()
+        self._error: RemoteProtocolError | None = None
 
     def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
-    def discard(self) -> int:
-        """Forget everything buffered (RFC 3207 §4.2); returns how many bytes were dropped."""
-        dropped = len(self._buffer) + self._size
+    def discard(self) -> None:
+        """Forget everything buffered (RFC 3207 §4.2), replies already framed included."""
         self._buffer.clear()
-        self._code = None
         self._lines = []
         self._size = 0
-        return dropped
+        self._ready.clear()
+        self._error = None
 
     @property
-    def buffered(self) -> int:
-        return len(self._buffer) + self._size
+    def buffered(self) -> bool:
+        """Whether bytes arrived that no reply taken out so far accounts for."""
+        return bool(self._buffer or self._size or self._ready or self._error)
 
     def next_reply(self) -> Reply | None:
-        """Return the next complete reply, or None when more bytes are needed."""
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                if len(buffer) > MAX_LINE:
-                    raise RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
-                return None
-            if end + 1 > MAX_LINE:
-                raise RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            self._size += end + 1
-            if self._size > MAX_REPLY:
-                raise RemoteProtocolError(f"reply longer than {MAX_REPLY} octets")
-            code = line[:3]
-            if (
-                len(code) != 3
-                or code[0] not in b"2345"
-                or code[1] not in b"0123456789"
-                or code[2] not in b"0123456789"
-            ):
-                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
-            sep = line[3:4]
-            if sep not in (b" ", b"-", b""):
-                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
-            if self._code is None:
-                self._code = code
-            elif code != self._code:
-                raise RemoteProtocolError(
-                    f"multi-line reply changed code from {self._code.decode()} to {code.decode()}"
-                )
-            self._lines.append(line[4:])
-            if sep != b"-":
-                return self._finish()
+        """Return the next complete reply, or None when more bytes are needed.
 
-    def _finish(self) -> Reply:
-        assert self._code is not None
-        reply = Reply.from_wire(int(self._code), self._lines)
-        self._code = None
-        self._lines = []
-        self._size = 0
-        return reply
+        Raises:
+            RemoteProtocolError: the next reply is malformed or too long.
+        """
+        if not self._ready:
+            if self._error is None:
+                self._scan()
+            if not self._ready:
+                if self._error is not None:
+                    raise self._error
+                return None
+        return self._ready.popleft()
+
+    def _scan(self) -> None:
+        buffer = self._buffer
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_LINE:
+                self._error = RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
+            return
+        lines = bytes(buffer[:end]).split(b"\n")
+        del buffer[: end + 1]
+        ready, multi, size = self._ready, self._lines, self._size
+        for raw in lines:
+            if len(raw) >= MAX_LINE:
+                self._error = RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
+                return
+            size += len(raw) + 1
+            if size > MAX_REPLY:
+                self._error = RemoteProtocolError(f"reply longer than {MAX_REPLY} octets")
+                return
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            code = _CODES.get(line[:3])
+            sep = line[3:4]
+            if code is None or sep not in _SEPARATORS:
+                self._error = RemoteProtocolError(f"malformed reply line {line[:80]!r}")
+                return
+            if multi and line[:3] != multi[0][:3]:
+                self._error = RemoteProtocolError(
+                    f"multi-line reply changed code from {multi[0][:3].decode()} "
+                    f"to {line[:3].decode()}"
+                )
+                return
+            if sep == b"-":
+                multi.append(line)
+                continue
+            if multi:
+                multi.append(line)
+                ready.append(Reply.from_wire(code, tuple(multi)))
+                multi = self._lines = []
+            else:
+                ready.append(Reply.from_wire(code, (line,)))
+            size = 0
+        self._size = size
+        if len(buffer) > MAX_LINE:
+            self._error = RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
 
 
 # -------------------------------------------------------------------------- extensions
@@ -199,6 +226,12 @@ def _check_text(what: str, value: str) -> None:
         )
 
 
+# A plain ASCII address, short enough for every limit of RFC 5321 §4.5.3.1: printable, no
+# space, "<" or ">"; the domain holds no "@" (the local part may). Most addresses are such, and
+# one match clears them; anything else gets the detailed checks below.
+_PLAIN_ADDRESS = re.compile(r"[!-;=?-~]{1,64}@[!-;=?A-~]{1,189}")
+
+
 def check_address(address: str, *, smtputf8: bool = False) -> None:
     """Refuse an envelope address that could inject a command or break RFC 5321 limits.
 
@@ -208,6 +241,8 @@ def check_address(address: str, *, smtputf8: bool = False) -> None:
         LocalProtocolError: control characters, ``<``/``>``, over-long parts, or a non-ASCII
             address when the transaction is not SMTPUTF8.
     """
+    if _PLAIN_ADDRESS.fullmatch(address) is not None:
+        return
     _check_text("address", address)
     if not address:
         return
@@ -230,13 +265,61 @@ def check_address(address: str, *, smtputf8: bool = False) -> None:
         )
 
 
+def _refusal(address: str, smtputf8: bool) -> LocalProtocolError | None:
+    try:
+        check_address(address, smtputf8=smtputf8)
+    except LocalProtocolError as exc:
+        return exc
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Sender (``""`` is the null reverse-path) and one or more recipients.
+
+    Every address is checked once, when the envelope is made (:func:`check_address`): a
+    refused one keeps its error in :attr:`refusals` (or :attr:`sender_refusal`), so that a
+    recipient can fail alone and :meth:`ClientProtocol.send_envelope_mail` and
+    :meth:`~ClientProtocol.send_envelope_rcpt` need not check again.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    sender_refusal: LocalProtocolError | None = field(init=False, repr=False, compare=False)
+    refusals: tuple[LocalProtocolError | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        smtputf8 = self.smtputf8
+        object.__setattr__(self, "sender_refusal", _refusal(self.sender, smtputf8))
+        refusals = tuple(
+            _refusal(r, smtputf8) if r else LocalProtocolError("empty recipient address")
+            for r in self.recipients
+        )
+        object.__setattr__(self, "refusals", refusals)
+
+
 def encode_data(body: bytes) -> bytes:
     """Encode a message for DATA: CRLF-normalise, dot-stuff, add the CRLF.CRLF terminator.
 
     Bare CR and bare LF become CRLF first (RFC 5321 §2.3.8), so that no ``<LF>.<LF>`` or
     ``<CR>.<CR>`` sequence survives to end the data early on a lenient server (SMTP
     smuggling). Then every line starting with "." gets another (§4.5.2).
+
+    Rendered messages are already CRLF-normalised with no line starting with ".": four
+    C-speed scans find that out, and such a body only gets its terminator.
     """
+    crlf = body.count(b"\r\n")
+    if (
+        body.count(b"\n") == crlf
+        and body.count(b"\r") == crlf
+        and b"\n." not in body
+        and not body.startswith(b".")
+    ):
+        if not body or body.endswith(b"\r\n"):
+            return body + b".\r\n"
+        return body + b"\r\n.\r\n"
     if b"\r" in body:
         if b"\r\n" in body:
             body = body.replace(b"\r\n", b"\n")
@@ -386,7 +469,7 @@ class ClientProtocol:
     @property
     def out_of_step(self) -> bool:
         """Bytes arrived that no command asked for (nothing is owed): the session is over."""
-        return not self._pending and self._parser.buffered > 0
+        return not self._pending and self._parser.buffered
 
     @property
     def pipelining(self) -> bool:
@@ -468,34 +551,49 @@ class ClientProtocol:
         Parameters are only added when the server advertised the extension; asking for
         8BITMIME or SMTPUTF8 from a server without it is refused here, before any byte.
         """
+        envelope = Envelope(sender, (), eightbitmime=eightbitmime, smtputf8=smtputf8)
+        return self.send_envelope_mail(envelope, size=size)
+
+    def send_envelope_mail(self, envelope: Envelope, *, size: int | None = None) -> bytes:
+        """MAIL FROM for ``envelope`` (its sender was checked when it was made), as
+        :meth:`send_mail`."""
         ext = self.extensions
-        if smtputf8 and not ext.smtputf8:
+        if envelope.smtputf8 and not ext.smtputf8:
             raise LocalProtocolError(
                 "message needs SMTPUTF8 but the server does not offer it", enhanced_code="5.6.7"
             )
-        if eightbitmime and not ext.eightbitmime:
+        if envelope.eightbitmime and not ext.eightbitmime:
             raise LocalProtocolError(
                 "message needs 8BITMIME but the server does not offer it", enhanced_code="5.6.3"
             )
-        check_address(sender, smtputf8=smtputf8)
+        if envelope.sender_refusal is not None:
+            raise envelope.sender_refusal
         if size is not None and ext.size and size > ext.size:
             raise LocalProtocolError(
                 f"message of {size} octets exceeds server SIZE {ext.size}", enhanced_code="5.3.4"
             )
-        line = f"MAIL FROM:<{sender}>"
+        line = f"MAIL FROM:<{envelope.sender}>"
         if size is not None and ext.size is not None:
             line += f" SIZE={size}"
-        if eightbitmime:
+        if envelope.eightbitmime:
             line += " BODY=8BITMIME"
-        if smtputf8:
+        if envelope.smtputf8:
             line += " SMTPUTF8"
         return self._send(Verb.MAIL, line.encode("utf-8") + b"\r\n")
 
     def send_rcpt(self, recipient: str, *, smtputf8: bool = False) -> bytes:
-        if not recipient:
-            raise LocalProtocolError("empty recipient address")
-        check_address(recipient, smtputf8=smtputf8)
-        return self._send(Verb.RCPT, f"RCPT TO:<{recipient}>\r\n".encode())
+        return self.send_envelope_rcpt(Envelope("", (recipient,), smtputf8=smtputf8), 0)
+
+    def send_envelope_rcpt(self, envelope: Envelope, index: int) -> bytes:
+        """RCPT TO for ``envelope``'s recipient number ``index`` (checked when it was made).
+
+        Raises:
+            LocalProtocolError: that recipient's address was refused.
+        """
+        refusal = envelope.refusals[index]
+        if refusal is not None:
+            raise refusal
+        return self._send(Verb.RCPT, f"RCPT TO:<{envelope.recipients[index]}>\r\n".encode())
 
     def send_data(self) -> bytes:
         return self._send(Verb.DATA, b"DATA\r\n")
@@ -528,25 +626,27 @@ class ClientProtocol:
         reply = self._parser.next_reply()
         if reply is None:
             return None
+        code = reply.code
         if not self._pending:
             self.state = State.CLOSED
-            if reply.code == 421:
+            if code == 421:
                 return Verb.QUIT, reply
             raise RemoteProtocolError(f"unsolicited reply {reply}")
         pending = self._pending.popleft()
-        verb, move = pending.verb, pending.move
-        if reply.code == 421 and verb is not Verb.QUIT:
+        verb = pending.verb
+        if code == 421 and verb is not Verb.QUIT:
             # The server is closing: nothing more will be answered.
             self.state = State.CLOSED
             self._pending.clear()
             return verb, reply
-        if not _can_answer(verb, reply.code):
+        if not _can_answer(verb, code):
             self.state = State.CLOSED
             self._pending.clear()
             raise RemoteProtocolError(f"reply {reply} cannot answer {verb.value}")
-        success = self._is_success(verb, reply)
+        # RFC 5321 §4.2: judged by the first digit; DATA's only positive reply is 354.
+        success = code == 354 if verb is Verb.DATA else 200 <= code < 300
         if verb is Verb.AUTH or verb is Verb.AUTH_RESPONSE:
-            if reply.code == 334:
+            if code == 334:
                 self.state = State.AUTH_CONTINUE
                 return verb, reply
         elif verb is Verb.EHLO and success:
@@ -555,17 +655,10 @@ class ClientProtocol:
             # RFC 3207 §4.2: anything that came with the 220 is not to be trusted.
             self._parser.discard()
         if pending.seq == self._seq:
-            target = move.on_success if success else move.on_failure
+            target = pending.move.on_success if success else pending.move.on_failure
             if target is not None:
                 self.state = target
         return verb, reply
-
-    @staticmethod
-    def _is_success(verb: Verb, reply: Reply) -> bool:
-        """RFC 5321 §4.2: judged by the first digit; DATA's only positive reply is 354."""
-        if verb is Verb.DATA:
-            return reply.code == 354
-        return reply.is_success
 
     def tls_started(self) -> None:
         """The I/O layer finished the TLS handshake: forget the past, EHLO again (RFC 3207)."""

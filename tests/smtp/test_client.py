@@ -145,6 +145,29 @@ async def test_next_transaction_rides_behind_the_final_dot(server: SMTPServer) -
     assert [t.data for t in server.transactions] == [b"one\r\n", b"two\r\n"]
 
 
+async def test_held_data_rides_with_the_next_commands_one_write_per_transaction() -> None:
+    async with serving(ServerScript()) as server:
+        with trio.fail_after(10):
+            client, stream = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            txns = [
+                Transaction(Envelope("s@x.test", (f"{n}@x.test",)), n.encode())
+                for n in ("one", "two", "three")
+            ]
+            for txn in txns:
+                await client.submit(txn, hold=True)
+            await client.drain()
+            await client.quit()
+    assert all(r.delivered for t in txns for r in t.results)
+    assert stream.writes[1:5] == [
+        b"MAIL FROM:<s@x.test>\r\nRCPT TO:<one@x.test>\r\nDATA\r\n",
+        b"one\r\n.\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<two@x.test>\r\nDATA\r\n",
+        b"two\r\n.\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<three@x.test>\r\nDATA\r\n",
+        b"three\r\n.\r\n",
+    ]
+    assert [t.data for t in server.transactions] == [b"one\r\n", b"two\r\n", b"three\r\n"]
+
+
 async def test_without_pipelining_commands_go_one_by_one() -> None:
     async with serving(ServerScript(pipelining=False)) as server:
         with trio.fail_after(10):

@@ -1,0 +1,148 @@
+"""The hot path's pieces, byte by byte: the bulk reply scanner, replies read lazily, message
+data that needs no rework, envelopes checked once."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError
+from bulksend.smtp.protocol import (
+    ClientProtocol,
+    Envelope,
+    Reply,
+    ReplyParser,
+    State,
+    Verb,
+    encode_data,
+)
+
+
+def test_replies_before_a_malformed_line_are_read_first() -> None:
+    # A final-dot 250 and garbage in one segment: the 250 still counts (the message was
+    # taken); only the reply after it is broken.
+    parser = ReplyParser()
+    parser.feed(b"250 2.0.0 queued\r\n250-a\r\n250 b\r\nhello\r\n250 later\r\n")
+    assert parser.next_reply() == Reply(250, "2.0.0", ("queued",))
+    assert parser.next_reply() == Reply(250, None, ("a", "b"))
+    with pytest.raises(RemoteProtocolError, match="malformed"):
+        parser.next_reply()
+    assert parser.buffered
+
+
+def test_an_overlong_partial_line_is_reported_after_the_complete_replies() -> None:
+    parser = ReplyParser()
+    parser.feed(b"250 ok\r\n250 " + b"x" * (9 * 1024))
+    assert parser.next_reply() == Reply(250, None, ("ok",))
+    with pytest.raises(RemoteProtocolError, match="longer than"):
+        parser.next_reply()
+
+
+def test_discard_forgets_replies_already_scanned() -> None:
+    parser = ReplyParser()
+    parser.feed(b"250 one\r\n250 two\r\n")
+    assert parser.next_reply() == Reply(250, None, ("one",))
+    parser.discard()
+    assert not parser.buffered
+    assert parser.next_reply() is None
+
+
+@given(
+    code=st.integers(200, 599),
+    texts=st.lists(
+        st.text(max_size=20).filter(lambda t: "\n" not in t and "\r" not in t),
+        min_size=1,
+        max_size=4,
+    ),
+    enhanced=st.sampled_from(["", "2.1.5 ", "4.7.1 ", "5.1.1 ", "5.01.001 "]),
+)
+def test_a_reply_read_lazily_equals_the_one_parsed_at_once(
+    code: int, texts: list[str], enhanced: str
+) -> None:
+    wire = b"".join(
+        f"{code}{'-' if i < len(texts) - 1 else ' '}{enhanced}{t}\r\n".encode()
+        for i, t in enumerate(texts)
+    )
+    parser = ReplyParser()
+    parser.feed(wire)
+    lazy = parser.next_reply()
+    assert lazy is not None
+    eager = Reply(lazy.code, lazy.enhanced_code, lazy.lines)
+    assert lazy == eager and hash(lazy) == hash(eager)
+    assert (str(lazy), repr(lazy), lazy.text) == (str(eager), repr(eager), eager.text)
+    assert lazy.code == code
+
+
+def test_a_reply_is_immutable() -> None:
+    reply = Reply(250, None, ("ok",))
+    with pytest.raises(AttributeError):
+        reply.code = 550  # type: ignore[misc]
+
+
+# Already CRLF-normalised bodies take the fast path; the wire is what the full
+# normalise-and-stuff would give.
+FAST_CASES = [
+    (b"", b".\r\n"),
+    (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+    (b"a\r\nb", b"a\r\nb\r\n.\r\n"),
+    (b"a\r\n.b\r\n", b"a\r\n..b\r\n.\r\n"),
+    (b".\r\n", b"..\r\n.\r\n"),
+    (b"a.\r\nb\r\n", b"a.\r\nb\r\n.\r\n"),
+    (b"a\r\n\r\nb\r\n", b"a\r\n\r\nb\r\n.\r\n"),
+]
+
+
+@pytest.mark.parametrize(("body", "wire"), FAST_CASES)
+def test_encode_data_of_normalised_bodies(body: bytes, wire: bytes) -> None:
+    assert encode_data(body) == wire
+
+
+def reference(body: bytes) -> bytes:
+    body = re.sub(rb"\r\n|\r|\n", b"\r\n", body)
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    lines = body.split(b"\r\n")
+    return b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines) + (
+        b".\r\n"
+    )
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b".", b"..", b" ", b"x.y", b"\r", b"\n"]), max_size=12).map(
+        b"\r\n".join
+    )
+    | st.binary(max_size=200)
+)
+def test_encode_data_matches_the_reference_encoding(body: bytes) -> None:
+    assert encode_data(body) == reference(body)
+
+
+def test_an_envelope_checks_each_address_once_and_keeps_the_verdict() -> None:
+    env = Envelope("s@x.test", ("a@x.test", "bad\r\n@x.test", "", "c@x.test"))
+    assert [r is None for r in env.refusals] == [True, False, False, True]
+    assert env.sender_refusal is None
+    assert all(isinstance(r, LocalProtocolError) for r in env.refusals[1:3])
+    assert Envelope("s\n@x.test", ()).sender_refusal is not None
+    # Equality and hashing are those of the addresses and flags, as before.
+    assert env == Envelope("s@x.test", ("a@x.test", "bad\r\n@x.test", "", "c@x.test"))
+
+
+def test_envelope_commands_refuse_what_the_envelope_refused() -> None:
+    proto = ClientProtocol("client.test")
+    proto.receive_data(b"220 mx\r\n")
+    proto.next_reply()
+    proto.send_ehlo()
+    proto.receive_data(b"250-mx\r\n250 PIPELINING\r\n")
+    proto.next_reply()
+    with pytest.raises(LocalProtocolError):
+        proto.send_envelope_mail(Envelope("s\r\nRSET@x.test", ("a@x.test",)))
+    assert proto.state is State.READY and proto.pending == 0
+    env = Envelope("s@x.test", ("a@x.test", "b>@x.test"))
+    assert proto.send_envelope_mail(env, size=3) == b"MAIL FROM:<s@x.test>\r\n"
+    assert proto.send_envelope_rcpt(env, 0) == b"RCPT TO:<a@x.test>\r\n"
+    with pytest.raises(LocalProtocolError):
+        proto.send_envelope_rcpt(env, 1)
+    assert proto.pending == 2 and proto.next_expected is Verb.MAIL
