@@ -1,15 +1,18 @@
 """The trio SMTP client: a thin I/O layer over :mod:`bulksend.smtp.protocol`.
 
 How this works: :class:`SMTPClient` owns one stream, the deadlines and TLS. Every network
-step runs under a cancel scope taken from :class:`~bulksend.config.Timeouts` (RFC 5321
+step runs under a deadline taken from :class:`~bulksend.config.Timeouts` (RFC 5321
 §4.5.3.2 defaults) that covers the *whole* reply, so a server dripping a byte a second does
-not escape its deadline. trio's exceptions are translated into ours in exactly one place,
+not escape it. trio's exceptions are translated into ours in exactly one place,
 :meth:`SMTPClient._io`; any error or cancellation there marks the connection unusable.
 
 A transaction (:class:`Transaction`) is an envelope plus message bytes. With PIPELINING
-(RFC 2920) MAIL, every RCPT and DATA go out in one write, and :meth:`SMTPClient.submit`
-returns as soon as the message data is written: the final-dot reply is read while the
-*next* transaction's commands are already on their way, so the connection never idles.
+(RFC 2920) MAIL, every RCPT and DATA go out in one write, behind the previous message's
+held data, and that write and every reply it is owed run under one cancel scope, re-armed
+with the stage's deadline each time a reply has to be waited for (replies already buffered
+are read without any). :meth:`SMTPClient.submit` returns as soon as the message data is
+written (or held): the final-dot reply is read while the *next* transaction's commands are
+already on their way, so the connection never idles.
 :meth:`SMTPClient.drain` collects the replies still owed. Per-recipient results never raise:
 each recipient ends with ``error=None`` (the server's 2xx to the final dot) or an
 :class:`~bulksend.smtp.errors.SMTPError` saying why not, and a lost final reply is an
@@ -523,10 +526,10 @@ class SMTPClient:
     ) -> None:
         """Write commands (behind any held data), then read ``owed`` replies, all under one
         deadline re-armed per step; a big batch is written while the replies are read."""
-        seconds = self.timeouts.mail
         if len(commands) > _CONCURRENT_WRITE:
             await self._write_while_reading(commands, owed, txn, rcpts, done)
             return
+        seconds = self.timeouts.mail
         if self._held:
             commands = self._with_held(commands)
             seconds = max(seconds, self.timeouts.data_block)

@@ -5,11 +5,14 @@ I/O layer hands it a command and gets the bytes to write back (``send_*`` method
 whatever bytes arrive (``receive_data``) and asks for the next complete reply
 (``next_reply``), which comes paired with the command it answers.
 
-* Replies (RFC 5321 §4.2) are parsed incrementally from arbitrary chunks. Each line is at
-  most ``MAX_LINE`` octets and a whole reply at most ``MAX_REPLY``; every line of a
-  multi-line reply must carry the same code (§4.2.1); RFC 3463 enhanced status codes are
-  lifted into :attr:`Reply.enhanced_code`. Anything else is a :class:`RemoteProtocolError`,
-  which is a *temporary* failure: a broken server is never turned into a made-up 5xx.
+* Replies (RFC 5321 §4.2) are parsed incrementally from arbitrary chunks, every complete
+  line at once (:class:`ReplyParser`). Each line is at most ``MAX_LINE`` octets and a whole
+  reply at most ``MAX_REPLY``; every line of a multi-line reply must carry the same code
+  (§4.2.1). Only that framing and the code are checked as the bytes arrive; the text and the
+  RFC 3463 enhanced status code (:attr:`Reply.enhanced_code`) are parsed when first read,
+  which for a 250 to RCPT or a 354 is never. Anything malformed is a
+  :class:`RemoteProtocolError`, which is a *temporary* failure: a broken server is never
+  turned into a made-up 5xx.
 * Commands are encoded only after every argument is checked: CR, LF, NUL or any other
   control character (the project's one rule, :data:`bulksend.config.values.CONTROL`, which
   also refuses lone surrogates: text that cannot be encoded), and paths longer than RFC 5321

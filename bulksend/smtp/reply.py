@@ -120,6 +120,9 @@ class Reply:
         """A 2xx: the command (or the message, at the final dot) was accepted."""
         return 200 <= self.code < 300
 
+    def __reduce__(self) -> tuple[type[Reply], tuple[int, str | None, tuple[str, ...]]]:
+        return Reply, self._key()
+
     def _key(self) -> tuple[int, str | None, tuple[str, ...]]:
         return self.code, self.enhanced_code, self.lines
 

@@ -3,6 +3,8 @@ data that needs no rework, envelopes checked once."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 
 import pytest
@@ -76,10 +78,15 @@ def test_a_reply_read_lazily_equals_the_one_parsed_at_once(
     assert lazy.code == code
 
 
-def test_a_reply_is_immutable() -> None:
+def test_a_reply_is_immutable_and_copies_as_a_value() -> None:
     reply = Reply(250, None, ("ok",))
     with pytest.raises(AttributeError):
         reply.code = 550  # type: ignore[misc]
+    parser = ReplyParser()
+    parser.feed(b"550 5.1.1 no such user\r\n")
+    lazy = parser.next_reply()
+    assert pickle.loads(pickle.dumps(lazy)) == Reply(550, "5.1.1", ("no such user",))
+    assert copy.copy(lazy) == lazy
 
 
 # Already CRLF-normalised bodies take the fast path; the wire is what the full
