@@ -525,28 +525,20 @@ class SMTPClient:
         done: list[Transaction],
     ) -> None:
         """Write commands (behind any held data), then read ``owed`` replies, all under one
-        deadline re-armed per step; a big batch is written while the replies are read."""
-        if len(commands) > _CONCURRENT_WRITE:
-            await self._write_while_reading(commands, owed, txn, rcpts, done)
-            return
-        seconds = self.timeouts.mail
-        if self._held:
-            commands = self._with_held(commands)
-            seconds = max(seconds, self.timeouts.data_block)
-        with self._io("commands", seconds) as deadline:
-            await self._stream.send_all(commands)
-            await self._envelope_replies(deadline, owed, txn, rcpts, done)
+        deadline re-armed per step.
 
-    async def _write_while_reading(
-        self,
-        commands: bytes,
-        owed: int,
-        txn: Transaction,
-        rcpts: Iterator[RecipientResult],
-        done: list[Transaction],
-    ) -> None:
-        """RFC 2920 §3.5: a server may stop reading until we read its replies; so a big
-        batch is written by a child task while the replies are read."""
+        A big batch is written by a child task while the replies are read (RFC 2920 §3.5: a
+        server may stop reading until we read its replies).
+        """
+        if len(commands) <= _CONCURRENT_WRITE:
+            seconds = self.timeouts.mail
+            if self._held:
+                commands = self._with_held(commands)
+                seconds = max(seconds, self.timeouts.data_block)
+            with self._io("commands", seconds) as deadline:
+                await self._stream.send_all(commands)
+                await self._envelope_replies(deadline, owed, txn, rcpts, done)
+            return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send, "commands", self.timeouts.mail, commands)

@@ -88,3 +88,16 @@ async def test_an_unencodable_recipient_fails_alone_on_the_wire() -> None:
     assert isinstance(bad_sender[0].error, LocalProtocolError)
     assert [t.rcpt_to for t in server.transactions] == [("b@x.test",)]
     assert b"RCPT TO:<c@x.test>" not in server.connections[0].received
+
+
+def test_envelope_commands_refuse_what_the_envelope_refused() -> None:
+    proto = ready()
+    with pytest.raises(LocalProtocolError):
+        proto.send_envelope_mail(Envelope("s\r\nRSET@x.test", ("a@x.test",)))
+    assert proto.state is State.READY and proto.pending == 0
+    env = Envelope("s@x.test", ("a@x.test", "b>@x.test"))
+    assert proto.send_envelope_mail(env, size=3) == b"MAIL FROM:<s@x.test>\r\n"
+    assert proto.send_envelope_rcpt(env, 0) == b"RCPT TO:<a@x.test>\r\n"
+    with pytest.raises(LocalProtocolError):
+        proto.send_envelope_rcpt(env, 1)
+    assert proto.pending == 2 and proto.next_expected is Verb.MAIL
