@@ -25,8 +25,8 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import trio
 
@@ -96,15 +96,20 @@ class Transaction:
 
 
 class _Deadline:
-    """The cancel scope of :meth:`SMTPClient._io`, re-armed for each step it covers, and
-    the step it is at (for the error message if it passes)."""
+    """Network steps under one deadline, re-armed for each step (:meth:`rearm`): the one
+    place trio's errors become ours.
 
-    __slots__ = ("scope", "seconds", "stage")
+    Used as ``with client._io(stage, seconds) as deadline:``. Any error or cancellation
+    inside marks the connection broken. A class rather than a generator-based context
+    manager: a pipelined batch (its write and every reply it is owed) enters one per message.
+    """
 
-    def __init__(self, stage: Verb | str, seconds: float) -> None:
+    __slots__ = ("_client", "scope", "seconds", "stage")
+
+    def __init__(self, client: SMTPClient, stage: Verb | str, seconds: float) -> None:
+        self._client = client
         self.stage = stage
         self.seconds = seconds
-        # A bare cancel scope rather than trio.fail_after (itself a generator).
         self.scope = trio.CancelScope(deadline=trio.current_time() + seconds)
 
     def rearm(self, stage: Verb | str, seconds: float) -> None:
@@ -112,6 +117,38 @@ class _Deadline:
         self.stage = stage
         self.seconds = seconds
         self.scope.deadline = trio.current_time() + seconds
+
+    def __enter__(self) -> _Deadline:
+        self.scope.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        etype: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.scope.__exit__(etype, exc, tb)
+        except BaseException:
+            self._client._broken()
+            raise
+        if self.scope.cancelled_caught:
+            self._client._broken()
+            raise SMTPTimeoutError(f"{self.stage}: not complete within {self.seconds:g}s") from None
+        if exc is None:
+            return
+        self._client._broken()
+        stage = self.stage
+        if isinstance(exc, ssl.SSLError):
+            raise TLSError(f"{stage}: TLS failure: {exc}") from exc
+        if isinstance(exc, trio.BrokenResourceError):
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise TLSError(f"{stage}: TLS failure: {cause}") from exc
+            raise SMTPConnectionError(f"{stage}: connection broken: {cause or exc}") from exc
+        if isinstance(exc, trio.ClosedResourceError | OSError) and not isinstance(exc, SMTPError):
+            raise SMTPConnectionError(f"{stage}: {exc}") from exc
 
 
 class SMTPClient:
@@ -212,38 +249,9 @@ class SMTPClient:
         self._deadlines = (t, table)  # ``timeouts`` is frozen; rebuilt if replaced
         return table[verb]
 
-    @contextmanager
-    def _io(self, stage: Verb | str, seconds: float) -> Iterator[_Deadline]:
-        """Run network steps under one deadline; the one place trio errors become ours.
-
-        The deadline can be re-armed for each step (:meth:`_Deadline.rearm`), so a whole
-        pipelined batch (its write and every reply it is owed) runs under one cancel scope.
-        Any error or cancellation inside marks the connection broken.
-        """
-        ok = False
-        deadline = _Deadline(stage, seconds)
-        try:
-            with deadline.scope:
-                yield deadline
-            ok = not deadline.scope.cancelled_caught
-        except SMTPError:
-            raise
-        except ssl.SSLError as exc:
-            raise TLSError(f"{deadline.stage}: TLS failure: {exc}") from exc
-        except trio.BrokenResourceError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ssl.SSLError):
-                raise TLSError(f"{deadline.stage}: TLS failure: {cause}") from exc
-            raise SMTPConnectionError(
-                f"{deadline.stage}: connection broken: {cause or exc}"
-            ) from exc
-        except (trio.ClosedResourceError, OSError) as exc:
-            raise SMTPConnectionError(f"{deadline.stage}: {exc}") from exc
-        finally:
-            if not ok:
-                self._broken()
-        if deadline.scope.cancelled_caught:
-            raise SMTPTimeoutError(f"{deadline.stage}: not complete within {deadline.seconds:g}s")
+    def _io(self, stage: Verb | str, seconds: float) -> _Deadline:
+        """Run network steps under one deadline (:class:`_Deadline`)."""
+        return _Deadline(self, stage, seconds)
 
     def _broken(self) -> None:
         self._usable = False
