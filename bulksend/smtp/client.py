@@ -1,15 +1,18 @@
 """The trio SMTP client: a thin I/O layer over :mod:`bulksend.smtp.protocol`.
 
 How this works: :class:`SMTPClient` owns one stream, the deadlines and TLS. Every network
-step runs under a cancel scope taken from :class:`~bulksend.config.Timeouts` (RFC 5321
+step runs under a deadline taken from :class:`~bulksend.config.Timeouts` (RFC 5321
 §4.5.3.2 defaults) that covers the *whole* reply, so a server dripping a byte a second does
-not escape its deadline. trio's exceptions are translated into ours in exactly one place,
+not escape it. trio's exceptions are translated into ours in exactly one place,
 :meth:`SMTPClient._io`; any error or cancellation there marks the connection unusable.
 
 A transaction (:class:`Transaction`) is an envelope plus message bytes. With PIPELINING
-(RFC 2920) MAIL, every RCPT and DATA go out in one write, and :meth:`SMTPClient.submit`
-returns as soon as the message data is written: the final-dot reply is read while the
-*next* transaction's commands are already on their way, so the connection never idles.
+(RFC 2920) MAIL, every RCPT and DATA go out in one write, behind the previous message's
+held data, and that write and every reply it is owed run under one cancel scope, re-armed
+with the stage's deadline each time a reply has to be waited for (replies already buffered
+are read without any). :meth:`SMTPClient.submit` returns as soon as the message data is
+written (or held): the final-dot reply is read while the *next* transaction's commands are
+already on their way, so the connection never idles.
 :meth:`SMTPClient.drain` collects the replies still owed. Per-recipient results never raise:
 each recipient ends with ``error=None`` (the server's 2xx to the final dot) or an
 :class:`~bulksend.smtp.errors.SMTPError` saying why not, and a lost final reply is an
@@ -22,8 +25,8 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import trio
 
@@ -38,7 +41,7 @@ from bulksend.smtp.errors import (
     TLSError,
     reply_error,
 )
-from bulksend.smtp.protocol import ClientProtocol, Extensions, Reply, State, Verb, check_address
+from bulksend.smtp.protocol import ClientProtocol, Envelope, Extensions, Reply, State, Verb
 
 _RECEIVE_SIZE = 64 * 1024
 # Above this many bytes of pipelined commands, write and read concurrently so that a server
@@ -47,15 +50,7 @@ _CONCURRENT_WRITE = 16 * 1024
 # Message data is written in blocks, each under the "data block" deadline (§4.5.3.2.5).
 _DATA_BLOCK = 256 * 1024
 
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Sender (``""`` is the null reverse-path) and one or more recipients."""
-
-    sender: str
-    recipients: tuple[str, ...]
-    eightbitmime: bool = False
-    smtputf8: bool = False
+__all__ = ["Envelope", "RecipientResult", "SMTPClient", "Transaction"]
 
 
 @dataclass(slots=True)
@@ -100,6 +95,62 @@ class Transaction:
         self.done = True
 
 
+class _Deadline:
+    """Network steps under one deadline, re-armed for each step (:meth:`rearm`): the one
+    place trio's errors become ours.
+
+    Used as ``with client._io(stage, seconds) as deadline:``. Any error or cancellation
+    inside marks the connection broken. A class rather than a generator-based context
+    manager: a pipelined batch (its write and every reply it is owed) enters one per message.
+    """
+
+    __slots__ = ("_client", "scope", "seconds", "stage")
+
+    def __init__(self, client: SMTPClient, stage: Verb | str, seconds: float) -> None:
+        self._client = client
+        self.stage = stage
+        self.seconds = seconds
+        self.scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+
+    def rearm(self, stage: Verb | str, seconds: float) -> None:
+        """The next step (``stage``) must be done within ``seconds`` from now."""
+        self.stage = stage
+        self.seconds = seconds
+        self.scope.deadline = trio.current_time() + seconds
+
+    def __enter__(self) -> _Deadline:
+        self.scope.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        etype: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.scope.__exit__(etype, exc, tb)
+        except BaseException:
+            self._client._broken()
+            raise
+        if self.scope.cancelled_caught:
+            self._client._broken()
+            raise SMTPTimeoutError(f"{self.stage}: not complete within {self.seconds:g}s") from None
+        if exc is None:
+            return
+        self._client._broken()
+        stage = self.stage
+        if isinstance(exc, ssl.SSLError):
+            raise TLSError(f"{stage}: TLS failure: {exc}") from exc
+        if isinstance(exc, trio.BrokenResourceError):
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise TLSError(f"{stage}: TLS failure: {cause}") from exc
+            raise SMTPConnectionError(f"{stage}: connection broken: {cause or exc}") from exc
+        if isinstance(exc, trio.ClosedResourceError | OSError) and not isinstance(exc, SMTPError):
+            raise SMTPConnectionError(f"{stage}: {exc}") from exc
+
+
 class SMTPClient:
     """One SMTP session over a trio stream.
 
@@ -129,7 +180,7 @@ class SMTPClient:
         # front of the next write, so a message's data and the next transaction's commands
         # share one send.
         self._held: list[Transaction] = []
-        self._held_data = bytearray()
+        self._held_data: list[bytes] = []
         self._deadlines: tuple[Timeouts, dict[Verb, float]] | None = None
 
     @classmethod
@@ -198,49 +249,30 @@ class SMTPClient:
         self._deadlines = (t, table)  # ``timeouts`` is frozen; rebuilt if replaced
         return table[verb]
 
-    @contextmanager
-    def _io(self, stage: str, seconds: float) -> Iterator[None]:
-        """Run one network step under its deadline; the one place trio errors become ours."""
-        ok = False
-        # A bare cancel scope rather than trio.fail_after (itself a generator): this runs for
-        # every write and most reads.
-        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
-        try:
-            with scope:
-                yield
-            ok = not scope.cancelled_caught
-        except ssl.SSLError as exc:
-            raise TLSError(f"{stage}: TLS failure: {exc}") from exc
-        except trio.BrokenResourceError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ssl.SSLError):
-                raise TLSError(f"{stage}: TLS failure: {cause}") from exc
-            raise SMTPConnectionError(f"{stage}: connection broken: {cause or exc}") from exc
-        except (trio.ClosedResourceError, OSError) as exc:
-            raise SMTPConnectionError(f"{stage}: {exc}") from exc
-        finally:
-            if not ok:
-                self._broken()
-        if scope.cancelled_caught:
-            raise SMTPTimeoutError(f"{stage}: not complete within {seconds:g}s")
+    def _io(self, stage: Verb | str, seconds: float) -> _Deadline:
+        """Run network steps under one deadline (:class:`_Deadline`)."""
+        return _Deadline(self, stage, seconds)
 
     def _broken(self) -> None:
         self._usable = False
         self._proto.connection_lost()
 
-    async def _send(self, stage: str, seconds: float, data: bytes) -> None:
+    def _with_held(self, data: bytes) -> bytes:
+        """Held message data first, then ``data``, for one send.
+
+        The held messages count as sent from here on: if this write fails part-way, they
+        may have reached the server (in doubt), never "not sent".
+        """
+        for txn in self._held:
+            txn.data_sent = True
+        data = b"".join([*self._held_data, data])
+        self._held, self._held_data = [], []
+        return data
+
+    async def _send(self, stage: Verb | str, seconds: float, data: bytes) -> None:
         if self._held:
-            # Held message data first, in the same send; it gets the data-block deadline.
-            # It counts as sent from here on: if this write fails part-way, the held
-            # messages may have reached the server (in doubt), never "not sent".
-            data = bytes(self._held_data) + data
-            for txn in self._held:
-                txn.data_sent = True
-            self._held, self._held_data = [], bytearray()
+            data = self._with_held(data)
             seconds = max(seconds, self.timeouts.data_block)
-            with self._io(stage, seconds):
-                await self._stream.send_all(data)
-            return
         with self._io(stage, seconds):
             await self._stream.send_all(data)
 
@@ -253,42 +285,54 @@ class SMTPClient:
         done: list[Transaction] = []
         if self._held:
             try:
-                await self._send("message data", self.timeouts.data_block, b"")
+                await self._send(Verb.BODY, self.timeouts.data_block, b"")
             except SMTPError as exc:
                 self._abandon(exc, done)
         return done
 
-    async def _reply(self) -> tuple[Verb, Reply]:
-        """Read the next reply, under the deadline of the command it answers."""
-        verb = self._proto.next_expected
+    async def _reply(self, deadline: _Deadline | None = None) -> tuple[Verb, Reply]:
+        """Read the next reply, under the deadline of the command it answers.
+
+        A reply already buffered (a pipelining server answers a batch in one segment) needs
+        no deadline. Otherwise ``deadline`` (the batch's) is re-armed for it, or a deadline
+        of its own is set; either covers the whole reply, however slowly it drips in.
+        """
+        proto = self._proto
+        verb = proto.next_expected
         if verb is None:
             self._usable = False
             raise SMTPConnectionError("the server closed the session")
-        # Fast path: a pipelining server answers a batch in one segment, so most replies
-        # are already buffered; no I/O means no deadline to arm. A malformed reply raises
-        # RemoteProtocolError here just as it would below (``_io`` lets it through).
-        try:
-            item = self._proto.next_reply()
-        except BaseException:
-            self._broken()
-            raise
-        if item is not None:
-            if item[1].code == 421:
-                self._usable = False
-            return item
-        with self._io(f"reading reply to {verb.value}", self._deadline(verb)):
-            while True:
-                item = self._proto.next_reply()
-                if item is not None:
-                    if item[1].code == 421:
-                        self._usable = False
-                    return item
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-                if not data:
-                    raise SMTPConnectionError(
-                        f"server closed the connection while we awaited its reply to {verb.value}"
-                    )
-                self._proto.receive_data(data)
+        if deadline is None:
+            try:
+                item = proto.next_reply()
+            except BaseException:
+                self._broken()
+                raise
+            if item is None:
+                with self._io(f"reading reply to {verb}", self._deadline(verb)):
+                    item = await self._receive(verb)
+        else:
+            item = proto.next_reply()
+            if item is None:
+                deadline.rearm(f"reading reply to {verb}", self._deadline(verb))
+                item = await self._receive(verb)
+        if item[1].code == 421:
+            self._usable = False
+        return item
+
+    async def _receive(self, verb: Verb) -> tuple[Verb, Reply]:
+        """Receive until the reply to ``verb`` is complete (inside :meth:`_io`)."""
+        proto = self._proto
+        while True:
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                raise SMTPConnectionError(
+                    f"server closed the connection while we awaited its reply to {verb}"
+                )
+            proto.receive_data(data)
+            item = proto.next_reply()
+            if item is not None:
+                return item
 
     # ---------------------------------------------------------------- session setup
 
@@ -310,7 +354,7 @@ class SMTPClient:
         self.greeting = greeting
         if not greeting.is_success:
             self._usable = False
-            raise reply_error(greeting, "greeting")
+            raise reply_error(greeting, Verb.GREETING)
         await self._hello()
         if tls is TlsMode.NONE:
             return
@@ -322,24 +366,24 @@ class SMTPClient:
         await self._starttls(ssl_context or ssl.create_default_context(), server_hostname, tls)
 
     async def _hello(self) -> None:
-        await self._send("EHLO", self.timeouts.ehlo, self._proto.send_ehlo())
+        await self._send(Verb.EHLO, self.timeouts.ehlo, self._proto.send_ehlo())
         _verb, reply = await self._reply()
         if reply.is_success:
-            self._require_in_step("EHLO")
+            self._require_in_step(Verb.EHLO)
             return
         if reply.code == 421 or self._proto.state is not State.NEED_HELLO:
-            raise reply_error(reply, "EHLO")
-        await self._send("HELO", self.timeouts.ehlo, self._proto.send_helo())
+            raise reply_error(reply, Verb.EHLO)
+        await self._send(Verb.HELO, self.timeouts.ehlo, self._proto.send_helo())
         _verb, reply = await self._reply()
         if not reply.is_success:
             self._usable = False
-            raise reply_error(reply, "HELO")
-        self._require_in_step("HELO")
+            raise reply_error(reply, Verb.HELO)
+        self._require_in_step(Verb.HELO)
 
     async def _starttls(
         self, context: ssl.SSLContext, server_hostname: str | None, tls: TlsMode
     ) -> None:
-        await self._send("STARTTLS", self.timeouts.starttls, self._proto.send_starttls())
+        await self._send(Verb.STARTTLS, self.timeouts.starttls, self._proto.send_starttls())
         _verb, reply = await self._reply()
         if not reply.is_success:
             if tls is TlsMode.REQUIRED or reply.code == 421:
@@ -353,32 +397,29 @@ class SMTPClient:
         self._proto.tls_started()
         await self._hello()
 
-    async def authenticate(
-        self, username: str, password: str, *, allow_plaintext: bool = False
-    ) -> None:
-        """AUTH PLAIN, or LOGIN when PLAIN is not offered.
+    async def authenticate(self, username: str, password: str) -> None:
+        """AUTH PLAIN, or LOGIN when PLAIN is not offered; only over TLS.
 
-        Refused over a connection without TLS unless ``allow_plaintext`` (for tests).
         Neither the password nor its encoding ever appears in an error message.
 
         Raises:
             LocalProtocolError: no TLS, or no mechanism we support is offered.
             ReplyError: the server refused the credentials (535 is permanent).
         """
-        if not self.tls_active and not allow_plaintext:
+        if not self.tls_active:
             raise LocalProtocolError("refusing AUTH over a connection without TLS")
         mechanisms = self.extensions.auth
         if "PLAIN" in mechanisms:
             await self._send(
-                "AUTH", self.timeouts.auth, self._proto.send_auth_plain(username, password)
+                Verb.AUTH, self.timeouts.auth, self._proto.send_auth_plain(username, password)
             )
             _verb, reply = await self._reply()
         elif "LOGIN" in mechanisms:
-            await self._send("AUTH", self.timeouts.auth, self._proto.send_auth_login(username))
+            await self._send(Verb.AUTH, self.timeouts.auth, self._proto.send_auth_login(username))
             _verb, reply = await self._reply()
             if reply.code == 334:
                 await self._send(
-                    "AUTH", self.timeouts.auth, self._proto.send_auth_response(password)
+                    Verb.AUTH_RESPONSE, self.timeouts.auth, self._proto.send_auth_response(password)
                 )
                 _verb, reply = await self._reply()
         else:
@@ -388,8 +429,8 @@ class SMTPClient:
         if not reply.is_success:
             if self._proto.state is State.AUTH_CONTINUE:
                 self._usable = False  # a challenge we cannot answer: the session is stuck
-            raise reply_error(reply, "AUTH")
-        self._require_in_step("AUTH")
+            raise reply_error(reply, Verb.AUTH)
+        self._require_in_step(Verb.AUTH)
 
     # ----------------------------------------------------------------- transactions
 
@@ -429,16 +470,15 @@ class SMTPClient:
     async def _transact(self, txn: Transaction, done: list[Transaction], *, hold: bool) -> None:
         env = txn.envelope
         proto = self._proto
+        # Addresses were checked once, when the envelope was made: a refused one fails alone.
         valid: list[RecipientResult] = []
-        for result in txn.results:
-            try:
-                if not result.address:
-                    raise LocalProtocolError("empty recipient address")
-                check_address(result.address, smtputf8=env.smtputf8)
-            except LocalProtocolError as exc:
-                result.error = exc
-            else:
+        indexes: list[int] = []
+        for index, (result, refusal) in enumerate(zip(txn.results, env.refusals, strict=True)):
+            if refusal is None:
                 valid.append(result)
+                indexes.append(index)
+            else:
+                result.error = refusal
         txn._unresolved = list(valid)
         if not valid:
             self._finish(txn, done)
@@ -451,12 +491,7 @@ class SMTPClient:
             else:
                 await self._write_and_read(proto.send_rset(), 1, txn, iter(()), done)
         try:
-            mail = proto.send_mail(
-                env.sender,
-                size=len(txn.data),
-                eightbitmime=env.eightbitmime,
-                smtputf8=env.smtputf8,
-            )
+            mail = proto.send_envelope_mail(env, size=len(txn.data))
         except LocalProtocolError as exc:
             txn._fail(exc)
             done.append(txn)
@@ -470,7 +505,7 @@ class SMTPClient:
                 [
                     reset,
                     mail,
-                    *(proto.send_rcpt(r.address, smtputf8=env.smtputf8) for r in valid),
+                    *[proto.send_envelope_rcpt(env, i) for i in indexes],
                     proto.send_data(),
                 ]
             )
@@ -480,9 +515,8 @@ class SMTPClient:
             await self._write_and_read(mail, 1, txn, rcpts, done)
             if txn.done:
                 return
-            for result in valid:
-                rcpt = proto.send_rcpt(result.address, smtputf8=env.smtputf8)
-                await self._write_and_read(rcpt, 1, txn, rcpts, done)
+            for i in indexes:
+                await self._write_and_read(proto.send_envelope_rcpt(env, i), 1, txn, rcpts, done)
             if not txn._accepted:
                 self._finish(txn, done)
                 return
@@ -498,15 +532,25 @@ class SMTPClient:
         rcpts: Iterator[RecipientResult],
         done: list[Transaction],
     ) -> None:
-        """Write commands, then read ``owed`` replies (concurrently for a big batch)."""
+        """Write commands (behind any held data), then read ``owed`` replies, all under one
+        deadline re-armed per step.
+
+        A big batch is written by a child task while the replies are read (RFC 2920 §3.5: a
+        server may stop reading until we read its replies).
+        """
         if len(commands) <= _CONCURRENT_WRITE:
-            await self._send("commands", self.timeouts.mail, commands)
-            await self._envelope_replies(owed, txn, rcpts, done)
+            seconds = self.timeouts.mail
+            if self._held:
+                commands = self._with_held(commands)
+                seconds = max(seconds, self.timeouts.data_block)
+            with self._io("commands", seconds) as deadline:
+                await self._stream.send_all(commands)
+                await self._envelope_replies(deadline, owed, txn, rcpts, done)
             return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send, "commands", self.timeouts.mail, commands)
-                await self._envelope_replies(owed, txn, rcpts, done)
+                await self._envelope_replies(None, owed, txn, rcpts, done)
         except BaseExceptionGroup as group:
             # The writer or the reader failed: one SMTP error, as from the plain path.
             failures, rest = group.split(SMTPError)
@@ -519,6 +563,7 @@ class SMTPClient:
 
     async def _envelope_replies(
         self,
+        deadline: _Deadline | None,
         count: int,
         txn: Transaction,
         rcpts: Iterator[RecipientResult],
@@ -533,38 +578,47 @@ class SMTPClient:
             SMTPError: the server sent 421 or the connection failed.
         """
         for _ in range(count):
-            verb, reply = await self._reply()
+            verb, reply = await self._reply(deadline)
+            code = reply.code
             if verb is Verb.BODY:
                 self._complete(self._in_flight.popleft(), reply, done)
-            elif reply.code == 421:
+            elif code == 421:
                 pass  # handled below, after any final reply it answered
-            elif verb is Verb.MAIL:
-                if not reply.is_success:
-                    txn._fail(reply_error(reply, "MAIL"))
-                    done.append(txn)
             elif verb is Verb.RCPT:
                 result = next(rcpts)
                 if not txn.done:
                     result.reply = reply
-                    if reply.is_success:
+                    if 200 <= code < 300:
                         txn._accepted.append(result)
                     else:
-                        result.error = reply_error(reply, "RCPT")
+                        result.error = reply_error(reply, Verb.RCPT)
                         txn._unresolved.remove(result)
+            elif verb is Verb.MAIL:
+                if not 200 <= code < 300:
+                    txn._fail(reply_error(reply, Verb.MAIL))
+                    done.append(txn)
             elif verb is Verb.DATA:
-                if reply.code == 354 and (txn.done or not txn._accepted):
+                if code == 354 and (txn.done or not txn._accepted):
                     # RFC 2920 §3.1: DATA got 354 although no recipient was accepted: end
                     # it with a lone "." and ignore that reply.
-                    await self._send("DATA", self.timeouts.data_block, self._proto.send_body(b""))
-                    await self._reply()
+                    await self._lone_dot(deadline)
                     self._needs_rset = False
                     if not txn.done:
                         self._finish(txn, done)
-                elif reply.code != 354 and not txn.done:
-                    txn._fail(reply_error(reply, "DATA"))
+                elif code != 354 and not txn.done:
+                    txn._fail(reply_error(reply, Verb.DATA))
                     done.append(txn)
-            if reply.code == 421:
-                raise reply_error(reply, verb.value)
+            if code == 421:
+                raise reply_error(reply, verb)
+
+    async def _lone_dot(self, deadline: _Deadline | None) -> None:
+        lone_dot = self._proto.send_body(b"")
+        if deadline is None:
+            await self._send(Verb.BODY, self.timeouts.data_block, lone_dot)
+        else:
+            deadline.rearm(Verb.BODY, self.timeouts.data_block)
+            await self._stream.send_all(lone_dot)
+        await self._reply(deadline)
 
     def _finish(self, txn: Transaction, done: list[Transaction]) -> None:
         txn.done = True
@@ -578,16 +632,16 @@ class SMTPClient:
         self._in_flight.append(txn)
         if hold and len(payload) <= _DATA_BLOCK:
             self._held.append(txn)
-            self._held_data += payload
+            self._held_data.append(payload)
             return
         for start in range(0, len(payload), _DATA_BLOCK):
             await self._send(
-                "message data", self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
+                Verb.BODY, self.timeouts.data_block, payload[start : start + _DATA_BLOCK]
             )
         txn.data_sent = True
 
     def _complete(self, txn: Transaction, reply: Reply, done: list[Transaction]) -> None:
-        error = None if reply.is_success else reply_error(reply, "end of data")
+        error = None if reply.is_success else reply_error(reply, Verb.BODY)
         for result in txn._accepted:
             result.reply = reply
             result.error = error
@@ -597,7 +651,7 @@ class SMTPClient:
 
     def _abandon(self, error: SMTPError, done: list[Transaction]) -> None:
         """The connection failed: every transaction whose data went out is in doubt."""
-        self._held, self._held_data = [], bytearray()
+        self._held, self._held_data = [], []
         while self._in_flight:
             txn = self._in_flight.popleft()
             if txn.data_sent:
@@ -614,7 +668,7 @@ class SMTPClient:
                 _verb, reply = await self._reply()
                 self._complete(self._in_flight.popleft(), reply, done)
                 if reply.code == 421:
-                    raise reply_error(reply, "end of data")
+                    raise reply_error(reply, Verb.BODY)
         except SMTPError as exc:
             self._abandon(exc, done)
         self._in_step()
@@ -633,7 +687,7 @@ class SMTPClient:
             return False
         return True
 
-    def _require_in_step(self, stage: str) -> None:
+    def _require_in_step(self, stage: Verb) -> None:
         if not self._in_step():
             raise RemoteProtocolError(f"unsolicited data after the reply to {stage}")
 
@@ -647,11 +701,11 @@ class SMTPClient:
     # ------------------------------------------------------------ session commands
 
     async def rset(self) -> Reply:
-        await self._send("RSET", self.timeouts.rset, self._proto.send_rset())
+        await self._send(Verb.RSET, self.timeouts.rset, self._proto.send_rset())
         return (await self._reply())[1]
 
     async def noop(self) -> Reply:
-        await self._send("NOOP", self.timeouts.rset, self._proto.send_noop())
+        await self._send(Verb.NOOP, self.timeouts.rset, self._proto.send_noop())
         return (await self._reply())[1]
 
     async def quit(self) -> None:
@@ -660,7 +714,7 @@ class SMTPClient:
             if self.usable:
                 await self.drain()
             if self.usable:
-                await self._send("QUIT", self.timeouts.quit, self._proto.send_quit())
+                await self._send(Verb.QUIT, self.timeouts.quit, self._proto.send_quit())
                 await self._reply()
         except SMTPError:
             pass
@@ -677,7 +731,7 @@ class SMTPClient:
         """
         if self.usable and not self._held and self._proto.pending == 0:
             with trio.CancelScope(shield=True), contextlib.suppress(SMTPError):
-                await self._send("QUIT", self.timeouts.quit, self._proto.send_quit())
+                await self._send(Verb.QUIT, self.timeouts.quit, self._proto.send_quit())
         self._usable = False
         self._proto.connection_lost()
         with trio.move_on_after(self.timeouts.quit) as scope:

@@ -9,12 +9,8 @@ final-dot reply never arrived.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from bulksend.errors import BulksendError
-
-if TYPE_CHECKING:
-    from bulksend.smtp.protocol import Reply
+from bulksend.smtp.reply import Reply, Verb
 
 
 class SMTPError(BulksendError):
@@ -47,7 +43,7 @@ class RemoteProtocolError(SMTPError):
 class ReplyError(SMTPError):
     """The server answered with a non-success reply."""
 
-    def __init__(self, reply: Reply, stage: str) -> None:
+    def __init__(self, reply: Reply, stage: Verb) -> None:
         self.reply = reply
         self.stage = stage
         super().__init__(f"{stage}: {reply}")
@@ -93,7 +89,7 @@ class InDoubtError(SMTPConnectionError):
     """The data was sent but its final reply never came: the message may have been delivered."""
 
 
-def reply_error(reply: Reply, stage: str) -> ReplyError:
+def reply_error(reply: Reply, stage: Verb) -> ReplyError:
     """Build the right :class:`ReplyError` subclass for a non-2xx/3xx reply."""
     if reply.code >= 500:
         return PermanentReplyError(reply, stage)

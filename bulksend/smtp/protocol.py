@@ -5,14 +5,19 @@ I/O layer hands it a command and gets the bytes to write back (``send_*`` method
 whatever bytes arrive (``receive_data``) and asks for the next complete reply
 (``next_reply``), which comes paired with the command it answers.
 
-* Replies (RFC 5321 §4.2) are parsed incrementally from arbitrary chunks. Each line is at
-  most ``MAX_LINE`` octets and a whole reply at most ``MAX_REPLY``; every line of a
-  multi-line reply must carry the same code (§4.2.1); RFC 3463 enhanced status codes are
-  lifted into :attr:`Reply.enhanced_code`. Anything else is a :class:`RemoteProtocolError`,
-  which is a *temporary* failure: a broken server is never turned into a made-up 5xx.
+* Replies (RFC 5321 §4.2) are parsed incrementally from arbitrary chunks, every complete
+  line at once (:class:`ReplyParser`). Each line is at most ``MAX_LINE`` octets and a whole
+  reply at most ``MAX_REPLY``; every line of a multi-line reply must carry the same code
+  (§4.2.1). Only that framing and the code are checked as the bytes arrive; the text and the
+  RFC 3463 enhanced status code (:attr:`Reply.enhanced_code`) are parsed when first read,
+  which for a 250 to RCPT or a 354 is never. Anything malformed is a
+  :class:`RemoteProtocolError`, which is a *temporary* failure: a broken server is never
+  turned into a made-up 5xx.
 * Commands are encoded only after every argument is checked: CR, LF, NUL or any other
-  control character, and paths longer than RFC 5321 §4.5.3.1 allows, raise
-  :class:`LocalProtocolError` before a byte is produced (no command injection).
+  control character (the project's one rule, :data:`bulksend.config.values.CONTROL`, which
+  also refuses lone surrogates: text that cannot be encoded), and paths longer than RFC 5321
+  §4.5.3.1 allows, raise :class:`LocalProtocolError` before a byte is produced (no command
+  injection).
 * Message data is normalised (bare CR and bare LF become CRLF, RFC 5321 §2.3.8), dot-stuffed
   (§4.5.2) and terminated with CRLF.CRLF. Normalising before stuffing is what defeats SMTP
   smuggling (CVE-2023-51764/5/6): no ``<LF>.<LF>`` or ``<CR>.<CR>`` can reach the server.
@@ -41,7 +46,24 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
+from bulksend.config.values import CONTROL
 from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, reply_error
+from bulksend.smtp.reply import Reply, Verb
+
+# Reply and Verb live in bulksend.smtp.reply; they are imported from here too.
+__all__ = [
+    "MAX_LINE",
+    "MAX_REPLY",
+    "ClientProtocol",
+    "Envelope",
+    "Extensions",
+    "Reply",
+    "ReplyParser",
+    "State",
+    "Verb",
+    "check_address",
+    "encode_data",
+]
 
 MAX_LINE = 8 * 1024
 MAX_REPLY = 64 * 1024
@@ -52,130 +74,107 @@ MAX_DOMAIN = 255
 MAX_PATH = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One complete server reply (RFC 5321 §4.2), possibly multi-line.
-
-    ``enhanced_code`` is the RFC 3463 status code ("5.1.1") when the first line carries one.
-    ``lines`` holds the text of each line with the code (and enhanced code) removed.
-    """
-
-    code: int
-    enhanced_code: str | None
-    lines: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def is_success(self) -> bool:
-        """A 2xx: the command (or the message, at the final dot) was accepted."""
-        return 200 <= self.code < 300
-
-    def __str__(self) -> str:
-        parts = [str(self.code)]
-        if self.enhanced_code:
-            parts.append(self.enhanced_code)
-        if self.lines:
-            parts.append(" ".join(self.lines))
-        return " ".join(parts)
-
-
 # ----------------------------------------------------------------------------- replies
 
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
 
-
-def _split_enhanced(code: int, text: str) -> tuple[str | None, str]:
-    match = _ENHANCED.match(text)
-    # RFC 3463 §2: the class digit must agree with the reply code's first digit.
-    if match is None or int(match.group(1)) != code // 100:
-        return None, text
-    return f"{match.group(1)}.{int(match.group(2))}.{int(match.group(3))}", text[match.end() :]
+# Every reply code there is (2yz to 5yz, RFC 5321 §4.2), keyed by its three bytes on the wire:
+# one lookup both checks a line's code and converts it.
+_CODES = {b"%d" % code: code for code in range(200, 600)}
+_SEPARATORS = (b" ", b"-", b"")
 
 
 class ReplyParser:
-    """Incremental parser: feed bytes in any chunks, take complete replies out."""
+    """Incremental parser: feed bytes in any chunks, take complete replies out.
 
-    __slots__ = ("_buffer", "_code", "_lines", "_size")
+    Replies are scanned in bulk: when the next one is asked for and none is ready, every
+    complete line buffered is split off at once and framed (code, separator, length); the
+    text of a reply is parsed only if someone reads it (:meth:`Reply.from_wire`). A malformed
+    line is reported once the replies before it have been taken.
+    """
+
+    __slots__ = ("_buffer", "_error", "_lines", "_ready", "_size")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._code: bytes | None = None
-        self._lines: list[bytes] = []
-        self._size = 0
+        self._lines: list[bytes] = []  # the multi-line reply being read
+        self._size = 0  # its size so far
+        self._ready: deque[Reply] = deque()
+        self._error: RemoteProtocolError | None = None
 
     def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
-    def discard(self) -> int:
-        """Forget everything buffered (RFC 3207 §4.2); returns how many bytes were dropped."""
-        dropped = len(self._buffer) + self._size
+    def discard(self) -> None:
+        """Forget everything buffered (RFC 3207 §4.2), replies already framed included."""
         self._buffer.clear()
-        self._code = None
         self._lines = []
         self._size = 0
-        return dropped
+        self._ready.clear()
+        self._error = None
 
     @property
-    def buffered(self) -> int:
-        return len(self._buffer) + self._size
+    def buffered(self) -> bool:
+        """Whether bytes arrived that no reply taken out so far accounts for."""
+        return bool(self._buffer or self._size or self._ready or self._error)
 
     def next_reply(self) -> Reply | None:
-        """Return the next complete reply, or None when more bytes are needed."""
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                if len(buffer) > MAX_LINE:
-                    raise RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
-                return None
-            if end + 1 > MAX_LINE:
-                raise RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            self._size += end + 1
-            if self._size > MAX_REPLY:
-                raise RemoteProtocolError(f"reply longer than {MAX_REPLY} octets")
-            code = line[:3]
-            if (
-                len(code) != 3
-                or code[0] not in b"2345"
-                or code[1] not in b"0123456789"
-                or code[2] not in b"0123456789"
-            ):
-                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
-            sep = line[3:4]
-            if sep not in (b" ", b"-", b""):
-                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
-            if self._code is None:
-                self._code = code
-            elif code != self._code:
-                raise RemoteProtocolError(
-                    f"multi-line reply changed code from {self._code.decode()} to {code.decode()}"
-                )
-            self._lines.append(line[4:])
-            if sep != b"-":
-                return self._finish()
+        """Return the next complete reply, or None when more bytes are needed.
 
-    def _finish(self) -> Reply:
-        assert self._code is not None
-        code = int(self._code)
-        texts = [raw.decode("utf-8", "replace") for raw in self._lines]
-        enhanced, first = _split_enhanced(code, texts[0])
-        if enhanced is not None:
-            texts[0] = first
-            for i in range(1, len(texts)):
-                again, rest = _split_enhanced(code, texts[i])
-                if again == enhanced:
-                    texts[i] = rest
-        self._code = None
-        self._lines = []
-        self._size = 0
-        return Reply(code, enhanced, tuple(texts))
+        Raises:
+            RemoteProtocolError: the next reply is malformed or too long.
+        """
+        if not self._ready:
+            if self._error is None:
+                self._scan()
+            if not self._ready:
+                if self._error is not None:
+                    raise self._error
+                return None
+        return self._ready.popleft()
+
+    def _scan(self) -> None:
+        buffer = self._buffer
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_LINE:
+                self._error = RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
+            return
+        lines = bytes(buffer[:end]).split(b"\n")
+        del buffer[: end + 1]
+        ready, multi, size = self._ready, self._lines, self._size
+        for raw in lines:
+            if len(raw) >= MAX_LINE:
+                self._error = RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
+                return
+            size += len(raw) + 1
+            if size > MAX_REPLY:
+                self._error = RemoteProtocolError(f"reply longer than {MAX_REPLY} octets")
+                return
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            code = _CODES.get(line[:3])
+            sep = line[3:4]
+            if code is None or sep not in _SEPARATORS:
+                self._error = RemoteProtocolError(f"malformed reply line {line[:80]!r}")
+                return
+            if multi and line[:3] != multi[0][:3]:
+                self._error = RemoteProtocolError(
+                    f"multi-line reply changed code from {multi[0][:3].decode()} "
+                    f"to {line[:3].decode()}"
+                )
+                return
+            if sep == b"-":
+                multi.append(line)
+                continue
+            if multi:
+                multi.append(line)
+                ready.append(Reply.from_wire(code, tuple(multi)))
+                multi = self._lines = []
+            else:
+                ready.append(Reply.from_wire(code, (line,)))
+            size = 0
+        self._size = size
+        if len(buffer) > MAX_LINE:
+            self._error = RemoteProtocolError(f"reply line longer than {MAX_LINE} octets")
 
 
 # -------------------------------------------------------------------------- extensions
@@ -221,15 +220,19 @@ class Extensions:
 
 # ---------------------------------------------------------------------------- encoding
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 def _check_text(what: str, value: str) -> None:
-    match = _CONTROL.search(value)
+    match = CONTROL.search(value)
     if match is not None:
         raise LocalProtocolError(
             f"{what} contains control character {match.group()!r}: refused before sending"
         )
+
+
+# A plain ASCII address, short enough for every limit of RFC 5321 §4.5.3.1: printable, no
+# space, "<" or ">"; the domain holds no "@" (the local part may). Most addresses are such, and
+# one match clears them; anything else gets the detailed checks below.
+_PLAIN_ADDRESS = re.compile(r"[!-;=?-~]{1,64}@[!-;=?A-~]{1,189}")
 
 
 def check_address(address: str, *, smtputf8: bool = False) -> None:
@@ -241,6 +244,8 @@ def check_address(address: str, *, smtputf8: bool = False) -> None:
         LocalProtocolError: control characters, ``<``/``>``, over-long parts, or a non-ASCII
             address when the transaction is not SMTPUTF8.
     """
+    if _PLAIN_ADDRESS.fullmatch(address) is not None:
+        return
     _check_text("address", address)
     if not address:
         return
@@ -263,13 +268,61 @@ def check_address(address: str, *, smtputf8: bool = False) -> None:
         )
 
 
+def _refusal(address: str, smtputf8: bool) -> LocalProtocolError | None:
+    try:
+        check_address(address, smtputf8=smtputf8)
+    except LocalProtocolError as exc:
+        return exc
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Sender (``""`` is the null reverse-path) and one or more recipients.
+
+    Every address is checked once, when the envelope is made (:func:`check_address`): a
+    refused one keeps its error in :attr:`refusals` (or :attr:`sender_refusal`), so that a
+    recipient can fail alone and :meth:`ClientProtocol.send_envelope_mail` and
+    :meth:`~ClientProtocol.send_envelope_rcpt` need not check again.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    sender_refusal: LocalProtocolError | None = field(init=False, repr=False, compare=False)
+    refusals: tuple[LocalProtocolError | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        smtputf8 = self.smtputf8
+        object.__setattr__(self, "sender_refusal", _refusal(self.sender, smtputf8))
+        refusals = tuple(
+            _refusal(r, smtputf8) if r else LocalProtocolError("empty recipient address")
+            for r in self.recipients
+        )
+        object.__setattr__(self, "refusals", refusals)
+
+
 def encode_data(body: bytes) -> bytes:
     """Encode a message for DATA: CRLF-normalise, dot-stuff, add the CRLF.CRLF terminator.
 
     Bare CR and bare LF become CRLF first (RFC 5321 §2.3.8), so that no ``<LF>.<LF>`` or
     ``<CR>.<CR>`` sequence survives to end the data early on a lenient server (SMTP
     smuggling). Then every line starting with "." gets another (§4.5.2).
+
+    Rendered messages are already CRLF-normalised with no line starting with ".": four
+    C-speed scans find that out, and such a body only gets its terminator.
     """
+    crlf = body.count(b"\r\n")
+    if (
+        body.count(b"\n") == crlf
+        and body.count(b"\r") == crlf
+        and b"\n." not in body
+        and not body.startswith(b".")
+    ):
+        if not body or body.endswith(b"\r\n"):
+            return body + b".\r\n"
+        return body + b"\r\n.\r\n"
     if b"\r" in body:
         if b"\r\n" in body:
             body = body.replace(b"\r\n", b"\n")
@@ -307,25 +360,6 @@ class State(enum.Enum):
     AUTH_CONTINUE = "AUTH continuation expected"
     WAITING = "awaiting reply to a group-ending command"
     CLOSED = "closed"
-
-
-class Verb(enum.StrEnum):
-    """An SMTP command (or the greeting, or the message data), as errors name their stage:
-    a ``str``, so ``error.stage == Verb.RCPT`` holds whether a stage was given as either."""
-
-    GREETING = "greeting"
-    EHLO = "EHLO"
-    HELO = "HELO"
-    STARTTLS = "STARTTLS"
-    AUTH = "AUTH"
-    AUTH_RESPONSE = "AUTH response"
-    MAIL = "MAIL"
-    RCPT = "RCPT"
-    DATA = "DATA"
-    BODY = "end of data"
-    RSET = "RSET"
-    NOOP = "NOOP"
-    QUIT = "QUIT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,13 +440,15 @@ class ClientProtocol:
     """The client side of one SMTP session, with no I/O.
 
     Args:
-        hostname: our name for EHLO/HELO (checked for control characters).
+        hostname: our name for EHLO/HELO (ASCII, checked for control characters).
     """
 
     def __init__(self, hostname: str) -> None:
         _check_text("EHLO name", hostname)
-        if not hostname or " " in hostname:
-            raise LocalProtocolError(f"EHLO name {hostname!r} is empty or has a space")
+        if not hostname or " " in hostname or not hostname.isascii():
+            raise LocalProtocolError(
+                f"EHLO name {hostname!r} is empty, has a space or is not ASCII"
+            )
         self.hostname = hostname
         self.state = State.WAITING
         self.extensions = Extensions()
@@ -436,7 +472,7 @@ class ClientProtocol:
     @property
     def out_of_step(self) -> bool:
         """Bytes arrived that no command asked for (nothing is owed): the session is over."""
-        return not self._pending and self._parser.buffered > 0
+        return not self._pending and self._parser.buffered
 
     @property
     def pipelining(self) -> bool:
@@ -475,7 +511,7 @@ class ClientProtocol:
         self.state = State.CLOSED
         reply = self._parser.next_reply()
         if reply is not None and reply.code == 421 and not self._parser.buffered:
-            raise reply_error(reply, verb.value)
+            raise reply_error(reply, verb)
         shown = "data" if reply is None else f"reply {reply}"
         raise RemoteProtocolError(f"unsolicited {shown} received before {verb.value}")
 
@@ -518,34 +554,49 @@ class ClientProtocol:
         Parameters are only added when the server advertised the extension; asking for
         8BITMIME or SMTPUTF8 from a server without it is refused here, before any byte.
         """
+        envelope = Envelope(sender, (), eightbitmime=eightbitmime, smtputf8=smtputf8)
+        return self.send_envelope_mail(envelope, size=size)
+
+    def send_envelope_mail(self, envelope: Envelope, *, size: int | None = None) -> bytes:
+        """MAIL FROM for ``envelope`` (its sender was checked when it was made), as
+        :meth:`send_mail`."""
         ext = self.extensions
-        if smtputf8 and not ext.smtputf8:
+        if envelope.smtputf8 and not ext.smtputf8:
             raise LocalProtocolError(
                 "message needs SMTPUTF8 but the server does not offer it", enhanced_code="5.6.7"
             )
-        if eightbitmime and not ext.eightbitmime:
+        if envelope.eightbitmime and not ext.eightbitmime:
             raise LocalProtocolError(
                 "message needs 8BITMIME but the server does not offer it", enhanced_code="5.6.3"
             )
-        check_address(sender, smtputf8=smtputf8)
+        if envelope.sender_refusal is not None:
+            raise envelope.sender_refusal
         if size is not None and ext.size and size > ext.size:
             raise LocalProtocolError(
                 f"message of {size} octets exceeds server SIZE {ext.size}", enhanced_code="5.3.4"
             )
-        line = f"MAIL FROM:<{sender}>"
+        line = f"MAIL FROM:<{envelope.sender}>"
         if size is not None and ext.size is not None:
             line += f" SIZE={size}"
-        if eightbitmime:
+        if envelope.eightbitmime:
             line += " BODY=8BITMIME"
-        if smtputf8:
+        if envelope.smtputf8:
             line += " SMTPUTF8"
         return self._send(Verb.MAIL, line.encode("utf-8") + b"\r\n")
 
     def send_rcpt(self, recipient: str, *, smtputf8: bool = False) -> bytes:
-        if not recipient:
-            raise LocalProtocolError("empty recipient address")
-        check_address(recipient, smtputf8=smtputf8)
-        return self._send(Verb.RCPT, f"RCPT TO:<{recipient}>\r\n".encode())
+        return self.send_envelope_rcpt(Envelope("", (recipient,), smtputf8=smtputf8), 0)
+
+    def send_envelope_rcpt(self, envelope: Envelope, index: int) -> bytes:
+        """RCPT TO for ``envelope``'s recipient number ``index`` (checked when it was made).
+
+        Raises:
+            LocalProtocolError: that recipient's address was refused.
+        """
+        refusal = envelope.refusals[index]
+        if refusal is not None:
+            raise refusal
+        return self._send(Verb.RCPT, f"RCPT TO:<{envelope.recipients[index]}>\r\n".encode())
 
     def send_data(self) -> bytes:
         return self._send(Verb.DATA, b"DATA\r\n")
@@ -578,25 +629,27 @@ class ClientProtocol:
         reply = self._parser.next_reply()
         if reply is None:
             return None
+        code = reply.code
         if not self._pending:
             self.state = State.CLOSED
-            if reply.code == 421:
+            if code == 421:
                 return Verb.QUIT, reply
             raise RemoteProtocolError(f"unsolicited reply {reply}")
         pending = self._pending.popleft()
-        verb, move = pending.verb, pending.move
-        if reply.code == 421 and verb is not Verb.QUIT:
+        verb = pending.verb
+        if code == 421 and verb is not Verb.QUIT:
             # The server is closing: nothing more will be answered.
             self.state = State.CLOSED
             self._pending.clear()
             return verb, reply
-        if not _can_answer(verb, reply.code):
+        if not _can_answer(verb, code):
             self.state = State.CLOSED
             self._pending.clear()
             raise RemoteProtocolError(f"reply {reply} cannot answer {verb.value}")
-        success = self._is_success(verb, reply)
+        # RFC 5321 §4.2: judged by the first digit; DATA's only positive reply is 354.
+        success = code == 354 if verb is Verb.DATA else 200 <= code < 300
         if verb is Verb.AUTH or verb is Verb.AUTH_RESPONSE:
-            if reply.code == 334:
+            if code == 334:
                 self.state = State.AUTH_CONTINUE
                 return verb, reply
         elif verb is Verb.EHLO and success:
@@ -605,17 +658,10 @@ class ClientProtocol:
             # RFC 3207 §4.2: anything that came with the 220 is not to be trusted.
             self._parser.discard()
         if pending.seq == self._seq:
-            target = move.on_success if success else move.on_failure
+            target = pending.move.on_success if success else pending.move.on_failure
             if target is not None:
                 self.state = target
         return verb, reply
-
-    @staticmethod
-    def _is_success(verb: Verb, reply: Reply) -> bool:
-        """RFC 5321 §4.2: judged by the first digit; DATA's only positive reply is 354."""
-        if verb is Verb.DATA:
-            return reply.code == 354
-        return reply.is_success
 
     def tls_started(self) -> None:
         """The I/O layer finished the TLS handshake: forget the past, EHLO again (RFC 3207)."""

@@ -146,6 +146,29 @@ async def test_next_transaction_rides_behind_the_final_dot(server: SMTPServer) -
     assert [t.data for t in server.transactions] == [b"one\r\n", b"two\r\n"]
 
 
+async def test_held_data_rides_with_the_next_commands_one_write_per_transaction() -> None:
+    async with serving(ServerScript()) as server:
+        with trio.fail_after(10):
+            client, stream = await open_client(server)
+            await client.handshake(tls=TlsMode.NONE)
+            txns = [
+                Transaction(Envelope("s@x.test", (f"{n}@x.test",)), n.encode())
+                for n in ("one", "two", "three")
+            ]
+            for txn in txns:
+                await client.submit(txn, hold=True)
+            await client.drain()
+            await client.quit()
+    assert all(r.delivered for t in txns for r in t.results)
+    assert stream.writes[1:5] == [
+        b"MAIL FROM:<s@x.test>\r\nRCPT TO:<one@x.test>\r\nDATA\r\n",
+        b"one\r\n.\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<two@x.test>\r\nDATA\r\n",
+        b"two\r\n.\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<three@x.test>\r\nDATA\r\n",
+        b"three\r\n.\r\n",
+    ]
+    assert [t.data for t in server.transactions] == [b"one\r\n", b"two\r\n", b"three\r\n"]
+
+
 async def test_without_pipelining_commands_go_one_by_one() -> None:
     async with serving(ServerScript(pipelining=False)) as server:
         with trio.fail_after(10):
@@ -446,18 +469,25 @@ async def test_auth_after_starttls(ca: trustme.CA) -> None:
 
 
 @pytest.mark.parametrize("mechanisms", [("PLAIN",), ("LOGIN",)])
-async def test_auth_mechanisms_and_bad_password(mechanisms: tuple[str, ...]) -> None:
-    script = ServerScript(auth_credentials={"user": "right"}, auth_mechanisms=mechanisms)
+async def test_auth_mechanisms_and_bad_password(
+    ca: trustme.CA, mechanisms: tuple[str, ...]
+) -> None:
+    script = tls_script(ca, auth_credentials={"user": "right"}, auth_mechanisms=mechanisms)
     async with serving(script) as server:
         with trio.fail_after(10):
             client, _ = await open_client(server)
             await client.handshake(tls=TlsMode.NONE)
             with pytest.raises(LocalProtocolError, match="without TLS"):
                 await client.authenticate("user", "right")
+            await client.quit()
+            client, _ = await open_client(server)
+            await client.handshake(
+                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+            )
             with pytest.raises(PermanentReplyError) as info:
-                await client.authenticate("user", "wrong-pw", allow_plaintext=True)
+                await client.authenticate("user", "wrong-pw")
             assert "wrong-pw" not in str(info.value)
-            await client.authenticate("user", "right", allow_plaintext=True)
+            await client.authenticate("user", "right")
             await client.quit()
 
 
@@ -741,14 +771,18 @@ async def test_hostile_starttls_replies(
         (HANG, SMTPTimeoutError),
     ],
 )
-async def test_hostile_auth_replies(reply: Respond | str, error: type[Exception]) -> None:
-    script = ServerScript(auth_credentials={"u": "p"}, replies={"AUTH": reply})
+async def test_hostile_auth_replies(
+    ca: trustme.CA, reply: Respond | str, error: type[Exception]
+) -> None:
+    script = tls_script(ca, auth_credentials={"u": "p"}, replies={"AUTH": reply})
     async with serving(script) as server:
         with trio.fail_after(10):
             client, _ = await open_client(server, timeouts=replace(FAST, auth=0.3))
-            await client.handshake(tls=TlsMode.NONE)
+            await client.handshake(
+                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+            )
             with pytest.raises(error):
-                await client.authenticate("u", "p", allow_plaintext=True)
+                await client.authenticate("u", "p")
             assert not client.usable
             await client.aclose()
     assert server.transactions == []

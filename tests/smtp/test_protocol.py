@@ -218,6 +218,12 @@ DATA_CASES = [
     (b"x\r.\rRCPT", b"x\r\n..\r\nRCPT\r\n.\r\n"),
     (b"x\r\n.\nq", b"x\r\n..\r\nq\r\n.\r\n"),
     (b"...\r\n", b"....\r\n.\r\n"),
+    # Already CRLF-normalised bodies (as rendered) take the fast path, with the same wire.
+    (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+    (b"a\r\nb", b"a\r\nb\r\n.\r\n"),
+    (b"a\r\n.b\r\n", b"a\r\n..b\r\n.\r\n"),
+    (b".\r\n", b"..\r\n.\r\n"),
+    (b"a.\r\n\r\nb\r\n", b"a.\r\n\r\nb\r\n.\r\n"),
 ]
 
 
@@ -228,6 +234,20 @@ def test_encode_data(body: bytes, wire: bytes) -> None:
 
 def normalise(body: bytes) -> bytes:
     return re.sub(rb"\r\n|\r|\n", b"\r\n", body)
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b".", b"..", b" ", b"x.y", b"\r", b"\n"]), max_size=12).map(
+        b"\r\n".join
+    )
+)
+def test_normalised_bodies_get_the_full_encoding(body: bytes) -> None:
+    # Mostly CRLF-only bodies: the fast path must give what normalising and stuffing give.
+    lines = normalise(body).split(b"\r\n")
+    stuffed = b"\r\n".join(b"." + x if x.startswith(b".") else x for x in lines)
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    assert encode_data(body) == stuffed + b".\r\n"
 
 
 def server_receives(wire: bytes) -> tuple[bytes, bytes]:
