@@ -71,8 +71,8 @@ from bulksend.campaign.recipients import (
     load_suppression,
 )
 from bulksend.config import CampaignConfig, load_campaign
-from bulksend.config.values import CONTROL
 from bulksend.errors import BulksendError, ConfigError
+from bulksend.text import CONTROL
 
 __all__ = [
     "Campaign",

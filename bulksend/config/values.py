@@ -16,10 +16,9 @@ from pathlib import Path
 import dns.exception
 import dns.name
 
-from bulksend.text import CONTROL  # named here too: the renderer imports it from here
+from bulksend.text import CONTROL
 
 __all__ = [
-    "CONTROL",
     "decoding_problem",
     "hostname_syntax",
     "is_fqdn",

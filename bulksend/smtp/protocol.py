@@ -14,7 +14,7 @@ whatever bytes arrive (``receive_data``) and asks for the next complete reply
   :class:`RemoteProtocolError`, which is a *temporary* failure: a broken server is never
   turned into a made-up 5xx.
 * Commands are encoded only after every argument is checked: CR, LF, NUL or any other
-  control character (the project's one rule, :data:`bulksend.config.values.CONTROL`, which
+  control character (the project's one rule, :data:`bulksend.text.CONTROL`, which
   also refuses lone surrogates: text that cannot be encoded), and paths longer than RFC 5321
   §4.5.3.1 allows, raise :class:`LocalProtocolError` before a byte is produced (no command
   injection).
@@ -46,9 +46,9 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from bulksend.config.values import CONTROL
 from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, reply_error
 from bulksend.smtp.reply import Reply, Verb
+from bulksend.text import CONTROL
 
 # Reply and Verb live in bulksend.smtp.reply; they are imported from here too.
 __all__ = [

@@ -482,7 +482,7 @@ async def test_auth_mechanisms_and_bad_password(
             await client.quit()
             client, _ = await open_client(server)
             await client.handshake(
-                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+                tls=TlsMode.REQUIRED, ssl_context=client_context(ca), server_hostname="mx.test"
             )
             with pytest.raises(PermanentReplyError) as info:
                 await client.authenticate("user", "wrong-pw")
@@ -779,7 +779,7 @@ async def test_hostile_auth_replies(
         with trio.fail_after(10):
             client, _ = await open_client(server, timeouts=replace(FAST, auth=0.3))
             await client.handshake(
-                tls=TlsMode.REQUIRED, ssl_context=trusting(ca), server_hostname="mx.test"
+                tls=TlsMode.REQUIRED, ssl_context=client_context(ca), server_hostname="mx.test"
             )
             with pytest.raises(error):
                 await client.authenticate("u", "p")
