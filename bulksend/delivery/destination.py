@@ -32,23 +32,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import ssl
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-from prometheus_client import Counter
 
 from bulksend.campaign.recipients import Recipient
-from bulksend.campaign.render import Campaign, RenderBreaker, RenderError
-from bulksend.config import SiteLimits, Timeouts, TlsMode
+from bulksend.campaign.render import RenderError
+from bulksend.config import SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
+from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
-from bulksend.delivery.pool import ConnectionKey, ConnectionPool
+from bulksend.delivery.pool import ConnectionKey
 from bulksend.delivery.throttle import TokenBucket
-from bulksend.journal import Due, JournalWriter, Kind, Outcome
-from bulksend.metrics import Metrics, connection_failure_reason
+from bulksend.journal import Due, Kind, Outcome
+from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
 from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
@@ -72,112 +70,6 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     allow_plaintext: bool = False  # tests only: AUTH without TLS
-
-
-@dataclass
-class Delivery:
-    """What every destination of one run shares."""
-
-    campaign: Campaign
-    writer: JournalWriter
-    metrics: Metrics
-    timeouts: Timeouts
-    ehlo_hostname: str
-    connections: ConnectionPool  # the global cap on open connections
-    ssl_verified: ssl.SSLContext  # for TLS that must verify (required, smarthost AUTH)
-    ssl_opportunistic: ssl.SSLContext  # for opportunistic STARTTLS to MX hosts
-    epoch: float  # wall-clock seconds at trio time 0
-    stopping: trio.Event = field(default_factory=trio.Event)
-    on_due: Callable[[float], None] = lambda _at: None  # a deferral is due again at this time
-    on_domain_idle: Callable[[str], None] = lambda _domain: None
-    on_limit: Callable[[], None] = lambda: None  # begin a graceful stop
-    on_final: Callable[[], None] = lambda: None  # a recipient reached a final state
-    #: Called with every outcome as it is recorded (accounting log, progress display).
-    on_outcome: Callable[[Due, Outcome, str], None] = lambda _due, _outcome, _site: None
-    limit: int | None = None  # recipients to send in this run (``--limit``)
-    #: Whether an address is on the suppression list (re-read during the run).
-    suppressed: Callable[[str], bool] = lambda _address: False
-    total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
-    fetch_batch: int = 64
-    renders: RenderBreaker = field(default_factory=RenderBreaker)
-    #: Why the run stopped itself (renders failing systematically); "" while it has not.
-    halt_reason: str = ""
-    stats: dict[str, int] = field(default_factory=dict)
-    taken: int = 0  # recipients taken for sending in this run
-    _children: dict[tuple[str, str], tuple[Counter, Counter]] = field(default_factory=dict)
-
-    senders: int = 0  # sender tasks running, all destinations
-    idle: trio.Event = field(default_factory=trio.Event)  # set while no sender runs
-
-    def sender_started(self) -> None:
-        if self.senders == 0:
-            self.idle = trio.Event()
-        self.senders += 1
-
-    def sender_ended(self) -> None:
-        self.senders -= 1
-        if self.senders == 0:
-            self.idle.set()
-
-    def _counters(self, site_label: str, kind: str) -> tuple[Counter, Counter]:
-        # prometheus_client's labels() costs a lock and a dict lookup per call: keep children.
-        key = (site_label, kind)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.metrics.recipients.labels(kind),
-                self.metrics.site_recipients.labels(site_label, kind),
-            )
-            self._children[key] = children
-        return children
-
-    def take_one(self) -> None:
-        """Count a recipient taken for sending; reaching ``limit`` begins a stop."""
-        self.taken += 1
-        if self.limit is not None and self.taken >= self.limit:
-            self.on_limit()
-
-    @property
-    def halted(self) -> bool:
-        """No new connection or transaction may start: stopping, except for the recipients
-        taken within ``limit`` (reaching it stops the run, and they are its last)."""
-        return self.stopping.is_set() and not (self.limit is not None and self.taken >= self.limit)
-
-    def now(self) -> float:
-        """Wall-clock seconds, advancing with trio's clock (so MockClock tests work)."""
-        return self.epoch + trio.current_time()
-
-    async def not_rendered(self, group: list[Due], error: RenderError, site_label: str) -> None:
-        """Set aside recipients whose message could not be made: never a bounce (the fault
-        is the sender's); once render failures are systematic, stop the run."""
-        for due in group:
-            await self.record(due, Outcome.not_rendered(error.reason), site_label)
-        stop = self.renders.failed(error)
-        if stop is not None and not self.halt_reason:
-            self.halt_reason = stop
-            self.on_limit()
-
-    async def record(self, due: Due, outcome: Outcome, site_label: str) -> None:
-        """Journal one recipient's outcome and count it."""
-        now = self.now()
-        await self.writer.record(due.id, outcome, now=now)
-        self.on_outcome(due, outcome, site_label)
-        kind = outcome.kind.value
-        self.stats[kind] = self.stats.get(kind, 0) + 1
-        m = self.metrics
-        for counter in self._counters(site_label, kind):
-            counter.inc()
-        if outcome.code is not None:
-            m.replies.labels(f"{outcome.code // 100}xx").inc()
-        if outcome.kind is Kind.BOUNCED and outcome.category is not None:
-            m.bounces.labels(outcome.category.value).inc()
-        if outcome.kind is Kind.IN_DOUBT:
-            m.in_doubt.inc()
-        if outcome.kind in (Kind.DEFERRED, Kind.IN_DOUBT, Kind.THROTTLED):
-            # The journal decides the exact time; the scheduler just needs to look again.
-            self.on_due(now + (outcome.retry_after or 0.0))
-        else:
-            self.on_final()
 
 
 def _too_many(error: SMTPError | None) -> bool:
@@ -228,14 +120,14 @@ class Destination:
 
     def __init__(
         self,
-        delivery: Delivery,
+        context: RunContext,
         route: Route,
         limits: SiteLimits,
         backoff: Backoff,
         *,
         label: str,
     ) -> None:
-        self.delivery = delivery
+        self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
         self.limits = limits
         self.backoff = backoff
@@ -261,7 +153,7 @@ class Destination:
         self._timer_armed = False
         # Recipients in one transaction: the site's setting for a message the same for
         # everyone (else 1), lowered to what the server showed it accepts (452 after N).
-        self.per_transaction = limits.recipients_per_transaction if delivery.campaign.shared else 1
+        self.per_transaction = limits.recipients_per_transaction if context.campaign.shared else 1
 
     # ------------------------------------------------------------------ scheduling
 
@@ -288,8 +180,8 @@ class Destination:
 
     def wake(self) -> None:
         """Wake idle senders (to see a stop, or new work)."""
-        if self.delivery.halted:
-            self.delivery.connections.stop()  # and those waiting for a connection slot
+        if self.context.halted:
+            self.context.connections.stop()  # and those waiting for a connection slot
         self._work.set()
         self._work = trio.Event()
 
@@ -298,7 +190,7 @@ class Destination:
         limit = self.backoff.limits.max_connections
         while self._senders < limit and (self._domains or self._buffer):
             self._senders += 1
-            self.delivery.sender_started()
+            self.context.sender_started()
             self._nursery.start_soon(self._sender)
 
     async def _take(self, slot: _Slot, *, wait: bool) -> Due | None:
@@ -308,15 +200,15 @@ class Destination:
         """
         while True:
             await self._wait_while_suspended()
-            if self.delivery.stopping.is_set():
+            if self.context.stopping.is_set():
                 return None
             if self._buffer:
                 due = self._buffer.popleft()
-                if self.delivery.suppressed(due.address):
+                if self.context.suppressed(due.address):
                     # Suppressed since it was claimed: never sent (invariant 8).
-                    await self.delivery.record(due, Outcome.suppressed(), self.label)
+                    self.context.record(due, Outcome.suppressed(), self.label)
                     continue
-                self.delivery.take_one()
+                self.context.take_one()
                 return due
             if not self._domains:
                 if not wait or not await self._rest(slot):
@@ -329,14 +221,14 @@ class Destination:
                 self._domains.rotate(-1)
                 # Enough for every sender to pipeline a while (claims are cheap, no fsync),
                 # and for one whole transaction.
-                limit = min(self.delivery.fetch_batch, max(16 * self._senders, 16))
+                limit = min(self.context.settings.fetch_batch, max(16 * self._senders, 16))
                 limit = max(limit, self.per_transaction)
-                batch = await self.delivery.writer.fetch_due(domain, limit, now=self.delivery.now())
+                batch = await self.context.writer.fetch_due(domain, limit, now=self.context.now())
                 if batch:
                     self._buffer.extend(batch)
                 elif domain in self._domains:
                     self._domains.remove(domain)
-                    self.delivery.on_domain_idle(domain)
+                    self.context.events.domain_idle(domain)
 
     async def _rest(self, slot: _Slot) -> bool:
         """Wait, idle, for work (a domain attached); False when there is none to wait for.
@@ -346,16 +238,16 @@ class Destination:
         sender of another site waits for one (see :mod:`bulksend.delivery.pool`).
         """
         timeout = self.limits.idle_timeout
-        now = self.delivery.now()
+        now = self.context.now()
         if not now - timeout <= self._back_at <= now + timeout:
             return False
-        pool = self.delivery.connections
+        pool = self.context.connections
         key = None if slot.client is None else self._clients.get(slot.client)
         if key is not None and not pool.rest(key, self.wake):
             return False
         deadline = trio.current_time() + timeout
         try:
-            while not (self._domains or self.delivery.stopping.is_set()):
+            while not (self._domains or self.context.stopping.is_set()):
                 if key is not None and pool.retiring(key):
                     return False
                 work = self._work
@@ -368,18 +260,18 @@ class Destination:
                 pool.busy(key)
         return bool(self._domains) and not (key is not None and pool.retiring(key))
 
-    async def _record(self, due: Due, outcome: Outcome) -> None:
+    def _record(self, due: Due, outcome: Outcome) -> None:
         """Record an outcome of this site's, noting when a recipient handed back is due."""
         if outcome.kind is Kind.THROTTLED:
-            back_at = self.delivery.now() + (outcome.retry_after or 0.0)
+            back_at = self.context.now() + (outcome.retry_after or 0.0)
             self._back_at = max(self._back_at, back_at)
-        await self.delivery.record(due, outcome, self.label)
+        self.context.record(due, outcome, self.label)
 
-    async def _release_buffer(self, retry_after: float, reason: str) -> None:
+    def _release_buffer(self, retry_after: float, reason: str) -> None:
         """Hand back everything taken but not sent: a throttle deferral, not an attempt."""
         while self._buffer:
             due = self._buffer.popleft()
-            await self._record(due, Outcome.throttled(retry_after, reason))
+            self._record(due, Outcome.throttled(retry_after, reason))
 
     # --------------------------------------------------------------------- senders
 
@@ -394,7 +286,7 @@ class Destination:
                     await self._close(client, slot.sent)
                 if slot.client is not None and not self._buffer:
                     # We may wait: send the held data first.
-                    await self._finish(await slot.client.flush(), slot.sent)
+                    self._finish(await slot.client.flush(), slot.sent)
                 pipelining = slot.client is not None and slot.client.in_flight > 0
                 due = await self._take(slot, wait=not pipelining)
                 if due is not None:
@@ -402,7 +294,7 @@ class Destination:
                     await self._deliver(slot)
                 elif slot.client is not None and slot.client.in_flight:
                     # Nothing more to pipeline: collect the replies still owed.
-                    await self._finish(await slot.client.drain(), slot.sent)
+                    self._finish(await slot.client.drain(), slot.sent)
                 else:
                     break
             if slot.client is not None:
@@ -418,13 +310,13 @@ class Destination:
                     self._leave()
                 if slot.client is not None:
                     await self._discard(slot.client)
-                await self._abandon(slot)
+                self._abandon(slot)
                 if self._senders == 0 and self._buffer:
-                    await self._release_buffer(0.0, "released")
+                    self._release_buffer(0.0, "released")
 
     def _leave(self) -> None:
         self._senders -= 1
-        self.delivery.sender_ended()
+        self.context.sender_ended()
 
     def _more_for(self, due: Due) -> list[Due]:
         """Recipients to share ``due``'s transaction: only for a campaign whose message is
@@ -432,13 +324,13 @@ class Destination:
         room = self.per_transaction - 1
         if room <= 0:
             return []
-        suppressed = self.delivery.suppressed
+        suppressed = self.context.suppressed
         group = [d for d in self._buffer if d.domain == due.domain and not suppressed(d.address)][
             :room
         ]
         for d in group:
             self._buffer.remove(d)
-            self.delivery.take_one()
+            self.context.take_one()
         return group
 
     async def _deliver(self, slot: _Slot) -> None:
@@ -453,9 +345,9 @@ class Destination:
             envelope, data = self._render(group)
         except RenderError as exc:
             slot.holding = []
-            await self.delivery.not_rendered(group, exc, self.label)
+            self.context.not_rendered(group, exc, self.label)
             return
-        self.delivery.renders.passed()
+        self.context.renders.passed()
         if slot.client is not None and not slot.client.usable:
             client, slot.client = slot.client, None
             await self._close(client, slot.sent)
@@ -463,32 +355,32 @@ class Destination:
             slot.client = await self._connect(slot)
             if slot.client is None:
                 return
-        delay = max(self.delivery.total_rate.reserve(), self.rate.reserve())
+        delay = max(self.context.total_rate.reserve(), self.rate.reserve())
         if delay > 0:
             # Never sit on message data while waiting.
-            await self._finish(await slot.client.flush(), slot.sent)
-            self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
+            self._finish(await slot.client.flush(), slot.sent)
+            self.context.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
             await trio.sleep(delay)
             if not slot.client.usable:  # the flush found the connection gone
                 held, slot.holding = slot.holding, []
                 for due in held:  # nothing started for them: hand them back
-                    await self._record(due, Outcome.released())
+                    self._record(due, Outcome.released())
                 return
-        if self.delivery.halted:
+        if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
         slot.holding = []
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
-        await self._finish(await slot.client.submit(txn, hold=more), slot.sent)
+        self._finish(await slot.client.submit(txn, hold=more), slot.sent)
         if slot.client.messages_sent >= self.limits.messages_per_connection:
             # Replace at once: the next message opens a fresh connection.
             client, slot.client = slot.client, None
             await self._close(client, slot.sent)
 
     def _render(self, group: list[Due]) -> tuple[Envelope, bytes]:
-        campaign = self.delivery.campaign
+        campaign = self.context.campaign
         if len(group) > 1:
             addresses = tuple(d.address for d in group)
             data = campaign.render_shared(addresses)
@@ -511,12 +403,12 @@ class Destination:
 
     def _may_continue(self) -> bool:
         """False when this sender should end: stopping, or above a backed-off limit."""
-        if self.delivery.stopping.is_set():
+        if self.context.stopping.is_set():
             return False
         return self._senders <= self.backoff.limits.max_connections
 
     def _suspended(self) -> bool:
-        return self.backoff.limits.suspended_until > self.delivery.now()
+        return self.backoff.limits.suspended_until > self.context.now()
 
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
@@ -524,45 +416,44 @@ class Destination:
             limits = self.backoff.limits
             if limits.rate != self.rate.rate:
                 self.rate.set_rate(limits.rate)
-            now = self.delivery.now()
-            if limits.suspended_until <= now or self.delivery.stopping.is_set():
+            now = self.context.now()
+            if limits.suspended_until <= now or self.context.stopping.is_set():
                 return
-            await self._release_buffer(limits.suspended_until - now, self.backoff.reason)
+            self._release_buffer(limits.suspended_until - now, self.backoff.reason)
             with trio.move_on_after(limits.suspended_until - now):
-                await self.delivery.stopping.wait()
+                await self.context.stopping.wait()
 
     # ------------------------------------------------------------------- outcomes
 
-    async def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
+    def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
         for txn in done:
             record = sent.get(id(txn))
             if record is None:
                 continue
             if txn.data_sent:
                 elapsed = trio.current_time() - record.started
-                self.delivery.metrics.transaction_seconds.observe(elapsed)
-            await self._record_results(record)
+                self.context.metrics.transaction_seconds.observe(elapsed)
+            self._record_results(record)
             del sent[id(txn)]
 
-    async def _record_results(self, record: _Sent) -> None:
-        """Journal a finished transaction's per-recipient outcomes, all or (shielded) none."""
+    def _record_results(self, record: _Sent) -> None:
+        """Journal a finished transaction's per-recipient outcomes (no await: all of them)."""
         results = record.txn.results
         accepted = _recipients_limit(results)
         if accepted is not None and accepted < self.per_transaction:
             log.info("%s: the server takes %d recipients per transaction", self.label, accepted)
             self.per_transaction = accepted
-        with trio.CancelScope(shield=True):
-            for due, result in zip(record.items, results, strict=True):
-                if result.error is None and result.reply is not None:
-                    reply = result.reply
-                    outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
-                elif accepted is not None and _too_many(result.error):
-                    # Our transaction was too big, not the recipient's fault: next one, now.
-                    outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
-                else:
-                    assert result.error is not None
-                    outcome = self._judge(result.error)
-                await self._record(due, outcome)
+        for due, result in zip(record.items, results, strict=True):
+            if result.error is None and result.reply is not None:
+                reply = result.reply
+                outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
+            elif accepted is not None and _too_many(result.error):
+                # Our transaction was too big, not the recipient's fault: next one, now.
+                outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
+            else:
+                assert result.error is not None
+                outcome = self._judge(result.error)
+            self._record(due, outcome)
 
     def _judge(self, error: SMTPError) -> Outcome:
         """Classify an error; a reply that matches a backoff rule backs the site off."""
@@ -571,7 +462,7 @@ class Destination:
             reply = error.reply
             rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
             if rule is not None:
-                now = self.delivery.now()
+                now = self.context.now()
                 if self.backoff.apply(rule, now, str(reply)):
                     self._backoff_changed("suspend" if rule.suspend else "reduce")
                 wait = max(self.backoff.limits.suspended_until - now, 0.0)
@@ -579,7 +470,7 @@ class Destination:
         return classify_error(error)
 
     def _backoff_changed(self, action: str) -> None:
-        m = self.delivery.metrics
+        m = self.context.metrics
         m.backoff_events.labels(self.label, action).inc()
         m.backoff_active.labels(self.label).set(1 if self.backoff.active else 0)
         self.rate.set_rate(self.backoff.limits.rate)
@@ -591,32 +482,32 @@ class Destination:
         try:
             while self.backoff.active:
                 await trio.sleep_until(
-                    self.backoff.restore_at - self.delivery.epoch
+                    self.backoff.restore_at - self.context.epoch
                 )  # trio time of the restore moment
-                if self.backoff.restore(self.delivery.now()):
+                if self.backoff.restore(self.context.now()):
                     self._backoff_changed("restore")
                     if self._domains or self._buffer:
                         self._spawn()
         finally:
             self._timer_armed = False
 
-    async def _abandon(self, slot: _Slot) -> None:
+    def _abandon(self, slot: _Slot) -> None:
         """Stopped with work unfinished: in doubt if its data went out, else handed back."""
         held, slot.holding = slot.holding, []
         for due in held:
-            await self._record(due, Outcome.released())
+            self._record(due, Outcome.released())
         sent = slot.sent
         for record in sent.values():
             if record.txn.done:
                 # Its replies were read before the stop: record what they said.
-                await self._record_results(record)
+                self._record_results(record)
                 continue
             if record.txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
             else:
                 outcome = Outcome.released()
             for due in record.items:
-                await self._record(due, outcome)
+                self._record(due, outcome)
         sent.clear()
 
     # ----------------------------------------------------------------- connections
@@ -627,7 +518,7 @@ class Destination:
         None when that fails (see :meth:`_open_first`) or when stopping: then no connection
         is opened and the recipients the slot holds stay held, to be handed back.
         """
-        d = self.delivery
+        d = self.context
         # Pace before taking a slot: a slot is never held while waiting for the site's rate.
         waited = await self.open_rate.acquire()
         if waited:
@@ -650,7 +541,7 @@ class Destination:
         On failure the recipient the slot holds is deferred: as an attempt when hosts were
         tried and failed, as a throttle deferral when every host is backing off.
         """
-        now = self.delivery.now()
+        now = self.context.now()
         last: SMTPError | None = None
         tried = False
         for host in self.route.hosts:
@@ -664,7 +555,7 @@ class Destination:
                 except SMTPError as exc:
                     last = exc
                     reason = connection_failure_reason(exc)
-                    self.delivery.metrics.connections_failed.labels(self.label, reason).inc()
+                    self.context.metrics.connections_failed.labels(self.label, reason).inc()
                     if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
                         break  # this host refuses service; try the next host
                     continue
@@ -694,7 +585,7 @@ class Destination:
                 outcome = dataclasses.replace(outcome, category=category)
         held, slot.holding = slot.holding, []
         for due in held:
-            await self._record(due, outcome)
+            self._record(due, outcome)
         return None
 
     async def _open_with_fallback(
@@ -714,7 +605,7 @@ class Destination:
             if mode is not TlsMode.OPPORTUNISTIC or self.credentials is not None:
                 raise
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
-            self.delivery.metrics.connections_failed.labels(self.label, "tls").inc()
+            self.context.metrics.connections_failed.labels(self.label, "tls").inc()
             self._plaintext_hosts.add(server_name)
             return await self._open(address, port, server_name, TlsMode.NONE, key)
 
@@ -722,7 +613,7 @@ class Destination:
         self, address: str, port: int, server_name: str, mode: TlsMode, key: ConnectionKey
     ) -> SMTPClient:
         """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot."""
-        d = self.delivery
+        d = self.context.settings
         client: SMTPClient | None = None
         try:
             client = await SMTPClient.connect(
@@ -743,16 +634,17 @@ class Destination:
                     await client.aclose()
             raise
         self._clients[client] = key
-        d.metrics.connections_open.labels(self.label).inc()
+        metrics = self.context.metrics
+        metrics.connections_open.labels(self.label).inc()
         tls = "tls" if client.tls_active else "plaintext"
-        d.metrics.connections_opened.labels(self.label, tls).inc()
+        metrics.connections_opened.labels(self.label, tls).inc()
         return client
 
     async def _close(self, client: SMTPClient, sent: dict[int, _Sent]) -> None:
         """Collect the replies still owed, say QUIT, close."""
         try:
             if client.usable:
-                await self._finish(await client.drain(), sent)
+                self._finish(await client.drain(), sent)
             await client.quit()
         finally:
             self._closed(client)
@@ -767,8 +659,8 @@ class Destination:
     def _closed(self, client: SMTPClient) -> None:
         key = self._clients.pop(client, None)
         if key is not None:  # count each connection's end once
-            self.delivery.metrics.connections_open.labels(self.label).dec()
-            self.delivery.connections.release(key)
+            self.context.metrics.connections_open.labels(self.label).dec()
+            self.context.connections.release(key)
 
     @property
     def open_connections(self) -> int:

@@ -31,17 +31,8 @@ from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, runnin
 from bulksend.testing.smtp import ServerScript
 
 
-class _Stopping:
-    def is_set(self) -> bool:
-        return False
-
-
-class _Delivery:
-    stopping = _Stopping()
-
-
 class _Scheduler:
-    delivery = _Delivery()
+    stopping = False
     complete = False
     destinations: dict[Any, Any] = {}  # noqa: RUF012
 
