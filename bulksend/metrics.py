@@ -18,6 +18,8 @@ Grafana dashboard against what this module registers.
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +35,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.metrics_core import CounterMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from bulksend.smtp.errors import RemoteProtocolError, ReplyError, SMTPTimeoutError, TLSError
 
@@ -159,6 +162,45 @@ class CountedFamily:
         return [family]
 
 
+class CountedHistogram:
+    """An unlabelled histogram counted in plain numbers (see :class:`CountedFamily`)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [*buckets, math.inf]
+        # The ``le`` label values as prometheus_client writes them ("0.005", "+Inf").
+        self._les: list[str] = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """Count one observation (in the first bucket whose bound is at least ``amount``)."""
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        total = 0
+        cumulative = []
+        for le, count in zip(self._les, list(self._counts), strict=True):
+            total += count
+            cumulative.append((le, total))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], cumulative, self._sum)
+        return [family]
+
+
 @dataclass
 class MetricsServer:
     """A running metrics endpoint (a daemon thread); :meth:`close` stops it."""
@@ -256,10 +298,10 @@ class Metrics:
             ["category"],
             registry=r,
         )
-        self.transaction_seconds = Histogram(
+        self.transaction_seconds = CountedHistogram(
             "bulksend_smtp_transaction_seconds",
             "Time from MAIL FROM to the final reply of one SMTP transaction.",
-            buckets=_LATENCY_BUCKETS,
+            _LATENCY_BUCKETS,
             registry=r,
         )
         self.dns_lookups = Counter(

@@ -34,6 +34,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import trio
 
@@ -85,10 +86,12 @@ def _recipients_limit(results: list[RecipientResult]) -> int | None:
     """
     taken = 0
     for result in results:
-        if _too_many(result.error):
-            return taken or None
         error = result.error
-        if not (isinstance(error, ReplyError) and error.stage == "RCPT"):
+        if error is None:
+            taken += 1
+        elif _too_many(error):
+            return taken or None
+        elif not (isinstance(error, ReplyError) and error.stage == "RCPT"):
             taken += 1
     return None
 
@@ -99,14 +102,11 @@ class _HostHealth:
     retry_at: float = -math.inf
 
 
-@dataclass
-class _Sent:
-    txn: Transaction
-    items: list[Due]
-    started: float
+#: A transaction in flight: its recipients and when it started (trio time).
+_Sent: TypeAlias = tuple[Transaction, list[Due], float]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """One sender's state: its connection, what it has in flight, what it holds."""
 
@@ -134,6 +134,7 @@ class Destination:
         self.label = label
         # A relay's AUTH settings ride on its route (see delivery.run.routing_config).
         self.credentials = route.auth if isinstance(route.auth, Credentials) else None
+        self._transaction_seconds = context.metrics.transaction_seconds
         self.rate = TokenBucket(limits.rate)
         self.open_rate = TokenBucket(limits.connection_rate)
         self._domains: deque[str] = deque()
@@ -369,7 +370,7 @@ class Destination:
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
-        slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
+        slot.sent[id(txn)] = (txn, group, trio.current_time())
         slot.holding = []
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
@@ -426,24 +427,25 @@ class Destination:
     # ------------------------------------------------------------------- outcomes
 
     def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
+        if not done:
+            return
+        now = trio.current_time()  # the replies that finished them came in one read
         for txn in done:
-            record = sent.get(id(txn))
+            record = sent.pop(id(txn), None)
             if record is None:
                 continue
             if txn.data_sent:
-                elapsed = trio.current_time() - record.started
-                self.context.metrics.transaction_seconds.observe(elapsed)
-            self._record_results(record)
-            del sent[id(txn)]
+                self._transaction_seconds.observe(now - record[2])
+            self._record_results(txn, record[1])
 
-    def _record_results(self, record: _Sent) -> None:
+    def _record_results(self, txn: Transaction, items: list[Due]) -> None:
         """Journal a finished transaction's per-recipient outcomes (no await: all of them)."""
-        results = record.txn.results
+        results = txn.results
         accepted = _recipients_limit(results)
         if accepted is not None and accepted < self.per_transaction:
             log.info("%s: the server takes %d recipients per transaction", self.label, accepted)
             self.per_transaction = accepted
-        for due, result in zip(record.items, results, strict=True):
+        for due, result in zip(items, results, strict=True):
             if result.error is None and result.reply is not None:
                 reply = result.reply
                 outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
@@ -497,16 +499,16 @@ class Destination:
         for due in held:
             self._record(due, Outcome.released())
         sent = slot.sent
-        for record in sent.values():
-            if record.txn.done:
+        for txn, items, _started in sent.values():
+            if txn.done:
                 # Its replies were read before the stop: record what they said.
-                self._record_results(record)
+                self._record_results(txn, items)
                 continue
-            if record.txn.data_sent:
+            if txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
             else:
                 outcome = Outcome.released()
-            for due in record.items:
+            for due in items:
                 self._record(due, outcome)
         sent.clear()
 
