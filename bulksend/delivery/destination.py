@@ -44,7 +44,7 @@ from bulksend.config import SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
-from bulksend.delivery.pool import ConnectionKey
+from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
@@ -59,9 +59,6 @@ from bulksend.smtp.errors import (
 )
 
 log = logging.getLogger("bulksend.delivery")
-
-_HOST_BACKOFF_FIRST = 30.0
-_HOST_BACKOFF_MAX = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +91,6 @@ def _recipients_limit(results: list[RecipientResult]) -> int | None:
         elif not (isinstance(error, ReplyError) and error.stage == "RCPT"):
             taken += 1
     return None
-
-
-@dataclass
-class _HostHealth:
-    failures: int = 0
-    retry_at: float = -math.inf
 
 
 #: A transaction in flight: its recipients and when it started (trio time).
@@ -141,13 +132,12 @@ class Destination:
         self._buffer: deque[Due] = deque()
         self._fetching = trio.Lock()
         self._work = trio.Event()  # set when a domain is attached
-        self._hosts: dict[str, _HostHealth] = {}
+        self._hosts = HostHealth()
         self._senders = 0
         self._clients: dict[SMTPClient, ConnectionKey] = {}
         # When the last recipient this site handed back (throttle, backoff, stop) is due again:
         # while that is near, an idle connection may wait for it.
         self._back_at = -math.inf
-        self._plaintext_hosts: set[str] = set()
         self.last_error = ""
         self._connect_failure: SMTPError | None = None  # why the last connect failed
         self._nursery: trio.Nursery | None = None
@@ -281,10 +271,8 @@ class Destination:
         counted = True
         try:
             while self._may_continue():
-                if slot.client is not None and self._suspended():
-                    # Suspended: collect what is owed and free the connection slot.
-                    client, slot.client = slot.client, None
-                    await self._close(client, slot.sent)
+                # Suspended, say: collect what is owed and free the connection slot.
+                await self._retire(slot)
                 if slot.client is not None and not self._buffer:
                     # We may wait: send the held data first.
                     self._finish(await slot.client.flush(), slot.sent)
@@ -349,9 +337,7 @@ class Destination:
             self.context.not_rendered(group, exc, self.label)
             return
         self.context.renders.passed()
-        if slot.client is not None and not slot.client.usable:
-            client, slot.client = slot.client, None
-            await self._close(client, slot.sent)
+        await self._retire(slot)
         if slot.client is None:
             slot.client = await self._connect(slot)
             if slot.client is None:
@@ -375,9 +361,19 @@ class Destination:
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
         self._finish(await slot.client.submit(txn, hold=more), slot.sent)
-        if slot.client.messages_sent >= self.limits.messages_per_connection:
-            # Replace at once: the next message opens a fresh connection.
-            client, slot.client = slot.client, None
+        # Replaced at once when it is due: the next message opens a fresh connection.
+        await self._retire(slot)
+
+    async def _retire(self, slot: _Slot) -> None:
+        """Close the slot's connection when :func:`~bulksend.delivery.pool.must_retire`."""
+        client = slot.client
+        if client is not None and must_retire(
+            messages_sent=client.messages_sent,
+            limit=self.limits.messages_per_connection,
+            usable=client.usable,
+            suspended=self._suspended(),
+        ):
+            slot.client = None
             await self._close(client, slot.sent)
 
     def _render(self, group: list[Due]) -> tuple[Envelope, bytes]:
@@ -547,8 +543,7 @@ class Destination:
         last: SMTPError | None = None
         tried = False
         for host in self.route.hosts:
-            health = self._hosts.setdefault(host.name, _HostHealth())
-            if health.retry_at > now:
+            if not self._hosts.ready(host.name, now):
                 continue
             for address in host.addresses:
                 tried = True
@@ -561,13 +556,9 @@ class Destination:
                     if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
                         break  # this host refuses service; try the next host
                     continue
-                health.failures = 0
+                self._hosts.succeeded(host.name)
                 return client
-            if health.retry_at <= now:  # senders failing at once count as one failure
-                health.failures += 1
-                health.retry_at = now + min(
-                    _HOST_BACKOFF_FIRST * 2 ** (health.failures - 1), _HOST_BACKOFF_MAX
-                )
+            self._hosts.failed(host.name, now)
         if tried and last is not None:
             self.last_error = str(last)
             self._connect_failure = last
@@ -598,17 +589,15 @@ class Destination:
         A host whose TLS failed once is reached in plaintext for the rest of the run
         (RFC 7435 opportunistic security: better unencrypted than undelivered).
         """
-        mode = self.limits.tls
-        if mode is TlsMode.OPPORTUNISTIC and server_name in self._plaintext_hosts:
-            mode = TlsMode.NONE
+        mode = self._hosts.tls_mode(server_name, self.limits.tls)
         try:
             return await self._open(address, port, server_name, mode, key)
         except TLSError as exc:
-            if mode is not TlsMode.OPPORTUNISTIC or self.credentials is not None:
+            authenticating = self.credentials is not None
+            if not self._hosts.starttls_failed(server_name, mode, authenticating=authenticating):
                 raise
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
             self.context.metrics.connections_failed.labels(self.label, "tls").inc()
-            self._plaintext_hosts.add(server_name)
             return await self._open(address, port, server_name, TlsMode.NONE, key)
 
     async def _open(
