@@ -61,15 +61,6 @@ from bulksend.smtp.errors import (
 log = logging.getLogger("bulksend.delivery")
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """AUTH settings for a relay (smarthost or override)."""
-
-    username: str
-    password: str = field(repr=False)
-    allow_plaintext: bool = False  # tests only: AUTH without TLS
-
-
 def _too_many(error: SMTPError | None) -> bool:
     """A 452 to RCPT: "too many recipients" (RFC 5321 §4.5.3.1.10)."""
     return isinstance(error, ReplyError) and error.stage == "RCPT" and error.code == 452
@@ -123,8 +114,8 @@ class Destination:
         self.limits = limits
         self.backoff = backoff
         self.label = label
-        # A relay's AUTH settings ride on its route (see delivery.run.routing_config).
-        self.credentials = route.auth if isinstance(route.auth, Credentials) else None
+        # A relay's AUTH credentials ride on its route (see delivery.run.routing_config).
+        self.credentials = route.auth
         self._transaction_seconds = context.metrics.transaction_seconds
         self.rate = TokenBucket(limits.rate)
         self.open_rate = TokenBucket(limits.connection_rate)
@@ -615,9 +606,7 @@ class Destination:
             await client.handshake(tls=mode, ssl_context=context, server_hostname=server_name)
             if self.credentials is not None:
                 await client.authenticate(
-                    self.credentials.username,
-                    self.credentials.password,
-                    allow_plaintext=self.credentials.allow_plaintext,
+                    self.credentials.username, self.credentials.password.reveal()
                 )
         except BaseException:
             if client is not None:

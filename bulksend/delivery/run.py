@@ -26,7 +26,6 @@ from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile, Suppre
 from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
 from bulksend.delivery.context import RunContext, RunSettings
-from bulksend.delivery.destination import Credentials
 from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
@@ -44,7 +43,7 @@ from bulksend.journal import (
     campaign_identity,
 )
 from bulksend.metrics import Metrics
-from bulksend.routing import Relay, Router, RoutingConfig
+from bulksend.routing import Credentials, Relay, Router, RoutingConfig
 
 log = logging.getLogger("bulksend")
 
@@ -66,7 +65,6 @@ class RunOptions:
         force: resume even though the campaign or recipients changed.
         limit: stop after this many recipients have an outcome in this run.
         grace: seconds in-flight transactions get to finish when stopping.
-        allow_plaintext_auth: AUTH to a relay without TLS (tests only).
         shard: run only this shard's sites (see :mod:`bulksend.delivery.shard`); the
             journal and rejects files get the shard in their names.
         suppression_check: seconds between looks at the suppression file during a run; a
@@ -85,7 +83,6 @@ class RunOptions:
     force: bool = False
     limit: int | None = None
     grace: float = 30.0
-    allow_plaintext_auth: bool = False
     shard: Shard | None = None
     suppression_check: float = 30.0
     retry_unrendered: bool = False
@@ -128,9 +125,7 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
         sh = section.smarthost
         credentials = None
         if sh.username is not None and sh.password is not None:
-            credentials = Credentials(
-                sh.username, sh.password.reveal(), allow_plaintext=options.allow_plaintext_auth
-            )
+            credentials = Credentials(sh.username, sh.password)
         smarthost = Relay(sh.host, sh.port, credentials, sh.tls)
     return RoutingConfig(
         nameservers=section.nameservers or options.nameservers,
