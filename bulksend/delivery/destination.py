@@ -57,13 +57,14 @@ from bulksend.smtp.errors import (
     SMTPError,
     TLSError,
 )
+from bulksend.smtp.protocol import Verb
 
 log = logging.getLogger("bulksend.delivery")
 
 
 def _too_many(error: SMTPError | None) -> bool:
     """A 452 to RCPT: "too many recipients" (RFC 5321 §4.5.3.1.10)."""
-    return isinstance(error, ReplyError) and error.stage == "RCPT" and error.code == 452
+    return isinstance(error, ReplyError) and error.stage == Verb.RCPT and error.code == 452
 
 
 def _recipients_limit(results: list[RecipientResult]) -> int | None:
@@ -79,7 +80,7 @@ def _recipients_limit(results: list[RecipientResult]) -> int | None:
             taken += 1
         elif _too_many(error):
             return taken or None
-        elif not (isinstance(error, ReplyError) and error.stage == "RCPT"):
+        elif not (isinstance(error, ReplyError) and error.stage == Verb.RCPT):
             taken += 1
     return None
 
@@ -544,7 +545,7 @@ class Destination:
                     last = exc
                     reason = connection_failure_reason(exc)
                     self.context.metrics.connections_failed.labels(self.label, reason).inc()
-                    if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
+                    if isinstance(exc, PermanentReplyError) and exc.stage == Verb.GREETING:
                         break  # this host refuses service; try the next host
                     continue
                 self._hosts.succeeded(host.name)
