@@ -13,18 +13,22 @@ limit, and each owns at most one SMTP connection:
 * with PIPELINING the next message's MAIL/RCPT/DATA follow the previous message's data
   without waiting for its final reply (RFC 2920), and the replies are read in order;
 * when a connection reaches the site's messages-per-connection limit it is closed and the
-  next message opens a new one at once; any error drops it; an idle sender keeps it up to
+  next message opens a new one at once; any error drops it, and so does a suspension
+  (:func:`~bulksend.delivery.pool.must_retire`); an idle sender keeps it up to
   ``idle_timeout`` only while its site may get work back soon and no other site waits for a
   connection slot (:mod:`bulksend.delivery.pool` keeps that bookkeeping);
 * a connection is opened to the route's MX hosts in order, each address in turn; a host
-  that fails backs off (per host, not per message). Opening is paced by the site's
+  that fails backs off (per host, not per message: :class:`~bulksend.delivery.pool.HostHealth`,
+  which also remembers the hosts whose STARTTLS failed). Opening is paced by the site's
   connection rate, then takes one of the global connection slots.
 
-Replies that match a backoff rule put the site under reduced limits for a while (see
-:mod:`bulksend.delivery.backoff`); the recipients concerned are throttle deferrals, not
-failed attempts. On a graceful stop no new transaction starts, at a site that waits for a
-connection slot or its rate as much as at one that is sending; whatever was taken from the
-journal and not sent is handed back, and a message whose final reply is lost is in doubt.
+Outcomes are recorded without an await, through the run's
+:class:`~bulksend.delivery.context.RunContext`. Replies that match a backoff rule put the
+site under reduced limits for a while (see :mod:`bulksend.delivery.backoff`); the
+recipients concerned are throttle deferrals, not failed attempts. On a graceful stop no new
+transaction starts, at a site that waits for a connection slot or its rate as much as at
+one that is sending; whatever was taken from the journal and not sent is handed back, and a
+message whose final reply is lost is in doubt.
 """
 
 from __future__ import annotations
@@ -263,7 +267,8 @@ class Destination:
         counted = True
         try:
             while self._may_continue():
-                # Suspended, say: collect what is owed and free the connection slot.
+                # A connection due to retire (its site suspended, say) collects what it
+                # owes and frees its slot before anything else.
                 await self._retire(slot)
                 if slot.client is not None and not self._buffer:
                     # We may wait: send the held data first.
