@@ -269,7 +269,8 @@ class Destination:
             while self._may_continue():
                 # A connection due to retire (its site suspended, say) collects what it
                 # owes and frees its slot before anything else.
-                await self._retire(slot)
+                if (client := self._retiring(slot)) is not None:
+                    await self._close(client, slot.sent)
                 if slot.client is not None and not self._buffer:
                     # We may wait: send the held data first.
                     self._finish(await slot.client.flush(), slot.sent)
@@ -334,7 +335,8 @@ class Destination:
             self.context.not_rendered(group, exc, self.label)
             return
         self.context.renders.passed()
-        await self._retire(slot)
+        if (client := self._retiring(slot)) is not None:
+            await self._close(client, slot.sent)
         if slot.client is None:
             slot.client = await self._connect(slot)
             if slot.client is None:
@@ -358,20 +360,23 @@ class Destination:
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
         self._finish(await slot.client.submit(txn, hold=more), slot.sent)
-        # Replaced at once when it is due: the next message opens a fresh connection.
-        await self._retire(slot)
+        if (client := self._retiring(slot)) is not None:
+            # Replaced at once: the next message opens a fresh connection.
+            await self._close(client, slot.sent)
 
-    async def _retire(self, slot: _Slot) -> None:
-        """Close the slot's connection when :func:`~bulksend.delivery.pool.must_retire`."""
+    def _retiring(self, slot: _Slot) -> SMTPClient | None:
+        """The slot's connection, taken from it, if it must close now (see
+        :func:`~bulksend.delivery.pool.must_retire`); else None."""
         client = slot.client
-        if client is not None and must_retire(
+        if client is None or not must_retire(
             messages_sent=client.messages_sent,
             limit=self.limits.messages_per_connection,
             usable=client.usable,
             suspended=self._suspended(),
         ):
-            slot.client = None
-            await self._close(client, slot.sent)
+            return None
+        slot.client = None
+        return client
 
     def _render(self, group: list[Due]) -> tuple[Envelope, bytes]:
         campaign = self.context.campaign
