@@ -18,8 +18,10 @@ Grafana dashboard against what this module registers.
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from wsgiref.simple_server import WSGIServer
@@ -33,6 +35,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from bulksend.smtp.errors import RemoteProtocolError, ReplyError, SMTPTimeoutError, TLSError
 
@@ -89,6 +93,112 @@ def _version() -> str:
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Count:
+    """One series of a :class:`CountedFamily`: a plain number, without a lock."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (not negative: a counter only goes up)."""
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+
+class CountedFamily:
+    """A counter family counted in plain numbers and published when it is collected.
+
+    prometheus_client's ``Counter`` takes a lock and, through ``labels()``, a dict lookup
+    for every increment; the delivery hot path counts several series per message, so its
+    counters are these instead: the run's (one) thread adds to :class:`Count` objects it
+    keeps, and a scrape (the exporter's thread) reads the numbers as they are. Names,
+    labels, help text and values are those a ``Counter`` would export.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Count] = {}
+        if not self._labelnames:
+            self._children[()] = Count()  # an unlabelled counter exports 0 from the start
+        registry.register(self)
+
+    def labels(self, *values: str) -> Count:
+        """The series of these label values (created on first use; keep it to count fast)."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+            child = self._children.setdefault(values, Count())
+        return child
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Count on an unlabelled family."""
+        self.labels().inc(amount)
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = self._family()
+        for values, child in list(self._children.items()):  # a copy: the run may add one
+            family.add_metric(list(values), child.value)
+        return [family]
+
+
+class CountedHistogram:
+    """An unlabelled histogram counted in plain numbers (see :class:`CountedFamily`)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [*buckets, math.inf]
+        # The ``le`` label values as prometheus_client writes them ("0.005", "+Inf").
+        self._les: list[str] = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """Count one observation (in the first bucket whose bound is at least ``amount``)."""
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        total = 0
+        cumulative = []
+        for le, count in zip(self._les, list(self._counts), strict=True):
+            total += count
+            cumulative.append((le, total))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], cumulative, self._sum)
+        return [family]
 
 
 @dataclass
@@ -163,35 +273,35 @@ class Metrics:
         r = self.registry
         if process:
             register_process_metrics(r)
-        self.recipients = Counter(
+        self.recipients = CountedFamily(
             "bulksend_recipients",
             "Recipient outcomes by result (delivered, deferred, bounced, expired, in_doubt); "
             "expired is counted when the journal commits it.",
             ["outcome"],
             registry=r,
         )
-        self.site_recipients = Counter(
+        self.site_recipients = CountedFamily(
             "bulksend_site_recipients",
             "Recipient outcomes per site (top sites by volume, the rest as 'other').",
             ["site", "outcome"],
             registry=r,
         )
-        self.replies = Counter(
+        self.replies = CountedFamily(
             "bulksend_smtp_replies",
             "Final SMTP replies per recipient by class (2xx, 4xx, 5xx).",
             ["code_class"],
             registry=r,
         )
-        self.bounces = Counter(
+        self.bounces = CountedFamily(
             "bulksend_bounces",
             "Bounced recipients by category.",
             ["category"],
             registry=r,
         )
-        self.transaction_seconds = Histogram(
+        self.transaction_seconds = CountedHistogram(
             "bulksend_smtp_transaction_seconds",
             "Time from MAIL FROM to the final reply of one SMTP transaction.",
-            buckets=_LATENCY_BUCKETS,
+            _LATENCY_BUCKETS,
             registry=r,
         )
         self.dns_lookups = Counter(
@@ -248,7 +358,7 @@ class Metrics:
             "Recipients not yet in a final state (pending or in doubt).",
             registry=r,
         )
-        self.in_doubt = Counter(
+        self.in_doubt = CountedFamily(
             "bulksend_in_doubt",
             "Messages whose final reply never came (they may have been delivered).",
             registry=r,

@@ -185,7 +185,7 @@ async def stop_when_only_dead_left(scheduler: Scheduler, progress: Progress) -> 
     dead = _dead_domains()
     peek: JournalPeek | None = None
     try:
-        while not scheduler.delivery.stopping.is_set():
+        while not scheduler.stopping:
             await trio.sleep(1.0)
             try:
                 peek = peek or JournalPeek(progress.journal)

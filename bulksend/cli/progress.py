@@ -354,7 +354,7 @@ class Progress:
         """Take the tally's counts at ``now`` (monotonic seconds) for the rate and the state."""
         k = self.tally.kinds
         self.rate = self._rates.add(now, k[Kind.DELIVERED] + k[Kind.BOUNCED])
-        if self.scheduler is not None and self.scheduler.delivery.stopping.is_set():
+        if self.scheduler is not None and self.scheduler.stopping:
             self.state = "stopping" if not self.scheduler.complete else "finishing"
 
     def _eta(self, waiting: int | None) -> float | None:

@@ -13,18 +13,22 @@ limit, and each owns at most one SMTP connection:
 * with PIPELINING the next message's MAIL/RCPT/DATA follow the previous message's data
   without waiting for its final reply (RFC 2920), and the replies are read in order;
 * when a connection reaches the site's messages-per-connection limit it is closed and the
-  next message opens a new one at once; any error drops it; an idle sender keeps it up to
+  next message opens a new one at once; any error drops it, and so does a suspension
+  (:func:`~bulksend.delivery.pool.must_retire`); an idle sender keeps it up to
   ``idle_timeout`` only while its site may get work back soon and no other site waits for a
   connection slot (:mod:`bulksend.delivery.pool` keeps that bookkeeping);
 * a connection is opened to the route's MX hosts in order, each address in turn; a host
-  that fails backs off (per host, not per message). Opening is paced by the site's
+  that fails backs off (per host, not per message: :class:`~bulksend.delivery.pool.HostHealth`,
+  which also remembers the hosts whose STARTTLS failed). Opening is paced by the site's
   connection rate, then takes one of the global connection slots.
 
-Replies that match a backoff rule put the site under reduced limits for a while (see
-:mod:`bulksend.delivery.backoff`); the recipients concerned are throttle deferrals, not
-failed attempts. On a graceful stop no new transaction starts, at a site that waits for a
-connection slot or its rate as much as at one that is sending; whatever was taken from the
-journal and not sent is handed back, and a message whose final reply is lost is in doubt.
+Outcomes are recorded without an await, through the run's
+:class:`~bulksend.delivery.context.RunContext`. Replies that match a backoff rule put the
+site under reduced limits for a while (see :mod:`bulksend.delivery.backoff`); the
+recipients concerned are throttle deferrals, not failed attempts. On a graceful stop no new
+transaction starts, at a site that waits for a connection slot or its rate as much as at
+one that is sending; whatever was taken from the journal and not sent is handed back, and a
+message whose final reply is lost is in doubt.
 """
 
 from __future__ import annotations
@@ -32,23 +36,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import ssl
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import trio
-from prometheus_client import Counter
 
 from bulksend.campaign.recipients import Recipient
-from bulksend.campaign.render import Campaign, RenderBreaker, RenderError
-from bulksend.config import SiteLimits, Timeouts, TlsMode
+from bulksend.campaign.render import RenderError
+from bulksend.config import SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
+from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
-from bulksend.delivery.pool import ConnectionKey, ConnectionPool
+from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
 from bulksend.delivery.throttle import TokenBucket
-from bulksend.journal import Due, JournalWriter, Kind, Outcome
-from bulksend.metrics import Metrics, connection_failure_reason
+from bulksend.journal import Due, Kind, Outcome
+from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
 from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
@@ -58,131 +61,14 @@ from bulksend.smtp.errors import (
     SMTPError,
     TLSError,
 )
+from bulksend.smtp.protocol import Verb
 
 log = logging.getLogger("bulksend.delivery")
-
-_HOST_BACKOFF_FIRST = 30.0
-_HOST_BACKOFF_MAX = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """AUTH settings for a relay (smarthost or override)."""
-
-    username: str
-    password: str = field(repr=False)
-    allow_plaintext: bool = False  # tests only: AUTH without TLS
-
-
-@dataclass
-class Delivery:
-    """What every destination of one run shares."""
-
-    campaign: Campaign
-    writer: JournalWriter
-    metrics: Metrics
-    timeouts: Timeouts
-    ehlo_hostname: str
-    connections: ConnectionPool  # the global cap on open connections
-    ssl_verified: ssl.SSLContext  # for TLS that must verify (required, smarthost AUTH)
-    ssl_opportunistic: ssl.SSLContext  # for opportunistic STARTTLS to MX hosts
-    epoch: float  # wall-clock seconds at trio time 0
-    stopping: trio.Event = field(default_factory=trio.Event)
-    on_due: Callable[[float], None] = lambda _at: None  # a deferral is due again at this time
-    on_domain_idle: Callable[[str], None] = lambda _domain: None
-    on_limit: Callable[[], None] = lambda: None  # begin a graceful stop
-    on_final: Callable[[], None] = lambda: None  # a recipient reached a final state
-    #: Called with every outcome as it is recorded (accounting log, progress display).
-    on_outcome: Callable[[Due, Outcome, str], None] = lambda _due, _outcome, _site: None
-    limit: int | None = None  # recipients to send in this run (``--limit``)
-    #: Whether an address is on the suppression list (re-read during the run).
-    suppressed: Callable[[str], bool] = lambda _address: False
-    total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
-    fetch_batch: int = 64
-    renders: RenderBreaker = field(default_factory=RenderBreaker)
-    #: Why the run stopped itself (renders failing systematically); "" while it has not.
-    halt_reason: str = ""
-    stats: dict[str, int] = field(default_factory=dict)
-    taken: int = 0  # recipients taken for sending in this run
-    _children: dict[tuple[str, str], tuple[Counter, Counter]] = field(default_factory=dict)
-
-    senders: int = 0  # sender tasks running, all destinations
-    idle: trio.Event = field(default_factory=trio.Event)  # set while no sender runs
-
-    def sender_started(self) -> None:
-        if self.senders == 0:
-            self.idle = trio.Event()
-        self.senders += 1
-
-    def sender_ended(self) -> None:
-        self.senders -= 1
-        if self.senders == 0:
-            self.idle.set()
-
-    def _counters(self, site_label: str, kind: str) -> tuple[Counter, Counter]:
-        # prometheus_client's labels() costs a lock and a dict lookup per call: keep children.
-        key = (site_label, kind)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.metrics.recipients.labels(kind),
-                self.metrics.site_recipients.labels(site_label, kind),
-            )
-            self._children[key] = children
-        return children
-
-    def take_one(self) -> None:
-        """Count a recipient taken for sending; reaching ``limit`` begins a stop."""
-        self.taken += 1
-        if self.limit is not None and self.taken >= self.limit:
-            self.on_limit()
-
-    @property
-    def halted(self) -> bool:
-        """No new connection or transaction may start: stopping, except for the recipients
-        taken within ``limit`` (reaching it stops the run, and they are its last)."""
-        return self.stopping.is_set() and not (self.limit is not None and self.taken >= self.limit)
-
-    def now(self) -> float:
-        """Wall-clock seconds, advancing with trio's clock (so MockClock tests work)."""
-        return self.epoch + trio.current_time()
-
-    async def not_rendered(self, group: list[Due], error: RenderError, site_label: str) -> None:
-        """Set aside recipients whose message could not be made: never a bounce (the fault
-        is the sender's); once render failures are systematic, stop the run."""
-        for due in group:
-            await self.record(due, Outcome.not_rendered(error.reason), site_label)
-        stop = self.renders.failed(error)
-        if stop is not None and not self.halt_reason:
-            self.halt_reason = stop
-            self.on_limit()
-
-    async def record(self, due: Due, outcome: Outcome, site_label: str) -> None:
-        """Journal one recipient's outcome and count it."""
-        now = self.now()
-        await self.writer.record(due.id, outcome, now=now)
-        self.on_outcome(due, outcome, site_label)
-        kind = outcome.kind.value
-        self.stats[kind] = self.stats.get(kind, 0) + 1
-        m = self.metrics
-        for counter in self._counters(site_label, kind):
-            counter.inc()
-        if outcome.code is not None:
-            m.replies.labels(f"{outcome.code // 100}xx").inc()
-        if outcome.kind is Kind.BOUNCED and outcome.category is not None:
-            m.bounces.labels(outcome.category.value).inc()
-        if outcome.kind is Kind.IN_DOUBT:
-            m.in_doubt.inc()
-        if outcome.kind in (Kind.DEFERRED, Kind.IN_DOUBT, Kind.THROTTLED):
-            # The journal decides the exact time; the scheduler just needs to look again.
-            self.on_due(now + (outcome.retry_after or 0.0))
-        else:
-            self.on_final()
 
 
 def _too_many(error: SMTPError | None) -> bool:
     """A 452 to RCPT: "too many recipients" (RFC 5321 §4.5.3.1.10)."""
-    return isinstance(error, ReplyError) and error.stage == "RCPT" and error.code == 452
+    return isinstance(error, ReplyError) and error.stage == Verb.RCPT and error.code == 452
 
 
 def _recipients_limit(results: list[RecipientResult]) -> int | None:
@@ -193,28 +79,21 @@ def _recipients_limit(results: list[RecipientResult]) -> int | None:
     """
     taken = 0
     for result in results:
-        if _too_many(result.error):
-            return taken or None
         error = result.error
-        if not (isinstance(error, ReplyError) and error.stage == "RCPT"):
+        if error is None:
+            taken += 1
+        elif _too_many(error):
+            return taken or None
+        elif not (isinstance(error, ReplyError) and error.stage == Verb.RCPT):
             taken += 1
     return None
 
 
-@dataclass
-class _HostHealth:
-    failures: int = 0
-    retry_at: float = -math.inf
+#: A transaction in flight: its recipients and when it started (trio time).
+_Sent: TypeAlias = tuple[Transaction, list[Due], float]
 
 
-@dataclass
-class _Sent:
-    txn: Transaction
-    items: list[Due]
-    started: float
-
-
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """One sender's state: its connection, what it has in flight, what it holds."""
 
@@ -228,40 +107,40 @@ class Destination:
 
     def __init__(
         self,
-        delivery: Delivery,
+        context: RunContext,
         route: Route,
         limits: SiteLimits,
         backoff: Backoff,
         *,
         label: str,
     ) -> None:
-        self.delivery = delivery
+        self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
         self.limits = limits
         self.backoff = backoff
         self.label = label
-        # A relay's AUTH settings ride on its route (see delivery.run.routing_config).
-        self.credentials = route.auth if isinstance(route.auth, Credentials) else None
+        # A relay's AUTH credentials ride on its route (see delivery.run.routing_config).
+        self.credentials = route.auth
+        self._transaction_seconds = context.metrics.transaction_seconds
         self.rate = TokenBucket(limits.rate)
         self.open_rate = TokenBucket(limits.connection_rate)
         self._domains: deque[str] = deque()
         self._buffer: deque[Due] = deque()
         self._fetching = trio.Lock()
         self._work = trio.Event()  # set when a domain is attached
-        self._hosts: dict[str, _HostHealth] = {}
+        self._hosts = HostHealth()
         self._senders = 0
         self._clients: dict[SMTPClient, ConnectionKey] = {}
         # When the last recipient this site handed back (throttle, backoff, stop) is due again:
         # while that is near, an idle connection may wait for it.
         self._back_at = -math.inf
-        self._plaintext_hosts: set[str] = set()
         self.last_error = ""
         self._connect_failure: SMTPError | None = None  # why the last connect failed
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
         # Recipients in one transaction: the site's setting for a message the same for
         # everyone (else 1), lowered to what the server showed it accepts (452 after N).
-        self.per_transaction = limits.recipients_per_transaction if delivery.campaign.shared else 1
+        self.per_transaction = limits.recipients_per_transaction if context.campaign.shared else 1
 
     # ------------------------------------------------------------------ scheduling
 
@@ -288,8 +167,8 @@ class Destination:
 
     def wake(self) -> None:
         """Wake idle senders (to see a stop, or new work)."""
-        if self.delivery.halted:
-            self.delivery.connections.stop()  # and those waiting for a connection slot
+        if self.context.halted:
+            self.context.connections.stop()  # and those waiting for a connection slot
         self._work.set()
         self._work = trio.Event()
 
@@ -298,7 +177,7 @@ class Destination:
         limit = self.backoff.limits.max_connections
         while self._senders < limit and (self._domains or self._buffer):
             self._senders += 1
-            self.delivery.sender_started()
+            self.context.sender_started()
             self._nursery.start_soon(self._sender)
 
     async def _take(self, slot: _Slot, *, wait: bool) -> Due | None:
@@ -308,15 +187,15 @@ class Destination:
         """
         while True:
             await self._wait_while_suspended()
-            if self.delivery.stopping.is_set():
+            if self.context.stopping.is_set():
                 return None
             if self._buffer:
                 due = self._buffer.popleft()
-                if self.delivery.suppressed(due.address):
+                if self.context.suppressed(due.address):
                     # Suppressed since it was claimed: never sent (invariant 8).
-                    await self.delivery.record(due, Outcome.suppressed(), self.label)
+                    self.context.record(due, Outcome.suppressed(), self.label)
                     continue
-                self.delivery.take_one()
+                self.context.take_one()
                 return due
             if not self._domains:
                 if not wait or not await self._rest(slot):
@@ -329,14 +208,14 @@ class Destination:
                 self._domains.rotate(-1)
                 # Enough for every sender to pipeline a while (claims are cheap, no fsync),
                 # and for one whole transaction.
-                limit = min(self.delivery.fetch_batch, max(16 * self._senders, 16))
+                limit = min(self.context.settings.fetch_batch, max(16 * self._senders, 16))
                 limit = max(limit, self.per_transaction)
-                batch = await self.delivery.writer.fetch_due(domain, limit, now=self.delivery.now())
+                batch = await self.context.writer.fetch_due(domain, limit, now=self.context.now())
                 if batch:
                     self._buffer.extend(batch)
                 elif domain in self._domains:
                     self._domains.remove(domain)
-                    self.delivery.on_domain_idle(domain)
+                    self.context.events.domain_idle(domain)
 
     async def _rest(self, slot: _Slot) -> bool:
         """Wait, idle, for work (a domain attached); False when there is none to wait for.
@@ -346,16 +225,16 @@ class Destination:
         sender of another site waits for one (see :mod:`bulksend.delivery.pool`).
         """
         timeout = self.limits.idle_timeout
-        now = self.delivery.now()
+        now = self.context.now()
         if not now - timeout <= self._back_at <= now + timeout:
             return False
-        pool = self.delivery.connections
+        pool = self.context.connections
         key = None if slot.client is None else self._clients.get(slot.client)
         if key is not None and not pool.rest(key, self.wake):
             return False
         deadline = trio.current_time() + timeout
         try:
-            while not (self._domains or self.delivery.stopping.is_set()):
+            while not (self._domains or self.context.stopping.is_set()):
                 if key is not None and pool.retiring(key):
                     return False
                 work = self._work
@@ -368,18 +247,18 @@ class Destination:
                 pool.busy(key)
         return bool(self._domains) and not (key is not None and pool.retiring(key))
 
-    async def _record(self, due: Due, outcome: Outcome) -> None:
+    def _record(self, due: Due, outcome: Outcome) -> None:
         """Record an outcome of this site's, noting when a recipient handed back is due."""
         if outcome.kind is Kind.THROTTLED:
-            back_at = self.delivery.now() + (outcome.retry_after or 0.0)
+            back_at = self.context.now() + (outcome.retry_after or 0.0)
             self._back_at = max(self._back_at, back_at)
-        await self.delivery.record(due, outcome, self.label)
+        self.context.record(due, outcome, self.label)
 
-    async def _release_buffer(self, retry_after: float, reason: str) -> None:
+    def _release_buffer(self, retry_after: float, reason: str) -> None:
         """Hand back everything taken but not sent: a throttle deferral, not an attempt."""
         while self._buffer:
             due = self._buffer.popleft()
-            await self._record(due, Outcome.throttled(retry_after, reason))
+            self._record(due, Outcome.throttled(retry_after, reason))
 
     # --------------------------------------------------------------------- senders
 
@@ -388,13 +267,13 @@ class Destination:
         counted = True
         try:
             while self._may_continue():
-                if slot.client is not None and self._suspended():
-                    # Suspended: collect what is owed and free the connection slot.
-                    client, slot.client = slot.client, None
+                # A connection due to retire (its site suspended, say) collects what it
+                # owes and frees its slot before anything else.
+                if (client := self._retiring(slot)) is not None:
                     await self._close(client, slot.sent)
                 if slot.client is not None and not self._buffer:
                     # We may wait: send the held data first.
-                    await self._finish(await slot.client.flush(), slot.sent)
+                    self._finish(await slot.client.flush(), slot.sent)
                 pipelining = slot.client is not None and slot.client.in_flight > 0
                 due = await self._take(slot, wait=not pipelining)
                 if due is not None:
@@ -402,7 +281,7 @@ class Destination:
                     await self._deliver(slot)
                 elif slot.client is not None and slot.client.in_flight:
                     # Nothing more to pipeline: collect the replies still owed.
-                    await self._finish(await slot.client.drain(), slot.sent)
+                    self._finish(await slot.client.drain(), slot.sent)
                 else:
                     break
             if slot.client is not None:
@@ -418,13 +297,13 @@ class Destination:
                     self._leave()
                 if slot.client is not None:
                     await self._discard(slot.client)
-                await self._abandon(slot)
+                self._abandon(slot)
                 if self._senders == 0 and self._buffer:
-                    await self._release_buffer(0.0, "released")
+                    self._release_buffer(0.0, "released")
 
     def _leave(self) -> None:
         self._senders -= 1
-        self.delivery.sender_ended()
+        self.context.sender_ended()
 
     def _more_for(self, due: Due) -> list[Due]:
         """Recipients to share ``due``'s transaction: only for a campaign whose message is
@@ -432,13 +311,13 @@ class Destination:
         room = self.per_transaction - 1
         if room <= 0:
             return []
-        suppressed = self.delivery.suppressed
+        suppressed = self.context.suppressed
         group = [d for d in self._buffer if d.domain == due.domain and not suppressed(d.address)][
             :room
         ]
         for d in group:
             self._buffer.remove(d)
-            self.delivery.take_one()
+            self.context.take_one()
         return group
 
     async def _deliver(self, slot: _Slot) -> None:
@@ -453,42 +332,54 @@ class Destination:
             envelope, data = self._render(group)
         except RenderError as exc:
             slot.holding = []
-            await self.delivery.not_rendered(group, exc, self.label)
+            self.context.not_rendered(group, exc, self.label)
             return
-        self.delivery.renders.passed()
-        if slot.client is not None and not slot.client.usable:
-            client, slot.client = slot.client, None
+        self.context.renders.passed()
+        if (client := self._retiring(slot)) is not None:
             await self._close(client, slot.sent)
         if slot.client is None:
             slot.client = await self._connect(slot)
             if slot.client is None:
                 return
-        delay = max(self.delivery.total_rate.reserve(), self.rate.reserve())
+        delay = max(self.context.total_rate.reserve(), self.rate.reserve())
         if delay > 0:
             # Never sit on message data while waiting.
-            await self._finish(await slot.client.flush(), slot.sent)
-            self.delivery.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
+            self._finish(await slot.client.flush(), slot.sent)
+            self.context.metrics.throttle_wait_seconds.labels(self.label).inc(delay)
             await trio.sleep(delay)
             if not slot.client.usable:  # the flush found the connection gone
                 held, slot.holding = slot.holding, []
                 for due in held:  # nothing started for them: hand them back
-                    await self._record(due, Outcome.released())
+                    self._record(due, Outcome.released())
                 return
-        if self.delivery.halted:
+        if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
-        slot.sent[id(txn)] = _Sent(txn, group, trio.current_time())
+        slot.sent[id(txn)] = (txn, group, trio.current_time())
         slot.holding = []
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
-        await self._finish(await slot.client.submit(txn, hold=more), slot.sent)
-        if slot.client.messages_sent >= self.limits.messages_per_connection:
-            # Replace at once: the next message opens a fresh connection.
-            client, slot.client = slot.client, None
+        self._finish(await slot.client.submit(txn, hold=more), slot.sent)
+        if (client := self._retiring(slot)) is not None:
+            # Replaced at once: the next message opens a fresh connection.
             await self._close(client, slot.sent)
 
+    def _retiring(self, slot: _Slot) -> SMTPClient | None:
+        """The slot's connection, taken from it, if it must close now (see
+        :func:`~bulksend.delivery.pool.must_retire`); else None."""
+        client = slot.client
+        if client is None or not must_retire(
+            messages_sent=client.messages_sent,
+            limit=self.limits.messages_per_connection,
+            usable=client.usable,
+            suspended=self._suspended(),
+        ):
+            return None
+        slot.client = None
+        return client
+
     def _render(self, group: list[Due]) -> tuple[Envelope, bytes]:
-        campaign = self.delivery.campaign
+        campaign = self.context.campaign
         if len(group) > 1:
             addresses = tuple(d.address for d in group)
             data = campaign.render_shared(addresses)
@@ -511,12 +402,12 @@ class Destination:
 
     def _may_continue(self) -> bool:
         """False when this sender should end: stopping, or above a backed-off limit."""
-        if self.delivery.stopping.is_set():
+        if self.context.stopping.is_set():
             return False
         return self._senders <= self.backoff.limits.max_connections
 
     def _suspended(self) -> bool:
-        return self.backoff.limits.suspended_until > self.delivery.now()
+        return self.backoff.limits.suspended_until > self.context.now()
 
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
@@ -524,45 +415,45 @@ class Destination:
             limits = self.backoff.limits
             if limits.rate != self.rate.rate:
                 self.rate.set_rate(limits.rate)
-            now = self.delivery.now()
-            if limits.suspended_until <= now or self.delivery.stopping.is_set():
+            now = self.context.now()
+            if limits.suspended_until <= now or self.context.stopping.is_set():
                 return
-            await self._release_buffer(limits.suspended_until - now, self.backoff.reason)
+            self._release_buffer(limits.suspended_until - now, self.backoff.reason)
             with trio.move_on_after(limits.suspended_until - now):
-                await self.delivery.stopping.wait()
+                await self.context.stopping.wait()
 
     # ------------------------------------------------------------------- outcomes
 
-    async def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
+    def _finish(self, done: list[Transaction], sent: dict[int, _Sent]) -> None:
+        if not done:
+            return
+        now = trio.current_time()  # the replies that finished them came in one read
         for txn in done:
-            record = sent.get(id(txn))
+            record = sent.pop(id(txn), None)
             if record is None:
                 continue
             if txn.data_sent:
-                elapsed = trio.current_time() - record.started
-                self.delivery.metrics.transaction_seconds.observe(elapsed)
-            await self._record_results(record)
-            del sent[id(txn)]
+                self._transaction_seconds.observe(now - record[2])
+            self._record_results(txn, record[1])
 
-    async def _record_results(self, record: _Sent) -> None:
-        """Journal a finished transaction's per-recipient outcomes, all or (shielded) none."""
-        results = record.txn.results
+    def _record_results(self, txn: Transaction, items: list[Due]) -> None:
+        """Journal a finished transaction's per-recipient outcomes (no await: all of them)."""
+        results = txn.results
         accepted = _recipients_limit(results)
         if accepted is not None and accepted < self.per_transaction:
             log.info("%s: the server takes %d recipients per transaction", self.label, accepted)
             self.per_transaction = accepted
-        with trio.CancelScope(shield=True):
-            for due, result in zip(record.items, results, strict=True):
-                if result.error is None and result.reply is not None:
-                    reply = result.reply
-                    outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
-                elif accepted is not None and _too_many(result.error):
-                    # Our transaction was too big, not the recipient's fault: next one, now.
-                    outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
-                else:
-                    assert result.error is not None
-                    outcome = self._judge(result.error)
-                await self._record(due, outcome)
+        for due, result in zip(items, results, strict=True):
+            if result.error is None and result.reply is not None:
+                reply = result.reply
+                outcome = Outcome.delivered(reply.code, reply.enhanced_code, reply.text)
+            elif accepted is not None and _too_many(result.error):
+                # Our transaction was too big, not the recipient's fault: next one, now.
+                outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
+            else:
+                assert result.error is not None
+                outcome = self._judge(result.error)
+            self._record(due, outcome)
 
     def _judge(self, error: SMTPError) -> Outcome:
         """Classify an error; a reply that matches a backoff rule backs the site off."""
@@ -571,7 +462,7 @@ class Destination:
             reply = error.reply
             rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
             if rule is not None:
-                now = self.delivery.now()
+                now = self.context.now()
                 if self.backoff.apply(rule, now, str(reply)):
                     self._backoff_changed("suspend" if rule.suspend else "reduce")
                 wait = max(self.backoff.limits.suspended_until - now, 0.0)
@@ -579,7 +470,7 @@ class Destination:
         return classify_error(error)
 
     def _backoff_changed(self, action: str) -> None:
-        m = self.delivery.metrics
+        m = self.context.metrics
         m.backoff_events.labels(self.label, action).inc()
         m.backoff_active.labels(self.label).set(1 if self.backoff.active else 0)
         self.rate.set_rate(self.backoff.limits.rate)
@@ -591,32 +482,32 @@ class Destination:
         try:
             while self.backoff.active:
                 await trio.sleep_until(
-                    self.backoff.restore_at - self.delivery.epoch
+                    self.backoff.restore_at - self.context.epoch
                 )  # trio time of the restore moment
-                if self.backoff.restore(self.delivery.now()):
+                if self.backoff.restore(self.context.now()):
                     self._backoff_changed("restore")
                     if self._domains or self._buffer:
                         self._spawn()
         finally:
             self._timer_armed = False
 
-    async def _abandon(self, slot: _Slot) -> None:
+    def _abandon(self, slot: _Slot) -> None:
         """Stopped with work unfinished: in doubt if its data went out, else handed back."""
         held, slot.holding = slot.holding, []
         for due in held:
-            await self._record(due, Outcome.released())
+            self._record(due, Outcome.released())
         sent = slot.sent
-        for record in sent.values():
-            if record.txn.done:
+        for txn, items, _started in sent.values():
+            if txn.done:
                 # Its replies were read before the stop: record what they said.
-                await self._record_results(record)
+                self._record_results(txn, items)
                 continue
-            if record.txn.data_sent:
+            if txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
             else:
                 outcome = Outcome.released()
-            for due in record.items:
-                await self._record(due, outcome)
+            for due in items:
+                self._record(due, outcome)
         sent.clear()
 
     # ----------------------------------------------------------------- connections
@@ -627,7 +518,7 @@ class Destination:
         None when that fails (see :meth:`_open_first`) or when stopping: then no connection
         is opened and the recipients the slot holds stay held, to be handed back.
         """
-        d = self.delivery
+        d = self.context
         # Pace before taking a slot: a slot is never held while waiting for the site's rate.
         waited = await self.open_rate.acquire()
         if waited:
@@ -650,12 +541,11 @@ class Destination:
         On failure the recipient the slot holds is deferred: as an attempt when hosts were
         tried and failed, as a throttle deferral when every host is backing off.
         """
-        now = self.delivery.now()
+        now = self.context.now()
         last: SMTPError | None = None
         tried = False
         for host in self.route.hosts:
-            health = self._hosts.setdefault(host.name, _HostHealth())
-            if health.retry_at > now:
+            if not self._hosts.ready(host.name, now):
                 continue
             for address in host.addresses:
                 tried = True
@@ -664,17 +554,13 @@ class Destination:
                 except SMTPError as exc:
                     last = exc
                     reason = connection_failure_reason(exc)
-                    self.delivery.metrics.connections_failed.labels(self.label, reason).inc()
-                    if isinstance(exc, PermanentReplyError) and exc.stage == "greeting":
+                    self.context.metrics.connections_failed.labels(self.label, reason).inc()
+                    if isinstance(exc, PermanentReplyError) and exc.stage == Verb.GREETING:
                         break  # this host refuses service; try the next host
                     continue
-                health.failures = 0
+                self._hosts.succeeded(host.name)
                 return client
-            if health.retry_at <= now:  # senders failing at once count as one failure
-                health.failures += 1
-                health.retry_at = now + min(
-                    _HOST_BACKOFF_FIRST * 2 ** (health.failures - 1), _HOST_BACKOFF_MAX
-                )
+            self._hosts.failed(host.name, now)
         if tried and last is not None:
             self.last_error = str(last)
             self._connect_failure = last
@@ -694,7 +580,7 @@ class Destination:
                 outcome = dataclasses.replace(outcome, category=category)
         held, slot.holding = slot.holding, []
         for due in held:
-            await self._record(due, outcome)
+            self._record(due, outcome)
         return None
 
     async def _open_with_fallback(
@@ -705,24 +591,22 @@ class Destination:
         A host whose TLS failed once is reached in plaintext for the rest of the run
         (RFC 7435 opportunistic security: better unencrypted than undelivered).
         """
-        mode = self.limits.tls
-        if mode is TlsMode.OPPORTUNISTIC and server_name in self._plaintext_hosts:
-            mode = TlsMode.NONE
+        mode = self._hosts.tls_mode(server_name, self.limits.tls)
         try:
             return await self._open(address, port, server_name, mode, key)
         except TLSError as exc:
-            if mode is not TlsMode.OPPORTUNISTIC or self.credentials is not None:
+            authenticating = self.credentials is not None
+            if not self._hosts.starttls_failed(server_name, mode, authenticating=authenticating):
                 raise
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
-            self.delivery.metrics.connections_failed.labels(self.label, "tls").inc()
-            self._plaintext_hosts.add(server_name)
+            self.context.metrics.connections_failed.labels(self.label, "tls").inc()
             return await self._open(address, port, server_name, TlsMode.NONE, key)
 
     async def _open(
         self, address: str, port: int, server_name: str, mode: TlsMode, key: ConnectionKey
     ) -> SMTPClient:
         """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot."""
-        d = self.delivery
+        d = self.context.settings
         client: SMTPClient | None = None
         try:
             client = await SMTPClient.connect(
@@ -733,9 +617,7 @@ class Destination:
             await client.handshake(tls=mode, ssl_context=context, server_hostname=server_name)
             if self.credentials is not None:
                 await client.authenticate(
-                    self.credentials.username,
-                    self.credentials.password,
-                    allow_plaintext=self.credentials.allow_plaintext,
+                    self.credentials.username, self.credentials.password.reveal()
                 )
         except BaseException:
             if client is not None:
@@ -743,16 +625,17 @@ class Destination:
                     await client.aclose()
             raise
         self._clients[client] = key
-        d.metrics.connections_open.labels(self.label).inc()
+        metrics = self.context.metrics
+        metrics.connections_open.labels(self.label).inc()
         tls = "tls" if client.tls_active else "plaintext"
-        d.metrics.connections_opened.labels(self.label, tls).inc()
+        metrics.connections_opened.labels(self.label, tls).inc()
         return client
 
     async def _close(self, client: SMTPClient, sent: dict[int, _Sent]) -> None:
         """Collect the replies still owed, say QUIT, close."""
         try:
             if client.usable:
-                await self._finish(await client.drain(), sent)
+                self._finish(await client.drain(), sent)
             await client.quit()
         finally:
             self._closed(client)
@@ -767,8 +650,8 @@ class Destination:
     def _closed(self, client: SMTPClient) -> None:
         key = self._clients.pop(client, None)
         if key is not None:  # count each connection's end once
-            self.delivery.metrics.connections_open.labels(self.label).dec()
-            self.delivery.connections.release(key)
+            self.context.metrics.connections_open.labels(self.label).dec()
+            self.context.connections.release(key)
 
     @property
     def open_connections(self) -> int:

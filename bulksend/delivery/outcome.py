@@ -1,8 +1,10 @@
 """Outcome classification: what a reply, an error or a DNS answer means for a recipient.
 
-Pure functions, no I/O. The vocabulary (:class:`Outcome`, :class:`Kind`, :class:`Category`)
-and the retry schedule live in :mod:`bulksend.journal`, the layer below, and are
-re-exported here: the journal must not import ``delivery`` (imports point downward).
+Pure functions, no I/O. The vocabulary (:class:`~bulksend.journal.Outcome`,
+:class:`~bulksend.journal.Kind`, :class:`~bulksend.journal.Category`) and the retry schedule
+live in :mod:`bulksend.journal`, the layer below (imports point downward). Where a decision
+depends on the command a reply answered, it is named by the protocol's
+:class:`~bulksend.smtp.protocol.Verb`, never by free text.
 
 How a reply is judged (RFC 5321 §4.2: act on the reply code, an unknown code by its first
 digit; RFC 3463: enhanced status codes class.subject.detail):
@@ -11,8 +13,8 @@ digit; RFC 3463: enhanced status codes class.subject.detail):
 - 4xx: deferred (temporary), whatever its enhanced code says: a bounce loses the recipient
   for good, so a contradictory 4xx with 5.x.x is never bounced.
 - 5xx: bounced, except
-  * 552 to RCPT, which RFC 5321 §4.5.3.1.10 says must be treated as temporary ("too many
-    recipients" / mailbox full on old servers);
+  * 552 to RCPT (``Verb.RCPT``), which RFC 5321 §4.5.3.1.10 says must be treated as
+    temporary ("too many recipients" / mailbox full on old servers);
   * 503 (bad sequence of commands) and 530 (authentication required, RFC 4954): our
     session went wrong, never the recipient's fault;
   * a 5xx whose enhanced code has class 4 (4.x.x). RFC 3463 §2 requires the classes to
@@ -41,7 +43,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from bulksend.journal import Category, Kind, Outcome, Step, plan_step, retry_delay
+from bulksend.journal import Category, Outcome
 from bulksend.smtp.errors import (
     InDoubtError,
     LocalProtocolError,
@@ -52,20 +54,14 @@ from bulksend.smtp.errors import (
     SMTPTimeoutError,
     TLSError,
 )
-from bulksend.smtp.protocol import Reply
+from bulksend.smtp.protocol import Reply, Verb
 
 __all__ = [
-    "Category",
-    "Kind",
-    "Outcome",
-    "Step",
     "categorize",
     "classify_dns",
     "classify_error",
     "classify_reply",
     "parse_enhanced_code",
-    "plan_step",
-    "retry_delay",
     "throttled",
 ]
 
@@ -212,15 +208,15 @@ def categorize(code: int | None, enhanced_code: str | None, text: str) -> Catego
     return _category_from_text(text) or Category.OTHER
 
 
-def classify_reply(reply: Reply, *, stage: str = "") -> Outcome:
-    """The outcome of a final reply at ``stage`` (the command it answered, e.g. "RCPT")."""
+def classify_reply(reply: Reply, *, stage: Verb | None = None) -> Outcome:
+    """The outcome of a final reply to ``stage`` (the command it answered; None: unknown)."""
     code, enhanced, text = reply.code, reply.enhanced_code, reply.text
     if 200 <= code < 300:
         return Outcome.delivered(code, enhanced, text)
     category = categorize(code, enhanced, text)
     if 500 <= code < 600:
         parsed = parse_enhanced_code(enhanced)
-        rcpt_552 = code == 552 and stage.strip().lower().startswith("rcpt")
+        rcpt_552 = code == 552 and stage is Verb.RCPT
         # 503 "bad sequence of commands" and 530 "authentication required" say our session
         # went wrong, not the recipient: bouncing would lose every recipient to one mistake.
         if rcpt_552 or code in (503, 530) or (parsed is not None and parsed[0] == 4):
@@ -243,7 +239,7 @@ def classify_error(exc: BaseException) -> Outcome:
             # final dot delivers (RFC 5321 §4.1.1.4), and that is not an error.
             text = f"protocol error: unexpected reply to {exc.stage}: {exc.reply}"
             return Outcome.deferred(None, None, text, Category.OTHER)
-        return classify_reply(exc.reply, stage=exc.stage)
+        return classify_reply(exc.reply, stage=Verb(exc.stage))
     if isinstance(exc, InDoubtError):
         return Outcome.in_doubt(str(exc) or "no reply to the end of data")
     if isinstance(exc, TLSError):

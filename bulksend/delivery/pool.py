@@ -1,4 +1,5 @@
-"""The global cap on open connections: who holds a slot, who is idle, who waits. No I/O.
+"""Connection bookkeeping, with no I/O: the global cap on open connections, each site's
+host health and TLS memory, and when a connection must be replaced.
 
 How this works (after httpcore's connection pool, where the pool's state is plain code and
 the I/O happens around it): every open connection, to any site, holds one of ``capacity``
@@ -15,18 +16,32 @@ told to close at once.
 
 After :meth:`ConnectionPool.stop` (a graceful stop: no new transaction starts) no slot is
 handed out any more, and every waiter is answered at once.
+
+Per site, :class:`HostHealth` says which MX hosts to try now: a host that fails backs off
+(30 s, doubling per failure, at most 10 minutes; RFC 5321 §4.5.4.1 asks a client to try the
+next MX host, and not to hammer one that fails), and it remembers the hosts whose STARTTLS
+failed, reached in plaintext for the rest of the run under opportunistic TLS (RFC 7435:
+better unencrypted than undelivered). :func:`must_retire` is the rule for a connection
+before each transaction. The destination's async open-connection applies all three.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-__all__ = ["ConnectionKey", "ConnectionPool"]
+from bulksend.config import TlsMode
+
+__all__ = ["ConnectionKey", "ConnectionPool", "HostHealth", "must_retire"]
+
+#: Seconds a host that failed is left alone: the first time, then doubled, at most.
+HOST_BACKOFF_FIRST = 30.0
+HOST_BACKOFF_MAX = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +156,70 @@ class ConnectionPool:
             retire = self._idle.pop(key)
             self._retiring.add(key)
             retire()
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    retry_at: float = -math.inf
+
+
+class HostHealth:
+    """One site's MX hosts: which to try now, and which are reached without TLS.
+
+    Times are wall-clock seconds as the caller counts them (the run's clock).
+    """
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, _Health] = {}
+        self._plaintext: set[str] = set()
+
+    def ready(self, host: str, now: float) -> bool:
+        """Whether ``host`` may be tried at ``now`` (it is not backing off)."""
+        health = self._hosts.get(host)
+        return health is None or health.retry_at <= now
+
+    def failed(self, host: str, now: float) -> None:
+        """Every address of ``host`` failed, as tried from ``now``: it backs off.
+
+        Senders that fail on a host at once count as one failure: one that started trying
+        before another's failure set the host backing off (its ``now`` is earlier than the
+        host's retry time) adds nothing.
+        """
+        health = self._hosts.setdefault(host, _Health())
+        if health.retry_at <= now:
+            health.failures += 1
+            backoff = HOST_BACKOFF_FIRST * 2 ** (health.failures - 1)
+            health.retry_at = now + min(backoff, HOST_BACKOFF_MAX)
+
+    def succeeded(self, host: str) -> None:
+        """A connection to ``host`` opened: its next failure backs off from the start."""
+        health = self._hosts.get(host)
+        if health is not None:
+            health.failures = 0
+
+    def tls_mode(self, host: str, mode: TlsMode) -> TlsMode:
+        """The TLS mode to open ``host`` with: plaintext where opportunistic STARTTLS failed."""
+        if mode is TlsMode.OPPORTUNISTIC and host in self._plaintext:
+            return TlsMode.NONE
+        return mode
+
+    def starttls_failed(self, host: str, mode: TlsMode, *, authenticating: bool) -> bool:
+        """STARTTLS to ``host`` failed under ``mode``: whether to go on without TLS.
+
+        Only opportunistic TLS falls back, and never with credentials to send; the host is
+        then remembered, and reached in plaintext from now on.
+        """
+        if mode is not TlsMode.OPPORTUNISTIC or authenticating:
+            return False
+        self._plaintext.add(host)
+        return True
+
+
+def must_retire(*, messages_sent: int, limit: int, usable: bool, suspended: bool) -> bool:
+    """Whether a connection must close before its next transaction.
+
+    It has carried its site's ``messages_per_connection`` (``limit``), it is no longer
+    usable (an error dropped it), or its site is suspended (which holds no connection).
+    """
+    return not usable or suspended or messages_sent >= limit

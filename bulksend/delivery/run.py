@@ -25,7 +25,7 @@ import trio
 from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile, SuppressionFile
 from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
-from bulksend.delivery.destination import Credentials, Delivery
+from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
@@ -43,7 +43,7 @@ from bulksend.journal import (
     campaign_identity,
 )
 from bulksend.metrics import Metrics
-from bulksend.routing import Relay, Router, RoutingConfig
+from bulksend.routing import Credentials, Relay, Router, RoutingConfig
 
 log = logging.getLogger("bulksend")
 
@@ -65,7 +65,6 @@ class RunOptions:
         force: resume even though the campaign or recipients changed.
         limit: stop after this many recipients have an outcome in this run.
         grace: seconds in-flight transactions get to finish when stopping.
-        allow_plaintext_auth: AUTH to a relay without TLS (tests only).
         shard: run only this shard's sites (see :mod:`bulksend.delivery.shard`); the
             journal and rejects files get the shard in their names.
         suppression_check: seconds between looks at the suppression file during a run; a
@@ -84,7 +83,6 @@ class RunOptions:
     force: bool = False
     limit: int | None = None
     grace: float = 30.0
-    allow_plaintext_auth: bool = False
     shard: Shard | None = None
     suppression_check: float = 30.0
     retry_unrendered: bool = False
@@ -127,9 +125,7 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
         sh = section.smarthost
         credentials = None
         if sh.username is not None and sh.password is not None:
-            credentials = Credentials(
-                sh.username, sh.password.reveal(), allow_plaintext=options.allow_plaintext_auth
-            )
+            credentials = Credentials(sh.username, sh.password)
         smarthost = Relay(sh.host, sh.port, credentials, sh.tls)
     return RoutingConfig(
         nameservers=section.nameservers or options.nameservers,
@@ -289,7 +285,7 @@ async def run_campaign(
         imported = await _import(campaign, journal, options, router, on_import)
         suppression = await _read_suppression(campaign, journal, imported)
         policy = config.policy
-        delivery = Delivery(
+        settings = RunSettings(
             campaign=campaign,
             writer=JournalWriter(journal, metrics=metrics),
             metrics=metrics,
@@ -301,21 +297,19 @@ async def run_campaign(
             epoch=time.time() - trio.current_time(),
             limit=options.limit,
             total_rate=TokenBucket(policy.total_rate),
+            suppressed=None if suppression is None else suppression.__contains__,
         )
-        if on_outcome is not None:
-            delivery.on_outcome = on_outcome
         watching = trio.CancelScope()
-        if suppression is not None:
-            delivery.suppressed = suppression.__contains__
-        scheduler = Scheduler(delivery, router, policy, grace=options.grace)
+        scheduler = Scheduler(settings, router, policy, grace=options.grace, on_outcome=on_outcome)
+        context = scheduler.context
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(delivery.writer.run)
+                await nursery.start(context.writer.run)
                 if suppression is not None:
                     nursery.start_soon(
                         _watch_suppression,
                         suppression,
-                        delivery,
+                        context,
                         options.suppression_check,
                         watching,
                     )
@@ -326,7 +320,7 @@ async def run_campaign(
                 finally:
                     watching.cancel()
                     with trio.CancelScope(shield=True):
-                        await delivery.writer.aclose()
+                        await context.writer.aclose()
         except BaseExceptionGroup as group:
             # A journal failure (disk full) stops every task at once: report it once.
             failure, _rest = group.split(JournalError)
@@ -335,13 +329,13 @@ async def run_campaign(
             raise _first_leaf(failure) from None
         return RunSummary(
             imported=imported,
-            outcomes=dict(delivery.stats),
+            outcomes=dict(context.stats),
             tally=journal.tally(),
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,
             requeued=requeued,
-            halted=delivery.halt_reason,
+            halted=context.halt_reason,
         )
     finally:
         journal.close()
@@ -402,11 +396,11 @@ async def _read_suppression(
 
 
 async def _watch_suppression(
-    suppression: SuppressionFile, delivery: Delivery, every: float, scope: trio.CancelScope
+    suppression: SuppressionFile, context: RunContext, every: float, scope: trio.CancelScope
 ) -> None:
     """Re-read the suppression file when it changes; mark the waiting recipients on it.
 
-    Senders see the new list at once (``Delivery.suppressed``); the journal then marks those
+    Senders see the new list at once (``RunSettings.suppressed``); the journal then marks those
     not yet claimed, so they are never fetched again.
     """
     with scope:
@@ -419,12 +413,12 @@ async def _watch_suppression(
             except ConfigError as exc:
                 log.warning("%s; keeping the suppression list read before", exc)
                 continue
-            n = await delivery.writer.suppress_waiting(suppression.__contains__)
+            n = await context.writer.suppress_waiting(suppression.__contains__)
             log.warning(
                 "suppression list %s changed: %d waiting recipients suppressed", suppression.path, n
             )
             if n:
-                delivery.on_final()  # they may have been the last ones waiting
+                context.events.final()  # they may have been the last ones waiting
 
 
 def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:

@@ -37,14 +37,17 @@ import dataclasses
 import heapq
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from bulksend.config import LimitsOverride, SendingPolicy, SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
-from bulksend.delivery.destination import Delivery, Destination
+from bulksend.delivery.context import RunContext, RunSettings
+from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
+from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
 log = logging.getLogger("bulksend.scheduler")
@@ -116,17 +119,24 @@ class SiteStatus:
 
 
 class Scheduler:
-    """Runs one campaign's deliveries until no recipient is waiting, or until stopped."""
+    """Runs one campaign's deliveries until no recipient is waiting, or until stopped.
+
+    It makes the run's :class:`~bulksend.delivery.context.RunContext` and is the
+    :class:`~bulksend.delivery.context.RunEvents` its destinations report to.
+    ``on_outcome`` sees every outcome as it is recorded, with the site's metric label
+    (accounting log, progress display).
+    """
 
     def __init__(
         self,
-        delivery: Delivery,
+        settings: RunSettings,
         router: Router,
         policy: SendingPolicy,
         *,
         grace: float = 30.0,
+        on_outcome: Callable[[Due, Outcome, str], None] | None = None,
     ) -> None:
-        self.delivery = delivery
+        self.context = RunContext(settings, self)
         self.router = router
         self.policy = policy
         self.table = SitePolicy(policy)
@@ -142,19 +152,21 @@ class Scheduler:
         self._wake_at = math.inf
         self._label_threshold = 0
         self.complete = False
-        delivery.on_due = self._note_due
-        delivery.on_domain_idle = self._domain_idle
-        delivery.on_limit = self.stop
-        delivery.on_final = self._final
+        self._on_outcome = on_outcome
 
     # ------------------------------------------------------------------ public
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop has begun (asked for, or the run is done)."""
+        return self.context.stopping.is_set()
+
     def stop(self) -> None:
         """Begin a graceful stop: nothing new starts, in-flight work gets ``grace`` seconds."""
-        if not self.delivery.stopping.is_set():
+        if not self.context.stopping.is_set():
             if not self.complete:
                 log.info("stopping: no new transactions; waiting up to %gs", self.grace)
-            self.delivery.stopping.set()
+            self.context.stopping.set()
             for destination in self.destinations.values():
                 destination.wake()
             self._wake.set()
@@ -165,13 +177,13 @@ class Scheduler:
             await self._feed(nursery)
             self.stop()  # done or stopping: release idle senders
             with trio.move_on_after(self.grace):
-                if self.delivery.senders:
-                    await self.delivery.idle.wait()
+                if self.context.senders:
+                    await self.context.idle.wait()
             nursery.cancel_scope.cancel()
 
     def sites(self) -> list[SiteStatus]:
         """A snapshot of every site's state, busiest first."""
-        now = self.delivery.now()
+        now = self.context.now()
         out = []
         for site, d in self.destinations.items():
             limits = d.backoff.limits
@@ -193,24 +205,31 @@ class Scheduler:
         out.sort(key=lambda s: (-s.connections, -s.domains, s.site))
         return out
 
-    # ------------------------------------------------------------------ feeder
+    # ------------------------------------------------------------- run events
 
-    def _note_due(self, at: float) -> None:
+    def outcome_recorded(self, due: Due, outcome: Outcome, site_label: str) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(due, outcome, site_label)
+
+    def due_again(self, at: float) -> None:
         if at < self._wake_at:
             self._wake.set()
 
-    def _final(self) -> None:
+    def final(self) -> None:
         # With no domain attached, the last claimed recipients finishing may end the run.
         if not self._attached:
             self._wake.set()
 
-    def _domain_idle(self, domain: str) -> None:
+    def limit_reached(self) -> None:
+        self.stop()
+
+    def domain_idle(self, domain: str) -> None:
         self._attached.discard(domain)
         self._routed.pop(domain, None)
         self._wake.set()
 
     async def _feed(self, nursery: trio.Nursery) -> None:
-        d = self.delivery
+        d = self.context
         first = True
         while not d.stopping.is_set():
             self._wake = trio.Event()
@@ -260,7 +279,7 @@ class Scheduler:
             nursery.start_soon(self._route, domain, 0, nursery)
 
     async def _route(self, domain: str, volume: int, nursery: trio.Nursery) -> None:
-        d = self.delivery
+        d = self.context
         try:
             try:
                 route = await self.router.route(domain)
@@ -268,7 +287,7 @@ class Scheduler:
                 result = "temporary" if exc.transient else "permanent"
                 d.metrics.dns_lookups.labels(result).inc()
                 await self._settle(domain, exc)
-                self._domain_idle(domain)
+                self.domain_idle(domain)
                 return
             d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
             destination = self._destination(route, volume)
@@ -288,7 +307,7 @@ class Scheduler:
 
     async def _settle(self, domain: str, exc: RoutingError) -> None:
         """Every due recipient of an unroutable domain gets the routing outcome."""
-        d = self.delivery
+        d = self.context
         outcome = classify_dns(
             transient=exc.transient, enhanced_code=exc.enhanced_code, text=exc.text
         )
@@ -297,9 +316,8 @@ class Scheduler:
             batch = await d.writer.fetch_due(domain, 500, now=d.now())
             if not batch:
                 return
-            with trio.CancelScope(shield=True):  # claimed: each gets its outcome
-                for due in batch:
-                    await d.record(due, outcome, "other")
+            for due in batch:  # claimed: each gets its outcome (no checkpoint between)
+                d.record(due, outcome, "other")
 
     def _destination(self, route: Route, volume: int) -> Destination:
         site = self.table.site_of(route)
@@ -309,13 +327,13 @@ class Scheduler:
         else:
             limits = self.table.for_route(route)
             name = str(site)
-            label = self.delivery.metrics.sites.label(name, volume, threshold=self._label_threshold)
+            label = self.context.metrics.sites.label(name, volume, threshold=self._label_threshold)
             backoff = Backoff(
                 name,
                 self.policy.backoff,
                 max_connections=limits.max_connections,
                 rate=limits.rate,
             )
-            destination = Destination(self.delivery, route, limits, backoff, label=label)
+            destination = Destination(self.context, route, limits, backoff, label=label)
             self.destinations[site] = destination
         return destination

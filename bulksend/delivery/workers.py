@@ -165,7 +165,7 @@ def _snapshot(
         control,
         (
             "progress",
-            dict(scheduler.delivery.stats),
+            dict(scheduler.context.stats),
             scheduler.sites(),
             generate_latest(metrics.registry).decode(),
         ),

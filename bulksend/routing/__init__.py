@@ -6,7 +6,7 @@ See :mod:`bulksend.routing.mx` for MX resolution and its cache, and
 
 from __future__ import annotations
 
-from bulksend.routing.config import Relay, RoutingConfig
+from bulksend.routing.config import Credentials, Relay, RoutingConfig
 from bulksend.routing.errors import PermanentRoutingError, RoutingError, TransientRoutingError
 from bulksend.routing.mx import (
     MXHost,
@@ -19,6 +19,7 @@ from bulksend.routing.mx import (
 from bulksend.routing.routes import PolicyTable, Route, Router, Site, route_all
 
 __all__ = [
+    "Credentials",
     "MXHost",
     "MXResolver",
     "MXSet",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bulksend.config import TlsMode
+from bulksend.config import Secret, TlsMode
 from bulksend.config.values import parse_nameserver, parse_port
 from bulksend.errors import ConfigError
 
@@ -21,19 +21,28 @@ def _check_port(port: int, what: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Credentials:
+    """A relay's AUTH user name and password (smarthost or override); never shown."""
+
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True, slots=True)
 class Relay:
     """A next hop chosen by configuration instead of by MX lookup.
 
     Used for route overrides (like a Postfix transport map entry ``smtp:[host]:port``) and for
     smarthost mode. ``host`` is a host name (resolved by A/AAAA, never by MX) or an IP address
-    (no DNS at all). ``auth`` is carried to the SMTP client untouched; routing never reads it.
+    (no DNS at all). ``auth`` rides on the relay's routes to the SMTP client; routing never
+    reads it.
     ``tls`` is the relay's own STARTTLS setting (the smarthost's), carried on its routes; None
     leaves it to the policy.
     """
 
     host: str
     port: int = 25
-    auth: Hashable | None = None
+    auth: Credentials | None = None
     tls: TlsMode | None = None
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ How this works:
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -26,7 +26,7 @@ import trio
 
 from bulksend.config import TlsMode
 from bulksend.errors import ConfigError
-from bulksend.routing.config import Relay, RoutingConfig
+from bulksend.routing.config import Credentials, Relay, RoutingConfig
 from bulksend.routing.errors import RoutingError
 from bulksend.routing.mx import MXHost, MXResolver, normalize_domain
 
@@ -84,7 +84,7 @@ class Route:
         domain: the recipient domain as lowercase A-labels.
         site: the MX rollup key shared with every domain that has the same MX hosts.
         hosts: the hosts in the order to try them, each with its addresses and port.
-        auth: a smarthost's or override's AUTH settings, for the SMTP client; opaque here.
+        auth: a smarthost's or override's AUTH credentials, for the SMTP client.
         tls: a relay's own STARTTLS setting (the smarthost's ``tls``), None for MX routes:
             the policy's limits layer on it.
         cached: the MX answer came from the resolver's cache (for the lookup metrics).
@@ -95,7 +95,7 @@ class Route:
     domain: str
     site: Site
     hosts: tuple[MXHost, ...]
-    auth: Hashable | None = None
+    auth: Credentials | None = None
     tls: TlsMode | None = None
     cached: bool = field(default=False, compare=False)
     expires: float = field(default=math.inf, compare=False)
@@ -111,7 +111,9 @@ class Route:
 
     def __reduce__(
         self,
-    ) -> tuple[type[Route], tuple[str, Site, tuple[MXHost, ...], Hashable | None, TlsMode | None]]:
+    ) -> tuple[
+        type[Route], tuple[str, Site, tuple[MXHost, ...], Credentials | None, TlsMode | None]
+    ]:
         return (Route, (self.domain, self.site, self.hosts, self.auth, self.tls))
 
 

@@ -31,17 +31,8 @@ from bulksend.testing.smtp import ServerScript
 from tests.cli.cli_helpers import bulksend, run_bulksend, world_args
 
 
-class _Stopping:
-    def is_set(self) -> bool:
-        return False
-
-
-class _Delivery:
-    stopping = _Stopping()
-
-
 class _Scheduler:
-    delivery = _Delivery()
+    stopping = False
     complete = False
     destinations: dict[Any, Any] = {}  # noqa: RUF012
 

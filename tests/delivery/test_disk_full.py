@@ -30,7 +30,7 @@ async def test_disk_full_stops_sending_and_resume_finishes(tmp_path: Path) -> No
 
             async def fill_the_disk() -> None:
                 await server.wait_until(lambda: server.stats.messages >= 30)
-                journal = seen[0].delivery.writer.journal
+                journal = seen[0].context.writer.journal
                 # SQLite's own "database or disk is full" (SQLITE_FULL) from now on.
                 pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
                 journal._db.execute(f"PRAGMA max_page_count = {pages}")

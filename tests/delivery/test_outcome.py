@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from bulksend.delivery.outcome import (
-    Category,
-    Kind,
     categorize,
     classify_dns,
     classify_error,
@@ -14,6 +12,7 @@ from bulksend.delivery.outcome import (
     parse_enhanced_code,
     throttled,
 )
+from bulksend.journal import Category, Kind
 from bulksend.smtp.errors import (
     InDoubtError,
     LocalProtocolError,
@@ -24,12 +23,13 @@ from bulksend.smtp.errors import (
     TLSError,
     TransientReplyError,
 )
-from bulksend.smtp.protocol import Reply
+from bulksend.smtp.protocol import Reply, Verb
 
 D, T, B = Kind.DELIVERED, Kind.DEFERRED, Kind.BOUNCED
 C = Category
 
 # (stage, code, enhanced code, text, kind, category): replies as real servers send them.
+# The stage as people write it; the command it names (_VERBS) is what classification reads.
 REPLIES = [
     ("data", 250, "2.0.0", "OK  1700000000 abc.123 - gsmtp", D, None),
     ("data", 250, None, "Ok: queued as 4ABCD", D, None),
@@ -192,6 +192,16 @@ REPLIES = [
 ]
 
 
+_VERBS = {
+    "connect": Verb.GREETING,
+    "mail": Verb.MAIL,
+    "MAIL": Verb.MAIL,
+    "rcpt": Verb.RCPT,
+    "RCPT TO": Verb.RCPT,
+    "data": Verb.BODY,
+}
+
+
 @pytest.mark.parametrize(("stage", "code", "enhanced", "text", "kind", "category"), REPLIES)
 def test_classify_reply(
     stage: str,
@@ -202,7 +212,7 @@ def test_classify_reply(
     category: Category | None,
 ) -> None:
     reply = Reply(code, enhanced, tuple(text.split("\n")))
-    outcome = classify_reply(reply, stage=stage)
+    outcome = classify_reply(reply, stage=_VERBS[stage])
     assert outcome.kind is kind
     assert outcome.category is category
     assert outcome.code == code
@@ -246,11 +256,11 @@ def test_categorize(enhanced: str | None, text: str, category: Category) -> None
 
 def test_reply_errors_classify_by_their_reply() -> None:
     reply = Reply(550, "5.1.1", ("No such user",))
-    outcome = classify_error(PermanentReplyError(reply, "rcpt"))
+    outcome = classify_error(PermanentReplyError(reply, Verb.RCPT))
     assert (outcome.kind, outcome.category) == (B, C.BAD_MAILBOX)
     reply = Reply(552, "5.2.2", ("mailbox full",))
-    assert classify_error(PermanentReplyError(reply, "RCPT")).kind is T
-    assert classify_error(TransientReplyError(Reply(421, None, ("bye",)), "mail")).kind is T
+    assert classify_error(PermanentReplyError(reply, Verb.RCPT)).kind is T
+    assert classify_error(TransientReplyError(Reply(421, None, ("bye",)), Verb.MAIL)).kind is T
 
 
 @pytest.mark.parametrize(

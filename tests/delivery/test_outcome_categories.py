@@ -11,9 +11,9 @@ import trio
 import trustme
 
 from bulksend.campaign import Campaign
-from bulksend.delivery.outcome import Kind, classify_error
+from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.run import run_campaign
-from bulksend.journal import Category, Journal, RecipientState, Status
+from bulksend.journal import Category, Journal, Kind, RecipientState, Status
 from bulksend.smtp.errors import reply_error
 from bulksend.smtp.protocol import Reply
 from bulksend.testing.scenario import (

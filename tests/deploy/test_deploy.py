@@ -26,7 +26,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulksend.metrics import Metrics
+from bulksend.metrics import CountedFamily, CountedHistogram, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -65,12 +65,12 @@ def exported() -> dict[str, frozenset[str]]:
     """
     metrics = Metrics()
     for metric in vars(metrics).values():
-        if not isinstance(metric, Counter | Gauge | Histogram):
+        if not isinstance(metric, Counter | Gauge | Histogram | CountedFamily | CountedHistogram):
             continue
         # prometheus-client keeps the label names private; there is no public accessor.
-        label_names: tuple[str, ...] = metric._labelnames
+        label_names: tuple[str, ...] = getattr(metric, "_labelnames", ())
         child = metric.labels(*["x"] * len(label_names)) if label_names else metric
-        if isinstance(child, Histogram):
+        if isinstance(child, Histogram | CountedHistogram):
             child.observe(0.1)
         elif isinstance(child, Gauge):
             child.set(1)

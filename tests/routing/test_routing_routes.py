@@ -9,8 +9,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bulksend.config import Secret
 from bulksend.errors import ConfigError
 from bulksend.routing import (
+    Credentials,
     MXResolver,
     PermanentRoutingError,
     PolicyTable,
@@ -193,7 +195,7 @@ async def test_override_relay_may_be_private_even_when_mx_may_not(dns_server, ma
 
 
 async def test_smarthost_takes_every_domain_without_dns(dns_server, make_config):
-    auth = ("user", "secret")
+    auth = Credentials("user", Secret("secret"))
     config = make_config(
         smarthost=Relay("127.0.0.9", 587, auth=auth),
         overrides={"partner.example": Relay("127.0.0.5")},

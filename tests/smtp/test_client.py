@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulksend.config import Timeouts, TlsMode
-from bulksend.delivery.outcome import Kind, classify_error
+from bulksend.delivery.outcome import classify_error
+from bulksend.journal import Kind
 from bulksend.smtp.client import Envelope, RecipientResult, SMTPClient, Transaction
 from bulksend.smtp.errors import (
     InDoubtError,
