@@ -9,7 +9,10 @@ place that displays or exports remote text passes it through :func:`printable` f
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+from collections.abc import Sequence
+from typing import TextIO
+
+__all__ = ["printable", "write_table"]
 
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -39,3 +42,14 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def write_table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") -> None:
+    """Write rows as a plain-text table: columns aligned, numbers right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            c.rjust(w) if i and c[:1].isdigit() else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.write(indent + "  ".join(cells).rstrip() + "\n")

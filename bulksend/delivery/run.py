@@ -41,6 +41,7 @@ from bulksend.journal import (
     Outcome,
     Status,
     campaign_identity,
+    campaign_tally,
 )
 from bulksend.metrics import Metrics
 from bulksend.routing import Relay, Router, RoutingConfig
@@ -336,7 +337,7 @@ async def run_campaign(
         return RunSummary(
             imported=imported,
             outcomes=dict(delivery.stats),
-            tally=journal.tally(),
+            tally=campaign_tally(journal),
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,

@@ -99,22 +99,38 @@ Layout
 
 Imports point one way, from the pure pieces to the store and its users:
 :mod:`~bulksend.journal.outcomes` (the state machine and retry schedule, pure) <-
-:mod:`~bulksend.journal.records` <- :mod:`~bulksend.journal.schema`,
-:mod:`~bulksend.journal.integrity`, :mod:`~bulksend.journal.identity`,
-:mod:`~bulksend.journal.exports` <- :mod:`~bulksend.journal.store` (the synchronous
+:mod:`~bulksend.journal.records` <- :mod:`~bulksend.journal.protocol` (what a store offers:
+:class:`JournalReader` for reports, :class:`JournalStore` for the writer; a PostgreSQL store
+implements the same two) and :mod:`~bulksend.journal.schema`,
+:mod:`~bulksend.journal.integrity`, :mod:`~bulksend.journal.identity` <-
+:mod:`~bulksend.journal.connection` (transactions, the state file) <-
+:mod:`~bulksend.journal.opening` (lock, checks, crash recovery) and
+:mod:`~bulksend.journal.load` (the import) <- :mod:`~bulksend.journal.store` (the SQLite
 :class:`Journal`) <- :mod:`~bulksend.journal.writer` (the async front during a run) and
-:mod:`~bulksend.journal.reports` (:class:`JournalSet`, :class:`JournalPeek`).
+:mod:`~bulksend.journal.reports` (the tally, exports, the report table, :class:`JournalSet`,
+:class:`JournalPeek`).
 """
 
 from bulksend.journal.identity import campaign_identity, hash_files
+from bulksend.journal.opening import JournalInUse
 from bulksend.journal.outcomes import Category, Kind, Outcome, Status, Step, plan_step, retry_delay
+from bulksend.journal.protocol import JournalReader, JournalStore, OutcomeRecord
 from bulksend.journal.records import CampaignTally, Due, ImportStats, NewRecipient, RecipientState
-from bulksend.journal.reports import JournalPeek, JournalSet
+from bulksend.journal.reports import (
+    EXPORT_FIELDS,
+    JournalPeek,
+    JournalSet,
+    campaign_tally,
+    export_csv,
+    export_jsonl,
+    write_report,
+)
 from bulksend.journal.schema import SCHEMA_VERSION
-from bulksend.journal.store import Journal, JournalInUse
+from bulksend.journal.store import Journal
 from bulksend.journal.writer import JournalMetrics, JournalWriter
 
 __all__ = [
+    "EXPORT_FIELDS",
     "SCHEMA_VERSION",
     "CampaignTally",
     "Category",
@@ -124,16 +140,23 @@ __all__ = [
     "JournalInUse",
     "JournalMetrics",
     "JournalPeek",
+    "JournalReader",
     "JournalSet",
+    "JournalStore",
     "JournalWriter",
     "Kind",
     "NewRecipient",
     "Outcome",
+    "OutcomeRecord",
     "RecipientState",
     "Status",
     "Step",
     "campaign_identity",
+    "campaign_tally",
+    "export_csv",
+    "export_jsonl",
     "hash_files",
     "plan_step",
     "retry_delay",
+    "write_report",
 ]

@@ -15,8 +15,8 @@ import trio
 
 from bulksend.errors import JournalError
 from bulksend.journal.outcomes import Outcome
+from bulksend.journal.protocol import JournalStore, OutcomeRecord
 from bulksend.journal.records import Due
-from bulksend.journal.store import Journal
 
 _T = TypeVar("_T")
 
@@ -74,7 +74,7 @@ class JournalWriter:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: JournalStore,
         *,
         batch_size: int = 500,
         interval: float = 0.2,
@@ -101,8 +101,7 @@ class JournalWriter:
             raise RuntimeError("JournalWriter.run called twice")
         self._started = True
         self._check_failed()
-        self.journal._check_free()
-        self.journal._owner = self
+        self.journal.hold(self)
         task_status.started()
         try:
             await self._loop()
@@ -111,7 +110,7 @@ class JournalWriter:
             raise
         finally:
             self._stop()
-            self.journal._owner = None
+            self.journal.release(self)
 
     async def _loop(self) -> None:
         batch: list[_Record] = []
@@ -144,7 +143,7 @@ class JournalWriter:
             try:
                 if batch:
                     records = [(r.recipient_id, r.outcome, r.now) for r in batch]
-                    applied, expired, seconds = await self._call(self._timed_apply, records)
+                    applied, expired, seconds = await self._call(lambda: self._timed_apply(records))
                     if self.metrics is not None:
                         self.metrics.journal_commit_seconds.observe(seconds)
                         if expired:
@@ -160,9 +159,9 @@ class JournalWriter:
             for f in flushes:
                 f.done.set()
 
-    def _timed_apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int, float]:
+    def _timed_apply(self, records: Sequence[OutcomeRecord]) -> tuple[int, int, float]:
         start = time.perf_counter()
-        applied, expired = self.journal._apply(records)
+        applied, expired = self.journal.apply(records, owner=self)
         return applied, expired, time.perf_counter() - start
 
     def _stop(self) -> None:
@@ -230,35 +229,35 @@ class JournalWriter:
         await self._send.aclose()
 
     async def fetch_due(self, domain: str, limit: int, *, now: float | None = None) -> list[Due]:
-        """Claim due recipients of ``domain`` (see :meth:`Journal.fetch_due`)."""
+        """Claim due recipients of ``domain`` (see :meth:`JournalStore.fetch_due`)."""
         self._check_failed()
-        return await self._call(self.journal._fetch_due, domain, limit, now)
+        return await self._call(lambda: self.journal.fetch_due(domain, limit, now=now, owner=self))
 
     async def due_domains(self, *, now: float | None = None) -> dict[str, int]:
-        """Domains with due recipients and their counts (see :meth:`Journal.due_domains`)."""
+        """Domains with due recipients and their counts (see :meth:`JournalStore.due_domains`)."""
         self._check_failed()
-        return await self._call(self.journal._due_domains, now)
+        return await self._call(lambda: self.journal.due_domains(now=now, owner=self))
 
     async def next_due_at(self) -> float | None:
         """The earliest due time of any unclaimed waiting recipient."""
         self._check_failed()
-        return await self._call(self.journal._next_due_at)
+        return await self._call(lambda: self.journal.next_due_at(owner=self))
 
     async def waiting(self) -> bool:
         """Whether any recipient is still waiting (pending or in doubt, claimed or not)."""
         self._check_failed()
-        return await self._call(self.journal._waiting)
+        return await self._call(lambda: self.journal.waiting(owner=self))
 
     async def suppress_waiting(self, suppressed: Callable[[str], bool]) -> int:
-        """See :meth:`Journal.suppress_waiting`."""
+        """See :meth:`JournalStore.suppress_waiting`."""
         self._check_failed()
-        return await self._call(self.journal._suppress_waiting, suppressed, None)
+        return await self._call(lambda: self.journal.suppress_waiting(suppressed, owner=self))
 
-    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+    async def _call(self, fn: Callable[[], _T]) -> _T:
         async with self._lock:
             if self.offload:
-                return await trio.to_thread.run_sync(fn, *args)
-            return fn(*args)
+                return await trio.to_thread.run_sync(fn)
+            return fn()
 
 
 def _add(item: _Record | _Flush, batch: list[_Record], flushes: list[_Flush]) -> None:
