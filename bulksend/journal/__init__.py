@@ -48,15 +48,18 @@ Suppressions added after the import: :meth:`Journal.suppress_waiting` marks the 
 waiting rows on the list ``suppressed``; a claimed one is the sender's to drop, with a
 ``suppressed`` outcome (not an attempt).
 
-Batching: during a run one :class:`JournalWriter` task owns the connection (the
-synchronous :class:`Journal` methods refuse to run meanwhile). Outcomes arrive over a
-bounded memory channel and are committed in one transaction per batch (``interval`` seconds
-after the first outcome of a batch, or ``batch_size`` outcomes, whichever comes first).
-Commits and scheduler queries run in a worker thread (``trio.to_thread``) under one
-``trio.Lock``, so a slow ``fsync`` or a large ``GROUP BY`` never stalls the event loop and
-the connection (``check_same_thread=False``) is never used by two threads at once.
-``await writer.flush()`` returns once every outcome recorded before it is committed: nothing
-counts as delivered before that.
+Batching: during a run one :class:`JournalWriter` task holds the store (the synchronous
+:class:`Journal` methods refuse to run meanwhile; the writer passes itself as ``owner``).
+Senders append outcomes to a plain list (``add``: no await); the writer swaps it for an empty
+one and commits it in one transaction per batch (``interval`` seconds after the first outcome
+of a batch, or ``batch_size`` outcomes, whichever comes first). A batch is applied
+set-based: one ``SELECT`` of the batch's rows, the steps planned in order
+(:func:`plan_step`, pure), then one ``executemany`` per kind of update; the rows are exactly
+those one outcome at a time would leave. Commits and scheduler queries run in a worker
+thread (``trio.to_thread``) under one ``trio.Lock``, so a slow ``fsync`` or a large
+``GROUP BY`` never stalls the event loop and the connection (``check_same_thread=False``) is
+never used by two threads at once. ``await writer.flush()`` returns once every outcome
+recorded before it is committed: nothing counts as delivered before that.
 
 Durability and crash semantics: ``synchronous=FULL`` makes every commit durable against a
 power loss, not only against a process crash; batching means that costs one ``fsync`` per

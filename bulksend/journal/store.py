@@ -425,52 +425,83 @@ class Journal:
         """
         self._check_owner(owner)
         applied = expired = 0
-        select = "SELECT status, attempts, first_attempt_at FROM recipients WHERE id = ?"
         with self._conn.write("record outcomes") as db:
-            for rid, outcome, now in records:
-                row = db.execute(select, (rid,)).fetchone()
-                if row is None or not Status(row[0]).waiting:
-                    continue  # a final recipient never changes again
-                step = plan_step(
-                    outcome,
-                    status=Status(row[0]),
-                    attempts=row[1],
-                    first_attempt_at=row[2],
-                    now=now,
-                    policy=self.policy,
-                    rng=self._rng,
-                )
-                if step.keeps_reply:
-                    # Not an attempt: the last real reply stays (an expiry keeps it too).
-                    db.execute(
-                        "UPDATE recipients SET status = ?, first_attempt_at = ?,"
-                        " next_attempt_at = ?, claimed_at = NULL, updated_at = ? WHERE id = ?",
-                        (str(step.status), step.first_attempt_at, step.next_attempt_at, now, rid),
-                    )
-                else:
-                    db.execute(
-                        "UPDATE recipients SET status = ?, attempts = ?, first_attempt_at = ?,"
-                        " last_attempt_at = ?, next_attempt_at = ?, claimed_at = NULL,"
-                        " in_doubt = in_doubt + ?, code = ?, enhanced_code = ?, text = ?,"
-                        " category = ?, updated_at = ? WHERE id = ?",
-                        (
-                            str(step.status),
-                            step.attempts,
-                            step.first_attempt_at,
-                            now,
-                            step.next_attempt_at,
-                            step.in_doubt_added,
-                            outcome.code,
-                            outcome.enhanced_code,
-                            outcome.text[:MAX_TEXT],
-                            None if outcome.category is None else str(outcome.category),
-                            now,
-                            rid,
-                        ),
-                    )
-                applied += 1
-                expired += step.status is Status.EXPIRED
+            for part in _distinct_runs(records):
+                a, e = self._apply_run(db, part)
+                applied += a
+                expired += e
         return applied, expired
+
+    def _apply_run(
+        self, db: sqlite3.Connection, records: Sequence[OutcomeRecord]
+    ) -> tuple[int, int]:
+        """Apply outcomes for distinct recipients: one SELECT, the steps planned in order
+        (the retry jitter draws as one at a time would), then one ``executemany`` per shape."""
+        rows = {
+            r[0]: r
+            for r in db.execute(
+                "SELECT id, status, attempts, first_attempt_at FROM recipients"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([rid for rid, _, _ in records]),),
+            )
+        }
+        kept: list[tuple[Any, ...]] = []  # not an attempt: the last real reply stays
+        replied: list[tuple[Any, ...]] = []
+        expired = 0
+        for rid, outcome, now in records:
+            row = rows.get(rid)
+            if row is None:
+                continue  # unknown
+            status = _STATUS[row[1]]
+            if not status.waiting:
+                continue  # a final recipient never changes again
+            step = plan_step(
+                outcome,
+                status=status,
+                attempts=row[2],
+                first_attempt_at=row[3],
+                now=now,
+                policy=self.policy,
+                rng=self._rng,
+            )
+            if step.keeps_reply:
+                kept.append(
+                    (step.status.value, step.first_attempt_at, step.next_attempt_at, now, rid)
+                )
+            else:
+                category = outcome.category
+                replied.append(
+                    (
+                        step.status.value,
+                        step.attempts,
+                        step.first_attempt_at,
+                        now,
+                        step.next_attempt_at,
+                        step.in_doubt_added,
+                        outcome.code,
+                        outcome.enhanced_code,
+                        outcome.text[:MAX_TEXT],
+                        None if category is None else category.value,
+                        now,
+                        rid,
+                    )
+                )
+            expired += step.status is Status.EXPIRED
+        if kept:
+            db.executemany(
+                "UPDATE recipients SET status = ?, first_attempt_at = ?,"
+                " next_attempt_at = ?, claimed_at = NULL, updated_at = ? WHERE id = ?",
+                kept,
+            )
+        if replied:
+            db.executemany(
+                "UPDATE recipients SET status = ?, attempts = ?, first_attempt_at = ?,"
+                " last_attempt_at = ?, next_attempt_at = ?, claimed_at = NULL,"
+                " in_doubt = in_doubt + ?, code = ?, enhanced_code = ?, text = ?,"
+                " category = ?, updated_at = ? WHERE id = ?",
+                replied,
+            )
+        return len(kept) + len(replied), expired
 
     # --- reports ---------------------------------------------------------------------------
 
@@ -571,3 +602,20 @@ class Journal:
                 yield from map(_state, rows)
         finally:
             cursor.close()
+
+
+_STATUS: Final = {s.value: s for s in Status}
+
+
+def _distinct_runs(records: Sequence[OutcomeRecord]) -> Iterator[Sequence[OutcomeRecord]]:
+    """Split ``records`` where a recipient repeats: within a run each is read once, and a
+    repeat sees the row its earlier outcome wrote (as one at a time would)."""
+    seen: set[int] = set()
+    start = 0
+    for i, (rid, _, _) in enumerate(records):
+        if rid in seen:
+            yield records[start:i]
+            seen.clear()
+            start = i
+        seen.add(rid)
+    yield records[start:]
