@@ -32,6 +32,7 @@ from bulksend.journal.records import (
     ImportStats,
     NewRecipient,
     RecipientState,
+    _decode_data,
     _state,
 )
 from bulksend.journal.schema import WAITING_SQL
@@ -300,13 +301,14 @@ class Journal:
                 "UPDATE recipients SET claimed_at = ?, next_attempt_at = NULL WHERE id = ?",
                 [(now, r[0]) for r in found],
             )
+        statuses = _STATUS
         return [
             Due(
                 r[0],
                 r[1],
                 r[2],
-                None if r[3] is None else json.loads(r[3]),
-                Status(r[4]),
+                None if r[3] is None else _decode_data(r[3]),
+                statuses[r[4]],
                 r[5],
                 r[6],
             )
