@@ -301,18 +301,10 @@ class Journal:
                 "UPDATE recipients SET claimed_at = ?, next_attempt_at = NULL WHERE id = ?",
                 [(now, r[0]) for r in found],
             )
-        statuses = _STATUS
+        data, statuses = _decode_data, _STATUS
         return [
-            Due(
-                r[0],
-                r[1],
-                r[2],
-                None if r[3] is None else _decode_data(r[3]),
-                statuses[r[4]],
-                r[5],
-                r[6],
-            )
-            for r in found
+            Due(rid, address, dom, None if d is None else data(d), statuses[st], tries, doubt)
+            for rid, address, dom, d, st, tries, doubt in found
         ]
 
     def due_domains(self, *, now: float | None = None, owner: object = None) -> dict[str, int]:
