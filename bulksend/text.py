@@ -1,8 +1,8 @@
 """Text rules for the whole project: what a one-line value may hold; remote text made safe.
 
 :data:`CONTROL` is the one rule for values that go out on one line (a header, an address, a
-host, a file name). It lives in this module, which imports only :mod:`re`, so that every layer
-can use it, the sans-IO SMTP protocol included.
+host, a file name). It lives in this module, which imports nothing of bulksend, so that every
+layer can use it, the sans-IO SMTP protocol included.
 
 :func:`printable` is for text that others wrote (SMTP reply text, DNS records), shown or
 exported. Every mail server and DNS zone on the internet chooses such text. Written raw to a
@@ -10,13 +10,17 @@ terminal its control characters act: ESC starts escape sequences (OSC sets the w
 CSI clears the screen), BEL rings, U+009B is a CSI on its own (C1), and bidi controls such as
 U+202E reorder what the reader sees. JSON escapes only C0; CSV escapes nothing. So every
 place that displays or exports remote text passes it through :func:`printable` first.
+
+:func:`write_table` lays rows out as aligned columns for the CLI's reports.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import TextIO
 
-__all__ = ["CONTROL", "printable"]
+__all__ = ["CONTROL", "printable", "write_table"]
 
 #: The one control-character rule: C0, DEL, C1, the Unicode line and paragraph separators,
 #: and lone surrogates (text that cannot be encoded). None may appear in a one-line value: a
@@ -52,3 +56,14 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def write_table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") -> None:
+    """Write rows as a plain-text table: columns aligned, numbers right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            c.rjust(w) if i and c[:1].isdigit() else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.write(indent + "  ".join(cells).rstrip() + "\n")

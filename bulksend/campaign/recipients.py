@@ -350,8 +350,7 @@ class RecipientReader:
             except _RowError as exc:
                 self._reject(Reject(line, raw_email, str(exc)))
                 continue
-            local, _, domain = recipient.address.rpartition("@")
-            if not seen.add(f"{local}@{domain}"):
+            if not seen.add(recipient.address):
                 self._reject(Reject(line, raw_email, "duplicate address", RejectKind.DUPLICATE))
                 continue
             if self.suppression is not None and (
@@ -422,7 +421,8 @@ class RecipientReader:
             if len(self._domains) < _DOMAIN_CACHE:
                 self._domains[raw_domain] = (ascii_domain, display_domain)
         address = f"{local}@{ascii_domain}"
-        if len(address.encode("utf-8")) > 254:  # RFC 5321 §4.5.3.1.3: path <= 256 with <>
+        # RFC 5321 §4.5.3.1.3: path <= 256 octets with <> (63 characters are at most 252).
+        if len(address) > 63 and len(address.encode("utf-8")) > 254:
             raise _RowError("address longer than 254 octets")
         smtputf8 = not local.isascii()
         return Recipient(

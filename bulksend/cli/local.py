@@ -12,10 +12,10 @@ import trio
 
 from bulksend.cli.options import RunFlags, debug_option, demo_metrics_options, load_campaign
 from bulksend.cli.output import EXIT_OK, EXIT_STOPPED, RunResult, info, print_summary
-from bulksend.cli.report import write_report_table
 from bulksend.cli.run import execute_run, serve_until_signal, wait_for_signal
 from bulksend.files import open_private
 from bulksend.journal import Journal
+from bulksend.journal.reports import write_report
 
 
 @click.command()
@@ -130,13 +130,13 @@ def demo(
     print_summary(result, journal, sys.stdout, rejects=directory / "rejects.csv")
     sys.stdout.write("\n")
     with Journal.open(journal, None) as j:
-        write_report_table(j, sys.stdout, top_domains=12)
+        write_report(j, sys.stdout, top_domains=12)
     sys.stdout.write(
         f"\nfiles in {directory}/: campaign.toml, recipients.csv, journal, "
         "accounting.jsonl, report.txt\n"
     )
     with Journal.open(journal, None) as j, open_private(directory / "report.txt") as out:
-        write_report_table(j, out, top_domains=50)
+        write_report(j, out, top_domains=50)
     sys.stdout.flush()
     server = result.metrics_server
     try:

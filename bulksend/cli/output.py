@@ -18,6 +18,7 @@ import click
 from bulksend.cli.progress import SHOWN_KINDS, format_duration
 from bulksend.delivery.run import RunSummary
 from bulksend.journal import CampaignTally, Status
+from bulksend.journal.reports import rows_line
 from bulksend.metrics import MetricsServer
 
 EXIT_OK: Final = 0
@@ -150,20 +151,3 @@ def write_tally(
     out.write(f"  this run:  {counts_line(attempts)}\n")
     out.write(f"  campaign:  {counts_line(tally.by_state())}\n")
     out.write(f"  sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
-
-
-def rows_line(tally: CampaignTally) -> str:
-    return (
-        f"recipients file: {tally.rows:,} rows, {tally.rows - tally.rejected:,} to send, "
-        f"{tally.rejected:,} rejected"
-    )
-
-
-def write_table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [
-            c.rjust(w) if i and c[:1].isdigit() else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.write(indent + "  ".join(cells).rstrip() + "\n")

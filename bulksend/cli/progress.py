@@ -47,7 +47,8 @@ import trio
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
 from bulksend.files import open_private
-from bulksend.journal import Due, JournalPeek, Kind, Outcome
+from bulksend.journal import Due, JournalPeek, Kind, Outcome, Status
+from bulksend.journal.outcomes import WAITING
 from bulksend.metrics import Metrics
 from bulksend.text import printable
 
@@ -327,7 +328,7 @@ class Progress:
         self.started_at = time.time()
         self.state = "starting"
         self.imported = 0  # recipients rows read by the import so far
-        self.counts: dict[str, int] | None = None  # from the journal, a few seconds old
+        self.counts: dict[Status, int] | None = None  # from the journal, a few seconds old
         self.waiting: dict[str, int] = {}  # per domain, from the journal
         self._domains_of: dict[str, set[str]] = {}  # site -> domains seen attached to it
         #: Messages per second that got a final reply (delivered or bounced): deferrals do
@@ -369,11 +370,11 @@ class Progress:
             return [f"importing recipients: {self.imported:,} rows read  elapsed {elapsed}"]
         k = self.tally.kinds
         counts = self.counts or {}
-        waiting = counts.get("pending", 0) + counts.get("in_doubt", 0) if counts else None
+        waiting = sum(counts.get(s, 0) for s in WAITING) if counts else None
         out = [
             f"delivered {k[Kind.DELIVERED]:,}  deferred {k[Kind.DEFERRED]:,}  "
             f"bounced {k[Kind.BOUNCED]:,}  in doubt {k[Kind.IN_DOUBT]:,}"
-            + (f"  expired {counts.get('expired', 0):,}" if counts else ""),
+            + (f"  expired {counts.get(Status.EXPIRED, 0):,}" if counts else ""),
             f"{self.rate:,.0f} msg/s  elapsed {elapsed}  "
             f"waiting {'-' if waiting is None else f'{waiting:,}'}  "
             f"ETA {format_duration(self._eta(waiting))}"
@@ -395,7 +396,7 @@ class Progress:
             return f"bulksend: importing recipients: rows={self.imported}"
         k = self.tally.kinds
         counts = self.counts or {}
-        waiting = counts.get("pending", 0) + counts.get("in_doubt", 0) if counts else None
+        waiting = sum(counts.get(s, 0) for s in WAITING) if counts else None
         sites = self.scheduler.sites() if self.scheduler is not None else []
         labels = site_labels(s.site for s in sites)
         backed = [labels[s.site] for s in sites if s.backed_off]
@@ -498,7 +499,7 @@ class Progress:
             self.counts = await trio.to_thread.run_sync(peek.counts)
             self.waiting = await trio.to_thread.run_sync(peek.waiting_by_domain)
             if self.metrics is not None:
-                self.metrics.queue_depth.set(self.counts["pending"] + self.counts["in_doubt"])
+                self.metrics.queue_depth.set(sum(self.counts[s] for s in WAITING))
         except JournalError:
             pass  # not there yet (import running) or unreadable: try again later
 
@@ -541,7 +542,7 @@ class Progress:
             self.counts = self._peek.counts()
             self.waiting = self._peek.waiting_by_domain()
             if self.metrics is not None:
-                self.metrics.queue_depth.set(self.counts["pending"] + self.counts["in_doubt"])
+                self.metrics.queue_depth.set(sum(self.counts[s] for s in WAITING))
         if self.tty and self.scheduler is not None:
             self.draw()
         with contextlib.suppress(OSError):

@@ -14,7 +14,7 @@ from typing import TextIO
 import click
 
 from bulksend.cli.options import debug_option
-from bulksend.cli.output import counts_line, info, rows_line, write_table
+from bulksend.cli.output import counts_line, info
 from bulksend.cli.progress import (
     SNAPSHOT_STALE,
     format_duration,
@@ -23,7 +23,9 @@ from bulksend.cli.progress import (
     snapshot_path,
 )
 from bulksend.files import open_private
-from bulksend.journal import Journal, JournalPeek, JournalSet, Status
+from bulksend.journal import JournalPeek, JournalSet, Status
+from bulksend.journal.reports import export_csv, export_jsonl, write_report
+from bulksend.text import write_table
 
 
 @click.command()
@@ -38,14 +40,14 @@ def status(journals: tuple[Path, ...], as_json: bool) -> None:
     Several journals (the shards of one campaign) are shown one after the other, then their
     total.
     """
-    total: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[Status] = collections.Counter()
     for journal in journals:
         total.update(_status_of(journal, as_json))
     if len(journals) > 1 and not as_json:
         sys.stdout.write(f"all {len(journals)} journals: {counts_line(dict(total))}\n")
 
 
-def _status_of(journal: Path, as_json: bool) -> dict[str, int]:
+def _status_of(journal: Path, as_json: bool) -> dict[Status, int]:
     with JournalPeek(journal, check=True) as peek:
         counts = peek.counts()
         imported = peek.import_complete()
@@ -150,12 +152,13 @@ def report(
     with JournalSet(journals) as j, _output(output) as out:
         for path in j.live:
             info(f"{path} is in use by a run: reporting its last committed state")
+        wanted = [Status(s) for s in statuses] or None
         if fmt == "csv":
-            j.export_csv(out, [Status(s) for s in statuses] or None)
+            export_csv(j.iter_states(wanted), out)
         elif fmt == "jsonl":
-            j.export_jsonl(out, [Status(s) for s in statuses] or None)
+            export_jsonl(j.iter_states(wanted), out)
         else:
-            write_report_table(j, out, top_domains=domains)
+            write_report(j, out, top_domains=domains)
 
 
 @contextlib.contextmanager
@@ -165,58 +168,3 @@ def _output(path: Path | None) -> Iterator[TextIO]:
         return
     with open_private(path) as out:
         yield out
-
-
-def write_report_table(
-    journal: Journal | JournalSet, out: TextIO, *, top_domains: int = 20
-) -> None:
-    """The ``report --format table`` text."""
-    tally = journal.tally()
-    total = tally.rows
-    out.write(f"campaign journal {journal.path}\n\n")
-    rows = [["status", "recipients", "share"]]
-    for state, n in tally.by_state().items():
-        rows.append(
-            [state.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
-        )
-    rows.append(["total", f"{total:,}", ""])
-    write_table(rows, out, indent="")
-    out.write(f"\n{rows_line(tally)}\n")
-    out.write(f"sends in doubt (possibly duplicated): {tally.in_doubt_sends:,}\n")
-    for title, statuses in (
-        ("bounces by category", [Status.BOUNCED]),
-        ("expired by category of the last reply", [Status.EXPIRED]),
-    ):
-        categories = journal.counts_by_category(statuses)
-        if categories:
-            out.write(f"\n{title}\n")
-            ranked = sorted(categories.items(), key=lambda x: -x[1])
-            write_table(
-                [["category", "recipients"]] + [[c.value, f"{n:,}"] for c, n in ranked],
-                out,
-                indent="",
-            )
-    by_domain = journal.counts_by_domain()
-    if by_domain and top_domains:
-        largest = sorted(by_domain.items(), key=lambda x: (-sum(x[1].values()), x[0]))
-        shown = largest[:top_domains]
-        more = len(largest) - len(shown)
-        out.write(f"\ndomains ({len(by_domain):,}; the largest {len(shown)})\n")
-        cols = [Status.DELIVERED, Status.BOUNCED, Status.EXPIRED]
-        rows = [["domain", "recipients", "delivered", "bounced", "expired", "waiting", "other"]]
-        for domain, c in shown:
-            n = sum(c.values())
-            waiting = c.get(Status.PENDING, 0) + c.get(Status.IN_DOUBT, 0)
-            other = n - waiting - sum(c.get(s, 0) for s in cols)
-            rows.append(
-                [
-                    domain,
-                    f"{n:,}",
-                    *(f"{c.get(s, 0):,}" for s in cols),
-                    f"{waiting:,}",
-                    f"{other:,}",
-                ]
-            )
-        write_table(rows, out, indent="")
-        if more:
-            out.write(f"... and {more:,} more domains\n")

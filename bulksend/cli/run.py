@@ -40,7 +40,7 @@ from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import ConfigError
 from bulksend.files import open_private
-from bulksend.journal import Journal, JournalSet, Status
+from bulksend.journal import Journal, JournalSet, Status, campaign_tally
 from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
 
@@ -333,14 +333,14 @@ def _workers_summary(
 ) -> tuple[Mapping[Status, int], bool]:
     """Print the merged outcome of the shards; returns the counts and whether all are done."""
     with JournalSet([st.shard.journal(journal) for st in states]) as merged:
-        tally = merged.tally()
+        counted = campaign_tally(merged)
     complete = all(st.summary is not None and st.summary.complete for st in states)
     write_tally(
         out,
         state="complete" if complete else "stopped before completion",
         elapsed=time.monotonic() - started,
         outcomes=pool.outcomes(),
-        tally=tally,
+        tally=counted,
         rejects=[st.shard.journal(rejects) for st in states],
         how=f" with {len(states)} workers",
     )
@@ -350,7 +350,7 @@ def _workers_summary(
                 f"  shard {st.shard} failed ({st.error or f'exit code {st.exitcode}'}); "
                 f"continue it with: bulksend resume {st.shard.journal(journal)}\n"
             )
-    return tally.statuses, complete
+    return counted.statuses, complete
 
 
 def _workers_line(pool: WorkerPool) -> str:

@@ -41,6 +41,7 @@ from bulksend.journal import (
     Outcome,
     Status,
     campaign_identity,
+    campaign_tally,
 )
 from bulksend.metrics import Metrics
 from bulksend.routing import Credentials, Relay, Router, RoutingConfig
@@ -330,7 +331,7 @@ async def run_campaign(
         return RunSummary(
             imported=imported,
             outcomes=dict(context.stats),
-            tally=journal.tally(),
+            tally=campaign_tally(journal),
             in_doubt_recovered=journal.recovered_in_doubt,
             complete=scheduler.complete,
             elapsed=time.monotonic() - started,

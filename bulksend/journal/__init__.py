@@ -32,10 +32,14 @@ by ``due_domains``/``next_due_at``: the scheduler knows what it has in flight).
 
 Import: recipients arrive from an iterator and are written 50,000 to a transaction, with
 the import position in the same transaction, so an interrupted import resumes where it
-stopped. The secondary indexes (unique address, due, claimed) are built once, in the last
-transaction: building them at the end is about twice as fast as maintaining them per row
-(1M recipients import in about 7 s, ``benchmarks/journal_import.py``). An address seen
-twice keeps its first position; nothing is sent before the import is complete.
+stopped (a batch is all or nothing). Reading overlaps writing: the caller's thread reads and
+turns rows into JSON (merge data with msgspec), a second thread inserts them, 10,000 rows a
+statement through ``json_each`` (SQLite runs it without the GIL; a chunk holding a NUL
+character, which SQLite's JSON functions would cut, goes row by row), with at most one chunk
+waiting in between, so memory stays flat. The secondary indexes (unique address, due,
+claimed) are built once, in the last transaction: building them at the end is about twice
+as fast as maintaining them per row. An address seen twice keeps its first position;
+nothing is sent before the import is complete.
 
 Outcomes (RFC 5321 §4.2, §4.5.4.1): delivered -> ``delivered``; permanent -> ``bounced``;
 transient -> back to ``pending`` at now + an exponential, jittered delay
@@ -48,15 +52,18 @@ Suppressions added after the import: :meth:`Journal.suppress_waiting` marks the 
 waiting rows on the list ``suppressed``; a claimed one is the sender's to drop, with a
 ``suppressed`` outcome (not an attempt).
 
-Batching: during a run one :class:`JournalWriter` task owns the connection (the
-synchronous :class:`Journal` methods refuse to run meanwhile). Outcomes arrive over a
-bounded memory channel and are committed in one transaction per batch (``interval`` seconds
-after the first outcome of a batch, or ``batch_size`` outcomes, whichever comes first).
-Commits and scheduler queries run in a worker thread (``trio.to_thread``) under one
-``trio.Lock``, so a slow ``fsync`` or a large ``GROUP BY`` never stalls the event loop and
-the connection (``check_same_thread=False``) is never used by two threads at once.
-``await writer.flush()`` returns once every outcome recorded before it is committed: nothing
-counts as delivered before that.
+Batching: during a run one :class:`JournalWriter` task holds the store (the synchronous
+:class:`Journal` methods refuse to run meanwhile; the writer passes itself as ``owner``).
+Senders append outcomes to a plain list (``add``: no await); the writer swaps it for an empty
+one and commits it in one transaction per batch (``interval`` seconds after the first outcome
+of a batch, or ``batch_size`` outcomes, whichever comes first). A batch is applied
+set-based: one ``SELECT`` of the batch's rows, the steps planned in order
+(:func:`plan_step`, pure), then one ``executemany`` per kind of update; the rows are exactly
+those one outcome at a time would leave. Commits and scheduler queries run in a worker
+thread (``trio.to_thread``) under one ``trio.Lock``, so a slow ``fsync`` or a large
+``GROUP BY`` never stalls the event loop and the connection (``check_same_thread=False``) is
+never used by two threads at once. ``await writer.flush()`` returns once every outcome
+recorded before it is committed: nothing counts as delivered before that.
 
 Durability and crash semantics: ``synchronous=FULL`` makes every commit durable against a
 power loss, not only against a process crash; batching means that costs one ``fsync`` per
@@ -99,22 +106,38 @@ Layout
 
 Imports point one way, from the pure pieces to the store and its users:
 :mod:`~bulksend.journal.outcomes` (the state machine and retry schedule, pure) <-
-:mod:`~bulksend.journal.records` <- :mod:`~bulksend.journal.schema`,
-:mod:`~bulksend.journal.integrity`, :mod:`~bulksend.journal.identity`,
-:mod:`~bulksend.journal.exports` <- :mod:`~bulksend.journal.store` (the synchronous
+:mod:`~bulksend.journal.records` <- :mod:`~bulksend.journal.protocol` (what a store offers:
+:class:`JournalReader` for reports, :class:`JournalStore` for the writer; a PostgreSQL store
+implements the same two) and :mod:`~bulksend.journal.schema`,
+:mod:`~bulksend.journal.integrity`, :mod:`~bulksend.journal.identity` <-
+:mod:`~bulksend.journal.connection` (transactions, the state file) <-
+:mod:`~bulksend.journal.opening` (lock, checks, crash recovery) and
+:mod:`~bulksend.journal.load` (the import) <- :mod:`~bulksend.journal.store` (the SQLite
 :class:`Journal`) <- :mod:`~bulksend.journal.writer` (the async front during a run) and
-:mod:`~bulksend.journal.reports` (:class:`JournalSet`, :class:`JournalPeek`).
+:mod:`~bulksend.journal.reports` (the tally, exports, the report table, :class:`JournalSet`,
+:class:`JournalPeek`).
 """
 
 from bulksend.journal.identity import campaign_identity, hash_files
+from bulksend.journal.opening import JournalInUse
 from bulksend.journal.outcomes import Category, Kind, Outcome, Status, Step, plan_step, retry_delay
+from bulksend.journal.protocol import JournalReader, JournalStore, OutcomeRecord
 from bulksend.journal.records import CampaignTally, Due, ImportStats, NewRecipient, RecipientState
-from bulksend.journal.reports import JournalPeek, JournalSet
+from bulksend.journal.reports import (
+    EXPORT_FIELDS,
+    JournalPeek,
+    JournalSet,
+    campaign_tally,
+    export_csv,
+    export_jsonl,
+    write_report,
+)
 from bulksend.journal.schema import SCHEMA_VERSION
-from bulksend.journal.store import Journal, JournalInUse
+from bulksend.journal.store import Journal
 from bulksend.journal.writer import JournalMetrics, JournalWriter
 
 __all__ = [
+    "EXPORT_FIELDS",
     "SCHEMA_VERSION",
     "CampaignTally",
     "Category",
@@ -124,16 +147,23 @@ __all__ = [
     "JournalInUse",
     "JournalMetrics",
     "JournalPeek",
+    "JournalReader",
     "JournalSet",
+    "JournalStore",
     "JournalWriter",
     "Kind",
     "NewRecipient",
     "Outcome",
+    "OutcomeRecord",
     "RecipientState",
     "Status",
     "Step",
     "campaign_identity",
+    "campaign_tally",
+    "export_csv",
+    "export_jsonl",
     "hash_files",
     "plan_step",
     "retry_delay",
+    "write_report",
 ]

@@ -1,18 +1,23 @@
-"""Reading journals for reports: several shards' journals as one (:class:`JournalSet`) and a
-lock-free look into a running journal (:class:`JournalPeek`).
+"""Reports from journals: the tally, the CSV and JSON Lines exports (functions over
+recipients' rows), the ``report`` table, several shards' journals read as one
+(:class:`JournalSet`) and a lock-free look into a running journal (:class:`JournalPeek`).
+
+Everything here reads through :class:`~bulksend.journal.protocol.JournalReader`, so it
+works for any journal backend, and for a :class:`JournalSet`.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from bulksend.errors import JournalError
-from bulksend.journal.exports import _Reports
 from bulksend.journal.integrity import (
     _check_damage,
     _check_history,
@@ -20,13 +25,126 @@ from bulksend.journal.integrity import (
     _is_damage,
     _read_state,
 )
-from bulksend.journal.outcomes import Category, Status
-from bulksend.journal.records import RecipientState
+from bulksend.journal.opening import JournalInUse
+from bulksend.journal.outcomes import WAITING, Category, Status
+from bulksend.journal.protocol import JournalReader
+from bulksend.journal.records import CampaignTally, RecipientState
 from bulksend.journal.schema import APPLICATION_ID, WAITING_SQL
-from bulksend.journal.store import Journal, JournalInUse
+from bulksend.journal.store import Journal
+from bulksend.text import write_table
+
+#: The fields of an exported recipient, in order (the CSV header).
+EXPORT_FIELDS: Final = (
+    "id",
+    "address",
+    "status",
+    "code",
+    "enhanced_code",
+    "text",
+    "category",
+    "attempts",
+    "in_doubt",
+    "time",
+)
 
 
-class JournalSet(_Reports):
+def campaign_tally(journal: JournalReader) -> CampaignTally:
+    """Where the campaign stands (see :class:`CampaignTally`)."""
+    return CampaignTally(journal.counts(), journal.not_imported(), journal.in_doubt_total())
+
+
+def export_csv(states: Iterable[RecipientState], stream: TextIO) -> int:
+    """Write recipients' outcomes as CSV (header first) to a text stream; returns the row count.
+
+    Open the stream with ``newline=""``. Fields starting with ``= + - @`` get a ``'``
+    prefix so that spreadsheets do not run remote reply text as formulas.
+    """
+    writer = csv.writer(stream)
+    writer.writerow(EXPORT_FIELDS)
+    n = 0
+    for state in states:
+        row = state.as_export()
+        writer.writerow([_csv_safe(row[k]) for k in EXPORT_FIELDS])
+        n += 1
+    return n
+
+
+def export_jsonl(states: Iterable[RecipientState], stream: TextIO) -> int:
+    """Write recipients' outcomes as JSON Lines to a text stream; returns the row count."""
+    n = 0
+    for state in states:
+        stream.write(json.dumps(state.as_export(), ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def _csv_safe(value: object) -> object:
+    # Reply text comes from remote servers: keep a spreadsheet from reading it as a formula.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def rows_line(tally: CampaignTally) -> str:
+    """The recipients file's rows: how many, to send, rejected."""
+    return (
+        f"recipients file: {tally.rows:,} rows, {tally.rows - tally.rejected:,} to send, "
+        f"{tally.rejected:,} rejected"
+    )
+
+
+def write_report(journal: JournalReader, out: TextIO, *, top_domains: int = 20) -> None:
+    """The ``report --format table`` text: statuses, categories and the largest domains."""
+    counted = campaign_tally(journal)
+    total = counted.rows
+    out.write(f"campaign journal {journal.path}\n\n")
+    rows = [["status", "recipients", "share"]]
+    for state, n in counted.by_state().items():
+        rows.append(
+            [state.replace("_", " "), f"{n:,}", f"{100 * n / total:.1f}%" if total else "-"]
+        )
+    rows.append(["total", f"{total:,}", ""])
+    write_table(rows, out, indent="")
+    out.write(f"\n{rows_line(counted)}\n")
+    out.write(f"sends in doubt (possibly duplicated): {counted.in_doubt_sends:,}\n")
+    for title, statuses in (
+        ("bounces by category", [Status.BOUNCED]),
+        ("expired by category of the last reply", [Status.EXPIRED]),
+    ):
+        categories = journal.counts_by_category(statuses)
+        if categories:
+            out.write(f"\n{title}\n")
+            ranked = sorted(categories.items(), key=lambda x: -x[1])
+            write_table(
+                [["category", "recipients"]] + [[c.value, f"{n:,}"] for c, n in ranked],
+                out,
+                indent="",
+            )
+    by_domain = journal.counts_by_domain()
+    if by_domain and top_domains:
+        _write_domains(by_domain, out, top_domains)
+
+
+def _write_domains(by_domain: dict[str, dict[Status, int]], out: TextIO, top_domains: int) -> None:
+    largest = sorted(by_domain.items(), key=lambda x: (-sum(x[1].values()), x[0]))
+    shown = largest[:top_domains]
+    more = len(largest) - len(shown)
+    out.write(f"\ndomains ({len(by_domain):,}; the largest {len(shown)})\n")
+    cols = [Status.DELIVERED, Status.BOUNCED, Status.EXPIRED]
+    rows = [["domain", "recipients", "delivered", "bounced", "expired", "waiting", "other"]]
+    for domain, c in shown:
+        n = sum(c.values())
+        waiting = sum(c.get(s, 0) for s in WAITING)
+        other = n - waiting - sum(c.get(s, 0) for s in cols)
+        rows.append(
+            [domain, f"{n:,}", *(f"{c.get(s, 0):,}" for s in cols), f"{waiting:,}", f"{other:,}"]
+        )
+    write_table(rows, out, indent="")
+    if more:
+        out.write(f"... and {more:,} more domains\n")
+
+
+class JournalSet:
     """Several shards' journals read as one campaign (``report`` and ``status`` merge them).
 
     Every journal is opened for reading; counts add up, exports concatenate (ids are per
@@ -148,11 +266,11 @@ class JournalPeek:
                 raise _damaged(f"journal {str(self.path)!r}", str(exc)) from None
             raise JournalError(f"cannot read journal {str(self.path)!r}: {exc}") from None
 
-    def counts(self) -> dict[str, int]:
-        """Recipients per status (every status present)."""
-        counts = {s.value: 0 for s in Status}
+    def counts(self) -> dict[Status, int]:
+        """Recipients per status (every status present, zero included)."""
+        counts = dict.fromkeys(Status, 0)
         for status, n in self._query("SELECT status, count(*) FROM recipients GROUP BY status"):
-            counts[str(status)] = int(n)
+            counts[Status(status)] = int(n)
         return counts
 
     def import_complete(self) -> bool:

@@ -1,11 +1,15 @@
-"""The async front of the journal used during a run: one task owns the store's connection,
-hands out claims, answers the scheduler's queries and commits outcomes in batches (see
-"Batching" in :mod:`bulksend.journal`).
+"""The async front of the journal used during a run: one task holds the store, hands out
+claims, answers the scheduler's queries and commits outcomes in batches (see "Batching" in
+:mod:`bulksend.journal`).
+
+Senders append outcomes to a plain list (:meth:`JournalWriter.add`: no await, no task
+switch); the writer task wakes once per batch (the first outcome starts the ``interval``, a
+full batch or a flush ends it), swaps the list for an empty one and applies the batch in one
+transaction, in a worker thread.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,17 +19,10 @@ import trio
 
 from bulksend.errors import JournalError
 from bulksend.journal.outcomes import Outcome
+from bulksend.journal.protocol import JournalStore, OutcomeRecord
 from bulksend.journal.records import Due
-from bulksend.journal.store import Journal
 
 _T = TypeVar("_T")
-
-
-@dataclass(slots=True)
-class _Record:
-    recipient_id: int
-    outcome: Outcome
-    now: float
 
 
 @dataclass(slots=True)
@@ -74,7 +71,7 @@ class JournalWriter:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: JournalStore,
         *,
         batch_size: int = 500,
         interval: float = 0.2,
@@ -86,7 +83,12 @@ class JournalWriter:
         self.metrics = metrics
         self.batch_size = batch_size
         self.interval = interval
-        self._send, self._recv = trio.open_memory_channel[_Record | _Flush](math.inf)
+        #: Outcomes and flushes since the last swap; the writer takes both lists at once.
+        self._outcomes: list[OutcomeRecord] = []
+        self._flushes: list[_Flush] = []
+        self._arrived = trio.Event()  # something is in the lists: the interval starts
+        self._due = trio.Event()  # commit now: a full batch, a flush, or closing
+        self._closed = False
         self._lock = trio.Lock()
         self._failure: JournalError | None = None
         self._started = False
@@ -101,8 +103,7 @@ class JournalWriter:
             raise RuntimeError("JournalWriter.run called twice")
         self._started = True
         self._check_failed()
-        self.journal._check_free()
-        self.journal._owner = self
+        self.journal.hold(self)
         task_status.started()
         try:
             await self._loop()
@@ -111,40 +112,43 @@ class JournalWriter:
             raise
         finally:
             self._stop()
-            self.journal._owner = None
+            self.journal.release(self)
 
     async def _loop(self) -> None:
-        batch: list[_Record] = []
-        flushes: list[_Flush] = []
-        closed = False
-        while not closed:
+        while True:
             try:
-                try:
-                    item = await self._recv.receive()
-                except trio.EndOfChannel:
-                    return
-                _add(item, batch, flushes)
+                await self._arrived.wait()
                 with trio.move_on_after(self.interval):
-                    while len(batch) < self.batch_size and not flushes:
-                        try:
-                            item = await self._recv.receive()
-                        except trio.EndOfChannel:
-                            closed = True
-                            break
-                        _add(item, batch, flushes)
+                    await self._due.wait()
             except trio.Cancelled:
                 # Aborting: still commit what is in hand (a few ms, shielded).
-                await self._commit(batch, flushes)
+                while self._outcomes:
+                    await self._commit(*self._swap())
                 raise
-            await self._commit(batch, flushes)
-            batch, flushes = [], []
+            await self._commit(*self._swap())
+            if self._closed and not self._outcomes:
+                return
 
-    async def _commit(self, batch: list[_Record], flushes: list[_Flush]) -> None:
+    def _swap(self) -> tuple[list[OutcomeRecord], list[_Flush]]:
+        """Take the next batch (at most ``batch_size``) and the flushes it completes."""
+        batch, flushes = self._outcomes, self._flushes
+        self._outcomes, self._flushes = [], []
+        if len(batch) > self.batch_size:
+            # The flushes wait for the rest, which is due at once if it is a batch again.
+            batch, self._outcomes = batch[: self.batch_size], batch[self.batch_size :]
+            flushes, self._flushes = [], flushes
+        self._arrived, self._due = trio.Event(), trio.Event()
+        if self._outcomes or self._flushes:
+            self._arrived.set()
+        if len(self._outcomes) >= self.batch_size or self._flushes or self._closed:
+            self._due.set()
+        return batch, flushes
+
+    async def _commit(self, batch: list[OutcomeRecord], flushes: list[_Flush]) -> None:
         with trio.CancelScope(shield=True):
             try:
                 if batch:
-                    records = [(r.recipient_id, r.outcome, r.now) for r in batch]
-                    applied, expired, seconds = await self._call(self._timed_apply, records)
+                    applied, expired, seconds = await self._call(lambda: self._timed_apply(batch))
                     if self.metrics is not None:
                         self.metrics.journal_commit_seconds.observe(seconds)
                         if expired:
@@ -160,32 +164,28 @@ class JournalWriter:
             for f in flushes:
                 f.done.set()
 
-    def _timed_apply(self, records: Sequence[tuple[int, Outcome, float]]) -> tuple[int, int, float]:
+    def _timed_apply(self, records: Sequence[OutcomeRecord]) -> tuple[int, int, float]:
         start = time.perf_counter()
-        applied, expired = self.journal._apply(records)
+        applied, expired = self.journal.apply(records, owner=self)
         return applied, expired, time.perf_counter() - start
 
     def _stop(self) -> None:
-        # Fail the flushes still queued, then close: later sends see a closed channel.
+        # Fail the flushes still waiting; later calls are refused.
+        self._closed = True
         error = self._failure or JournalError("the journal writer stopped")
-        while True:
-            try:
-                item = self._recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if isinstance(item, _Flush):
-                item.error = error
-                item.done.set()
-        self._recv.close()
+        for f in self._flushes:
+            f.error = error
+            f.done.set()
+        self._flushes = []
 
     def _check_failed(self) -> None:
         if self._failure is not None:
             raise JournalError(f"the journal writer failed: {self._failure}") from self._failure
 
-    def _stopped(self) -> JournalError:
-        if self._failure is not None:
-            return JournalError(f"the journal writer failed: {self._failure}")
-        return JournalError("the journal writer is closed; nothing more is recorded")
+    def _check_open(self) -> None:
+        self._check_failed()
+        if self._closed:
+            raise JournalError("the journal writer is closed; nothing more is recorded")
 
     def add(self, recipient_id: int, outcome: Outcome, *, now: float | None = None) -> None:
         """Queue an outcome for the next batch (durable only after :meth:`flush`); no await.
@@ -196,12 +196,13 @@ class JournalWriter:
         Raises:
             JournalError: the writer failed or is closed.
         """
-        self._check_failed()
-        item = _Record(recipient_id, outcome, time.time() if now is None else now)
-        try:
-            self._send.send_nowait(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._stopped() from None
+        self._check_open()
+        outcomes = self._outcomes
+        outcomes.append((recipient_id, outcome, time.time() if now is None else now))
+        if len(outcomes) == 1:
+            self._arrived.set()
+        if len(outcomes) >= self.batch_size:
+            self._due.set()
 
     async def record(
         self, recipient_id: int, outcome: Outcome, *, now: float | None = None
@@ -215,54 +216,49 @@ class JournalWriter:
         Raises:
             JournalError: the commit failed or the writer stopped.
         """
-        self._check_failed()
+        self._check_open()
         marker = _Flush()
-        try:
-            await self._send.send(marker)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._stopped() from None
+        self._flushes.append(marker)
+        self._arrived.set()
+        self._due.set()
         await marker.done.wait()
         if marker.error is not None:
             raise marker.error
 
     async def aclose(self) -> None:
         """Stop taking outcomes; ``run`` commits those queued and returns."""
-        await self._send.aclose()
+        self._closed = True
+        self._arrived.set()
+        self._due.set()
+        await trio.lowlevel.checkpoint()
 
     async def fetch_due(self, domain: str, limit: int, *, now: float | None = None) -> list[Due]:
-        """Claim due recipients of ``domain`` (see :meth:`Journal.fetch_due`)."""
+        """Claim due recipients of ``domain`` (see :meth:`JournalStore.fetch_due`)."""
         self._check_failed()
-        return await self._call(self.journal._fetch_due, domain, limit, now)
+        return await self._call(lambda: self.journal.fetch_due(domain, limit, now=now, owner=self))
 
     async def due_domains(self, *, now: float | None = None) -> dict[str, int]:
-        """Domains with due recipients and their counts (see :meth:`Journal.due_domains`)."""
+        """Domains with due recipients and their counts (see :meth:`JournalStore.due_domains`)."""
         self._check_failed()
-        return await self._call(self.journal._due_domains, now)
+        return await self._call(lambda: self.journal.due_domains(now=now, owner=self))
 
     async def next_due_at(self) -> float | None:
         """The earliest due time of any unclaimed waiting recipient."""
         self._check_failed()
-        return await self._call(self.journal._next_due_at)
+        return await self._call(lambda: self.journal.next_due_at(owner=self))
 
     async def waiting(self) -> bool:
         """Whether any recipient is still waiting (pending or in doubt, claimed or not)."""
         self._check_failed()
-        return await self._call(self.journal._waiting)
+        return await self._call(lambda: self.journal.waiting(owner=self))
 
     async def suppress_waiting(self, suppressed: Callable[[str], bool]) -> int:
-        """See :meth:`Journal.suppress_waiting`."""
+        """See :meth:`JournalStore.suppress_waiting`."""
         self._check_failed()
-        return await self._call(self.journal._suppress_waiting, suppressed, None)
+        return await self._call(lambda: self.journal.suppress_waiting(suppressed, owner=self))
 
-    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+    async def _call(self, fn: Callable[[], _T]) -> _T:
         async with self._lock:
             if self.offload:
-                return await trio.to_thread.run_sync(fn, *args)
-            return fn(*args)
-
-
-def _add(item: _Record | _Flush, batch: list[_Record], flushes: list[_Flush]) -> None:
-    if isinstance(item, _Flush):
-        flushes.append(item)
-    else:
-        batch.append(item)
+                return await trio.to_thread.run_sync(fn)
+            return fn()

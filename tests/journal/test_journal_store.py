@@ -22,6 +22,8 @@ from bulksend.journal import (
     Outcome,
     Status,
     campaign_identity,
+    export_csv,
+    export_jsonl,
     hash_files,
 )
 from tests.helpers.files import flip
@@ -196,7 +198,7 @@ def test_reports(journal: Journal) -> None:
 def test_exports(journal: Journal) -> None:
     _deliver_some(journal)
     out = io.StringIO(newline="")
-    assert journal.export_csv(out) == 10
+    assert export_csv(journal.iter_states(), out) == 10
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert len(rows) == 10
     assert rows[0] == {
@@ -215,7 +217,7 @@ def test_exports(journal: Journal) -> None:
     assert rows[2]["text"].startswith("'=HYPERLINK")
 
     lines = io.StringIO()
-    assert journal.export_jsonl(lines, [Status.BOUNCED]) == 3
+    assert export_jsonl(journal.iter_states([Status.BOUNCED]), lines) == 3
     records = [json.loads(line) for line in lines.getvalue().splitlines()]
     assert [r["status"] for r in records] == ["bounced"] * 3
     assert records[0]["text"].startswith("=HYPERLINK")  # JSON keeps it as it came

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable
 
 from bulksend.config import RetryPolicy
-from bulksend.journal import Journal, JournalPeek, Outcome, Status, plan_step
+from bulksend.journal import Journal, JournalPeek, Outcome, Status, export_jsonl, plan_step
 from tests.journal.journal_helpers import T0
 
 Opener = Callable[..., Journal]
@@ -57,7 +57,7 @@ def test_journal_sets_aside_reports_and_requeues(journal: Journal) -> None:
     # Not waiting: not due again, and it does not keep a run from completing.
     assert "user0@a.example" not in {d.address for d in journal.fetch_due("a.example", 99)}
     out = io.StringIO()
-    assert journal.export_jsonl(out, [Status.NOT_RENDERED]) == 1
+    assert export_jsonl(journal.iter_states([Status.NOT_RENDERED]), out) == 1
     row = json.loads(out.getvalue())
     assert (row["address"], row["status"], row["text"]) == (
         "user0@a.example",

@@ -171,3 +171,23 @@ async def test_disk_full_stops_the_writer(journal: Journal) -> None:
     with pytest.raises(JournalError, match="stopped"):
         journal.record(due[0].id, Outcome.delivered(), now=T0)
     assert set(committed_statuses(journal).values()) == {"pending"}
+
+
+async def test_outcomes_added_without_awaits_commit_in_full_batches(
+    journal: Journal, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(7200):
+        writer = JournalWriter(journal, batch_size=4, interval=3600.0, offload=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            due = await writer.fetch_due("a.example", 5, now=T0)
+            due += await writer.fetch_due("b.example", 5, now=T0)
+            for d in due:  # no checkpoint in between: the writer wakes once per batch
+                writer.add(d.id, Outcome.delivered(), now=T0)
+            await until(lambda: writer.committed == 8)
+            assert writer.batches == 2
+            assert trio.current_time() < 3600.0
+            await writer.flush()
+            assert (writer.committed, writer.batches) == (10, 3)
+            await writer.aclose()
+    assert set(committed_statuses(journal).values()) == {"delivered"}
