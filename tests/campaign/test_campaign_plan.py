@@ -7,11 +7,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bulksend.campaign import Campaign, Recipient, RenderError
+from bulksend.cli import main as cli
 from bulksend.config import load_campaign
+from bulksend.testing.scenario import addresses, write_campaign
 
 NOW = 1_700_000_000.0
 
@@ -188,3 +191,16 @@ def test_limit_is_reported_before_a_later_undefined_name(tmp_path: Path) -> None
         f"{tmp_path / 'body.txt'}: the template's output exceeds max_message_size (400 bytes); "
         "check the template, or raise [campaign] max_message_size",
     )
+
+
+def test_validate_reports_each_templates_engine(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, addresses(["a.test"], 3))
+    html = (tmp_path / "body.html").read_text()
+    (tmp_path / "body.html").write_text(html + "{% if code %}<p>{{ code }}</p>{% endif %}\n")
+    result = CliRunner().invoke(cli, ["validate", str(path), "--no-dns"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    for key in ("message.subject", "message.to_name", "unsubscribe.url"):
+        assert f"ok: template {key}: fast path" in lines
+    assert f"ok: template {tmp_path / 'body.txt'}: fast path" in lines  # its loop is unrolled
+    assert f"ok: template {tmp_path / 'body.html'}: Jinja2" in lines
