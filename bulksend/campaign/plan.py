@@ -98,8 +98,9 @@ class Slot:
         value = context.get(self.name, missing)
         if value is missing:
             value = self.undefined(name=self.name)
-        for function, args, kwargs in self.filters:
-            value = function(value, *args, **kwargs)
+        if self.filters:
+            for function, args, kwargs in self.filters:
+                value = function(value, *args, **kwargs)
         return str(escape(value)) if self.html else str(value)
 
 
@@ -153,7 +154,7 @@ class TextPlan:
 
     def fits(self, context: Mapping[str, object]) -> bool:
         """Whether ``context`` leaves the globals the plan resolved at load as they were."""
-        return all(context.get(name) is value for name, value in self.assumed)
+        return not self.assumed or all(context.get(n) is v for n, v in self.assumed)
 
     def values(self, context: Mapping[str, object]) -> list[str]:
         """The distinct slots' printed values.

@@ -625,7 +625,16 @@ class Campaign:
             else _entry(name.lower(), self._constant_unstructured(name, field))
             for name, field in self._extra
         )
-        self._content_headers, self._body_pieces = self._skeleton(read)
+        self._content_headers, skeleton = self._skeleton(read)
+        # The body: constant bytes, and the positions the text and HTML parts fill in.
+        self._body_pieces = [p if isinstance(p, bytes) else b"" for p in skeleton]
+        parts = {_TEXT: self._text, _HTML: self._html}
+        self._body_slots: list[tuple[int, _Field]] = []
+        for i, piece in enumerate(skeleton):
+            if isinstance(piece, int):
+                part = parts[piece]
+                assert part is not None
+                self._body_slots.append((i, part))
         self._date: tuple[int, tuple[str, bytes, bytes]] = (-1, ("date", b"", b""))
 
     # -- construction helpers ---------------------------------------------------------------
@@ -907,12 +916,10 @@ class Campaign:
         """Headers, body and DKIM signatures: the message's bytes."""
         headers = self._headers(context, header_address, message_id, now)
 
-        parts: list[bytes] = [b"", b""]
-        if self._text is not None:
-            parts[_TEXT] = self._text.encode_body(context)
-        if self._html is not None:
-            parts[_HTML] = self._html.encode_body(context)
-        body = b"".join(p if isinstance(p, bytes) else parts[p] for p in self._body_pieces)
+        pieces = list(self._body_pieces)
+        for position, field in self._body_slots:
+            pieces[position] = field.encode_body(context)
+        body = b"".join(pieces)
 
         head = b"".join(h[1] for h in headers)
         if self.signers:
