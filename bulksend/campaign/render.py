@@ -923,12 +923,10 @@ class Campaign:
 
         head = b"".join(h[1] for h in headers)
         if self.signers:
-            pairs = [(h[0], h[1]) for h in headers]
-            canonical = [h[2] for h in headers]
             bh = body_hash(body)
             stamp = int(time.time() if now is None else now)
             signatures = b"".join(
-                signer.sign(pairs, body, canonical=canonical, timestamp=stamp, bh=bh)
+                signer.sign(headers, body, timestamp=stamp, bh=bh)
                 for signer in reversed(self.signers)
             )
             head = signatures + head
