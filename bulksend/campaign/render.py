@@ -6,7 +6,10 @@ sending it, so :class:`Campaign` splits the work in two:
 Once per campaign (``Campaign.from_config``):
   * the Jinja2 templates are compiled in a :class:`~jinja2.sandbox.SandboxedEnvironment` with
     :class:`~jinja2.StrictUndefined` (HTML autoescaped, text not); a value with no template
-    syntax is kept as a constant and never goes through Jinja;
+    syntax is kept as a constant and never goes through Jinja; a template without logic is
+    also compiled into a plan (:mod:`bulksend.campaign.plan`: constant text and slots, and for
+    a body its lines without a slot quoted-printable encoded once), which renders the same
+    bytes without Jinja (``validate`` says which templates take this fast path);
   * every header whose value is constant (MIME-Version, From and Subject when not templated,
     List-Unsubscribe-Post, Feedback-ID, Content-Type) is encoded, folded and, for DKIM,
     canonicalised;
@@ -90,7 +93,8 @@ _MAX_LINE = 998  # RFC 5322 §2.1.1, without CRLF
 _FOLD_AT = 78
 _TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
 _ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")  # atext and spaces
-_VERP_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_VERP_SAFE_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+_VERP_SAFE = frozenset(_VERP_SAFE_BYTES)
 _URL_FORBIDDEN = re.compile(r"[\s<>\"\x00-\x1f\x7f]")
 _EW_BYTES = 45  # 45 bytes -> 60 base64 chars -> a 72-char encoded-word (<= 75, RFC 2047 §2)
 
@@ -188,8 +192,11 @@ def verp_token(address: str) -> str:
     dot-atom piece and pure ASCII. The domain follows the last ``=``.
     """
     local, _, domain = address.rpartition("@")
+    raw = local.encode("utf-8", "surrogatepass")
+    if not raw.translate(None, _VERP_SAFE_BYTES):  # every octet kept as it is
+        return local + "=" + domain.lower()
     out: list[str] = []
-    for byte in local.encode("utf-8", "surrogatepass"):
+    for byte in raw:
         out.append(chr(byte) if byte in _VERP_SAFE else f"+{byte:02X}")
     return "".join(out) + "=" + domain.lower()
 
