@@ -96,6 +96,12 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
     return name.strip(b" \t").lower() + b":" + unfolded.strip(b" \t") + b"\r\n"
 
 
+def _canonical(raw: bytes) -> bytes:
+    """:func:`relaxed_header` of a raw header line (with or without its final CRLF)."""
+    head, _, value = raw.partition(b":")
+    return relaxed_header(head, value[:-2] if value.endswith(b"\r\n") else value)
+
+
 def relaxed_body(body: bytes) -> bytes:
     """Relaxed body canonicalisation (RFC 6376 §3.4.4) of a CRLF-terminated-lines body."""
     if (
@@ -245,18 +251,12 @@ class DkimSigner:
             timestamp: the ``t=`` value; now by default.
             bh: the body hash (:func:`body_hash`) when already computed for another signer.
         """
-        names: list[str] = []
-        signed: list[bytes] = []
-        for name, raw, canonical in headers:
-            if name not in SIGNED_HEADERS:
-                continue
-            names.append(name)
-            if canonical is None:
-                head, _, value = raw.partition(b":")
-                end = -2 if value.endswith(b"\r\n") else None
-                signed.append(relaxed_header(head, value[:end]))
-            else:
-                signed.append(canonical)
+        signed = [
+            _canonical(raw) if canonical is None else canonical
+            for name, raw, canonical in headers
+            if name in SIGNED_HEADERS
+        ]
+        names = [name for name, _, _ in headers if name in SIGNED_HEADERS]
         when = b"%d" % (int(time.time()) if timestamp is None else timestamp)
         hashed = bh or body_hash(body)
         template = self._templates.get(":".join(names))
