@@ -14,15 +14,16 @@ the same string: a name is looked up in the message's context (a missing one bec
 environment's ``StrictUndefined``, which raises when printed), the filters are the
 environment's own functions, and a printed value goes through ``str`` (text) or
 ``markupsafe.escape`` (HTML, autoescaped). Output is limited to ``max_message_size`` exactly
-as :class:`~bulksend.campaign.render` counts Jinja2's pieces, and errors are the ones Jinja2
-raises, in the same order.
+as the renderer counts Jinja2's pieces (``_Field.render`` in :mod:`bulksend.campaign.render`),
+and errors are the ones Jinja2 raises, in the same order.
 
 A body (:class:`BodyPlan`) goes one step further: quoted-printable encoding
 (:func:`qp_body`, RFC 2045 §6.7) works line by line (soft breaks at 76 columns restart at each
-line; the only end-of-data rules apply to the last line), so the lines without a slot are
-encoded once, at load, and only the runs of lines that hold a slot are encoded per message,
-with the same :func:`qp_body`. A message's body is then a ``b"".join`` of precomputed bytes
-and a few encoded runs.
+line; CR/CRLF normalisation never spans a newline; the end-of-data rules only touch the last
+line), so the lines without a slot are encoded once, at load, and only the runs of lines that
+hold a slot are encoded per message, with the same :func:`qp_body`. A message's body is then
+a ``b"".join`` of precomputed bytes and a few encoded runs. The hypothesis test in
+``tests/campaign/test_campaign_plan.py`` holds both paths to the same bytes.
 """
 
 from __future__ import annotations
