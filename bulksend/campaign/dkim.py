@@ -21,10 +21,13 @@ How a signature is made (RFC 6376 §3.7, §5):
    Ed25519 signs the SHA-256 *digest* of it (RFC 8463 §3, PureEdDSA over the hash).
 
 The signer never reparses a message: the renderer hands it the headers it built, as
-``(name, raw header bytes)`` pairs, and the body; it returns the DKIM-Signature header line
-that goes in front. Because it signs exactly the bytes that will be sent (CRLF line endings,
-before dot-stuffing, which the SMTP layer undoes on the other side) any verifier sees the
-same canonical form.
+``(name, raw header bytes, canonical form)`` triples (the canonical form precomputed for the
+campaign's constant headers), and the body; it returns the DKIM-Signature header line that
+goes in front. The DKIM-Signature value around ``t=`` and ``bh=``, as sent and canonical, is
+made once per list of signed headers, so a message costs the body hash, the canonical forms
+of its personalised headers, and the one private-key operation. Because it signs exactly
+the bytes that will be sent (CRLF line endings, before dot-stuffing, which the SMTP layer
+undoes on the other side) any verifier sees the same canonical form.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ SIGNED_HEADERS = frozenset(
 _WSP_RUN = re.compile(rb"[ \t]+")
 _TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
 _MIN_KEY_BITS = 1024
+_MAX_TEMPLATES = 16  # header layouts a signer remembers (a campaign has one or two)
+_PKCS1 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 _RECOMMENDED_KEY_BITS = 2048
 
 
@@ -85,7 +91,15 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
         value: everything after the colon, including folding CRLFs, without the final CRLF.
     """
     unfolded = value.replace(b"\r\n", b"")
-    return name.strip(b" \t").lower() + b":" + _WSP_RUN.sub(b" ", unfolded).strip(b" \t") + b"\r\n"
+    if b"\t" in unfolded or b"  " in unfolded:  # else every run of whitespace is one space
+        unfolded = _WSP_RUN.sub(b" ", unfolded)
+    return name.strip(b" \t").lower() + b":" + unfolded.strip(b" \t") + b"\r\n"
+
+
+def _canonical(raw: bytes) -> bytes:
+    """:func:`relaxed_header` of a raw header line (with or without its final CRLF)."""
+    head, _, value = raw.partition(b":")
+    return relaxed_header(head, value[:-2] if value.endswith(b"\r\n") else value)
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -141,6 +155,9 @@ class DkimSigner:
     algorithm: DkimAlgorithm
     _key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = field(repr=False)
     warnings: list[str] = field(default_factory=list)
+    _templates: dict[str, tuple[bytes, bytes, bytes, bytes, bytes, bytes]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def from_config(cls, config: DkimConfig) -> DkimSigner:
@@ -218,47 +235,56 @@ class DkimSigner:
 
     def sign(
         self,
-        headers: Sequence[tuple[str, bytes]],
+        headers: Sequence[tuple[str, bytes, bytes | None]],
         body: bytes,
         *,
-        canonical: Sequence[bytes | None] | None = None,
         timestamp: int | None = None,
         bh: bytes | None = None,
     ) -> bytes:
         """Return the ``DKIM-Signature: ...\\r\\n`` header line for a message.
 
         Args:
-            headers: the message's headers in order, as ``(lower-case name, raw line)`` where
-                the raw line is the header exactly as sent, including its final CRLF.
+            headers: the message's headers in order, as ``(lower-case name, raw line,
+                relaxed canonical form or None)`` where the raw line is the header exactly as
+                sent, including its final CRLF; a missing canonical form is computed here.
             body: the body exactly as sent (CRLF line endings, not dot-stuffed).
-            canonical: optionally, each header's relaxed canonical form, precomputed (``None``
-                entries are computed here).
             timestamp: the ``t=`` value; now by default.
             bh: the body hash (:func:`body_hash`) when already computed for another signer.
         """
-        names: list[str] = []
-        signed: list[bytes] = []
-        for index, (name, raw) in enumerate(headers):
-            if name not in SIGNED_HEADERS:
-                continue
-            names.append(name)
-            canon = canonical[index] if canonical is not None else None
-            if canon is None:
-                head, _, value = raw.partition(b":")
-                canon = relaxed_header(head, value[:-2] if value.endswith(b"\r\n") else value)
-            signed.append(canon)
-        when = int(time.time()) if timestamp is None else timestamp
-        value = (
-            f" v=1; a={self.algorithm.value}; c=relaxed/relaxed; d={self.domain};"
-            f" s={self.selector}; t={when};\r\n\th={':'.join(names)};\r\n"
-            f"\tbh={(bh or body_hash(body)).decode()};\r\n\tb="
-        ).encode("ascii")
-        signed.append(relaxed_header(b"dkim-signature", value)[:-2])
+        signed = [
+            _canonical(raw) if canonical is None else canonical
+            for name, raw, canonical in headers
+            if name in SIGNED_HEADERS
+        ]
+        names = [name for name, _, _ in headers if name in SIGNED_HEADERS]
+        when = b"%d" % (int(time.time()) if timestamp is None else timestamp)
+        hashed = bh or body_hash(body)
+        template = self._templates.get(":".join(names))
+        if template is None:
+            template = self._template(names)
+        value = template[0] + when + template[1] + hashed + template[2]
+        signed += (template[3], when, template[4], hashed, template[5])
         data = b"".join(signed)
         if isinstance(self._key, rsa.RSAPrivateKey):
-            signature = self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+            signature = self._key.sign(data, _PKCS1, _SHA256)
         else:
             signature = self._key.sign(hashlib.sha256(data).digest())
         b64 = base64.b64encode(signature)
         folded = b"\r\n\t".join(b64[i : i + 72] for i in range(0, len(b64), 72))
         return b"DKIM-Signature:" + value + folded + b"\r\n"
+
+    def _template(self, names: list[str]) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+        """The DKIM-Signature value for signing ``names`` around ``t=`` and ``bh=``, as sent
+        and in relaxed canonical form (three pieces each): made once per header layout."""
+        value = (
+            f" v=1; a={self.algorithm.value}; c=relaxed/relaxed; d={self.domain};"
+            f" s={self.selector}; t=\0;\r\n\th={':'.join(names)};\r\n\tbh=\0;\r\n\tb="
+        ).encode("ascii")
+        # t= and bh= hold no whitespace, so canonicalising around them is canonicalising them.
+        canon = relaxed_header(b"dkim-signature", value)[:-2]
+        v0, v1, v2 = value.split(b"\0")
+        c0, c1, c2 = canon.split(b"\0")
+        template = (v0, v1, v2, c0, c1, c2)
+        if len(self._templates) < _MAX_TEMPLATES:
+            self._templates[":".join(names)] = template
+        return template

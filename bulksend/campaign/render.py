@@ -6,7 +6,10 @@ sending it, so :class:`Campaign` splits the work in two:
 Once per campaign (``Campaign.from_config``):
   * the Jinja2 templates are compiled in a :class:`~jinja2.sandbox.SandboxedEnvironment` with
     :class:`~jinja2.StrictUndefined` (HTML autoescaped, text not); a value with no template
-    syntax is kept as a constant and never goes through Jinja;
+    syntax is kept as a constant and never goes through Jinja; a template without logic is
+    also compiled into a plan (:mod:`bulksend.campaign.plan`: constant text and slots, and for
+    a body its lines without a slot quoted-printable encoded once), which renders the same
+    bytes without Jinja (``validate`` says which templates take this fast path);
   * every header whose value is constant (MIME-Version, From and Subject when not templated,
     List-Unsubscribe-Post, Feedback-ID, Content-Type) is encoded, folded and, for DKIM,
     canonicalised;
@@ -60,10 +63,10 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
-from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from bulksend.campaign.dkim import DkimSigner, body_hash, relaxed_header
+from bulksend.campaign.plan import BodyPlan, TextPlan, compile_template, qp_body, too_large
 from bulksend.campaign.recipients import (
     Recipient,
     RecipientReader,
@@ -90,7 +93,8 @@ _MAX_LINE = 998  # RFC 5322 §2.1.1, without CRLF
 _FOLD_AT = 78
 _TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
 _ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")  # atext and spaces
-_VERP_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_VERP_SAFE_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+_VERP_SAFE = frozenset(_VERP_SAFE_BYTES)
 _URL_FORBIDDEN = re.compile(r"[\s<>\"\x00-\x1f\x7f]")
 _EW_BYTES = 45  # 45 bytes -> 60 base64 chars -> a 72-char encoded-word (<= 75, RFC 2047 §2)
 
@@ -188,8 +192,11 @@ def verp_token(address: str) -> str:
     dot-atom piece and pure ASCII. The domain follows the last ``=``.
     """
     local, _, domain = address.rpartition("@")
+    raw = local.encode("utf-8", "surrogatepass")
+    if not raw.translate(None, _VERP_SAFE_BYTES):  # every octet kept as it is
+        return local + "=" + domain.lower()
     out: list[str] = []
-    for byte in local.encode("utf-8", "surrogatepass"):
+    for byte in raw:
         out.append(chr(byte) if byte in _VERP_SAFE else f"+{byte:02X}")
     return "".join(out) + "=" + domain.lower()
 
@@ -357,15 +364,8 @@ class _BoundedEnvironment(SandboxedEnvironment):
                 and isinstance(times, int)
                 and len(seq) * times > self.limit
             ):
-                raise _too_large(self.limit)
+                raise too_large(self.limit)
         return super().call_binop(context, operator, left, right)
-
-
-def _too_large(limit: int) -> SecurityError:
-    return SecurityError(
-        f"the template's output exceeds max_message_size ({limit:,} bytes); check the "
-        "template, or raise [campaign] max_message_size"
-    )
 
 
 class _Field:
@@ -374,10 +374,11 @@ class _Field:
     ``name`` says where the template is (its campaign key or file). ``variables`` are the
     names the template reads from outside itself (merge fields and globals alike), as
     :func:`jinja2.meta.find_undeclared_variables` finds them; ``required`` those of them it
-    reads without a fallback (see :func:`_required`).
+    reads without a fallback (see :func:`_required`). ``plan`` is the template's compiled
+    plan (:mod:`bulksend.campaign.plan`) when it has no logic; Jinja2 renders it otherwise.
     """
 
-    __slots__ = ("constant", "name", "required", "template", "variables")
+    __slots__ = ("body", "constant", "name", "plan", "required", "template", "variables")
 
     def __init__(
         self,
@@ -386,12 +387,27 @@ class _Field:
         template: jinja2.Template | None,
         variables: frozenset[str] = frozenset(),
         required: frozenset[str] = frozenset(),
+        *,
+        plan: TextPlan | None = None,
+        body: bool = False,
     ) -> None:
         self.name = name
         self.constant = constant
         self.template = template
         self.variables = variables
         self.required = required
+        self.plan = plan
+        # A body's encoded bytes (a constant), or its plan's encoded lines.
+        self.body: bytes | BodyPlan | None = None
+        if body and constant is not None:
+            self.body = qp_body(constant)
+        elif body and plan is not None:
+            self.body = BodyPlan(plan)
+
+    @property
+    def engine(self) -> str:
+        """How the template renders: "fast path" (its plan) or "Jinja2"."""
+        return "Jinja2" if self.plan is None else "fast path"
 
     def render(self, context: dict[str, Any]) -> str:
         """Render with ``context``, which must already hold the environment's globals.
@@ -404,6 +420,12 @@ class _Field:
         if template is None:
             assert self.constant is not None
             return self.constant
+        plan = self.plan
+        if plan is not None and plan.fits(context):
+            try:
+                return plan.render(context)
+            except Exception as exc:
+                raise _FieldFailure(self.name, exc) from exc
         env = template.environment
         assert isinstance(env, _BoundedEnvironment)
         limit = env.limit
@@ -413,11 +435,24 @@ class _Field:
             for piece in template.root_render_func(template.new_context(context, shared=True)):
                 size += len(piece)
                 if size > limit:
-                    raise _too_large(limit)
+                    raise too_large(limit)
                 pieces.append(piece)
         except Exception as exc:
             raise _FieldFailure(self.name, exc) from exc
         return "".join(pieces)
+
+    def encode_body(self, context: dict[str, Any]) -> bytes:
+        """Render as a body, quoted-printable encoded (:func:`qp_body`); see ``_compile``."""
+        body = self.body
+        if isinstance(body, bytes):
+            return body
+        if body is None or not body.text.fits(context):
+            return qp_body(self.render(context))
+        try:
+            values = body.text.values(context)
+        except Exception as exc:
+            raise _FieldFailure(self.name, exc) from exc
+        return body.encode(values)
 
 
 def _required(ast: nodes.Template) -> frozenset[str]:
@@ -438,26 +473,28 @@ def _required(ast: nodes.Template) -> frozenset[str]:
     return frozenset(jinja2.meta.find_undeclared_variables(ast) - guarded)
 
 
-def _compile(env: SandboxedEnvironment, name: str, source: str, where: str) -> _Field:
+def _compile(
+    env: _BoundedEnvironment,
+    name: str,
+    source: str,
+    where: str,
+    *,
+    fast_path: bool,
+    body: bool = False,
+) -> _Field:
+    """Compile a header value or (``body``) a body; a plan too, unless ``fast_path`` is off."""
     if not _TEMPLATE_SYNTAX.search(source):
-        return _Field(name, source, None)
+        return _Field(name, source, None, body=body)
     try:
         ast = env.parse(source)
         variables = frozenset(jinja2.meta.find_undeclared_variables(ast))
-        return _Field(name, None, env.from_string(source), variables, _required(ast))
+        plan = compile_template(env, ast, env.limit) if fast_path else None
+        template = env.from_string(source)
+        return _Field(name, None, template, variables, _required(ast), plan=plan, body=body)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(
             f"{where}: line {exc.lineno}: template error: {exc.message}. Fix the template."
         ) from None
-
-
-def _qp(text: str) -> bytes:
-    """Quoted-printable body with CRLF line endings, ending in CRLF (RFC 2045 §6.7)."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.endswith("\n"):
-        text += "\n"
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
 def _b64_lines(data: bytes) -> bytes:
@@ -498,7 +535,9 @@ class Campaign:
     for each recipient from :meth:`recipients`.
     """
 
-    def __init__(self, config: CampaignConfig) -> None:
+    def __init__(self, config: CampaignConfig, *, fast_path: bool = True) -> None:
+        """Prepare ``config``; ``fast_path=False`` renders every template with Jinja2 (the
+        reference the compiled plans are tested against)."""
         self.config = config
         self.signers = tuple(DkimSigner.from_config(d) for d in config.dkim)
         self.warnings: tuple[str, ...] = config.warnings + tuple(
@@ -518,7 +557,7 @@ class Campaign:
         self._globals: dict[str, Any] = dict(text_env.globals)
 
         def header_field(key: str, source: str) -> _Field:
-            return _compile(text_env, key, source, f"{where}: {key}")
+            return _compile(text_env, key, source, f"{where}: {key}", fast_path=fast_path)
 
         self._subject = header_field("message.subject", message.subject)
         self._from_name = header_field("message.from_name", message.from_name)
@@ -536,10 +575,16 @@ class Campaign:
         self._html: _Field | None = None
         if message.text_template is not None:
             path = message.text_template
-            self._text = _compile(text_env, str(path), _read_text(read, path), str(path))
+            source = _read_text(read, path)
+            self._text = _compile(
+                text_env, str(path), source, str(path), fast_path=fast_path, body=True
+            )
         if message.html_template is not None:
             path = message.html_template
-            self._html = _compile(html_env, str(path), _read_text(read, path), str(path))
+            source = _read_text(read, path)
+            self._html = _compile(
+                html_env, str(path), source, str(path), fast_path=fast_path, body=True
+            )
 
         # Sender side: From domain for Message-ID, VERP template split around {token}.
         self._msgid_domain = message.from_address.rpartition("@")[2]
@@ -587,7 +632,16 @@ class Campaign:
             else _entry(name.lower(), self._constant_unstructured(name, field))
             for name, field in self._extra
         )
-        self._content_headers, self._body_pieces = self._skeleton(read)
+        self._content_headers, skeleton = self._skeleton(read)
+        # The body: constant bytes, and the positions the text and HTML parts fill in.
+        self._body_pieces = [p if isinstance(p, bytes) else b"" for p in skeleton]
+        parts = {_TEXT: self._text, _HTML: self._html}
+        self._body_slots: list[tuple[int, _Field]] = []
+        for i, piece in enumerate(skeleton):
+            if isinstance(piece, int):
+                part = parts[piece]
+                assert part is not None
+                self._body_slots.append((i, part))
         self._date: tuple[int, tuple[str, bytes, bytes]] = (-1, ("date", b"", b""))
 
     # -- construction helpers ---------------------------------------------------------------
@@ -770,6 +824,11 @@ class Campaign:
         )
         return [f for f in fields if f is not None]
 
+    def engines(self) -> list[tuple[str, str]]:
+        """Each template (its campaign key or file) and how it renders: "fast path" (a
+        compiled plan, :mod:`bulksend.campaign.plan`) or "Jinja2" (it uses logic)."""
+        return [(f.name, f.engine) for f in self._fields() if f.template is not None]
+
     def message_id(self, address: str) -> str:
         """The Message-ID of this campaign's message to ``address`` (stable across retries)."""
         key = f"{self.config.id}\0{address}".encode("utf-8", "surrogatepass")
@@ -864,21 +923,17 @@ class Campaign:
         """Headers, body and DKIM signatures: the message's bytes."""
         headers = self._headers(context, header_address, message_id, now)
 
-        parts: list[bytes] = [b"", b""]
-        if self._text is not None:
-            parts[_TEXT] = _qp(self._text.render(context))
-        if self._html is not None:
-            parts[_HTML] = _qp(self._html.render(context))
-        body = b"".join(p if isinstance(p, bytes) else parts[p] for p in self._body_pieces)
+        pieces = list(self._body_pieces)
+        for position, field in self._body_slots:
+            pieces[position] = field.encode_body(context)
+        body = b"".join(pieces)
 
         head = b"".join(h[1] for h in headers)
         if self.signers:
-            pairs = [(h[0], h[1]) for h in headers]
-            canonical = [h[2] for h in headers]
             bh = body_hash(body)
             stamp = int(time.time() if now is None else now)
             signatures = b"".join(
-                signer.sign(pairs, body, canonical=canonical, timestamp=stamp, bh=bh)
+                signer.sign(headers, body, timestamp=stamp, bh=bh)
                 for signer in reversed(self.signers)
             )
             head = signatures + head

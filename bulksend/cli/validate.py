@@ -70,6 +70,7 @@ def validate(
     config = campaign.config
     findings = [Finding("ok", f"campaign {config.id}: configuration and templates load")]
     findings += [Finding("warning", w) for w in campaign.warnings]
+    findings += [Finding("ok", f"template {name}: {engine}") for name, engine in campaign.engines()]
     for signer in campaign.signers:
         findings.append(
             Finding(

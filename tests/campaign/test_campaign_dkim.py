@@ -157,3 +157,23 @@ def test_relaxed_header_matches_dkimpy(value: str, folded: bool) -> None:
         raw = raw.replace(b";", b";\r\n\t")
     ((name, canon),) = Relaxed.canonicalize_headers([(b"Subject ", raw)])
     assert relaxed_header(b"Subject ", raw) == name + b":" + canon
+
+
+def test_one_signer_signs_different_header_layouts(ed25519_pem: str, dkim_verify: Verify) -> None:
+    """The signature header is prepared once per list of signed headers, not once for all."""
+    signer = DkimSigner.from_config(config(ed25519_pem, DkimAlgorithm.ED25519_SHA256))
+    body = b"Hello,\r\nthe same body.\r\n"
+    layouts = [
+        [b"From: a@example.org\r\n", b"To: b@example.com\r\n", b"Subject: One\r\n"],
+        [b"From: a@example.org\r\n", b"Subject:  Two\r\n\tfolded\r\n", b"X-Other: x\r\n"],
+        [b"From: a@example.org\r\n", b"To: b@example.com\r\n", b"Subject: One\r\n"],
+    ]
+    txt = {"s._domainkey.example.org": signer.public_txt_record()}
+    signatures = []
+    for lines in layouts:
+        headers = [(line.partition(b":")[0].decode().lower(), line, None) for line in lines]
+        signature = signer.sign(headers, body, timestamp=int(NOW))
+        signatures.append(signature)
+        assert dkim_verify(signature + b"".join(lines) + b"\r\n" + body, txt)
+    assert b"h=from:to:subject;" in signatures[0]
+    assert b"h=from:subject;" in signatures[1]
