@@ -294,16 +294,12 @@ def run_bulksend(
     *,
     limit: int | None = None,
     profile: Path | None = None,
-    py_spy: Path | None = None,
     seconds: float = 600,
     workers: int | None = None,
     rss: list[float] | None = None,
 ) -> dict[str, Any]:
     before = s.settled_count()
-    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-    wrapper = [spy, "record", "-r", "200", "-f", "raw", "-o", str(py_spy), "--"] if py_spy else []
     command = [
-        *wrapper,
         PY, str(HERE / "sender.py"), str(toml), str(journal),
         "--dns-port", str(s.dns_port), "--smtp-port", str(s.smtp_port),
     ]  # fmt: skip
@@ -928,7 +924,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny N everywhere (a smoke run)")
     parser.add_argument("--n", type=int, help="messages per compare repetition (20000)")
-    parser.add_argument("--reps", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--domains", type=int, default=10, help="domains = sites (default 10)")
     parser.add_argument("--connections", type=int, default=1, help="per site (default 1)")
     parser.add_argument("--dkim-n", type=int, help="messages per dkim repetition (n/4)")
