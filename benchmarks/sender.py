@@ -62,11 +62,11 @@ class ThreadProfiles:
         profile.enable()
 
     def stop(self, path: Path) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         self.profiles[0].disable()
         stats = pstats.Stats(self.profiles[0])
         for profile in self.profiles[1:]:
-            stats.add(_Snapshot(profile))
+            stats.add(_Snapshot(profile))  # type: ignore[arg-type]  # Stats.add takes what has create_stats and stats
         stats.dump_stats(path)
 
 
@@ -78,8 +78,8 @@ class _Snapshot:
     """
 
     def __init__(self, profile: cProfile.Profile) -> None:
-        profile.snapshot_stats()  # type: ignore[attr-defined]
-        self.stats = profile.stats  # type: ignore[attr-defined]
+        profile.snapshot_stats()
+        self.stats = profile.stats
 
     def create_stats(self) -> None:
         """Already made."""
