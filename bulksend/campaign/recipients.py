@@ -58,7 +58,6 @@ __all__ = [
     "FingerprintSet",
     "Recipient",
     "RecipientReader",
-    "RecipientStats",
     "Reject",
     "RejectKind",
     "RejectsFile",
@@ -114,17 +113,6 @@ class Reject:
     raw_email: str
     reason: str
     kind: RejectKind = RejectKind.INVALID
-
-
-@dataclass(slots=True)
-class RecipientStats:
-    """Counts of what the reader has seen so far."""
-
-    rows: int = 0
-    accepted: int = 0
-    invalid: int = 0
-    duplicate: int = 0
-    suppressed: int = 0
 
 
 class FingerprintSet:
@@ -334,14 +322,12 @@ class RecipientReader:
     on_reject: Callable[[Reject], None] | None = None
     allow_test_domain: bool = False
     encoding: str = "utf-8"
-    stats: RecipientStats = field(default_factory=RecipientStats)
     #: raw domain -> (A-label domain, display domain), for domains already validated.
     _domains: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def __iter__(self) -> Iterator[Recipient]:
         seen = FingerprintSet()
         for line, raw_email, fields, problem in self._rows():
-            self.stats.rows += 1
             if problem is not None:
                 self._reject(Reject(line, raw_email, problem))
                 continue
@@ -360,7 +346,6 @@ class RecipientReader:
                     Reject(line, raw_email, "on the suppression list", RejectKind.SUPPRESSED)
                 )
                 continue
-            self.stats.accepted += 1
             yield recipient
 
     def raw_emails(self) -> Iterator[str]:
@@ -378,12 +363,6 @@ class RecipientReader:
             raise ConfigError(problem) from None
 
     def _reject(self, reject: Reject) -> None:
-        if reject.kind is RejectKind.INVALID:
-            self.stats.invalid += 1
-        elif reject.kind is RejectKind.DUPLICATE:
-            self.stats.duplicate += 1
-        else:
-            self.stats.suppressed += 1
         if self.on_reject is not None:
             if len(reject.raw_email) > _RAW_EMAIL_LIMIT:
                 reject = Reject(

@@ -21,7 +21,7 @@ import trio
 class TokenBucket:
     """A rate limit of ``rate`` events per second (None: unlimited)."""
 
-    __slots__ = ("_burst", "_interval", "_tat", "waited", "waits")
+    __slots__ = ("_burst", "_interval", "_tat")
 
     def __init__(self, rate: float | None, *, burst: float = 1.0) -> None:
         if burst < 1:
@@ -30,8 +30,6 @@ class TokenBucket:
         self._interval = 0.0
         self._tat = -math.inf
         self.set_rate(rate)
-        self.waits = 0  # how many reservations had to wait
-        self.waited = 0.0  # total seconds waited
 
     @property
     def rate(self) -> float | None:
@@ -51,11 +49,7 @@ class TokenBucket:
         tat = max(self._tat, now)
         start = max(now, tat - (self._burst - 1) * self._interval)
         self._tat = tat + self._interval
-        delay = start - now
-        if delay > 0:
-            self.waits += 1
-            self.waited += delay
-        return delay
+        return start - now
 
     async def acquire(self) -> float:
         """Wait for the next slot; returns the seconds waited."""

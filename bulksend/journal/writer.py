@@ -92,10 +92,9 @@ class JournalWriter:
         self._lock = trio.Lock()
         self._failure: JournalError | None = None
         self._started = False
-        #: Outcomes committed, commits made, and outcomes ignored (unknown or final recipient).
+        #: Outcomes committed (an unknown or final recipient's is ignored) and commits made.
         self.committed = 0
         self.batches = 0
-        self.ignored = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit outcomes in batches until :meth:`aclose`; raise JournalError on failure."""
@@ -154,7 +153,6 @@ class JournalWriter:
                         if expired:
                             self.metrics.recipients.labels("expired").inc(expired)
                     self.committed += applied
-                    self.ignored += len(batch) - applied
                     self.batches += 1
             except JournalError as e:
                 for f in flushes:

@@ -7,10 +7,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from journal_helpers import IDENTITY, T0, addresses
-
 from bulksend.config import RetryPolicy
 from bulksend.journal import Category, Journal, NewRecipient, Outcome, OutcomeRecord
+from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
 POLICY = RetryPolicy(initial=300.0, factor=2.0, maximum=4 * 3600.0, jitter=0.2, max_age=86400.0)
 

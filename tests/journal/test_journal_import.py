@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from journal_helpers import T0, addresses
 
 from bulksend.journal import Journal, NewRecipient, Status, load
+from tests.journal.journal_helpers import T0, addresses
 
 Opener = Callable[..., Journal]
 

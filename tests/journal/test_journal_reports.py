@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from journal_helpers import IDENTITY, T0, addresses
 
 from bulksend.journal import (
     Journal,
@@ -21,6 +20,7 @@ from bulksend.journal import (
     Status,
     write_report,
 )
+from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
 Opener = Callable[..., Journal]
 
