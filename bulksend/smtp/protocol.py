@@ -310,27 +310,19 @@ def encode_data(body: bytes) -> bytes:
     ``<CR>.<CR>`` sequence survives to end the data early on a lenient server (SMTP
     smuggling). Then every line starting with "." gets another (§4.5.2).
 
-    Rendered messages are already CRLF-normalised with no line starting with ".": four
-    C-speed scans find that out, and such a body only gets its terminator.
+    Rendered messages are already CRLF-normalised: three C-speed counts find that out and
+    skip the rewriting; dot-stuffing is one ``replace``, done only where a line starts with
+    "." (text does that, and so do QP soft line breaks that fall before a ".").
     """
     crlf = body.count(b"\r\n")
-    if (
-        body.count(b"\n") == crlf
-        and body.count(b"\r") == crlf
-        and b"\n." not in body
-        and not body.startswith(b".")
-    ):
-        if not body or body.endswith(b"\r\n"):
-            return body + b".\r\n"
-        return body + b"\r\n.\r\n"
-    if b"\r" in body:
+    if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
         if b"\r\n" in body:
             body = body.replace(b"\r\n", b"\n")
-        body = body.replace(b"\r", b"\n")
-    body = body.replace(b"\n", b"\r\n")
+        body = body.replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if body.startswith(b"."):
         body = b"." + body
-    body = body.replace(b"\r\n.", b"\r\n..")
+    if b"\n." in body:
+        body = body.replace(b"\r\n.", b"\r\n..")
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
