@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from bulksend.campaign import Campaign, Recipient
 from bulksend.journal import Journal, NewRecipient, Outcome
-from bulksend.smtp.protocol import ClientProtocol, ReplyParser, encode_data
+from bulksend.smtp.encoding import encode_data
+from bulksend.smtp.protocol import ClientProtocol, ReplyParser
 from bulksend.testing.scenario import addresses, campaign_toml, write_campaign
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from bulksend.smtp.protocol import encode_data
+from bulksend.smtp.encoding import encode_data
 
 
 @dataclass(frozen=True)

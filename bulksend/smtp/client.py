@@ -31,6 +31,7 @@ from types import TracebackType
 import trio
 
 from bulksend.config import Timeouts, TlsMode
+from bulksend.smtp.encoding import Envelope
 from bulksend.smtp.errors import (
     InDoubtError,
     LocalProtocolError,
@@ -41,7 +42,7 @@ from bulksend.smtp.errors import (
     TLSError,
     reply_error,
 )
-from bulksend.smtp.protocol import ClientProtocol, Envelope, Extensions, Reply, State, Verb
+from bulksend.smtp.protocol import ClientProtocol, Extensions, Reply, State, Verb
 
 _RECEIVE_SIZE = 64 * 1024
 # Above this many bytes of pipelined commands, write and read concurrently so that a server

@@ -8,8 +8,9 @@ import trio
 
 from bulksend.config import TlsMode
 from bulksend.smtp.client import Envelope, SMTPClient
+from bulksend.smtp.encoding import check_address
 from bulksend.smtp.errors import LocalProtocolError
-from bulksend.smtp.protocol import ClientProtocol, State, Verb, check_address
+from bulksend.smtp.protocol import ClientProtocol, State, Verb
 from bulksend.testing.smtp import ServerScript, serving
 
 # Lone surrogates (text that cannot be encoded), C1 controls and the Unicode line and

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bulksend.smtp.encoding import check_address, encode_data
 from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError, TransientReplyError
 from bulksend.smtp.protocol import (
     MAX_LINE,
@@ -17,8 +18,6 @@ from bulksend.smtp.protocol import (
     ReplyParser,
     State,
     Verb,
-    check_address,
-    encode_data,
 )
 
 

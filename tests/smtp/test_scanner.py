@@ -10,12 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bulksend.smtp.encoding import Envelope
 from bulksend.smtp.errors import LocalProtocolError, RemoteProtocolError
-from bulksend.smtp.protocol import (
-    Envelope,
-    Reply,
-    ReplyParser,
-)
+from bulksend.smtp.protocol import Reply, ReplyParser
 
 
 def test_replies_before_a_malformed_line_are_read_first() -> None:
