@@ -20,7 +20,7 @@ from bulksend.cli.output import (
 from bulksend.journal import Status
 
 MANIFESTS = Path(__file__).parents[2] / "deploy" / "kubernetes"
-CORE = ["configmap.yaml", "job.yaml", "journal-pod.yaml"]
+CORE = ["configmap.yaml", "job.yaml", "journal-pod.yaml", "pdb.yaml"]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -159,22 +159,36 @@ def test_a_completed_shard_with_bounces_is_a_succeeded_pod(tmp_path: Path) -> No
     assert EXIT_UNDELIVERED not in set().union(*_exit_code_rules().values())
 
 
-def test_config_errors_fail_the_job_and_nothing_is_retried() -> None:
+def test_config_errors_fail_their_index_and_nothing_is_retried() -> None:
     spec = load("job.yaml")["spec"]
     actions = _exit_code_rules()
-    # A bad campaign (1) or command line (2, click's usage error) is the same in every shard.
-    assert actions["FailJob"] == {EXIT_ERROR, click.UsageError.exit_code}
-    # Stopped (a drained node): only that shard, resumed by hand from its volume.
-    assert actions["FailIndex"] == {EXIT_STOPPED}
+    # A bad campaign (1) or command line (2, click's usage error): retrying cannot help.
+    # Stopped (3, a drained node): only that shard, resumed by hand from its volume.
+    assert actions == {"FailIndex": {EXIT_ERROR, click.UsageError.exit_code, EXIT_STOPPED}}
     # A replacement pod gets an empty journal and would send the shard again: no retries,
     # and no rule that retries (Ignore) or counts towards a retry (Count), not even for an
     # eviction.
     assert spec["backoffLimitPerIndex"] == 0
-    assert {rule["action"] for rule in spec["podFailurePolicy"]["rules"]} <= {
-        "FailJob",
-        "FailIndex",
-    }
+    assert spec["maxFailedIndexes"] >= spec["completions"]  # the other shards go on
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_nothing_deletes_a_running_shard_pod_and_its_journal() -> None:
+    spec = load("job.yaml")["spec"]
+    # The journal volume goes with its pod. FailJob makes the Job controller delete the pods
+    # still running; so do activeDeadlineSeconds and, after the end, ttlSecondsAfterFinished
+    # (before anyone collected the journals).
+    actions = {rule["action"] for rule in spec["podFailurePolicy"]["rules"]}
+    assert actions == {"FailIndex"}
+    assert "activeDeadlineSeconds" not in spec
+    assert "ttlSecondsAfterFinished" not in spec
+    # Evictions (drains, autoscalers) delete pods too: the budget refuses them all.
+    budget = load("pdb.yaml")["spec"]
+    job_name = load("job.yaml")["metadata"]["name"]
+    assert budget["selector"]["matchLabels"] == {"job-name": job_name}
+    assert budget["minAvailable"] == spec["parallelism"]
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
 
 
 def test_termination_grace_exceeds_the_send_grace(tmp_path: Path) -> None:
