@@ -443,9 +443,11 @@ def test_compose_refers_to_files_that_exist() -> None:
     assert rule_files == ["alerts.yml"]
     for rule_file in rule_files:
         assert targets[f"./prometheus/{rule_file}"] == str(config_dir / rule_file)
-    scrape_targets = re.findall(r'targets: \["([^"]+)"\]', PROMETHEUS_CONFIG.read_text())
-    assert scrape_targets == ["bulksend:9464"]
+    # Prometheus finds the compose services by DNS (tests/deploy/test_distributed.py).
+    scrape_names = re.findall(r"names: \[([^]]+)\]", PROMETHEUS_CONFIG.read_text())
+    assert scrape_names == ['"bulksend", "worker"']
     assert re.search(r"^  bulksend:$", compose, re.MULTILINE)
+    assert re.search(r"^  worker:$", compose, re.MULTILINE)
 
 
 def test_default_command_matches_the_cli() -> None:
