@@ -24,7 +24,7 @@ from bulksend.journal.connection import Connection
 from bulksend.journal.identity import _normalise_identity
 from bulksend.journal.integrity import _state_path
 from bulksend.journal.opening import JournalInUse
-from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, plan_step
+from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, Step, plan_step
 from bulksend.journal.protocol import OutcomeRecord
 from bulksend.journal.records import (
     _STATE_COLUMNS,
@@ -37,12 +37,34 @@ from bulksend.journal.records import (
 )
 from bulksend.journal.schema import WAITING_SQL
 
-__all__ = ["MAX_TEXT", "Journal", "JournalInUse"]
+__all__ = ["MAX_TEXT", "Held", "Journal", "JournalInUse", "plan_updates"]
 
 MAX_TEXT: Final = 2000
 
 
-class Journal:
+class Held:
+    """The hold a running writer takes on a store (any backend): see
+    :class:`~bulksend.journal.protocol.JournalStore`."""
+
+    _owner: object = None
+
+    def hold(self, owner: object) -> None:
+        """Reserve the journal for ``owner`` (a running writer)."""
+        self._check_owner(None)
+        self._owner = owner
+
+    def release(self, owner: object) -> None:
+        """End ``owner``'s hold on the journal."""
+        if self._owner is owner:
+            self._owner = None
+
+    def _check_owner(self, owner: object) -> None:
+        """The one ownership guard: only the holder (or anyone, while none holds it)."""
+        if self._owner is not owner:
+            raise RuntimeError("the journal is owned by a running JournalWriter; use its methods")
+
+
+class Journal(Held):
     """The durable recipient queue of one campaign run (synchronous core).
 
     Open with :meth:`open`. While a :class:`JournalWriter` runs it holds the journal: use the
@@ -207,24 +229,6 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- ownership -------------------------------------------------------------------------
-
-    def hold(self, owner: object) -> None:
-        """Reserve the journal for ``owner`` (a running writer): see
-        :class:`~bulksend.journal.protocol.JournalStore`."""
-        self._check_owner(None)
-        self._owner = owner
-
-    def release(self, owner: object) -> None:
-        """End ``owner``'s hold on the journal."""
-        if self._owner is owner:
-            self._owner = None
-
-    def _check_owner(self, owner: object) -> None:
-        """The one ownership guard: only the holder (or anyone, while none holds it)."""
-        if self._owner is not owner:
-            raise RuntimeError("the journal is owned by a running JournalWriter; use its methods")
 
     # --- import ----------------------------------------------------------------------------
 
@@ -439,48 +443,7 @@ class Journal:
                 (json.dumps([rid for rid, _, _ in records]),),
             )
         }
-        kept: list[tuple[Any, ...]] = []  # not an attempt: the last real reply stays
-        replied: list[tuple[Any, ...]] = []
-        expired = 0
-        for rid, outcome, now in records:
-            row = rows.get(rid)
-            if row is None:
-                continue  # unknown
-            status = _STATUS[row[1]]
-            if not status.waiting:
-                continue  # a final recipient never changes again
-            step = plan_step(
-                outcome,
-                status=status,
-                attempts=row[2],
-                first_attempt_at=row[3],
-                now=now,
-                policy=self.policy,
-                rng=self._rng,
-            )
-            if step.keeps_reply:
-                kept.append(
-                    (step.status.value, step.first_attempt_at, step.next_attempt_at, now, rid)
-                )
-            else:
-                category = outcome.category
-                replied.append(
-                    (
-                        step.status.value,
-                        step.attempts,
-                        step.first_attempt_at,
-                        now,
-                        step.next_attempt_at,
-                        step.in_doubt_added,
-                        outcome.code,
-                        outcome.enhanced_code,
-                        outcome.text[:MAX_TEXT],
-                        None if category is None else category.value,
-                        now,
-                        rid,
-                    )
-                )
-            expired += step.status is Status.EXPIRED
+        kept, replied, expired = plan_updates(records, rows, self.policy, self._rng)
         if kept:
             db.executemany(
                 "UPDATE recipients SET status = ?, first_attempt_at = ?,"
@@ -599,6 +562,67 @@ class Journal:
 
 
 _STATUS: Final = {s.value: s for s in Status}
+
+
+def plan_updates(
+    records: Sequence[OutcomeRecord],
+    rows: Mapping[int, Sequence[Any]],
+    policy: RetryPolicy,
+    rng: random.Random,
+    skip: Callable[[Sequence[Any], Step], bool] | None = None,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+    """Plan the updates of a run of distinct recipients' outcomes (pure, any backend).
+
+    ``rows`` maps a recipient's id to its ``(id, status, attempts, first_attempt_at, ...)``
+    row; an unknown or final recipient is left out. ``skip`` may leave out a planned step.
+    Returns the rows whose last reply stays ``(status, first_attempt_at, next_attempt_at,
+    updated_at, id)``, the rows with a new reply ``(status, attempts, first_attempt_at,
+    last_attempt_at, next_attempt_at, in_doubt_added, code, enhanced_code, text, category,
+    updated_at, id)``, and how many expired.
+    """
+    kept: list[tuple[Any, ...]] = []  # not an attempt: the last real reply stays
+    replied: list[tuple[Any, ...]] = []
+    expired = 0
+    for rid, outcome, now in records:
+        row = rows.get(rid)
+        if row is None:
+            continue  # unknown
+        status = _STATUS[row[1]]
+        if not status.waiting:
+            continue  # a final recipient never changes again
+        step = plan_step(
+            outcome,
+            status=status,
+            attempts=row[2],
+            first_attempt_at=row[3],
+            now=now,
+            policy=policy,
+            rng=rng,
+        )
+        if skip is not None and skip(row, step):
+            continue
+        if step.keeps_reply:
+            kept.append((step.status.value, step.first_attempt_at, step.next_attempt_at, now, rid))
+        else:
+            category = outcome.category
+            replied.append(
+                (
+                    step.status.value,
+                    step.attempts,
+                    step.first_attempt_at,
+                    now,
+                    step.next_attempt_at,
+                    step.in_doubt_added,
+                    outcome.code,
+                    outcome.enhanced_code,
+                    outcome.text[:MAX_TEXT],
+                    None if category is None else category.value,
+                    now,
+                    rid,
+                )
+            )
+        expired += step.status is Status.EXPIRED
+    return kept, replied, expired
 
 
 def _distinct_runs(records: Sequence[OutcomeRecord]) -> Iterator[Sequence[OutcomeRecord]]:
