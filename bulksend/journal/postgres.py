@@ -39,7 +39,6 @@ version, and compares the campaign identity as the SQLite journal does.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -56,12 +55,10 @@ from psycopg import sql
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
 from bulksend.journal.identity import _normalise_identity
-from bulksend.journal.load import _import_rows
 from bulksend.journal.opening import Identity, compare_identity, new_campaign_id
 from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, Step
+from bulksend.journal.postgres_load import Cursor, copy_recipients
 from bulksend.journal.postgres_schema import (
-    ADDRESS_INDEX,
-    INDEXES,
     PG_SCHEMA_VERSION,
     TABLES,
     WAITING_IN,
@@ -85,8 +82,6 @@ __all__ = ["DEFAULT_LEASE", "PostgresJournal"]
 
 #: Seconds a claim is leased for (renewed while its worker runs).
 DEFAULT_LEASE: Final = 300.0
-
-Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 _RELEASE_SET: Final = "claimed_at = NULL, lease_holder = NULL, lease_expires_at = NULL"
 
@@ -328,38 +323,16 @@ class PostgresJournal(Held):
         if meta["import_complete"] == "1":  # another worker imported meanwhile
             self._import_done = True
             return ImportStats(0, 0, 0)
-        position = int(meta["import_position"])
-        it = iter(recipients)
-        skipped = sum(1 for _ in zip(range(position), it, strict=False))
-        written = 0
-        copy_sql = (
-            "COPY recipients (id, address, domain, data, status, next_attempt_at, updated_at,"
-            " text) FROM STDIN"
+        stats = copy_recipients(
+            self._tx,
+            recipients,
+            position=int(meta["import_position"]),
+            now=now,
+            batch_size=batch_size,
+            not_imported=not_imported,
         )
-        while True:
-            n = 0
-            with self._tx("import recipients") as cur:
-                with cur.copy(copy_sql) as copy:
-                    for r in _import_rows(itertools.islice(it, batch_size), position + 1):
-                        copy.write_row((*r[:5], now if r[4] == "pending" else None, now, r[5]))
-                        n += 1
-                position += n
-                cur.execute(
-                    "UPDATE meta SET value = %s WHERE key = 'import_position'", (str(position),)
-                )
-                if n == batch_size:
-                    written += n
-                    continue
-                duplicates = _build_indexes(cur)
-                not_imported["duplicate"] = not_imported.get("duplicate", 0) + duplicates
-                cur.execute(
-                    "INSERT INTO meta VALUES ('not_imported', %s)",
-                    (json.dumps(not_imported, sort_keys=True),),
-                )
-                cur.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
-            written += n
-            self._import_done = True
-            return ImportStats(written - duplicates, duplicates, skipped)
+        self._import_done = True
+        return stats
 
     # --- leases ----------------------------------------------------------------------------
 
@@ -638,23 +611,3 @@ def _one(cur: Cursor) -> tuple[Any, ...]:
     row = cur.fetchone()
     assert row is not None
     return row
-
-
-def _build_indexes(cur: Cursor) -> int:
-    """Create the indexes (in the import's last transaction); returns how many duplicate
-    addresses were removed, each address keeping its first position."""
-    removed = 0
-    try:
-        with cur.connection.transaction():  # a savepoint
-            cur.execute(ADDRESS_INDEX)
-    except psycopg.errors.UniqueViolation:
-        # Duplicates are rare: only then pay for finding them.
-        cur.execute(
-            "DELETE FROM recipients r USING recipients first"
-            " WHERE r.address = first.address AND r.id > first.id"
-        )
-        removed = cur.rowcount
-        cur.execute(ADDRESS_INDEX)
-    for statement in INDEXES:
-        cur.execute(statement)
-    return removed
