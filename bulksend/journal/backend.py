@@ -6,22 +6,30 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
 from bulksend.journal.opening import Identity
-from bulksend.journal.postgres_schema import is_postgres_url
+from bulksend.journal.postgres_schema import NoJournal, is_postgres_url
 from bulksend.journal.store import Journal
 
 if TYPE_CHECKING:
-    from bulksend.journal.postgres import PostgresJournal
+    from bulksend.journal.postgres import PostgresJournal, PostgresPeek
+    from bulksend.journal.reports import JournalPeek
 
 #: Either backend's store (both implement :class:`~bulksend.journal.protocol.JournalStore`,
 #: the import, ``retry_unrendered`` and the opening attributes a run reads).
 AnyJournal: TypeAlias = "Journal | PostgresJournal"
 
-__all__ = ["AnyJournal", "is_postgres_url", "journal_spec", "open_journal"]
+__all__ = [
+    "AnyJournal",
+    "is_postgres_url",
+    "journal_exists",
+    "journal_spec",
+    "open_journal",
+    "open_peek",
+]
 
 
 def journal_spec(value: str | os.PathLike[str]) -> str | Path:
@@ -51,13 +59,7 @@ def open_journal(
     where = journal_spec(spec)
     if isinstance(where, Path):
         return Journal.open(where, identity, force=force, policy=policy, rng=rng, now=now)
-    try:
-        from bulksend.journal.postgres import PostgresJournal  # noqa: PLC0415
-    except ImportError as e:
-        raise JournalError(
-            f"a PostgreSQL journal needs psycopg: pip install 'bulksend[postgres]' ({e})"
-        ) from None
-    return PostgresJournal.open(
+    journal: PostgresJournal = _postgres().PostgresJournal.open(
         where,
         identity,
         force=force,
@@ -67,3 +69,43 @@ def open_journal(
         worker=worker,
         **({} if lease is None else {"lease": lease}),
     )
+    return journal
+
+
+def _postgres() -> Any:
+    """The PostgreSQL backend's module (psycopg is an optional dependency)."""
+    try:
+        from bulksend.journal import postgres  # noqa: PLC0415
+    except ImportError as e:
+        raise JournalError(
+            f"a PostgreSQL journal needs psycopg: pip install 'bulksend[postgres]' ({e})"
+        ) from None
+    return postgres
+
+
+def journal_exists(spec: str | os.PathLike[str]) -> bool:
+    """Whether there is a journal at ``spec`` (a file, or a campaign in the database).
+
+    Raises:
+        JournalError: the database cannot be reached.
+    """
+    where = journal_spec(spec)
+    if isinstance(where, Path):
+        return where.exists()
+    try:
+        _postgres().PostgresJournal.open(where, None).close()
+    except NoJournal:
+        return False
+    return True
+
+
+def open_peek(spec: str | os.PathLike[str], *, check: bool = False) -> JournalPeek | PostgresPeek:
+    """A read-only look into a running journal (see :class:`~bulksend.journal.JournalPeek`);
+    ``check`` is SQLite's damage check (PostgreSQL checks its own pages)."""
+    where = journal_spec(spec)
+    if isinstance(where, Path):
+        from bulksend.journal.reports import JournalPeek  # noqa: PLC0415
+
+        return JournalPeek(where, check=check)
+    peek: PostgresPeek = _postgres().PostgresPeek(where)
+    return peek

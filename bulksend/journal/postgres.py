@@ -63,6 +63,7 @@ from bulksend.journal.postgres_schema import (
     TABLES,
     WAITING_IN,
     Location,
+    NoJournal,
     parse_url,
     read_password,
 )
@@ -78,7 +79,7 @@ from bulksend.journal.records import (
 )
 from bulksend.journal.store import _STATUS, Held, _distinct_runs, plan_updates
 
-__all__ = ["DEFAULT_LEASE", "PostgresJournal"]
+__all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
 
 #: Seconds a claim is leased for (renewed while its worker runs).
 DEFAULT_LEASE: Final = 300.0
@@ -196,7 +197,7 @@ class PostgresJournal(Held):
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.location.schema}.meta",))
             fresh = not _one(cur)[0]
             if fresh and identity is None:
-                raise JournalError(f"there is no journal at {self.location}")
+                raise NoJournal(f"there is no journal at {self.location}")
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             cur.execute(sql.SQL("SET search_path TO {}").format(schema))
             if fresh:
@@ -579,6 +580,21 @@ class PostgresJournal(Held):
         query = "SELECT coalesce(sum(in_doubt), 0) FROM recipients"
         return int(self._rows("count in-doubt sends", query)[0][0])
 
+    def waiting_by_domain(self) -> dict[str, int]:
+        """Recipients still waiting (pending or in doubt, leased or not) per domain."""
+        return {
+            str(d): int(n)
+            for d, n in self._rows(
+                "count waiting recipients",
+                f"SELECT domain, count(*) FROM recipients WHERE {WAITING_IN} GROUP BY domain",  # noqa: S608
+            )
+        }
+
+    def import_finished(self) -> bool:
+        """Whether the import is complete now (another worker's included): read again."""
+        rows = self._rows("read meta", "SELECT value FROM meta WHERE key = 'import_complete'")
+        return bool(rows) and rows[0][0] == "1"
+
     def not_imported(self) -> dict[str, int]:
         """Rows of the recipients file left out of the journal, by reason."""
         rows = self._rows("read meta", "SELECT value FROM meta WHERE key = 'not_imported'")
@@ -611,3 +627,33 @@ def _one(cur: Cursor) -> tuple[Any, ...]:
     row = cur.fetchone()
     assert row is not None
     return row
+
+
+class PostgresPeek:
+    """:class:`~bulksend.journal.reports.JournalPeek`'s look, into a PostgreSQL journal: a
+    reader connection of its own, which sees what the running workers committed."""
+
+    def __init__(self, url: str) -> None:
+        self._journal = PostgresJournal.open(url, None)
+        self.path = self._journal.path
+
+    def counts(self) -> dict[Status, int]:
+        """Recipients per status (every status present, zero included)."""
+        return self._journal.counts()
+
+    def import_complete(self) -> bool:
+        """Whether the recipients import finished."""
+        return self._journal.import_finished()
+
+    def waiting_by_domain(self) -> dict[str, int]:
+        """Recipients still waiting (pending or in doubt) per domain."""
+        return self._journal.waiting_by_domain()
+
+    def close(self) -> None:
+        self._journal.close()
+
+    def __enter__(self) -> PostgresPeek:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

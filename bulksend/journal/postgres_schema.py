@@ -18,6 +18,11 @@ from bulksend.journal.outcomes import WAITING, Category, Status
 #: The version of this schema, in ``meta.schema_version``; another is refused.
 PG_SCHEMA_VERSION: Final = 1
 
+
+class NoJournal(JournalError):
+    """There is no journal of that campaign (opened for reading)."""
+
+
 _CAMPAIGN: Final = re.compile(r"[a-z0-9_]{1,48}")
 
 
