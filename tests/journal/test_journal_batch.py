@@ -46,9 +46,7 @@ def rows(journal: Journal) -> list[tuple[Any, ...]]:
 
         location = parse_url(journal.path)
         with psycopg.connect(location.conninfo) as db:
-            return db.execute(
-                f"SELECT * FROM {location.schema}.recipients ORDER BY id"
-            ).fetchall()
+            return db.execute(f"SELECT * FROM {location.schema}.recipients ORDER BY id").fetchall()
     db = sqlite3.connect(f"file:{journal.path}?mode=ro", uri=True)
     try:
         return db.execute("SELECT * FROM recipients ORDER BY id").fetchall()
