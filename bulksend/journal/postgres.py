@@ -45,7 +45,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -77,7 +77,7 @@ from bulksend.journal.records import (
     _decode_data,
     _state,
 )
-from bulksend.journal.store import _STATUS, Held, _distinct_runs, plan_updates
+from bulksend.journal.store import _STATUS, StoreBase, _distinct_runs, plan_updates
 
 __all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
 
@@ -91,7 +91,7 @@ def _one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-class PostgresJournal(Held):
+class PostgresJournal(StoreBase):
     """The durable recipient queue of one campaign in PostgreSQL (synchronous core).
 
     Open with :meth:`open`; it implements :class:`~bulksend.journal.protocol.JournalStore`.
@@ -269,48 +269,9 @@ class PostgresJournal(Held):
         """Close the connection (idempotent); leases it holds expire in their time."""
         self._db.close()
 
-    def __enter__(self) -> PostgresJournal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- import ----------------------------------------------------------------------------
-
     @property
-    def import_complete(self) -> bool:
-        """True once every recipient is imported (and the indexes are built)."""
-        return self._import_done
-
-    def _check_imported(self) -> None:
-        if not self._import_done:
-            raise JournalError(
-                f"journal {self.location}: the recipients import has not finished; "
-                "import them (again: a partial import resumes) before sending"
-            )
-
-    def import_recipients(
-        self,
-        recipients: Iterable[NewRecipient | str],
-        *,
-        now: float | None = None,
-        batch_size: int = 50_000,
-        not_imported: Mapping[str, int] | None = None,
-    ) -> ImportStats:
-        """Write recipients with ``COPY``, one transaction per batch, resuming a partial
-        import (as :meth:`bulksend.journal.Journal.import_recipients`)."""
-        self._check_owner(None)
-        if self._import_done:
-            return ImportStats(0, 0, 0)
-        at = time.time() if now is None else now
-        key = f"{self.location.schema} import"
-        with self._tx("lock the import") as cur:
-            cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-        try:
-            return self._import(recipients, at, batch_size, dict(not_imported or {}))
-        finally:
-            with self._tx("unlock the import") as cur:
-                cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+    def where(self) -> str:
+        return f"journal {self.location}"
 
     def _import(
         self,
@@ -319,21 +280,31 @@ class PostgresJournal(Held):
         batch_size: int,
         not_imported: dict[str, int],
     ) -> ImportStats:
-        with self._tx("read meta") as cur:
-            meta = self._meta(cur)
-        if meta["import_complete"] == "1":  # another worker imported meanwhile
-            self._import_done = True
-            return ImportStats(0, 0, 0)
-        stats = copy_recipients(
-            self._tx,
-            recipients,
-            position=int(meta["import_position"]),
-            now=now,
-            batch_size=batch_size,
-            not_imported=not_imported,
-        )
-        self._import_done = True
-        return stats
+        """``COPY`` in batches (:mod:`~bulksend.journal.postgres_load`), one worker at a time."""
+        with self._advisory_lock(f"{self.location.schema} import"):
+            with self._tx("read meta") as cur:
+                meta = self._meta(cur)
+            if meta["import_complete"] == "1":  # another worker imported meanwhile
+                return ImportStats(0, 0, 0)
+            return copy_recipients(
+                self._tx,
+                recipients,
+                position=int(meta["import_position"]),
+                now=now,
+                batch_size=batch_size,
+                not_imported=not_imported,
+            )
+
+    @contextmanager
+    def _advisory_lock(self, name: str) -> Iterator[None]:
+        """Hold PostgreSQL's session advisory lock ``name`` (waiting for it)."""
+        with self._tx("lock " + name) as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            yield
+        finally:
+            with self._tx("unlock " + name) as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
     # --- leases ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 from bulksend.config import RetryPolicy
@@ -37,16 +37,79 @@ from bulksend.journal.records import (
 )
 from bulksend.journal.schema import WAITING_SQL
 
-__all__ = ["MAX_TEXT", "Held", "Journal", "JournalInUse", "plan_updates"]
+__all__ = ["MAX_TEXT", "Journal", "JournalInUse", "StoreBase", "plan_updates"]
 
 MAX_TEXT: Final = 2000
 
 
-class Held:
-    """The hold a running writer takes on a store (any backend): see
-    :class:`~bulksend.journal.protocol.JournalStore`."""
+class StoreBase:
+    """What every journal store (SQLite, PostgreSQL) shares: the hold a running writer takes
+    (see :class:`~bulksend.journal.protocol.JournalStore`), the import's resumption and
+    completion flag, closing as a context manager."""
 
     _owner: object = None
+    _import_done: bool = False
+
+    @property
+    def where(self) -> str:
+        """The journal, as messages name it."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def import_complete(self) -> bool:
+        """True once every recipient is imported (and the indexes are built)."""
+        return self._import_done
+
+    def _check_imported(self) -> None:
+        if not self._import_done:
+            raise JournalError(
+                f"{self.where}: the recipients import has not finished; "
+                "import them (again: a partial import resumes) before sending"
+            )
+
+    def import_recipients(
+        self,
+        recipients: Iterable[NewRecipient | str],
+        *,
+        now: float | None = None,
+        batch_size: int = 50_000,
+        not_imported: Mapping[str, int] | None = None,
+    ) -> ImportStats:
+        """Write recipients in large transactions, resuming a partial import.
+
+        Items already imported (by position) before a crash are skipped, so pass the same
+        recipients again on resume. The secondary indexes are built once, when the last
+        batch is in (much faster than maintaining them row by row); an address seen twice is
+        then kept only at its first position. Pending recipients are due at ``now``.
+        ``not_imported`` (read once ``recipients`` is exhausted) counts the rows the caller
+        left out, by reason; it is kept, with the duplicates found here, for the tally.
+        """
+        self._check_owner(None)
+        if self._import_done:
+            return ImportStats(0, 0, 0)
+        stats = self._import(
+            recipients, time.time() if now is None else now, batch_size, dict(not_imported or {})
+        )
+        self._import_done = True
+        return stats
+
+    def _import(
+        self,
+        recipients: Iterable[NewRecipient | str],
+        now: float,
+        batch_size: int,
+        not_imported: dict[str, int],
+    ) -> ImportStats:
+        raise NotImplementedError
 
     def hold(self, owner: object) -> None:
         """Reserve the journal for ``owner`` (a running writer)."""
@@ -64,7 +127,7 @@ class Held:
             raise RuntimeError("the journal is owned by a running JournalWriter; use its methods")
 
 
-class Journal(Held):
+class Journal(StoreBase):
     """The durable recipient queue of one campaign run (synchronous core).
 
     Open with :meth:`open`. While a :class:`JournalWriter` runs it holds the journal: use the
@@ -224,55 +287,20 @@ class Journal(Held):
         """Close the connection and release the lock (idempotent)."""
         self._conn.close()
 
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- import ----------------------------------------------------------------------------
-
     @property
-    def import_complete(self) -> bool:
-        """True once every recipient is imported (and the indexes are built)."""
-        return self._import_done
+    def where(self) -> str:
+        return f"journal {str(self.path)!r}"
 
-    def _check_imported(self) -> None:
-        if not self._import_done:
-            raise JournalError(
-                f"journal {str(self.path)!r}: the recipients import has not finished; "
-                "import them (again: a partial import resumes) before sending"
-            )
-
-    def import_recipients(
+    def _import(
         self,
         recipients: Iterable[NewRecipient | str],
-        *,
-        now: float | None = None,
-        batch_size: int = 50_000,
-        not_imported: Mapping[str, int] | None = None,
+        now: float,
+        batch_size: int,
+        not_imported: dict[str, int],
     ) -> ImportStats:
-        """Write recipients in large transactions, resuming a partial import.
-
-        Items already imported (by position) before a crash are skipped, so pass the same
-        recipients again on resume. The secondary indexes are built once, when the last
-        batch is in (much faster than maintaining them row by row); an address seen twice is
-        then kept only at its first position. Pending recipients are due at ``now``.
-        ``not_imported`` (read once ``recipients`` is exhausted) counts the rows the caller
-        left out, by reason; it is kept, with the duplicates found here, for the tally.
-        """
-        self._check_owner(None)
-        if self._import_done:
-            return ImportStats(0, 0, 0)
-        stats = load.import_recipients(
-            self._conn,
-            recipients,
-            now=time.time() if now is None else now,
-            batch_size=batch_size,
-            not_imported=not_imported,
+        return load.import_recipients(
+            self._conn, recipients, now=now, batch_size=batch_size, not_imported=not_imported
         )
-        self._import_done = True
-        return stats
 
     # --- a run's claims and outcomes (JournalStore) ----------------------------------------
 

@@ -196,3 +196,12 @@ def test_a_url_without_a_campaign_is_refused(postgres_url: str) -> None:
 def test_a_report_on_a_missing_campaign_creates_nothing(postgres_url: str) -> None:
     with pytest.raises(JournalError, match="there is no journal at"):
         open_journal(postgres_url + "?campaign=absent", None)
+
+
+def test_a_second_worker_finds_the_import_done(worker: Worker) -> None:
+    w1, w2 = worker("w1"), worker("w2")  # both opened before the import
+    assert w1.import_recipients(addresses(7), now=T0).imported == 7
+    assert not w2.import_complete
+    assert w2.import_recipients(addresses(7), now=T0).imported == 0  # nothing twice
+    assert w2.import_complete
+    assert w2.counts()[Status.PENDING] == 7
