@@ -489,20 +489,12 @@ class PostgresJournal(StoreBase):
             return row[4] not in (None, worker) and step.status.waiting
 
         kept, replied, expired = plan_updates(records, rows, self.policy, self._rng, taken)
+        # One statement per kind of update, the rows as arrays (unnest): set-based, as the
+        # SQLite store's executemany runs without a round trip per row.
         if kept:
-            cur.executemany(
-                "UPDATE recipients SET status = %s, first_attempt_at = %s,"  # noqa: S608
-                f" next_attempt_at = %s, {_RELEASE_SET}, updated_at = %s WHERE id = %s",
-                kept,
-            )
+            cur.execute(_KEPT, _columns(kept))
         if replied:
-            cur.executemany(
-                "UPDATE recipients SET status = %s, attempts = %s, first_attempt_at = %s,"  # noqa: S608
-                f" last_attempt_at = %s, next_attempt_at = %s, {_RELEASE_SET},"
-                " in_doubt = in_doubt + %s, code = %s, enhanced_code = %s, text = %s,"
-                " category = %s, updated_at = %s WHERE id = %s",
-                replied,
-            )
+            cur.execute(_REPLIED, _columns(replied))
         return len(kept) + len(replied), expired
 
     # --- reports (JournalReader) -----------------------------------------------------------
@@ -592,6 +584,32 @@ class PostgresJournal(StoreBase):
                 {"all": wanted is None, "wanted": wanted or []},
             )
             yield from map(_state, named)
+
+
+#: ``plan_updates``' rows, one array a column.
+_KEPT: Final = f"""
+UPDATE recipients r SET status = u.status, first_attempt_at = u.first_attempt_at,
+    next_attempt_at = u.next_attempt_at, {_RELEASE_SET}, updated_at = u.updated_at
+FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
+    AS u(status, first_attempt_at, next_attempt_at, updated_at, id)
+WHERE r.id = u.id
+"""  # noqa: S608
+_REPLIED: Final = f"""
+UPDATE recipients r SET status = u.status, attempts = u.attempts,
+    first_attempt_at = u.first_attempt_at, last_attempt_at = u.last_attempt_at,
+    next_attempt_at = u.next_attempt_at, {_RELEASE_SET}, in_doubt = r.in_doubt + u.in_doubt,
+    code = u.code, enhanced_code = u.enhanced_code, text = u.text, category = u.category,
+    updated_at = u.updated_at
+FROM unnest(%s::text[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::int[],
+            %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
+    AS u(status, attempts, first_attempt_at, last_attempt_at, next_attempt_at, in_doubt,
+         code, enhanced_code, text, category, updated_at, id)
+WHERE r.id = u.id
+"""  # noqa: S608
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _one(cur: Cursor) -> tuple[Any, ...]:
