@@ -15,10 +15,12 @@ a time: the :class:`~bulksend.journal.writer.JournalWriter` calls it through
 Claims are leases. :meth:`PostgresJournal.fetch_due` picks due rows with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` and marks them claimed by this store's ``worker`` id
 until ``now + lease`` (``lease_holder``, ``lease_expires_at``), so any number of workers
-claim from one campaign at once and never get the same recipient. The lease is renewed for
-every row the worker holds whenever it fetches, asks for due domains or applies outcomes
-and a third of the lease has passed since the last renewal (a running worker does these
-every few seconds), and by :meth:`PostgresJournal.renew_leases`. A lease that expires (its
+claim from one campaign at once and never get the same recipient. The lease (5 minutes by
+default) is renewed for every row the worker holds whenever it fetches, asks for due domains
+or applies outcomes and a third of the lease has passed since the last renewal, and by
+:meth:`PostgresJournal.renew_leases`, which the :class:`~bulksend.journal.writer.JournalWriter`
+calls when it has been idle for a third of the lease (a store with a ``lease`` is a
+:class:`~bulksend.journal.protocol.LeasedStore`): a live run never loses its claims. A lease that expires (its
 worker died or hung) makes the row due again at once as ``in_doubt``: the journal does not
 record whether DATA had started, so, exactly as the SQLite journal's crash recovery does,
 every claimed row without an outcome may have been sent and is counted in doubt. Expired

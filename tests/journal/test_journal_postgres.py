@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
-from bulksend.journal import NewRecipient, Outcome, Status
+from bulksend.journal import JournalWriter, NewRecipient, Outcome, Status
 from bulksend.journal.backend import open_journal
 from bulksend.journal.postgres import PostgresJournal
 from tests.journal.journal_helpers import IDENTITY, T0, addresses
@@ -205,3 +206,25 @@ def test_a_second_worker_finds_the_import_done(worker: Worker) -> None:
     assert w2.import_recipients(addresses(7), now=T0).imported == 0  # nothing twice
     assert w2.import_complete
     assert w2.counts()[Status.PENDING] == 7
+
+
+async def test_a_running_writer_renews_its_leases_and_a_stopped_one_loses_them(
+    worker: Worker,
+) -> None:
+    # Real time: leases of 0.3 s, renewed by the idle writer every 0.1 s.
+    w1 = worker("w1", lease=0.3)
+    w1.import_recipients(addresses(4, ("a.example",)))
+    w2 = worker("w2", lease=60.0)
+    with trio.fail_after(20):
+        writer = JournalWriter(w1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            held = await writer.fetch_due("a.example", 3)
+            await trio.sleep(1.0)  # three leases long: only renewals keep them
+            assert await trio.to_thread.run_sync(lambda: w2.fetch_due("a.example", 10)) != []
+            assert w2.counts()[Status.IN_DOUBT] == 0  # w2 got the fourth only
+            await writer.aclose()
+        await trio.sleep(0.5)  # the writer stopped: its leases run out
+        again = w2.fetch_due("a.example", 10)
+    assert sorted(d.id for d in again) == sorted(d.id for d in held)
+    assert {d.status for d in again} == {Status.IN_DOUBT}
