@@ -20,11 +20,15 @@ default) is renewed for every row the worker holds whenever it fetches, asks for
 or applies outcomes and a third of the lease has passed since the last renewal, and by
 :meth:`PostgresJournal.renew_leases`, which the :class:`~bulksend.journal.writer.JournalWriter`
 calls when it has been idle for a third of the lease (a store with a ``lease`` is a
-:class:`~bulksend.journal.protocol.LeasedStore`): a live run never loses its claims. A lease that expires (its
-worker died or hung) makes the row due again at once as ``in_doubt``: the journal does not
-record whether DATA had started, so, exactly as the SQLite journal's crash recovery does,
-every claimed row without an outcome may have been sent and is counted in doubt. Expired
-leases are collected before each claim and each due-domain count, and when a store opens.
+:class:`~bulksend.journal.protocol.LeasedStore`): a live run never loses its claims.
+
+A lease that expires (its worker died or hung) makes the row due again at once as
+``in_doubt``: the journal does not record whether DATA had started, so, exactly as the
+SQLite journal's crash recovery does, every claimed row without an outcome may have been
+sent and is counted in doubt. Expired leases are collected before each claim and each
+due-domain count, and when a store opens; a worker reopened under its own ``worker`` id
+takes its old claims back in doubt at once (a restart need not wait for the lease).
+Different workers need different ids (the default is host, pid and a random part).
 
 Outcomes are applied in one transaction per batch, as in SQLite. An outcome for a row that
 another worker holds now (this worker's lease expired meanwhile) is applied only when it is
