@@ -63,7 +63,7 @@ from bulksend.errors import JournalError
 from bulksend.journal.identity import _normalise_identity
 from bulksend.journal.opening import Identity, compare_identity, new_campaign_id
 from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, Step
-from bulksend.journal.postgres_load import Cursor, copy_recipients
+from bulksend.journal.postgres_load import Cursor, copy_recipients, no_nul
 from bulksend.journal.postgres_schema import (
     PG_SCHEMA_VERSION,
     TABLES,
@@ -500,7 +500,9 @@ class PostgresJournal(StoreBase):
         if kept:
             cur.execute(_KEPT, _columns(kept))
         if replied:
-            cur.execute(_REPLIED, _columns(replied))
+            columns = _columns(replied)
+            columns[8] = [no_nul(t) for t in columns[8]]  # a remote reply's text
+            cur.execute(_REPLIED, columns)
         return len(kept) + len(replied), expired
 
     # --- reports (JournalReader) -----------------------------------------------------------

@@ -47,7 +47,10 @@ def copy_recipients(
         with tx("import recipients") as cur:
             n = 0
             with cur.copy(_COPY) as copy:
-                for r in _import_rows(itertools.islice(it, batch_size), position + 1):
+                for row in _import_rows(itertools.islice(it, batch_size), position + 1):
+                    r = row
+                    if "\x00" in r[1] or "\x00" in (r[5] or ""):
+                        r = (r[0], no_nul(r[1]), no_nul(r[2]), r[3], r[4], no_nul(r[5]))
                     copy.write_row((*r[:5], now if r[4] == "pending" else None, now, r[5]))
                     n += 1
             position += n
@@ -64,6 +67,12 @@ def copy_recipients(
                 )
                 cur.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
                 return ImportStats(written - duplicates, duplicates, skipped)
+
+
+def no_nul(text: str | None) -> str | None:
+    """``text`` with U+FFFD for each NUL, which PostgreSQL's text cannot hold (only an
+    invalid address, a reject reason or a remote reply can bring one)."""
+    return None if text is None else text.replace("\x00", "\ufffd")
 
 
 def _build_indexes(cur: Cursor) -> int:

@@ -30,6 +30,8 @@ BOTH_BACKENDS = {
     "test_journal_reports",
     "test_journal_writer",
     "test_journal_run",
+    "test_journal_unrendered",
+    "test_journal_import",
     "test_journal_postgres",
 }
 

@@ -228,3 +228,22 @@ async def test_a_running_writer_renews_its_leases_and_a_stopped_one_loses_them(
         again = w2.fetch_due("a.example", 10)
     assert sorted(d.id for d in again) == sorted(d.id for d in held)
     assert {d.status for d in again} == {Status.IN_DOUBT}
+
+
+def test_nul_characters_become_replacement_characters(worker: Worker) -> None:
+    # PostgreSQL text holds no NUL: an invalid row's or a reply's NUL must not stop anything.
+    w1 = worker("w1")
+    w1.import_recipients(
+        [
+            NewRecipient("plain@a.example"),
+            NewRecipient("bad\x00address@a.example", None, Status.INVALID, "odd\x00reason"),
+        ],
+        now=T0,
+    )
+    [due] = w1.fetch_due("a.example", 5, now=T0)
+    assert w1.record(due.id, Outcome.bounced(550, "5.1.1", "no\x00such user"), now=T0 + 1)
+    states = list(w1.iter_states())
+    assert [(s.address, s.text) for s in states] == [
+        ("plain@a.example", "no\ufffdsuch user"),
+        ("bad\ufffdaddress@a.example", "odd\ufffdreason"),
+    ]
