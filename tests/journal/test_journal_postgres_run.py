@@ -100,3 +100,27 @@ async def test_an_unreachable_database_is_one_line_no_traceback(tmp_path: Path) 
     assert "Traceback" not in err
     assert "cannot connect to the PostgreSQL journal" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_two_runs_share_one_postgres_campaign(tmp_path: Path, postgres_url: str) -> None:
+    # Two workers (two run_campaign calls, two connections) on one campaign: between them
+    # every recipient is sent exactly once.
+    url = f"{postgres_url}?campaign=shared"
+    recipients = addresses(["ok.test", "ok2.test"], 80)
+    campaign = write_campaign(tmp_path, recipients)
+    results = []
+    with trio.fail_after(60):
+        async with running(SITES) as world:
+
+            async def one() -> None:
+                options = run_options(tmp_path, world, journal=url)
+                results.append(await run_campaign(Campaign.load(campaign, {}), options))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one)
+                nursery.start_soon(one)
+            received = world.servers["ok"].received()
+    assert [r.complete for r in results] == [True, True]
+    assert sum(r.outcomes.get("delivered", 0) for r in results) == len(recipients)
+    assert sorted(received) == sorted(recipients)
+    assert set(statuses(url).values()) == {Status.DELIVERED}
