@@ -9,6 +9,7 @@ where no binaries exist), with a fresh database per test.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -53,6 +54,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", ["sqlite"])
 
 
+_DATABASES = itertools.count(1)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """One temporary PostgreSQL server for the session."""
@@ -73,7 +77,8 @@ def postgres_server() -> Iterator[Any]:
 @pytest.fixture
 def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
     """A fresh database's URL for this test (no campaign yet)."""
-    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-50:]
+    # Unique (a counter) and recognisable (the test's name) in the server's list.
+    name = f"t{next(_DATABASES)}_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
     return str(postgres_server.new_database(name))
 
 
