@@ -51,7 +51,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -204,7 +204,8 @@ class PostgresJournal(StoreBase):
             fresh = not _one(cur)[0]
             if fresh and identity is None:
                 raise NoJournal(f"there is no journal at {self.location}")
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            if fresh:  # (a reader needs no CREATE privilege)
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             cur.execute(sql.SQL("SET search_path TO {}").format(schema))
             if fresh:
                 assert identity is not None
@@ -284,7 +285,7 @@ class PostgresJournal(StoreBase):
         recipients: Iterable[NewRecipient | str],
         now: float,
         batch_size: int,
-        not_imported: dict[str, int],
+        not_imported: Mapping[str, int] | None,
     ) -> ImportStats:
         """``COPY`` in batches (:mod:`~bulksend.journal.postgres_load`), one worker at a time."""
         with self._advisory_lock(f"{self.location.schema} import"):

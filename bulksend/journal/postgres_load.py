@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeAlias
 
@@ -32,13 +32,14 @@ def copy_recipients(
     position: int,
     now: float,
     batch_size: int,
-    not_imported: dict[str, int],
+    not_imported: Mapping[str, int] | None,
 ) -> ImportStats:
     """Import ``recipients`` after ``position`` (those before are skipped: a resume), one
     transaction of ``batch_size`` rows at a time; the last builds the indexes.
 
     Rows go to the server as they are read (``COPY`` streams), so memory stays flat. What
-    reading raises rolls back the batch being read and propagates.
+    reading raises rolls back the batch being read and propagates. ``not_imported`` is
+    read once ``recipients`` is exhausted (the caller counts as it reads).
     """
     it = iter(recipients)
     skipped = sum(1 for _ in zip(range(position), it, strict=False))
@@ -60,10 +61,11 @@ def copy_recipients(
             )
             if n < batch_size:
                 duplicates = _build_indexes(cur)
-                not_imported["duplicate"] = not_imported.get("duplicate", 0) + duplicates
+                left_out = dict(not_imported or {})
+                left_out["duplicate"] = left_out.get("duplicate", 0) + duplicates
                 cur.execute(
                     "INSERT INTO meta VALUES ('not_imported', %s)",
-                    (json.dumps(not_imported, sort_keys=True),),
+                    (json.dumps(left_out, sort_keys=True),),
                 )
                 cur.execute("UPDATE meta SET value = '1' WHERE key = 'import_complete'")
                 return ImportStats(written - duplicates, duplicates, skipped)

@@ -97,7 +97,7 @@ class StoreBase:
         if self._import_done:
             return ImportStats(0, 0, 0)
         stats = self._import(
-            recipients, time.time() if now is None else now, batch_size, dict(not_imported or {})
+            recipients, time.time() if now is None else now, batch_size, not_imported
         )
         self._import_done = True
         return stats
@@ -107,7 +107,7 @@ class StoreBase:
         recipients: Iterable[NewRecipient | str],
         now: float,
         batch_size: int,
-        not_imported: dict[str, int],
+        not_imported: Mapping[str, int] | None,
     ) -> ImportStats:
         raise NotImplementedError
 
@@ -296,7 +296,7 @@ class Journal(StoreBase):
         recipients: Iterable[NewRecipient | str],
         now: float,
         batch_size: int,
-        not_imported: dict[str, int],
+        not_imported: Mapping[str, int] | None,
     ) -> ImportStats:
         return load.import_recipients(
             self._conn, recipients, now=now, batch_size=batch_size, not_imported=not_imported

@@ -92,6 +92,24 @@ def test_import_normalises_the_domain_and_drops_duplicates(open_journal: Opener)
     assert j.due_domains(now=T0) == {"example.com": 2}
 
 
+def test_rows_left_out_are_counted_as_the_recipients_are_read(open_journal: Opener) -> None:
+    # The caller counts what it leaves out while the import reads: read only at the end.
+    left_out: dict[str, int] = {}
+
+    def reading() -> Iterator[str]:
+        for i, address in enumerate(addresses(6)):
+            if i % 3 == 0:
+                left_out["invalid"] = left_out.get("invalid", 0) + 1
+            else:
+                yield address
+        yield addresses(6)[1]  # a duplicate
+
+    j = open_journal()
+    j.import_recipients(reading(), now=T0, not_imported=left_out, batch_size=2)
+    assert j.not_imported() == {"invalid": 2, "duplicate": 1}
+    assert sum(j.counts().values()) == 4
+
+
 def test_import_rejects_pending_rows_without_a_domain(open_journal: Opener) -> None:
     j = open_journal()
     with pytest.raises(ValueError, match="no domain"):
