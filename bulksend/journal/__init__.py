@@ -124,11 +124,12 @@ A journal may live in PostgreSQL instead (``--journal
 postgresql://user@host:port/db?campaign=NAME``; the ``postgres`` extra installs psycopg):
 :mod:`~bulksend.journal.postgres` (one schema per campaign, claims as leases that many
 workers share with ``SELECT ... FOR UPDATE SKIP LOCKED``, an expired lease back in doubt),
-:mod:`~bulksend.journal.postgres_load` (``COPY`` import) and
-:mod:`~bulksend.journal.postgres_schema` (tables, URL). It plans outcomes with the same
-:func:`~bulksend.journal.store.plan_updates` and shares :class:`~bulksend.journal.store.StoreBase`
-with the SQLite :class:`Journal`; :func:`bulksend.journal.backend.open_journal` opens either
-by its path or URL.
+:mod:`~bulksend.journal.postgres_load` (``COPY`` import),
+:mod:`~bulksend.journal.postgres_reports` (the report queries) and
+:mod:`~bulksend.journal.postgres_schema` (tables, set-based updates, URL). It plans
+outcomes with the same :func:`~bulksend.journal.store.plan_updates` and shares
+:class:`~bulksend.journal.store.StoreBase` with the SQLite :class:`Journal`;
+:func:`bulksend.journal.backend.open_journal` opens either by its path or URL.
 """
 
 from bulksend.journal.identity import campaign_identity, hash_files

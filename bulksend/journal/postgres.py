@@ -62,10 +62,14 @@ from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
 from bulksend.journal.identity import _normalise_identity
 from bulksend.journal.opening import Identity, compare_identity, new_campaign_id
-from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, Step
+from bulksend.journal.outcomes import WAITING, Outcome, Status, Step
 from bulksend.journal.postgres_load import Cursor, copy_recipients, no_nul
+from bulksend.journal.postgres_reports import PostgresReports
 from bulksend.journal.postgres_schema import (
+    KEPT_SQL,
     PG_SCHEMA_VERSION,
+    RELEASE_SET,
+    REPLIED_SQL,
     TABLES,
     WAITING_IN,
     Location,
@@ -75,13 +79,10 @@ from bulksend.journal.postgres_schema import (
 )
 from bulksend.journal.protocol import OutcomeRecord
 from bulksend.journal.records import (
-    _STATE_COLUMNS,
     Due,
     ImportStats,
     NewRecipient,
-    RecipientState,
     _decode_data,
-    _state,
 )
 from bulksend.journal.store import _STATUS, StoreBase, _distinct_runs, plan_updates
 
@@ -90,14 +91,12 @@ __all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
 #: Seconds a claim is leased for (renewed while its worker runs).
 DEFAULT_LEASE: Final = 300.0
 
-_RELEASE_SET: Final = "claimed_at = NULL, lease_holder = NULL, lease_expires_at = NULL"
-
 
 def _one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-class PostgresJournal(StoreBase):
+class PostgresJournal(PostgresReports, StoreBase):
     """The durable recipient queue of one campaign in PostgreSQL (synchronous core).
 
     Open with :meth:`open`; it implements :class:`~bulksend.journal.protocol.JournalStore`.
@@ -319,7 +318,7 @@ class PostgresJournal(StoreBase):
         """Make rows whose lease expired (and, with ``own``, this worker's) due as in doubt."""
         which = "lease_expires_at <= %(now)s" + (" OR lease_holder = %(own)s" if own else "")
         cur.execute(
-            f"UPDATE recipients SET status = 'in_doubt', in_doubt = in_doubt + 1, {_RELEASE_SET},"  # noqa: S608
+            f"UPDATE recipients SET status = 'in_doubt', in_doubt = in_doubt + 1, {RELEASE_SET},"  # noqa: S608
             " next_attempt_at = %(now)s, updated_at = %(now)s WHERE id IN (SELECT id FROM"
             f" recipients WHERE {which} FOR UPDATE SKIP LOCKED)",
             {"now": now, "own": self.worker},
@@ -499,122 +498,12 @@ class PostgresJournal(StoreBase):
         # One statement per kind of update, the rows as arrays (unnest): set-based, as the
         # SQLite store's executemany runs without a round trip per row.
         if kept:
-            cur.execute(_KEPT, _columns(kept))
+            cur.execute(KEPT_SQL, _columns(kept))
         if replied:
             columns = _columns(replied)
             columns[8] = [no_nul(t) for t in columns[8]]  # a remote reply's text
-            cur.execute(_REPLIED, columns)
+            cur.execute(REPLIED_SQL, columns)
         return len(kept) + len(replied), expired
-
-    # --- reports (JournalReader) -----------------------------------------------------------
-
-    def _rows(self, what: str, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self._check_owner(None)
-        with self._tx(what) as cur:
-            cur.execute(query, args)
-            return cur.fetchall()
-
-    def counts(self) -> dict[Status, int]:
-        """Recipients per status (every status present, zero included)."""
-        counts = dict.fromkeys(Status, 0)
-        for status, n in self._rows(
-            "count recipients", "SELECT status, count(*) FROM recipients GROUP BY status"
-        ):
-            counts[Status(status)] = n
-        return counts
-
-    def counts_by_domain(self) -> dict[str, dict[Status, int]]:
-        """Recipients per domain and status (only non-zero statuses)."""
-        out: dict[str, dict[Status, int]] = {}
-        for domain, status, n in self._rows(
-            "count recipients per domain",
-            "SELECT domain, status, count(*) FROM recipients GROUP BY domain, status",
-        ):
-            out.setdefault(domain, {})[Status(status)] = n
-        return out
-
-    def counts_by_category(
-        self, statuses: Iterable[Status] = (Status.BOUNCED,)
-    ) -> dict[Category, int]:
-        """Recipients in ``statuses`` (default: bounced) per category of their last reply."""
-        return {
-            Category(c): n
-            for c, n in self._rows(
-                "count bounce categories",
-                "SELECT coalesce(category, 'other'), count(*) FROM recipients"
-                " WHERE status = ANY(%s) GROUP BY 1",
-                ([str(s) for s in statuses],),
-            )
-        }
-
-    def in_doubt_total(self) -> int:
-        """How many sends may have been duplicated (in-doubt events, all recipients)."""
-        query = "SELECT coalesce(sum(in_doubt), 0) FROM recipients"
-        return int(self._rows("count in-doubt sends", query)[0][0])
-
-    def waiting_by_domain(self) -> dict[str, int]:
-        """Recipients still waiting (pending or in doubt, leased or not) per domain."""
-        return {
-            str(d): int(n)
-            for d, n in self._rows(
-                "count waiting recipients",
-                f"SELECT domain, count(*) FROM recipients WHERE {WAITING_IN} GROUP BY domain",  # noqa: S608
-            )
-        }
-
-    def import_finished(self) -> bool:
-        """Whether the import is complete now (another worker's included): read again."""
-        rows = self._rows("read meta", "SELECT value FROM meta WHERE key = 'import_complete'")
-        return bool(rows) and rows[0][0] == "1"
-
-    def not_imported(self) -> dict[str, int]:
-        """Rows of the recipients file left out of the journal, by reason."""
-        rows = self._rows("read meta", "SELECT value FROM meta WHERE key = 'not_imported'")
-        return {} if not rows else {str(k): int(n) for k, n in json.loads(rows[0][0]).items()}
-
-    def get(self, recipient_id: int) -> RecipientState | None:
-        """One recipient's row."""
-        rows = self._rows(
-            "read a recipient",
-            f"SELECT {_STATE_COLUMNS} FROM recipients WHERE id = %s",  # noqa: S608
-            (recipient_id,),
-        )
-        return _state(rows[0]) if rows else None
-
-    def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
-        """Every recipient's row in id order (streamed), optionally only some statuses."""
-        self._check_owner(None)
-        wanted = None if statuses is None else [str(s) for s in statuses]
-        with self._tx("export outcomes"), self._db.cursor(name="states") as named:
-            named.itersize = 1000
-            named.execute(
-                f"SELECT {_STATE_COLUMNS} FROM recipients"  # noqa: S608
-                " WHERE %(all)s OR status = ANY(%(wanted)s) ORDER BY id",
-                {"all": wanted is None, "wanted": wanted or []},
-            )
-            yield from map(_state, named)
-
-
-#: ``plan_updates``' rows, one array a column.
-_KEPT: Final = f"""
-UPDATE recipients r SET status = u.status, first_attempt_at = u.first_attempt_at,
-    next_attempt_at = u.next_attempt_at, {_RELEASE_SET}, updated_at = u.updated_at
-FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
-    AS u(status, first_attempt_at, next_attempt_at, updated_at, id)
-WHERE r.id = u.id
-"""  # noqa: S608
-_REPLIED: Final = f"""
-UPDATE recipients r SET status = u.status, attempts = u.attempts,
-    first_attempt_at = u.first_attempt_at, last_attempt_at = u.last_attempt_at,
-    next_attempt_at = u.next_attempt_at, {_RELEASE_SET}, in_doubt = r.in_doubt + u.in_doubt,
-    code = u.code, enhanced_code = u.enhanced_code, text = u.text, category = u.category,
-    updated_at = u.updated_at
-FROM unnest(%s::text[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::int[],
-            %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
-    AS u(status, attempts, first_attempt_at, last_attempt_at, next_attempt_at, in_doubt,
-         code, enhanced_code, text, category, updated_at, id)
-WHERE r.id = u.id
-"""  # noqa: S608
 
 
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:

@@ -1,4 +1,5 @@
-"""The PostgreSQL journal's schema and its URL (see :mod:`bulksend.journal.postgres`).
+"""The PostgreSQL journal's schema, its set-based outcome updates and its URL (see
+:mod:`bulksend.journal.postgres`).
 
 One schema per campaign, ``bulksend_<campaign>``, holding the same two tables as a SQLite
 journal plus the lease columns of ``recipients``.
@@ -71,6 +72,31 @@ INDEXES: Final = (
     " WHERE lease_expires_at IS NOT NULL",
     "CREATE INDEX recipients_holder ON recipients (lease_holder) WHERE lease_holder IS NOT NULL",
 )
+
+
+#: What a claimed row's release sets (an outcome, an expired lease).
+RELEASE_SET: Final = "claimed_at = NULL, lease_holder = NULL, lease_expires_at = NULL"
+
+#: ``plan_updates``' rows, one array a column.
+KEPT_SQL: Final = f"""
+UPDATE recipients r SET status = u.status, first_attempt_at = u.first_attempt_at,
+    next_attempt_at = u.next_attempt_at, {RELEASE_SET}, updated_at = u.updated_at
+FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
+    AS u(status, first_attempt_at, next_attempt_at, updated_at, id)
+WHERE r.id = u.id
+"""  # noqa: S608
+REPLIED_SQL: Final = f"""
+UPDATE recipients r SET status = u.status, attempts = u.attempts,
+    first_attempt_at = u.first_attempt_at, last_attempt_at = u.last_attempt_at,
+    next_attempt_at = u.next_attempt_at, {RELEASE_SET}, in_doubt = r.in_doubt + u.in_doubt,
+    code = u.code, enhanced_code = u.enhanced_code, text = u.text, category = u.category,
+    updated_at = u.updated_at
+FROM unnest(%s::text[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::int[],
+            %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
+    AS u(status, attempts, first_attempt_at, last_attempt_at, next_attempt_at, in_doubt,
+         code, enhanced_code, text, category, updated_at, id)
+WHERE r.id = u.id
+"""  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
