@@ -28,7 +28,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -36,8 +36,12 @@ from bulksend.cli.progress import Progress
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.errors import JournalError
 from bulksend.journal import JournalPeek
+from bulksend.journal.backend import open_peek
 from bulksend.testing.scenario import SiteSpec, campaign_toml, write_campaign
 from bulksend.testing.smtp import ServerScript
+
+if TYPE_CHECKING:
+    from bulksend.journal.postgres import PostgresPeek
 
 __all__ = [
     "DEMO_POLICY",
@@ -183,12 +187,12 @@ def write_demo_campaign(directory: Path, count: int) -> tuple[Path, list[SiteSpe
 async def stop_when_only_dead_left(scheduler: Scheduler, progress: Progress) -> None:
     """End the demo once every waiting recipient belongs to a dead site."""
     dead = _dead_domains()
-    peek: JournalPeek | None = None
+    peek: JournalPeek | PostgresPeek | None = None
     try:
         while not scheduler.stopping:
             await trio.sleep(1.0)
             try:
-                peek = peek or JournalPeek(progress.journal)
+                peek = peek or open_peek(progress.journal)
                 waiting = await trio.to_thread.run_sync(peek.waiting_by_domain)
             except JournalError:
                 continue

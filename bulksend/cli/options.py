@@ -17,10 +17,36 @@ from bulksend.config import is_fqdn
 from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
 from bulksend.delivery.shard import Shard
-from bulksend.errors import ConfigError
+from bulksend.errors import ConfigError, JournalError
+from bulksend.journal.postgres_schema import is_postgres_url, parse_url
 from bulksend.routing import system_nameservers
 
 DEBUG_KEY: Final = "bulksend.debug"
+
+
+class JournalParam(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3
+    """A journal: a SQLite file (a path) or a PostgreSQL journal's
+    ``postgresql://user@host:port/db?campaign=NAME`` URL (kept as text). A URL holding a
+    password is refused: it would show in process lists and shell history."""
+
+    name = "journal"
+
+    def __init__(self, *, exists: bool = False) -> None:
+        self._path = click.Path(exists=exists, dir_okay=False, path_type=Path)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path | str:
+        if isinstance(value, str) and is_postgres_url(value):
+            try:
+                parse_url(value)
+            except JournalError as e:
+                self.fail(str(e), param, ctx)
+            return value
+        path: Path = self._path.convert(value, param, ctx)
+        return path
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -64,7 +90,7 @@ class RunFlags:
     retry_unrendered: bool = False
     exit_zero_when_complete: bool = False
 
-    def options(self, journal: Path, campaign: Campaign) -> RunOptions:
+    def options(self, journal: Path | str, campaign: Campaign) -> RunOptions:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
         if not is_fqdn(ehlo):
             warn(not_fqdn(ehlo))

@@ -8,6 +8,7 @@ or a dry run / validation found problems.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +81,24 @@ def counts_line(counts: Mapping[Status, int] | Mapping[str, int]) -> str:
     return "  ".join(f"{str(s).replace('_', ' ')} {n:,}" for s, n in counts.items())
 
 
+def resume_command(journal: Path | str) -> str:
+    """``bulksend resume JOURNAL``, quoted for a shell (a URL also needs its campaign file)."""
+    if isinstance(journal, str):
+        return f"bulksend resume {shlex.quote(journal)} --campaign CAMPAIGN.toml"
+    return f"bulksend resume {journal}"
+
+
 def print_summary(
-    result: RunResult, journal: Path, out: TextIO, *, rejects: Path | None = None
+    result: RunResult, journal: Path | str, out: TextIO, *, rejects: Path | None = None
 ) -> None:
     """The lines a run ends with (stdout)."""
+    resume = resume_command(journal)
     summary = result.summary
     if summary is None and not result.sending:
-        out.write(f"stopped before sending began: continue with: bulksend resume {journal}\n")
+        out.write(f"stopped before sending began: continue with: {resume}\n")
         return
     if summary is None:
-        out.write(f"aborted: the journal is consistent; continue with: bulksend resume {journal}\n")
+        out.write(f"aborted: the journal is consistent; continue with: {resume}\n")
         return
     write_tally(
         out,
@@ -108,13 +117,11 @@ def print_summary(
         )
     if not summary.complete:
         waiting = summary.counts[Status.PENDING] + summary.counts[Status.IN_DOUBT]
-        out.write(
-            f"  {waiting:,} recipients still waiting; continue with: bulksend resume {journal}\n"
-        )
+        out.write(f"  {waiting:,} recipients still waiting; continue with: {resume}\n")
     if summary.counts[Status.NOT_RENDERED]:
         out.write(
             f"  {summary.counts[Status.NOT_RENDERED]:,} recipients not rendered (nothing was "
-            f"sent to them); once the template is fixed: bulksend resume {journal} --force "
+            f"sent to them); once the template is fixed: {resume} --force "
             "--retry-unrendered\n"
         )
 

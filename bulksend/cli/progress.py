@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import trio
 
@@ -48,9 +48,13 @@ from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
 from bulksend.files import open_private
 from bulksend.journal import Due, JournalPeek, Kind, Outcome, Status
+from bulksend.journal.backend import open_peek
 from bulksend.journal.outcomes import WAITING
 from bulksend.metrics import Metrics
 from bulksend.text import printable
+
+if TYPE_CHECKING:
+    from bulksend.journal.postgres import PostgresPeek
 
 __all__ = [
     "AccountingLog",
@@ -294,7 +298,8 @@ class Progress:
     Args:
         tally: the run's outcome counters (its ``on_outcome`` hook).
         stream: where to draw (stderr); ``tty`` whether it is a terminal.
-        journal: the journal file, for waiting counts and the snapshot's path.
+        journal: the journal (a file, or a PostgreSQL URL), for waiting counts and the
+            snapshot's path (a PostgreSQL journal's run writes no snapshot).
         campaign: the campaign file, for the snapshot.
         quiet: draw nothing (the snapshot is still written; messages are still shown).
         metrics: its ``queue_depth`` gauge is set from the journal's waiting count.
@@ -308,7 +313,7 @@ class Progress:
         stream: TextIO,
         *,
         tty: bool,
-        journal: Path,
+        journal: Path | str,
         campaign: Path | None = None,
         quiet: bool = False,
         metrics: Metrics | None = None,
@@ -323,7 +328,7 @@ class Progress:
         self.quiet = quiet
         self.width = width or (lambda: _terminal_width(stream))
         self.scheduler: Scheduler | None = None
-        self.snapshot = snapshot_path(journal)
+        self.snapshot = None if isinstance(journal, str) else snapshot_path(journal)
         self.started = time.monotonic()
         self.started_at = time.time()
         self.state = "starting"
@@ -338,7 +343,7 @@ class Progress:
         self._drawn = 0
         self._frame: list[str] = []
         self._lock = threading.Lock()  # log records may come from other threads
-        self._peek: JournalPeek | None = None
+        self._peek: JournalPeek | PostgresPeek | None = None
         self._last_plain = -_PLAIN_REFRESH
 
     def attach(self, scheduler: Scheduler) -> None:
@@ -494,7 +499,7 @@ class Progress:
     async def _refresh_counts(self) -> None:
         try:
             if self._peek is None:
-                self._peek = JournalPeek(self.journal)
+                self._peek = open_peek(self.journal)
             peek = self._peek
             self.counts = await trio.to_thread.run_sync(peek.counts)
             self.waiting = await trio.to_thread.run_sync(peek.waiting_by_domain)
@@ -527,7 +532,7 @@ class Progress:
             ):
                 self._last_plain = now
                 self.draw()
-            if now - last_snapshot >= _SNAPSHOT_EVERY:
+            if now - last_snapshot >= _SNAPSHOT_EVERY and self.snapshot is not None:
                 last_snapshot = now
                 with contextlib.suppress(OSError):
                     write_snapshot(self.snapshot, self.snapshot_data())
@@ -538,15 +543,16 @@ class Progress:
         self.state = state
         with contextlib.suppress(JournalError):
             if self._peek is None:
-                self._peek = JournalPeek(self.journal)
+                self._peek = open_peek(self.journal)
             self.counts = self._peek.counts()
             self.waiting = self._peek.waiting_by_domain()
             if self.metrics is not None:
                 self.metrics.queue_depth.set(sum(self.counts[s] for s in WAITING))
         if self.tty and self.scheduler is not None:
             self.draw()
-        with contextlib.suppress(OSError):
-            write_snapshot(self.snapshot, self.snapshot_data())
+        if self.snapshot is not None:
+            with contextlib.suppress(OSError):
+                write_snapshot(self.snapshot, self.snapshot_data())
         if self._peek is not None:
             self._peek.close()
             self._peek = None

@@ -13,8 +13,8 @@ from typing import TextIO
 
 import click
 
-from bulksend.cli.options import debug_option
-from bulksend.cli.output import counts_line, info
+from bulksend.cli.options import JournalParam, debug_option
+from bulksend.cli.output import counts_line, info, resume_command
 from bulksend.cli.progress import (
     SNAPSHOT_STALE,
     format_duration,
@@ -23,18 +23,17 @@ from bulksend.cli.progress import (
     snapshot_path,
 )
 from bulksend.files import open_private
-from bulksend.journal import JournalPeek, JournalSet, Status
+from bulksend.journal import JournalSet, Status
+from bulksend.journal.backend import open_peek
 from bulksend.journal.reports import export_csv, export_jsonl, write_report
 from bulksend.text import write_table
 
 
 @click.command()
-@click.argument(
-    "journals", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
-)
+@click.argument("journals", nargs=-1, required=True, type=JournalParam())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per journal.")
 @debug_option
-def status(journals: tuple[Path, ...], as_json: bool) -> None:
+def status(journals: tuple[Path | str, ...], as_json: bool) -> None:
     """Where a campaign stands: journal counts, and per site state while it runs.
 
     Several journals (the shards of one campaign) are shown one after the other, then their
@@ -47,11 +46,13 @@ def status(journals: tuple[Path, ...], as_json: bool) -> None:
         sys.stdout.write(f"all {len(journals)} journals: {counts_line(dict(total))}\n")
 
 
-def _status_of(journal: Path, as_json: bool) -> dict[Status, int]:
-    with JournalPeek(journal, check=True) as peek:
+def _status_of(journal: Path | str, as_json: bool) -> dict[Status, int]:
+    peek = open_peek(journal, check=True)
+    with peek:
         counts = peek.counts()
         imported = peek.import_complete()
-    snap = read_snapshot(snapshot_path(journal))
+    # A PostgreSQL journal's runs write no snapshot file.
+    snap = None if isinstance(journal, str) else read_snapshot(snapshot_path(journal))
     age = time.time() - float(snap.get("updated_at", 0)) if snap else None
     running = bool(
         snap
@@ -78,7 +79,7 @@ def _status_of(journal: Path, as_json: bool) -> dict[Status, int]:
     out.write(f"journal: {journal}\n")
     out.write(f"recipients: {total:,}\n")
     if not imported:
-        out.write(f"import: not finished; `bulksend resume {journal}` continues it\n")
+        out.write(f"import: not finished; `{resume_command(journal)}` continues it\n")
     write_table([[s.replace("_", " "), f"{n:,}"] for s, n in counts.items()], out)
     if snap is None:
         out.write("not running (no status snapshot)\n")
@@ -103,12 +104,7 @@ def _status_of(journal: Path, as_json: bool) -> dict[Status, int]:
 
 
 @click.command()
-@click.argument(
-    "journals",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-)
+@click.argument("journals", nargs=-1, required=True, type=JournalParam(exists=True))
 @click.option(
     "--format",
     "fmt",
@@ -139,7 +135,7 @@ def _status_of(journal: Path, as_json: bool) -> dict[Status, int]:
 )
 @debug_option
 def report(
-    journals: tuple[Path, ...],
+    journals: tuple[Path | str, ...],
     fmt: str,
     output: Path | None,
     statuses: tuple[str, ...],

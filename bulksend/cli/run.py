@@ -40,7 +40,8 @@ from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import ConfigError
 from bulksend.files import open_private
-from bulksend.journal import Journal, JournalSet, Status, campaign_tally
+from bulksend.journal import JournalSet, Status, campaign_tally
+from bulksend.journal.backend import AnyJournal
 from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
 
@@ -197,7 +198,7 @@ async def execute_run(
     )
 
 
-def _show_changes(journal: Journal) -> None:
+def _show_changes(journal: AnyJournal) -> None:
     """Say what changed in the campaign since its journal was written (a resume goes on)."""
     if "policy" in journal.changes:
         info(f"sending policy changed since the last run: {journal.changes['policy']}")
@@ -212,19 +213,21 @@ def serve_until_signal(server: MetricsServer) -> None:
     trio.run(wait_for_signal)
 
 
-def _write_sidecar(campaign: Campaign, journal: Path) -> None:
+def _write_sidecar(campaign: Campaign, journal: Path | str) -> None:
+    if isinstance(journal, str):
+        return  # a PostgreSQL journal: `resume` takes --campaign
     with open_private(campaign_sidecar(journal)) as out:
         out.write(str(campaign.config.source) + "\n")
 
 
-def _forget_missing_journal(journal: Path) -> None:
+def _forget_missing_journal(journal: Path | str) -> None:
     """After a run that left no journal (nothing imported), remove the files naming it."""
-    if not journal.exists():
+    if isinstance(journal, Path) and not journal.exists():
         campaign_sidecar(journal).unlink(missing_ok=True)
         snapshot_path(journal).unlink(missing_ok=True)
 
 
-def run_single(campaign: Campaign, journal: Path, flags: RunFlags) -> int:
+def run_single(campaign: Campaign, journal: Path | str, flags: RunFlags) -> int:
     options = flags.options(journal, campaign)
     _write_sidecar(campaign, options.journal_path)
     journal = options.journal_path

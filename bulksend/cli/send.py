@@ -17,15 +17,16 @@ import click
 import trio
 
 from bulksend.campaign.render import Campaign
-from bulksend.cli.options import RunFlags, flags_from, load_campaign, run_options
+from bulksend.cli.options import JournalParam, RunFlags, flags_from, load_campaign, run_options
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED, info, warn
 from bulksend.cli.run import campaign_sidecar, run_single, run_workers
 from bulksend.delivery.dry_run import dry_run
 from bulksend.delivery.run import routing_config
 from bulksend.delivery.shard import Shard
-from bulksend.errors import ConfigError
+from bulksend.errors import ConfigError, JournalError
 from bulksend.files import open_private
 from bulksend.journal import Journal
+from bulksend.journal.backend import journal_exists
 from bulksend.routing import Router
 from bulksend.text import printable
 
@@ -34,8 +35,10 @@ from bulksend.text import printable
 @click.argument("campaign_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--journal",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The journal file; default <campaign id>.journal.sqlite3 next to the campaign file.",
+    type=JournalParam(),
+    help="The journal file; default <campaign id>.journal.sqlite3 next to the campaign file. "
+    "Or a PostgreSQL journal: postgresql://USER@HOST:PORT/DB?campaign=NAME (the password "
+    "from PGPASSFILE, PGPASSWORD or &password_file=PATH, never in the URL).",
 )
 @click.option(
     "--dry-run",
@@ -66,7 +69,7 @@ from bulksend.text import printable
 def send(
     *,
     campaign_file: Path,
-    journal: Path | None,
+    journal: Path | str | None,
     dry_run: bool,
     workers: int,
     send_again: bool,
@@ -93,23 +96,47 @@ def send(
                     f"--workers and {option} do not go together: run the shards one at a "
                     f"time with --shard I/N and {option}"
                 )
+    if isinstance(journal, str) and (workers > 1 or flags.shard is not None):
+        raise click.UsageError(
+            "--workers and --shard need SQLite journals (one file per shard); a PostgreSQL "
+            "journal is one campaign"
+        )
     shard = "" if flags.shard is None else str(flags.shard)
-    own = journal if flags.shard is None else flags.shard.journal(journal)
-    journals = (
-        [Shard(i, workers).journal(journal) for i in range(workers)] if workers > 1 else [own]
+    own = (
+        journal if flags.shard is None or isinstance(journal, str) else flags.shard.journal(journal)
     )
+    journals: list[Path | str] = [own]
+    if workers > 1:
+        assert isinstance(journal, Path)
+        journals = [Shard(i, workers).journal(journal) for i in range(workers)]
     if workers > 1:
         campaign.check_recipients()  # once here, not as N failing workers
     record.check_and_add(campaign.config.id, shard, own, journals, send_again=send_again)
     try:
         if workers > 1:
+            assert isinstance(journal, Path)
             code = run_workers(campaign, journal, flags, workers)
         else:
             code = run_single(campaign, journal, flags)
     finally:
-        if not any(j.exists() for j in journals):
+        if not _any_exists(journals, unknown=True):
             record.remove(campaign.config.id, shard, own)  # it sent nothing
     raise SystemExit(code)
+
+
+def _any_exists(journals: Sequence[Path | str], *, unknown: bool = False) -> bool:
+    """Whether any of ``journals`` exists; ``unknown`` where a database cannot say."""
+    try:
+        return any(journal_exists(j) for j in journals)
+    except JournalError:
+        if unknown:
+            return True
+        raise
+
+
+def _key(journal: Path | str) -> str:
+    """How the record names a journal: a file's absolute path, or the URL."""
+    return journal if isinstance(journal, str) else str(journal.resolve())
 
 
 def _default_sent_record() -> Path:
@@ -149,8 +176,8 @@ class SentRecord:
         self,
         campaign_id: str,
         shard: str,
-        journal: Path,
-        journals: Sequence[Path],
+        journal: Path | str,
+        journals: Sequence[Path | str],
         *,
         send_again: bool,
     ) -> None:
@@ -158,9 +185,8 @@ class SentRecord:
 
         ``journals`` are the files this send writes: if one exists, this is a resume.
         """
-        if any(j.exists() for j in journals):
+        if _any_exists(journals):
             return
-        journal = journal.resolve()
         for entry in self.entries():
             if send_again or entry.get("campaign") != campaign_id:
                 continue
@@ -175,7 +201,7 @@ class SentRecord:
                 f"(recorded in {self.path})"
             )
         at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        line = {"campaign": campaign_id, "shard": shard, "journal": str(journal), "at": at}
+        line = {"campaign": campaign_id, "shard": shard, "journal": _key(journal), "at": at}
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with open_private(self.path, append=True) as out:
@@ -186,26 +212,26 @@ class SentRecord:
                 "this campaign will not be caught (set --sent-record)"
             )
 
-    def remove(self, campaign_id: str, shard: str, journal: Path) -> None:
+    def remove(self, campaign_id: str, shard: str, journal: Path | str) -> None:
         """Forget a send that left no journal (it sent nothing)."""
-        journal = journal.resolve()
         keep = [
             e
             for e in self.entries()
             if (e.get("campaign"), e.get("shard", ""), e.get("journal"))
-            != (campaign_id, shard, str(journal))
+            != (campaign_id, shard, _key(journal))
         ]
         with contextlib.suppress(OSError), open_private(self.path) as out:
             out.writelines(json.dumps(e) + "\n" for e in keep)
 
 
 @click.command()
-@click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("journal", type=JournalParam())
 @click.option(
     "--campaign",
     "campaign_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The campaign file; default the one `send` recorded next to the journal.",
+    help="The campaign file; default the one `send` recorded next to the journal (a "
+    "PostgreSQL journal needs it given).",
 )
 @click.option(
     "--retry-unrendered",
@@ -214,9 +240,20 @@ class SentRecord:
     "once the template is fixed.",
 )
 @run_options
-def resume(journal: Path, campaign_file: Path | None, retry_unrendered: bool, **kw: Any) -> None:
-    """Continue an interrupted run from its journal."""
+def resume(
+    journal: Path | str, campaign_file: Path | None, retry_unrendered: bool, **kw: Any
+) -> None:
+    """Continue an interrupted run from its journal (a file, or a PostgreSQL URL)."""
     flags = replace(flags_from(kw), retry_unrendered=retry_unrendered)
+    if isinstance(journal, str):
+        if campaign_file is None:
+            raise ConfigError(f"resuming {journal} needs its campaign: --campaign CAMPAIGN.toml")
+        if not journal_exists(journal):
+            raise ConfigError(
+                f"no journal at {journal}: nothing to resume; start with "
+                "`bulksend send CAMPAIGN --journal URL`"
+            )
+        raise SystemExit(run_single(load_campaign(campaign_file), journal, flags))
     if not journal.is_file():
         # A run stopped before its journal existed (or that had nothing to send) left none.
         raise ConfigError(

@@ -35,7 +35,6 @@ from bulksend.journal import (
     CampaignTally,
     Due,
     ImportStats,
-    Journal,
     JournalWriter,
     NewRecipient,
     Outcome,
@@ -43,6 +42,8 @@ from bulksend.journal import (
     campaign_identity,
     campaign_tally,
 )
+from bulksend.journal.backend import AnyJournal
+from bulksend.journal.backend import open_journal as open_any_journal
 from bulksend.metrics import Metrics
 from bulksend.routing import Credentials, Relay, Router, RoutingConfig
 
@@ -54,7 +55,8 @@ class RunOptions:
     """How to run a campaign; every field a CLI flag or a test can set.
 
     Attributes:
-        journal: the journal file (created on first run, resumed after).
+        journal: the journal file (created on first run, resumed after), or a PostgreSQL
+            journal's ``postgresql://user@host/db?campaign=NAME`` URL.
         nameservers: DNS resolvers when the campaign names none (the CLI reads the system's).
         dns_port, smtp_port: 53 and 25, except against test servers.
         ehlo_hostname: our name in EHLO; by default the campaign's ``ehlo_hostname``, else
@@ -74,7 +76,7 @@ class RunOptions:
             earlier run (``not_rendered``) pending again: the campaign has been fixed.
     """
 
-    journal: Path
+    journal: Path | str
     nameservers: tuple[str, ...] = ()
     dns_port: int = 53
     smtp_port: int = 25
@@ -89,9 +91,20 @@ class RunOptions:
     retry_unrendered: bool = False
 
     @property
-    def journal_path(self) -> Path:
-        """The journal this run uses (its shard's, when sharded)."""
-        return self.journal if self.shard is None else self.shard.journal(self.journal)
+    def journal_path(self) -> Path | str:
+        """The journal this run uses (its shard's, when sharded).
+
+        Raises:
+            ConfigError: a shard of a PostgreSQL journal (one campaign, shared by leases).
+        """
+        if self.shard is None:
+            return self.journal
+        if isinstance(self.journal, str):
+            raise ConfigError(
+                "shards need SQLite journals (one file each); a PostgreSQL journal is one "
+                "campaign: run it without --shard and --workers"
+            )
+        return self.shard.journal(self.journal)
 
 
 @dataclass
@@ -173,7 +186,7 @@ def _rejected(held: list[Reject], not_imported: dict[str, int]) -> Iterator[NewR
     held.clear()
 
 
-def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
+def open_journal(campaign: Campaign, options: RunOptions) -> AnyJournal:
     """Open or resume the campaign's journal (checking the campaign did not change)."""
     config = campaign.config
     templates = [p for p in (config.message.text_template, config.message.html_template) if p]
@@ -181,7 +194,7 @@ def open_journal(campaign: Campaign, options: RunOptions) -> Journal:
     identity = campaign_identity(config.source, templates, config.recipients.file, attachments)
     if options.shard is not None:
         identity["shard"] = str(options.shard)
-    return Journal.open(
+    return open_any_journal(
         options.journal_path, identity, force=options.force, policy=config.policy.retry
     )
 
@@ -192,7 +205,7 @@ IMPORT_PROGRESS_EVERY: Final = 10_000
 
 def import_recipients(
     campaign: Campaign,
-    journal: Journal,
+    journal: AnyJournal,
     shard: Shard | None = None,
     keep: Keep | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -252,7 +265,7 @@ async def run_campaign(
     metrics: Metrics | None = None,
     on_start: Callable[[Scheduler], None] | None = None,
     on_outcome: Callable[[Due, Outcome, str], None] | None = None,
-    on_journal: Callable[[Journal], None] | None = None,
+    on_journal: Callable[[AnyJournal], None] | None = None,
     on_import: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Journal and deliver a campaign; resumable; returns when done or stopped.
@@ -344,7 +357,7 @@ async def run_campaign(
 
 async def _import(
     campaign: Campaign,
-    journal: Journal,
+    journal: AnyJournal,
     options: RunOptions,
     router: Router,
     on_import: Callable[[int], None] | None,
@@ -381,7 +394,7 @@ async def _import(
 
 
 async def _read_suppression(
-    campaign: Campaign, journal: Journal, imported: ImportStats | None
+    campaign: Campaign, journal: AnyJournal, imported: ImportStats | None
 ) -> SuppressionFile | None:
     """Read the suppression file, if any; on a resume, mark the waiting recipients on it."""
     path = campaign.config.recipients.suppression

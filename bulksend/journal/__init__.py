@@ -116,6 +116,20 @@ implements the same two) and :mod:`~bulksend.journal.schema`,
 :class:`Journal`) <- :mod:`~bulksend.journal.writer` (the async front during a run) and
 :mod:`~bulksend.journal.reports` (the tally, exports, the report table, :class:`JournalSet`,
 :class:`JournalPeek`).
+
+PostgreSQL
+==========
+
+A journal may live in PostgreSQL instead (``--journal
+postgresql://user@host:port/db?campaign=NAME``; the ``postgres`` extra installs psycopg):
+:mod:`~bulksend.journal.postgres` (one schema per campaign, claims as leases that many
+workers share with ``SELECT ... FOR UPDATE SKIP LOCKED``, an expired lease back in doubt),
+:mod:`~bulksend.journal.postgres_load` (``COPY`` import),
+:mod:`~bulksend.journal.postgres_reports` (the report queries) and
+:mod:`~bulksend.journal.postgres_schema` (tables, set-based updates, URL). It plans
+outcomes with the same :func:`~bulksend.journal.store.plan_updates` and shares
+:class:`~bulksend.journal.store.StoreBase` with the SQLite :class:`Journal`;
+:func:`bulksend.journal.backend.open_journal` opens either by its path or URL.
 """
 
 from bulksend.journal.identity import campaign_identity, hash_files

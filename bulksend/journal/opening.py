@@ -114,11 +114,16 @@ def set_up(conn: Connection) -> None:
         raise JournalError(f"{conn.where}: {e}") from e
 
 
-def create(conn: Connection, identity: dict[str, str], now: float) -> None:
-    """Write the schema and the meta rows of a new journal."""
-    campaign_id = hashlib.sha256(
+def new_campaign_id(identity: Mapping[str, str], now: float) -> str:
+    """A new journal's stable campaign id (Message-IDs are derived from it)."""
+    return hashlib.sha256(
         json.dumps(identity, sort_keys=True).encode() + repr(now).encode()
     ).hexdigest()[:32]
+
+
+def create(conn: Connection, identity: dict[str, str], now: float) -> None:
+    """Write the schema and the meta rows of a new journal."""
+    campaign_id = new_campaign_id(identity, now)
     meta = {
         "identity": json.dumps(identity, sort_keys=True),
         "campaign_id": campaign_id,
@@ -151,6 +156,29 @@ def check_identity(
     """Compare the campaign with the journal's; refuse changed content unless ``force``."""
     stored = json.loads(conn.read("read meta", lambda: conn.meta("identity")))
     conn.campaign_id = conn.read("read meta", lambda: conn.meta("campaign_id"))
+    result = compare_identity(conn.where, stored, identity, force=force)
+    if result.identity is stored:
+        return result
+    with conn.write("record a changed campaign") as db:
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'identity'",
+            (json.dumps(result.identity, sort_keys=True),),
+        )
+        if result.forced:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('forced_at', ?)", (repr(now),))
+    return result
+
+
+def compare_identity(
+    where: str, stored: dict[str, str], identity: Identity | None, *, force: bool
+) -> IdentityCheck:
+    """Compare the campaign with a journal's ``stored`` identity (pure, any backend).
+
+    The result holds ``stored`` itself when nothing changed (nothing to write back).
+
+    Raises:
+        JournalError: the content changed and ``force`` is not given.
+    """
     if identity is None:
         return IdentityCheck(stored)
     given = _normalise_identity(identity)
@@ -160,7 +188,7 @@ def check_identity(
     content = [k for k in changed if not _is_policy_part(k)]
     if content and not force:
         raise JournalError(
-            f"{conn.where} was written for other campaign content: "
+            f"{where} was written for other campaign content: "
             f"{_describe_changes(stored, given, content)} changed since. Resuming would "
             "send the remaining recipients the changed message: resume with --force to do "
             "that (a new journal would send everyone again)."
@@ -170,13 +198,6 @@ def check_identity(
     for kind, group in (("policy", policy), ("content", content)):
         if group:
             result.changes[kind] = _describe_changes(stored, given, group)
-    with conn.write("record a changed campaign") as db:
-        db.execute(
-            "UPDATE meta SET value = ? WHERE key = 'identity'",
-            (json.dumps(given, sort_keys=True),),
-        )
-        if content:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('forced_at', ?)", (repr(now),))
     return result
 
 

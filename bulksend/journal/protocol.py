@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from bulksend.journal.outcomes import Category, Outcome, Status
 from bulksend.journal.records import Due, RecipientState
@@ -85,3 +85,14 @@ class JournalStore(JournalReader, Protocol):
 
     def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
         """Apply outcomes in one durable transaction; returns how many applied, and expired."""
+
+
+@runtime_checkable
+class LeasedStore(Protocol):
+    """A store whose claims are leases (PostgreSQL): the writer renews them while it runs."""
+
+    #: Seconds a claim is held without renewal.
+    lease: float
+
+    def renew_leases(self, *, now: float | None = None, owner: object = None) -> int:
+        """Extend every lease this store holds; returns how many."""

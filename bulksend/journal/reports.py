@@ -18,6 +18,7 @@ from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from bulksend.errors import JournalError
+from bulksend.journal.backend import AnyJournal, is_postgres_url, open_journal
 from bulksend.journal.integrity import (
     _check_damage,
     _check_history,
@@ -152,13 +153,17 @@ class JournalSet:
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        """Open ``paths``: SQLite files or PostgreSQL journals' URLs."""
         if not paths:
             raise ValueError("no journal given")
-        self.journals: list[Journal] = []
+        self.journals: list[AnyJournal] = []
         #: Journals read without their lock because a run holds them (a moment's snapshot).
         self.live: list[Path] = []
         try:
             for path in paths:
+                if is_postgres_url(path):  # PostgreSQL: readers never wait for a run
+                    self.journals.append(open_journal(path, None))
+                    continue
                 try:
                     self.journals.append(Journal.open(path, None))
                 except JournalInUse:

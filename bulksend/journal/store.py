@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 from bulksend.config import RetryPolicy
@@ -24,7 +24,7 @@ from bulksend.journal.connection import Connection
 from bulksend.journal.identity import _normalise_identity
 from bulksend.journal.integrity import _state_path
 from bulksend.journal.opening import JournalInUse
-from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, plan_step
+from bulksend.journal.outcomes import WAITING, Category, Outcome, Status, Step, plan_step
 from bulksend.journal.protocol import OutcomeRecord
 from bulksend.journal.records import (
     _STATE_COLUMNS,
@@ -37,12 +37,97 @@ from bulksend.journal.records import (
 )
 from bulksend.journal.schema import WAITING_SQL
 
-__all__ = ["MAX_TEXT", "Journal", "JournalInUse"]
+__all__ = ["MAX_TEXT", "Journal", "JournalInUse", "StoreBase", "plan_updates"]
 
 MAX_TEXT: Final = 2000
 
 
-class Journal:
+class StoreBase:
+    """What every journal store (SQLite, PostgreSQL) shares: the hold a running writer takes
+    (see :class:`~bulksend.journal.protocol.JournalStore`), the import's resumption and
+    completion flag, closing as a context manager."""
+
+    _owner: object = None
+    _import_done: bool = False
+
+    @property
+    def where(self) -> str:
+        """The journal, as messages name it."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def import_complete(self) -> bool:
+        """True once every recipient is imported (and the indexes are built)."""
+        return self._import_done
+
+    def _check_imported(self) -> None:
+        if not self._import_done:
+            raise JournalError(
+                f"{self.where}: the recipients import has not finished; "
+                "import them (again: a partial import resumes) before sending"
+            )
+
+    def import_recipients(
+        self,
+        recipients: Iterable[NewRecipient | str],
+        *,
+        now: float | None = None,
+        batch_size: int = 50_000,
+        not_imported: Mapping[str, int] | None = None,
+    ) -> ImportStats:
+        """Write recipients in large transactions, resuming a partial import.
+
+        Items already imported (by position) before a crash are skipped, so pass the same
+        recipients again on resume. The secondary indexes are built once, when the last
+        batch is in (much faster than maintaining them row by row); an address seen twice is
+        then kept only at its first position. Pending recipients are due at ``now``.
+        ``not_imported`` (read once ``recipients`` is exhausted) counts the rows the caller
+        left out, by reason; it is kept, with the duplicates found here, for the tally.
+        """
+        self._check_owner(None)
+        if self._import_done:
+            return ImportStats(0, 0, 0)
+        stats = self._import(
+            recipients, time.time() if now is None else now, batch_size, not_imported
+        )
+        self._import_done = True
+        return stats
+
+    def _import(
+        self,
+        recipients: Iterable[NewRecipient | str],
+        now: float,
+        batch_size: int,
+        not_imported: Mapping[str, int] | None,
+    ) -> ImportStats:
+        raise NotImplementedError
+
+    def hold(self, owner: object) -> None:
+        """Reserve the journal for ``owner`` (a running writer)."""
+        self._check_owner(None)
+        self._owner = owner
+
+    def release(self, owner: object) -> None:
+        """End ``owner``'s hold on the journal."""
+        if self._owner is owner:
+            self._owner = None
+
+    def _check_owner(self, owner: object) -> None:
+        """The one ownership guard: only the holder (or anyone, while none holds it)."""
+        if self._owner is not owner:
+            raise RuntimeError("the journal is owned by a running JournalWriter; use its methods")
+
+
+class Journal(StoreBase):
     """The durable recipient queue of one campaign run (synchronous core).
 
     Open with :meth:`open`. While a :class:`JournalWriter` runs it holds the journal: use the
@@ -202,73 +287,20 @@ class Journal:
         """Close the connection and release the lock (idempotent)."""
         self._conn.close()
 
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- ownership -------------------------------------------------------------------------
-
-    def hold(self, owner: object) -> None:
-        """Reserve the journal for ``owner`` (a running writer): see
-        :class:`~bulksend.journal.protocol.JournalStore`."""
-        self._check_owner(None)
-        self._owner = owner
-
-    def release(self, owner: object) -> None:
-        """End ``owner``'s hold on the journal."""
-        if self._owner is owner:
-            self._owner = None
-
-    def _check_owner(self, owner: object) -> None:
-        """The one ownership guard: only the holder (or anyone, while none holds it)."""
-        if self._owner is not owner:
-            raise RuntimeError("the journal is owned by a running JournalWriter; use its methods")
-
-    # --- import ----------------------------------------------------------------------------
-
     @property
-    def import_complete(self) -> bool:
-        """True once every recipient is imported (and the indexes are built)."""
-        return self._import_done
+    def where(self) -> str:
+        return f"journal {str(self.path)!r}"
 
-    def _check_imported(self) -> None:
-        if not self._import_done:
-            raise JournalError(
-                f"journal {str(self.path)!r}: the recipients import has not finished; "
-                "import them (again: a partial import resumes) before sending"
-            )
-
-    def import_recipients(
+    def _import(
         self,
         recipients: Iterable[NewRecipient | str],
-        *,
-        now: float | None = None,
-        batch_size: int = 50_000,
-        not_imported: Mapping[str, int] | None = None,
+        now: float,
+        batch_size: int,
+        not_imported: Mapping[str, int] | None,
     ) -> ImportStats:
-        """Write recipients in large transactions, resuming a partial import.
-
-        Items already imported (by position) before a crash are skipped, so pass the same
-        recipients again on resume. The secondary indexes are built once, when the last
-        batch is in (much faster than maintaining them row by row); an address seen twice is
-        then kept only at its first position. Pending recipients are due at ``now``.
-        ``not_imported`` (read once ``recipients`` is exhausted) counts the rows the caller
-        left out, by reason; it is kept, with the duplicates found here, for the tally.
-        """
-        self._check_owner(None)
-        if self._import_done:
-            return ImportStats(0, 0, 0)
-        stats = load.import_recipients(
-            self._conn,
-            recipients,
-            now=time.time() if now is None else now,
-            batch_size=batch_size,
-            not_imported=not_imported,
+        return load.import_recipients(
+            self._conn, recipients, now=now, batch_size=batch_size, not_imported=not_imported
         )
-        self._import_done = True
-        return stats
 
     # --- a run's claims and outcomes (JournalStore) ----------------------------------------
 
@@ -439,48 +471,7 @@ class Journal:
                 (json.dumps([rid for rid, _, _ in records]),),
             )
         }
-        kept: list[tuple[Any, ...]] = []  # not an attempt: the last real reply stays
-        replied: list[tuple[Any, ...]] = []
-        expired = 0
-        for rid, outcome, now in records:
-            row = rows.get(rid)
-            if row is None:
-                continue  # unknown
-            status = _STATUS[row[1]]
-            if not status.waiting:
-                continue  # a final recipient never changes again
-            step = plan_step(
-                outcome,
-                status=status,
-                attempts=row[2],
-                first_attempt_at=row[3],
-                now=now,
-                policy=self.policy,
-                rng=self._rng,
-            )
-            if step.keeps_reply:
-                kept.append(
-                    (step.status.value, step.first_attempt_at, step.next_attempt_at, now, rid)
-                )
-            else:
-                category = outcome.category
-                replied.append(
-                    (
-                        step.status.value,
-                        step.attempts,
-                        step.first_attempt_at,
-                        now,
-                        step.next_attempt_at,
-                        step.in_doubt_added,
-                        outcome.code,
-                        outcome.enhanced_code,
-                        outcome.text[:MAX_TEXT],
-                        None if category is None else category.value,
-                        now,
-                        rid,
-                    )
-                )
-            expired += step.status is Status.EXPIRED
+        kept, replied, expired = plan_updates(records, rows, self.policy, self._rng)
         if kept:
             db.executemany(
                 "UPDATE recipients SET status = ?, first_attempt_at = ?,"
@@ -599,6 +590,67 @@ class Journal:
 
 
 _STATUS: Final = {s.value: s for s in Status}
+
+
+def plan_updates(
+    records: Sequence[OutcomeRecord],
+    rows: Mapping[int, Sequence[Any]],
+    policy: RetryPolicy,
+    rng: random.Random,
+    skip: Callable[[Sequence[Any], Step], bool] | None = None,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+    """Plan the updates of a run of distinct recipients' outcomes (pure, any backend).
+
+    ``rows`` maps a recipient's id to its ``(id, status, attempts, first_attempt_at, ...)``
+    row; an unknown or final recipient is left out. ``skip`` may leave out a planned step.
+    Returns the rows whose last reply stays ``(status, first_attempt_at, next_attempt_at,
+    updated_at, id)``, the rows with a new reply ``(status, attempts, first_attempt_at,
+    last_attempt_at, next_attempt_at, in_doubt_added, code, enhanced_code, text, category,
+    updated_at, id)``, and how many expired.
+    """
+    kept: list[tuple[Any, ...]] = []  # not an attempt: the last real reply stays
+    replied: list[tuple[Any, ...]] = []
+    expired = 0
+    for rid, outcome, now in records:
+        row = rows.get(rid)
+        if row is None:
+            continue  # unknown
+        status = _STATUS[row[1]]
+        if not status.waiting:
+            continue  # a final recipient never changes again
+        step = plan_step(
+            outcome,
+            status=status,
+            attempts=row[2],
+            first_attempt_at=row[3],
+            now=now,
+            policy=policy,
+            rng=rng,
+        )
+        if skip is not None and skip(row, step):
+            continue
+        if step.keeps_reply:
+            kept.append((step.status.value, step.first_attempt_at, step.next_attempt_at, now, rid))
+        else:
+            category = outcome.category
+            replied.append(
+                (
+                    step.status.value,
+                    step.attempts,
+                    step.first_attempt_at,
+                    now,
+                    step.next_attempt_at,
+                    step.in_doubt_added,
+                    outcome.code,
+                    outcome.enhanced_code,
+                    outcome.text[:MAX_TEXT],
+                    None if category is None else category.value,
+                    now,
+                    rid,
+                )
+            )
+        expired += step.status is Status.EXPIRED
+    return kept, replied, expired
 
 
 def _distinct_runs(records: Sequence[OutcomeRecord]) -> Iterator[Sequence[OutcomeRecord]]:

@@ -10,6 +10,7 @@ transaction, in a worker thread.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import trio
 
 from bulksend.errors import JournalError
 from bulksend.journal.outcomes import Outcome
-from bulksend.journal.protocol import JournalStore, OutcomeRecord
+from bulksend.journal.protocol import JournalStore, LeasedStore, OutcomeRecord
 from bulksend.journal.records import Due
 
 _T = TypeVar("_T")
@@ -114,9 +115,18 @@ class JournalWriter:
             self.journal.release(self)
 
     async def _loop(self) -> None:
+        # A leased store's claims are renewed on every commit and claim; an idle writer
+        # renews them itself, three times a lease, so a slow site's claims are kept.
+        journal = self.journal
+        renew_every = journal.lease / 3 if isinstance(journal, LeasedStore) else math.inf
         while True:
             try:
-                await self._arrived.wait()
+                with trio.move_on_after(renew_every):
+                    await self._arrived.wait()
+                if not self._arrived.is_set():
+                    assert isinstance(journal, LeasedStore)
+                    await self._call(lambda: journal.renew_leases(owner=self))
+                    continue
                 with trio.move_on_after(self.interval):
                     await self._due.wait()
             except trio.Cancelled:

@@ -1,10 +1,20 @@
-"""Fixtures for journal tests: a fresh journal with a few recipients, at a fixed time."""
+"""Fixtures for journal tests: a fresh journal with a few recipients, at a fixed time.
+
+The tests of the store protocol run against both backends: ``backend`` is parametrised
+("sqlite", "postgres") for the modules in :data:`BOTH_BACKENDS`, except for a test that
+asks for ``journal_path`` itself or is marked ``sqlite_only`` (it looks at the SQLite
+file). PostgreSQL runs as one temporary server per session (skipped, with the reason shown,
+where no binaries exist), with a fresh database per test.
+"""
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,10 +22,77 @@ from bulksend.config import RetryPolicy
 from bulksend.journal import Journal, NewRecipient
 from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
+#: Test modules whose tests run against both backends.
+BOTH_BACKENDS = {
+    "test_journal_store",
+    "test_journal_batch",
+    "test_journal_retry",
+    "test_journal_resume",
+    "test_journal_reports",
+    "test_journal_writer",
+    "test_journal_run",
+    "test_journal_unrendered",
+    "test_journal_import",
+    "test_journal_postgres",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    direct = metafunc.definition._fixtureinfo.argnames
+    if module == "test_journal_postgres":
+        metafunc.parametrize("backend", ["postgres"])
+    elif (
+        module in BOTH_BACKENDS
+        and "journal_path" not in direct
+        and metafunc.definition.get_closest_marker("sqlite_only") is None
+    ):
+        metafunc.parametrize("backend", ["sqlite", "postgres"])
+    else:
+        metafunc.parametrize("backend", ["sqlite"])
+
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One temporary PostgreSQL server for the session."""
+    try:
+        from tests.helpers.postgres import PostgresServer, find_bindir  # noqa: PLC0415
+    except ImportError as e:
+        pytest.skip(f"psycopg is not installed ({e}): pip install -e '.[test]'")
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
+    server = PostgresServer.start(bindir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh database's URL for this test (no campaign yet)."""
+    # Unique (a counter) and recognisable (the test's name) in the server's list.
+    name = f"t{next(_DATABASES)}_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
+    return str(postgres_server.new_database(name))
+
 
 @pytest.fixture
 def journal_path(tmp_path: Path) -> Path:
     return tmp_path / "run.journal"
+
+
+@pytest.fixture
+def journal_spec(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | Path:
+    """Where this test's journal is: a file, or a campaign in a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return tmp_path / "run.journal"
+    return str(request.getfixturevalue("postgres_url")) + "?campaign=c1"
 
 
 @pytest.fixture
@@ -26,19 +103,26 @@ def policy() -> RetryPolicy:
 
 
 @pytest.fixture
-def open_journal(journal_path: Path, policy: RetryPolicy) -> Iterator[Callable[..., Journal]]:
-    """Open (or reopen) the journal at ``journal_path``; every one opened is closed after."""
-    opened: list[Journal] = []
+def open_journal(journal_spec: str | Path, policy: RetryPolicy) -> Iterator[Callable[..., Journal]]:
+    """Open (or reopen) this test's journal; every one opened is closed after."""
+    from bulksend.journal.backend import open_journal as open_any  # noqa: PLC0415
 
-    def _open(**kwargs: object) -> Journal:
+    opened: list[Any] = []
+
+    def _open(**kwargs: Any) -> Journal:
         kwargs.setdefault("identity", IDENTITY)
         kwargs.setdefault("policy", policy)
         kwargs.setdefault("rng", random.Random(7))
         kwargs.setdefault("now", T0)
         identity = kwargs.pop("identity")
-        j = Journal.open(journal_path, identity, **kwargs)  # type: ignore[arg-type]
+        if isinstance(journal_spec, Path):
+            j: Any = Journal.open(journal_spec, identity, **kwargs)
+        else:
+            # One worker, restarted under its id: its claims come back in doubt at once.
+            kwargs.setdefault("worker", "w1")
+            j = open_any(journal_spec, identity, **kwargs)
         opened.append(j)
-        return j
+        return j  # type: ignore[no-any-return]
 
     yield _open
     for j in opened:

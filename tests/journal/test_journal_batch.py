@@ -7,8 +7,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bulksend.config import RetryPolicy
 from bulksend.journal import Category, Journal, NewRecipient, Outcome, OutcomeRecord
+from bulksend.journal.backend import open_journal
+from bulksend.journal.postgres_schema import parse_url
 from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
 POLICY = RetryPolicy(initial=300.0, factor=2.0, maximum=4 * 3600.0, jitter=0.2, max_age=86400.0)
@@ -26,13 +30,23 @@ OUTCOMES = [
 ]
 
 
-def opened(path: Path) -> Journal:
-    journal = Journal.open(path, IDENTITY, policy=POLICY, rng=random.Random(11), now=T0)
+def opened(spec: str | Path) -> Journal:
+    # The same worker id in both PostgreSQL campaigns: the lease columns compare equal.
+    journal: Any = open_journal(
+        spec, IDENTITY, policy=POLICY, rng=random.Random(11), now=T0, worker="w"
+    )
     journal.import_recipients([NewRecipient(a, {"i": i}) for i, a in enumerate(addresses(90))])
-    return journal
+    return journal  # type: ignore[no-any-return]
 
 
 def rows(journal: Journal) -> list[tuple[Any, ...]]:
+    """Every column of every row, as another connection sees them."""
+    if isinstance(journal.path, str):
+        import psycopg  # noqa: PLC0415
+
+        location = parse_url(journal.path)
+        with psycopg.connect(location.conninfo) as db:
+            return db.execute(f"SELECT * FROM {location.schema}.recipients ORDER BY id").fetchall()
     db = sqlite3.connect(f"file:{journal.path}?mode=ro", uri=True)
     try:
         return db.execute("SELECT * FROM recipients ORDER BY id").fetchall()
@@ -56,8 +70,17 @@ def rounds() -> list[list[OutcomeRecord]]:
     return out
 
 
-def test_a_batch_leaves_the_rows_one_at_a_time_leaves(tmp_path: Path) -> None:
-    batched, single = opened(tmp_path / "batched"), opened(tmp_path / "single")
+@pytest.fixture
+def two_specs(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> list[str | Path]:
+    """Two journals of this backend: files, or two campaigns in one database."""
+    if backend == "sqlite":
+        return [tmp_path / "batched", tmp_path / "single"]
+    url = request.getfixturevalue("postgres_url")
+    return [f"{url}?campaign=batched", f"{url}?campaign=single"]
+
+
+def test_a_batch_leaves_the_rows_one_at_a_time_leaves(two_specs: list[str | Path]) -> None:
+    batched, single = map(opened, two_specs)
     try:
         for batch in rounds():
             for journal in (batched, single):

@@ -32,6 +32,7 @@ def test_merge_data_comes_back_as_it_went_in(open_journal: Opener) -> None:
     assert math.isnan(got[1]["nan"])  # type: ignore[index]
 
 
+@pytest.mark.sqlite_only
 def test_text_with_nul_characters_is_kept_whole(open_journal: Opener) -> None:
     # SQLite's JSON functions end a string at a NUL: such rows must still arrive whole.
     j = open_journal()

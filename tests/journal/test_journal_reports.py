@@ -25,6 +25,7 @@ from tests.journal.journal_helpers import IDENTITY, T0, addresses
 Opener = Callable[..., Journal]
 
 
+@pytest.mark.sqlite_only
 def test_the_peek_counts_by_status_like_the_journal(journal: Journal) -> None:
     journal.record(1, Outcome.delivered(), now=T0)
     with JournalPeek(journal.path) as peek:

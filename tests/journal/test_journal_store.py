@@ -46,6 +46,7 @@ def test_files_are_private(open_journal: Opener, journal_path: Path) -> None:
         assert mode(path) == 0o600, suffix
 
 
+@pytest.mark.sqlite_only
 def test_one_status_per_recipient_is_enforced_by_the_schema(journal: Journal) -> None:
     db = sqlite3.connect(journal.path)
     with pytest.raises(sqlite3.IntegrityError):
@@ -89,6 +90,24 @@ def test_import_normalises_the_domain_and_drops_duplicates(open_journal: Opener)
     assert (rows[4].status, rows[4].text) == (Status.INVALID, "no @")
     assert rows[5].status is Status.SUPPRESSED
     assert j.due_domains(now=T0) == {"example.com": 2}
+
+
+def test_rows_left_out_are_counted_as_the_recipients_are_read(open_journal: Opener) -> None:
+    # The caller counts what it leaves out while the import reads: read only at the end.
+    left_out: dict[str, int] = {}
+
+    def reading() -> Iterator[str]:
+        for i, address in enumerate(addresses(6)):
+            if i % 3 == 0:
+                left_out["invalid"] = left_out.get("invalid", 0) + 1
+            else:
+                yield address
+        yield addresses(6)[1]  # a duplicate
+
+    j = open_journal()
+    j.import_recipients(reading(), now=T0, not_imported=left_out, batch_size=2)
+    assert j.not_imported() == {"invalid": 2, "duplicate": 1}
+    assert sum(j.counts().values()) == 4
 
 
 def test_import_rejects_pending_rows_without_a_domain(open_journal: Opener) -> None:
@@ -259,6 +278,7 @@ def test_a_new_journal_needs_an_identity(open_journal: Opener, journal_path: Pat
         open_journal(identity=None)
 
 
+@pytest.mark.sqlite_only
 def test_one_process_at_a_time(journal: Journal, open_journal: Opener) -> None:
     with pytest.raises(JournalError, match="in use"):
         open_journal()
@@ -286,6 +306,7 @@ def test_another_sqlite_database_is_refused(open_journal: Opener, journal_path: 
         open_journal()
 
 
+@pytest.mark.sqlite_only
 def test_a_wrong_schema_version_is_refused(journal: Journal, open_journal: Opener) -> None:
     journal.close()
     db = sqlite3.connect(journal.path)
@@ -317,6 +338,7 @@ def test_identity_helpers(tmp_path: Path) -> None:
         hash_files([tmp_path / "missing"])
 
 
+@pytest.mark.sqlite_only
 def test_disk_full_during_import_stops_the_journal(open_journal: Opener) -> None:
     j = open_journal()
     pages = j._db.execute("PRAGMA page_count").fetchone()[0]
@@ -329,6 +351,7 @@ def test_disk_full_during_import_stops_the_journal(open_journal: Opener) -> None
     assert not j.import_complete
 
 
+@pytest.mark.sqlite_only
 def test_a_failed_claim_leaves_commits_synced(journal: Journal) -> None:
     # A claim commits without its own fsync (synchronous = NORMAL for that transaction);
     # one that fails half-way must not leave every later outcome commit unsynced.
@@ -369,6 +392,7 @@ def main_file_rows(path: Path) -> int:
         db.close()
 
 
+@pytest.mark.sqlite_only
 def test_a_journal_copied_without_its_wal_is_refused(journal: Journal, tmp_path: Path) -> None:
     # The outcomes since the import live in the -wal until a checkpoint: a copy of the main
     # file alone (or a journal whose -wal was lost) must not pass for a journal with nothing
@@ -382,6 +406,7 @@ def test_a_journal_copied_without_its_wal_is_refused(journal: Journal, tmp_path:
         JournalPeek(copy, check=True)
 
 
+@pytest.mark.sqlite_only
 def test_a_torn_wal_tail_is_refused(journal: Journal, tmp_path: Path) -> None:
     # SQLite silently stops reading a -wal at the first frame that fails its checksum and
     # falls back to the commit before: the commit count in the state file notices.
@@ -394,6 +419,7 @@ def test_a_torn_wal_tail_is_refused(journal: Journal, tmp_path: Path) -> None:
         Journal.open(copy, IDENTITY)
 
 
+@pytest.mark.sqlite_only
 def test_a_whole_copy_resumes(journal: Journal, tmp_path: Path) -> None:
     deliver_some(journal, 3)
     copy = copy_journal(journal.path, tmp_path / "backup", "-wal", ".state")

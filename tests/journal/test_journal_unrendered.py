@@ -9,8 +9,11 @@ import random
 import sqlite3
 from collections.abc import Callable
 
+import pytest
+
 from bulksend.config import RetryPolicy
-from bulksend.journal import Journal, JournalPeek, Outcome, Status, export_jsonl, plan_step
+from bulksend.journal import Journal, Outcome, Status, export_jsonl, plan_step
+from bulksend.journal.backend import open_peek
 from tests.journal.journal_helpers import T0
 
 Opener = Callable[..., Journal]
@@ -64,7 +67,7 @@ def test_journal_sets_aside_reports_and_requeues(journal: Journal) -> None:
         "not_rendered",
         REASON,
     )
-    with JournalPeek(journal.path) as peek:
+    with open_peek(journal.path) as peek:
         assert peek.counts()["not_rendered"] == 1
 
     # A later outcome does not move it (it is not waiting), only the requeue does.
@@ -78,6 +81,7 @@ def test_journal_sets_aside_reports_and_requeues(journal: Journal) -> None:
     assert journal.retry_unrendered(now=T0 + 101) == 0
 
 
+@pytest.mark.sqlite_only
 def test_schema_accepts_the_state_and_its_version_says_so(journal: Journal) -> None:
     db = sqlite3.connect(journal.path)
     try:

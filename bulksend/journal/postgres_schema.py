@@ -1,0 +1,169 @@
+"""The PostgreSQL journal's schema, its set-based outcome updates and its URL (see
+:mod:`bulksend.journal.postgres`).
+
+One schema per campaign, ``bulksend_<campaign>``, holding the same two tables as a SQLite
+journal plus the lease columns of ``recipients``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from bulksend.errors import JournalError
+from bulksend.journal.outcomes import WAITING, Category, Status
+
+#: The version of this schema, in ``meta.schema_version``; another is refused.
+PG_SCHEMA_VERSION: Final = 1
+
+
+class NoJournal(JournalError):
+    """There is no journal of that campaign (opened for reading)."""
+
+
+_CAMPAIGN: Final = re.compile(r"[a-z0-9_]{1,48}")
+
+
+def _in(values: object) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"  # type: ignore[attr-defined]
+
+
+WAITING_IN: Final = "status IN " + _in(WAITING)
+
+#: ``meta`` and ``recipients`` as in the SQLite journal, plus the lease: who holds a claimed
+#: row (``lease_holder``, a worker id) and until when (``lease_expires_at``, epoch s).
+TABLES: Final = (
+    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    f"""CREATE TABLE recipients (
+    id bigint PRIMARY KEY,
+    address text NOT NULL,
+    domain text NOT NULL,
+    data text,
+    status text NOT NULL CHECK (status IN {_in(Status)}),
+    attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    in_doubt integer NOT NULL DEFAULT 0 CHECK (in_doubt >= 0),
+    next_attempt_at double precision,
+    claimed_at double precision,
+    lease_holder text,
+    lease_expires_at double precision,
+    first_attempt_at double precision,
+    last_attempt_at double precision,
+    updated_at double precision NOT NULL,
+    code integer,
+    enhanced_code text,
+    text text,
+    category text CHECK (category IS NULL OR category IN {_in(Category)}),
+    CHECK (CASE WHEN {WAITING_IN}
+                THEN (next_attempt_at IS NULL) <> (claimed_at IS NULL)
+                ELSE next_attempt_at IS NULL AND claimed_at IS NULL END),
+    CHECK ((claimed_at IS NULL) = (lease_holder IS NULL)
+           AND (claimed_at IS NULL) = (lease_expires_at IS NULL))
+)""",
+)
+
+#: Built when the import completes, as in the SQLite journal.
+ADDRESS_INDEX: Final = "CREATE UNIQUE INDEX recipients_address ON recipients (address)"
+INDEXES: Final = (
+    "CREATE INDEX recipients_due ON recipients (status, domain, next_attempt_at)",
+    "CREATE INDEX recipients_lease ON recipients (lease_expires_at)"
+    " WHERE lease_expires_at IS NOT NULL",
+    "CREATE INDEX recipients_holder ON recipients (lease_holder) WHERE lease_holder IS NOT NULL",
+)
+
+
+#: What a claimed row's release sets (an outcome, an expired lease).
+RELEASE_SET: Final = "claimed_at = NULL, lease_holder = NULL, lease_expires_at = NULL"
+
+#: ``plan_updates``' rows, one array a column.
+KEPT_SQL: Final = f"""
+UPDATE recipients r SET status = u.status, first_attempt_at = u.first_attempt_at,
+    next_attempt_at = u.next_attempt_at, {RELEASE_SET}, updated_at = u.updated_at
+FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
+    AS u(status, first_attempt_at, next_attempt_at, updated_at, id)
+WHERE r.id = u.id
+"""  # noqa: S608
+REPLIED_SQL: Final = f"""
+UPDATE recipients r SET status = u.status, attempts = u.attempts,
+    first_attempt_at = u.first_attempt_at, last_attempt_at = u.last_attempt_at,
+    next_attempt_at = u.next_attempt_at, {RELEASE_SET}, in_doubt = r.in_doubt + u.in_doubt,
+    code = u.code, enhanced_code = u.enhanced_code, text = u.text, category = u.category,
+    updated_at = u.updated_at
+FROM unnest(%s::text[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::int[],
+            %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[])
+    AS u(status, attempts, first_attempt_at, last_attempt_at, next_attempt_at, in_doubt,
+         code, enhanced_code, text, category, updated_at, id)
+WHERE r.id = u.id
+"""  # noqa: S608
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a PostgreSQL journal is: the server (a libpq URL without our parameters), the
+    campaign (its schema) and, optionally, a file holding the password."""
+
+    conninfo: str
+    campaign: str
+    password_file: Path | None
+
+    @property
+    def schema(self) -> str:
+        return f"bulksend_{self.campaign}"
+
+    def __str__(self) -> str:
+        return f"{self.conninfo}{'&' if '?' in self.conninfo else '?'}campaign={self.campaign}"
+
+
+def is_postgres_url(spec: object) -> bool:
+    """Whether ``spec`` names a PostgreSQL journal (``postgresql://...``)."""
+    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
+
+
+def parse_url(url: str) -> Location:
+    """``postgresql://user@host:port/db?campaign=NAME[&password_file=PATH]``.
+
+    Other query parameters (``sslmode``, ...) go to libpq as they are. The password comes
+    from ``password_file``, or from libpq's own ``PGPASSWORD``/``PGPASSFILE``: never from the
+    URL, which shows up in process lists, shell history and logs.
+
+    Raises:
+        JournalError: a password in the URL, no or a bad campaign name.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is not None or any(k == "password" for k, _ in query):
+        raise JournalError(
+            "a PostgreSQL journal URL must not hold a password (it would show in process "
+            "lists and logs): use password_file=PATH, PGPASSFILE or PGPASSWORD"
+        )
+    campaigns = [v for k, v in query if k == "campaign"]
+    files = [v for k, v in query if k == "password_file"]
+    host = parts.hostname or "?"
+    if len(campaigns) != 1 or not _CAMPAIGN.fullmatch(campaigns[0]):
+        raise JournalError(
+            f"PostgreSQL journal on {host}: give the campaign once, as ?campaign=NAME "
+            "(1 to 48 of a-z, 0-9 and _)"
+        )
+    rest = urlencode([(k, v) for k, v in query if k not in ("campaign", "password_file")])
+    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
+    return Location(conninfo, campaigns[0], Path(files[-1]) if files else None)
+
+
+def read_password(location: Location) -> str | None:
+    """The password from ``password_file`` (first line), or None: libpq finds its own.
+
+    Raises:
+        JournalError: the file cannot be read.
+    """
+    if location.password_file is None:
+        return None
+    try:
+        text = location.password_file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise JournalError(
+            f"cannot read the PostgreSQL password file {str(location.password_file)!r}: "
+            f"{e.strerror}"
+        ) from None
+    return text.splitlines()[0] if text else ""
