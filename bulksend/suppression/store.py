@@ -126,7 +126,7 @@ class Entry:
     def merged(self, new: Entry) -> Entry:
         """This row after ``new`` arrives for the same key (see the module's comment)."""
         keep_old = self.expires_at is None and new.expires_at is not None
-        latest = self if keep_old else new
+        latest, other = (self, new) if keep_old else (new, self)
         return Entry(
             key=self.key,
             reason=latest.reason,
@@ -135,7 +135,7 @@ class Entry:
             last_at=max(self.last_at, new.last_at),
             count=self.count + new.count,
             expires_at=latest.expires_at,
-            detail=latest.detail,
+            detail=latest.detail or other.detail,
         )
 
 
