@@ -1,8 +1,8 @@
 """The ``bulksend`` click group, and errors as one line on stderr.
 
 Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink``, ``demo``
-(docs/cli.md) and ``suppress`` (docs/suppression.md); each lives in its own module and is
-added to the group here.
+(docs/cli.md), ``suppress`` and ``inbound`` (docs/suppression.md); each lives in its own
+module and is added to the group here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import click
 import trio
 
+from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
 from bulksend.cli.options import DEBUG_KEY, debug_option
 from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
@@ -114,5 +115,5 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR, format="bulksend: %(message)s")
 
 
-for _command in (send, resume, status, report, validate, sink, demo, suppress):
+for _command in (send, resume, status, report, validate, sink, demo, suppress, inbound):
     main.add_command(_command)

@@ -44,7 +44,7 @@ _REASONS: Final = [reason.value for reason in SuppressionReason]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _store_options(f: _F) -> _F:
+def store_options(f: _F) -> _F:
     f = click.option(
         "--campaign",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -104,7 +104,7 @@ def suppress() -> None:
     show_default=True,
 )
 @click.option("--detail", default="", help="A note kept with the entry.")
-@_store_options
+@store_options
 @debug_option
 def add(
     keys: tuple[str, ...], reason: str, detail: str, store: Path | None, campaign: Path | None
@@ -122,7 +122,7 @@ def add(
 
 @suppress.command()
 @click.argument("keys", nargs=-1, required=True)
-@_store_options
+@store_options
 @debug_option
 def remove(keys: tuple[str, ...], store: Path | None, campaign: Path | None) -> None:
     """Lift the suppression of addresses or domains."""
@@ -134,7 +134,7 @@ def remove(keys: tuple[str, ...], store: Path | None, campaign: Path | None) -> 
 
 @suppress.command()
 @click.argument("addresses", nargs=-1, required=True)
-@_store_options
+@store_options
 @debug_option
 def check(addresses: tuple[str, ...], store: Path | None, campaign: Path | None) -> None:
     """Tell whether addresses are suppressed (by their own entry or their domain's).
@@ -158,7 +158,7 @@ def check(addresses: tuple[str, ...], store: Path | None, campaign: Path | None)
 @suppress.command(name="list")
 @click.option("--reason", type=click.Choice(_REASONS), help="Only entries for this reason.")
 @click.option("--all", "everything", is_flag=True, help="Include expired entries.")
-@_store_options
+@store_options
 @debug_option
 def list_(reason: str | None, everything: bool, store: Path | None, campaign: Path | None) -> None:
     """List the suppressed addresses and domains (active ones, unless --all)."""
@@ -194,7 +194,7 @@ def _entries(store: SuppressionStore, reason: str | None, everything: bool) -> I
 )
 @click.option("--reason", type=click.Choice(_REASONS), help="Only entries for this reason.")
 @click.option("--all", "everything", is_flag=True, help="Include expired entries.")
-@_store_options
+@store_options
 @debug_option
 def export(
     output: Path | None,
@@ -232,7 +232,7 @@ def export(
     show_default=True,
     help="For rows without a reason column.",
 )
-@_store_options
+@store_options
 @debug_option
 def import_(file: TextIO, reason: str, store: Path | None, campaign: Path | None) -> None:
     """Add the rows of a CSV file (``-``: stdin) to the store, merging with what is there.
