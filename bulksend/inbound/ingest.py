@@ -131,13 +131,13 @@ class Ingest:
         """The notice with its recipient checked against (or found in) the campaign's."""
         if self.recipients is None or notice.bad_token:
             return notice
-        if notice.address is None and notice.message_id:
-            found = self.recipients.by_message_id(notice.message_id)
-            if found is not None:
-                return replace(notice, address=found, found_by="message-id")
-        if notice.address is not None and notice.address not in self.recipients:
+        if notice.address is not None and notice.address in self.recipients:
+            return notice
+        # Not one of ours (a forwarding alias in Final-Recipient, say): try the Message-ID.
+        found = self.recipients.by_message_id(notice.message_id) if notice.message_id else None
+        if found is None:
             return replace(notice, address=None, found_by="")
-        return notice
+        return replace(notice, address=found, found_by="message-id")
 
     def _notice(self, notice: Notice, now: float) -> str:
         if notice.kind is Kind.BOUNCE:
