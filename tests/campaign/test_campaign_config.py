@@ -56,6 +56,8 @@ def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
     assert config.max_message_size == 25_000_000
     assert config.recipients.encoding == "utf-8"
     assert config.tls.ca_file == root / "internal-ca.pem"
+    assert config.suppression.store == root / "suppressions.sqlite3"
+    assert config.suppression.soft_bounce_limit == 3
     assert config.message.text_template == root / "body.txt"
     assert config.message.attachments[1].filename == "Terms.txt"
     assert config.message.headers == (("X-Campaign", "spring-2025"), ("X-Segment", "{{ segment }}"))
