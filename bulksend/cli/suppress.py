@@ -21,6 +21,7 @@ from typing import Any, Final, TextIO, TypeVar
 
 import click
 
+from bulksend.campaign.recipients import numbered_rows
 from bulksend.cli.options import debug_option
 from bulksend.cli.output import EXIT_UNDELIVERED, open_output, warn
 from bulksend.config import SuppressionConfig, SuppressionReason, load_campaign
@@ -244,6 +245,8 @@ def import_(file: TextIO, reason: str, store: Path | None, campaign: Path | None
     refused = 0
     for line, row in _csv_rows(file):
         try:
+            if isinstance(row, csv.Error):
+                raise ValueError(f"unreadable CSV ({row})")
             entries.append(_row_entry(row, SuppressionReason(reason), now))
         except ValueError as exc:
             refused += 1
@@ -253,7 +256,7 @@ def import_(file: TextIO, reason: str, store: Path | None, campaign: Path | None
     click.echo(f"bulksend: imported {len(entries)} entries, skipped {refused}", err=True)
 
 
-def _csv_rows(file: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
+def _csv_rows(file: TextIO) -> Iterator[tuple[int, dict[str, str] | csv.Error]]:
     reader = csv.reader(file)
     try:
         header = [name.strip().lower() for name in next(reader)]
@@ -265,17 +268,10 @@ def _csv_rows(file: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
         if "email" not in header:
             raise ConfigError(f"{file.name}: line 1: no 'address' (or 'email') column")
         header[header.index("email")] = "address"
-    line = reader.line_num
-    while True:
-        start = line + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ConfigError(f"{file.name}: line {start}: unreadable CSV ({exc})") from None
-        line = reader.line_num
-        if any(cell.strip() for cell in row):
+    for start, row in numbered_rows(reader):
+        if isinstance(row, csv.Error):
+            yield start, row
+        elif any(cell.strip() for cell in row):
             yield start, dict(zip(header, row, strict=False))
 
 

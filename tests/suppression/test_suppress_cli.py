@@ -162,3 +162,14 @@ def test_the_store_can_come_from_the_campaign(runner: CliRunner, tmp_path: Path)
     result = runner.invoke(cli, ["suppress", "list"], env={"BULKSEND_SUPPRESSION_STORE": ""})
     assert result.exit_code == 2
     assert "--store PATH or --campaign FILE" in result.stderr
+
+
+def test_import_skips_an_unreadable_row(runner: CliRunner, tmp_path: Path) -> None:
+    source = tmp_path / "list.csv"
+    huge = "x" * 200_000  # over the csv module's field size limit
+    source.write_text(f"address,detail\na@x.test,\nb@x.test,{huge}\nc@x.test,\n")
+    store = tmp_path / "s.sqlite3"
+    code, _, err = invoke(runner, store, "import", str(source))
+    assert code == 0
+    assert "line 3: unreadable CSV (field larger than field limit (131072)); skipped" in err
+    assert "imported 2 entries, skipped 1" in err
