@@ -116,3 +116,22 @@ async def test_suppressions_stored_during_a_run_are_never_sent(tmp_path: Path) -
     assert len(received) == 38
     rows = journal_rows(tmp_path)
     assert rows[claimed][0] is rows[waiting][0] is Status.SUPPRESSED
+
+
+async def test_resume_applies_what_the_store_suppressed_since(tmp_path: Path) -> None:
+    sites = [SiteSpec("ok", ("ok.test",), "127.0.0.2")]
+    campaign = write_campaign(tmp_path, addresses(["ok.test"], 10), toml=campaign_toml(extra=STORE))
+    with trio.fail_after(30):
+        async with running(sites) as world:
+            first = await run_campaign(
+                Campaign.load(campaign, {}), run_options(tmp_path, world, limit=3)
+            )
+            assert not first.complete
+            with SuppressionStore.open(tmp_path / "suppressions.sqlite3") as store:
+                store.add("user7@ok.test", SuppressionReason.COMPLAINT, Source.ARF, now=1.0)
+            resumed = await run_campaign(Campaign.load(campaign, {}), run_options(tmp_path, world))
+            received = world.servers["ok"].received()
+    assert resumed.complete
+    assert "user7@ok.test" not in received
+    assert len(received) == 9
+    assert journal_rows(tmp_path)["user7@ok.test"][0] is Status.SUPPRESSED
