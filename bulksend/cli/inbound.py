@@ -60,7 +60,7 @@ def _applying(
 @click.option(
     "--listen",
     metavar="HOST:PORT",
-    help="Receive bounces and complaints over SMTP here (port 25 by default).",
+    help="Receive bounces and complaints over SMTP here (port 25 by default; 0: any free port).",
 )
 @click.option(
     "--domain",
@@ -115,7 +115,10 @@ def inbound(
     if listen is None:
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     try:
-        host, port = parse_host_port(listen, 25)
+        # Port 0 (any free port, said on stderr) is for tests; parse_host_port refuses it.
+        any_port = listen.endswith(":0")
+        host, port = parse_host_port(listen.removesuffix(":0"), 25)
+        port = 0 if any_port else port
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     with open_store(store, campaign) as opened:

@@ -150,12 +150,12 @@ class _Session:
 
     async def _line(self) -> bytes:
         while True:
-            end = self.buffer.find(b"\r\n")
+            end = self.buffer.find(b"\r\n", 0, _COMMAND_LIMIT)
             if end >= 0:
                 line = bytes(self.buffer[:end])
                 del self.buffer[: end + 2]
                 return line
-            if len(self.buffer) > _COMMAND_LIMIT:
+            if len(self.buffer) >= _COMMAND_LIMIT:
                 await _say(self.stream, b"500 5.5.2 Line too long, closing\r\n")
                 raise _Drop
             self.buffer += await self._receive()
