@@ -498,7 +498,12 @@ async def _watch_suppression(
         while True:
             await trio.sleep(every)
             await _write_bounces(recorder, context)
-            changed = [source for source in suppressions.sources if source.changed()]
+            # A look at the store may wait on its lock (a write of many bounces): in a thread.
+            changed = [
+                source
+                for source in suppressions.sources
+                if await trio.to_thread.run_sync(source.changed)
+            ]
             for source in changed:
                 try:
                     await trio.to_thread.run_sync(source.reload)
