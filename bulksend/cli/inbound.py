@@ -26,6 +26,9 @@ from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import SuppressionStore
 from bulksend.text import printable, write_table
 
+_MAILTO_HELP = (
+    "Mail to this address unsubscribes its sender (default: the campaign's [unsubscribe] mailto)."
+)
 _SENDER_HELP = (
     "The VERP return path, e.g. 'bounces+{token}@example.org' "
     "(default: the campaign's [envelope] sender)."
@@ -36,12 +39,15 @@ def _applying(
     store: SuppressionStore,
     campaign: Path | None,
     sender: str | None,
+    mailto: str | None,
     journals: tuple[Path, ...],
 ) -> Ingest:
-    """The ingest for a store: the campaign's rules, VERP template and, given its journals,
-    its recipients."""
+    """The ingest for a store: the campaign's rules, VERP template, unsubscribe address and,
+    given its journals, its recipients."""
     loaded = None if campaign is None else Campaign.load(campaign, os.environ)
     template = sender or (None if loaded is None else loaded.config.envelope_sender)
+    unsubscribe = None if loaded is None else loaded.config.unsubscribe
+    mailto = mailto or (None if unsubscribe is None else unsubscribe.mailto) or ""
     verp = None if template is None else Verp.from_template(template)
     if template is not None and verp is None:
         raise ConfigError(f"{template!r} has no {{token}}: no recipient can be found by VERP")
@@ -53,7 +59,7 @@ def _applying(
         with JournalSet(journals) as j:
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
-    return Ingest(store, rules, verp, recipients)
+    return Ingest(store, rules, verp, recipients, mailto)
 
 
 @click.group(invoke_without_command=True)
@@ -83,6 +89,7 @@ def _applying(
     show_default=True,
 )
 @click.option("--sender", help=_SENDER_HELP)
+@click.option("--mailto", help=_MAILTO_HELP)
 @click.option(
     "--journal",
     "journals",
@@ -102,6 +109,7 @@ def inbound(
     max_size: int,
     max_connections: int,
     sender: str | None,
+    mailto: str | None,
     journals: tuple[Path, ...],
     store: Path | None,
     campaign: Path | None,
@@ -122,10 +130,12 @@ def inbound(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     with open_store(store, campaign) as opened:
-        applying = _applying(opened, campaign, sender, journals)
+        applying = _applying(opened, campaign, sender, mailto, journals)
         accepted = list(domains)
         if not accepted and applying.verp is not None:
             accepted = [applying.verp.after.rpartition("@")[2]]
+        if not domains and applying.mailto:
+            accepted.append(applying.mailto.rpartition("@")[2])
         if not accepted:
             raise click.UsageError("name the domains to accept: --domain, --sender or --campaign")
 
@@ -148,6 +158,7 @@ def inbound(
 @inbound.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--sender", help=_SENDER_HELP)
+@click.option("--mailto", help=_MAILTO_HELP)
 @click.option(
     "--journal",
     "journals",
@@ -163,6 +174,7 @@ def ingest(
     path: Path,
     *,
     sender: str | None,
+    mailto: str | None,
     journals: tuple[Path, ...],
     verbose: bool,
     store: Path | None,
@@ -174,7 +186,7 @@ def ingest(
     campaign's limit; delays, auto-replies and anything unreadable change nothing.
     """
     with open_store(store, campaign) as opened:
-        applying = _applying(opened, campaign, sender, journals)
+        applying = _applying(opened, campaign, sender, mailto, journals)
         for name, data in messages(path):
             outcomes = applying.message(data, now=time.time())
             if verbose:

@@ -9,6 +9,7 @@ store through the same rules as inline bounces (:mod:`bulksend.suppression.rules
   repeated; a bounce that is our fault (policy, TLS, size) suppresses nothing
   (``not_suppressed``);
 - a complaint (ARF) suppresses its address as ``complaint``;
+- a mail to the ``[unsubscribe] mailto`` address suppresses its sender as ``unsubscribe``;
 - a notice whose recipient is unknown (no token, a token that does not decode, or, given the
   campaign's recipients, an address that is not one of them) is counted and dropped;
 - delays, success notices, auto-replies, ordinary mail and unparseable messages are counted
@@ -112,11 +113,12 @@ class Ingest:
     rules: Rules
     verp: Verp | None = None
     recipients: CampaignRecipients | None = None
+    mailto: str = ""  # the [unsubscribe] mailto address
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def message(self, data: bytes, *, now: float, envelope_to: str = "") -> list[str]:
         """Parse and apply one message; return an outcome (see :data:`OUTCOMES`) per notice."""
-        parsed = parse_message(data, verp=self.verp, envelope_to=envelope_to)
+        parsed = parse_message(data, verp=self.verp, envelope_to=envelope_to, mailto=self.mailto)
         outcomes = self.apply(parsed, now=now)
         self.counts.update(outcomes)
         return outcomes
@@ -147,6 +149,8 @@ class Ingest:
             source = Source.DSN
         elif notice.kind is Kind.COMPLAINT:
             reason, source = SuppressionReason.COMPLAINT, Source.ARF
+        elif notice.kind is Kind.UNSUBSCRIBE:
+            reason, source = SuppressionReason.UNSUBSCRIBE, Source.MAILTO
         else:
             return notice.kind.value
         if notice.address is None:

@@ -18,7 +18,9 @@ read, in this order:
    (:func:`~bulksend.delivery.outcome.categorize`); a "delayed"/"will retry" text is a delay.
 4. Auto-replies (RFC 3834 ``Auto-Submitted`` other than ``no``, ``X-Autoreply``,
    ``Precedence: auto_reply``, vacation and out-of-office subjects): never a bounce.
-5. Anything else is not feedback (a person's reply, spam to the bounce address).
+5. Mail to the campaign's ``[unsubscribe] mailto`` address (RFC 2369 ``List-Unsubscribe:
+   <mailto:...>``) unsubscribes the address in its ``From``.
+6. Anything else is not feedback (a person's reply, spam to the bounce address).
 
 Which recipient a notice is about: the VERP token of the address the report was sent to
 (``bounces+user=example.com@...``: ``Delivered-To``, ``X-Original-To``, ``To``...), or of the
@@ -95,6 +97,7 @@ class Kind(enum.StrEnum):
     DELIVERED = "delivered"  # a success notice (delivered, relayed, expanded)
     COMPLAINT = "complaint"  # an ARF abuse/fraud/virus/other report
     AUTO_REPLY = "auto_reply"  # vacation, out of office: never a bounce
+    UNSUBSCRIBE = "unsubscribe"  # mail to the List-Unsubscribe mailto address (RFC 2369)
     IGNORED = "ignored"  # a report that asks nothing of us (ARF not-spam, auth-failure)
     NOT_FEEDBACK = "not_feedback"  # ordinary mail to the bounce address
     UNPARSEABLE = "unparseable"
@@ -165,19 +168,22 @@ class Parsed:
     detail: str = ""
 
 
-def parse_message(data: bytes, *, verp: Verp | None = None, envelope_to: str = "") -> Parsed:
+def parse_message(
+    data: bytes, *, verp: Verp | None = None, envelope_to: str = "", mailto: str = ""
+) -> Parsed:
     """Read one inbound message (see the module's comment for how).
 
     Args:
         data: the message as received.
         verp: the campaign's return-path template, to find recipients by their token.
         envelope_to: the address it was delivered to (RCPT TO), when known.
+        mailto: the ``[unsubscribe] mailto`` address: mail to it unsubscribes its sender.
     """
     if len(data) > MAX_SIZE:
         return Parsed(Kind.UNPARSEABLE, detail=f"larger than {MAX_SIZE} bytes")
     try:
         message = email.message_from_bytes(data, policy=email.policy.compat32)
-        return _parse(message, verp, envelope_to)
+        return _parse(message, verp, envelope_to, mailto.strip().lower())
     except Exception as exc:
         # The stdlib parser and header decoder have raised on crafted input before (e.g.
         # CPython issues with encoded words and nested parts): a bad message is classified,
@@ -185,7 +191,7 @@ def parse_message(data: bytes, *, verp: Verp | None = None, envelope_to: str = "
         return Parsed(Kind.UNPARSEABLE, detail=f"{type(exc).__name__}: {exc}"[:_DETAIL_LIMIT])
 
 
-def _parse(message: Message, verp: Verp | None, envelope_to: str) -> Parsed:
+def _parse(message: Message, verp: Verp | None, envelope_to: str, mailto: str) -> Parsed:
     content_type = message.get_content_type()
     report_type = email.utils.collapse_rfc2231_value(message.get_param("report-type") or "")
     report_type = report_type.lower()
@@ -203,6 +209,11 @@ def _parse(message: Message, verp: Verp | None, envelope_to: str) -> Parsed:
         return _plain_bounce(message, subject, verp, envelope_to)
     if _auto_reply(message, subject):
         return Parsed(Kind.AUTO_REPLY, detail=subject[:_DETAIL_LIMIT])
+    if mailto and any(a.lower() == mailto for a in _addressed_to(message, envelope_to)):
+        address = email.utils.parseaddr(sender)[1]
+        if "@" in address:
+            notice = Notice(Kind.UNSUBSCRIBE, address, found_by="from")
+            return Parsed(Kind.UNSUBSCRIBE, (notice,), detail=subject[:_DETAIL_LIMIT])
     return Parsed(Kind.NOT_FEEDBACK, detail=subject[:_DETAIL_LIMIT])
 
 
@@ -448,22 +459,27 @@ def _verp_recipient(
     """The recipient a VERP token names, and whether a token was there but did not decode."""
     if verp is None:
         return None, False
-    candidates = [envelope_to, *more]
-    for name in _ENVELOPE_HEADERS:
-        candidates += [_header(value, "") for value in message.get_all(name, [])]
-    if original is not None:
-        candidates.append(_header(original, "return-path"))
+    returned = () if original is None else (_header(original, "return-path"),)
     bad = False
-    for candidate in candidates:
-        for m in _ADDRESS.finditer(candidate):
-            try:
-                address = verp.recipient(m[1])
-            except ValueError:
-                bad = True
-                continue
-            if address is not None:
-                return address, False
+    for candidate in _addressed_to(message, envelope_to, *more, *returned):
+        try:
+            address = verp.recipient(candidate)
+        except ValueError:
+            bad = True
+            continue
+        if address is not None:
+            return address, False
     return None, bad
+
+
+def _addressed_to(message: Message, envelope_to: str, *more: str) -> Iterator[str]:
+    """Every address the message was (or says it was) delivered to, most reliable first."""
+    texts = [envelope_to, *more]
+    for name in _ENVELOPE_HEADERS:
+        texts += [_header(value, "") for value in message.get_all(name, [])]
+    for text in texts:
+        for m in _ADDRESS.finditer(text):
+            yield m[1]
 
 
 def _header(message: Message | str, name: str) -> str:

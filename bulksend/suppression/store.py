@@ -78,6 +78,7 @@ class Source(enum.StrEnum):
     DSN = "dsn"  # an asynchronous bounce (RFC 3464)
     ARF = "arf"  # a complaint report (RFC 5965)
     HTTP = "http"  # the one-click unsubscribe endpoint (RFC 8058)
+    MAILTO = "mailto"  # mail to the List-Unsubscribe mailto address (RFC 2369)
     CLI = "cli"  # bulksend suppress add / import
 
 

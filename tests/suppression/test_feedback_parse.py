@@ -210,3 +210,18 @@ def test_garbage_mime_never_raises(lines: list[str], tail: bytes) -> None:
             Kind.COMPLAINT,
             Kind.IGNORED,
         )
+
+
+def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender() -> None:
+    data = (FIXTURES / "mailto_unsubscribe.eml").read_bytes()
+    parsed = parse_message(data, verp=VERP, mailto="Unsubscribe@sender.test")
+    assert parsed.kind is Kind.UNSUBSCRIBE
+    assert (only(parsed).address, only(parsed).found_by) == ("Reader10@Example.com", "from")
+    # Without the mailto address configured it is ordinary mail.
+    assert parse_message(data, verp=VERP).kind is Kind.NOT_FEEDBACK
+    # A vacation reply that reaches the unsubscribe address unsubscribes nobody.
+    vacation = (FIXTURES / "vacation.eml").read_bytes()
+    parsed = parse_message(
+        vacation, envelope_to="unsubscribe@sender.test", mailto="unsubscribe@sender.test"
+    )
+    assert parsed.kind is Kind.AUTO_REPLY

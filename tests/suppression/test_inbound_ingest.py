@@ -47,7 +47,7 @@ def test_ingest_a_folder_of_eml_files(runner: CliRunner, tmp_path: Path) -> None
         ["delay", "1"],
         ["ignored", "1"],
         ["auto_reply", "2"],
-        ["not_feedback", "1"],
+        ["not_feedback", "2"],  # a person's reply; the mailto unsubscribe, with no mailto given
     ]
     hard, complaint = (
         (SuppressionReason.HARD_BOUNCE, Source.DSN),
@@ -92,15 +92,18 @@ def test_ingest_a_maildir_and_an_mbox(runner: CliRunner, tmp_path: Path) -> None
 
 def test_ingest_with_the_campaign_and_its_journal(runner: CliRunner, tmp_path: Path) -> None:
     extra = '[suppression]\nstore = "s.sqlite3"\n'
-    recipients = ["gone@example.com", "user1@ok.test"]
-    campaign_path = write_campaign(tmp_path, recipients, toml=campaign_toml(extra=extra))
+    toml = campaign_toml(extra=extra).replace(
+        "[unsubscribe]\n", '[unsubscribe]\nmailto = "unsubscribe@sender.test"\n'
+    )
+    recipients = ["gone@example.com", "user1@ok.test", "reader10@example.com"]
+    campaign_path = write_campaign(tmp_path, recipients, toml=toml)
     campaign = Campaign.load(campaign_path, {})
     journal = tmp_path / "journal.sqlite3"
     with Journal.open(journal, "test") as opened:
         opened.import_recipients([NewRecipient(a, {}) for a in recipients])
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    for name in ("postfix_5_1_1.eml", "gmail_5_1_1.eml"):
+    for name in ("postfix_5_1_1.eml", "gmail_5_1_1.eml", "mailto_unsubscribe.eml"):
         shutil.copy(FIXTURES / name, inbox / name)
     # A bounce to a shared return path from a forwarding host: Final-Recipient is an alias,
     # only the returned Message-ID says whose message it was.
@@ -121,9 +124,14 @@ def test_ingest_with_the_campaign_and_its_journal(runner: CliRunner, tmp_path: P
     result = runner.invoke(cli, [*args, "--journal", str(journal), "-v"])
     assert result.exit_code == 0, result.output
     assert "alias.eml: suppressed" in result.stdout
+    assert "mailto_unsubscribe.eml: suppressed" in result.stdout
     # missing@gmail.com is not a recipient of this campaign: counted and dropped.
     assert "gmail_5_1_1.eml: unknown_recipient" in result.stdout
-    assert set(stored(tmp_path / "s.sqlite3")) == {"gone@example.com", "user1@ok.test"}
+    assert stored(tmp_path / "s.sqlite3") == {
+        "gone@example.com": (SuppressionReason.HARD_BOUNCE, Source.DSN),
+        "user1@ok.test": (SuppressionReason.HARD_BOUNCE, Source.DSN),
+        "reader10@example.com": (SuppressionReason.UNSUBSCRIBE, Source.MAILTO),
+    }
 
 
 def test_journal_without_campaign_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
