@@ -7,7 +7,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import trio
@@ -26,13 +28,29 @@ from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import SuppressionStore
 from bulksend.text import printable, write_table
 
-_MAILTO_HELP = (
-    "Mail to this address unsubscribes its sender (default: the campaign's [unsubscribe] mailto)."
-)
-_SENDER_HELP = (
-    "The VERP return path, e.g. 'bounces+{token}@example.org' "
-    "(default: the campaign's [envelope] sender)."
-)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _feedback_options(f: _F) -> _F:
+    """--sender, --mailto and --journal: how reports are matched to recipients."""
+    f = click.option(
+        "--journal",
+        "journals",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The campaign's journal (repeatable, for shards): only its recipients are "
+        "suppressed, and a report without a token is matched by Message-ID (needs --campaign).",
+    )(f)
+    f = click.option(
+        "--mailto",
+        help="Mail to this address unsubscribes its sender (default: the campaign's "
+        "[unsubscribe] mailto).",
+    )(f)
+    return click.option(
+        "--sender",
+        help="The VERP return path, e.g. 'bounces+{token}@example.org' "
+        "(default: the campaign's [envelope] sender).",
+    )(f)
 
 
 def _applying(
@@ -72,7 +90,8 @@ def _applying(
     "--domain",
     "domains",
     multiple=True,
-    help="Accept mail for this domain (repeatable; default: the return path's domain).",
+    help="Accept mail for this domain (repeatable; default: the return path's domain and "
+    "the unsubscribe address's).",
 )
 @click.option("--hostname", default=socket.getfqdn, help="Our name in the greeting.")
 @click.option(
@@ -88,15 +107,7 @@ def _applying(
     default=ReceiverLimits().max_connections,
     show_default=True,
 )
-@click.option("--sender", help=_SENDER_HELP)
-@click.option("--mailto", help=_MAILTO_HELP)
-@click.option(
-    "--journal",
-    "journals",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The campaign's journal (see `inbound ingest`).",
-)
+@_feedback_options
 @store_options
 @debug_option
 @click.pass_context
@@ -157,16 +168,7 @@ def inbound(
 
 @inbound.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--sender", help=_SENDER_HELP)
-@click.option("--mailto", help=_MAILTO_HELP)
-@click.option(
-    "--journal",
-    "journals",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The campaign's journal (repeatable, for shards): only its recipients are "
-    "suppressed, and a report without a token is matched by Message-ID (needs --campaign).",
-)
+@_feedback_options
 @click.option("--verbose", "-v", is_flag=True, help="One line per message.")
 @store_options
 @debug_option
