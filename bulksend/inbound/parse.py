@@ -488,7 +488,7 @@ def _header(message: Message | str, name: str) -> str:
     if value is None:
         return ""
     if isinstance(value, email.header.Header):
-        value = str(value)
+        value = _raw_header(value)
     text = str(value)
     if "=?" in text:
         # An undecodable word is shown as written: it is still text.
@@ -497,6 +497,20 @@ def _header(message: Message | str, name: str) -> str:
         ):
             text = str(email.header.make_header(email.header.decode_header(text)))
     return " ".join(text.split())
+
+
+def _raw_header(value: email.header.Header) -> str:
+    """A header with raw 8-bit octets (compat32 wraps those): read as UTF-8 (RFC 6532)."""
+    parts = []
+    for chunk, charset in email.header.decode_header(value):
+        if isinstance(chunk, str):
+            parts.append(chunk)
+            continue
+        try:
+            parts.append(chunk.decode(charset or "utf-8", "replace"))
+        except LookupError:  # "unknown-8bit", or a charset Python does not know
+            parts.append(chunk.decode("utf-8", "replace"))
+    return "".join(parts)
 
 
 def _text(part: Message) -> str:

@@ -39,6 +39,7 @@ from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.files import private_fd
+from bulksend.text import CONTROL
 
 __all__ = [
     "Entry",
@@ -97,9 +98,9 @@ def normalise_key(text: str) -> str:
     else:
         key = normalise_address(f"x@{text}").rpartition("@")[2]
     local, at, domain = key.rpartition("@")
-    if not domain or (at and not local) or any(c.isspace() for c in key):
+    if not domain or (at and not local) or any(c.isspace() for c in key) or CONTROL.search(key):
         raise ValueError(f"{text!r} is neither an address nor a domain")
-    return key
+    return key if at else key.rstrip(".")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +236,9 @@ class SuppressionStore:
         return stored
 
     def _merge_one(self, entry: Entry) -> Entry:
-        entry = replace(entry, detail=entry.detail[:_DETAIL_LIMIT])
+        # Remote text: no lone surrogate may reach SQLite (it cannot encode one).
+        detail = entry.detail[:_DETAIL_LIMIT].encode("utf-8", "replace").decode("utf-8")
+        entry = replace(entry, detail=detail)
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM suppressions WHERE key = ?",  # noqa: S608
             (entry.key,),

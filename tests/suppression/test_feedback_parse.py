@@ -130,6 +130,20 @@ def test_an_unknown_token_names_nobody() -> None:
     assert notice.bad_token
 
 
+def test_eight_bit_headers_are_read_as_utf8() -> None:
+    # RFC 6533: an SMTPUTF8 recipient in a raw UTF-8 field; invalid octets are replaced.
+    data = (
+        b"From: MAILER-DAEMON@x.test\nSubject: Undelivered\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n"
+        b"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x.test\n\n"
+        b"Final-Recipient: utf-8; j\xc3\xb6rg@example.com\nAction: failed\nStatus: 5.1.1\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 no such user \xff\xfe\n\n--b--\n"
+    )
+    notice = only(parse_message(data))
+    assert notice.address == "jörg@example.com"
+    assert notice.diagnostic == "550 5.1.1 no such user \ufffd\ufffd"
+
+
 def test_too_large_is_unparseable() -> None:
     parsed = parse_message(b"Subject: x\n\n" + b"x" * (10 * 1024 * 1024))
     assert parsed.kind is Kind.UNPARSEABLE

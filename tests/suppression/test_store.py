@@ -54,13 +54,16 @@ def test_not_a_store_is_a_suppression_error(tmp_path: Path) -> None:
         ("  user@bücher.example ", "user@xn--bcher-kva.example"),
         ("Example.COM", "example.com"),
         ("@example.com", "example.com"),
+        ("Example.com.", "example.com"),
     ],
 )
 def test_keys_are_normalised_as_the_reader_does(text: str, key: str) -> None:
     assert normalise_key(text) == key
 
 
-@pytest.mark.parametrize("text", ["", "   ", "@", "user@", "@user@", "a b@example.com"])
+@pytest.mark.parametrize(
+    "text", ["", "   ", "@", "user@", "@user@", "a b@example.com", "a\x00@x.test", "\udcff@x.test"]
+)
 def test_malformed_keys_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="neither an address nor a domain"):
         normalise_key(text)
@@ -79,6 +82,13 @@ def test_events_merge_into_one_row(store: SuppressionStore) -> None:
         3,
     )
     assert store.get("a@x.test") == again
+
+
+def test_detail_is_kept_whatever_its_text(store: SuppressionStore) -> None:
+    entry = store.add("a@x.test", HARD, Source.DSN, now=1.0, detail="550 \udcff " + "x" * 600)
+    assert entry.detail.startswith("550 ? xxx")
+    assert len(entry.detail) == 500
+    assert store.get("a@x.test") == entry
 
 
 def test_check_honours_expiry_and_domains(store: SuppressionStore) -> None:
