@@ -5,7 +5,8 @@ click group and its one-line errors; ``output`` the exit statuses and what runs 
 ``options`` the shared options; ``run`` the run orchestration (one process or ``--workers``);
 one module per command group: ``send`` (send, resume), ``report`` (status, report),
 ``validate``, ``local`` (sink, demo), ``suppress`` (the suppression store), ``inbound``
-(bounces and complaints into it).
+(bounces and complaints into it), ``unsubscribe`` (the one-click endpoint); ``serving`` runs
+their listeners.
 """
 
 from __future__ import annotations

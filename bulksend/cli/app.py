@@ -1,8 +1,8 @@
 """The ``bulksend`` click group, and errors as one line on stderr.
 
 Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink``, ``demo``
-(docs/cli.md), ``suppress`` and ``inbound`` (docs/suppression.md); each lives in its own
-module and is added to the group here.
+(docs/cli.md), ``suppress``, ``inbound`` and ``unsubscribe-server`` (docs/suppression.md);
+each lives in its own module and is added to the group here.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
 from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
 from bulksend.cli.suppress import suppress
+from bulksend.cli.unsubscribe import unsubscribe_server
 from bulksend.cli.validate import validate
 from bulksend.errors import BulksendError
 
@@ -115,5 +116,16 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR, format="bulksend: %(message)s")
 
 
-for _command in (send, resume, status, report, validate, sink, demo, suppress, inbound):
+for _command in (
+    send,
+    resume,
+    status,
+    report,
+    validate,
+    sink,
+    demo,
+    suppress,
+    inbound,
+    unsubscribe_server,
+):
     main.add_command(_command)

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import trio
 
 from bulksend.campaign.render import Campaign
 from bulksend.cli.options import debug_option
+from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import SuppressionConfig
-from bulksend.config.values import parse_host_port
 from bulksend.errors import ConfigError
 from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messages
 from bulksend.inbound.parse import Verp
@@ -133,13 +132,7 @@ def inbound(
         return
     if listen is None:
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
-    try:
-        # Port 0 (any free port, said on stderr) is for tests; parse_host_port refuses it.
-        any_port = listen.endswith(":0")
-        host, port = parse_host_port(listen.removesuffix(":0"), 25)
-        port = 0 if any_port else port
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    host, port = listen_address(listen, 25)
     with open_store(store, campaign) as opened:
         applying = _applying(opened, campaign, sender, mailto, journals)
         accepted = list(domains)
@@ -156,14 +149,7 @@ def inbound(
 
         limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
         receiver = Receiver(hostname, accepted, deliver, limits)
-
-        async def serve() -> None:
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(receiver.serve, host, port)
-                bound = listeners[0].socket.getsockname()
-                click.echo(f"bulksend: listening on {bound[0]}:{bound[1]}", err=True)
-
-        trio.run(serve)
+        serve_until_stopped(receiver.serve, host, port)
 
 
 @inbound.command()

@@ -174,7 +174,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     sender = _load_envelope_sender(envelope)
     envelope.finish()
     recipients = _load_recipients(root, campaign_id)
-    unsubscribe = _load_unsubscribe(root)
+    unsubscribe = _load_unsubscribe(root, environ)
     dkim = _load_dkim(root, environ)
     policy = load_policy(root)
     routing = _load_routing(root, environ)
@@ -406,7 +406,7 @@ def _load_recipients(root: Table, campaign_id: str) -> RecipientsConfig:
     )
 
 
-def _load_unsubscribe(root: Table) -> UnsubscribeConfig | None:
+def _load_unsubscribe(root: Table, environ: Mapping[str, str]) -> UnsubscribeConfig | None:
     t = root.sub("unsubscribe")
     if t is None:
         return None
@@ -417,8 +417,9 @@ def _load_unsubscribe(root: Table) -> UnsubscribeConfig | None:
         )
     mailto_text = t.string("mailto")
     mailto = None if mailto_text is None else _address(t, "mailto", mailto_text)
+    key, _ = _load_secret(t, "key_file", "key_env", environ, strip=True, required=False)
     t.finish()
-    return UnsubscribeConfig(url=url, mailto=mailto)
+    return UnsubscribeConfig(url=url, mailto=mailto, key=key)
 
 
 def _load_dkim(root: Table, environ: Mapping[str, str]) -> tuple[DkimConfig, ...]:

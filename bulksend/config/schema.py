@@ -199,6 +199,8 @@ class UnsubscribeConfig:
 
     url: str  # template; must render to an https:// URL
     mailto: str | None = None
+    #: The HMAC key of ``unsubscribe_token`` (bulksend.campaign.unsubscribe); None: no token.
+    key: Secret | None = None
 
 
 class DkimAlgorithm(enum.Enum):
