@@ -12,7 +12,7 @@ from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import load_campaign
 from bulksend.errors import ConfigError
-from bulksend.suppression.endpoint import EndpointLimits, UnsubscribeEndpoint
+from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
 
 
 def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...]) -> list[bytes]:

@@ -18,8 +18,8 @@ reports about mail we sent). Commands are read one line at a time, CRLF-terminat
 Each accepted message goes to ``deliver(data, recipients)`` (in a worker thread, one message
 at a time: it parses and writes to the store); nothing is stored but what it decides to keep.
 If it fails (the store is unusable) the peer gets ``451`` and retries later. Data ends at
-``<CRLF>.<CRLF>`` and is dot-unstuffed (§4.5.2). No input can stop the listener: whatever a
-session raises is logged and ends that session only.
+``<CRLF>.<CRLF>`` and is dot-unstuffed (§4.5.2). No input can stop the listener
+(:class:`~bulksend.inbound.listening.Listener`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Final
 import trio
 
 from bulksend.errors import BulksendError
+from bulksend.inbound.listening import Listener
 
 __all__ = ["Receiver", "ReceiverLimits"]
 
@@ -61,7 +62,7 @@ class _Drop(Exception):
     """End the session (after the reply already sent)."""
 
 
-class Receiver:
+class Receiver(Listener):
     """The SMTP receiver; :meth:`serve` runs it on a listener."""
 
     def __init__(
@@ -75,39 +76,17 @@ class Receiver:
         self.domains = frozenset(d.lower().strip(".") for d in domains)
         self.deliver = deliver
         self.limits = limits or ReceiverLimits()
-        self._slots = trio.CapacityLimiter(self.limits.max_connections)
         self._delivering = trio.CapacityLimiter(1)
+        super().__init__(
+            self.limits.max_connections, b"421 4.3.2 Too many connections, try later\r\n"
+        )
 
-    async def serve(
-        self,
-        host: str,
-        port: int,
-        *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Listen on ``host:port`` (port 0: any free one) until cancelled."""
-        await trio.serve_tcp(self.handle, port, host=host, task_status=task_status)
-
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection."""
-        try:
-            self._slots.acquire_on_behalf_of_nowait(stream)
-        except trio.WouldBlock:
-            await _say(stream, b"421 4.3.2 Too many connections, try later\r\n")
-            await trio.aclose_forcefully(stream)
-            return
-        try:
-            with trio.move_on_after(self.limits.session_timeout) as scope:
-                await _Session(self, stream).run()
-            if scope.cancelled_caught:
-                await _say(stream, b"421 4.4.2 Session too long, closing\r\n")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, _Drop):
-            pass
-        except Exception:
-            log.exception("inbound session failed; the listener goes on")
-        finally:
-            self._slots.release_on_behalf_of(stream)
-            await trio.aclose_forcefully(stream)
+    async def session(self, stream: trio.abc.Stream) -> None:
+        """One SMTP session, within the session time limit."""
+        with trio.move_on_after(self.limits.session_timeout) as scope, contextlib.suppress(_Drop):
+            await _Session(self, stream).run()
+        if scope.cancelled_caught:
+            await _say(stream, b"421 4.4.2 Session too long, closing\r\n")
 
 
 async def _say(stream: trio.abc.Stream, reply: bytes) -> None:

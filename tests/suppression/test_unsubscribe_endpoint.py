@@ -16,8 +16,8 @@ from bulksend.campaign import Campaign
 from bulksend.campaign.unsubscribe import unsubscribe_token, verify_token
 from bulksend.config import SuppressionReason
 from bulksend.delivery.run import run_campaign
+from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
 from bulksend.journal import Status
-from bulksend.suppression.endpoint import EndpointLimits, UnsubscribeEndpoint
 from bulksend.suppression.store import Source, SuppressionStore
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from tests.cli.cli_helpers import bulksend

@@ -19,6 +19,7 @@ request, 8 KiB of request head.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import time
@@ -34,6 +35,7 @@ from bulksend.campaign.recipients import normalise_address
 from bulksend.campaign.unsubscribe import verify_token
 from bulksend.config import SuppressionReason
 from bulksend.errors import SuppressionError
+from bulksend.inbound.listening import Listener
 from bulksend.suppression.store import Source, SuppressionStore
 
 __all__ = ["EndpointLimits", "UnsubscribeEndpoint"]
@@ -75,7 +77,7 @@ class _Request:
     token: str
 
 
-class UnsubscribeEndpoint:
+class UnsubscribeEndpoint(Listener):
     """The endpoint; :meth:`serve` runs it on a listener."""
 
     def __init__(
@@ -89,40 +91,14 @@ class UnsubscribeEndpoint:
         self.store = store
         self.keys = tuple(keys)
         self.limits = limits or EndpointLimits()
-        self._slots = trio.CapacityLimiter(self.limits.max_connections)
         self._writing = trio.CapacityLimiter(1)
+        super().__init__(self.limits.max_connections, _BUSY)
 
-    async def serve(
-        self,
-        host: str,
-        port: int,
-        *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Listen on ``host:port`` (port 0: any free one) until cancelled."""
-        await trio.serve_tcp(self.handle, port, host=host, task_status=task_status)
-
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection (one request)."""
+    async def session(self, stream: trio.abc.Stream) -> None:
+        """One request, within the time limit."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
-        try:
-            try:
-                self._slots.acquire_on_behalf_of_nowait(stream)
-            except trio.WouldBlock:
-                with trio.move_on_after(5):
-                    await stream.send_all(_BUSY)
-                return
-            try:
-                with trio.move_on_after(self.limits.timeout):
-                    await self._request(stream, conn)
-            finally:
-                self._slots.release_on_behalf_of(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-            pass
-        except Exception:
-            log.exception("unsubscribe request failed; the endpoint goes on")
-        finally:
-            await trio.aclose_forcefully(stream)
+        with trio.move_on_after(self.limits.timeout), contextlib.suppress(h11.LocalProtocolError):
+            await self._request(stream, conn)
 
     async def _request(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
         try:
