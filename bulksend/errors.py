@@ -19,3 +19,7 @@ class ConfigError(BulksendError):
 
 class JournalError(BulksendError):
     """The journal cannot be read or written (corrupt, disk full, changed campaign)."""
+
+
+class SuppressionError(BulksendError):
+    """The suppression store cannot be opened, read or written."""

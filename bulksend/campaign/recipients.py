@@ -33,6 +33,7 @@ is dropped as a duplicate.
 
 from __future__ import annotations
 
+import _csv
 import codecs
 import contextlib
 import csv
@@ -64,6 +65,7 @@ __all__ = [
     "SuppressionFile",
     "load_suppression",
     "normalise_address",
+    "numbered_rows",
 ]
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -300,6 +302,26 @@ class RejectsFile:
         self.close()
 
 
+def numbered_rows(reader: _csv.Reader) -> Iterator[tuple[int, list[str] | csv.Error]]:
+    """A ``csv.reader``'s rows from where it stands, each with the line it starts on.
+
+    A row that cannot be read comes as its :class:`csv.Error`, and reading goes on.
+    """
+    last_line = reader.line_num
+    while True:
+        start = last_line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            last_line = reader.line_num
+            yield start, exc
+            continue
+        last_line = reader.line_num
+        yield start, row
+
+
 class _RowError(Exception):
     """A row cannot be used; the message is the reason written to the rejects file."""
 
@@ -441,18 +463,10 @@ class RecipientReader:
                 )
             email_index = lowered.index(self.email_column.lower())
             width = len(names)
-            last_line = reader.line_num
-            while True:
-                start = last_line + 1
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    last_line = reader.line_num
-                    yield start, "", {}, f"unreadable CSV row: {exc}"
+            for start, row in numbered_rows(reader):
+                if isinstance(row, csv.Error):
+                    yield start, "", {}, f"unreadable CSV row: {row}"
                     continue
-                last_line = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line is not a recipient
                 if len(row) != width:

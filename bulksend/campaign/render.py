@@ -73,7 +73,8 @@ from bulksend.campaign.recipients import (
     Reject,
     load_suppression,
 )
-from bulksend.config import CampaignConfig, load_campaign
+from bulksend.campaign.unsubscribe import unsubscribe_token
+from bulksend.config import CampaignConfig, UnsubscribeConfig, load_campaign
 from bulksend.errors import BulksendError, ConfigError
 from bulksend.text import CONTROL
 
@@ -178,6 +179,13 @@ class RenderedMessage:
     needs_8bitmime: bool
     needs_smtputf8: bool
     message_id: str
+
+
+def _unsubscribe_key(unsubscribe: UnsubscribeConfig | None) -> bytes | None:
+    """The HMAC key of the campaign's unsubscribe tokens, if it has one."""
+    if unsubscribe is None or unsubscribe.key is None:
+        return None
+    return unsubscribe.key.reveal().encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,6 +579,7 @@ class Campaign:
             if config.unsubscribe is None
             else header_field("unsubscribe.url", config.unsubscribe.url)
         )
+        self._unsubscribe_key = _unsubscribe_key(config.unsubscribe)
         self._text: _Field | None = None
         self._html: _Field | None = None
         if message.text_template is not None:
@@ -798,6 +807,8 @@ class Campaign:
         provided = {"email", "campaign_id", "message_id", *self._globals}
         if self._unsubscribe is not None:
             provided.add("unsubscribe_url")
+        if self._unsubscribe_key is not None:
+            provided.add("unsubscribe_token")
         for field in self._fields():
             missing = sorted(field.required - provided - set(columns))
             if missing:
@@ -880,6 +891,10 @@ class Campaign:
         context["email"] = recipient.display_address or address
         context["campaign_id"] = self.config.id
         context["message_id"] = message_id
+        if self._unsubscribe_key is not None:
+            context["unsubscribe_token"] = unsubscribe_token(
+                self._unsubscribe_key, self.config.id, address
+            )
         data = self._assemble(context, header_address, message_id, now)
         return RenderedMessage(
             envelope_sender=sender,

@@ -1,7 +1,8 @@
 """The ``bulksend`` click group, and errors as one line on stderr.
 
-Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink`` and ``demo``
-(docs/cli.md); each lives in its own module and is added to the group here.
+Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink``, ``demo``
+(docs/cli.md), ``suppress``, ``inbound`` and ``unsubscribe-server`` (docs/suppression.md);
+each lives in its own module and is added to the group here.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from typing import Any
 import click
 import trio
 
+from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
 from bulksend.cli.options import DEBUG_KEY, debug_option
 from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
 from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
+from bulksend.cli.suppress import suppress
+from bulksend.cli.unsubscribe import unsubscribe_server
 from bulksend.cli.validate import validate
 from bulksend.errors import BulksendError
 
@@ -112,5 +116,16 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR, format="bulksend: %(message)s")
 
 
-for _command in (send, resume, status, report, validate, sink, demo):
+for _command in (
+    send,
+    resume,
+    status,
+    report,
+    validate,
+    sink,
+    demo,
+    suppress,
+    inbound,
+    unsubscribe_server,
+):
     main.add_command(_command)

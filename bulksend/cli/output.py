@@ -3,13 +3,16 @@
 Exit statuses (:data:`EXIT_OK` ...): 0 done; 1 error; 2 usage (click's); 3 stopped before
 the campaign completed (a signal, ``--limit``): resumable; 4 done, but some recipients were
 not delivered (bounced or expired; 0 with ``--exit-zero-when-complete``, for orchestrators),
-or a dry run / validation found problems.
+or a dry run / validation found problems, or ``suppress check`` found an address that is not
+suppressed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
@@ -18,6 +21,7 @@ import click
 
 from bulksend.cli.progress import SHOWN_KINDS, format_duration
 from bulksend.delivery.run import RunSummary
+from bulksend.files import open_private
 from bulksend.journal import CampaignTally, Status
 from bulksend.journal.reports import rows_line
 from bulksend.metrics import MetricsServer
@@ -34,6 +38,16 @@ def warn(text: str) -> None:
 
 def info(text: str) -> None:
     click.echo(f"bulksend: {text}", err=True)
+
+
+@contextlib.contextmanager
+def open_output(path: Path | None) -> Iterator[TextIO]:
+    """Where a command writes its data: ``path`` (created 0600: it holds addresses), or stdout."""
+    if path is None:
+        yield sys.stdout
+        return
+    with open_private(path) as out:
+        yield out
 
 
 @dataclass

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 import click
 
 from bulksend.cli.options import JournalParam, debug_option
-from bulksend.cli.output import counts_line, info, resume_command
+from bulksend.cli.output import counts_line, info, open_output, resume_command
 from bulksend.cli.progress import (
     SNAPSHOT_STALE,
     format_duration,
@@ -22,7 +19,6 @@ from bulksend.cli.progress import (
     read_snapshot,
     snapshot_path,
 )
-from bulksend.files import open_private
 from bulksend.journal import JournalSet, Status
 from bulksend.journal.backend import open_peek
 from bulksend.journal.reports import export_csv, export_jsonl, write_report
@@ -145,7 +141,7 @@ def report(
 
     While a run holds a journal, its last committed state is read (`status` shows the run).
     """
-    with JournalSet(journals) as j, _output(output) as out:
+    with JournalSet(journals) as j, open_output(output) as out:
         for path in j.live:
             info(f"{path} is in use by a run: reporting its last committed state")
         wanted = [Status(s) for s in statuses] or None
@@ -155,12 +151,3 @@ def report(
             export_jsonl(j.iter_states(wanted), out)
         else:
             write_report(j, out, top_domains=domains)
-
-
-@contextlib.contextmanager
-def _output(path: Path | None) -> Iterator[TextIO]:
-    if path is None:
-        yield sys.stdout
-        return
-    with open_private(path) as out:
-        yield out

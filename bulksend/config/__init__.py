@@ -33,6 +33,8 @@ from bulksend.config.schema import Secret as Secret
 from bulksend.config.schema import SendingPolicy as SendingPolicy
 from bulksend.config.schema import SiteLimits as SiteLimits
 from bulksend.config.schema import Smarthost as Smarthost
+from bulksend.config.schema import SuppressionConfig as SuppressionConfig
+from bulksend.config.schema import SuppressionReason as SuppressionReason
 from bulksend.config.schema import Timeouts as Timeouts
 from bulksend.config.schema import TlsMode as TlsMode
 from bulksend.config.schema import TlsTrust as TlsTrust
@@ -60,6 +62,8 @@ __all__ = [
     "SendingPolicy",
     "SiteLimits",
     "Smarthost",
+    "SuppressionConfig",
+    "SuppressionReason",
     "Timeouts",
     "TlsMode",
     "TlsTrust",

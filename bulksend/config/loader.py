@@ -38,6 +38,8 @@ from bulksend.config.schema import (
     RoutingSection,
     Secret,
     Smarthost,
+    SuppressionConfig,
+    SuppressionReason,
     TlsMode,
     TlsTrust,
     UnsubscribeConfig,
@@ -47,6 +49,7 @@ from bulksend.config.table import Table, host_keyed, toml_type
 from bulksend.config.values import (
     decoding_problem,
     hostname_syntax,
+    parse_duration,
     parse_host_port,
     parse_nameserver,
     parse_port,
@@ -171,11 +174,12 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     sender = _load_envelope_sender(envelope)
     envelope.finish()
     recipients = _load_recipients(root, campaign_id)
-    unsubscribe = _load_unsubscribe(root)
+    unsubscribe = _load_unsubscribe(root, environ)
     dkim = _load_dkim(root, environ)
     policy = load_policy(root)
     routing = _load_routing(root, environ)
     tls = _load_tls(root)
+    suppression = _load_suppression(root)
     root.finish()
     return CampaignConfig(
         source=source,
@@ -190,7 +194,45 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         ehlo_hostname=ehlo_hostname,
         max_message_size=max_size,
         tls=tls,
+        suppression=suppression,
         warnings=tuple(root.warnings),
+    )
+
+
+def _load_suppression(root: Table) -> SuppressionConfig:
+    t = root.sub("suppression")
+    if t is None:
+        return SuppressionConfig()
+    default = SuppressionConfig()
+    store = t.path_("store", must_exist=False)
+    limit = pick(t.integer("soft_bounce_limit", minimum=1), default.soft_bounce_limit)
+    window = t.converted("soft_bounce_window", parse_duration, "Write a duration like '7d'.")
+    expiry = dict(default.expiry)
+    table = t.sub("expiry")
+    if table is not None:
+        names = ", ".join(reason.value for reason in SuppressionReason)
+        for name, value in table.items():
+            try:
+                reason = SuppressionReason(name)
+            except ValueError:
+                raise table.error(
+                    name, "not a suppression reason", f"Use one of {names}."
+                ) from None
+            if value == "never":
+                expiry.pop(reason, None)
+                continue
+            try:
+                expiry[reason] = parse_duration(value)
+            except ValueError as exc:
+                raise table.error(
+                    name, str(exc), "Write a duration like '30d', or 'never'."
+                ) from None
+    t.finish()
+    return SuppressionConfig(
+        store=store,
+        soft_bounce_limit=limit,
+        soft_bounce_window=pick(window, default.soft_bounce_window),
+        expiry=MappingProxyType(expiry),
     )
 
 
@@ -364,7 +406,7 @@ def _load_recipients(root: Table, campaign_id: str) -> RecipientsConfig:
     )
 
 
-def _load_unsubscribe(root: Table) -> UnsubscribeConfig | None:
+def _load_unsubscribe(root: Table, environ: Mapping[str, str]) -> UnsubscribeConfig | None:
     t = root.sub("unsubscribe")
     if t is None:
         return None
@@ -375,8 +417,9 @@ def _load_unsubscribe(root: Table) -> UnsubscribeConfig | None:
         )
     mailto_text = t.string("mailto")
     mailto = None if mailto_text is None else _address(t, "mailto", mailto_text)
+    key, _ = _load_secret(t, "key_file", "key_env", environ, strip=True, required=False)
     t.finish()
-    return UnsubscribeConfig(url=url, mailto=mailto)
+    return UnsubscribeConfig(url=url, mailto=mailto, key=key)
 
 
 def _load_dkim(root: Table, environ: Mapping[str, str]) -> tuple[DkimConfig, ...]:

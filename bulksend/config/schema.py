@@ -32,6 +32,8 @@ __all__ = [
     "SendingPolicy",
     "SiteLimits",
     "Smarthost",
+    "SuppressionConfig",
+    "SuppressionReason",
     "Timeouts",
     "TlsMode",
     "TlsTrust",
@@ -161,12 +163,44 @@ class RecipientsConfig:
     encoding: str = "utf-8"  # a Python codec name, checked at load time
 
 
+class SuppressionReason(enum.StrEnum):
+    """Why an address (or domain) is in the suppression store."""
+
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"  # repeated soft bounces
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+    MANUAL = "manual"
+
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionConfig:
+    """The ``[suppression]`` section: the persistent store and the rules that feed it.
+
+    ``expiry`` maps a reason to seconds after its last event (a reason not in it never
+    expires). ``soft_bounce_limit`` soft bounces within ``soft_bounce_window`` seconds
+    suppress an address as ``soft_bounce``.
+    """
+
+    store: Path | None = None
+    soft_bounce_limit: int = 3
+    soft_bounce_window: float = 7 * _DAY
+    expiry: Mapping[SuppressionReason, float] = field(
+        default_factory=lambda: MappingProxyType({SuppressionReason.SOFT_BOUNCE: 30 * _DAY})
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class UnsubscribeConfig:
     """RFC 8058 one-click unsubscribe (and an optional RFC 2369 mailto)."""
 
     url: str  # template; must render to an https:// URL
     mailto: str | None = None
+    #: The HMAC key of ``unsubscribe_token`` (bulksend.campaign.unsubscribe); None: no token.
+    key: Secret | None = None
 
 
 class DkimAlgorithm(enum.Enum):
@@ -357,6 +391,7 @@ class CampaignConfig:
     #: No rendered message may be larger (bytes); a recipient whose message is fails alone.
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     tls: TlsTrust = TlsTrust()
+    suppression: SuppressionConfig = SuppressionConfig()
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

@@ -30,7 +30,7 @@ from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys
 from bulksend.delivery.throttle import TokenBucket
-from bulksend.errors import ConfigError, JournalError
+from bulksend.errors import ConfigError, JournalError, SuppressionError
 from bulksend.journal import (
     CampaignTally,
     Due,
@@ -46,6 +46,13 @@ from bulksend.journal.backend import AnyJournal
 from bulksend.journal.backend import open_journal as open_any_journal
 from bulksend.metrics import Metrics
 from bulksend.routing import Credentials, Relay, Router, RoutingConfig
+from bulksend.suppression.rules import BounceRecorder, Rules
+from bulksend.suppression.store import (
+    StoreSuppression,
+    Suppressions,
+    SuppressionStore,
+    Watched,
+)
 
 log = logging.getLogger("bulksend")
 
@@ -70,8 +77,9 @@ class RunOptions:
         grace: seconds in-flight transactions get to finish when stopping.
         shard: run only this shard's sites (see :mod:`bulksend.delivery.shard`); the
             journal and rejects files get the shard in their names.
-        suppression_check: seconds between looks at the suppression file during a run; a
-            change is read and applied before the next recipient is taken.
+        suppression_check: seconds between looks at the suppression file and store during a
+            run; a change is read and applied before the next recipient is taken, and the
+            run's inline bounces are written to the store.
         retry_unrendered: make the recipients whose message could not be made in an
             earlier run (``not_rendered``) pending again: the campaign has been fixed.
     """
@@ -155,11 +163,16 @@ Keep = Callable[[str], bool]  # does this run own recipients of this domain?
 
 
 def _recipients(
-    campaign: Campaign, rejects: RejectsFile, keep: Keep, not_imported: dict[str, int]
+    campaign: Campaign,
+    rejects: RejectsFile,
+    keep: Keep,
+    not_imported: dict[str, int],
+    store: StoreSuppression | None,
 ) -> Iterator[NewRecipient]:
     """The recipients file as journal rows; rejected rows are kept as invalid/suppressed.
 
-    Rejected rows that get no journal row are counted in ``not_imported`` by reason.
+    Rejected rows that get no journal row are counted in ``not_imported`` by reason; an
+    address in the suppression ``store`` is suppressed with the store's reason.
     """
     held: list[Reject] = []
 
@@ -169,8 +182,11 @@ def _recipients(
             held.append(reject)
 
     for recipient in campaign.recipients(on_reject):
+        reason = None if store is None else store.reason(recipient.address)
+        if reason is not None:
+            on_reject(Reject(recipient.line, recipient.address, reason, RejectKind.SUPPRESSED))
         yield from _rejected(held, not_imported)
-        if keep(recipient.domain):
+        if reason is None and keep(recipient.domain):
             yield NewRecipient(recipient.address, dict(recipient.fields))
     yield from _rejected(held, not_imported)
 
@@ -209,6 +225,8 @@ def import_recipients(
     shard: Shard | None = None,
     keep: Keep | None = None,
     on_progress: Callable[[int], None] | None = None,
+    *,
+    store: StoreSuppression | None = None,
 ) -> ImportStats | None:
     """Import the recipients file into the journal unless that is already complete.
 
@@ -216,6 +234,7 @@ def import_recipients(
     rejects file gets the shard in its name. ``on_progress(rows)`` is called every
     :data:`IMPORT_PROGRESS_EVERY` rows read; whatever it raises stops the import, whose
     uncommitted batch is rolled back (the journal stays not-imported; a later run resumes).
+    Addresses in the suppression ``store`` are imported as suppressed.
     """
     if journal.import_complete:
         return None
@@ -224,7 +243,7 @@ def import_recipients(
         path = shard.journal(path)
     not_imported: dict[str, int] = {}
     with RejectsFile(path) as rejects:
-        rows = _recipients(campaign, rejects, keep or _everything, not_imported)
+        rows = _recipients(campaign, rejects, keep or _everything, not_imported, store)
         if on_progress is not None:
             rows = _reporting(rows, on_progress)
         return journal.import_recipients(rows, not_imported=not_imported)
@@ -289,6 +308,7 @@ async def run_campaign(
     config = campaign.config
     await trio.to_thread.run_sync(campaign.check_recipients)
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
+    store = None
     try:
         if on_journal is not None:
             on_journal(journal)
@@ -296,8 +316,11 @@ async def run_campaign(
         if options.retry_unrendered:
             requeued = await trio.to_thread.run_sync(journal.retry_unrendered)
         router = Router(routing_config(config, options))
-        imported = await _import(campaign, journal, options, router, on_import)
-        suppression = await _read_suppression(campaign, journal, imported)
+        store = await _open_store(campaign)
+        imported = await _import(campaign, journal, options, router, on_import, store=store)
+        suppression = await _read_suppression(campaign, journal, imported, store)
+        recorder = None if store is None else BounceRecorder(store.store, Rules(config.suppression))
+        on_outcome = _noting(recorder, on_outcome)
         policy = config.policy
         settings = RunSettings(
             campaign=campaign,
@@ -323,6 +346,7 @@ async def run_campaign(
                     nursery.start_soon(
                         _watch_suppression,
                         suppression,
+                        recorder,
                         context,
                         options.suppression_check,
                         watching,
@@ -335,6 +359,7 @@ async def run_campaign(
                     watching.cancel()
                     with trio.CancelScope(shield=True):
                         await context.writer.aclose()
+                        await _write_bounces(recorder, context)
         except BaseExceptionGroup as group:
             # A journal failure (disk full) stops every task at once: report it once.
             failure, _rest = group.split(JournalError)
@@ -352,6 +377,8 @@ async def run_campaign(
             halted=context.halt_reason,
         )
     finally:
+        if store is not None:
+            store.store.close()
         journal.close()
 
 
@@ -361,6 +388,8 @@ async def _import(
     options: RunOptions,
     router: Router,
     on_import: Callable[[int], None] | None,
+    *,
+    store: StoreSuppression | None,
 ) -> ImportStats | None:
     """Import the recipients (once); a first import with nothing to send leaves no journal."""
     config = campaign.config
@@ -375,7 +404,9 @@ async def _import(
 
     try:
         imported = await trio.to_thread.run_sync(
-            import_recipients, campaign, journal, options.shard, keep, importing
+            lambda: import_recipients(
+                campaign, journal, options.shard, keep, importing, store=store
+            )
         )
     except BaseException:
         with contextlib.suppress(JournalError):
@@ -393,26 +424,85 @@ async def _import(
     return imported
 
 
-async def _read_suppression(
-    campaign: Campaign, journal: AnyJournal, imported: ImportStats | None
-) -> SuppressionFile | None:
-    """Read the suppression file, if any; on a resume, mark the waiting recipients on it."""
-    path = campaign.config.recipients.suppression
+async def _open_store(campaign: Campaign) -> StoreSuppression | None:
+    """Open the campaign's suppression store, if it has one, and read its active keys."""
+    path = campaign.config.suppression.store
     if path is None:
         return None
-    suppression = SuppressionFile(path)
-    await trio.to_thread.run_sync(suppression.reload)
+    store = await trio.to_thread.run_sync(SuppressionStore.open, path)
+    view = StoreSuppression(store)
+    try:
+        await trio.to_thread.run_sync(view.reload)
+    except BaseException:
+        store.close()
+        raise
+    return view
+
+
+async def _read_suppression(
+    campaign: Campaign,
+    journal: AnyJournal,
+    imported: ImportStats | None,
+    store: StoreSuppression | None,
+) -> Suppressions | None:
+    """Read the suppression file, if any, beside the store; on a resume, mark the waiting
+    recipients suppressed by either."""
+    sources: list[Watched] = [] if store is None else [store]
+    path = campaign.config.recipients.suppression
+    if path is not None:
+        suppression = SuppressionFile(path)
+        await trio.to_thread.run_sync(suppression.reload)
+        sources.append(suppression)
+    if not sources:
+        return None
+    suppressions = Suppressions(sources)
     if imported is None or imported.skipped:
         # Imported (some of it) by an earlier run: the list may have grown since.
-        n = await trio.to_thread.run_sync(journal.suppress_waiting, suppression.__contains__)
-        log.info("%d waiting recipients are on the suppression list now", n)
-    return suppression
+        n = await trio.to_thread.run_sync(journal.suppress_waiting, suppressions.__contains__)
+        log.info("%d waiting recipients are suppressed now", n)
+    return suppressions
+
+
+def _noting(
+    recorder: BounceRecorder | None, on_outcome: Callable[[Due, Outcome, str], None] | None
+) -> Callable[[Due, Outcome, str], None] | None:
+    """The outcome hook, with the recorder (if any) noting the bounces that feed the store."""
+    if recorder is None:
+        return on_outcome
+
+    def noting(due: Due, outcome: Outcome, site_label: str) -> None:
+        recorder.note(due.address, outcome)
+        if on_outcome is not None:
+            on_outcome(due, outcome, site_label)
+
+    return noting
+
+
+async def _write_bounces(recorder: BounceRecorder | None, context: RunContext) -> None:
+    """Write the bounces noted so far to the store (a failure is logged: delivery goes on)."""
+    if recorder is None:
+        return
+    pending = recorder.take()
+    if not pending:
+        return
+    try:
+        made = await trio.to_thread.run_sync(recorder.write, pending, context.now())
+    except SuppressionError as exc:
+        log.warning("%s; %d bounces not recorded in the suppression store", exc, len(pending))
+        return
+    if made:
+        log.info("%d addresses entered the suppression store", len(made))
 
 
 async def _watch_suppression(
-    suppression: SuppressionFile, context: RunContext, every: float, scope: trio.CancelScope
+    suppressions: Suppressions,
+    recorder: BounceRecorder | None,
+    context: RunContext,
+    every: float,
+    scope: trio.CancelScope,
 ) -> None:
-    """Re-read the suppression file when it changes; mark the waiting recipients on it.
+    """Write the run's bounces to the store; re-read a suppression source when it changes
+    and mark the waiting recipients it suppresses.
 
     Senders see the new list at once (``RunSettings.suppressed``); the journal then marks those
     not yet claimed, so they are never fetched again.
@@ -420,16 +510,26 @@ async def _watch_suppression(
     with scope:
         while True:
             await trio.sleep(every)
-            if not suppression.changed():
+            await _write_bounces(recorder, context)
+            # A look at the store may wait on its lock (a write of many bounces): in a thread.
+            changed = [
+                source
+                for source in suppressions.sources
+                if await trio.to_thread.run_sync(source.changed)
+            ]
+            for source in changed:
+                try:
+                    await trio.to_thread.run_sync(source.reload)
+                except (ConfigError, SuppressionError) as exc:
+                    log.warning("%s; keeping the suppressions read before", exc)
+                    continue
+            if not changed:
                 continue
-            try:
-                await trio.to_thread.run_sync(suppression.reload)
-            except ConfigError as exc:
-                log.warning("%s; keeping the suppression list read before", exc)
-                continue
-            n = await context.writer.suppress_waiting(suppression.__contains__)
+            n = await context.writer.suppress_waiting(suppressions.__contains__)
             log.warning(
-                "suppression list %s changed: %d waiting recipients suppressed", suppression.path, n
+                "suppressions changed (%s): %d waiting recipients suppressed",
+                ", ".join(str(source.path) for source in changed),
+                n,
             )
             if n:
                 context.events.final()  # they may have been the last ones waiting

@@ -14,6 +14,7 @@ from bulksend.config import (
     BackoffRule,
     DkimAlgorithm,
     RouteOverride,
+    Secret,
     SendingPolicy,
     SiteLimits,
     TlsMode,
@@ -47,7 +48,11 @@ def example(campaign_dir: CampaignDir, rsa_pem: str, ed25519_pem: str, ca: trust
 
 
 def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
-    environ = {"BULKSEND_DKIM_ED25519": ed25519_pem, "BULKSEND_RELAY_PASSWORD": "hunter2"}
+    environ = {
+        "BULKSEND_DKIM_ED25519": ed25519_pem,
+        "BULKSEND_RELAY_PASSWORD": "hunter2",
+        "BULKSEND_UNSUBSCRIBE_KEY": "a long random key",
+    }
     config = load_campaign(example, environ)
     root = example.parent
     assert config.id == "spring-2025"
@@ -56,6 +61,10 @@ def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
     assert config.max_message_size == 25_000_000
     assert config.recipients.encoding == "utf-8"
     assert config.tls.ca_file == root / "internal-ca.pem"
+    assert config.suppression.store == root / "suppressions.sqlite3"
+    assert config.suppression.soft_bounce_limit == 3
+    assert config.unsubscribe is not None
+    assert config.unsubscribe.key == Secret("a long random key")
     assert config.message.text_template == root / "body.txt"
     assert config.message.attachments[1].filename == "Terms.txt"
     assert config.message.headers == (("X-Campaign", "spring-2025"), ("X-Segment", "{{ segment }}"))

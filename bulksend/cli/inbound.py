@@ -1,0 +1,183 @@
+"""``bulksend inbound``: bounces and complaints into the suppression store, from a mailbox
+(``inbound ingest PATH``) or over SMTP (``inbound --listen HOST:PORT``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bulksend.campaign.render import Campaign
+from bulksend.cli.options import debug_option
+from bulksend.cli.serving import listen_address, serve_until_stopped
+from bulksend.cli.suppress import open_store, store_options
+from bulksend.config import SuppressionConfig
+from bulksend.errors import ConfigError
+from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messages
+from bulksend.inbound.parse import Verp
+from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.journal.reports import JournalSet
+from bulksend.suppression.rules import Rules
+from bulksend.suppression.store import SuppressionStore
+from bulksend.text import printable, write_table
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _feedback_options(f: _F) -> _F:
+    """--sender, --mailto and --journal: how reports are matched to recipients."""
+    f = click.option(
+        "--journal",
+        "journals",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The campaign's journal (repeatable, for shards): only its recipients are "
+        "suppressed, and a report without a token is matched by Message-ID (needs --campaign).",
+    )(f)
+    f = click.option(
+        "--mailto",
+        help="Mail to this address unsubscribes its sender (default: the campaign's "
+        "[unsubscribe] mailto).",
+    )(f)
+    return click.option(
+        "--sender",
+        help="The VERP return path, e.g. 'bounces+{token}@example.org' "
+        "(default: the campaign's [envelope] sender).",
+    )(f)
+
+
+def _applying(
+    store: SuppressionStore,
+    campaign: Path | None,
+    sender: str | None,
+    mailto: str | None,
+    journals: tuple[Path, ...],
+) -> Ingest:
+    """The ingest for a store: the campaign's rules, VERP template, unsubscribe address and,
+    given its journals, its recipients."""
+    loaded = None if campaign is None else Campaign.load(campaign, os.environ)
+    template = sender or (None if loaded is None else loaded.config.envelope_sender)
+    unsubscribe = None if loaded is None else loaded.config.unsubscribe
+    mailto = mailto or (None if unsubscribe is None else unsubscribe.mailto) or ""
+    verp = None if template is None else Verp.from_template(template)
+    if template is not None and verp is None:
+        raise ConfigError(f"{template!r} has no {{token}}: no recipient can be found by VERP")
+    rules = Rules(SuppressionConfig() if loaded is None else loaded.config.suppression)
+    recipients = None
+    if journals:
+        if loaded is None:
+            raise click.UsageError("--journal needs --campaign (to match Message-IDs)")
+        with JournalSet(journals) as j:
+            addresses = (state.address for state in j.iter_states())
+            recipients = CampaignRecipients(addresses, loaded.message_id)
+    return Ingest(store, rules, verp, recipients, mailto)
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Receive bounces and complaints over SMTP here (port 25 by default; 0: any free port).",
+)
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    help="Accept mail for this domain (repeatable; default: the return path's domain and "
+    "the unsubscribe address's).",
+)
+@click.option("--hostname", default=socket.getfqdn, help="Our name in the greeting.")
+@click.option(
+    "--max-size",
+    type=click.IntRange(min=1024),
+    default=ReceiverLimits().max_size,
+    show_default=True,
+    help="Refuse larger messages (bytes).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=ReceiverLimits().max_connections,
+    show_default=True,
+)
+@_feedback_options
+@store_options
+@debug_option
+@click.pass_context
+def inbound(
+    ctx: click.Context,
+    *,
+    listen: str | None,
+    domains: tuple[str, ...],
+    hostname: str,
+    max_size: int,
+    max_connections: int,
+    sender: str | None,
+    mailto: str | None,
+    journals: tuple[Path, ...],
+    store: Path | None,
+    campaign: Path | None,
+) -> None:
+    """What comes back to the return path: bounces, complaints (docs/suppression.md).
+
+    With --listen, an SMTP receiver that applies every report it is sent to the store.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if listen is None:
+        raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
+    host, port = listen_address(listen, 25)
+    with open_store(store, campaign) as opened:
+        applying = _applying(opened, campaign, sender, mailto, journals)
+        accepted = list(domains)
+        if not accepted and applying.verp is not None:
+            accepted = [applying.verp.after.rpartition("@")[2]]
+        if not domains and applying.mailto:
+            accepted.append(applying.mailto.rpartition("@")[2])
+        if not accepted:
+            raise click.UsageError("name the domains to accept: --domain, --sender or --campaign")
+
+        def deliver(data: bytes, recipients: list[str]) -> None:
+            outcomes = applying.message(data, now=time.time(), envelope_to=recipients[0])
+            click.echo(f"{printable(recipients[0])}: {', '.join(outcomes)}")
+
+        limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
+        receiver = Receiver(hostname, accepted, deliver, limits)
+        serve_until_stopped(receiver.serve, host, port)
+
+
+@inbound.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@_feedback_options
+@click.option("--verbose", "-v", is_flag=True, help="One line per message.")
+@store_options
+@debug_option
+def ingest(
+    path: Path,
+    *,
+    sender: str | None,
+    mailto: str | None,
+    journals: tuple[Path, ...],
+    verbose: bool,
+    store: Path | None,
+    campaign: Path | None,
+) -> None:
+    """Apply the bounces and complaints in a maildir, an mbox or a folder of .eml files.
+
+    Hard bounces and complaints suppress their address; soft bounces count towards the
+    campaign's limit; delays, auto-replies and anything unreadable change nothing.
+    """
+    with open_store(store, campaign) as opened:
+        applying = _applying(opened, campaign, sender, mailto, journals)
+        for name, data in messages(path):
+            outcomes = applying.message(data, now=time.time())
+            if verbose:
+                click.echo(f"{printable(name)}: {', '.join(outcomes)}")
+    rows = [[outcome, str(applying.counts[outcome])] for outcome in OUTCOMES]
+    write_table([r for r in rows if r[1] != "0"] or [["nothing", "0"]], sys.stdout, indent="")

@@ -1,0 +1,78 @@
+"""``bulksend unsubscribe-server``: the RFC 8058 one-click unsubscribe endpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from bulksend.cli.options import debug_option
+from bulksend.cli.serving import listen_address, serve_until_stopped
+from bulksend.cli.suppress import open_store, store_options
+from bulksend.config import load_campaign
+from bulksend.errors import ConfigError
+from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
+
+
+def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...]) -> list[bytes]:
+    keys: list[bytes] = []
+    if campaign is not None:
+        unsubscribe = load_campaign(campaign, os.environ).unsubscribe
+        if unsubscribe is not None and unsubscribe.key is not None:
+            keys.append(unsubscribe.key.reveal().encode("utf-8"))
+    for path in files:
+        try:
+            text = path.read_text("utf-8").strip("\r\n")
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the key ({exc})") from None
+        if not text:
+            raise ConfigError(f"{path}: the key file is empty")
+        keys.append(text.encode("utf-8"))
+    for name in envs:
+        if not os.environ.get(name):
+            raise ConfigError(f"environment variable {name!r} is not set (--key-env)")
+        keys.append(os.environ[name].strip("\r\n").encode("utf-8"))
+    if not keys:
+        raise click.UsageError("no key: give --key-file, --key-env or a --campaign with one")
+    return keys
+
+
+@click.command(name="unsubscribe-server")
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Where to listen (port 8080).")
+@click.option(
+    "--key-file",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A token key (repeatable: keep the old key during a rotation).",
+)
+@click.option("--key-env", "key_envs", multiple=True, help="A token key in this variable.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=EndpointLimits().max_connections,
+    show_default=True,
+)
+@store_options
+@debug_option
+def unsubscribe_server(
+    *,
+    listen: str,
+    key_files: tuple[Path, ...],
+    key_envs: tuple[str, ...],
+    max_connections: int,
+    store: Path | None,
+    campaign: Path | None,
+) -> None:
+    """Serve the one-click unsubscribe URL ([unsubscribe] url) behind a TLS proxy.
+
+    POST List-Unsubscribe=One-Click with a valid token suppresses the address; GET shows a
+    confirmation page and changes nothing (docs/suppression.md).
+    """
+    host, port = listen_address(listen, 8080)
+    keys = _keys(campaign, key_files, key_envs)
+    with open_store(store, campaign) as opened:
+        limits = EndpointLimits(max_connections=max_connections)
+        endpoint = UnsubscribeEndpoint(opened, keys, limits)
+        serve_until_stopped(endpoint.serve, host, port)

@@ -1,0 +1,163 @@
+"""``bulksend inbound ingest``: read bounces and complaints from a mailbox into the store.
+
+A source is a maildir (a folder with ``cur/`` and ``new/``), an mbox file, a folder of
+``.eml`` files, or one ``.eml`` file. Each message is parsed
+(:func:`~bulksend.inbound.parse.parse_message`) and each notice applied to the suppression
+store through the same rules as inline bounces (:mod:`bulksend.suppression.rules`):
+
+- a bounce: a hard bounce suppresses its address, a soft one is counted (``counted``) until
+  repeated; a bounce that is our fault (policy, TLS, size) suppresses nothing
+  (``not_suppressed``);
+- a complaint (ARF) suppresses its address as ``complaint``;
+- a mail to the ``[unsubscribe] mailto`` address suppresses its sender as ``unsubscribe``;
+- a notice whose recipient is unknown (no token, a token that does not decode, or, given the
+  campaign's recipients, an address that is not one of them) is counted and dropped;
+- delays, success notices, auto-replies, ordinary mail and unparseable messages are counted
+  and change nothing.
+
+Given the campaign's recipients (:class:`CampaignRecipients`, from its journal), a notice
+without a recipient is matched by the returned message's Message-ID, which bulksend derives
+from the campaign and the address.
+"""
+
+from __future__ import annotations
+
+import collections
+import mailbox
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from bulksend.campaign.recipients import FingerprintSet, normalise_address
+from bulksend.config import SuppressionReason
+from bulksend.inbound.parse import MAX_SIZE, Kind, Notice, Parsed, Verp, parse_message
+from bulksend.suppression.rules import Rules, bounce_reason
+from bulksend.suppression.store import Source, SuppressionStore
+
+__all__ = ["OUTCOMES", "CampaignRecipients", "Ingest", "messages"]
+
+#: What happened to a message or notice, as ``bulksend inbound ingest`` counts it.
+OUTCOMES: Final = (
+    "suppressed",
+    "counted",
+    "not_suppressed",
+    "unknown_recipient",
+    "delay",
+    "delivered",
+    "ignored",
+    "auto_reply",
+    "not_feedback",
+    "unparseable",
+)
+
+
+def messages(path: Path) -> Iterator[tuple[str, bytes]]:
+    """The messages at ``path`` as (name, bytes), in a stable order.
+
+    Raises:
+        OSError: the path cannot be read.
+    """
+    if path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir():
+        maildir = mailbox.Maildir(path, factory=None, create=False)
+        for key in sorted(maildir.iterkeys()):
+            yield key, maildir.get_bytes(key)
+    elif path.is_dir():
+        for file in sorted(path.glob("*.eml")):
+            yield file.name, _read(file)
+    else:
+        with path.open("rb") as f:
+            mbox = f.read(5) == b"From "
+        if not mbox:
+            yield path.name, _read(path)
+            return
+        box = mailbox.mbox(path, factory=None, create=False)
+        try:
+            for n, key in enumerate(box.iterkeys(), 1):
+                yield f"{path.name}#{n}", box.get_bytes(key)
+        finally:
+            box.close()
+
+
+def _read(file: Path) -> bytes:
+    with file.open("rb") as f:
+        return f.read(MAX_SIZE + 1)  # a larger one is refused by the parser, unread
+
+
+class CampaignRecipients:
+    """A campaign's recipients: which addresses are its own, and whose a Message-ID is.
+
+    Memory: a fingerprint per recipient, and a Message-ID fingerprint -> address map.
+    """
+
+    def __init__(self, addresses: Iterable[str], message_id: Callable[[str], str]) -> None:
+        self._known = FingerprintSet()
+        self._by_message_id: dict[int, str] = {}
+        for address in addresses:
+            self._known.add(normalise_address(address))
+            self._by_message_id[FingerprintSet.fingerprint(message_id(address))] = address
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, str) and normalise_address(address) in self._known
+
+    def by_message_id(self, message_id: str) -> str | None:
+        """The recipient whose message had this Message-ID, or None."""
+        return self._by_message_id.get(FingerprintSet.fingerprint(message_id.strip()))
+
+
+@dataclass
+class Ingest:
+    """Applies parsed messages to the store and counts what each came to."""
+
+    store: SuppressionStore
+    rules: Rules
+    verp: Verp | None = None
+    recipients: CampaignRecipients | None = None
+    mailto: str = ""  # the [unsubscribe] mailto address
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def message(self, data: bytes, *, now: float, envelope_to: str = "") -> list[str]:
+        """Parse and apply one message; return an outcome (see :data:`OUTCOMES`) per notice."""
+        parsed = parse_message(data, verp=self.verp, envelope_to=envelope_to, mailto=self.mailto)
+        outcomes = self.apply(parsed, now=now)
+        self.counts.update(outcomes)
+        return outcomes
+
+    def apply(self, parsed: Parsed, *, now: float) -> list[str]:
+        """Apply a parsed message to the store."""
+        if not parsed.notices:
+            return [parsed.kind.value]
+        return [self._notice(self._resolved(n), now) for n in parsed.notices]
+
+    def _resolved(self, notice: Notice) -> Notice:
+        """The notice with its recipient checked against (or found in) the campaign's."""
+        if self.recipients is None or notice.bad_token:
+            return notice
+        if notice.address is not None and notice.address in self.recipients:
+            return notice
+        # Not one of ours (a forwarding alias in Final-Recipient, say): try the Message-ID.
+        found = self.recipients.by_message_id(notice.message_id) if notice.message_id else None
+        if found is None:
+            return replace(notice, address=None, found_by="")
+        return replace(notice, address=found, found_by="message-id")
+
+    def _notice(self, notice: Notice, now: float) -> str:
+        if notice.kind is Kind.BOUNCE:
+            reason = bounce_reason(notice.category)
+            if reason is SuppressionReason.HARD_BOUNCE and not notice.permanent:
+                reason = SuppressionReason.SOFT_BOUNCE  # a 4.x.x status: given up, not gone
+            source = Source.DSN
+        elif notice.kind is Kind.COMPLAINT:
+            reason, source = SuppressionReason.COMPLAINT, Source.ARF
+        elif notice.kind is Kind.UNSUBSCRIBE:
+            reason, source = SuppressionReason.UNSUBSCRIBE, Source.MAILTO
+        else:
+            return notice.kind.value
+        if notice.address is None:
+            return "unknown_recipient"
+        if reason is None:
+            return "not_suppressed"
+        detail = notice.diagnostic or notice.feedback_type
+        key = normalise_address(notice.address)
+        entry = self.rules.apply(self.store, key, reason, source, now=now, detail=detail)
+        return "counted" if entry is None else "suppressed"

@@ -1,0 +1,231 @@
+"""``bulksend inbound --listen``: DSNs and ARF reports over real SMTP on loopback, and what the
+receiver refuses (relaying, size, slow or noisy peers, too many connections)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulksend.config import SuppressionConfig, SuppressionReason
+from bulksend.errors import SuppressionError
+from bulksend.inbound.ingest import Ingest
+from bulksend.inbound.parse import Verp
+from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.suppression.rules import Rules
+from bulksend.suppression.store import Source, SuppressionStore
+from tests.cli.cli_helpers import bulksend
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VERP = Verp.from_template("bounces+{token}@sender.test")
+
+
+class Client:
+    """A bare SMTP client: send lines, read whole replies."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def reply(self) -> str:
+        while True:
+            m = re.search(rb"(?:^|\r\n)(\d{3}) [^\r\n]*\r\n", self.buffer)
+            if m is not None:
+                reply, self.buffer = self.buffer[: m.end()], self.buffer[m.end() :]
+                return reply.decode()
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return ""
+            self.buffer += data
+
+    async def say(self, line: bytes) -> str:
+        await self.stream.send_all(line + b"\r\n")
+        return await self.reply()
+
+    async def send_message(self, rcpt: str, data: bytes) -> str:
+        assert (await self.say(b"EHLO mx.example.com")).startswith("250")
+        assert (await self.say(b"MAIL FROM:<>")).startswith("250")
+        assert (await self.say(f"RCPT TO:<{rcpt}>".encode())).startswith("250")
+        assert (await self.say(b"DATA")).startswith("354")
+        body = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        body = body.replace(b"\r\n.", b"\r\n..")
+        await self.stream.send_all(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        return await self.reply()
+
+
+@asynccontextmanager
+async def listening(
+    deliver: Callable[[bytes, list[str]], None], limits: ReceiverLimits | None = None
+) -> AsyncIterator[int]:
+    receiver = Receiver("bounces.sender.test", ["sender.test"], deliver, limits)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(receiver.serve, "127.0.0.1", 0)
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def client(port: int) -> AsyncIterator[Client]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        c = Client(stream)
+        assert (await c.reply()).startswith("220 bounces.sender.test")
+        yield c
+
+
+def ingesting(store: SuppressionStore) -> Callable[[bytes, list[str]], None]:
+    applying = Ingest(store, Rules(SuppressionConfig()), VERP)
+
+    def deliver(data: bytes, recipients: list[str]) -> None:
+        applying.message(data, now=1000.0, envelope_to=recipients[0])
+
+    return deliver
+
+
+async def test_reports_over_smtp_suppress_the_right_addresses(tmp_path: Path) -> None:
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with listening(ingesting(store)) as port, client(port) as c:
+            for fixture, rcpt in [
+                ("postfix_5_1_1.eml", "bounces+gone=example.com@sender.test"),
+                ("microsoft_jmrp.eml", "fbl@sender.test"),
+                ("postfix_delayed.eml", "bounces+slow=example.net@sender.test"),
+                ("vacation.eml", "bounces+alice=example.com@sender.test"),
+                # No Delivered-To here: the envelope recipient carries the token.
+                ("human_reply.eml", "bounces+carol=example.com@sender.test"),
+                ("unknown_token.eml", "bounces+not-a-token+ZZ@sender.test"),
+            ]:
+                data = (FIXTURES / fixture).read_bytes()
+                assert (await c.send_message(rcpt, data)).startswith("250 2.0.0"), fixture
+            assert (await c.say(b"QUIT")).startswith("221")
+        entries = {e.key: (e.reason, e.source) for e in store.entries()}
+    assert entries == {
+        "gone@example.com": (SuppressionReason.HARD_BOUNCE, Source.DSN),
+        "reader@outlook.com": (SuppressionReason.COMPLAINT, Source.ARF),
+    }
+
+
+async def test_the_envelope_recipient_finds_the_token(tmp_path: Path) -> None:
+    # A bounce with no Delivered-To and a To: header that names no token.
+    data = (FIXTURES / "yahoo_failure_notice.eml").read_bytes()
+    data = b"".join(
+        line for line in data.splitlines(keepends=True) if not line.startswith(b"Delivered-To")
+    ).replace(b"To: bounces+nobody=yahoo.com@sender.test", b"To: bounces@sender.test", 1)
+    data = data.replace(b"<nobody@yahoo.com>:", b"the address:")
+    data = data.replace(b"Return-Path: <bounces+nobody=yahoo.com@sender.test>", b"")
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with listening(ingesting(store)) as port, client(port) as c:
+            rcpt = "bounces+nobody=yahoo.com@sender.test"
+            assert (await c.send_message(rcpt, data)).startswith("250")
+        assert store.check("nobody@yahoo.com") is not None
+
+
+async def test_no_relaying_and_no_data_before_recipients() -> None:
+    delivered: list[bytes] = []
+    with trio.fail_after(20):
+        async with listening(lambda data, _r: delivered.append(data)) as port, client(port) as c:
+            assert (await c.say(b"MAIL FROM:<>")).startswith("503")  # EHLO first
+            assert (await c.say(b"EHLO x")).startswith("250-bounces.sender.test")
+            assert (await c.say(b"RCPT TO:<a@sender.test>")).startswith("503")
+            assert (await c.say(b"MAIL FROM:<>")).startswith("250")
+            assert (await c.say(b"RCPT TO:<victim@elsewhere.example>")).startswith("550 5.7.1")
+            assert (await c.say(b"RCPT TO:<x@sender.test.evil>")).startswith("550 5.7.1")
+            assert (await c.say(b"DATA")).startswith("503")
+            assert (await c.say(b"VRFY postmaster")).startswith("502")
+            assert (await c.say(b"QUIT")).startswith("221")
+    assert delivered == []
+
+
+async def test_a_message_over_the_size_limit_is_refused_and_not_kept() -> None:
+    delivered: list[bytes] = []
+    limits = ReceiverLimits(max_size=64 * 1024)
+    deliver = delivered.append
+    with trio.fail_after(20):
+        async with listening(lambda data, _r: deliver(data), limits) as port, client(port) as c:
+            assert (await c.say(b"EHLO x")).startswith("250")
+            # Announced with SIZE=: refused at MAIL.
+            assert (await c.say(b"MAIL FROM:<> SIZE=20000000")).startswith("552 5.3.4")
+            # Not announced: read to the end, thrown away, refused; the session goes on.
+            big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200
+            assert (await c.send_message("a@sender.test", big)).startswith("552 5.3.4")
+            small = b"Subject: small\r\n\r\n.leading dot\r\nbody\r\n"
+            assert (await c.send_message("a@sender.test", small)).startswith("250")
+    assert delivered == [b"Subject: small\r\n\r\n.leading dot\r\nbody\r\n"]
+
+
+async def test_slow_and_noisy_peers_are_dropped() -> None:
+    limits = ReceiverLimits(command_timeout=0.2, max_errors=2)
+    with trio.fail_after(20):
+        async with listening(lambda _d, _r: None, limits) as port:
+            async with client(port) as c:
+                assert (await c.reply()).startswith("421 4.4.2")  # said nothing in time
+                assert await c.reply() == ""  # and the connection is closed
+            async with client(port) as c:
+                assert (await c.say(b"HELP")).startswith("502")
+                assert (await c.say(b"HELP")).startswith("502")
+                assert (await c.say(b"HELP")).startswith("421 4.7.0")
+                assert await c.reply() == ""
+            async with client(port) as c:
+                assert (await c.say(b"X" * 600)).startswith("500 5.5.2")
+
+
+async def test_connections_are_bounded() -> None:
+    limits = ReceiverLimits(max_connections=1)
+    with trio.fail_after(20):
+        async with listening(lambda _d, _r: None, limits) as port, client(port) as first:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                second = Client(stream)
+                assert (await second.reply()).startswith("421 4.3.2")
+            assert (await first.say(b"NOOP")).startswith("250")
+
+
+async def test_a_failing_store_defers_the_message(tmp_path: Path) -> None:
+    def deliver(_data: bytes, _recipients: list[str]) -> None:
+        raise SuppressionError("store failed (disk I/O error)")
+
+    with trio.fail_after(20):
+        async with listening(deliver) as port, client(port) as c:
+            data = (FIXTURES / "postfix_5_1_1.eml").read_bytes()
+            assert (await c.send_message("bounces@sender.test", data)).startswith("451 4.3.0")
+            assert (await c.say(b"NOOP")).startswith("250")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=2000))
+def test_garbage_never_stops_the_listener(junk: bytes) -> None:
+    async def main() -> None:
+        delivered: list[bytes] = []
+        with trio.fail_after(20):
+            async with listening(lambda data, _r: delivered.append(data)) as port:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    await stream.send_all(b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<a@sender.test>\r\n")
+                    await stream.send_all(b"DATA\r\n" + junk + b"\r\n.\r\n" + junk)
+                async with client(port) as c:
+                    assert (await c.say(b"NOOP")).startswith("250")
+
+    trio.run(main)
+
+
+async def test_the_command_line_listener(tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite3"
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(store)]
+    args += ["--sender", "bounces+{token}@sender.test", "--hostname", "bounces.sender.test"]
+    with trio.fail_after(30):
+        async with bulksend(tmp_path, *args, name="listen") as proc:
+            await proc.wait_for(lambda: "listening on" in proc.stderr(), 20, "the listener")
+            port = int(proc.stderr().split("listening on 127.0.0.1:")[1].split()[0])
+            async with client(port) as c:
+                data = (FIXTURES / "gmail_5_1_1.eml").read_bytes()
+                rcpt = "bounces+missing=gmail.com@sender.test"
+                assert (await c.send_message(rcpt, data)).startswith("250")
+                assert (await c.say(b"QUIT")).startswith("221")
+            await proc.wait_for(lambda: "suppressed" in proc.stdout(), 10, "the outcome")
+    assert proc.stdout() == "bounces+missing=gmail.com@sender.test: suppressed\n"
+    with SuppressionStore.open(store) as opened:
+        assert opened.check("missing@gmail.com") is not None
