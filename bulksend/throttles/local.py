@@ -8,7 +8,8 @@ are free and never lost, and a backoff stays in this process.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from bulksend.config import SiteLimits
 from bulksend.delivery.backoff import Backoff
@@ -51,6 +52,10 @@ class LocalSite:
 
 class LocalThrottles:
     """The default backend: nothing shared."""
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[LocalThrottles]:
+        yield self
 
     def site(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeAlias
 
 from bulksend.config import SiteLimits
@@ -38,6 +39,9 @@ class SiteThrottle(Protocol):
 
 class ThrottleBackend(Protocol):
     """Makes each site's throttle."""
+
+    def open(self) -> AbstractAsyncContextManager[object]:
+        """Be ready for the run (connect, start background work) until the block ends."""
 
     def site(
         self,
