@@ -440,7 +440,7 @@ class RedisThrottles:
                         "throttle store %s unreachable (%s): nothing is sent to its sites "
                         "until it answers",
                         self.url,
-                        exc,
+                        str(exc),  # not the exception: a record would keep its frames
                     )
                 await trio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
