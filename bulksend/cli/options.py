@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -47,6 +48,8 @@ class JournalParam(click.ParamType):  # type: ignore[type-arg]  # generic from c
         return path
 
 
+#: The shared throttle store's password (``--throttle``): never in the URL, never logged.
+THROTTLE_PASSWORD_ENV: Final = "BULKSEND_THROTTLE_PASSWORD"  # noqa: S105 (a variable name)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -89,6 +92,7 @@ class RunFlags:
     shard: Shard | None = None
     retry_unrendered: bool = False
     exit_zero_when_complete: bool = False
+    throttle: str | None = None
 
     def options(self, journal: Path | str, campaign: Campaign) -> RunOptions:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
@@ -105,6 +109,8 @@ class RunFlags:
             limit=self.limit,
             grace=self.grace,
             retry_unrendered=self.retry_unrendered,
+            throttle=self.throttle,
+            throttle_password=os.environ.get(THROTTLE_PASSWORD_ENV) or None,
         )
 
 
@@ -198,6 +204,14 @@ def run_options(f: _F) -> _F:
             "its journal is JOURNAL with INDEXofCOUNT in its name.",
         ),
         click.option(
+            "--throttle",
+            callback=_check_throttle,
+            metavar="URL",
+            help="Share site limits (rates, connection caps, backoff, pause) with every "
+            "worker of the campaign through Redis/Valkey: redis://host:port/db (rediss:// "
+            f"for TLS); its password from ${THROTTLE_PASSWORD_ENV}. Default: this process.",
+        ),
+        click.option(
             "--keep-serving",
             is_flag=True,
             help="After the run, keep the metrics endpoint up until SIGINT/SIGTERM.",
@@ -231,6 +245,7 @@ def flags_from(kw: dict[str, Any]) -> RunFlags:
         keep_serving=kw.pop("keep_serving"),
         shard=kw.pop("shard"),
         exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
+        throttle=kw.pop("throttle"),
     )
 
 
@@ -253,6 +268,20 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
         return Shard.parse(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _check_throttle(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    url = urlsplit(value)
+    if url.scheme not in {"redis", "rediss"} or not url.hostname:
+        raise click.BadParameter("write the store as redis://host:port/db (rediss:// for TLS)")
+    if url.password is not None:
+        raise click.BadParameter(
+            "leave the password out of the URL (it would show in logs); "
+            f"set ${THROTTLE_PASSWORD_ENV}"
+        )
+    return value
 
 
 def load_campaign(path: Path) -> Campaign:

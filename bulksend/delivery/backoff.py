@@ -107,6 +107,16 @@ class Backoff:
             )
         return changed
 
+    def adopt(self, limits: Limits, restore_at: float, reason: str) -> bool:
+        """Take another worker's backoff (shared throttles); returns True if it changed."""
+        if limits == self.limits and restore_at == self.restore_at:
+            return False
+        self.limits = limits
+        self.restore_at = restore_at
+        self.reason = reason
+        log.warning("site %s follows a shared backoff: %s", self.site, reason)
+        return True
+
     def restore(self, now: float) -> bool:
         """Bring back the configured limits if the period is over; True if it was."""
         if not self.active or now < self.restore_at:

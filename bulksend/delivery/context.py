@@ -27,6 +27,7 @@ from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Category, Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Count, Metrics
+from bulksend.throttles import LocalThrottles, ThrottleBackend
 
 __all__ = ["RunContext", "RunEvents", "RunSettings"]
 
@@ -72,6 +73,8 @@ class RunSettings:
     suppressed: Callable[[str], bool] | None = None
     total_rate: TokenBucket = field(default_factory=lambda: TokenBucket(None))
     fetch_batch: int = 64
+    #: Where site limits live: this process (default) or shared (bulksend.throttles.redis).
+    throttles: ThrottleBackend = field(default_factory=LocalThrottles)
 
 
 class _SiteCounts:
@@ -99,6 +102,7 @@ class RunContext:
         self.connections = settings.connections
         self.suppressed = settings.suppressed or _never_suppressed
         self.total_rate = settings.total_rate
+        self.throttles = settings.throttles
         self.epoch = settings.epoch
         self.limit = settings.limit
         self.stopping = trio.Event()

@@ -49,7 +49,6 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
-from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
@@ -62,6 +61,7 @@ from bulksend.smtp.errors import (
     TLSError,
 )
 from bulksend.smtp.protocol import Verb
+from bulksend.throttles import Lease
 
 log = logging.getLogger("bulksend.delivery")
 
@@ -122,8 +122,11 @@ class Destination:
         # A relay's AUTH credentials ride on its route (see delivery.run.routing_config).
         self.credentials = route.auth
         self._transaction_seconds = context.metrics.transaction_seconds
-        self.rate = TokenBucket(limits.rate)
-        self.open_rate = TokenBucket(limits.connection_rate)
+        # Rate, connection rate and cap, backoff: this process's or shared (bulksend.throttles).
+        self.throttle = context.throttles.site(
+            str(route.site), limits, backoff, changed=self._backoff_changed, now=context.now
+        )
+        self._leases: dict[SMTPClient, Lease] = {}
         self._domains: deque[str] = deque()
         self._buffer: deque[Due] = deque()
         self._fetching = trio.Lock()
@@ -341,7 +344,7 @@ class Destination:
             slot.client = await self._connect(slot)
             if slot.client is None:
                 return
-        delay = max(self.context.total_rate.reserve(), self.rate.reserve())
+        delay = max(self.context.total_rate.reserve(), await self.throttle.reserve())
         if delay > 0:
             # Never sit on message data while waiting.
             self._finish(await slot.client.flush(), slot.sent)
@@ -371,7 +374,7 @@ class Destination:
         if client is None or not must_retire(
             messages_sent=client.messages_sent,
             limit=self.limits.messages_per_connection,
-            usable=client.usable,
+            usable=client.usable and not self.throttle.lost(self._leases[client]),
             suspended=self._suspended(),
         ):
             return None
@@ -413,8 +416,6 @@ class Destination:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
         while True:
             limits = self.backoff.limits
-            if limits.rate != self.rate.rate:
-                self.rate.set_rate(limits.rate)
             now = self.context.now()
             if limits.suspended_until <= now or self.context.stopping.is_set():
                 return
@@ -464,6 +465,7 @@ class Destination:
             if rule is not None:
                 now = self.context.now()
                 if self.backoff.apply(rule, now, str(reply)):
+                    self.throttle.publish()
                     self._backoff_changed("suspend" if rule.suspend else "reduce")
                 wait = max(self.backoff.limits.suspended_until - now, 0.0)
                 return Outcome.throttled(wait, f"site backed off: {reply}", tried=True)
@@ -473,7 +475,6 @@ class Destination:
         m = self.context.metrics
         m.backoff_events.labels(self.label, action).inc()
         m.backoff_active.labels(self.label).set(1 if self.backoff.active else 0)
-        self.rate.set_rate(self.backoff.limits.rate)
         if self.backoff.active and not self._timer_armed and self._nursery is not None:
             self._timer_armed = True
             self._nursery.start_soon(self._restore_timer)
@@ -519,20 +520,25 @@ class Destination:
         is opened and the recipients the slot holds stay held, to be handed back.
         """
         d = self.context
-        # Pace before taking a slot: a slot is never held while waiting for the site's rate.
-        waited = await self.open_rate.acquire()
+        # Pace before taking a slot: a slot is never held while waiting for the site's rate
+        # or for one of its connections (a lease, which holds across workers).
+        waited = await self.throttle.pace_connection()
         if waited:
             d.metrics.throttle_wait_seconds.labels(self.label).inc(waited)
+        lease = await self.throttle.lease()
         pool = d.connections
         key = await pool.acquire(str(self.route.site))
-        if key is None:
-            return None
         client = None
         try:
-            client = await self._open_first(slot, key)
+            if key is not None:
+                client = await self._open_first(slot, key)
         finally:
             if client is None:
-                pool.release(key)
+                self.throttle.release(lease)
+                if key is not None:
+                    pool.release(key)
+        if client is not None:
+            self._leases[client] = lease
         return client
 
     async def _open_first(self, slot: _Slot, key: ConnectionKey) -> SMTPClient | None:
@@ -649,6 +655,9 @@ class Destination:
 
     def _closed(self, client: SMTPClient) -> None:
         key = self._clients.pop(client, None)
+        lease = self._leases.pop(client, None)
+        if lease is not None:
+            self.throttle.release(lease)
         if key is not None:  # count each connection's end once
             self.context.metrics.connections_open.labels(self.label).dec()
             self.context.connections.release(key)

@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -53,6 +53,7 @@ from bulksend.suppression.store import (
     SuppressionStore,
     Watched,
 )
+from bulksend.throttles import LocalThrottles, ThrottleBackend
 
 log = logging.getLogger("bulksend")
 
@@ -82,6 +83,9 @@ class RunOptions:
             run's inline bounces are written to the store.
         retry_unrendered: make the recipients whose message could not be made in an
             earlier run (``not_rendered``) pending again: the campaign has been fixed.
+        throttle: where site limits live: None for this process, or a Redis/Valkey URL
+            (``redis://host:port/db``) shared by every worker of the campaign;
+            ``throttle_password`` its password (never in the URL, never logged).
     """
 
     journal: Path | str
@@ -97,6 +101,8 @@ class RunOptions:
     shard: Shard | None = None
     suppression_check: float = 30.0
     retry_unrendered: bool = False
+    throttle: str | None = None
+    throttle_password: str | None = field(default=None, repr=False)
 
     @property
     def journal_path(self) -> Path | str:
@@ -132,6 +138,23 @@ class RunSummary:
     def counts(self) -> Mapping[Status, int]:
         """Recipients per status, the whole campaign."""
         return self.tally.statuses
+
+
+def throttle_backend(options: RunOptions, campaign_id: str) -> ThrottleBackend:
+    """The run's throttle backend: this process's, or the shared store ``options.throttle``.
+
+    Raises:
+        ConfigError: a shared store is asked for and the ``redis`` extra is not installed.
+    """
+    if options.throttle is None:
+        return LocalThrottles()
+    try:
+        from bulksend.throttles.redis import RedisThrottles  # noqa: PLC0415 (optional extra)
+    except ImportError:
+        raise ConfigError(
+            "--throttle needs the redis extra: pip install 'bulksend[redis]'"
+        ) from None
+    return RedisThrottles(options.throttle, campaign_id, password=options.throttle_password)
 
 
 def ehlo_hostname(config: CampaignConfig, given: str | None) -> str:
@@ -334,13 +357,14 @@ async def run_campaign(
             epoch=time.time() - trio.current_time(),
             limit=options.limit,
             total_rate=TokenBucket(policy.total_rate),
+            throttles=throttle_backend(options, config.id),
             suppressed=None if suppression is None else suppression.__contains__,
         )
         watching = trio.CancelScope()
         scheduler = Scheduler(settings, router, policy, grace=options.grace, on_outcome=on_outcome)
         context = scheduler.context
         try:
-            async with trio.open_nursery() as nursery:
+            async with context.throttles.open(), trio.open_nursery() as nursery:
                 await nursery.start(context.writer.run)
                 if suppression is not None:
                     nursery.start_soon(
