@@ -1,10 +1,14 @@
 """Fixtures every test gets, and the shared ones: the test CA and its TLS contexts, a loopback
-DNS server, clocks (one that can jump, one that runs fast)."""
+DNS server, clocks (one that can jump, one that runs fast), and the shared stores' real
+servers (PostgreSQL, Redis/Valkey: one temporary server each per session, on loopback,
+skipped with the reason shown where the binaries are missing)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import trio.testing
 import trustme
 
 from bulksend.testing.dns import DNSServer, open_dns_server
+from tests.helpers.redis import RedisServer, server_binary
 from tests.helpers.tls import client_context, server_context
 
 #: The zones of ``dns_server``: example.com's MX hosts, one with an IPv6 address.
@@ -74,3 +79,48 @@ def fast_clock() -> trio.testing.MockClock:
     time and answers by firing the next deadline (the test's own ``fail_after``).
     """
     return trio.testing.MockClock(rate=10.0)
+
+
+# ------------------------------------------------------------------ shared stores
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One temporary PostgreSQL server for the session."""
+    try:
+        from tests.helpers.postgres import PostgresServer, find_bindir  # noqa: PLC0415
+    except ImportError as e:
+        pytest.skip(f"psycopg is not installed ({e}): pip install -e '.[test]'")
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
+    server = PostgresServer.start(bindir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh database's URL for this test (no campaign yet)."""
+    # Unique (a counter) and recognisable (the test's name) in the server's list.
+    name = f"t{next(_DATABASES)}_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
+    return str(postgres_server.new_database(name))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    binary = server_binary()
+    if binary is None:
+        pytest.skip(
+            "neither redis-server nor valkey-server is installed (apt-get install redis-server)"
+        )
+    server = RedisServer(binary, Path(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

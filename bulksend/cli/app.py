@@ -19,6 +19,7 @@ from typing import Any
 import click
 import trio
 
+from bulksend.cli.distributed import import_, worker
 from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
 from bulksend.cli.options import DEBUG_KEY, debug_option
@@ -119,6 +120,8 @@ def main() -> None:
 for _command in (
     send,
     resume,
+    import_,
+    worker,
     status,
     report,
     validate,

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import click
 
@@ -21,6 +20,7 @@ from bulksend.delivery.shard import Shard
 from bulksend.errors import ConfigError, JournalError
 from bulksend.journal.postgres_schema import is_postgres_url, parse_url
 from bulksend.routing import system_nameservers
+from bulksend.throttles.location import THROTTLE_PASSWORD_ENV, StoreLocation, parse_store_url
 
 DEBUG_KEY: Final = "bulksend.debug"
 
@@ -48,8 +48,6 @@ class JournalParam(click.ParamType):  # type: ignore[type-arg]  # generic from c
         return path
 
 
-#: The shared throttle store's password (``--throttle``): never in the URL, never logged.
-THROTTLE_PASSWORD_ENV: Final = "BULKSEND_THROTTLE_PASSWORD"  # noqa: S105 (a variable name)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -92,7 +90,7 @@ class RunFlags:
     shard: Shard | None = None
     retry_unrendered: bool = False
     exit_zero_when_complete: bool = False
-    throttle: str | None = None
+    throttle: StoreLocation | None = None
 
     def options(self, journal: Path | str, campaign: Campaign) -> RunOptions:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
@@ -109,8 +107,8 @@ class RunFlags:
             limit=self.limit,
             grace=self.grace,
             retry_unrendered=self.retry_unrendered,
-            throttle=self.throttle,
-            throttle_password=os.environ.get(THROTTLE_PASSWORD_ENV) or None,
+            throttle=None if self.throttle is None else self.throttle.url,
+            throttle_password=None if self.throttle is None else self.throttle.password(os.environ),
         )
 
 
@@ -209,7 +207,8 @@ def run_options(f: _F) -> _F:
             metavar="URL",
             help="Share site limits (rates, connection caps, backoff, pause) with every "
             "worker of the campaign through Redis/Valkey: redis://host:port/db (rediss:// "
-            f"for TLS); its password from ${THROTTLE_PASSWORD_ENV}. Default: this process.",
+            "for TLS); its password from ?password_file=PATH or "
+            f"${THROTTLE_PASSWORD_ENV}. Default: this process.",
         ),
         click.option(
             "--keep-serving",
@@ -270,18 +269,15 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
         raise click.BadParameter(str(exc)) from None
 
 
-def _check_throttle(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def _check_throttle(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> StoreLocation | None:
     if value is None:
         return None
-    url = urlsplit(value)
-    if url.scheme not in {"redis", "rediss"} or not url.hostname:
-        raise click.BadParameter("write the store as redis://host:port/db (rediss:// for TLS)")
-    if url.password is not None:
-        raise click.BadParameter(
-            "leave the password out of the URL (it would show in logs); "
-            f"set ${THROTTLE_PASSWORD_ENV}"
-        )
-    return value
+    try:
+        return parse_store_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def load_campaign(path: Path) -> Campaign:

@@ -406,19 +406,51 @@ async def run_campaign(
         journal.close()
 
 
+async def import_campaign(
+    campaign: Campaign,
+    options: RunOptions,
+    *,
+    on_import: Callable[[int], None] | None = None,
+) -> tuple[ImportStats | None, CampaignTally]:
+    """Import the recipients into the journal and send nothing: the first step of a campaign
+    that workers then send (``bulksend import``, then ``bulksend worker``). An import that
+    is already complete is left as it is (None). Addresses in the campaign's suppression
+    store are imported as suppressed. The whole campaign: shards import as they run.
+
+    Raises:
+        JournalError, ConfigError: as :func:`run_campaign`.
+    """
+    if options.shard is not None:
+        raise ValueError("import_campaign imports a whole campaign, not a shard")
+    await trio.to_thread.run_sync(campaign.check_recipients)
+    journal = await trio.to_thread.run_sync(open_journal, campaign, options)
+    store = None
+    try:
+        store = await _open_store(campaign)
+        imported = await _import(campaign, journal, options, None, on_import, store=store)
+        return imported, campaign_tally(journal)
+    finally:
+        if store is not None:
+            store.store.close()
+        journal.close()
+
+
 async def _import(
     campaign: Campaign,
     journal: AnyJournal,
     options: RunOptions,
-    router: Router,
+    router: Router | None,
     on_import: Callable[[int], None] | None,
     *,
     store: StoreSuppression | None,
 ) -> ImportStats | None:
-    """Import the recipients (once); a first import with nothing to send leaves no journal."""
+    """Import the recipients (once); a first import with nothing to send leaves no journal.
+
+    A shard's import keeps its own sites' domains, found with ``router``.
+    """
     config = campaign.config
     keep = None
-    if options.shard is not None and not journal.import_complete:
+    if options.shard is not None and router is not None and not journal.import_complete:
         keep = await shard_filter(campaign, router, options.shard)
 
     def importing(rows: int) -> None:

@@ -60,6 +60,10 @@ _REROUTE_MIN = 30.0
 # Wake-ups (deferrals recorded, domains finished) are handled together, at most this often:
 # asking the journal which domains are due scans its index (~0.1 s at 1M recipients).
 _COALESCE = 0.25
+# With no domain attached, whatever still waits is claimed by another worker of a shared
+# journal (or in flight here): its outcomes and its expiring leases are not events of this
+# process, so the journal is asked again this often.
+_SHARED_POLL = 1.0
 
 
 class SitePolicy:
@@ -260,6 +264,8 @@ class Scheduler:
             wait = self._wake_at - d.now()
             if self._reroutes:
                 wait = min(wait, self._reroutes[0][0] - trio.current_time())
+            if not self._attached:
+                wait = min(wait, _SHARED_POLL)
             self._sleep_until = trio.current_time() + wait
             with trio.move_on_after(max(wait, 0.0)):
                 await self._wake.wait()

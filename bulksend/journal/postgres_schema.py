@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlunsplit
 
 from bulksend.errors import JournalError
 from bulksend.journal.outcomes import WAITING, Category, Status
+from bulksend.store_urls import read_password_file, split_store_url
 
 #: The version of this schema, in ``meta.schema_version``; another is refused.
 PG_SCHEMA_VERSION: Final = 1
@@ -131,24 +132,23 @@ def parse_url(url: str) -> Location:
     Raises:
         JournalError: a password in the URL, no or a bad campaign name.
     """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if parts.password is not None or any(k == "password" for k, _ in query):
+    try:
+        parts, query, password_file = split_store_url(url)
+    except ValueError:
         raise JournalError(
             "a PostgreSQL journal URL must not hold a password (it would show in process "
             "lists and logs): use password_file=PATH, PGPASSFILE or PGPASSWORD"
-        )
+        ) from None
     campaigns = [v for k, v in query if k == "campaign"]
-    files = [v for k, v in query if k == "password_file"]
     host = parts.hostname or "?"
     if len(campaigns) != 1 or not _CAMPAIGN.fullmatch(campaigns[0]):
         raise JournalError(
             f"PostgreSQL journal on {host}: give the campaign once, as ?campaign=NAME "
             "(1 to 48 of a-z, 0-9 and _)"
         )
-    rest = urlencode([(k, v) for k, v in query if k not in ("campaign", "password_file")])
+    rest = urlencode([(k, v) for k, v in query if k != "campaign"])
     conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
-    return Location(conninfo, campaigns[0], Path(files[-1]) if files else None)
+    return Location(conninfo, campaigns[0], password_file)
 
 
 def read_password(location: Location) -> str | None:
@@ -160,10 +160,9 @@ def read_password(location: Location) -> str | None:
     if location.password_file is None:
         return None
     try:
-        text = location.password_file.read_text(encoding="utf-8")
+        return read_password_file(location.password_file)
     except OSError as e:
         raise JournalError(
             f"cannot read the PostgreSQL password file {str(location.password_file)!r}: "
             f"{e.strerror}"
         ) from None
-    return text.splitlines()[0] if text else ""

@@ -1,16 +1,13 @@
 """The distributed deployments: PostgreSQL journal, Redis/Valkey throttle, N workers.
 
 deploy/kubernetes/distributed/ (an import Job, then a Job of workers) and the `distributed`
-profile of deploy/docker-compose.yml. The `import` and `worker` commands arrive with issue
-#17's shared backends: the checks of their command lines against the CLI run once they exist
-and are skipped until then; everything else (passwords only in mounted files, healthchecks,
-exit codes, what Prometheus scrapes) is checked now.
+profile of deploy/docker-compose.yml: their command lines against the CLI's `import` and
+`worker` commands, passwords only in mounted files, healthchecks, exit codes, what
+Prometheus scrapes.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -290,15 +287,15 @@ def test_the_compose_campaign_loads(tmp_path: Path) -> None:
     assert mount == "./campaign:/campaign:ro"
 
 
-# --- against the CLI, once issue #17's commands exist -----------------------------------------
+# --- against the CLI -----------------------------------------
 
 
 def command_options(name: str) -> set[str]:
-    main = importlib.import_module("bulksend.cli").main
+    from bulksend.cli import main  # noqa: PLC0415
+
     with click.Context(main) as ctx:
         command = main.get_command(ctx, name)
-    if command is None:
-        pytest.skip(f"`bulksend {name}` arrives with issue #17's shared backends")
+    assert command is not None, f"no `bulksend {name}` command"
     return {opt for param in command.params for opt in getattr(param, "opts", [])}
 
 
@@ -320,9 +317,8 @@ def test_command_lines_use_options_the_command_has(name: str, args: list[str]) -
 
 
 def test_journal_urls_parse_as_the_postgresql_journal_does() -> None:
-    if importlib.util.find_spec("bulksend.journal.postgres_schema") is None:
-        pytest.skip("the PostgreSQL journal arrives with issue #17")
-    parse_url = importlib.import_module("bulksend.journal.postgres_schema").parse_url
+    from bulksend.journal.postgres_schema import parse_url  # noqa: PLC0415
+
     for url in (
         store_urls()["JOURNAL_URL"],
         option(services()["worker"]["command"], "--journal"),

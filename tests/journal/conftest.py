@@ -3,15 +3,12 @@
 The tests of the store protocol run against both backends: ``backend`` is parametrised
 ("sqlite", "postgres") for the modules in :data:`BOTH_BACKENDS`, except for a test that
 asks for ``journal_path`` itself or is marked ``sqlite_only`` (it looks at the SQLite
-file). PostgreSQL runs as one temporary server per session (skipped, with the reason shown,
-where no binaries exist), with a fresh database per test.
+file). PostgreSQL is the session's temporary server (``postgres_url`` in tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,34 +49,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", ["sqlite", "postgres"])
     else:
         metafunc.parametrize("backend", ["sqlite"])
-
-
-_DATABASES = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Any]:
-    """One temporary PostgreSQL server for the session."""
-    try:
-        from tests.helpers.postgres import PostgresServer, find_bindir  # noqa: PLC0415
-    except ImportError as e:
-        pytest.skip(f"psycopg is not installed ({e}): pip install -e '.[test]'")
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
-    server = PostgresServer.start(bindir)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
-    """A fresh database's URL for this test (no campaign yet)."""
-    # Unique (a counter) and recognisable (the test's name) in the server's list.
-    name = f"t{next(_DATABASES)}_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[-40:]
-    return str(postgres_server.new_database(name))
 
 
 @pytest.fixture

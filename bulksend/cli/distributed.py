@@ -1,0 +1,89 @@
+"""``import`` and ``worker``: one campaign sent by many processes on many machines.
+
+``bulksend import CAMPAIGN --journal URL`` fills the journal and sends nothing; then any
+number of ``bulksend worker --campaign CAMPAIGN --journal URL --throttle URL`` processes
+take due recipients from it (PostgreSQL leases: nobody gets a recipient twice) and keep
+every site's limits in total (the Redis/Valkey throttle store). A worker that starts before
+the import is done waits for it (the import runs once, under a lock) and a worker that dies
+leaves leases that expire back to the others (in doubt where a send may have started).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from bulksend.cli.options import JournalParam, flags_from, load_campaign, run_options
+from bulksend.cli.output import counts_line, info, warn
+from bulksend.cli.run import run_single
+from bulksend.delivery.run import RunOptions, import_campaign
+
+_CAMPAIGN = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command("import")
+@click.argument("campaign_file", type=_CAMPAIGN)
+@click.option(
+    "--journal",
+    type=JournalParam(),
+    help="The journal: a PostgreSQL journal's postgresql://USER@HOST:PORT/DB?campaign=NAME "
+    "(the password from password_file=PATH, PGPASSFILE or PGPASSWORD), or a SQLite file; "
+    "default <campaign id>.journal.sqlite3 next to the campaign file.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Import into a journal whose campaign content (templates, recipients file) changed.",
+)
+def import_(campaign_file: Path, journal: Path | str | None, force: bool) -> None:
+    """Import a campaign's recipients into its journal; send nothing (then run workers)."""
+    campaign = load_campaign(campaign_file)
+    config = campaign.config
+    journal = journal or config.source.parent / f"{config.id}.journal.sqlite3"
+    options = RunOptions(journal=journal, force=force)
+    imported, tally = trio.run(lambda: import_campaign(campaign, options))
+    if imported is None:
+        info(f"{journal}: the import was already complete")
+    else:
+        info(
+            f"imported {imported.imported:,} recipients into {journal} "
+            f"({imported.duplicates:,} duplicates left out)"
+        )
+    click.echo(f"recipients: {counts_line(tally.statuses)}")
+
+
+@click.command()
+@click.option(
+    "--campaign",
+    "campaign_file",
+    type=_CAMPAIGN,
+    required=True,
+    help="The campaign file (the same on every worker: the journal refuses another).",
+)
+@click.option(
+    "--journal",
+    type=JournalParam(),
+    required=True,
+    help="The campaign's PostgreSQL journal: postgresql://USER@HOST:PORT/DB?campaign=NAME "
+    "(the password from password_file=PATH, PGPASSFILE or PGPASSWORD).",
+)
+@run_options
+def worker(campaign_file: Path, journal: Path | str, **kw: Any) -> None:
+    """Send an imported campaign's due recipients, beside other workers of the same journal."""
+    flags = flags_from(kw)
+    if not isinstance(journal, str):
+        raise click.UsageError(
+            "a worker needs a PostgreSQL journal (one campaign, shared by leases); to send "
+            "a SQLite journal, use `bulksend send` or `bulksend resume`"
+        )
+    if flags.shard is not None:
+        raise click.UsageError("workers share one journal: --shard is for SQLite journals")
+    if flags.throttle is None:
+        warn(
+            "no --throttle: this worker keeps its own site limits, so N workers send up to N "
+            "times a site's rate and connections; share them with --throttle redis://..."
+        )
+    raise SystemExit(run_single(load_campaign(campaign_file), journal, flags))
