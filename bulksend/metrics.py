@@ -1,7 +1,8 @@
 """Prometheus metrics: what bulksend exports, and the bounded site label.
 
-Every metric lives in one :class:`Metrics` object with its own registry (tests and several
-runs in one process never collide). Series are aggregates only: no address, local part or
+Every metric of a run lives in one :class:`Metrics` object with its own registry (tests and
+several runs in one process never collide); what the return path and the unsubscribe
+endpoint export is :class:`FeedbackMetrics`. Series are aggregates only: no address, local part or
 merge value is ever a label. Per-site series use :class:`SiteLabels`, which gives a site
 its own label only if it is among the ``top`` sites by recipient volume known when the site
 is first seen, and ``"other"`` otherwise, so a campaign to 10k domains exports a few dozen
@@ -273,6 +274,7 @@ class Metrics:
         r = self.registry
         if process:
             register_process_metrics(r)
+        self.suppressions = _suppressions(r)
         self.recipients = CountedFamily(
             "bulksend_recipients",
             "Recipient outcomes by result (delivered, deferred, bounced, expired, in_doubt); "
@@ -373,6 +375,36 @@ class Metrics:
             OSError: the address cannot be bound.
         """
         return serve(self.registry, port, host)
+
+
+def _suppressions(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "bulksend_suppressions",
+        "Entries made in the suppression store (or made again), by reason (hard_bounce, "
+        "soft_bounce, complaint, unsubscribe) and source (campaign, dsn, arf, mailto, http).",
+        ["reason", "source"],
+        registry=registry,
+    )
+
+
+class FeedbackMetrics:
+    """What comes back, as ``bulksend inbound --listen`` and ``bulksend unsubscribe-server``
+    export it: the notices received (by kind and what became of them) and the suppressions
+    they made. The complaint-rate alert divides their complaints by the runs' deliveries."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if process:
+            register_process_metrics(self.registry)
+        self.feedback = Counter(
+            "bulksend_feedback",
+            "Notices that came back to the return path or the unsubscribe endpoint, by kind "
+            "(bounce, complaint, unsubscribe, delay, auto_reply, ...) and outcome (suppressed, "
+            "counted, unknown_recipient, ...).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.suppressions = _suppressions(self.registry)
 
 
 def register_process_metrics(registry: CollectorRegistry) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from bulksend.campaign.render import Campaign
-from bulksend.cli.options import debug_option
+from bulksend.cli.options import debug_option, metrics_options
 from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import SuppressionConfig
@@ -23,6 +23,7 @@ from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messag
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
 from bulksend.journal.reports import JournalSet
+from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import SuppressionStore
 from bulksend.text import printable, write_table
@@ -58,6 +59,8 @@ def _applying(
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path, ...],
+    *,
+    metrics: FeedbackMetrics | None = None,
 ) -> Ingest:
     """The ingest for a store: the campaign's rules, VERP template, unsubscribe address and,
     given its journals, its recipients."""
@@ -76,7 +79,7 @@ def _applying(
         with JournalSet(journals) as j:
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
-    return Ingest(store, rules, verp, recipients, mailto)
+    return Ingest(store, rules, verp, recipients, mailto, metrics)
 
 
 @click.group(invoke_without_command=True)
@@ -107,6 +110,7 @@ def _applying(
     show_default=True,
 )
 @_feedback_options
+@metrics_options
 @store_options
 @debug_option
 @click.pass_context
@@ -114,6 +118,8 @@ def inbound(
     ctx: click.Context,
     *,
     listen: str | None,
+    metrics_host: str,
+    metrics_port: int | None,
     domains: tuple[str, ...],
     hostname: str,
     max_size: int,
@@ -134,7 +140,8 @@ def inbound(
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
     with open_store(store, campaign) as opened:
-        applying = _applying(opened, campaign, sender, mailto, journals)
+        metrics = FeedbackMetrics()
+        applying = _applying(opened, campaign, sender, mailto, journals, metrics=metrics)
         accepted = list(domains)
         if not accepted and applying.verp is not None:
             accepted = [applying.verp.after.rpartition("@")[2]]
@@ -149,7 +156,14 @@ def inbound(
 
         limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
         receiver = Receiver(hostname, accepted, deliver, limits)
-        serve_until_stopped(receiver.serve, host, port)
+        serve_until_stopped(
+            receiver.serve,
+            host,
+            port,
+            metrics=metrics,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+        )
 
 
 @inbound.command()

@@ -46,15 +46,14 @@ from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
 
 
-def serve_metrics(registry: CollectorRegistry, flags: RunFlags) -> MetricsServer:
-    assert flags.metrics_port is not None
+def serve_metrics(registry: CollectorRegistry, port: int, host: str) -> MetricsServer:
+    """``--metrics-port``/``--metrics-host``: the endpoint, or a one-line error."""
     try:
-        return serve_registry(registry, flags.metrics_port, flags.metrics_host)
+        return serve_registry(registry, port, host)
     except OSError as exc:
         raise ConfigError(
-            f"--metrics-port {flags.metrics_port}: cannot listen on {flags.metrics_host}:"
-            f"{flags.metrics_port} ({exc.strerror or exc}); choose another port, or 0 for any "
-            "free one"
+            f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "choose another port, or 0 for any free one"
         ) from None
 
 
@@ -144,7 +143,7 @@ async def execute_run(
     """
     metrics = metrics or Metrics()
     if metrics_server is None and flags.metrics_port is not None:
-        metrics_server = serve_metrics(metrics.registry, flags)
+        metrics_server = serve_metrics(metrics.registry, flags.metrics_port, flags.metrics_host)
         info(f"metrics at {metrics_server.url}")
     tally = tally or Tally()
     if flags.accounting is not None:
@@ -276,7 +275,7 @@ def run_workers(campaign: Campaign, journal: Path, flags: RunFlags, count: int) 
         registry = CollectorRegistry()
         register_process_metrics(registry)
         registry.register(pool.collector())
-        server = serve_metrics(registry, flags)
+        server = serve_metrics(registry, flags.metrics_port, flags.metrics_host)
         info(f"metrics at {server.url} (all workers)")
     started = time.monotonic()
 

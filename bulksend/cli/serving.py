@@ -8,7 +8,9 @@ from typing import Any
 import click
 import trio
 
+from bulksend.cli.run import serve_metrics
 from bulksend.config.values import parse_host_port
+from bulksend.metrics import FeedbackMetrics
 
 Serve = Callable[..., Awaitable[None]]
 
@@ -27,8 +29,21 @@ def listen_address(text: str, default_port: int) -> tuple[str, int]:
     return host, 0 if any_port else port
 
 
-def serve_until_stopped(serve: Serve, host: str, port: int) -> None:
-    """Run ``serve(host, port, task_status=...)`` until SIGINT; say where it listens."""
+def serve_until_stopped(
+    serve: Serve,
+    host: str,
+    port: int,
+    *,
+    metrics: FeedbackMetrics,
+    metrics_host: str,
+    metrics_port: int | None,
+) -> None:
+    """Run ``serve(host, port, task_status=...)`` until SIGINT; say where it listens (and
+    where its metrics are, with ``metrics_port``)."""
+    server = None
+    if metrics_port is not None:
+        server = serve_metrics(metrics.registry, metrics_port, metrics_host)
+        click.echo(f"bulksend: metrics at {server.url}", err=True)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -36,4 +51,8 @@ def serve_until_stopped(serve: Serve, host: str, port: int) -> None:
             bound = listeners[0].socket.getsockname()
             click.echo(f"bulksend: listening on {bound[0]}:{bound[1]}", err=True)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    finally:
+        if server is not None:
+            server.close()

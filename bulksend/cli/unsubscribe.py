@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from bulksend.cli.options import debug_option
+from bulksend.cli.options import debug_option, metrics_options
 from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import load_campaign
 from bulksend.errors import ConfigError
 from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
+from bulksend.metrics import FeedbackMetrics
 
 
 def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...]) -> list[bytes]:
@@ -54,11 +55,14 @@ def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...])
     default=EndpointLimits().max_connections,
     show_default=True,
 )
+@metrics_options
 @store_options
 @debug_option
 def unsubscribe_server(
     *,
     listen: str,
+    metrics_host: str,
+    metrics_port: int | None,
     key_files: tuple[Path, ...],
     key_envs: tuple[str, ...],
     max_connections: int,
@@ -74,5 +78,13 @@ def unsubscribe_server(
     keys = _keys(campaign, key_files, key_envs)
     with open_store(store, campaign) as opened:
         limits = EndpointLimits(max_connections=max_connections)
-        endpoint = UnsubscribeEndpoint(opened, keys, limits)
-        serve_until_stopped(endpoint.serve, host, port)
+        metrics = FeedbackMetrics()
+        endpoint = UnsubscribeEndpoint(opened, keys, limits, metrics)
+        serve_until_stopped(
+            endpoint.serve,
+            host,
+            port,
+            metrics=metrics,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+        )

@@ -546,6 +546,8 @@ async def _write_bounces(recorder: BounceRecorder | None, context: RunContext) -
     except SuppressionError as exc:
         log.warning("%s; %d bounces not recorded in the suppression store", exc, len(pending))
         return
+    for entry in made:
+        context.metrics.suppressions.labels(entry.reason, entry.source).inc()
     if made:
         log.info("%d addresses entered the suppression store", len(made))
 

@@ -32,6 +32,7 @@ from typing import Final
 from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
 from bulksend.inbound.parse import MAX_SIZE, Kind, Notice, Parsed, Verp, parse_message
+from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules, bounce_reason
 from bulksend.suppression.store import Source, SuppressionStore
 
@@ -114,6 +115,7 @@ class Ingest:
     verp: Verp | None = None
     recipients: CampaignRecipients | None = None
     mailto: str = ""  # the [unsubscribe] mailto address
+    metrics: FeedbackMetrics | None = None
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def message(self, data: bytes, *, now: float, envelope_to: str = "") -> list[str]:
@@ -126,8 +128,18 @@ class Ingest:
     def apply(self, parsed: Parsed, *, now: float) -> list[str]:
         """Apply a parsed message to the store."""
         if not parsed.notices:
+            self._count(parsed.kind, parsed.kind.value)
             return [parsed.kind.value]
-        return [self._notice(self._resolved(n), now) for n in parsed.notices]
+        outcomes = []
+        for notice in parsed.notices:
+            outcome = self._notice(self._resolved(notice), now)
+            self._count(notice.kind, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _count(self, kind: Kind, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.feedback.labels(kind.value, outcome).inc()
 
     def _resolved(self, notice: Notice) -> Notice:
         """The notice with its recipient checked against (or found in) the campaign's."""
@@ -160,4 +172,8 @@ class Ingest:
         detail = notice.diagnostic or notice.feedback_type
         key = normalise_address(notice.address)
         entry = self.rules.apply(self.store, key, reason, source, now=now, detail=detail)
-        return "counted" if entry is None else "suppressed"
+        if entry is None:
+            return "counted"
+        if self.metrics is not None:
+            self.metrics.suppressions.labels(reason.value, source.value).inc()
+        return "suppressed"

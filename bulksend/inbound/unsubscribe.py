@@ -36,6 +36,7 @@ from bulksend.campaign.unsubscribe import verify_token
 from bulksend.config import SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.inbound.listening import Listener
+from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.store import Source, SuppressionStore
 
 __all__ = ["EndpointLimits", "UnsubscribeEndpoint"]
@@ -85,10 +86,12 @@ class UnsubscribeEndpoint(Listener):
         store: SuppressionStore,
         keys: Sequence[bytes],
         limits: EndpointLimits | None = None,
+        metrics: FeedbackMetrics | None = None,
     ) -> None:
         if not keys:
             raise ValueError("the endpoint needs at least one key")
         self.store = store
+        self.metrics = metrics
         self.keys = tuple(keys)
         self.limits = limits or EndpointLimits()
         self._writing = trio.CapacityLimiter(1)
@@ -136,8 +139,16 @@ class UnsubscribeEndpoint(Listener):
     def _unsubscribe(self, key: str) -> None:
         entry = self.store.get(key)
         if entry is not None and entry.reason is SuppressionReason.UNSUBSCRIBE:
+            self._count("already")
             return  # already: a repeated click changes nothing
         self.store.add(key, SuppressionReason.UNSUBSCRIBE, Source.HTTP, now=time.time())
+        self._count("suppressed")
+        if self.metrics is not None:
+            self.metrics.suppressions.labels(SuppressionReason.UNSUBSCRIBE, Source.HTTP).inc()
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.feedback.labels("unsubscribe", outcome).inc()
 
 
 def _parse_request(request: h11.Request) -> _Request:

@@ -26,7 +26,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulksend.metrics import CountedFamily, CountedHistogram, Metrics
+from bulksend.metrics import CountedFamily, CountedHistogram, FeedbackMetrics, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -59,11 +59,19 @@ HELP_VALUES = re.compile(r"\(([a-z0-9_]+(?:, [a-z0-9_]+)+)\)")
 
 
 def exported() -> dict[str, frozenset[str]]:
-    """Every sample name a fresh :class:`Metrics` exposes, with its label names.
+    """Every sample name a fresh :class:`Metrics` (a run's) or :class:`FeedbackMetrics` (the
+    return path's) exposes, with its label names.
 
     Labelled metrics expose nothing until a child exists, so each gets one with dummy labels.
     """
-    metrics = Metrics()
+    samples: dict[str, set[str]] = {}
+    for metrics in (Metrics(), FeedbackMetrics()):
+        for name, labels in _exported(metrics).items():
+            samples.setdefault(name, set()).update(labels)
+    return {name: frozenset(labels) for name, labels in samples.items()}
+
+
+def _exported(metrics: Metrics | FeedbackMetrics) -> dict[str, set[str]]:
     for metric in vars(metrics).values():
         if not isinstance(metric, Counter | Gauge | Histogram | CountedFamily | CountedHistogram):
             continue
@@ -81,12 +89,12 @@ def exported() -> dict[str, frozenset[str]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, set()).update(sample.labels)
-    return {name: frozenset(labels) for name, labels in samples.items()}
+    return samples
 
 
 def help_texts() -> dict[str, str]:
     """HELP text by sample name (``bulksend_recipients_total`` -> its metric's help)."""
-    text = generate_latest(Metrics().registry).decode()
+    text = "".join(generate_latest(m.registry).decode() for m in (Metrics(), FeedbackMetrics()))
     helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, re.MULTILINE))
     by_sample: dict[str, str] = {}
     for name, help_text in helps.items():

@@ -17,6 +17,7 @@ from bulksend.errors import SuppressionError
 from bulksend.inbound.ingest import Ingest
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import Source, SuppressionStore
 from tests.cli.cli_helpers import bulksend
@@ -78,8 +79,10 @@ async def client(port: int) -> AsyncIterator[Client]:
         yield c
 
 
-def ingesting(store: SuppressionStore) -> Callable[[bytes, list[str]], None]:
-    applying = Ingest(store, Rules(SuppressionConfig()), VERP)
+def ingesting(
+    store: SuppressionStore, metrics: FeedbackMetrics | None = None
+) -> Callable[[bytes, list[str]], None]:
+    applying = Ingest(store, Rules(SuppressionConfig()), VERP, metrics=metrics)
 
     def deliver(data: bytes, recipients: list[str]) -> None:
         applying.message(data, now=1000.0, envelope_to=recipients[0])
@@ -88,8 +91,9 @@ def ingesting(store: SuppressionStore) -> Callable[[bytes, list[str]], None]:
 
 
 async def test_reports_over_smtp_suppress_the_right_addresses(tmp_path: Path) -> None:
+    metrics = FeedbackMetrics()
     with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
-        async with listening(ingesting(store)) as port, client(port) as c:
+        async with listening(ingesting(store, metrics)) as port, client(port) as c:
             for fixture, rcpt in [
                 ("postfix_5_1_1.eml", "bounces+gone=example.com@sender.test"),
                 ("microsoft_jmrp.eml", "fbl@sender.test"),
@@ -107,6 +111,22 @@ async def test_reports_over_smtp_suppress_the_right_addresses(tmp_path: Path) ->
         "gone@example.com": (SuppressionReason.HARD_BOUNCE, Source.DSN),
         "reader@outlook.com": (SuppressionReason.COMPLAINT, Source.ARF),
     }
+    counted = {
+        (s.labels["kind"], s.labels["outcome"]): s.value
+        for family in metrics.registry.collect()
+        if family.name == "bulksend_feedback"
+        for s in family.samples
+    }
+    assert counted == {
+        ("bounce", "suppressed"): 1,
+        ("complaint", "suppressed"): 1,
+        ("delay", "delay"): 1,
+        ("auto_reply", "auto_reply"): 1,
+        ("not_feedback", "not_feedback"): 1,
+        ("bounce", "unknown_recipient"): 1,
+    }
+    sample = metrics.registry.get_sample_value
+    assert sample("bulksend_suppressions_total", {"reason": "complaint", "source": "arf"}) == 1
 
 
 async def test_the_envelope_recipient_finds_the_token(tmp_path: Path) -> None:

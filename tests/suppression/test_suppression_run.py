@@ -12,6 +12,7 @@ from bulksend.campaign import Campaign
 from bulksend.config import SuppressionReason
 from bulksend.delivery.run import run_campaign
 from bulksend.journal import Journal, Status
+from bulksend.metrics import Metrics
 from bulksend.suppression.store import Source, SuppressionStore
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
@@ -58,13 +59,22 @@ async def test_a_run_skips_what_the_store_suppresses(tmp_path: Path) -> None:
 
 
 async def test_inline_hard_bounces_enter_the_store(tmp_path: Path) -> None:
+    metrics = Metrics()
     script = ServerScript(unknown_mailboxes=frozenset({"user2@ok.test"}))
     sites = [SiteSpec("ok", ("ok.test",), "127.0.0.2", script)]
     campaign = write_campaign(tmp_path, addresses(["ok.test"], 5), toml=campaign_toml(extra=STORE))
     with trio.fail_after(30):
         async with running(sites) as world:
-            summary = await run_campaign(Campaign.load(campaign, {}), run_options(tmp_path, world))
+            summary = await run_campaign(
+                Campaign.load(campaign, {}), run_options(tmp_path, world), metrics=metrics
+            )
     assert summary.counts[Status.BOUNCED] == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "bulksend_suppressions_total", {"reason": "hard_bounce", "source": "campaign"}
+        )
+        == 1
+    )
     with SuppressionStore.open(tmp_path / "suppressions.sqlite3") as store:
         entries = list(store.entries())
     assert [(e.key, e.reason, e.source, e.count, e.expires_at) for e in entries] == [

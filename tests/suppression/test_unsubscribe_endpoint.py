@@ -18,6 +18,7 @@ from bulksend.config import SuppressionReason
 from bulksend.delivery.run import run_campaign
 from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
 from bulksend.journal import Status
+from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.store import Source, SuppressionStore
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from tests.cli.cli_helpers import bulksend
@@ -55,9 +56,11 @@ async def request(
 
 @asynccontextmanager
 async def endpoint(
-    store: SuppressionStore, limits: EndpointLimits | None = None
+    store: SuppressionStore,
+    limits: EndpointLimits | None = None,
+    metrics: FeedbackMetrics | None = None,
 ) -> AsyncIterator[int]:
-    server = UnsubscribeEndpoint(store, [KEY, OLD_KEY], limits)
+    server = UnsubscribeEndpoint(store, [KEY, OLD_KEY], limits, metrics)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(server.serve, "127.0.0.1", 0)
         yield listeners[0].socket.getsockname()[1]
@@ -80,8 +83,9 @@ def test_tokens_bind_campaign_and_address() -> None:
 
 
 async def test_post_suppresses_once_and_get_never(tmp_path: Path) -> None:
+    metrics = FeedbackMetrics()
     with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
-        async with endpoint(store) as port:
+        async with endpoint(store, metrics=metrics) as port:
             status, headers, page = await request(port, "GET", link("a@x.test"))
             assert status == 200
             assert '<form method="post"' in page
@@ -100,6 +104,10 @@ async def test_post_suppresses_once_and_get_never(tmp_path: Path) -> None:
         ("a@x.test", SuppressionReason.UNSUBSCRIBE, Source.HTTP, 1),
         ("b@x.test", SuppressionReason.UNSUBSCRIBE, Source.HTTP, 1),
     ]
+    sample = metrics.registry.get_sample_value
+    assert sample("bulksend_feedback_total", {"kind": "unsubscribe", "outcome": "suppressed"}) == 2
+    assert sample("bulksend_feedback_total", {"kind": "unsubscribe", "outcome": "already"}) == 1
+    assert sample("bulksend_suppressions_total", {"reason": "unsubscribe", "source": "http"}) == 2
 
 
 async def test_what_the_endpoint_refuses(tmp_path: Path) -> None:
