@@ -20,7 +20,7 @@ from bulksend.inbound.receiver import Receiver, ReceiverLimits
 from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import Source, SuppressionStore
-from tests.cli.cli_helpers import bulksend
+from tests.cli.cli_helpers import bulksend, scrape
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VERP = Verp.from_template("bounces+{token}@sender.test")
@@ -234,7 +234,7 @@ def test_garbage_never_stops_the_listener(junk: bytes) -> None:
 
 async def test_the_command_line_listener(tmp_path: Path) -> None:
     store = tmp_path / "s.sqlite3"
-    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(store)]
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(store), "--metrics-port", "0"]
     args += ["--sender", "bounces+{token}@sender.test", "--hostname", "bounces.sender.test"]
     with trio.fail_after(30):
         async with bulksend(tmp_path, *args, name="listen") as proc:
@@ -246,6 +246,12 @@ async def test_the_command_line_listener(tmp_path: Path) -> None:
                 assert (await c.send_message(rcpt, data)).startswith("250")
                 assert (await c.say(b"QUIT")).startswith("221")
             await proc.wait_for(lambda: "suppressed" in proc.stdout(), 10, "the outcome")
+            url = proc.stderr().split("metrics at ")[1].split()[0]
+            assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+            samples = await scrape(url)
     assert proc.stdout() == "bounces+missing=gmail.com@sender.test: suppressed\n"
+    feedback = ("bulksend_feedback_total", (("kind", "bounce"), ("outcome", "suppressed")))
+    assert samples[feedback] == 1
+    assert ("bulksend_queue_depth", ()) not in samples  # a listener exports no run metrics
     with SuppressionStore.open(store) as opened:
         assert opened.check("missing@gmail.com") is not None
