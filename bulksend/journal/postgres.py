@@ -66,6 +66,7 @@ from bulksend.journal.outcomes import WAITING, Outcome, Status, Step
 from bulksend.journal.postgres_load import Cursor, copy_recipients, no_nul
 from bulksend.journal.postgres_reports import PostgresReports
 from bulksend.journal.postgres_schema import (
+    DEFAULT_LEASE,
     KEPT_SQL,
     PG_SCHEMA_VERSION,
     RELEASE_SET,
@@ -87,9 +88,6 @@ from bulksend.journal.records import (
 from bulksend.journal.store import _STATUS, StoreBase, _distinct_runs, plan_updates
 
 __all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
-
-#: Seconds a claim is leased for (renewed while its worker runs).
-DEFAULT_LEASE: Final = 300.0
 
 
 def _one_line(e: BaseException) -> str:
