@@ -46,6 +46,7 @@ version, and compares the campaign identity as the SQLite journal does.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
@@ -53,7 +54,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -88,6 +89,24 @@ from bulksend.journal.records import (
 from bulksend.journal.store import _STATUS, StoreBase, _distinct_runs, plan_updates
 
 __all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
+
+
+log = logging.getLogger("bulksend")
+_T = TypeVar("_T")
+
+#: Seconds between tries to reach a lost database: the first wait, and the longest.
+_BACKOFF_FIRST: Final = 0.2
+_BACKOFF_LAST: Final = 5.0
+
+
+def _connect(location: Location) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(
+        location.conninfo,
+        autocommit=True,
+        password=read_password(location),
+        connect_timeout=10,
+        application_name="bulksend",
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -158,13 +177,7 @@ class PostgresJournal(PostgresReports, StoreBase):
         """
         location = parse_url(url)
         try:
-            db = psycopg.connect(
-                location.conninfo,
-                autocommit=True,
-                password=read_password(location),
-                connect_timeout=10,
-                application_name="bulksend",
-            )
+            db = _connect(location)
         except psycopg.Error as e:
             raise JournalError(
                 f"cannot connect to the PostgreSQL journal {location}: {_one_line(e)}"
@@ -186,12 +199,120 @@ class PostgresJournal(PostgresReports, StoreBase):
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Cursor]:
-        """One transaction; a database error becomes a one-line :class:`JournalError`."""
+        """One transaction; a database error becomes a one-line :class:`JournalError`.
+
+        Not retried (an import, a report: run it again); a connection lost before, by a
+        retried operation or while idle, is opened again first (once, no waiting).
+        """
         try:
+            if self._db.broken:
+                self._reopen()
             with self._db.transaction(), self._db.cursor() as cur:
                 yield cur
         except psycopg.Error as e:
             raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+
+    def _retried(self, what: str, body: Callable[[Cursor], _T], *, verify: bool = False) -> _T:
+        """``body`` in one transaction, run again when the connection is lost meanwhile.
+
+        A transaction that failed with its connection rolled back as a whole, so running it
+        again is safe, except when the connection was lost while it committed: then, with
+        ``verify``, its transaction id (read inside it) tells whether it committed, and a
+        committed one's result is returned rather than done twice. The database is tried
+        again with backoff for up to :attr:`lease` seconds (the time this worker's claims
+        are held for), with one warning when it is lost and one when it is back; then a
+        one-line :class:`JournalError`. Any other database error is a :class:`JournalError`
+        at once.
+        """
+        lost_at: float | None = None
+        while True:
+            xid: int | None = None
+            done = False
+            result: _T | None = None
+            try:
+                if self._db.broken:
+                    raise psycopg.OperationalError("the connection was lost")
+                with self._db.transaction(), self._db.cursor() as cur:
+                    if verify:
+                        cur.execute("SELECT txid_current()")
+                        xid = int(_one(cur)[0])
+                    result = body(cur)
+                    done = True
+                if lost_at is not None:
+                    log.warning(
+                        "the PostgreSQL journal %s is back (after %.1f s)",
+                        self.location,
+                        time.monotonic() - lost_at,
+                    )
+                return result
+            except psycopg.Error as e:
+                if not self._db.broken:
+                    raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning(
+                        "lost the PostgreSQL journal %s (%s); trying again for up to %.0f s",
+                        self.location,
+                        _one_line(e),
+                        self.lease,
+                    )
+            self._reconnect(what, lost_at)
+            if done and xid is not None and self._committed(xid, what, lost_at):
+                log.warning(
+                    "the PostgreSQL journal %s is back (after %.1f s)",
+                    self.location,
+                    time.monotonic() - lost_at,
+                )
+                return result  # type: ignore[return-value]  # (done: body returned it)
+
+    def _reopen(self) -> None:
+        """A new connection in place of a lost one, with the journal's ``search_path``."""
+        self._db.close()
+        self._db = _connect(self.location)
+        self._db.execute(
+            sql.SQL("SET search_path TO {}").format(sql.Identifier(self.location.schema))
+        )
+
+    def _reconnect(self, what: str, lost_at: float) -> None:
+        """Open a new connection, waiting with backoff until ``lost_at + lease``."""
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                self._reopen()
+                return
+            except psycopg.Error as e:
+                left = lost_at + self.lease - time.monotonic()
+                if left <= 0:
+                    raise JournalError(
+                        f"{self.location}: cannot {what}: the database was lost and did not "
+                        f"come back within {self.lease:.0f} s ({_one_line(e)})"
+                    ) from None
+                time.sleep(min(left, delay * self._rng.uniform(0.5, 1.0)))
+                delay = min(delay * 2, _BACKOFF_LAST)
+
+    def _committed(self, xid: int, what: str, lost_at: float) -> bool:
+        """Whether transaction ``xid``, whose connection was lost, committed."""
+        while True:
+            try:
+                status = self._db.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+            except psycopg.Error:
+                if not self._db.broken:
+                    raise
+                self._reconnect(what, lost_at)
+                continue
+            state = None if status is None else status[0]
+            if state != "in progress":  # (its server session has not ended yet)
+                break
+            if time.monotonic() > lost_at + self.lease:
+                state = None
+                break
+            time.sleep(_BACKOFF_FIRST)
+        if state is None:
+            raise JournalError(
+                f"{self.location}: cannot {what}: the connection was lost while it "
+                "committed, and the database cannot tell whether it did"
+            )
+        return bool(state == "committed")
 
     def _set_up(self, identity: Identity | None, *, force: bool, now: float) -> None:
         schema = sql.Identifier(self.location.schema)
@@ -338,8 +459,8 @@ class PostgresJournal(PostgresReports, StoreBase):
     def renew_leases(self, *, now: float | None = None, owner: object = None) -> int:
         """Extend this worker's leases to ``now + lease``; returns how many it holds."""
         self._check_owner(owner)
-        with self._tx("renew leases") as cur:
-            return self._renew_now(cur, time.time() if now is None else now)
+        at = time.time() if now is None else now
+        return self._retried("renew leases", lambda cur: self._renew_now(cur, at))
 
     # --- a run's claims and outcomes (JournalStore) ----------------------------------------
 
@@ -350,8 +471,9 @@ class PostgresJournal(PostgresReports, StoreBase):
         self._check_owner(owner)
         self._check_imported()
         now = time.time() if now is None else now
-        found: list[tuple[Any, ...]] = []
-        with self._tx("claim due recipients") as cur:
+
+        def claim(cur: Cursor) -> list[tuple[Any, ...]]:
+            found: list[tuple[Any, ...]] = []
             # As SQLite's claims: made durable by the next outcome commit.
             cur.execute("SET LOCAL synchronous_commit = off")
             self._renew(cur, now)
@@ -378,6 +500,9 @@ class PostgresJournal(PostgresReports, StoreBase):
                     },
                 )
                 found += sorted(cur.fetchall())
+            return found
+
+        found = self._retried("claim due recipients", claim, verify=True)
         data = _decode_data
         return [
             Due(rid, address, dom, None if d is None else data(d), _STATUS[st], tries, doubt)
@@ -389,7 +514,8 @@ class PostgresJournal(PostgresReports, StoreBase):
         self._check_owner(owner)
         self._check_imported()
         at = time.time() if now is None else now
-        with self._tx("list due domains") as cur:
+
+        def due(cur: Cursor) -> dict[str, int]:
             self._renew(cur, at)
             self._expire(cur, at)
             cur.execute(
@@ -399,25 +525,33 @@ class PostgresJournal(PostgresReports, StoreBase):
             )
             return {str(d): int(n) for d, n in cur.fetchall()}
 
+        return self._retried("list due domains", due)
+
     def next_due_at(self, *, owner: object = None) -> float | None:
         """The earliest time any unclaimed waiting recipient, or any lease, is due."""
         self._check_owner(owner)
-        with self._tx("find the next due time") as cur:
+
+        def first(cur: Cursor) -> Any:
             cur.execute(
                 "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM recipients"  # noqa: S608
                 f" WHERE {WAITING_IN} UNION ALL SELECT min(lease_expires_at) FROM recipients"
                 " WHERE lease_holder <> %s) AS due",
                 (self.worker,),
             )
-            at = _one(cur)[0]
+            return _one(cur)[0]
+
+        at = self._retried("find the next due time", first)
         return None if at is None else float(at)
 
     def waiting(self, *, owner: object = None) -> bool:
         """Whether any recipient is still waiting (pending or in doubt, claimed or not)."""
         self._check_owner(owner)
-        with self._tx("look for waiting recipients") as cur:
+
+        def any_waiting(cur: Cursor) -> bool:
             cur.execute(f"SELECT EXISTS (SELECT 1 FROM recipients WHERE {WAITING_IN})")  # noqa: S608
             return bool(_one(cur)[0])
+
+        return self._retried("look for waiting recipients", any_waiting)
 
     def suppress_waiting(
         self,
@@ -469,15 +603,18 @@ class PostgresJournal(PostgresReports, StoreBase):
     def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
         """Apply outcomes in one transaction; returns how many applied, and expired."""
         self._check_owner(owner)
-        applied = expired = 0
-        with self._tx("record outcomes") as cur:
+
+        def record(cur: Cursor) -> tuple[int, int]:
+            applied = expired = 0
             if records:
                 self._renew(cur, max(at for _, _, at in records))
             for part in _distinct_runs(records):
                 a, e = self._apply_run(cur, part)
                 applied += a
                 expired += e
-        return applied, expired
+            return applied, expired
+
+        return self._retried("record outcomes", record, verify=True)
 
     def _apply_run(self, cur: Cursor, records: Sequence[OutcomeRecord]) -> tuple[int, int]:
         cur.execute(
