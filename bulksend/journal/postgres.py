@@ -564,24 +564,25 @@ class PostgresJournal(PostgresReports, StoreBase):
         self._check_owner(owner)
         self._check_imported()
         at = time.time() if now is None else now
-        ids: list[int] = []
-        with self._tx("read waiting recipients"), self._db.cursor(name="waiting") as named:
-            named.execute(
-                f"SELECT id, address FROM recipients WHERE {WAITING_IN}"  # noqa: S608
-                " AND claimed_at IS NULL"
-            )
-            for rid, address in named:
-                if suppressed(address):
-                    ids.append(rid)
-        if not ids:
-            return 0
-        with self._tx("mark suppressed recipients") as cur:
+
+        def read(cur: Cursor) -> list[int]:
+            with cur.connection.cursor(name="waiting") as named:
+                named.execute(
+                    f"SELECT id, address FROM recipients WHERE {WAITING_IN}"  # noqa: S608
+                    " AND claimed_at IS NULL"
+                )
+                return [rid for rid, address in named if suppressed(address)]
+
+        def mark(cur: Cursor) -> int:
             cur.execute(
                 "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL,"  # noqa: S608
                 f" updated_at = %s WHERE id = ANY(%s) AND claimed_at IS NULL AND {WAITING_IN}",
                 (at, ids),
             )
             return cur.rowcount
+
+        ids = self._retried("read waiting recipients", read)
+        return self._retried("mark suppressed recipients", mark, verify=True) if ids else 0
 
     def record(self, recipient_id: int, outcome: Outcome, *, now: float | None = None) -> bool:
         """Record one outcome and commit it (outside a run); whether it applied."""
