@@ -35,6 +35,23 @@ another worker holds now (this worker's lease expired meanwhile) is applied only
 final (delivered, bounced, ...): a delivery must never be lost, but a retry must not take
 another worker's claim away.
 
+A lost database (a server restarted, a network cut) is waited for: every operation of a run
+(claims, due domains, outcomes, lease renewals, suppression, the waiting checks) is one
+transaction that :meth:`PostgresJournal._retried` runs again on a new connection, trying to
+reconnect with backoff (0.2 s doubling to 5 s) for up to one lease, with one warning when the
+database is lost and one when it is back, then a one-line :class:`JournalError`. Running a
+transaction again is safe because a failed one rolled back as a whole; the one exception is a
+connection lost *while committing*, when the commit may or may not have happened. A claim or
+an apply (or a suppression) is therefore not trusted to be idempotent (a claim run twice
+would lease other rows to nobody who knows them, renewed forever; an apply run twice would
+count a deferral twice) but verified: it reads its own ``txid_current()`` first, and after
+reconnecting ``txid_status`` says whether it committed; if it did, the rows it returned
+before the commit are the result and it is not run again. Leases, expiry and the reads are
+idempotent and simply run again. The import and the reports are not retried (they fail with
+one line; an import resumes where it stopped). While the database is away the worker's
+leases are not renewed: an outage longer than the lease hands its claims to the others (in
+doubt), and its outcomes for them are still applied when final.
+
 Import: ``COPY`` in batches of ``batch_size`` rows, one transaction each with the import
 position, streamed row by row from the recipients iterator (memory stays flat); the indexes
 are built after the last batch, duplicates keeping their first position. One worker imports
