@@ -1,7 +1,7 @@
 """The PostgreSQL journal when its database goes away: a restart during a run is waited out
 (reconnect with backoff, the operation run again, a cut-off commit checked), an outage
-longer than a lease ends the run with one line. A server of this module's own, since it is
-stopped and started (the session's is shared)."""
+longer than a lease ends the run with one line. A server of this module's own
+(``own_postgres_server``), since it is stopped and started."""
 
 from __future__ import annotations
 
@@ -28,29 +28,13 @@ from tests.journal.journal_helpers import IDENTITY, T0
 SITES = [SiteSpec("paced", ("p.test", "q.test"), "127.0.0.2")]
 
 
-@pytest.fixture(scope="module")
-def own_server() -> Iterator[Any]:
-    try:
-        from tests.helpers.postgres import PostgresServer, find_bindir  # noqa: PLC0415
-    except ImportError as e:
-        pytest.skip(f"psycopg is not installed ({e})")
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
-    server = PostgresServer.start(bindir)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_store_waits_out_a_restart_between_operations(
-    own_server: Any, caplog: pytest.LogCaptureFixture
+    own_postgres_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = own_server.new_database("between") + "?campaign=c"
+    url = own_postgres_server.new_database("between") + "?campaign=c"
     with PostgresJournal.open(url, IDENTITY, now=T0) as journal:
         journal.import_recipients(["a@x.test", "b@x.test"], now=T0)
-        own_server.restart()
+        own_postgres_server.restart()
         with caplog.at_level(logging.WARNING, logger="bulksend"):
             claimed = journal.fetch_due("x.test", 10, now=T0)
         assert [d.address for d in claimed] == ["a@x.test", "b@x.test"]
@@ -62,16 +46,16 @@ def test_a_store_waits_out_a_restart_between_operations(
         assert {s.status for s in reader.iter_states()} == {Status.PENDING}
 
 
-def test_an_outage_longer_than_the_lease_is_one_line(own_server: Any) -> None:
-    url = own_server.new_database("long") + "?campaign=c"
+def test_an_outage_longer_than_the_lease_is_one_line(own_postgres_server: Any) -> None:
+    url = own_postgres_server.new_database("long") + "?campaign=c"
     with PostgresJournal.open(url, IDENTITY, now=T0, lease=1) as journal:
         journal.import_recipients(["a@x.test"], now=T0)
-        own_server.halt()
+        own_postgres_server.halt()
         try:
             with pytest.raises(JournalError) as raised:
                 journal.fetch_due("x.test", 10, now=T0)
         finally:
-            own_server.resume()
+            own_postgres_server.resume()
         message = str(raised.value)
         assert "did not come back within 1 s" in message
         assert "\n" not in message
@@ -80,9 +64,9 @@ def test_an_outage_longer_than_the_lease_is_one_line(own_server: Any) -> None:
 
 
 async def test_a_run_survives_a_postgresql_restart_and_sends_everyone_once(
-    tmp_path: Path, own_server: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, own_postgres_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = own_server.new_database("run") + "?campaign=restart"
+    url = own_postgres_server.new_database("run") + "?campaign=restart"
     recipients = addresses(["p.test", "q.test"], 80)
     toml = campaign_toml(campaign_id="restart", policy=limits_policy(20))  # about 4 s
     campaign = Campaign.load(write_campaign(tmp_path / "c", recipients, toml=toml), {})
@@ -101,7 +85,7 @@ async def test_a_run_survives_a_postgresql_restart_and_sends_everyone_once(
                 while len(server.received()) < 20:
                     await trio.sleep(0.05)
                 restarted_after.append(len(server.received()))
-                await trio.to_thread.run_sync(own_server.restart, 1.0)
+                await trio.to_thread.run_sync(own_postgres_server.restart, 1.0)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
@@ -138,9 +122,9 @@ def _commit_then_lose_the_connection(
 
 
 def test_a_claim_whose_commit_was_cut_off_is_not_made_twice(
-    own_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    own_postgres_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = own_server.new_database("claim_cut") + "?campaign=c"
+    url = own_postgres_server.new_database("claim_cut") + "?campaign=c"
     with PostgresJournal.open(url, IDENTITY, now=T0) as journal:
         journal.import_recipients(addresses(["x.test"], 4), now=T0)
         _commit_then_lose_the_connection(journal, monkeypatch)
@@ -153,9 +137,9 @@ def test_a_claim_whose_commit_was_cut_off_is_not_made_twice(
 
 
 def test_an_apply_whose_commit_was_cut_off_is_not_applied_twice(
-    own_server: Any, monkeypatch: pytest.MonkeyPatch
+    own_postgres_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = own_server.new_database("apply_cut") + "?campaign=c"
+    url = own_postgres_server.new_database("apply_cut") + "?campaign=c"
     with PostgresJournal.open(url, IDENTITY, now=T0) as journal:
         journal.import_recipients(["a@x.test"], now=T0)
         (due,) = journal.fetch_due("x.test", 1, now=T0)
