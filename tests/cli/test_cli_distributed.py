@@ -158,7 +158,6 @@ async def test_a_worker_killed_mid_run_leaves_its_recipients_to_the_others(
     assert {s.status for s in states.values()} == {Status.DELIVERED}
     assert in_doubt_total >= 1  # the dead worker's claims, taken over when their lease expired
     twice = {address for address, n in times.items() if n > 1}
-    assert all(n <= 2 for n in times.values())
     # A recipient sent twice is one the journal reports in doubt (the dead worker's send).
     assert all(states[address].in_doubt >= 1 for address in twice), twice
     assert len(twice) <= in_doubt_total
