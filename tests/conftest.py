@@ -89,6 +89,17 @@ _DATABASES = itertools.count(1)
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """One temporary PostgreSQL server for the session."""
+    yield from _temporary_postgres()
+
+
+@pytest.fixture(scope="module")
+def own_postgres_server() -> Iterator[Any]:
+    """A temporary PostgreSQL server of the test module's own: for tests that stop or restart
+    it (the session's is shared)."""
+    yield from _temporary_postgres()
+
+
+def _temporary_postgres() -> Iterator[Any]:
     try:
         from tests.helpers.postgres import PostgresServer, find_bindir  # noqa: PLC0415
     except ImportError as e:

@@ -10,6 +10,7 @@ leaves leases that expire back to the others (in doubt where a send may have sta
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from bulksend.cli.options import JournalParam, flags_from, load_campaign, run_op
 from bulksend.cli.output import counts_line, info, warn
 from bulksend.cli.run import run_single
 from bulksend.delivery.run import RunOptions, import_campaign
+from bulksend.journal.postgres_schema import DEFAULT_LEASE
 
 _CAMPAIGN = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -70,10 +72,20 @@ def import_(campaign_file: Path, journal: Path | str | None, force: bool) -> Non
     help="The campaign's PostgreSQL journal: postgresql://USER@HOST:PORT/DB?campaign=NAME "
     "(the password from password_file=PATH, PGPASSFILE or PGPASSWORD).",
 )
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_LEASE,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long this worker's claims are held without renewal (renewed while it runs): "
+    "when a worker dies, its recipients go back to the others after this, in doubt. "
+    "Also how long it waits for a lost database to come back.",
+)
 @run_options
-def worker(campaign_file: Path, journal: Path | str, **kw: Any) -> None:
+def worker(campaign_file: Path, journal: Path | str, lease: float, **kw: Any) -> None:
     """Send an imported campaign's due recipients, beside other workers of the same journal."""
-    flags = flags_from(kw)
+    flags = dataclasses.replace(flags_from(kw), lease=lease)
     if not isinstance(journal, str):
         raise click.UsageError(
             "a worker needs a PostgreSQL journal (one campaign, shared by leases); to send "

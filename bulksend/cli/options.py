@@ -91,6 +91,7 @@ class RunFlags:
     retry_unrendered: bool = False
     exit_zero_when_complete: bool = False
     throttle: StoreLocation | None = None
+    lease: float | None = None
 
     def options(self, journal: Path | str, campaign: Campaign) -> RunOptions:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
@@ -109,6 +110,7 @@ class RunFlags:
             retry_unrendered=self.retry_unrendered,
             throttle=None if self.throttle is None else self.throttle.url,
             throttle_password=None if self.throttle is None else self.throttle.password(os.environ),
+            lease=self.lease,
         )
 
 

@@ -86,6 +86,9 @@ class RunOptions:
         throttle: where site limits live: None for this process, or a Redis/Valkey URL
             (``redis://host:port/db``) shared by every worker of the campaign;
             ``throttle_password`` its password (never in the URL, never logged).
+        lease: seconds a PostgreSQL journal's claims are leased for (None: the store's
+            default, :data:`~bulksend.journal.postgres.DEFAULT_LEASE`); a SQLite journal
+            refuses it.
     """
 
     journal: Path | str
@@ -103,6 +106,7 @@ class RunOptions:
     retry_unrendered: bool = False
     throttle: str | None = None
     throttle_password: str | None = field(default=None, repr=False)
+    lease: float | None = None
 
     @property
     def journal_path(self) -> Path | str:
@@ -234,7 +238,11 @@ def open_journal(campaign: Campaign, options: RunOptions) -> AnyJournal:
     if options.shard is not None:
         identity["shard"] = str(options.shard)
     return open_any_journal(
-        options.journal_path, identity, force=options.force, policy=config.policy.retry
+        options.journal_path,
+        identity,
+        force=options.force,
+        policy=config.policy.retry,
+        lease=options.lease,
     )
 
 

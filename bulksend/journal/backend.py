@@ -54,10 +54,16 @@ def open_journal(
     default: a new one) and ``lease`` (seconds) are for PostgreSQL only.
 
     Raises:
-        JournalError: as the backend's ``open``; psycopg missing for a URL.
+        JournalError: as the backend's ``open``; psycopg missing for a URL; a ``lease``
+            for a SQLite journal (it has no leases).
     """
     where = journal_spec(spec)
     if isinstance(where, Path):
+        if lease is not None:
+            raise JournalError(
+                f"{where}: a lease is for PostgreSQL journals; a SQLite journal has one "
+                "process and no leases"
+            )
         return Journal.open(where, identity, force=force, policy=policy, rng=rng, now=now)
     journal: PostgresJournal = _postgres().PostgresJournal.open(
         where,

@@ -35,6 +35,23 @@ another worker holds now (this worker's lease expired meanwhile) is applied only
 final (delivered, bounced, ...): a delivery must never be lost, but a retry must not take
 another worker's claim away.
 
+A lost database (a server restarted, a network cut) is waited for: every operation of a run
+(claims, due domains, outcomes, lease renewals, suppression, the waiting checks) is one
+transaction that :meth:`PostgresJournal._retried` runs again on a new connection, trying to
+reconnect with backoff (0.2 s doubling to 5 s) for up to one lease, with one warning when the
+database is lost and one when it is back, then a one-line :class:`JournalError`. Running a
+transaction again is safe because a failed one rolled back as a whole; the one exception is a
+connection lost *while committing*, when the commit may or may not have happened. A claim or
+an apply (or a suppression) is therefore not trusted to be idempotent (a claim run twice
+would lease other rows to nobody who knows them, renewed forever; an apply run twice would
+count a deferral twice) but verified: it reads its own ``txid_current()`` first, and after
+reconnecting ``txid_status`` says whether it committed; if it did, the rows it returned
+before the commit are the result and it is not run again. Leases, expiry and the reads are
+idempotent and simply run again. The import and the reports are not retried (they fail with
+one line; an import resumes where it stopped). While the database is away the worker's
+leases are not renewed: an outage longer than the lease hands its claims to the others (in
+doubt), and its outcomes for them are still applied when final.
+
 Import: ``COPY`` in batches of ``batch_size`` rows, one transaction each with the import
 position, streamed row by row from the recipients iterator (memory stays flat); the indexes
 are built after the last batch, duplicates keeping their first position. One worker imports
@@ -46,6 +63,7 @@ version, and compares the campaign identity as the SQLite journal does.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
@@ -53,7 +71,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -66,6 +84,7 @@ from bulksend.journal.outcomes import WAITING, Outcome, Status, Step
 from bulksend.journal.postgres_load import Cursor, copy_recipients, no_nul
 from bulksend.journal.postgres_reports import PostgresReports
 from bulksend.journal.postgres_schema import (
+    DEFAULT_LEASE,
     KEPT_SQL,
     PG_SCHEMA_VERSION,
     RELEASE_SET,
@@ -88,8 +107,23 @@ from bulksend.journal.store import _STATUS, StoreBase, _distinct_runs, plan_upda
 
 __all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
 
-#: Seconds a claim is leased for (renewed while its worker runs).
-DEFAULT_LEASE: Final = 300.0
+
+log = logging.getLogger("bulksend")
+_T = TypeVar("_T")
+
+#: Seconds between tries to reach a lost database: the first wait, and the longest.
+_BACKOFF_FIRST: Final = 0.2
+_BACKOFF_LAST: Final = 5.0
+
+
+def _connect(location: Location) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(
+        location.conninfo,
+        autocommit=True,
+        password=read_password(location),
+        connect_timeout=10,
+        application_name="bulksend",
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -160,13 +194,7 @@ class PostgresJournal(PostgresReports, StoreBase):
         """
         location = parse_url(url)
         try:
-            db = psycopg.connect(
-                location.conninfo,
-                autocommit=True,
-                password=read_password(location),
-                connect_timeout=10,
-                application_name="bulksend",
-            )
+            db = _connect(location)
         except psycopg.Error as e:
             raise JournalError(
                 f"cannot connect to the PostgreSQL journal {location}: {_one_line(e)}"
@@ -188,12 +216,120 @@ class PostgresJournal(PostgresReports, StoreBase):
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Cursor]:
-        """One transaction; a database error becomes a one-line :class:`JournalError`."""
+        """One transaction; a database error becomes a one-line :class:`JournalError`.
+
+        Not retried (an import, a report: run it again); a connection lost before, by a
+        retried operation or while idle, is opened again first (once, no waiting).
+        """
         try:
+            if self._db.broken:
+                self._reopen()
             with self._db.transaction(), self._db.cursor() as cur:
                 yield cur
         except psycopg.Error as e:
             raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+
+    def _retried(self, what: str, body: Callable[[Cursor], _T], *, verify: bool = False) -> _T:
+        """``body`` in one transaction, run again when the connection is lost meanwhile.
+
+        A transaction that failed with its connection rolled back as a whole, so running it
+        again is safe, except when the connection was lost while it committed: then, with
+        ``verify``, its transaction id (read inside it) tells whether it committed, and a
+        committed one's result is returned rather than done twice. The database is tried
+        again with backoff for up to :attr:`lease` seconds (the time this worker's claims
+        are held for), with one warning when it is lost and one when it is back; then a
+        one-line :class:`JournalError`. Any other database error is a :class:`JournalError`
+        at once.
+        """
+        lost_at: float | None = None
+        while True:
+            xid: int | None = None
+            done = False
+            result: _T | None = None
+            try:
+                if self._db.broken:
+                    raise psycopg.OperationalError("the connection was lost")
+                with self._db.transaction(), self._db.cursor() as cur:
+                    if verify:
+                        cur.execute("SELECT txid_current()")
+                        xid = int(_one(cur)[0])
+                    result = body(cur)
+                    done = True
+                if lost_at is not None:
+                    log.warning(
+                        "the PostgreSQL journal %s is back (after %.1f s)",
+                        self.location,
+                        time.monotonic() - lost_at,
+                    )
+                return result
+            except psycopg.Error as e:
+                if not self._db.broken:
+                    raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning(
+                        "lost the PostgreSQL journal %s (%s); trying again for up to %.0f s",
+                        self.location,
+                        _one_line(e),
+                        self.lease,
+                    )
+            self._reconnect(what, lost_at)
+            if done and xid is not None and self._committed(xid, what, lost_at):
+                log.warning(
+                    "the PostgreSQL journal %s is back (after %.1f s)",
+                    self.location,
+                    time.monotonic() - lost_at,
+                )
+                return result  # type: ignore[return-value]  # (done: body returned it)
+
+    def _reopen(self) -> None:
+        """A new connection in place of a lost one, with the journal's ``search_path``."""
+        self._db.close()
+        self._db = _connect(self.location)
+        self._db.execute(
+            sql.SQL("SET search_path TO {}").format(sql.Identifier(self.location.schema))
+        )
+
+    def _reconnect(self, what: str, lost_at: float) -> None:
+        """Open a new connection, waiting with backoff until ``lost_at + lease``."""
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                self._reopen()
+                return
+            except psycopg.Error as e:
+                left = lost_at + self.lease - time.monotonic()
+                if left <= 0:
+                    raise JournalError(
+                        f"{self.location}: cannot {what}: the database was lost and did not "
+                        f"come back within {self.lease:.0f} s ({_one_line(e)})"
+                    ) from None
+                time.sleep(min(left, delay * self._rng.uniform(0.5, 1.0)))
+                delay = min(delay * 2, _BACKOFF_LAST)
+
+    def _committed(self, xid: int, what: str, lost_at: float) -> bool:
+        """Whether transaction ``xid``, whose connection was lost, committed."""
+        while True:
+            try:
+                status = self._db.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+            except psycopg.Error:
+                if not self._db.broken:
+                    raise
+                self._reconnect(what, lost_at)
+                continue
+            state = None if status is None else status[0]
+            if state != "in progress":  # (its server session has not ended yet)
+                break
+            if time.monotonic() > lost_at + self.lease:
+                state = None
+                break
+            time.sleep(_BACKOFF_FIRST)
+        if state is None:
+            raise JournalError(
+                f"{self.location}: cannot {what}: the connection was lost while it "
+                "committed, and the database cannot tell whether it did"
+            )
+        return bool(state == "committed")
 
     def _set_up(self, identity: Identity | None, *, force: bool, now: float) -> None:
         schema = sql.Identifier(self.location.schema)
@@ -340,8 +476,8 @@ class PostgresJournal(PostgresReports, StoreBase):
     def renew_leases(self, *, now: float | None = None, owner: object = None) -> int:
         """Extend this worker's leases to ``now + lease``; returns how many it holds."""
         self._check_owner(owner)
-        with self._tx("renew leases") as cur:
-            return self._renew_now(cur, time.time() if now is None else now)
+        at = time.time() if now is None else now
+        return self._retried("renew leases", lambda cur: self._renew_now(cur, at))
 
     # --- a run's claims and outcomes (JournalStore) ----------------------------------------
 
@@ -352,8 +488,9 @@ class PostgresJournal(PostgresReports, StoreBase):
         self._check_owner(owner)
         self._check_imported()
         now = time.time() if now is None else now
-        found: list[tuple[Any, ...]] = []
-        with self._tx("claim due recipients") as cur:
+
+        def claim(cur: Cursor) -> list[tuple[Any, ...]]:
+            found: list[tuple[Any, ...]] = []
             # As SQLite's claims: made durable by the next outcome commit.
             cur.execute("SET LOCAL synchronous_commit = off")
             self._renew(cur, now)
@@ -380,6 +517,9 @@ class PostgresJournal(PostgresReports, StoreBase):
                     },
                 )
                 found += sorted(cur.fetchall())
+            return found
+
+        found = self._retried("claim due recipients", claim, verify=True)
         data = _decode_data
         return [
             Due(rid, address, dom, None if d is None else data(d), _STATUS[st], tries, doubt)
@@ -391,7 +531,8 @@ class PostgresJournal(PostgresReports, StoreBase):
         self._check_owner(owner)
         self._check_imported()
         at = time.time() if now is None else now
-        with self._tx("list due domains") as cur:
+
+        def due(cur: Cursor) -> dict[str, int]:
             self._renew(cur, at)
             self._expire(cur, at)
             cur.execute(
@@ -401,25 +542,33 @@ class PostgresJournal(PostgresReports, StoreBase):
             )
             return {str(d): int(n) for d, n in cur.fetchall()}
 
+        return self._retried("list due domains", due)
+
     def next_due_at(self, *, owner: object = None) -> float | None:
         """The earliest time any unclaimed waiting recipient, or any lease, is due."""
         self._check_owner(owner)
-        with self._tx("find the next due time") as cur:
+
+        def first(cur: Cursor) -> Any:
             cur.execute(
                 "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM recipients"  # noqa: S608
                 f" WHERE {WAITING_IN} UNION ALL SELECT min(lease_expires_at) FROM recipients"
                 " WHERE lease_holder <> %s) AS due",
                 (self.worker,),
             )
-            at = _one(cur)[0]
+            return _one(cur)[0]
+
+        at = self._retried("find the next due time", first)
         return None if at is None else float(at)
 
     def waiting(self, *, owner: object = None) -> bool:
         """Whether any recipient is still waiting (pending or in doubt, claimed or not)."""
         self._check_owner(owner)
-        with self._tx("look for waiting recipients") as cur:
+
+        def any_waiting(cur: Cursor) -> bool:
             cur.execute(f"SELECT EXISTS (SELECT 1 FROM recipients WHERE {WAITING_IN})")  # noqa: S608
             return bool(_one(cur)[0])
+
+        return self._retried("look for waiting recipients", any_waiting)
 
     def suppress_waiting(
         self,
@@ -432,24 +581,25 @@ class PostgresJournal(PostgresReports, StoreBase):
         self._check_owner(owner)
         self._check_imported()
         at = time.time() if now is None else now
-        ids: list[int] = []
-        with self._tx("read waiting recipients"), self._db.cursor(name="waiting") as named:
-            named.execute(
-                f"SELECT id, address FROM recipients WHERE {WAITING_IN}"  # noqa: S608
-                " AND claimed_at IS NULL"
-            )
-            for rid, address in named:
-                if suppressed(address):
-                    ids.append(rid)
-        if not ids:
-            return 0
-        with self._tx("mark suppressed recipients") as cur:
+
+        def read(cur: Cursor) -> list[int]:
+            with cur.connection.cursor(name="waiting") as named:
+                named.execute(
+                    f"SELECT id, address FROM recipients WHERE {WAITING_IN}"  # noqa: S608
+                    " AND claimed_at IS NULL"
+                )
+                return [rid for rid, address in named if suppressed(address)]
+
+        def mark(cur: Cursor) -> int:
             cur.execute(
                 "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL,"  # noqa: S608
                 f" updated_at = %s WHERE id = ANY(%s) AND claimed_at IS NULL AND {WAITING_IN}",
                 (at, ids),
             )
             return cur.rowcount
+
+        ids = self._retried("read waiting recipients", read)
+        return self._retried("mark suppressed recipients", mark, verify=True) if ids else 0
 
     def record(self, recipient_id: int, outcome: Outcome, *, now: float | None = None) -> bool:
         """Record one outcome and commit it (outside a run); whether it applied."""
@@ -471,15 +621,18 @@ class PostgresJournal(PostgresReports, StoreBase):
     def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
         """Apply outcomes in one transaction; returns how many applied, and expired."""
         self._check_owner(owner)
-        applied = expired = 0
-        with self._tx("record outcomes") as cur:
+
+        def record(cur: Cursor) -> tuple[int, int]:
+            applied = expired = 0
             if records:
                 self._renew(cur, max(at for _, _, at in records))
             for part in _distinct_runs(records):
                 a, e = self._apply_run(cur, part)
                 applied += a
                 expired += e
-        return applied, expired
+            return applied, expired
+
+        return self._retried("record outcomes", record, verify=True)
 
     def _apply_run(self, cur: Cursor, records: Sequence[OutcomeRecord]) -> tuple[int, int]:
         cur.execute(

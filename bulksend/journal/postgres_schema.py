@@ -20,6 +20,9 @@ from bulksend.store_urls import read_password_file, split_store_url
 #: The version of this schema, in ``meta.schema_version``; another is refused.
 PG_SCHEMA_VERSION: Final = 1
 
+#: Seconds a claim is leased for (renewed while its worker runs; ``worker --lease``).
+DEFAULT_LEASE: Final = 300.0
+
 
 class NoJournal(JournalError):
     """There is no journal of that campaign (opened for reading)."""

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class PostgresServer:
     port: int
     user: str
     _as: Sequence[str]
+    options: str = ""
 
     @classmethod
     def start(cls, bindir: Path, *, durable: bool = False) -> PostgresServer:
@@ -75,10 +77,25 @@ class PostgresServer:
         options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {root} -c max_connections=50"
         if not durable:
             options += " -c fsync=off -c full_page_writes=off"
-        server._run(
-            "pg_ctl", "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"
-        )
+        server.options = options
+        server.resume()
         return server
+
+    def resume(self) -> None:
+        """Start the server (again, after :meth:`halt`): same data, same port."""
+        data, log = str(self.root / "data"), str(self.root / "log")
+        self._run("pg_ctl", "-D", data, "-l", log, "-o", self.options, "-w", "start")
+
+    def halt(self) -> None:
+        """Stop the server as an administrator's restart does (``-m fast``: every session is
+        ended, committed work kept); :meth:`resume` starts it again."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server, wait ``down`` seconds, start it again."""
+        self.halt()
+        time.sleep(down)
+        self.resume()
 
     def _run(self, binary: str, *args: str) -> None:
         subprocess.run(
