@@ -491,8 +491,10 @@ class PostgresJournal(PostgresReports, StoreBase):
 
         def claim(cur: Cursor) -> list[tuple[Any, ...]]:
             found: list[tuple[Any, ...]] = []
-            # As SQLite's claims: made durable by the next outcome commit.
-            cur.execute("SET LOCAL synchronous_commit = off")
+            # Durable at once (synchronous_commit stays on): a claim lost to a server crash
+            # would let another worker send a recipient this one may be sending, uncounted.
+            # SQLite's claims skip the fsync because a killed process keeps its WAL writes;
+            # PostgreSQL with synchronous_commit = off may not have written them at all.
             self._renew(cur, now)
             self._expire(cur, now)
             for status in WAITING[::-1]:  # in doubt first
