@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from tests.helpers.redis import RedisServer, server_binary  # noqa: E402
 
 BULKSEND = [sys.executable, "-m", "bulksend"]
 TICK = os.sysconf("SC_CLK_TCK")
+_DELIVERED = re.compile(r"this run:\s+delivered ([\d,]+)")
 
 
 # -- CPU of other processes (/proc) -------------------------------------------------------
@@ -163,7 +165,12 @@ def run_processes(
         error = f"timed out after {seconds:.0f}s"
     time.sleep(0.3)  # the backends of the exited workers end and are reaped
     count = s.count() - before
+    delivered = []
+    for i in range(len(commands)):
+        found = _DELIVERED.search((logs / f"process{i}.log").read_text())
+        delivered.append(int(found[1].replace(",", "")) if found else None)
     result: dict[str, Any] = {
+        "delivered_per_process": delivered,
         "processes": len(commands),
         "load1_before": load,
         "sink_count": count,
@@ -265,6 +272,9 @@ class Bench:
         (directory / "idle").mkdir()
         idle = run_processes(commands[:1], s, 0, args.timeout, directory / "idle", {})
         result["idle_process_cpu_s"] = idle["cpu_s"]
+        if "error" not in result:
+            net = result["cpu_s"] - len(commands) * idle["cpu_s"]
+            result["cpu_net_us_per_msg"] = net / args.n * 1e6
         return result
 
     def run(self) -> dict[str, Any]:
@@ -301,7 +311,8 @@ def _progress(label: str, r: dict[str, Any]) -> None:
         return
     print(
         f"{label}: {r['msgs_per_s']:.0f} msgs/s, {r['cpu_us_per_msg']:.0f} µs/msg bulksend, "
-        f"pg {r.get('postgres_cpu_us_per_msg', 0):.0f}, redis {r.get('redis_cpu_us_per_msg', 0):.0f}, "
+        f"pg {r.get('postgres_cpu_us_per_msg', 0):.0f}, "
+        f"redis {r.get('redis_cpu_us_per_msg', 0):.0f}, "
         f"sink {r['sink_cpu_us_per_msg']:.0f}; first msg {r['first_msg_s']:.2f}s, "
         f"exit {r['exit_s']:.2f}s, load {r['load1_before']:.2f}",
         file=sys.stderr,
@@ -332,6 +343,7 @@ def analyse(runs: dict[str, list[dict[str, Any]]], reps: int) -> dict[str, Any]:
     keys = (
         "msgs_per_s",
         "cpu_us_per_msg",
+        "cpu_net_us_per_msg",
         "postgres_cpu_us_per_msg",
         "redis_cpu_us_per_msg",
         "sink_cpu_us_per_msg",
@@ -367,6 +379,9 @@ def analyse(runs: dict[str, list[dict[str, Any]]], reps: int) -> dict[str, Any]:
         ratios["shared-1 / embedded: bulksend CPU per msg"] = per_round(
             "shared-1", "embedded", "cpu_us_per_msg", "cpu_us_per_msg"
         )
+        ratios["shared-1 / embedded: bulksend CPU per msg, start-up removed"] = per_round(
+            "shared-1", "embedded", "cpu_net_us_per_msg", "cpu_net_us_per_msg"
+        )
         ratios["shared-1 / embedded: CPU per msg incl. PostgreSQL + Redis"] = per_round(
             "shared-1", "embedded", "cpu_us_per_msg", "cpu_us_per_msg", total=True
         )
@@ -375,9 +390,14 @@ def analyse(runs: dict[str, list[dict[str, Any]]], reps: int) -> dict[str, Any]:
         )
         for c in shared:
             if c != "shared-1":
-                ratios[f"{c} / shared-1: msgs/s"] = per_round(c, "shared-1", "msgs_per_s", "msgs_per_s")
+                ratios[f"{c} / shared-1: msgs/s"] = per_round(
+                    c, "shared-1", "msgs_per_s", "msgs_per_s"
+                )
                 ratios[f"{c} / shared-1: bulksend CPU per msg"] = per_round(
                     c, "shared-1", "cpu_us_per_msg", "cpu_us_per_msg"
+                )
+                ratios[f"{c} / shared-1: bulksend CPU per msg, start-up removed"] = per_round(
+                    c, "shared-1", "cpu_net_us_per_msg", "cpu_net_us_per_msg"
                 )
     return {"summaries": summaries, "ratios": ratios}
 
@@ -396,13 +416,15 @@ def tables(results: dict[str, Any]) -> str:
         "",
         "median (min-max) over the rounds; CPU in µs per message; import not counted",
         "",
-        "| configuration | msgs/s | bulksend CPU | PostgreSQL CPU | Redis CPU | sink CPU "
+        "| configuration | msgs/s | bulksend CPU | start-up removed | PostgreSQL CPU "
+        "| Redis CPU | sink CPU "
         "| first msg s | exit s | idle process CPU s | load1 before |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for config, s in results["analysis"]["summaries"].items():
         lines.append(
             f"| {config} | {_fmt(s['msgs_per_s'])} | {_fmt(s['cpu_us_per_msg'])} "
+            f"| {_fmt(s['cpu_net_us_per_msg'])} "
             f"| {_fmt(s['postgres_cpu_us_per_msg'])} | {_fmt(s['redis_cpu_us_per_msg'])} "
             f"| {_fmt(s['sink_cpu_us_per_msg'])} | {_fmt(s['first_msg_s'], 2)} "
             f"| {_fmt(s['exit_s'], 2)} | {_fmt(s['idle_process_cpu_s'], 2)} "
