@@ -225,6 +225,10 @@ class Bench:
         self.layout = site_layout(1, 1)
         self.domain = self.layout[0]["domains"][0]
         os.environ["BULKSEND_SENT_RECORD"] = str(work / "sent.jsonl")
+        self.policy = policy(args.connections).replace(
+            "messages_per_connection = 1000000",
+            f"messages_per_connection = {args.messages_per_connection}",
+        )
 
     def common(self, s: Sink) -> list[str]:
         return [
@@ -238,7 +242,7 @@ class Bench:
         toml = write_campaign(
             directory,
             addresses([self.domain], self.args.n),
-            toml=campaign_toml(campaign_id=name, policy=policy(self.args.connections)),
+            toml=campaign_toml(campaign_id=name, policy=self.policy),
         )
         return name, toml, directory
 
@@ -284,7 +288,7 @@ class Bench:
             sys.exit("workers: needs PostgreSQL server binaries and redis-server/valkey-server")
         configs = ["embedded", *(f"shared-{k}" for k in args.workers)]
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-        postgres = PostgresServer.start(bindir, durable=True)
+        postgres = PostgresServer.start(bindir, durable=not args.pg_no_fsync)
         redis = RedisServer(binary, self.work)
         redis.start()
         s = Sink("bulksend", self.layout, self.work)
@@ -408,18 +412,27 @@ def _fmt(s: dict[str, Any] | None, digits: int = 0) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def _splits(runs: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        "/".join("-" if d is None else str(d) for d in r.get("delivered_per_process", []))
+        for r in runs
+    )
+
+
 def tables(results: dict[str, Any]) -> str:
     c = results["config"]
     lines = [
         f"### one site, {c['n']} messages per run, {c['connections']} connections in total, "
-        f"{c['reps']} interleaved rounds",
+        f"{c['messages_per_connection']} messages per connection, PostgreSQL fsync "
+        f"{'on' if c['postgres_fsync'] else 'off'}, {c['reps']} interleaved rounds",
         "",
-        "median (min-max) over the rounds; CPU in µs per message; import not counted",
+        "median (min-max) over the rounds; CPU in µs per message; import not counted; "
+        "messages per process: each round's split",
         "",
         "| configuration | msgs/s | bulksend CPU | start-up removed | PostgreSQL CPU "
         "| Redis CPU | sink CPU "
-        "| first msg s | exit s | idle process CPU s | load1 before |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| first msg s | exit s | idle process CPU s | load1 before | messages per process |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for config, s in results["analysis"]["summaries"].items():
         lines.append(
@@ -428,7 +441,7 @@ def tables(results: dict[str, Any]) -> str:
             f"| {_fmt(s['postgres_cpu_us_per_msg'])} | {_fmt(s['redis_cpu_us_per_msg'])} "
             f"| {_fmt(s['sink_cpu_us_per_msg'])} | {_fmt(s['first_msg_s'], 2)} "
             f"| {_fmt(s['exit_s'], 2)} | {_fmt(s['idle_process_cpu_s'], 2)} "
-            f"| {_fmt(s['load1_before'], 2)} |"
+            f"| {_fmt(s['load1_before'], 2)} | {_splits(results['runs'][config])} |"
         )
     lines += ["", "| ratio (per round) | median (min-max) | rounds |", "| --- | --- | --- |"]
     for name, r in results["analysis"]["ratios"].items():
@@ -458,6 +471,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--connections", type=int, default=8, help="the site's connection cap (in total)"
     )
+    parser.add_argument(
+        "--messages-per-connection",
+        type=int,
+        default=1_000_000,
+        help="the site's messages_per_connection (default: a connection lasts the whole run); "
+        "lower, connections close and their leases pass between the workers",
+    )
+    parser.add_argument(
+        "--pg-no-fsync", action="store_true", help="the PostgreSQL server without fsync"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "workers.json")
     parser.add_argument("--keep", type=Path, help="work here and keep it (campaigns, logs)")
@@ -480,6 +503,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "reps": args.reps,
             "workers": args.workers,
             "connections": args.connections,
+            "messages_per_connection": args.messages_per_connection,
+            "postgres_fsync": not args.pg_no_fsync,
         },
         "runs": runs,
         "analysis": analyse(runs, args.reps),
