@@ -394,6 +394,9 @@ def analyse(runs: dict[str, list[dict[str, Any]]], reps: int) -> dict[str, Any]:
         )
         for c in shared:
             if c != "shared-1":
+                ratios[f"{c} / embedded: msgs/s"] = per_round(
+                    c, "embedded", "msgs_per_s", "msgs_per_s"
+                )
                 ratios[f"{c} / shared-1: msgs/s"] = per_round(
                     c, "shared-1", "msgs_per_s", "msgs_per_s"
                 )
@@ -483,12 +486,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "workers.json")
+    parser.add_argument("--report", type=Path, help="print the tables of a results file")
     parser.add_argument("--keep", type=Path, help="work here and keep it (campaigns, logs)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.report is not None:  # the tables again, from a results file (same analysis)
+        results = json.loads(args.report.read_text())
+        results["analysis"] = analyse(results["runs"], results["config"]["reps"])
+        print(tables(results))
+        return results
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         runs = Bench(args, args.keep.resolve()).run()
