@@ -264,11 +264,13 @@ class Bench:
         if config == "embedded":
             commands = [[*BULKSEND, "send", str(toml), "--journal", journal, *self.common(s)]]
         else:
-            trio.run(prewarm, redis, name)
             command = [
                 *BULKSEND, "worker", "--campaign", str(toml), "--journal", journal,
-                "--throttle", redis, *self.common(s),
+                *self.common(s),
             ]  # fmt: skip
+            if not args.no_throttle:
+                trio.run(prewarm, redis, name)
+                command += ["--throttle", redis]
             commands = [command] * int(config.split("-")[1])
         result = run_processes(commands, s, args.n, args.timeout, directory, servers)
         result["import_s"] = imported["seconds"]
@@ -427,7 +429,8 @@ def tables(results: dict[str, Any]) -> str:
     lines = [
         f"### one site, {c['n']} messages per run, {c['connections']} connections in total, "
         f"{c['messages_per_connection']} messages per connection, PostgreSQL fsync "
-        f"{'on' if c['postgres_fsync'] else 'off'}, {c['reps']} interleaved rounds",
+        f"{'on' if c['postgres_fsync'] else 'off'}, workers' throttle "
+        f"{c.get('throttle', 'redis')}, {c['reps']} interleaved rounds",
         "",
         "median (min-max) over the rounds; CPU in µs per message; import not counted; "
         "messages per process: each round's split",
@@ -484,6 +487,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pg-no-fsync", action="store_true", help="the PostgreSQL server without fsync"
     )
+    parser.add_argument(
+        "--no-throttle",
+        action="store_true",
+        help="workers without --throttle (the PostgreSQL journal alone; a diagnostic: N "
+        "workers then keep N times the site's limits)",
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per run at most")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "workers.json")
     parser.add_argument("--report", type=Path, help="print the tables of a results file")
@@ -514,6 +523,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "connections": args.connections,
             "messages_per_connection": args.messages_per_connection,
             "postgres_fsync": not args.pg_no_fsync,
+            "throttle": "none" if args.no_throttle else "redis",
         },
         "runs": runs,
         "analysis": analyse(runs, args.reps),
