@@ -47,7 +47,7 @@ bench-profile: $(STAMP)
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/run.py --sections scale --out benchmarks/out/scale.json $(BENCH_ARGS)
 
-# One site: embedded SQLite vs 1/2/4 workers on PostgreSQL + Redis/Valkey (issue 17, ~5 min).
+# One site: embedded SQLite vs 1/2/4 workers on PostgreSQL + Redis/Valkey (issue 17, ~2-3 min).
 bench-workers: $(STAMP)
 	$(BIN)/python benchmarks/workers.py $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
 """One big site: the embedded SQLite path beside 1, 2 and 4 workers on the shared backends.
 
-    .venv/bin/python benchmarks/workers.py --n 20000 --reps 3      # issue 17, ~5 min
+    .venv/bin/python benchmarks/workers.py --n 20000 --reps 3      # issue 17, ~2-3 min
     make bench-workers BENCH_ARGS="--n 20000 --reps 3"
 
 One site (one domain, one MX on 127.0.10.1) served by the benchmark sink
@@ -278,6 +278,8 @@ class Bench:
         (directory / "idle").mkdir()
         idle = run_processes(commands[:1], s, 0, args.timeout, directory / "idle", {})
         result["idle_process_cpu_s"] = idle["cpu_s"]
+        if "error" in idle:
+            result["idle_error"] = idle["error"]
         if "error" not in result:
             net = result["cpu_s"] - len(commands) * idle["cpu_s"]
             result["cpu_net_us_per_msg"] = net / args.n * 1e6
