@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types pytest demo bench bench-profile bench-scale bench-tools clean
+.PHONY: test lint types pytest demo bench bench-profile bench-scale bench-workers bench-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-profile: $(STAMP)
 # 1M recipients over 10k domains: import seconds, peak RSS, a bounded send (~3-5 min).
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/run.py --sections scale --out benchmarks/out/scale.json $(BENCH_ARGS)
+
+# One site: embedded SQLite vs 1/2/4 workers on PostgreSQL + Redis/Valkey (issue 17, ~2-3 min).
+bench-workers: $(STAMP)
+	$(BIN)/python benchmarks/workers.py $(BENCH_ARGS)
 
 # Optional peers: Postfix's smtp-source/smtp-sink (C), for --peers smtp-source / --sinks postfix.
 # The Postfix daemon is kept from starting (policy-rc.d) and left unconfigured: nothing binds port 25.

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 N = 200
 REPS = 2
@@ -105,3 +107,37 @@ def test_profile_layers_small(tmp_path: Path) -> None:
     assert any("sqlite3.Connection" in name for name, _ in result["top"]["journal"])
     assert abs(sum(layers.values()) - result["cpu_us_per_msg"]) < 0.05 * result["cpu_us_per_msg"]
     assert "| rendering | " in done.stdout
+
+
+def test_workers_small(tmp_path: Path) -> None:
+    """``benchmarks/workers.py`` (issue 17): embedded vs workers on PostgreSQL + Redis."""
+    try:
+        from tests.helpers.postgres import find_bindir  # noqa: PLC0415
+    except ImportError as e:
+        pytest.skip(f"psycopg is not installed ({e}): pip install -e '.[test]'")
+    from tests.helpers.redis import server_binary  # noqa: PLC0415
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine")
+    if server_binary() is None:
+        pytest.skip("neither redis-server nor valkey-server is installed")
+    out = tmp_path / "workers.json"
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "workers.py"),
+        "--n", str(N), "--reps", "1", "--workers", "1,2", "--timeout", "60", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results["runs"]) == {"embedded", "shared-1", "shared-2"}
+    for config, runs in results["runs"].items():
+        (run,) = runs
+        assert "error" not in run and "idle_error" not in run, (config, run)
+        assert run["sink_count"] == N
+        assert sum(run["delivered_per_process"]) == N
+        assert run["cpu_us_per_msg"] > 0
+    assert results["runs"]["shared-1"][0]["postgres_cpu_s"] > 0  # /proc read it
+    ratios = results["analysis"]["ratios"]
+    assert ratios["shared-1 / embedded: bulksend CPU per msg"]["median"] > 0
+    assert ratios["shared-2 / shared-1: msgs/s"]["median"] > 0
+    assert "| shared-2 | " in out.with_suffix(".md").read_text()
