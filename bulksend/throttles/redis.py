@@ -103,8 +103,10 @@ return out
 """
 )
 
-#: Take a connection lease. KEYS[4] the leases; ARGV[3] lease id, ARGV[4] cap, ARGV[5] lease
-#: TTL (µs). Returns the gate's 7 fields; the first is >0 (µs to wait at most) when full.
+#: Take a connection lease. KEYS[4] the leases, KEYS[5] the waiting workers; ARGV[3] lease
+#: id, ARGV[4] cap, ARGV[5] lease TTL (µs), ARGV[6] this worker. Returns the gate's 7 fields;
+#: the first is >0 (µs to wait at most) when full, and the worker is then noted as waiting
+#: (for a lease TTL) so that holders above their share hand connections over (RENEW).
 LEASE: Final = (
     _GATE
     + """
@@ -116,20 +118,24 @@ if reduced then cap = math.min(cap, reduced) end
 if redis.call('ZCARD', KEYS[4]) >= cap then
   local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
   out[1] = fmt(math.max(tonumber(first[2]) - now, 1))
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), ARGV[6])
+  redis.call('PEXPIRE', KEYS[5], key_ttl)
   return out
 end
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
 redis.call('PEXPIRE', KEYS[4], key_ttl)
+redis.call('ZREM', KEYS[5], ARGV[6])
 return out
 """
 )
 
-#: Renew the live leases ARGV[3..] of KEYS[1] by ARGV[1] µs (key TTL ARGV[2] ms); returns
-#: the ids that were no longer live (lost).
+#: Renew the live leases ARGV[3..] of KEYS[1] by ARGV[1] µs (key TTL ARGV[2] ms). Returns
+#: how many workers share the site (holding leases or waiting in KEYS[2]) while some wait,
+#: else 0, then the ids that were no longer live (lost).
 RENEW: Final = (
     _NOW
     + """
-local lost = {}
+local lost = {0}
 for i = 3, #ARGV do
   local expiry = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '0')
   if expiry > now then
@@ -140,6 +146,19 @@ for i = 3, #ARGV do
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local waiting = redis.call('ZRANGE', KEYS[2], 0, -1)
+if #waiting > 0 then
+  local workers, n = {}, 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+    local worker = string.match(id, '^(.*:)')
+    if worker and not workers[worker] then workers[worker] = true; n = n + 1 end
+  end
+  for _, worker in ipairs(waiting) do
+    if not workers[worker] then workers[worker] = true; n = n + 1 end
+  end
+  lost[1] = n
+end
 return lost
 """
 )
@@ -192,6 +211,7 @@ class RedisSite:
         self._rate_key = prefix + ":rate"
         self._open_rate_key = prefix + ":open_rate"
         self.leases_key = prefix + ":leases"
+        self.waiting_key = prefix + ":waiting"
         self._backoff_key = prefix + ":backoff"
         self._limits = limits
         self._backoff = backoff
@@ -201,7 +221,7 @@ class RedisSite:
         self._filling = trio.Lock()
         self._seq = ""  # the shared backoff last adopted
         self.held: set[Lease] = set()
-        self._lost: set[Lease] = set()
+        self._lost: set[Lease] = set()  # expired, or handed over to a waiting worker
         self._released = trio.Event()
 
     # ------------------------------------------------------------------ protocol
@@ -227,12 +247,13 @@ class RedisSite:
             released = self._released
             reply: list[Any] = await store.call(
                 lambda: store.lease_script(
-                    keys=self._keys(self.leases_key),
+                    keys=[*self._keys(self.leases_key), self.waiting_key],
                     args=[
                         *store.gate_args,
                         lease,
                         self._limits.max_connections,
                         round(store.lease_ttl * _US),
+                        store.worker,
                     ],
                 )
             )
@@ -275,11 +296,20 @@ class RedisSite:
 
     # ------------------------------------------------------------------ internals
 
-    def renewed(self, lost: list[Any]) -> None:
-        """A renewal found these leases expired: their connections must close."""
+    def renewed(self, workers: int, lost: list[Any]) -> None:
+        """A renewal found ``lost`` leases expired: their connections must close. With
+        ``workers`` sharing the site while some wait for a connection, connections above
+        this worker's share (the cap divided among them, at least one) are handed over:
+        each closes before its next message, and its lease goes to a waiting worker."""
         for lease in map(_text, lost):
             if lease in self.held:
                 log.warning("a connection lease of %s expired; closing its connection", lease)
+                self._lost.add(lease)
+        if workers:
+            cap = min(self._limits.max_connections, self._backoff.limits.max_connections)
+            share = max(cap // workers, 1)
+            keep = sorted(self.held - self._lost)
+            for lease in keep[share:]:
                 self._lost.add(lease)
 
     def _keys(self, key: str) -> list[str]:
@@ -363,7 +393,8 @@ class RedisThrottles:
         self.pause_key = self.prefix + "pause"
         self._key_ttl_ms = round(key_ttl * 1000)
         self.gate_args: tuple[int, int] = (self._key_ttl_ms, round(lease_ttl * _US))
-        self._worker = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}:"
+        #: This worker's id in the store: every lease id starts with it.
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}:"
         self._ids = itertools.count(1)
         self._sites: list[RedisSite] = []
         self.released: list[tuple[str, Lease]] = []
@@ -409,7 +440,7 @@ class RedisThrottles:
         return site
 
     def lease_id(self) -> Lease:
-        return self._worker + str(next(self._ids))
+        return self.worker + str(next(self._ids))
 
     def wake(self) -> None:
         self._work.set()
@@ -456,14 +487,14 @@ class RedisThrottles:
             for site in self._sites:
                 held = sorted(site.held)
                 if held:
-                    lost: list[Any] = await self.call(
+                    reply: list[Any] = await self.call(
                         partial(
                             self._renew_script,
-                            keys=[site.leases_key],
+                            keys=[site.leases_key, site.waiting_key],
                             args=[round(self.lease_ttl * _US), self._key_ttl_ms, *held],
                         )
                     )
-                    site.renewed(lost)
+                    site.renewed(int(reply[0]), reply[1:])
 
     async def _send(self) -> None:
         while True:

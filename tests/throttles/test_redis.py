@@ -107,6 +107,37 @@ async def test_three_workers_never_hold_more_connections_than_the_cap(
     assert most == cap
 
 
+async def test_a_worker_holding_the_whole_cap_hands_connections_to_a_waiting_one(
+    redis_server: RedisServer, campaign_id: str
+) -> None:
+    limits = SiteLimits(max_connections=4)
+    with trio.fail_after(20):
+        async with backends(redis_server, campaign_id, 2) as (first, second):
+            site_a, _ = site_of(first, limits)
+            site_b, _ = site_of(second, limits)
+            held = [await site_a.lease() for _ in range(4)]
+            assert not any(site_a.lost(lease) for lease in held)  # nobody waits: all kept
+            await trio.sleep(LEASE_TTL)  # renewals with nobody waiting change nothing
+            assert not any(site_a.lost(lease) for lease in held)
+            async with trio.open_nursery() as nursery:
+                granted: list[str] = []
+
+                async def wait_for_one() -> None:
+                    granted.append(await site_b.lease())
+
+                nursery.start_soon(wait_for_one)
+                # At its next renewal the first worker marks the connections above its share
+                # (4 // 2 workers = 2); each closes before its next message and is released.
+                while not any(site_a.lost(lease) for lease in held):
+                    await trio.sleep(0.02)
+                handed = [lease for lease in held if site_a.lost(lease)]
+                for lease in handed:
+                    site_a.release(lease)
+            assert len(handed) == 2
+            assert len(granted) == 1  # the waiting worker got one of them
+            assert sorted(site_a.held) == sorted(set(held) - set(handed))
+
+
 async def test_a_lease_not_renewed_expires_and_frees_its_slot(
     redis_server: RedisServer, campaign_id: str
 ) -> None:
