@@ -9,6 +9,7 @@ as a cluster hash tag (every key of a campaign on one shard), all with a TTL::
     bulksend:{campaign}:<site>:rate        GCRA theoretical arrival time, µs (messages)
     bulksend:{campaign}:<site>:open_rate   the same, for opening connections
     bulksend:{campaign}:<site>:leases      ZSET connection id -> lease expiry, µs
+    bulksend:{campaign}:<site>:waiting     ZSET worker id -> until when it waits, µs
     bulksend:{campaign}:<site>:backoff     HASH the shared backoff (limits, until when, why)
 
 * Rate: the GCRA of :mod:`bulksend.delivery.throttle`, on the server. A worker reserves
@@ -18,6 +19,10 @@ as a cluster hash tag (every key of a campaign on one shard), all with a TTL::
   acquiring removes the expired ones and succeeds only below the cap, so a dead worker's
   connections free themselves within the TTL. A lease found expired on renewal (the store
   was unreachable, or restarted) is *lost*: its connection closes before its next message.
+  A worker refused a lease is noted as waiting; at its next renewal a worker holding more
+  than its share (the cap divided among the workers holding or waiting, at least one each)
+  hands the extra leases over the same way, so a site spans workers even when connections
+  live for the whole run.
 * Backoff: a worker whose site pushes back merges its reduced limits into the site's
   backoff hash (the strictest of each wins; the hash expires when the backoff ends). Every
   script returns that hash, so every worker adopts it at its next reservation batch or
