@@ -29,6 +29,7 @@ from bulksend.cli.output import (
     exit_code,
     info,
     print_summary,
+    resume_command,
     say_halted,
     warn,
     write_tally,
@@ -264,12 +265,16 @@ def run_single(campaign: Campaign, journal: Path | str, flags: RunFlags) -> int:
     )
 
 
-def run_workers(campaign: Campaign, journal: Path, flags: RunFlags, count: int) -> int:
-    """``send --workers N``: N shard processes, one progress line, one metrics endpoint."""
+def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count: int) -> int:
+    """``send --workers N``: N shard processes (SQLite) or N workers of one PostgreSQL
+    journal; one progress line, one metrics endpoint."""
     options = flags.options(journal, campaign)
-    for index in range(count):
-        _write_sidecar(campaign, Shard(index, count).journal(journal))
-    pool = WorkerPool(campaign.config.source, os.environ, options, count)
+    if isinstance(journal, Path):
+        for index in range(count):
+            _write_sidecar(campaign, Shard(index, count).journal(journal))
+    pool = WorkerPool(
+        campaign.config.source, os.environ, options, count, sharded=isinstance(journal, Path)
+    )
     server: MetricsServer | None = None
     if flags.metrics_port is not None:
         registry = CollectorRegistry()
@@ -327,14 +332,20 @@ def run_workers(campaign: Campaign, journal: Path, flags: RunFlags, count: int) 
 def _workers_summary(
     pool: WorkerPool,
     states: list[WorkerState],
-    journal: Path,
+    journal: Path | str,
     started: float,
     out: TextIO,
     *,
     rejects: Path,
 ) -> tuple[Mapping[Status, int], bool]:
-    """Print the merged outcome of the shards; returns the counts and whether all are done."""
-    with JournalSet([st.shard.journal(journal) for st in states]) as merged:
+    """Print the merged outcome of the workers; returns the counts and whether all are done."""
+    shards = [st.shard for st in states if st.shard is not None]
+    journals: list[Path | str] = [journal]
+    rejected = [rejects]
+    if isinstance(journal, Path) and shards:
+        journals = [shard.journal(journal) for shard in shards]
+        rejected = [shard.journal(rejects) for shard in shards]
+    with JournalSet(journals) as merged:
         counted = campaign_tally(merged)
     complete = all(st.summary is not None and st.summary.complete for st in states)
     write_tally(
@@ -343,14 +354,19 @@ def _workers_summary(
         elapsed=time.monotonic() - started,
         outcomes=pool.outcomes(),
         tally=counted,
-        rejects=[st.shard.journal(rejects) for st in states],
+        rejects=rejected,
         how=f" with {len(states)} workers",
     )
     for st in states:
         if st.failed:
+            again = resume_command(
+                journal
+                if st.shard is None or isinstance(journal, str)
+                else st.shard.journal(journal)
+            )
             out.write(
-                f"  shard {st.shard} failed ({st.error or f'exit code {st.exitcode}'}); "
-                f"continue it with: bulksend resume {st.shard.journal(journal)}\n"
+                f"  {st.name} failed ({st.error or f'exit code {st.exitcode}'}); "
+                f"continue with: {again}\n"
             )
     return counted.statuses, complete
 

@@ -51,7 +51,8 @@ from bulksend.text import printable
     default=1,
     show_default=True,
     help="Processes to run, one shard each (sites divided among them, one journal per "
-    "shard); 0: one per core.",
+    "shard); with a PostgreSQL journal all share it (and --throttle shares the limits); "
+    "0: one per core.",
 )
 @click.option(
     "--send-again",
@@ -96,25 +97,23 @@ def send(
                     f"--workers and {option} do not go together: run the shards one at a "
                     f"time with --shard I/N and {option}"
                 )
-    if isinstance(journal, str) and (workers > 1 or flags.shard is not None):
+    if isinstance(journal, str) and flags.shard is not None:
         raise click.UsageError(
-            "--workers and --shard need SQLite journals (one file per shard); a PostgreSQL "
-            "journal is one campaign"
+            "--shard needs SQLite journals (one file per shard); a PostgreSQL journal is one "
+            "campaign, shared by --workers N or by `bulksend worker` processes"
         )
     shard = "" if flags.shard is None else str(flags.shard)
     own = (
         journal if flags.shard is None or isinstance(journal, str) else flags.shard.journal(journal)
     )
     journals: list[Path | str] = [own]
-    if workers > 1:
-        assert isinstance(journal, Path)
+    if workers > 1 and isinstance(journal, Path):
         journals = [Shard(i, workers).journal(journal) for i in range(workers)]
     if workers > 1:
         campaign.check_recipients()  # once here, not as N failing workers
     record.check_and_add(campaign.config.id, shard, own, journals, send_again=send_again)
     try:
         if workers > 1:
-            assert isinstance(journal, Path)
             code = run_workers(campaign, journal, flags, workers)
         else:
             code = run_single(campaign, journal, flags)

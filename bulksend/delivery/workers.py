@@ -1,10 +1,12 @@
-"""``send --workers N``: one shard per process, and a parent that combines them.
+"""``send --workers N``: N worker processes, and a parent that combines them.
 
 How this works: the parent starts N worker processes with the standard library's
-``multiprocessing`` (spawn context: a clean interpreter, no inherited Trio state). Worker
-*i* runs :func:`~bulksend.delivery.run.run_campaign` for shard *i/N* (see
-:mod:`bulksend.delivery.shard`: sites, not domains, are divided, so each site's limits and
-backoff live in one process) with its own journal. Over a pipe, each worker sends the
+``multiprocessing`` (spawn context: a clean interpreter, no inherited Trio state). With
+SQLite journals worker *i* runs :func:`~bulksend.delivery.run.run_campaign` for shard *i/N*
+(see :mod:`bulksend.delivery.shard`: sites, not domains, are divided, so each site's limits
+and backoff live in one process) with its own journal. With a PostgreSQL journal every
+worker runs the whole campaign: they share it through leases, and a throttle store
+(``--throttle``) keeps each site's limits in total. Over a pipe, each worker sends the
 parent a snapshot every half second (outcome counts, site states, its metrics in the text
 exposition format) and its summary at the end; the parent sends "stop" when the user
 presses Ctrl-C. The parent's :class:`WorkerPool` serves one merged metrics view
@@ -48,7 +50,8 @@ _REPORT_EVERY = 0.5
 class WorkerState:
     """What the parent knows of one worker."""
 
-    shard: Shard
+    index: int
+    shard: Shard | None  # None: a worker of a shared (PostgreSQL) journal
     outcomes: dict[str, int] = field(default_factory=dict)
     sites: list[SiteStatus] = field(default_factory=list)
     metrics: str = ""
@@ -59,6 +62,10 @@ class WorkerState:
     @property
     def failed(self) -> bool:
         return self.exitcode not in (None, 0) or bool(self.error)
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index}" if self.shard is None else f"shard {self.shard}"
 
 
 # ------------------------------------------------------------------------------ worker
@@ -74,13 +81,14 @@ def _worker_main(
     environ: Mapping[str, str],
     options: RunOptions,
     conn: multiprocessing.connection.Connection,
+    name: str,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process (``name``: how its log lines start)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     # Warnings (backoff, TLS fallback) on the shared stderr, remote reply text escaped.
     handler = logging.StreamHandler()
     handler.addFilter(_printable_record)
-    handler.setFormatter(logging.Formatter(f"bulksend: shard {options.shard}: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"bulksend: {name}: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     trio.run(_worker, campaign_path, environ, options, conn)
 
@@ -176,7 +184,8 @@ def _snapshot(
 
 
 class WorkerPool:
-    """Runs a campaign as ``count`` worker processes, one shard each."""
+    """Runs a campaign as ``count`` worker processes: one shard each (``sharded``, SQLite
+    journals), or all on the one shared journal."""
 
     def __init__(
         self,
@@ -184,6 +193,8 @@ class WorkerPool:
         environ: Mapping[str, str],
         options: RunOptions,
         count: int,
+        *,
+        sharded: bool = True,
     ) -> None:
         if count < 1:
             raise ValueError("need at least one worker")
@@ -191,7 +202,7 @@ class WorkerPool:
         self.environ = dict(environ)
         # SSL contexts cannot cross a process boundary; workers build the default ones.
         self.options = replace(options, ssl_verified=None, ssl_opportunistic=None)
-        self.workers = [WorkerState(Shard(i, count)) for i in range(count)]
+        self.workers = [WorkerState(i, Shard(i, count) if sharded else None) for i in range(count)]
         self._conns: list[multiprocessing.connection.Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
 
@@ -214,8 +225,9 @@ class WorkerPool:
                     self.environ,
                     replace(self.options, shard=state.shard),
                     child,
+                    state.name,
                 ),
-                name=f"bulksend-worker-{state.shard.index}",
+                name=f"bulksend-worker-{state.index}",
             )
             process.start()
             child.close()
@@ -256,14 +268,20 @@ class WorkerPool:
         await trio.to_thread.run_sync(process.join)
         state.exitcode = process.exitcode
         if state.failed:
-            log.error(
-                "worker for shard %s ended (exit code %s%s); the other shards go on. Resume it "
-                "with --shard %s",
-                state.shard,
-                state.exitcode,
-                f": {state.error}" if state.error else "",
-                state.shard,
-            )
+            why = f"exit code {state.exitcode}" + (f": {state.error}" if state.error else "")
+            if state.shard is None:
+                log.error(
+                    "%s ended (%s); the others go on, and its leases expire back to them",
+                    state.name,
+                    why,
+                )
+            else:
+                log.error(
+                    "%s ended (%s); the other shards go on. Resume it with --shard %s",
+                    state.name,
+                    why,
+                    state.shard,
+                )
 
     # -- combined views
 

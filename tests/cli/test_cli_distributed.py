@@ -174,3 +174,37 @@ async def _worker(
     async with bulksend(tmp_path, *args, name=f"worker{index}") as proc:
         task_status.started(proc)
         codes[index] = await proc.wait(110)
+
+
+async def test_send_with_workers_shares_one_postgresql_journal(
+    tmp_path: Path, postgres_url: str, redis_server: RedisServer
+) -> None:
+    name = f"dist{next(_campaigns)}"
+    url = f"{postgres_url}?campaign={name}"
+    recipients = addresses(["p.test", "q.test"], 60)
+    toml = campaign_toml(campaign_id=name, policy=POLICY)
+    campaign = write_campaign(tmp_path / "c", recipients, toml=toml)
+    with trio.fail_after(120):
+        async with running(SITES) as world:
+            send = await run_bulksend(
+                tmp_path,
+                "send",
+                str(campaign),
+                "--journal",
+                url,
+                "--workers",
+                "2",
+                "--throttle",
+                redis_server.url,
+                *world_args(world),
+                name="send",
+                seconds=110,
+            )
+            server = world.servers["paced"]
+            received = server.received()
+    assert send.process.returncode == 0, send.stderr()
+    assert "complete after" in send.stdout()
+    assert "with 2 workers" in send.stdout()
+    assert sorted(received) == sorted(recipients)  # the import ran once, each address once
+    assert statuses(url) == {Status.DELIVERED: 60}
+    assert server.stats.connections_peak <= CAP
