@@ -17,7 +17,13 @@ from typing import Any
 import click
 import trio
 
-from bulksend.cli.options import JournalParam, flags_from, load_campaign, run_options
+from bulksend.cli.options import (
+    JournalParam,
+    campaign_journal,
+    flags_from,
+    load_campaign,
+    run_options,
+)
 from bulksend.cli.output import counts_line, info, warn
 from bulksend.cli.run import run_single
 from bulksend.delivery.run import RunOptions, import_campaign
@@ -33,7 +39,8 @@ _CAMPAIGN = click.Path(exists=True, dir_okay=False, path_type=Path)
     type=JournalParam(),
     help="The journal: a PostgreSQL journal's postgresql://USER@HOST:PORT/DB?campaign=NAME "
     "(the password from password_file=PATH, PGPASSFILE or PGPASSWORD), or a SQLite file; "
-    "default <campaign id>.journal.sqlite3 next to the campaign file.",
+    "default the campaign's [journal] url, else <campaign id>.journal.sqlite3 next to the "
+    "campaign file.",
 )
 @click.option(
     "--force",
@@ -43,8 +50,7 @@ _CAMPAIGN = click.Path(exists=True, dir_okay=False, path_type=Path)
 def import_(campaign_file: Path, journal: Path | str | None, force: bool) -> None:
     """Import a campaign's recipients into its journal; send nothing (then run workers)."""
     campaign = load_campaign(campaign_file)
-    config = campaign.config
-    journal = journal or config.source.parent / f"{config.id}.journal.sqlite3"
+    journal = campaign_journal(journal, campaign)
     options = RunOptions(journal=journal, force=force)
     imported, tally = trio.run(lambda: import_campaign(campaign, options))
     if imported is None:
@@ -68,9 +74,9 @@ def import_(campaign_file: Path, journal: Path | str | None, force: bool) -> Non
 @click.option(
     "--journal",
     type=JournalParam(),
-    required=True,
     help="The campaign's PostgreSQL journal: postgresql://USER@HOST:PORT/DB?campaign=NAME "
-    "(the password from password_file=PATH, PGPASSFILE or PGPASSWORD).",
+    "(the password from password_file=PATH, PGPASSFILE or PGPASSWORD); default the "
+    "campaign's [journal] url.",
 )
 @click.option(
     "--lease",
@@ -83,9 +89,11 @@ def import_(campaign_file: Path, journal: Path | str | None, force: bool) -> Non
     "Also how long it waits for a lost database to come back.",
 )
 @run_options
-def worker(campaign_file: Path, journal: Path | str, lease: float, **kw: Any) -> None:
+def worker(campaign_file: Path, journal: Path | str | None, lease: float, **kw: Any) -> None:
     """Send an imported campaign's due recipients, beside other workers of the same journal."""
     flags = dataclasses.replace(flags_from(kw), lease=lease)
+    campaign = load_campaign(campaign_file)
+    journal = journal or campaign.config.journal_url
     if not isinstance(journal, str):
         raise click.UsageError(
             "a worker needs a PostgreSQL journal (one campaign, shared by leases); to send "
@@ -98,4 +106,4 @@ def worker(campaign_file: Path, journal: Path | str, lease: float, **kw: Any) ->
             "no --throttle: this worker keeps its own site limits, so N workers send up to N "
             "times a site's rate and connections; share them with --throttle redis://..."
         )
-    raise SystemExit(run_single(load_campaign(campaign_file), journal, flags))
+    raise SystemExit(run_single(campaign, journal, flags))

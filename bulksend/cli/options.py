@@ -282,6 +282,13 @@ def _check_throttle(
         raise click.BadParameter(str(exc)) from None
 
 
+def campaign_journal(given: Path | str | None, campaign: Campaign) -> Path | str:
+    """The journal of a run: ``--journal``, else the campaign's ``[journal] url``, else
+    ``<campaign id>.journal.sqlite3`` beside the campaign file."""
+    config = campaign.config
+    return given or config.journal_url or config.source.parent / f"{config.id}.journal.sqlite3"
+
+
 def load_campaign(path: Path) -> Campaign:
     campaign = Campaign.load(path, os.environ)
     for warning in campaign.warnings:

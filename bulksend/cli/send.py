@@ -17,7 +17,14 @@ import click
 import trio
 
 from bulksend.campaign.render import Campaign
-from bulksend.cli.options import JournalParam, RunFlags, flags_from, load_campaign, run_options
+from bulksend.cli.options import (
+    JournalParam,
+    RunFlags,
+    campaign_journal,
+    flags_from,
+    load_campaign,
+    run_options,
+)
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED, info, warn
 from bulksend.cli.run import campaign_sidecar, run_single, run_workers
 from bulksend.delivery.dry_run import dry_run
@@ -36,9 +43,10 @@ from bulksend.text import printable
 @click.option(
     "--journal",
     type=JournalParam(),
-    help="The journal file; default <campaign id>.journal.sqlite3 next to the campaign file. "
-    "Or a PostgreSQL journal: postgresql://USER@HOST:PORT/DB?campaign=NAME (the password "
-    "from PGPASSFILE, PGPASSWORD or &password_file=PATH, never in the URL).",
+    help="The journal file; default the campaign's [journal] url, else <campaign "
+    "id>.journal.sqlite3 next to the campaign file. Or a PostgreSQL journal: "
+    "postgresql://USER@HOST:PORT/DB?campaign=NAME (the password from PGPASSFILE, "
+    "PGPASSWORD or &password_file=PATH, never in the URL).",
 )
 @click.option(
     "--dry-run",
@@ -82,7 +90,7 @@ def send(
     campaign = load_campaign(campaign_file)
     if dry_run:
         raise SystemExit(_dry_run(campaign, flags))
-    journal = journal or campaign.config.source.parent / f"{campaign.config.id}.journal.sqlite3"
+    journal = campaign_journal(journal, campaign)
     record = SentRecord(sent_record or _default_sent_record())
     if workers == 0:
         workers = os.cpu_count() or 1

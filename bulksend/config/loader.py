@@ -56,6 +56,7 @@ from bulksend.config.values import (
     parse_size,
 )
 from bulksend.errors import ConfigError
+from bulksend.store_urls import split_store_url
 from bulksend.text import CONTROL
 
 __all__ = ["load_campaign"]
@@ -180,6 +181,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     routing = _load_routing(root, environ)
     tls = _load_tls(root)
     suppression = _load_suppression(root)
+    journal_url = _load_journal(root)
     root.finish()
     return CampaignConfig(
         source=source,
@@ -193,6 +195,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         routing=routing,
         ehlo_hostname=ehlo_hostname,
         max_message_size=max_size,
+        journal_url=journal_url,
         tls=tls,
         suppression=suppression,
         warnings=tuple(root.warnings),
@@ -234,6 +237,34 @@ def _load_suppression(root: Table) -> SuppressionConfig:
         soft_bounce_window=pick(window, default.soft_bounce_window),
         expiry=MappingProxyType(expiry),
     )
+
+
+def _load_journal(root: Table) -> str | None:
+    """``[journal] url``: a PostgreSQL journal's URL, never with a password in it (the
+    journal checks the rest when it opens)."""
+    t = root.sub("journal")
+    if t is None:
+        return None
+    url = t.string("url")
+    t.finish()
+    if url is None:
+        return None
+    try:
+        parts, _query, _password_file = split_store_url(url)
+    except ValueError:
+        raise t.error(
+            "url",
+            "the URL holds a password (it would show in logs)",
+            "Give it with password_file=PATH, PGPASSFILE or PGPASSWORD.",
+        ) from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise t.error(
+            "url",
+            f"{parts.scheme or url!r} is not a PostgreSQL journal URL",
+            "Write postgresql://USER@HOST:PORT/DB?campaign=NAME (a SQLite journal is the "
+            "default: leave [journal] out).",
+        )
+    return url
 
 
 def _load_tls(root: Table) -> TlsTrust:

@@ -392,6 +392,9 @@ class CampaignConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     tls: TlsTrust = TlsTrust()
     suppression: SuppressionConfig = SuppressionConfig()
+    #: ``[journal] url``: the campaign's PostgreSQL journal (``postgresql://...``), used
+    #: when no ``--journal`` is given; None: a SQLite file beside the campaign file.
+    journal_url: str | None = None
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

@@ -113,6 +113,7 @@ def test_documented_example_loads(example: Path, ed25519_pem: str) -> None:
 
 def test_minimal_campaign_defaults(campaign_dir: CampaignDir) -> None:
     config = load_campaign(campaign_dir.toml(), {})
+    assert config.journal_url is None  # a SQLite file beside the campaign
     assert config.policy == SendingPolicy()
     assert config.dkim == ()
     assert config.recipients.format == "csv"
@@ -167,6 +168,12 @@ def test_unknown_keys(campaign_dir: CampaignDir, text: str, key: str, fix: str) 
             'routing.overrides."a.example"',
             "port",
         ),
+        (
+            '[journal]\nurl = "postgresql://u:hunter2@db/x?campaign=c"\n',
+            "journal.url",
+            "password_file=PATH",
+        ),
+        ('[journal]\nurl = "mysql://db/x"\n', "journal.url", "not a PostgreSQL journal URL"),
     ],
 )
 def test_wrong_types_and_values(

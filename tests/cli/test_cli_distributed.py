@@ -85,12 +85,13 @@ async def test_import_then_three_workers_send_everyone_once_within_the_site_limi
     name = f"dist{next(_campaigns)}"
     url = f"{postgres_url}?campaign={name}"
     recipients = addresses(["p.test", "q.test"], 80)
-    toml = campaign_toml(campaign_id=name, policy=POLICY)
+    # The journal named by the campaign ([journal] url): no --journal anywhere below.
+    toml = campaign_toml(campaign_id=name, policy=POLICY, extra=f'[journal]\nurl = "{url}"\n')
     campaign = write_campaign(tmp_path / "c", recipients, toml=toml)
     password = tmp_path / "throttle-password"
     password.write_text("unused\n")  # the test server has none: the file must still be read
     throttle = f"{redis_server.url}?password_file={password}"
-    imported = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
+    imported = await run_bulksend(tmp_path, "import", str(campaign), name="i")
     assert imported.process.returncode == 0, imported.stderr()
     assert statuses(url) == {Status.PENDING: 80}
     codes: list[int] = []
@@ -100,8 +101,6 @@ async def test_import_then_three_workers_send_everyone_once_within_the_site_limi
                 "worker",
                 "--campaign",
                 str(campaign),
-                "--journal",
-                url,
                 "--throttle",
                 throttle,
                 *world_args(world),
