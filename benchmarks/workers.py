@@ -58,12 +58,9 @@ sys.path.insert(0, str(ROOT))
 
 from run import Sink, machine, policy, site_layout  # noqa: E402
 
-from bulksend.config import SiteLimits  # noqa: E402
-from bulksend.delivery.backoff import Backoff  # noqa: E402
 from bulksend.testing.scenario import addresses, campaign_toml, write_campaign  # noqa: E402
-from bulksend.throttles.redis import RedisThrottles  # noqa: E402
 from tests.helpers.postgres import PostgresServer, find_bindir  # noqa: E402
-from tests.helpers.redis import RedisServer, server_binary  # noqa: E402
+from tests.helpers.redis import RedisServer, prewarm, server_binary  # noqa: E402
 
 BULKSEND = [sys.executable, "-m", "bulksend"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -198,21 +195,6 @@ def run_processes(
 
 def _server_cpu(name: str, pid: int) -> float:
     return tree_cpu(pid) if name == "postgres" else process_cpu(pid)
-
-
-async def prewarm(url: str, campaign_id: str) -> None:
-    """Make a fresh campaign's throttle store trusted (it waits one lease TTL otherwise)."""
-    store = RedisThrottles(url, campaign_id, lease_ttl=0.1)
-    async with store.open():
-        site = store.site(
-            "warm-up",
-            SiteLimits(),
-            Backoff("warm-up", (), max_connections=1, rate=None),
-            changed=lambda _a: None,
-            now=trio.current_time,
-        )
-        await site.reserve()
-    await trio.sleep(0.2)
 
 
 # -- the section --------------------------------------------------------------------------

@@ -8,13 +8,10 @@ import pytest
 import trio
 
 from bulksend.campaign import Campaign
-from bulksend.config import SiteLimits
-from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.run import RunSummary, run_campaign
 from bulksend.journal import Status
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
-from bulksend.throttles.redis import RedisThrottles
-from tests.helpers.redis import RedisServer
+from tests.helpers.redis import RedisServer, prewarm
 from tests.helpers.worlds import run_options
 
 RATE = 30.0
@@ -30,17 +27,7 @@ async def test_three_workers_keep_the_site_rate_and_cap_in_total(
 max_connections = {CAP}
 rate = "{RATE:g}/s"
 """
-    # The store already knows the campaign (a fresh one waits one lease TTL first).
-    known = RedisThrottles(redis_server.url, campaign_id, lease_ttl=0.1)
-    async with known.open():
-        site = known.site(
-            "warm-up",
-            SiteLimits(),
-            Backoff("warm-up", (), max_connections=1, rate=None),
-            changed=lambda _a: None,
-            now=trio.current_time,
-        )
-        await site.reserve()
+    await prewarm(redis_server.url, campaign_id)  # else the first lease waits one TTL
     summaries: list[RunSummary] = []
 
     async def worker(index: int) -> None:
