@@ -410,12 +410,15 @@ class Destination:
         return self._senders <= self.backoff.limits.max_connections
 
     def _suspended(self) -> bool:
-        return self.backoff.limits.suspended_until > self.context.now()
+        until = self.backoff.limits.suspended_until
+        return until != -math.inf and until > self.context.now()  # never suspended: no clock
 
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
         while True:
             limits = self.backoff.limits
+            if limits.suspended_until == -math.inf:
+                return  # never suspended (every message asks: no clock read)
             now = self.context.now()
             if limits.suspended_until <= now or self.context.stopping.is_set():
                 return
