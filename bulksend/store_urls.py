@@ -12,9 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-__all__ = ["StoreURL", "read_password_file", "split_store_url"]
+__all__ = ["StoreURL", "is_postgres_url", "read_password_file", "split_store_url"]
 
 StoreURL = tuple[SplitResult, Sequence[tuple[str, str]], Path | None]
+
+
+def is_postgres_url(spec: object) -> bool:
+    """Whether ``spec`` names a PostgreSQL journal (``postgresql://...``)."""
+    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
 
 
 def split_store_url(url: str) -> StoreURL:

@@ -94,6 +94,10 @@ def worker(campaign_file: Path, journal: Path | str | None, lease: float, **kw: 
     flags = dataclasses.replace(flags_from(kw), lease=lease)
     campaign = load_campaign(campaign_file)
     journal = journal or campaign.config.journal_url
+    if journal is None:
+        raise click.UsageError(
+            "which journal? give --journal postgresql://... or [journal] url in the campaign"
+        )
     if not isinstance(journal, str):
         raise click.UsageError(
             "a worker needs a PostgreSQL journal (one campaign, shared by leases); to send "

@@ -18,8 +18,9 @@ from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
 from bulksend.delivery.shard import Shard
 from bulksend.errors import ConfigError, JournalError
-from bulksend.journal.postgres_schema import is_postgres_url, parse_url
+from bulksend.journal.postgres_schema import parse_url
 from bulksend.routing import system_nameservers
+from bulksend.store_urls import is_postgres_url
 from bulksend.throttles.location import THROTTLE_PASSWORD_ENV, StoreLocation, parse_store_url
 
 DEBUG_KEY: Final = "bulksend.debug"

@@ -56,7 +56,7 @@ from bulksend.config.values import (
     parse_size,
 )
 from bulksend.errors import ConfigError
-from bulksend.store_urls import split_store_url
+from bulksend.store_urls import is_postgres_url, split_store_url
 from bulksend.text import CONTROL
 
 __all__ = ["load_campaign"]
@@ -257,7 +257,7 @@ def _load_journal(root: Table) -> str | None:
             "the URL holds a password (it would show in logs)",
             "Give it with password_file=PATH, PGPASSFILE or PGPASSWORD.",
         ) from None
-    if parts.scheme not in ("postgresql", "postgres"):
+    if not is_postgres_url(url):
         raise t.error(
             "url",
             f"{parts.scheme or url!r} is not a PostgreSQL journal URL",

@@ -375,7 +375,7 @@ class Destination:
             messages_sent=client.messages_sent,
             limit=self.limits.messages_per_connection,
             usable=client.usable and not self.throttle.lost(self._leases[client]),
-            suspended=self._suspended(),
+            suspended=self._suspended_for() > 0,
         ):
             return None
         slot.client = None
@@ -409,21 +409,17 @@ class Destination:
             return False
         return self._senders <= self.backoff.limits.max_connections
 
-    def _suspended(self) -> bool:
+    def _suspended_for(self) -> float:
+        """Seconds the site stays suspended (0: not suspended). Asked before every message:
+        a site never suspended reads no clock."""
         until = self.backoff.limits.suspended_until
-        return until != -math.inf and until > self.context.now()  # never suspended: no clock
+        return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
 
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
-        while True:
-            limits = self.backoff.limits
-            if limits.suspended_until == -math.inf:
-                return  # never suspended (every message asks: no clock read)
-            now = self.context.now()
-            if limits.suspended_until <= now or self.context.stopping.is_set():
-                return
-            self._release_buffer(limits.suspended_until - now, self.backoff.reason)
-            with trio.move_on_after(limits.suspended_until - now):
+        while (left := self._suspended_for()) > 0 and not self.context.stopping.is_set():
+            self._release_buffer(left, self.backoff.reason)
+            with trio.move_on_after(left):
                 await self.context.stopping.wait()
 
     # ------------------------------------------------------------------- outcomes

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
 from bulksend.journal.opening import Identity
-from bulksend.journal.postgres_schema import NoJournal, is_postgres_url
+from bulksend.journal.postgres_schema import NoJournal
 from bulksend.journal.store import Journal
+from bulksend.store_urls import is_postgres_url
 
 if TYPE_CHECKING:
     from bulksend.journal.postgres import PostgresJournal, PostgresPeek
@@ -24,7 +25,6 @@ AnyJournal: TypeAlias = "Journal | PostgresJournal"
 
 __all__ = [
     "AnyJournal",
-    "is_postgres_url",
     "journal_exists",
     "journal_spec",
     "open_journal",

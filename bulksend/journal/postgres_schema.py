@@ -120,11 +120,6 @@ class Location:
         return f"{self.conninfo}{'&' if '?' in self.conninfo else '?'}campaign={self.campaign}"
 
 
-def is_postgres_url(spec: object) -> bool:
-    """Whether ``spec`` names a PostgreSQL journal (``postgresql://...``)."""
-    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
-
-
 def parse_url(url: str) -> Location:
     """``postgresql://user@host:port/db?campaign=NAME[&password_file=PATH]``.
 

@@ -18,7 +18,7 @@ from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from bulksend.errors import JournalError
-from bulksend.journal.backend import AnyJournal, is_postgres_url, open_journal
+from bulksend.journal.backend import AnyJournal, open_journal
 from bulksend.journal.integrity import (
     _check_damage,
     _check_history,
@@ -32,6 +32,7 @@ from bulksend.journal.protocol import JournalReader
 from bulksend.journal.records import CampaignTally, RecipientState
 from bulksend.journal.schema import APPLICATION_ID, WAITING_SQL
 from bulksend.journal.store import Journal
+from bulksend.store_urls import is_postgres_url
 from bulksend.text import write_table
 
 #: The fields of an exported recipient, in order (the CSV header).

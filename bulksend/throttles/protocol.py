@@ -30,8 +30,8 @@ class SiteThrottle(Protocol):
         """Give a slot back (the connection closed). Never blocks."""
 
     def lost(self, lease: Lease) -> bool:
-        """Whether the slot was lost (expired while the backend was unreachable): the
-        connection must close at once."""
+        """Whether the slot was lost (expired while the backend was unreachable) or handed
+        over to a waiting worker: the connection must close before its next message."""
 
     def publish(self) -> None:
         """The site's :class:`Backoff` changed here: let every worker know."""

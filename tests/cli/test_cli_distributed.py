@@ -53,6 +53,13 @@ async def test_import_fills_the_journal_and_sends_nothing(tmp_path: Path) -> Non
     assert statuses(journal) == {Status.PENDING: 20}
 
 
+async def test_a_worker_without_a_journal_is_told_where_to_name_it(tmp_path: Path) -> None:
+    campaign = write_campaign(tmp_path / "c", addresses(["p.test"], 2))
+    proc = await run_bulksend(tmp_path, "worker", "--campaign", str(campaign), name="w")
+    assert proc.process.returncode == 2
+    assert "give --journal postgresql://... or [journal] url in the campaign" in proc.stderr()
+
+
 async def test_a_worker_needs_a_postgresql_journal(tmp_path: Path) -> None:
     campaign = write_campaign(tmp_path / "c", addresses(["p.test"], 2))
     journal = tmp_path / "j.sqlite3"
