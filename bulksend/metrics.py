@@ -365,6 +365,13 @@ class Metrics:
             "Messages whose final reply never came (they may have been delivered).",
             registry=r,
         )
+        self.tls_sessions = CountedFamily(
+            "bulksend_tls_sessions",
+            "SMTP sessions to MX hosts by TLS policy (none, opportunistic, sts, dane) and "
+            "result (success, plaintext, or an RFC 8460 failure type).",
+            ["policy", "result"],
+            registry=r,
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """Expose the metrics over HTTP on ``host:port`` (loopback unless told otherwise).

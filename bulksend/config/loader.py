@@ -556,6 +556,8 @@ def _load_routing(root: Table, environ: Mapping[str, str]) -> RoutingSection:
         except ValueError as exc:
             raise t.error("nameservers", str(exc), "List resolver IP addresses.") from None
     allow_private = t.boolean("allow_private_addresses", default=False)
+    dnssec = t.boolean("dnssec", default=False)
+    mta_sts = t.boolean("mta_sts", default=True)
     overrides: dict[str, RouteOverride] = {}
     section = t.sub("overrides")
     if section is not None:
@@ -601,4 +603,6 @@ def _load_routing(root: Table, environ: Mapping[str, str]) -> RoutingSection:
         allow_private_addresses=allow_private,
         overrides=MappingProxyType(overrides),
         smarthost=smarthost,
+        dnssec=dnssec,
+        mta_sts=mta_sts,
     )

@@ -355,6 +355,8 @@ class RoutingSection:
     allow_private_addresses: bool = False
     overrides: Mapping[str, RouteOverride] = field(default_factory=lambda: MappingProxyType({}))
     smarthost: Smarthost | None = None
+    dnssec: bool = False  # the nameservers validate DNSSEC: DANE (RFC 7672)
+    mta_sts: bool = True  # apply MTA-STS policies (RFC 8461)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,8 @@ from bulksend.smtp.errors import (
 )
 from bulksend.smtp.protocol import Verb
 from bulksend.throttles import Lease
+from bulksend.tlspolicy import HostPolicy, PolicyKind, TlsPolicies
+from bulksend.tlspolicy.tlsrpt import result_of
 
 log = logging.getLogger("bulksend.delivery")
 
@@ -139,6 +141,8 @@ class Destination:
         self._back_at = -math.inf
         self.last_error = ""
         self._connect_failure: SMTPError | None = None  # why the last connect failed
+        #: MTA-STS/DANE decisions for an MX site (the scheduler sets it); None for a relay.
+        self.tls: TlsPolicies | None = None
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
         # Recipients in one transaction: the site's setting for a message the same for
@@ -549,13 +553,23 @@ class Destination:
         now = self.context.now()
         last: SMTPError | None = None
         tried = False
+        domain = slot.holding[0].domain if slot.holding else ""
         for host in self.route.hosts:
             if not self._hosts.ready(host.name, now):
                 continue
+            policy = HostPolicy(PolicyKind.OPPORTUNISTIC, domain, host.name)
+            if self.tls is not None:
+                policy = await self.tls.host_policy(domain, host.name)
+                if policy.refusal:  # never contacted: not the host's failure either
+                    tried, last = True, TLSError(policy.refusal)
+                    self.tls.failed(policy, policy.refusal_result)
+                    continue
             for address in host.addresses:
                 tried = True
                 try:
-                    client = await self._open_with_fallback(address, host.port, host.name, key)
+                    client = await self._open_with_fallback(
+                        address, host.port, host.name, key, policy
+                    )
                 except SMTPError as exc:
                     last = exc
                     reason = connection_failure_reason(exc)
@@ -589,16 +603,36 @@ class Destination:
         return None
 
     async def _open_with_fallback(
-        self, address: str, port: int, server_name: str, key: ConnectionKey
+        self, address: str, port: int, server_name: str, key: ConnectionKey, policy: HostPolicy
     ) -> SMTPClient:
         """Open a connection; with opportunistic TLS, a failed handshake means plaintext.
 
         A host whose TLS failed once is reached in plaintext for the rest of the run
-        (RFC 7435 opportunistic security: better unencrypted than undelivered).
+        (RFC 7435 opportunistic security: better unencrypted than undelivered). Under an
+        MTA-STS or DANE policy TLS is authenticated first (:mod:`bulksend.tlspolicy`): a
+        failure is final when the policy is enforced, and only counted in testing mode.
         """
+        tls = self.tls
+        if tls is not None and policy.kind is not PolicyKind.OPPORTUNISTIC:
+            try:
+                client = await self._open(
+                    address, port, server_name, TlsMode.REQUIRED, key, policy=policy
+                )
+            except TLSError as exc:
+                tls.failed(policy, result_of(exc), address)
+                if policy.enforce:
+                    raise
+                log.warning("%s: %s (MTA-STS testing: delivering anyway)", server_name, exc)
+            else:
+                tls.succeeded(policy)
+                return client
         mode = self._hosts.tls_mode(server_name, self.limits.tls)
         try:
-            return await self._open(address, port, server_name, mode, key)
+            client = await self._open(address, port, server_name, mode, key)
+            if tls is not None:
+                kind = PolicyKind.NONE if mode is TlsMode.NONE else PolicyKind.OPPORTUNISTIC
+                tls.succeeded(dataclasses.replace(policy, kind=kind), tls=client.tls_active)
+            return client
         except TLSError as exc:
             authenticating = self.credentials is not None
             if not self._hosts.starttls_failed(server_name, mode, authenticating=authenticating):
@@ -608,9 +642,18 @@ class Destination:
             return await self._open(address, port, server_name, TlsMode.NONE, key)
 
     async def _open(
-        self, address: str, port: int, server_name: str, mode: TlsMode, key: ConnectionKey
+        self,
+        address: str,
+        port: int,
+        server_name: str,
+        mode: TlsMode,
+        key: ConnectionKey,
+        *,
+        policy: HostPolicy | None = None,
     ) -> SMTPClient:
-        """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot."""
+        """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot; under
+        a DANE ``policy`` the certificate is checked against the TLSA records instead of the
+        trust store (RFC 7672 §3.1)."""
         d = self.context.settings
         client: SMTPClient | None = None
         try:
@@ -618,8 +661,11 @@ class Destination:
                 address, port, hostname=d.ehlo_hostname, timeouts=d.timeouts
             )
             verify = mode is TlsMode.REQUIRED or self.credentials is not None
-            context = d.ssl_verified if verify else d.ssl_opportunistic
+            dane = policy is not None and policy.kind is PolicyKind.DANE
+            context = d.ssl_verified if verify and not dane else d.ssl_opportunistic
             await client.handshake(tls=mode, ssl_context=context, server_hostname=server_name)
+            if policy is not None:
+                policy.verify(client.peer_chain())
             if self.credentials is not None:
                 await client.authenticate(
                     self.credentials.username, self.credentials.password.reveal()

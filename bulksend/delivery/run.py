@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -54,6 +54,7 @@ from bulksend.suppression.store import (
     Watched,
 )
 from bulksend.throttles import LocalThrottles, ThrottleBackend
+from bulksend.tlspolicy import FetchSettings, TlsPolicies, TlsState
 
 log = logging.getLogger("bulksend")
 
@@ -89,6 +90,10 @@ class RunOptions:
         lease: seconds a PostgreSQL journal's claims are leased for (None: the store's
             default, :data:`~bulksend.journal.postgres.DEFAULT_LEASE`); a SQLite journal
             refuses it.
+        tls_state: the TLS policy state file (cached MTA-STS policies, TLS-RPT counts);
+            None: kept in memory for this run only.
+        sts_fetch: how MTA-STS policies are fetched (tests point it at a local HTTPS server's
+            port and CA; not a campaign setting).
     """
 
     journal: Path | str
@@ -107,6 +112,8 @@ class RunOptions:
     throttle: str | None = None
     throttle_password: str | None = field(default=None, repr=False)
     lease: float | None = None
+    tls_state: Path | None = None
+    sts_fetch: FetchSettings | None = None
 
     @property
     def journal_path(self) -> Path | str:
@@ -183,6 +190,8 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
         smtp_port=options.smtp_port,
         overrides={d: Relay(o.host, o.port) for d, o in section.overrides.items()},
         smarthost=smarthost,
+        dnssec=section.dnssec,
+        mta_sts=section.mta_sts,
     )
 
 
@@ -367,12 +376,17 @@ async def run_campaign(
             total_rate=TokenBucket(policy.total_rate),
             throttles=throttle_backend(options, config.id),
             suppressed=None if suppression is None else suppression.__contains__,
+            tls=_tls_policies(router, options, metrics),
         )
         watching = trio.CancelScope()
         scheduler = Scheduler(settings, router, policy, grace=options.grace, on_outcome=on_outcome)
         context = scheduler.context
         try:
-            async with context.throttles.open(), trio.open_nursery() as nursery:
+            async with (
+                context.throttles.open(),
+                _closing(context.tls),
+                trio.open_nursery() as nursery,
+            ):
                 await nursery.start(context.writer.run)
                 if suppression is not None:
                     nursery.start_soon(
@@ -412,6 +426,33 @@ async def run_campaign(
         if store is not None:
             store.store.close()
         journal.close()
+
+
+@contextlib.asynccontextmanager
+async def _closing(tls: TlsPolicies | None) -> AsyncIterator[None]:
+    """At the end of the run, the TLS session counts go to the state file."""
+    try:
+        yield
+    finally:
+        if tls is not None:
+            with trio.CancelScope(shield=True):
+                await tls.close()
+
+
+def _tls_policies(router: Router, options: RunOptions, metrics: Metrics) -> TlsPolicies | None:
+    """The run's MTA-STS/DANE decisions; None when nothing is routed by DNS (a smarthost)."""
+    config = router.config
+    if router.resolver is None or config.smarthost is not None:
+        return None
+    return TlsPolicies(
+        router.resolver,
+        metrics.tls_sessions,
+        mta_sts=config.mta_sts,
+        dnssec=config.dnssec,
+        fetch=options.sts_fetch,
+        state=None if options.tls_state is None else TlsState(options.tls_state),
+        allow_private=config.allow_private,
+    )
 
 
 async def import_campaign(

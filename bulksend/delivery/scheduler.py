@@ -296,7 +296,10 @@ class Scheduler:
                 self.domain_idle(domain)
                 return
             d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
-            destination = self._destination(route, volume)
+            tls = None if self.router.relayed(route.domain) else d.tls
+            sts = None if tls is None else await tls.domain_policy(route.domain)
+            destination = self._destination(route, volume, alone=sts is not None)
+            destination.tls = tls
             reroute_at = max(route.expires, trio.current_time() + _REROUTE_MIN)
             if reroute_at < math.inf:
                 self._routed[domain] = (reroute_at, destination)
@@ -325,8 +328,9 @@ class Scheduler:
             for due in batch:  # claimed: each gets its outcome (no checkpoint between)
                 d.record(due, outcome, "other")
 
-    def _destination(self, route: Route, volume: int) -> Destination:
-        site = self.table.site_of(route)
+    def _destination(self, route: Route, volume: int, *, alone: bool = False) -> Destination:
+        # A domain with an MTA-STS policy does not roll up: its connections obey its policy.
+        site = route.site.alone(route.domain) if alone else self.table.site_of(route)
         destination = self.destinations.get(site)
         if destination is not None:
             destination.route = route  # the newest answer: same hosts, maybe new addresses

@@ -83,6 +83,9 @@ class RoutingConfig:
         max_mx_hosts: the most MX hosts resolved and tried per domain, lowest preference first.
         overrides: domain (U- or A-label) -> relay, skipping MX lookup for that domain.
         smarthost: when set, every domain goes through this relay and DNS is never asked.
+        dnssec: the nameservers are validating resolvers on a trusted path: queries carry
+            the DO bit and an answer with AD set is trusted (DANE TLSA, RFC 7672 §2.1.1).
+        mta_sts: look up and apply the recipient domains' MTA-STS policies (RFC 8461).
     """
 
     nameservers: tuple[str, ...] = ()
@@ -98,6 +101,8 @@ class RoutingConfig:
     max_mx_hosts: int = 10
     overrides: Mapping[str, Relay] = field(default_factory=dict)
     smarthost: Relay | None = None
+    dnssec: bool = False
+    mta_sts: bool = True
 
     def __post_init__(self) -> None:
         for server in self.nameservers:

@@ -49,7 +49,9 @@ import cachetools
 import dns.asyncbackend
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
+import dns.rdata
 import dns.rdatatype
 import dns.resolver
 import trio
@@ -63,6 +65,7 @@ __all__ = [
     "MXHost",
     "MXResolver",
     "MXSet",
+    "Records",
     "is_acceptable_address",
     "normalize_domain",
     "system_nameservers",
@@ -230,6 +233,23 @@ class _Answer:
     exchanges: tuple[tuple[int, str], ...] = ()  # MX: (preference, lowercase name or ".")
     addresses: tuple[str, ...] = ()  # A / AAAA
     reason: str = ""
+    records: tuple[dns.rdata.Rdata, ...] = ()  # any other type (TXT, TLSA)
+    secure: bool = False  # the resolver set AD: it validated the answer with DNSSEC
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The records of one name and type (TXT, TLSA...), as :meth:`MXResolver.records` found.
+
+    Attributes:
+        found: the records (empty: the name or the type does not exist).
+        secure: the resolver set AD (RFC 4035 §3.2.3): it validated them with DNSSEC.
+        failure: why the lookup failed (SERVFAIL, timeout...); "" when it did not.
+    """
+
+    found: tuple[dns.rdata.Rdata, ...]
+    secure: bool
+    failure: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -270,7 +290,9 @@ class MXResolver:
         resolver.nameservers = list(config.nameservers)
         resolver.lifetime = config.timeout
         resolver.timeout = min(_RETRANSMIT, config.timeout)
-        resolver.use_edns(0, 0, _EDNS_PAYLOAD)
+        # With dnssec, ask with DO (RFC 3225) so a validating resolver sets AD on what it
+        # validated (RFC 6840 §5.7 would also accept AD in the query).
+        resolver.use_edns(0, dns.flags.DO if config.dnssec else 0, _EDNS_PAYLOAD)
         self._resolver = resolver
         self._backend = dns.asyncbackend.get_backend("trio")
         self._cache: cachetools.TLRUCache[_Key, _Answer, float] = cachetools.TLRUCache(
@@ -348,6 +370,12 @@ class MXResolver:
                 host, "4.4.3", f"relay host {name} has no address ({reason or 'no A/AAAA'})"
             )
         return addresses, expires
+
+    async def records(self, name: str, kind: str) -> Records:
+        """The ``kind`` records of ``name`` (cached, concurrent callers sharing one query)."""
+        answer = await self._lookup(name, dns.rdatatype.from_text(kind))
+        failure = (answer.reason or "failed") if answer.status is _Status.FAILED else ""
+        return Records(answer.records, answer.secure, failure)
 
     # ---- ordering and failure classification ------------------------------------------------
 
@@ -491,6 +519,9 @@ class MXResolver:
                 for rd in rrset
             )
             return _Answer(_Status.FOUND, self._expires(ttl), exchanges=exchanges)
+        if kind not in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            secure = bool(answer.response.flags & dns.flags.AD)
+            return _Answer(_Status.FOUND, self._expires(ttl), records=tuple(rrset), secure=secure)
         return _Answer(
             _Status.FOUND, self._expires(ttl), addresses=tuple(rd.address for rd in rrset)
         )

@@ -202,6 +202,15 @@ class Router:
             resolver = MXResolver(config)
         self._resolver = resolver
 
+    @property
+    def resolver(self) -> MXResolver | None:
+        """The resolver routes are looked up with (None: a smarthost by address needs none)."""
+        return self._resolver
+
+    def relayed(self, domain: str) -> bool:
+        """Whether ``domain`` (normalised) goes to a configured relay rather than its MX hosts."""
+        return self.config.smarthost is not None or domain in self._overrides
+
     async def route(self, domain: str) -> Route:
         """The route for ``domain`` (U- or A-labels, any case).
 

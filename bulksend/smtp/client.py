@@ -39,6 +39,7 @@ from bulksend.smtp.errors import (
     SMTPConnectionError,
     SMTPError,
     SMTPTimeoutError,
+    StartTLSUnavailable,
     TLSError,
     reply_error,
 )
@@ -221,6 +222,20 @@ class SMTPClient:
     def tls_active(self) -> bool:
         return self._proto.tls_active
 
+    def peer_chain(self) -> list[bytes]:
+        """The certificates the server sent in the TLS handshake (DER, its own first);
+        empty without TLS. Read whether or not they were verified (DANE checks them itself).
+        """
+        stream = self._stream
+        if not isinstance(stream, trio.SSLStream):
+            return []
+        ssl_object = stream._ssl_object  # trio forwards neither chain accessor
+        if hasattr(ssl_object, "get_unverified_chain"):  # Python 3.13
+            return list(ssl_object.get_unverified_chain())
+        # Python 3.11-3.12 have the accessor on the private _ssl object only.
+        chain = ssl_object._sslobj.get_unverified_chain() or []  # type: ignore[attr-defined]
+        return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain]  # type: ignore[attr-defined]
+
     @property
     def in_flight(self) -> int:
         """Transactions whose data is sent but whose final reply has not been read."""
@@ -362,7 +377,7 @@ class SMTPClient:
         if not self.extensions.starttls:
             if tls is TlsMode.REQUIRED:
                 self._usable = False
-                raise TLSError("TLS is required but the server does not offer STARTTLS")
+                raise StartTLSUnavailable("TLS is required but the server does not offer STARTTLS")
             return
         await self._starttls(ssl_context or ssl.create_default_context(), server_hostname, tls)
 
@@ -389,7 +404,7 @@ class SMTPClient:
         if not reply.is_success:
             if tls is TlsMode.REQUIRED or reply.code == 421:
                 self._usable = False
-                raise TLSError(f"TLS is required but STARTTLS was refused: {reply}")
+                raise StartTLSUnavailable(f"TLS is required but STARTTLS was refused: {reply}")
             return
         stream = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
         with self._io("TLS handshake", self.timeouts.starttls):

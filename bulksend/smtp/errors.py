@@ -84,6 +84,15 @@ class SMTPTimeoutError(SMTPError, TimeoutError):
 class TLSError(SMTPConnectionError):
     """STARTTLS was required but unavailable, or the handshake or verification failed."""
 
+    #: The RFC 8460 result type when it is known from the error itself (TLS-RPT).
+    tls_result: str | None = None
+
+
+class StartTLSUnavailable(TLSError):
+    """TLS is required and the server does not offer STARTTLS, or refuses it."""
+
+    tls_result = "starttls-not-supported"
+
 
 class InDoubtError(SMTPConnectionError):
     """The data was sent but its final reply never came: the message may have been delivered."""

@@ -1,0 +1,132 @@
+"""Fetching an MTA-STS policy file over HTTPS (RFC 8461 §3.3), with httpx on Trio.
+
+How this works: the policy host ``mta-sts.<domain>`` is resolved by the caller, through the
+run's own resolvers (so the tests' DNS server answers it, as it answers MX lookups); this
+module connects to each address in turn, sends the host name as SNI and ``Host``, and
+verifies the certificate for that name (the system's trust store, or the context it is
+given). It follows no redirect (§3.3: a 3xx is a failure), accepts only ``200`` with a
+``text/plain`` body, reads at most ``max_size`` bytes (64 KiB by default, §3.3), and the whole
+fetch runs under one deadline (a cancel scope). httpx runs on Trio through its
+anyio/trio backend (httpcore), so no thread is involved.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+__all__ = ["FetchError", "FetchSettings", "fetch_policy_text"]
+
+_PATH = "/.well-known/mta-sts.txt"
+
+
+class FetchError(Exception):
+    """The policy could not be fetched (sts-policy-fetch-error, or sts-webpki-invalid)."""
+
+    def __init__(self, reason: str, *, result: str = "sts-policy-fetch-error") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    """How policies are fetched.
+
+    Attributes:
+        ssl_context: the certificate authorities to trust; None: the system's trust store.
+        port: the HTTPS port (443; tests use a local server's, through the Python API only).
+        deadline: seconds for one fetch, connection, TLS and body included.
+        max_size: the most bytes a policy file may have (RFC 8461 §3.3: 64 KiB).
+    """
+
+    ssl_context: ssl.SSLContext | None = None
+    port: int = 443
+    deadline: float = 10.0
+    max_size: int = 64 * 1024
+
+
+async def fetch_policy_text(host: str, addresses: Sequence[str], settings: FetchSettings) -> str:
+    """The text of ``https://<host>/.well-known/mta-sts.txt``, from the first address that
+    answers.
+
+    Raises:
+        FetchError: every address failed; the reason is the last address's.
+    """
+    if not addresses:
+        raise FetchError(f"{host} has no address")
+    context = settings.ssl_context or ssl.create_default_context()
+    reason = ""
+    with trio.move_on_after(settings.deadline):
+        async with httpx.AsyncClient(
+            # No timeout of httpx's own: the deadline is the cancel scope above.
+            verify=context,
+            follow_redirects=False,
+            timeout=None,  # noqa: S113
+            trust_env=False,
+        ) as client:
+            for address in addresses:
+                try:
+                    return await _fetch_one(client, host, address, settings)
+                except FetchError as exc:
+                    if exc.result != "sts-policy-fetch-error":
+                        raise
+                    reason = exc.reason
+        return _raise(f"{host}: {reason}")
+    return _raise(f"{host}: no policy within {settings.deadline:g}s")
+
+
+def _raise(reason: str) -> str:
+    raise FetchError(reason)
+
+
+async def _fetch_one(
+    client: httpx.AsyncClient, host: str, address: str, settings: FetchSettings
+) -> str:
+    literal = f"[{address}]" if ":" in address else address
+    request = client.build_request(
+        "GET",
+        f"https://{literal}:{settings.port}{_PATH}",
+        headers={"Host": host, "Accept": "text/plain"},
+        extensions={"sni_hostname": host},
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.ConnectError as exc:
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise FetchError(
+                f"certificate not valid for {host}: {cause.verify_message}",
+                result="sts-webpki-invalid",
+            ) from None
+        raise FetchError(f"{address}: {exc or type(exc).__name__}") from None
+    except httpx.HTTPError as exc:
+        raise FetchError(f"{address}: {exc or type(exc).__name__}") from None
+    try:
+        if response.is_redirect:
+            raise FetchError(f"answered {response.status_code} (a redirect: not followed)")
+        if response.status_code != 200:
+            raise FetchError(f"answered {response.status_code}")
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "text/plain":
+            raise FetchError(f"Content-Type is {kind or 'missing'}, not text/plain")
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > settings.max_size:
+                    raise FetchError(f"the policy is larger than {settings.max_size} bytes")
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{address}: {exc or type(exc).__name__}") from None
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FetchError("the policy is not UTF-8 text") from None
+    finally:
+        await response.aclose()
