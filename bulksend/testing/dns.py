@@ -13,6 +13,11 @@ authoritative server for the whole tree would (AA set, no recursion):
   goes back empty with TC set, and the client retries over TCP (RFC 1035 §4.2.1, RFC 7766 §5);
   TCP messages carry a two-octet length prefix (RFC 1035 §4.2.2).
 
+A name whose entry has ``"secure": True`` is answered as a validating resolver answers a
+DNSSEC-signed name (RFC 4035 §3.2.3): with AD set, when the query carries DO or AD (RFC 6840
+§5.7); other names never get AD, like unsigned ones. TLSA and TXT records are zone-file
+text like any other type (``"TLSA": ["3 1 1 <hex>"]``, ``"TXT": ['"v=STSv1; id=1"']``).
+
 Faults are injected per name (and optionally per type): SERVFAIL, REFUSED, TIMEOUT (the query is
 counted and never answered) and TRUNCATE (every UDP answer has TC set). Every query is counted
 per (name, type, transport) before faults apply, so a test can assert how many queries a
@@ -138,6 +143,7 @@ class DNSServer:
         self._records: dict[_Key, dns.rrset.RRset] = {}
         self._names: set[dns.name.Name] = set()
         self._ancestors: set[dns.name.Name] = set()  # empty non-terminals exist (RFC 8020)
+        self._secure: set[dns.name.Name] = set()  # answered with AD (DNSSEC-validated)
         self._faults: dict[tuple[dns.name.Name, dns.rdatatype.RdataType | None], Fault] = {}
         if zones:
             self.load(zones)
@@ -148,8 +154,12 @@ class DNSServer:
         """Add (or replace) every name in ``zones``."""
         for owner, entries in zones.items():
             ttl = int(entries.get("ttl", self.default_ttl))
+            if entries.get("secure"):
+                self._secure.add(_name(owner))
+            else:
+                self._secure.discard(_name(owner))
             for type_text, value in entries.items():
-                if type_text == "ttl":
+                if type_text in ("ttl", "secure"):
                     continue
                 single = isinstance(value, str | tuple) or not isinstance(value, Iterable)
                 self.set(owner, type_text, [value] if single else list(value), ttl=ttl)
@@ -228,6 +238,9 @@ class DNSServer:
             rrset = self._records.get((name, qtype))
             if rrset is not None:
                 response.answer.append(rrset)
+                asked = query.ednsflags & dns.flags.DO or query.flags & dns.flags.AD
+                if asked and name in self._secure:
+                    response.flags |= dns.flags.AD
                 return response
             cname = self._records.get((name, dns.rdatatype.CNAME))
             if cname is None or qtype == dns.rdatatype.CNAME:
