@@ -24,14 +24,26 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509 import DNSName
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509 import DNSName, SubjectAlternativeName
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 __all__ = ["DANE_EE", "DANE_TA", "Tlsa", "usable", "verify_chain"]
 
 DANE_TA = 2
 DANE_EE = 3
 _HASHES = {1: hashlib.sha256, 2: hashlib.sha512}
+# A DANE-TA anchor is the domain's own CA, not a public one: its leaf certificates need a
+# subjectAltName for the host, not the CA/Browser Forum's other rules (such as a non-critical
+# subjectAltName); the CA certificates above it are checked as usual.
+_TA_LEAF_POLICY = ExtensionPolicy.permit_all().require_present(
+    SubjectAlternativeName, Criticality.AGNOSTIC, None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,9 @@ def _chains_to(chain: Sequence[bytes], anchor: bytes, host: str) -> bool:
             PolicyBuilder()
             .store(Store([ta]))
             .time(datetime.datetime.now(datetime.UTC))
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_TA_LEAF_POLICY
+            )
             .build_server_verifier(DNSName(host))
         )
         verifier.verify(leaf, intermediates)
