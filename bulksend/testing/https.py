@@ -4,7 +4,9 @@ How this works: one TLS listener on 127.0.0.1, port 0, with the certificate cont
 given (a trustme CA's, in tests). Each connection is one HTTP/1.1 exchange parsed with h11:
 the response comes from :attr:`PolicyServer.responses`, keyed by the request's ``Host``
 (without a port) — ``mta-sts.<domain>`` — or ``404``. A response is a :class:`Response`:
-any status, headers and body, so a redirect or an oversized policy is one entry away. Every
+any status, headers and body, so a redirect or an oversized policy is one entry away (with
+``Transfer-Encoding: chunked`` among the headers, the body goes in chunks, with no length
+given in advance). Every
 request is counted per host in :attr:`PolicyServer.requests`.
 """
 
@@ -22,6 +24,7 @@ import trio
 __all__ = ["PolicyServer", "Response", "open_policy_server", "policy_response"]
 
 _IDLE = 10.0  # seconds a client may take to send its request
+_CHUNK = 16 * 1024  # bytes per chunk of a chunked body
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +74,17 @@ class PolicyServer:
                 known = event.target == b"/.well-known/mta-sts.txt"
                 answer = self.responses.get(host) if known else None
                 answer = answer or Response(404, body=b"not found\r\n")
-                headers = [*answer.headers, ("Content-Length", str(len(answer.body)))]
+                headers = list(answer.headers)
+                chunked = ("Transfer-Encoding", "chunked") in headers
+                if not chunked:
+                    headers.append(("Content-Length", str(len(answer.body))))
                 data = connection.send(h11.Response(status_code=answer.status, headers=headers))
-                data = (data or b"") + (connection.send(h11.Data(data=answer.body)) or b"")
-                data += connection.send(h11.EndOfMessage()) or b""
-                await stream.send_all(data)
+                await stream.send_all(data or b"")
+                size = _CHUNK if chunked else max(len(answer.body), 1)
+                for start in range(0, len(answer.body), size):
+                    chunk = answer.body[start : start + size]
+                    await stream.send_all(connection.send(h11.Data(data=chunk)) or b"")
+                await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return  # a client that gave up (a size cap, a failed handshake) is no error
         finally:

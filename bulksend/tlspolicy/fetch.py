@@ -5,7 +5,7 @@ run's own resolvers (so the tests' DNS server answers it, as it answers MX looku
 module connects to each address in turn, sends the host name as SNI and ``Host``, and
 verifies the certificate for that name (the system's trust store, or the context it is
 given). It follows no redirect (§3.3: a 3xx is a failure), accepts only ``200`` with a
-``text/plain`` body, reads at most ``max_size`` bytes (64 KiB by default, §3.3), and the whole
+``text/plain`` body of at most ``max_size`` bytes (64 KiB by default, §3.3), and the whole
 fetch runs under one deadline (a cancel scope). httpx runs on Trio through its
 anyio/trio backend (httpcore), so no thread is involved.
 """
@@ -62,11 +62,13 @@ async def fetch_policy_text(host: str, addresses: Sequence[str], settings: Fetch
     context = settings.ssl_context or ssl.create_default_context()
     reason = ""
     with trio.move_on_after(settings.deadline):
+        # The deadline is the cancel scope above. httpx's own timeouts (half of it, per step)
+        # only make a silent server fail first as an exception: httpcore closes its socket on
+        # an exception, but not when cancelled in the TLS handshake.
         async with httpx.AsyncClient(
-            # No timeout of httpx's own: the deadline is the cancel scope above.
             verify=context,
             follow_redirects=False,
-            timeout=None,  # noqa: S113
+            timeout=settings.deadline / 2,
             trust_env=False,
         ) as client:
             for address in addresses:
@@ -96,6 +98,8 @@ async def _fetch_one(
     )
     try:
         response = await client.send(request, stream=True)
+    except httpx.TimeoutException:
+        raise FetchError(f"{address}: no answer within {settings.deadline / 2:g}s") from None
     except httpx.ConnectError as exc:
         cause = exc.__cause__ or exc.__context__
         while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
@@ -116,14 +120,23 @@ async def _fetch_one(
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "text/plain":
             raise FetchError(f"Content-Type is {kind or 'missing'}, not text/plain")
+        too_big = FetchError(f"the policy is larger than {settings.max_size} bytes")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_size:
+            raise too_big
         body = bytearray()
+        size = 0
         try:
+            # Read to the end (the deadline bounds it), keeping no more than the cap: leaving
+            # httpx's stream generators half-read would leave them to the garbage collector.
             async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > settings.max_size:
-                    raise FetchError(f"the policy is larger than {settings.max_size} bytes")
+                size += len(chunk)
+                if size <= settings.max_size:
+                    body += chunk
         except httpx.HTTPError as exc:
             raise FetchError(f"{address}: {exc or type(exc).__name__}") from None
+        if size > settings.max_size:
+            raise too_big
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:
