@@ -33,6 +33,7 @@ def sent_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test's own record of sent campaigns (never the user's state directory)."""
     path = tmp_path / "state" / "sent.jsonl"
     monkeypatch.setenv("BULKSEND_SENT_RECORD", str(path))
+    monkeypatch.setenv("BULKSEND_TLS_STATE", str(tmp_path / "state" / "tls-state.sqlite3"))
     return path
 
 

@@ -27,6 +27,7 @@ from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
 from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
 from bulksend.cli.suppress import suppress
+from bulksend.cli.tls_report import tls_report
 from bulksend.cli.unsubscribe import unsubscribe_server
 from bulksend.cli.validate import validate
 from bulksend.errors import BulksendError
@@ -130,5 +131,6 @@ for _command in (
     suppress,
     inbound,
     unsubscribe_server,
+    tls_report,
 ):
     main.add_command(_command)

@@ -13,6 +13,7 @@ import click
 
 from bulksend.campaign.render import Campaign
 from bulksend.cli.output import warn
+from bulksend.cli.state import tls_state_path
 from bulksend.config import is_fqdn
 from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
@@ -112,6 +113,7 @@ class RunFlags:
             throttle=None if self.throttle is None else self.throttle.url,
             throttle_password=None if self.throttle is None else self.throttle.password(os.environ),
             lease=self.lease,
+            tls_state=tls_state_path(),
         )
 
 

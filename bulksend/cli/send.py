@@ -27,6 +27,7 @@ from bulksend.cli.options import (
 )
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED, info, warn
 from bulksend.cli.run import campaign_sidecar, run_single, run_workers
+from bulksend.cli.state import state_dir
 from bulksend.delivery.dry_run import dry_run
 from bulksend.delivery.run import routing_config
 from bulksend.delivery.shard import Shard
@@ -147,8 +148,7 @@ def _key(journal: Path | str) -> str:
 
 
 def _default_sent_record() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "bulksend" / "sent.jsonl"
+    return state_dir() / "sent.jsonl"
 
 
 @dataclass

@@ -1,0 +1,153 @@
+"""TLS-RPT (RFC 8460): sessions counted by a real run, the ``tls-report`` command's JSON,
+checked against a JSON schema written from RFC 8460 §4.4 (report fields) and §4.3 (result
+types)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import trustme
+from click.testing import CliRunner
+
+from bulksend.cli.app import main
+from bulksend.testing.https import policy_response
+from bulksend.tlspolicy.tlsrpt import RESULT_TYPES
+from tests.tlspolicy.test_mta_sts_delivery import DOMAIN, MX, send, site
+from tests.tlspolicy.world import sts_world
+
+_COUNT = {"type": "integer", "minimum": 0}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_DATETIME = {
+    "type": "string",
+    "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$",
+}
+
+#: RFC 8460 §4.4, field by field (required ones as the RFC marks them).
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["organization-name", "date-range", "contact-info", "report-id", "policies"],
+    "properties": {
+        "organization-name": {"type": "string", "minLength": 1},
+        "date-range": {
+            "type": "object",
+            "required": ["start-datetime", "end-datetime"],
+            "properties": {"start-datetime": _DATETIME, "end-datetime": _DATETIME},
+            "additionalProperties": False,
+        },
+        "contact-info": {"type": "string", "minLength": 1},
+        "report-id": {"type": "string", "minLength": 1},
+        "policies": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["policy", "summary"],
+                "properties": {
+                    "policy": {
+                        "type": "object",
+                        "required": ["policy-type", "policy-string", "policy-domain"],
+                        "properties": {
+                            "policy-type": {"enum": ["tlsa", "sts", "no-policy-found"]},
+                            "policy-string": _STRINGS,
+                            "policy-domain": {"type": "string", "minLength": 1},
+                            "mx-host": _STRINGS,
+                        },
+                        "additionalProperties": False,
+                    },
+                    "summary": {
+                        "type": "object",
+                        "required": [
+                            "total-successful-session-count",
+                            "total-failure-session-count",
+                        ],
+                        "properties": {
+                            "total-successful-session-count": _COUNT,
+                            "total-failure-session-count": _COUNT,
+                        },
+                        "additionalProperties": False,
+                    },
+                    "failure-details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["result-type", "failed-session-count"],
+                            "properties": {
+                                "result-type": {"enum": list(RESULT_TYPES)},
+                                "sending-mta-ip": {"type": "string"},
+                                "receiving-mx-hostname": {"type": "string"},
+                                "receiving-mx-helo": {"type": "string"},
+                                "receiving-ip": {"type": "string"},
+                                "failed-session-count": _COUNT,
+                                "additional-information": {"type": "string"},
+                                "failure-reason-code": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def test_the_schema_catches_a_wrong_report() -> None:
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    wrong = {"organization-name": "x", "policies": [{"policy": {"policy-type": "dmarc"}}]}
+    assert len(list(validator.iter_errors(wrong))) >= 4
+
+
+async def test_tls_report_of_a_day_validates_and_counts_sessions(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    # Testing mode with a certificate for another name: every session is delivered and
+    # counted as a certificate-host-mismatch failure.
+    async with sts_world(ca, [site(ca, cert_for="other.test")], [DOMAIN]) as world:
+        world.publish(DOMAIN, "7", policy_response("testing", [MX]))
+        await send(tmp_path, world, count=3)
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    out = tmp_path / "report.json"
+    state = tmp_path / "tls-state.sqlite3"
+    result = CliRunner().invoke(
+        main,
+        ["tls-report", "--day", today, "--state", str(state), "--output", str(out),
+         "--organization", "Sender Inc.", "--contact", "tls@sender.test"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    jsonschema.Draft202012Validator(SCHEMA).validate(report)
+    assert report["date-range"] == {
+        "start-datetime": f"{today}T00:00:00Z",
+        "end-datetime": f"{today}T23:59:59Z",
+    }
+    (entry,) = report["policies"]
+    assert entry["policy"]["policy-type"] == "sts"
+    assert entry["policy"]["policy-domain"] == DOMAIN
+    assert entry["policy"]["mx-host"] == [MX]
+    assert "mode: testing" in entry["policy"]["policy-string"]
+    failures = entry["failure-details"]
+    assert {f["result-type"] for f in failures} == {"certificate-host-mismatch"}
+    assert {f["receiving-mx-hostname"] for f in failures} == {MX}
+    failed = sum(f["failed-session-count"] for f in failures)
+    assert failed == entry["summary"]["total-failure-session-count"] >= 1
+    assert entry["summary"]["total-successful-session-count"] == 0
+
+
+def test_tls_report_names_a_missing_state_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.sqlite3"
+    result = CliRunner().invoke(
+        main, ["tls-report", "--day", "2026-12-01", "--state", str(missing)]
+    )
+    assert result.exit_code == 1
+    assert f"no TLS state file at '{missing}'" in result.output
+
+
+def test_tls_report_refuses_a_bad_day() -> None:
+    result = CliRunner().invoke(main, ["tls-report", "--day", "yesterday"])
+    assert result.exit_code == 2
+    assert "'yesterday' is not a day: write YYYY-MM-DD" in result.output
