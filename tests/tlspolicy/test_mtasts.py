@@ -27,7 +27,10 @@ def test_txt_record(records: list[str], expected: str | None) -> None:
     assert parse_txt(records) == expected
 
 
-GOOD = "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 86400\r\n"
+GOOD = (
+    "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\n"
+    "max_age: 86400\r\n"
+)
 
 
 def test_policy_file_is_parsed() -> None:
