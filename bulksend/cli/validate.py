@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import time
 from collections.abc import Generator
@@ -19,8 +21,13 @@ from bulksend.config import is_fqdn
 from bulksend.delivery.run import ehlo_hostname
 from bulksend.errors import ConfigError
 from bulksend.files import write_private_bytes
-from bulksend.routing import system_nameservers
+from bulksend.routing import RoutingConfig, system_nameservers
 from bulksend.text import printable
+from bulksend.tlspolicy.survey import survey
+
+#: The largest recipient domains (of the sample) whose TLS policy validate shows.
+TLS_SURVEY_DOMAINS = 5
+TLS_SURVEY_TIMEOUT = 5.0  # seconds for one of its DNS lookups, as for SPF/DKIM/DMARC
 
 
 @click.command()
@@ -128,7 +135,8 @@ def validate(
     if not no_dns:
         servers = tuple(nameservers) or config.routing.nameservers or _system_or_none()
         if servers:
-            findings += trio.run(check_authentication, campaign, servers, dns_port)
+            largest = _largest_domains(campaign, sample)
+            findings += trio.run(_dns_findings, campaign, servers, dns_port, largest)
         else:
             findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
     for f in findings:
@@ -136,6 +144,47 @@ def validate(
     warnings = sum(1 for f in findings if f.level != "ok")
     click.echo(f"{warnings} warning(s)" if warnings else "campaign looks good")
     raise SystemExit(EXIT_UNDELIVERED if warnings else EXIT_OK)
+
+
+def _largest_domains(campaign: Campaign, sample: int) -> list[str]:
+    """The recipient domains with the most recipients among the first ``sample`` (a few)."""
+    reader = iter(campaign.recipients())
+    try:
+        domains = collections.Counter(
+            r.address.rpartition("@")[2] for r in itertools.islice(reader, sample)
+        )
+    finally:
+        if isinstance(reader, Generator):
+            reader.close()  # the file it reads
+    return [d for d, _ in domains.most_common(TLS_SURVEY_DOMAINS)]
+
+
+async def _dns_findings(
+    campaign: Campaign, servers: tuple[str, ...], dns_port: int, largest: list[str]
+) -> list[Finding]:
+    """SPF, DKIM and DMARC, and the TLS policies of the ``largest`` recipient domains,
+    looked up at the same time (a silent resolver costs one timeout, not two)."""
+    routing = campaign.config.routing
+    config = RoutingConfig(
+        nameservers=servers,
+        dns_port=dns_port,
+        timeout=TLS_SURVEY_TIMEOUT,
+        allow_private=routing.allow_private_addresses,
+        dnssec=routing.dnssec,
+    )
+    found: dict[str, list[Finding]] = {}
+
+    async def authentication() -> None:
+        found["auth"] = await check_authentication(campaign, servers, dns_port)
+
+    async def tls() -> None:
+        lines = await survey(config, largest)
+        found["tls"] = [Finding("ok", f"TLS policy: {line}") for line in lines]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(authentication)
+        nursery.start_soon(tls)
+    return found["auth"] + found["tls"]
 
 
 def _system_or_none() -> tuple[str, ...]:

@@ -41,6 +41,7 @@ import dns.rdtypes.ANY.TXT
 import trio
 
 from bulksend.metrics import CountedFamily
+from bulksend.routing.errors import RoutingError
 from bulksend.routing.mx import MXResolver, is_acceptable_address
 from bulksend.smtp.errors import TLSError
 from bulksend.tlspolicy.dane import Tlsa, usable, verify_chain
@@ -124,7 +125,7 @@ class TlsPolicies:
 
     Args:
         resolver: the run's resolver (TXT, TLSA and the policy host's addresses).
-        sessions: the ``bulksend_tls_sessions_total`` family to count in.
+        sessions: the ``bulksend_tls_sessions_total`` family to count in (None: no metric).
         mta_sts: apply MTA-STS policies.
         dnssec: the resolvers validate DNSSEC: look up TLSA records (DANE).
         fetch: how policy files are fetched.
@@ -136,7 +137,7 @@ class TlsPolicies:
     def __init__(
         self,
         resolver: MXResolver,
-        sessions: CountedFamily,
+        sessions: CountedFamily | None = None,
         *,
         mta_sts: bool = True,
         dnssec: bool = False,
@@ -182,17 +183,23 @@ class TlsPolicies:
             flight.done.set()
         return self._active.get(domain)
 
-    async def _discover(self, domain: str) -> StsPolicy | None:
-        now = self._wall()
+    async def published_id(self, domain: str) -> str | None:
+        """The policy id ``domain``'s ``_mta-sts`` TXT record publishes (None: no policy,
+        or the lookup failed)."""
         txt = await self._resolver.records(f"_mta-sts.{domain}", "TXT")
-        policy_id = None
-        if not txt.failure:
-            texts = [
+        if txt.failure:
+            return None
+        return parse_txt(
+            [
                 b"".join(rd.strings).decode("ascii", "replace")
                 for rd in txt.found
                 if isinstance(rd, dns.rdtypes.ANY.TXT.TXT)
             ]
-            policy_id = parse_txt(texts)
+        )
+
+    async def _discover(self, domain: str) -> StsPolicy | None:
+        now = self._wall()
+        policy_id = await self.published_id(domain)
         cached = self._cached.get(domain)
         if cached is None and self._state is not None:
             cached = await trio.to_thread.run_sync(self._state.policy, domain)
@@ -204,11 +211,11 @@ class TlsPolicies:
         if now < self._retry_at.get(domain, -math.inf):
             return fresh
         try:
-            policy = await self._fetch_policy(domain, policy_id, now)
+            policy = await self.fetch_policy(domain, policy_id)
         except (FetchError, PolicyError) as exc:
             result = exc.result if isinstance(exc, FetchError) else "sts-policy-invalid"
             self._retry_at[domain] = now + FETCH_RETRY
-            self._sessions.labels(PolicyKind.STS.value, result).inc()
+            self._metric(PolicyKind.STS.value, result)
             self._count(domain, "sts", fresh, result, host=f"mta-sts.{domain}", address="")
             return fresh
         self._retry_at.pop(domain, None)
@@ -217,28 +224,31 @@ class TlsPolicies:
             await trio.to_thread.run_sync(self._state.save_policy, policy)
         return policy
 
-    async def _fetch_policy(self, domain: str, policy_id: str, now: float) -> StsPolicy:
+    async def fetch_policy(self, domain: str, policy_id: str) -> StsPolicy:
+        """Fetch and parse ``domain``'s policy file (published under ``policy_id``).
+
+        Raises:
+            FetchError: it could not be fetched (sts-policy-fetch-error, sts-webpki-invalid).
+            PolicyError: it is not a valid policy (sts-policy-invalid).
+        """
+        now = self._wall()
         host = f"mta-sts.{domain}"
         try:
             addresses, _expires = await self._resolver.addresses(host)
-        except Exception as exc:  # a routing error: the host has no address
-            raise FetchError(str(exc)) from None
+        except RoutingError as exc:
+            raise FetchError(exc.text) from None
         acceptable = [
             a for a in addresses if is_acceptable_address(a, allow_private=self._allow_private)
         ]
         text = await fetch_policy_text(host, acceptable, self._fetch)
         return parse_policy(text, domain=domain, policy_id=policy_id, fetched=now)
 
-    def policy_of(self, domain: str) -> StsPolicy | None:
-        """The MTA-STS policy in force for ``domain`` as last looked up (no I/O)."""
-        return self._active.get(domain)
-
     # ---- per host ----------------------------------------------------------------------------
 
     async def host_policy(self, domain: str, host: str) -> HostPolicy:
         """How to connect to MX host ``host`` for ``domain`` (see the module docstring)."""
         if self.dnssec:
-            dane = await self._dane(domain, host)
+            dane = await self.dane_policy(domain, host)
             if dane is not None:
                 return dane
         sts = self._active.get(domain)
@@ -258,7 +268,8 @@ class TlsPolicies:
             return HostPolicy(PolicyKind.OPPORTUNISTIC, domain, host)
         return HostPolicy(PolicyKind.STS, domain, host, enforce, sts)
 
-    async def _dane(self, domain: str, host: str) -> HostPolicy | None:
+    async def dane_policy(self, domain: str, host: str) -> HostPolicy | None:
+        """The DANE policy of MX ``host`` (None: no usable, validated TLSA records)."""
         found = await self._resolver.records(f"_25._tcp.{host}", "TLSA")
         if found.failure:
             return HostPolicy(
@@ -283,15 +294,19 @@ class TlsPolicies:
     def succeeded(self, policy: HostPolicy, *, tls: bool = True) -> None:
         """A session was established under ``policy`` (``tls``: with TLS)."""
         result = SUCCESS if tls else "plaintext"
-        self._sessions.labels(policy.kind.value, result).inc()
+        self._metric(policy.kind.value, result)
         if policy.reported:
             self._count_policy(policy, SUCCESS, "", "")
 
     def failed(self, policy: HostPolicy, result: str, address: str = "") -> None:
         """A session under ``policy`` failed (or was refused) with RFC 8460 ``result``."""
-        self._sessions.labels(policy.kind.value, result).inc()
+        self._metric(policy.kind.value, result)
         if policy.reported:
             self._count_policy(policy, result, policy.host, address)
+
+    def _metric(self, kind: str, result: str) -> None:
+        if self._sessions is not None:
+            self._sessions.labels(kind, result).inc()
 
     def _count_policy(self, policy: HostPolicy, result: str, host: str, address: str) -> None:
         if policy.kind is PolicyKind.DANE:
