@@ -15,9 +15,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
 import trio
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["FetchError", "FetchSettings", "fetch_policy_text"]
 
@@ -57,6 +60,9 @@ async def fetch_policy_text(host: str, addresses: Sequence[str], settings: Fetch
     Raises:
         FetchError: every address failed; the reason is the last address's.
     """
+    # httpx loads its command line (click) when imported: only when a policy is fetched.
+    import httpx  # noqa: PLC0415
+
     if not addresses:
         raise FetchError(f"{host} has no address")
     context = settings.ssl_context or ssl.create_default_context()
@@ -89,6 +95,8 @@ def _raise(reason: str) -> str:
 async def _fetch_one(
     client: httpx.AsyncClient, host: str, address: str, settings: FetchSettings
 ) -> str:
+    import httpx  # noqa: PLC0415 (see fetch_policy_text)
+
     literal = f"[{address}]" if ":" in address else address
     request = client.build_request(
         "GET",
