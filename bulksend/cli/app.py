@@ -1,8 +1,8 @@
 """The ``bulksend`` click group, and errors as one line on stderr.
 
-Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink``, ``demo``
-(docs/cli.md), ``suppress``, ``inbound`` and ``unsubscribe-server`` (docs/suppression.md);
-each lives in its own module and is added to the group here.
+Commands: ``send``, ``resume``, ``status``, ``report``, ``validate``, ``sink``, ``demo``,
+``tls-report`` (docs/cli.md), ``suppress``, ``inbound`` and ``unsubscribe-server``
+(docs/suppression.md); each lives in its own module and is added to the group here.
 """
 
 from __future__ import annotations
