@@ -24,6 +24,9 @@ smarthost's), then the site's MX suffix override, then the domain's override. A 
 an override of its own does not roll up: it gets a site of its own (the same hosts, see
 :meth:`~bulksend.routing.Site.alone`), so its limits and TLS requirement hold for its
 recipients only, and the rolled-up site keeps the site's limits.
+A domain with an MTA-STS policy (enforce or testing, looked up once per routing through the
+run's :class:`~bulksend.tlspolicy.TlsPolicies`) has a site of its own too, so its
+connections obey its policy; relayed domains (smarthost, overrides) have no MTA-STS or DANE.
 
 Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
 starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
