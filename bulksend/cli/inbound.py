@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from bulksend.campaign.render import Campaign
-from bulksend.cli.options import debug_option, metrics_options
+from bulksend.cli.options import JournalParam, debug_option, metrics_options
 from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import SuppressionConfig
@@ -22,6 +23,7 @@ from bulksend.errors import ConfigError
 from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messages
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.journal.feedback_log import open_feedback_log
 from bulksend.journal.reports import JournalSet
 from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
@@ -37,9 +39,11 @@ def _feedback_options(f: _F) -> _F:
         "--journal",
         "journals",
         multiple=True,
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="The campaign's journal (repeatable, for shards): only its recipients are "
-        "suppressed, and a report without a token is matched by Message-ID (needs --campaign).",
+        type=JournalParam(exists=True),
+        help="The campaign's journal, a file or a postgresql:// URL (repeatable, for shards): "
+        "only its recipients are suppressed, a report without a token is matched by "
+        "Message-ID (needs --campaign), and bounces, complaints and unsubscribes are recorded "
+        "in it for `bulksend report`.",
     )(f)
     f = click.option(
         "--mailto",
@@ -58,12 +62,14 @@ def _applying(
     campaign: Path | None,
     sender: str | None,
     mailto: str | None,
-    journals: tuple[Path, ...],
+    journals: tuple[Path | str, ...],
     *,
+    closing: contextlib.ExitStack,
     metrics: FeedbackMetrics | None = None,
 ) -> Ingest:
     """The ingest for a store: the campaign's rules, VERP template, unsubscribe address and,
-    given its journals, its recipients."""
+    given its journals, its recipients and where to record what comes back (closed with
+    ``closing``)."""
     loaded = None if campaign is None else Campaign.load(campaign, os.environ)
     template = sender or (None if loaded is None else loaded.config.envelope_sender)
     unsubscribe = None if loaded is None else loaded.config.unsubscribe
@@ -79,7 +85,12 @@ def _applying(
         with JournalSet(journals) as j:
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
-    return Ingest(store, rules, verp, recipients, mailto, metrics)
+    logs = []
+    for journal in journals:
+        log = open_feedback_log(journal)
+        closing.callback(log.close)
+        logs.append(log)
+    return Ingest(store, rules, verp, recipients, mailto, metrics, journals=logs)
 
 
 @click.group(invoke_without_command=True)
@@ -126,7 +137,7 @@ def inbound(
     max_connections: int,
     sender: str | None,
     mailto: str | None,
-    journals: tuple[Path, ...],
+    journals: tuple[Path | str, ...],
     store: Path | None,
     campaign: Path | None,
 ) -> None:
@@ -139,9 +150,11 @@ def inbound(
     if listen is None:
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
-    with open_store(store, campaign) as opened:
+    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
-        applying = _applying(opened, campaign, sender, mailto, journals, metrics=metrics)
+        applying = _applying(
+            opened, campaign, sender, mailto, journals, closing=closing, metrics=metrics
+        )
         accepted = list(domains)
         if not accepted and applying.verp is not None:
             accepted = [applying.verp.after.rpartition("@")[2]]
@@ -177,7 +190,7 @@ def ingest(
     *,
     sender: str | None,
     mailto: str | None,
-    journals: tuple[Path, ...],
+    journals: tuple[Path | str, ...],
     verbose: bool,
     store: Path | None,
     campaign: Path | None,
@@ -187,11 +200,13 @@ def ingest(
     Hard bounces and complaints suppress their address; soft bounces count towards the
     campaign's limit; delays, auto-replies and anything unreadable change nothing.
     """
-    with open_store(store, campaign) as opened:
-        applying = _applying(opened, campaign, sender, mailto, journals)
+    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
+        applying = _applying(opened, campaign, sender, mailto, journals, closing=closing)
         for name, data in messages(path):
             outcomes = applying.message(data, now=time.time())
             if verbose:
                 click.echo(f"{printable(name)}: {', '.join(outcomes)}")
     rows = [[outcome, str(applying.counts[outcome])] for outcome in OUTCOMES]
     write_table([r for r in rows if r[1] != "0"] or [["nothing", "0"]], sys.stdout, indent="")
+    if journals:
+        click.echo(f"recorded in the journal: {applying.recorded}")
