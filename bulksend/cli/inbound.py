@@ -23,7 +23,7 @@ from bulksend.errors import ConfigError
 from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messages
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
-from bulksend.journal.feedback_log import open_feedback_log
+from bulksend.journal.feedback_log import open_feedback_logs
 from bulksend.journal.reports import JournalSet
 from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
@@ -85,11 +85,7 @@ def _applying(
         with JournalSet(journals) as j:
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
-    logs = []
-    for journal in journals:
-        log = open_feedback_log(journal)
-        closing.callback(log.close)
-        logs.append(log)
+    logs = open_feedback_logs(journals, closing)
     return Ingest(store, rules, verp, recipients, mailto, metrics, journals=logs)
 
 

@@ -14,8 +14,9 @@ for a recipient of that journal, and an asynchronous bounce not for one that bou
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -24,7 +25,13 @@ from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
 from bulksend.journal.schema import ADD_FEEDBACK_TABLE, APPLICATION_ID, SCHEMA_VERSION
 from bulksend.store_urls import is_postgres_url
 
-__all__ = ["FeedbackLog", "SqliteFeedbackLog", "open_feedback_log", "record_sql"]
+__all__ = [
+    "FeedbackLog",
+    "SqliteFeedbackLog",
+    "open_feedback_log",
+    "open_feedback_logs",
+    "record_sql",
+]
 
 _T = TypeVar("_T")
 _BUSY_MS: Final = 10_000
@@ -137,3 +144,15 @@ def open_feedback_log(spec: str | Path) -> FeedbackLog:
 
         return PostgresFeedbackLog(spec)
     return SqliteFeedbackLog(Path(spec))
+
+
+def open_feedback_logs(
+    specs: Iterable[str | Path], closing: contextlib.ExitStack
+) -> list[FeedbackLog]:
+    """The feedback logs of several journals, each closed by ``closing``."""
+    logs = []
+    for spec in specs:
+        log = open_feedback_log(spec)
+        closing.callback(log.close)
+        logs.append(log)
+    return logs

@@ -1,6 +1,7 @@
 """What comes back, recorded in the campaign's journal (SQLite and PostgreSQL): a recipient
-delivered that later bounces, complains or unsubscribes by mail, as ``bulksend report``
-shows it; while a run holds the journal; and in a journal from before the feedback table."""
+delivered that later bounces, complains or unsubscribes (by mail or one click), as
+``bulksend report`` shows it; while a run holds the journal; and in a journal from before the
+feedback table."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bulksend.cli import main as cli
 from bulksend.config import SuppressionConfig
 from bulksend.inbound.ingest import Ingest
 from bulksend.inbound.parse import Verp
+from bulksend.inbound.unsubscribe import UnsubscribeEndpoint
 from bulksend.journal import Category, Journal, NewRecipient, Outcome
 from bulksend.journal.backend import open_journal
 from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
@@ -25,6 +27,7 @@ from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import SuppressionStore
 from bulksend.testing.scenario import campaign_toml, write_campaign
 from tests.suppression.test_inbound_listen import FIXTURES, client, listening
+from tests.suppression.test_unsubscribe_endpoint import KEY, ONE_CLICK, link, request
 
 DELIVERED = [
     "gone@example.com",  # postfix_5_1_1.eml: a hard bounce later
@@ -181,3 +184,39 @@ def test_a_journal_from_before_the_feedback_table(tmp_path: Path) -> None:
     log.close()
     with Journal.open(path, "test") as journal:
         assert journal.feedback_counts() == {(FeedbackKind.COMPLAINT, None): 1}
+
+
+async def test_one_click_unsubscribes_are_recorded_in_their_campaigns_journal(
+    tmp_path: Path, spec: str | Path
+) -> None:
+    sent(spec)
+    log = open_feedback_log(spec)
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store:
+        server = UnsubscribeEndpoint(store, [KEY], journals={"spring": [log]})
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(server.serve, "127.0.0.1", 0)
+                port = listeners[0].socket.getsockname()[1]
+                for target in (
+                    link("reader10@example.com"),
+                    link("reader10@example.com"),  # a second click
+                    link("quiet@example.com", campaign="autumn"),  # another campaign's link
+                ):
+                    assert (await request(port, "POST", target, ONE_CLICK))[0] == 200
+                assert (await request(port, "GET", link("gone@example.com")))[0] == 200
+                nursery.cancel_scope.cancel()
+        assert {e.key for e in store.entries()} == {"reader10@example.com", "quiet@example.com"}
+    log.close()
+    with open_journal(spec, None) as journal:
+        assert journal.feedback_counts() == {(FeedbackKind.UNSUBSCRIBE, None): 1}
+    assert "unsubscribes                         1" in report(spec)
+
+
+def test_the_endpoint_needs_the_campaign_of_its_journal(tmp_path: Path) -> None:
+    sent(tmp_path / "run.journal")
+    (tmp_path / "key").write_text("k" * 32)
+    args = ["unsubscribe-server", "--listen", "127.0.0.1:0", "--key-file", str(tmp_path / "key")]
+    args += ["--store", str(tmp_path / "s.sqlite3"), "--journal", str(tmp_path / "run.journal")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "--journal needs --campaign" in result.stderr
