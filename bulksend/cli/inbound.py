@@ -26,8 +26,8 @@ from bulksend.inbound.receiver import Receiver, ReceiverLimits
 from bulksend.journal.feedback_log import open_feedback_logs
 from bulksend.journal.reports import JournalSet
 from bulksend.metrics import FeedbackMetrics
+from bulksend.suppression.backend import AnyStore
 from bulksend.suppression.rules import Rules
-from bulksend.suppression.store import SuppressionStore
 from bulksend.text import printable, write_table
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -58,7 +58,7 @@ def _feedback_options(f: _F) -> _F:
 
 
 def _applying(
-    store: SuppressionStore,
+    store: AnyStore,
     campaign: Path | None,
     sender: str | None,
     mailto: str | None,
@@ -134,7 +134,7 @@ def inbound(
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
-    store: Path | None,
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """What comes back to the return path: bounces, complaints (docs/suppression.md).
@@ -188,7 +188,7 @@ def ingest(
     mailto: str | None,
     journals: tuple[Path | str, ...],
     verbose: bool,
-    store: Path | None,
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """Apply the bounces and complaints in a maildir, an mbox or a folder of .eml files.

@@ -77,7 +77,7 @@ def unsubscribe_server(
     key_envs: tuple[str, ...],
     max_connections: int,
     journals: tuple[Path | str, ...],
-    store: Path | None,
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """Serve the one-click unsubscribe URL ([unsubscribe] url) behind a TLS proxy.

@@ -41,8 +41,9 @@ from bulksend.journal import Category
 from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
 from bulksend.journal.feedback_log import FeedbackLog
 from bulksend.metrics import FeedbackMetrics
+from bulksend.suppression.backend import AnyStore
 from bulksend.suppression.rules import Rules, bounce_reason
-from bulksend.suppression.store import Source, SuppressionStore
+from bulksend.suppression.store import Source
 
 __all__ = ["OUTCOMES", "CampaignRecipients", "Ingest", "messages"]
 
@@ -123,7 +124,7 @@ class CampaignRecipients:
 class Ingest:
     """Applies parsed messages to the store and counts what each came to."""
 
-    store: SuppressionStore
+    store: AnyStore
     rules: Rules
     verp: Verp | None = None
     recipients: CampaignRecipients | None = None

@@ -41,7 +41,8 @@ from bulksend.inbound.listening import Listener
 from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
 from bulksend.journal.feedback_log import FeedbackLog
 from bulksend.metrics import FeedbackMetrics
-from bulksend.suppression.store import Source, SuppressionStore
+from bulksend.suppression.backend import AnyStore
+from bulksend.suppression.store import Source
 
 __all__ = ["EndpointLimits", "UnsubscribeEndpoint"]
 
@@ -87,7 +88,7 @@ class UnsubscribeEndpoint(Listener):
 
     def __init__(
         self,
-        store: SuppressionStore,
+        store: AnyStore,
         keys: Sequence[bytes],
         limits: EndpointLimits | None = None,
         metrics: FeedbackMetrics | None = None,
