@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -89,6 +90,23 @@ def _applying(
     return Ingest(store, rules, verp, recipients, mailto, metrics, journals=logs)
 
 
+def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The receiver's TLS context for STARTTLS, or None without a certificate."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("STARTTLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{cert}, {key}: cannot load the certificate and its key ({exc}); give PEM files, "
+            "the key matching the certificate"
+        ) from None
+    return context
+
+
 @click.group(invoke_without_command=True)
 @click.option(
     "--listen",
@@ -116,6 +134,16 @@ def _applying(
     default=ReceiverLimits().max_connections,
     show_default=True,
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Offer STARTTLS with this certificate (PEM, the chain after it); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key of --tls-cert (PEM).",
+)
 @_feedback_options
 @metrics_options
 @store_options
@@ -131,6 +159,8 @@ def inbound(
     hostname: str,
     max_size: int,
     max_connections: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
@@ -146,6 +176,7 @@ def inbound(
     if listen is None:
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
+    tls = _server_tls(tls_cert, tls_key)
     with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
         applying = _applying(
@@ -164,7 +195,7 @@ def inbound(
             click.echo(f"{printable(recipients[0])}: {', '.join(outcomes)}")
 
         limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
-        receiver = Receiver(hostname, accepted, deliver, limits)
+        receiver = Receiver(hostname, accepted, deliver, limits, tls)
         serve_until_stopped(
             receiver.serve,
             host,

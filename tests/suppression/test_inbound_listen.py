@@ -4,14 +4,18 @@ receiver refuses (relaying, size, slow or noisy peers, too many connections)."""
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+import trustme
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulksend.cli import main as cli
 from bulksend.config import SuppressionConfig, SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.inbound.ingest import Ingest
@@ -21,6 +25,7 @@ from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import Source, SuppressionStore
 from tests.cli.cli_helpers import bulksend, scrape
+from tests.helpers.tls import client_context, server_context
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VERP = Verp.from_template("bounces+{token}@sender.test")
@@ -29,7 +34,7 @@ VERP = Verp.from_template("bounces+{token}@sender.test")
 class Client:
     """A bare SMTP client: send lines, read whole replies."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = b""
 
@@ -61,9 +66,11 @@ class Client:
 
 @asynccontextmanager
 async def listening(
-    deliver: Callable[[bytes, list[str]], None], limits: ReceiverLimits | None = None
+    deliver: Callable[[bytes, list[str]], None],
+    limits: ReceiverLimits | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[int]:
-    receiver = Receiver("bounces.sender.test", ["sender.test"], deliver, limits)
+    receiver = Receiver("bounces.sender.test", ["sender.test"], deliver, limits, tls)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(receiver.serve, "127.0.0.1", 0)
         yield listeners[0].socket.getsockname()[1]
@@ -255,3 +262,65 @@ async def test_the_command_line_listener(tmp_path: Path) -> None:
     assert ("bulksend_queue_depth", ()) not in samples  # a listener exports no run metrics
     with SuppressionStore.open(store) as opened:
         assert opened.check("missing@gmail.com") is not None
+
+
+async def test_starttls_upgrades_the_session_and_drops_what_came_before(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    tls = server_context(ca, "bounces.sender.test")
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with listening(ingesting(store), tls=tls) as port, client(port) as c:
+            assert "250-STARTTLS\r\n" in await c.say(b"EHLO mx.example.com")
+            # A command pipelined after STARTTLS in the clear (CVE-2011-0411) is dropped.
+            assert (await c.say(b"STARTTLS\r\nRSET")).startswith("220 2.0.0")
+            secure = trio.SSLStream(
+                c.stream, client_context(ca), server_hostname="bounces.sender.test"
+            )
+            await secure.do_handshake()
+            assert secure.getpeercert() is not None
+            c.stream, c.buffer = secure, b""
+            # The session started over: no reply to the RSET, and EHLO first again.
+            assert (await c.say(b"MAIL FROM:<>")).startswith("503 5.5.1 EHLO first")
+            ehlo = await c.say(b"EHLO mx.example.com")
+            assert ehlo.startswith("250-bounces.sender.test")
+            assert "STARTTLS" not in ehlo
+            assert (await c.say(b"STARTTLS")).startswith("502")  # once only
+            data = (FIXTURES / "postfix_5_1_1.eml").read_bytes()
+            assert (await c.send_message("bounces@sender.test", data)).startswith("250 2.0.0")
+        assert store.check("gone@example.com") is not None
+
+
+async def test_starttls_only_when_offered_and_a_failed_handshake_ends_one_session(
+    ca: trustme.CA,
+) -> None:
+    with trio.fail_after(20):
+        async with listening(lambda _d, _r: None) as port, client(port) as c:
+            assert "STARTTLS" not in await c.say(b"EHLO x")
+            assert (await c.say(b"STARTTLS")).startswith("502")
+        tls = server_context(ca, "bounces.sender.test")
+        async with listening(lambda _d, _r: None, tls=tls) as port:
+            async with client(port) as c:
+                assert (await c.say(b"STARTTLS")).startswith("503")  # EHLO first
+                assert (await c.say(b"EHLO x")).startswith("250")
+                assert (await c.say(b"MAIL FROM:<>")).startswith("250")
+                assert (await c.say(b"STARTTLS")).startswith("503")  # not in a transaction
+                assert (await c.say(b"RSET")).startswith("250")
+                assert (await c.say(b"STARTTLS")).startswith("220")
+                await c.stream.send_all(b"this is no TLS client hello\r\n" * 10)
+                assert await c.reply() == ""  # the session ends
+            async with client(port) as c:  # the listener goes on
+                assert (await c.say(b"NOOP")).startswith("250")
+
+
+def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
+    cert = tmp_path / "cert.pem"
+    ca.issue_cert("bounces.sender.test").cert_chain_pems[0].write_to_path(str(cert))
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s.sqlite3")]
+    args += ["--sender", "bounces+{token}@sender.test", "--tls-cert", str(cert)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "STARTTLS needs both --tls-cert and --tls-key" in result.stderr
+    result = CliRunner().invoke(cli, [*args, "--tls-key", str(cert)])  # no key in it
+    assert result.exit_code == 1
+    assert "cannot load the certificate and its key" in result.stderr
+    assert "Traceback" not in result.stderr
