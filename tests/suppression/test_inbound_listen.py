@@ -324,3 +324,21 @@ def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
     assert result.exit_code == 1
     assert "cannot load the certificate and its key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender(tmp_path: Path) -> None:
+    # RFC 2369 List-Unsubscribe: <mailto:...>, delivered to the receiver over SMTP.
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        rules = Rules(SuppressionConfig())
+        applying = Ingest(store, rules, VERP, mailto="unsubscribe@sender.test")
+
+        def deliver(data: bytes, recipients: list[str]) -> None:
+            applying.message(data, now=1000.0, envelope_to=recipients[0])
+
+        async with listening(deliver) as port, client(port) as c:
+            for fixture in ("mailto_unsubscribe.eml", "vacation.eml"):  # an auto-reply: nobody
+                data = (FIXTURES / fixture).read_bytes()
+                reply = await c.send_message("unsubscribe@sender.test", data)
+                assert reply.startswith("250 2.0.0"), fixture
+        entries = [(e.key, e.reason, e.source) for e in store.entries()]
+    assert entries == [("reader10@example.com", SuppressionReason.UNSUBSCRIBE, Source.MAILTO)]
