@@ -184,6 +184,22 @@ async def test_a_message_over_the_size_limit_is_refused_and_not_kept() -> None:
     assert delivered == [b"Subject: small\r\n\r\n.leading dot\r\nbody\r\n"]
 
 
+async def test_a_20_mb_message_is_refused_at_the_default_size_limit() -> None:
+    delivered: list[bytes] = []
+    with trio.fail_after(60):
+        async with listening(lambda data, _r: delivered.append(data)) as port, client(port) as c:
+            assert (await c.say(b"EHLO x")).startswith("250")
+            assert (await c.say(b"MAIL FROM:<>")).startswith("250")  # no SIZE= announced
+            assert (await c.say(b"RCPT TO:<a@sender.test>")).startswith("250")
+            assert (await c.say(b"DATA")).startswith("354")
+            chunk = (b"y" * 998 + b"\r\n") * 1000  # 1 MB
+            for _ in range(20):
+                await c.stream.send_all(chunk)
+            assert (await c.say(b".")).startswith("552 5.3.4")
+            assert (await c.say(b"NOOP")).startswith("250")  # the session goes on
+    assert delivered == []
+
+
 async def test_slow_and_noisy_peers_are_dropped() -> None:
     limits = ReceiverLimits(command_timeout=0.2, max_errors=2)
     with trio.fail_after(20):
