@@ -87,7 +87,10 @@ def _applying(
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
     logs = open_feedback_logs(journals, closing)
-    return Ingest(store, rules, verp, recipients, mailto, metrics, journals=logs)
+    feedback_id = (None if loaded is None else loaded.config.message.feedback_id) or ""
+    return Ingest(
+        store, rules, verp, recipients, mailto, metrics, journals=logs, feedback_id=feedback_id
+    )
 
 
 def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:

@@ -18,7 +18,10 @@ store through the same rules as inline bounces (:mod:`bulksend.suppression.rules
 Given the campaign's journals (:class:`~bulksend.journal.feedback_log.FeedbackLog`), a
 bounce, complaint or unsubscribe of one of its recipients is also recorded there
 (:mod:`bulksend.journal.feedback`), whatever the store makes of it: ``bulksend report``
-then shows the asynchronous bounces beside the inline ones, and the complaint rate.
+then shows the asynchronous bounces beside the inline ones, and the complaint rate. A report
+whose returned message carries another campaign's ``Feedback-ID`` (when the campaign writes
+one) is not recorded there: the address is the sender's to suppress, the complaint another
+campaign's to count.
 
 Given the campaign's recipients (:class:`CampaignRecipients`, from its journal), a notice
 without a recipient is matched by the returned message's Message-ID, which bulksend derives
@@ -131,6 +134,7 @@ class Ingest:
     mailto: str = ""  # the [unsubscribe] mailto address
     metrics: FeedbackMetrics | None = None
     journals: Sequence[FeedbackLog] = ()
+    feedback_id: str = ""  # the campaign's [message] feedback_id
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     #: Notices recorded in one of ``journals``.
     recorded: int = 0
@@ -188,6 +192,7 @@ class Ingest:
             return "unknown_recipient"
         detail = notice.diagnostic or notice.feedback_type
         self._record(
+            notice,
             FeedbackEvent(
                 notice.address,
                 kind,
@@ -197,7 +202,7 @@ class Ingest:
                 notice.status,
                 notice.code,
                 detail,
-            )
+            ),
         )
         if reason is None:
             return "not_suppressed"
@@ -209,10 +214,13 @@ class Ingest:
             self.metrics.suppressions.labels(reason.value, source.value).inc()
         return "suppressed"
 
-    def _record(self, event: FeedbackEvent) -> None:
-        """Count ``event`` and record it in the journal of its recipient, if one is given."""
+    def _record(self, notice: Notice, event: FeedbackEvent) -> None:
+        """Count ``event`` and record it in the journal of its recipient, if one is given
+        (and the returned message names no other campaign)."""
         if self.metrics is not None and event.kind is FeedbackKind.ASYNC_BOUNCE:
             self.metrics.async_bounces.labels((event.category or Category.OTHER).value).inc()
+        if self.feedback_id and notice.feedback_id not in ("", self.feedback_id):
+            return
         for journal in self.journals:
             if journal.record([event])[0]:
                 self.recorded += 1

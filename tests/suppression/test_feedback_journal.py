@@ -68,10 +68,12 @@ def sent(spec: str | Path) -> None:
         )
 
 
-def campaign(tmp_path: Path) -> Path:
+def campaign(tmp_path: Path, feedback_id: str = "") -> Path:
     toml = campaign_toml(extra='[suppression]\nstore = "s.sqlite3"\n').replace(
         "[unsubscribe]\n", '[unsubscribe]\nmailto = "unsubscribe@sender.test"\n'
     )
+    if feedback_id:
+        toml = toml.replace("[message]\n", f'[message]\nfeedback_id = "{feedback_id}"\n')
     return write_campaign(tmp_path, [*DELIVERED, INLINE], toml=toml)
 
 
@@ -115,6 +117,22 @@ def test_later_bounces_complaints_and_unsubscribes_are_recorded_in_the_journal(
             (FeedbackKind.COMPLAINT, None): 1,
             (FeedbackKind.UNSUBSCRIBE, None): 1,
         }
+
+
+@pytest.mark.parametrize(
+    ("feedback_id", "recorded"), [("december:news:sender", 1), ("spring:news:sender", 0)]
+)
+def test_a_complaint_about_another_campaign_is_not_recorded_in_this_one(
+    tmp_path: Path, feedback_id: str, recorded: int
+) -> None:
+    # yahoo_arf.eml returns a message with Feedback-ID: december:news:sender.
+    path = tmp_path / "run.journal"
+    sent(path)
+    args = ["inbound", "ingest", str(FIXTURES / "yahoo_arf.eml"), "--journal", str(path)]
+    result = CliRunner().invoke(cli, [*args, "--campaign", str(campaign(tmp_path, feedback_id))])
+    assert result.exit_code == 0, result.output
+    assert "suppressed  1" in result.stdout  # the sender's to suppress either way
+    assert f"recorded in the journal: {recorded}" in result.stdout
 
 
 def test_a_report_without_feedback_says_so_in_zeros(tmp_path: Path, spec: str | Path) -> None:
