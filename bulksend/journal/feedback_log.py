@@ -24,6 +24,7 @@ from bulksend.errors import JournalError
 from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
 from bulksend.journal.schema import ADD_FEEDBACK_TABLE, APPLICATION_ID, SCHEMA_VERSION
 from bulksend.store_urls import is_postgres_url
+from bulksend.text import storable
 
 __all__ = [
     "FeedbackLog",
@@ -61,7 +62,7 @@ def record_args(event: FeedbackEvent) -> tuple[Any, ...]:
         event.status,
         event.code,
         event.source,
-        event.detail[:_DETAIL_LIMIT].encode("utf-8", "replace").decode("utf-8"),
+        storable(event.detail, _DETAIL_LIMIT),
         event.at,
         event.at,
         event.address,

@@ -39,7 +39,7 @@ from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.files import private_fd
-from bulksend.text import CONTROL
+from bulksend.text import CONTROL, storable
 
 if TYPE_CHECKING:
     from bulksend.suppression.backend import AnyStore
@@ -165,9 +165,8 @@ def _entry(row: tuple[str, str, str, float, float, int, float | None, str]) -> E
 
 
 def clean_detail(detail: str) -> str:
-    """Remote text as a store keeps it: 500 characters, no lone surrogate, no NUL (neither
-    SQLite nor PostgreSQL can store those)."""
-    return detail[:_DETAIL_LIMIT].encode("utf-8", "replace").decode("utf-8").replace("\0", "?")
+    """Remote text as a store keeps it (:func:`~bulksend.text.storable`, 500 characters)."""
+    return storable(detail, _DETAIL_LIMIT)
 
 
 class StoreBase:

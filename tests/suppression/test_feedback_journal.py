@@ -182,6 +182,15 @@ async def test_a_dsn_over_smtp_is_recorded_while_the_run_holds_the_journal(
     Journal.open(path, "test").close()
 
 
+def test_remote_text_of_any_kind_is_recorded(spec: str | Path) -> None:
+    sent(spec)
+    log = open_feedback_log(spec)
+    detail = "550 \x00 \udcff " + "x" * 900  # a NUL, a lone surrogate, too long
+    event = FeedbackEvent("gone@example.com", FeedbackKind.ASYNC_BOUNCE, 5.0, "dsn", detail=detail)
+    assert log.record([event]) == [True]
+    log.close()
+
+
 def test_a_journal_from_before_the_feedback_table(tmp_path: Path) -> None:
     path = tmp_path / "run.journal"
     sent(path)

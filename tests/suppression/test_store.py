@@ -92,6 +92,12 @@ def test_detail_is_kept_whatever_its_text(store: AnyStore) -> None:
     assert store.get("a@x.test") == entry
 
 
+def test_a_nul_in_remote_text_is_stored_as_a_mark(store: AnyStore) -> None:
+    entry = store.add("a@x.test", HARD, Source.DSN, now=1.0, detail="550 gone\x00\x00 away")
+    assert entry.detail == "550 gone?? away"
+    assert store.get("a@x.test") == entry
+
+
 def test_check_honours_expiry_and_domains(store: AnyStore) -> None:
     store.add("a@x.test", SOFT, Source.CAMPAIGN, now=0.0, expires_at=10.0)
     store.add("y.test", SuppressionReason.MANUAL, Source.CLI, now=0.0)
