@@ -3,8 +3,10 @@ receiver refuses (relaying, size, slow or noisy peers, too many connections)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,11 +23,14 @@ from bulksend.errors import SuppressionError
 from bulksend.inbound.ingest import Ingest
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.journal import Journal, NewRecipient
+from bulksend.journal.feedback_log import SqliteFeedbackLog
 from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import Source, SuppressionStore
 from tests.cli.cli_helpers import bulksend, scrape
 from tests.helpers.tls import client_context, server_context
+from tests.suppression.test_feedback_parse import _LINES as MIME_LINES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VERP = Verp.from_template("bounces+{token}@sender.test")
@@ -59,7 +64,7 @@ class Client:
         assert (await self.say(f"RCPT TO:<{rcpt}>".encode())).startswith("250")
         assert (await self.say(b"DATA")).startswith("354")
         body = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        body = body.replace(b"\r\n.", b"\r\n..")
+        body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n..")[2:]  # a first line too
         await self.stream.send_all(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         return await self.reply()
 
@@ -358,3 +363,35 @@ async def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender(tmp_path:
                 assert reply.startswith("250 2.0.0"), fixture
         entries = [(e.key, e.reason, e.source) for e in store.entries()]
     assert entries == [("reader10@example.com", SuppressionReason.UNSUBSCRIBE, Source.MAILTO)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(MIME_LINES, max_size=40), st.binary(max_size=64))
+def test_garbage_mime_over_smtp_is_answered_and_applied_without_a_crash(
+    lines: list[str], tail: bytes
+) -> None:
+    # MIME-shaped garbage through the whole path: receiver, parser, store and journal.
+    data = "\r\n".join(lines).encode("utf-8", "surrogatepass") + tail
+
+    async def main(directory: Path) -> None:
+        journal = directory / "run.journal"
+        with Journal.open(journal, "test") as opened:
+            opened.import_recipients([NewRecipient("y@sender.test", {})])
+        with (
+            SuppressionStore.open(directory / "s.sqlite3") as store,
+            contextlib.closing(SqliteFeedbackLog(journal)) as log,
+            trio.fail_after(20),
+        ):
+            applying = Ingest(store, Rules(SuppressionConfig()), VERP, journals=[log])
+
+            def deliver(message: bytes, recipients: list[str]) -> None:
+                applying.message(message, now=1000.0, envelope_to=recipients[0])
+
+            async with listening(deliver) as port, client(port) as c:
+                reply = await c.send_message("bounces+x=y@sender.test", data)
+                assert reply.startswith("250 2.0.0"), reply
+                assert (await c.say(b"NOOP")).startswith("250")
+            assert sum(applying.counts.values()) >= 1
+
+    with tempfile.TemporaryDirectory() as directory:
+        trio.run(main, Path(directory))
