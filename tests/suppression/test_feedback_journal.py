@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 from click.testing import CliRunner
@@ -247,3 +248,17 @@ def test_the_endpoint_needs_the_campaign_of_its_journal(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "--journal needs --campaign" in result.stderr
+
+
+def test_a_postgresql_journal_from_before_the_feedback_table(postgres_url: str) -> None:
+    spec = postgres_url + "?campaign=c1"
+    sent(spec)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE bulksend_c1.feedback")
+    assert "bounced later (DSN after delivery)   0" in report(spec)  # a reader adds nothing
+    log = open_feedback_log(spec)  # bulksend inbound adds it
+    event = FeedbackEvent("gone@example.com", FeedbackKind.COMPLAINT, 5.0, "arf")
+    assert log.record([event]) == [True]
+    log.close()
+    with open_journal(spec, None) as journal:
+        assert journal.feedback_counts() == {(FeedbackKind.COMPLAINT, None): 1}
