@@ -412,6 +412,14 @@ class FeedbackMetrics:
             registry=self.registry,
         )
         self.suppressions = _suppressions(self.registry)
+        self.async_bounces = Counter(
+            "bulksend_async_bounces",
+            "Bounces of a campaign's recipients that came back after the run sent to them "
+            "(DSN, failure notices), by category (as inline bounces: bad_mailbox, "
+            "mailbox_full, policy, ...).",
+            ["category"],
+            registry=self.registry,
+        )
 
 
 def register_process_metrics(registry: CollectorRegistry) -> None:

@@ -11,6 +11,8 @@ CSI clears the screen), BEL rings, U+009B is a CSI on its own (C1), and bidi con
 U+202E reorder what the reader sees. JSON escapes only C0; CSV escapes nothing. So every
 place that displays or exports remote text passes it through :func:`printable` first.
 
+:func:`storable` is remote text as a database keeps it.
+
 :func:`write_table` lays rows out as aligned columns for the CLI's reports.
 """
 
@@ -20,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import TextIO
 
-__all__ = ["CONTROL", "printable", "write_table"]
+__all__ = ["CONTROL", "printable", "storable", "write_table"]
 
 #: The one control-character rule: C0, DEL, C1, the Unicode line and paragraph separators,
 #: and lone surrogates (text that cannot be encoded). None may appear in a one-line value: a
@@ -56,6 +58,12 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def storable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with no lone surrogate and no NUL: neither
+    SQLite nor PostgreSQL can store those (``?`` stands for each)."""
+    return text[:limit].encode("utf-8", "replace").decode("utf-8").replace("\0", "?")
 
 
 def write_table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  ") -> None:

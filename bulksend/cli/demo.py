@@ -21,22 +21,46 @@ server, so the real stack (DNS, routing, scheduler, SMTP client, journal) does t
 * ``corp``: three small company domains on one well-behaved server.
 
 Plus a few rows the recipients reader rejects (invalid, duplicate).
+
+The feedback loop (:class:`DemoFeedback`), once the first readers of the list have their
+message: three of them bounce later (a DSN each, applied by the inbound machinery, which
+suppresses them and records the later bounce in the running campaign's journal), and one
+unsubscribes with one click (a real HTTP POST to the RFC 8058 endpoint on 127.0.0.1). After
+the report, a short follow-up campaign to the first readers of the same list (at the sites
+that answer at once) skips them, and the readers the run bounced inline.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
+import http.client
+import secrets
 import shutil
-from collections.abc import Sequence
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import trio
 
+from bulksend.campaign.render import Campaign, _unsubscribe_key
+from bulksend.campaign.unsubscribe import unsubscribe_token
 from bulksend.cli.progress import Progress
+from bulksend.delivery.run import RunOptions, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.errors import JournalError
-from bulksend.journal import JournalPeek
+from bulksend.inbound.ingest import Ingest
+from bulksend.inbound.parse import Verp
+from bulksend.inbound.unsubscribe import UnsubscribeEndpoint
+from bulksend.journal import Journal, JournalPeek, Status
 from bulksend.journal.backend import open_peek
+from bulksend.journal.feedback_log import SqliteFeedbackLog
+from bulksend.suppression.backend import open_suppression_store
+from bulksend.suppression.rules import Rules
 from bulksend.testing.scenario import SiteSpec, campaign_toml, write_campaign
 from bulksend.testing.smtp import ServerScript
 
@@ -45,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_POLICY",
+    "DemoFeedback",
     "demo_addresses",
     "demo_sites",
     "stop_when_only_dead_left",
@@ -74,6 +99,12 @@ _LAYOUT: Final = (
     ("corp", ("acme.test", "globex.test", "initech.test"), "127.0.0.8", 8),
 )
 DEAD_SITES: Final = frozenset({"gone"})
+#: Sites whose recipients may take seconds to settle (a deferral in 97, greylisting, 451 until
+#: expiry, refused): the follow-up campaign leaves them out, to stay short.
+_SLOW_SITES: Final = frozenset({"bigmail", "greyhost", "busy", "gone"})
+#: The follow-up campaign goes to the first readers of the list (at the sites that answer).
+FOLLOW_UP: Final = 200
+_LATER_BOUNCES: Final = 3
 
 DEMO_POLICY: Final = """\
 [policy]
@@ -179,9 +210,171 @@ def write_demo_campaign(directory: Path, count: int) -> tuple[Path, list[SiteSpe
     addresses, unknown = demo_addresses(count)
     # Rows the reader rejects: shown in the report as invalid.
     rows: Sequence[str] = [*addresses, "not-an-address", "nobody@", addresses[0]]
-    toml = campaign_toml(campaign_id="bulksend-demo", policy=DEMO_POLICY)
-    path = write_campaign(directory, rows, toml=toml)
+    path = write_campaign(directory, rows, toml=_demo_toml("bulksend-demo"))
+    (directory / "unsubscribe.key").write_text(secrets.token_urlsafe(32) + "\n")
+    (directory / "unsubscribe.key").chmod(0o600)
     return path, demo_sites(unknown)
+
+
+def _demo_toml(campaign_id: str, files: str = "") -> str:
+    """The demo campaign: signed one-click unsubscribe links and a suppression store, the
+    store and the key in the directory ``files`` (relative to the campaign's)."""
+    toml = campaign_toml(
+        campaign_id=campaign_id,
+        policy=DEMO_POLICY,
+        extra=f'[suppression]\nstore = "{files}suppressions.sqlite3"\n',
+    )
+    link = "e={{ email | urlencode }}"
+    signed = f'{link}&t={{{{ unsubscribe_token }}}}"\nkey_file = "{files}unsubscribe.key"\n'
+    return toml.replace(f'{link}"\n', signed)
+
+
+def _sites_of(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(d for name, domains, _a, _s in _LAYOUT if name in names for d in domains)
+
+
+def _dsn(address: str, return_path: str) -> bytes:
+    """A DSN (RFC 3464) as a receiving MTA sends it when a mailbox it accepted is gone."""
+    host = f"mx.{address.rpartition('@')[2]}"
+    return (
+        f"From: MAILER-DAEMON@{host}\r\nTo: {return_path}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n"
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; {host}\r\n\r\n"
+        f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        f"Diagnostic-Code: smtp; 550 5.1.1 <{address}>: mailbox closed after delivery\r\n"
+        "\r\n--b--\r\n"
+    ).encode()
+
+
+def _post(port: int, target: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            target,
+            body=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@dataclass
+class DemoFeedback:
+    """The demo's feedback loop: what comes back during the run, and the follow-up."""
+
+    campaign: Campaign
+    journal: Path
+    directory: Path
+    addresses: Sequence[str]
+    bounced_later: list[str] = field(default_factory=list)
+    unsubscribed: str = ""
+    unsubscribe_status: int = 0
+
+    def watch(self) -> Callable[[Scheduler, Progress], Awaitable[None]]:
+        """The run's watcher: end the run as :func:`stop_when_only_dead_left` does, and
+        meanwhile play what comes back."""
+
+        async def watching(scheduler: Scheduler, progress: Progress) -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.during_run, scheduler)
+                await stop_when_only_dead_left(scheduler, progress)
+
+        return watching
+
+    async def during_run(self, scheduler: Scheduler) -> None:
+        """Once four of the follow-up's readers have their message, three bounce later and
+        one unsubscribes (see the module's comment)."""
+        first = set(self.readers())
+        delivered: list[str] = []
+        while len(delivered) <= _LATER_BOUNCES and not scheduler.stopping:
+            await trio.sleep(0.5)
+            with contextlib.suppress(JournalError):
+                delivered = await trio.to_thread.run_sync(self._delivered, first)
+        if len(delivered) <= _LATER_BOUNCES:
+            return
+        config = self.campaign.config
+        assert config.suppression.store is not None  # the demo campaign has one
+        store = open_suppression_store(config.suppression.store)
+        log = SqliteFeedbackLog(self.journal)  # the run holds the journal: this writes beside it
+        try:
+            verp = Verp.from_template(config.envelope_sender)
+            ingest = Ingest(store, Rules(config.suppression), verp, journals=[log])
+            for address in delivered[:_LATER_BOUNCES]:
+                return_path = self.campaign.envelope_sender(address)
+                data = _dsn(address, return_path)
+                applying = functools.partial(
+                    ingest.message, data, now=time.time(), envelope_to=return_path
+                )
+                await trio.to_thread.run_sync(applying)
+                self.bounced_later.append(address)
+            reader = delivered[_LATER_BOUNCES]
+            key = _unsubscribe_key(config.unsubscribe)
+            assert key is not None  # the demo campaign signs its links
+            query = {"c": config.id, "e": reader, "t": unsubscribe_token(key, config.id, reader)}
+            target = f"/unsubscribe?{urllib.parse.urlencode(query)}"
+            endpoint = UnsubscribeEndpoint(store, [key], journals={config.id: [log]})
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+                port = listeners[0].socket.getsockname()[1]
+                self.unsubscribe_status = await trio.to_thread.run_sync(_post, port, target)
+                nursery.cancel_scope.cancel()
+            self.unsubscribed = reader
+        finally:
+            log.close()
+            store.close()
+
+    def readers(self) -> list[str]:
+        """The follow-up's readers: the first of the list, at the sites that answer at once."""
+        slow = _sites_of(_SLOW_SITES)
+        return [a for a in self.addresses[:FOLLOW_UP] if a.rpartition("@")[2] not in slow]
+
+    def _delivered(self, among: set[str]) -> list[str]:
+        """The readers in ``among`` delivered so far, in list order."""
+        with Journal.open_readonly(self.journal) as journal:
+            done = {s.address for s in journal.iter_states([Status.DELIVERED])}
+        return [a for a in self.addresses if a in among and a in done]
+
+    async def follow_up(self, options: RunOptions) -> list[str]:
+        """A short second campaign to the first readers of the same list; what it says."""
+        readers = self.readers()
+        directory = self.directory / "follow-up"
+        directory.mkdir()
+        path = write_campaign(directory, readers, toml=_demo_toml("bulksend-demo-2", "../"))
+        journal = directory / "journal.sqlite3"
+        campaign = Campaign.load(path, {})
+        summary = await run_campaign(campaign, replace(options, journal=journal))
+        with Journal.open(journal, None) as j:
+            why = collections.Counter(
+                (s.text or "").rpartition(": ")[2] for s in j.iter_states([Status.SUPPRESSED])
+            )
+        return self.lines(len(readers), summary.counts, why)
+
+    def lines(
+        self, readers: int, counts: Mapping[Status, int], why: collections.Counter[str]
+    ) -> list[str]:
+        """The demo's account of the loop."""
+        out = ["", "the feedback loop"]
+        if self.bounced_later:
+            out.append(
+                f"during the run, {len(self.bounced_later)} readers bounced later (a DSN each, "
+                f"read as bulksend inbound reads it): {', '.join(self.bounced_later)}"
+            )
+        if self.unsubscribed:
+            out.append(
+                f"and {self.unsubscribed} unsubscribed with one click (HTTP POST to the "
+                f"endpoint: {self.unsubscribe_status})"
+            )
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(why.items()))
+        out.append(
+            f"follow-up campaign to the first {readers} readers of the list: "
+            f"{counts.get(Status.DELIVERED, 0)} delivered, "
+            f"{counts.get(Status.SUPPRESSED, 0)} skipped as suppressed ({skipped or 'none'})"
+        )
+        return out
 
 
 async def stop_when_only_dead_left(scheduler: Scheduler, progress: Progress) -> None:

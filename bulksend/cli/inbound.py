@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from bulksend.campaign.render import Campaign
-from bulksend.cli.options import debug_option, metrics_options
+from bulksend.cli.options import JournalParam, debug_option, metrics_options
 from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import SuppressionConfig
@@ -22,10 +24,11 @@ from bulksend.errors import ConfigError
 from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messages
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.journal.feedback_log import open_feedback_logs
 from bulksend.journal.reports import JournalSet
 from bulksend.metrics import FeedbackMetrics
+from bulksend.suppression.backend import AnyStore
 from bulksend.suppression.rules import Rules
-from bulksend.suppression.store import SuppressionStore
 from bulksend.text import printable, write_table
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -37,9 +40,11 @@ def _feedback_options(f: _F) -> _F:
         "--journal",
         "journals",
         multiple=True,
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="The campaign's journal (repeatable, for shards): only its recipients are "
-        "suppressed, and a report without a token is matched by Message-ID (needs --campaign).",
+        type=JournalParam(exists=True),
+        help="The campaign's journal, a file or a postgresql:// URL (repeatable, for shards): "
+        "only its recipients are suppressed, a report without a token is matched by "
+        "Message-ID (needs --campaign), and bounces, complaints and unsubscribes are recorded "
+        "in it for `bulksend report`.",
     )(f)
     f = click.option(
         "--mailto",
@@ -54,16 +59,18 @@ def _feedback_options(f: _F) -> _F:
 
 
 def _applying(
-    store: SuppressionStore,
+    store: AnyStore,
     campaign: Path | None,
     sender: str | None,
     mailto: str | None,
-    journals: tuple[Path, ...],
+    journals: tuple[Path | str, ...],
     *,
+    closing: contextlib.ExitStack,
     metrics: FeedbackMetrics | None = None,
 ) -> Ingest:
     """The ingest for a store: the campaign's rules, VERP template, unsubscribe address and,
-    given its journals, its recipients."""
+    given its journals, its recipients and where to record what comes back (closed with
+    ``closing``)."""
     loaded = None if campaign is None else Campaign.load(campaign, os.environ)
     template = sender or (None if loaded is None else loaded.config.envelope_sender)
     unsubscribe = None if loaded is None else loaded.config.unsubscribe
@@ -79,7 +86,28 @@ def _applying(
         with JournalSet(journals) as j:
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
-    return Ingest(store, rules, verp, recipients, mailto, metrics)
+    logs = open_feedback_logs(journals, closing)
+    feedback_id = (None if loaded is None else loaded.config.message.feedback_id) or ""
+    return Ingest(
+        store, rules, verp, recipients, mailto, metrics, journals=logs, feedback_id=feedback_id
+    )
+
+
+def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The receiver's TLS context for STARTTLS, or None without a certificate."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("STARTTLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{cert}, {key}: cannot load the certificate and its key ({exc}); give PEM files, "
+            "the key matching the certificate"
+        ) from None
+    return context
 
 
 @click.group(invoke_without_command=True)
@@ -109,6 +137,16 @@ def _applying(
     default=ReceiverLimits().max_connections,
     show_default=True,
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Offer STARTTLS with this certificate (PEM, the chain after it); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key of --tls-cert (PEM).",
+)
 @_feedback_options
 @metrics_options
 @store_options
@@ -124,10 +162,12 @@ def inbound(
     hostname: str,
     max_size: int,
     max_connections: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     sender: str | None,
     mailto: str | None,
-    journals: tuple[Path, ...],
-    store: Path | None,
+    journals: tuple[Path | str, ...],
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """What comes back to the return path: bounces, complaints (docs/suppression.md).
@@ -139,9 +179,12 @@ def inbound(
     if listen is None:
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
-    with open_store(store, campaign) as opened:
+    tls = _server_tls(tls_cert, tls_key)
+    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
-        applying = _applying(opened, campaign, sender, mailto, journals, metrics=metrics)
+        applying = _applying(
+            opened, campaign, sender, mailto, journals, closing=closing, metrics=metrics
+        )
         accepted = list(domains)
         if not accepted and applying.verp is not None:
             accepted = [applying.verp.after.rpartition("@")[2]]
@@ -155,7 +198,7 @@ def inbound(
             click.echo(f"{printable(recipients[0])}: {', '.join(outcomes)}")
 
         limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
-        receiver = Receiver(hostname, accepted, deliver, limits)
+        receiver = Receiver(hostname, accepted, deliver, limits, tls)
         serve_until_stopped(
             receiver.serve,
             host,
@@ -177,9 +220,9 @@ def ingest(
     *,
     sender: str | None,
     mailto: str | None,
-    journals: tuple[Path, ...],
+    journals: tuple[Path | str, ...],
     verbose: bool,
-    store: Path | None,
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """Apply the bounces and complaints in a maildir, an mbox or a folder of .eml files.
@@ -187,11 +230,13 @@ def ingest(
     Hard bounces and complaints suppress their address; soft bounces count towards the
     campaign's limit; delays, auto-replies and anything unreadable change nothing.
     """
-    with open_store(store, campaign) as opened:
-        applying = _applying(opened, campaign, sender, mailto, journals)
+    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
+        applying = _applying(opened, campaign, sender, mailto, journals, closing=closing)
         for name, data in messages(path):
             outcomes = applying.message(data, now=time.time())
             if verbose:
                 click.echo(f"{printable(name)}: {', '.join(outcomes)}")
     rows = [[outcome, str(applying.counts[outcome])] for outcome in OUTCOMES]
     write_table([r for r in rows if r[1] != "0"] or [["nothing", "0"]], sys.stdout, indent="")
+    if journals:
+        click.echo(f"recorded in the journal: {applying.recorded}")

@@ -108,7 +108,7 @@ def demo(
     path, sites = world_of.write_demo_campaign(directory, recipients)
     journal = directory / "bulksend-demo.journal.sqlite3"
 
-    async def go() -> RunResult:
+    async def go() -> tuple[RunResult, list[str]]:
         async with running(sites) as world:
             ports = dataclasses.replace(flags, dns_port=world.dns_port, smtp_port=world.smtp_port)
             campaign = load_campaign(path)
@@ -117,23 +117,28 @@ def demo(
                 f"(DNS 127.0.0.1:{world.dns_port}, SMTP port {world.smtp_port}); "
                 f"files in {directory}/"
             )
-            return await execute_run(
+            addresses, _unknown = world_of.demo_addresses(recipients)
+            loop = world_of.DemoFeedback(campaign, journal, directory, addresses)
+            options = ports.options(journal, campaign)
+            result = await execute_run(
                 campaign,
-                ports.options(journal, campaign),
+                options,
                 flags=ports,
                 campaign_path=path,
                 stream=sys.stderr,
-                watch=world_of.stop_when_only_dead_left,
+                watch=loop.watch(),
             )
+            return result, [] if result.signalled else await loop.follow_up(options)
 
-    result = trio.run(go)
+    result, loop_lines = trio.run(go)
     print_summary(result, journal, sys.stdout, rejects=directory / "rejects.csv")
     sys.stdout.write("\n")
     with Journal.open(journal, None) as j:
         write_report(j, sys.stdout, top_domains=12)
+    sys.stdout.write("".join(f"{line}\n" for line in loop_lines))
     sys.stdout.write(
         f"\nfiles in {directory}/: campaign.toml, recipients.csv, journal, "
-        "accounting.jsonl, report.txt\n"
+        "accounting.jsonl, report.txt, suppressions.sqlite3, follow-up/\n"
     )
     with Journal.open(journal, None) as j, open_private(directory / "report.txt") as out:
         write_report(j, out, top_domains=50)

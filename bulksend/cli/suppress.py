@@ -26,8 +26,10 @@ from bulksend.cli.options import debug_option
 from bulksend.cli.output import EXIT_UNDELIVERED, open_output, warn
 from bulksend.config import SuppressionConfig, SuppressionReason, load_campaign
 from bulksend.errors import ConfigError
+from bulksend.store_urls import is_postgres_url, split_store_url
+from bulksend.suppression.backend import AnyStore, open_suppression_store
 from bulksend.suppression.rules import Rules
-from bulksend.suppression.store import Entry, Source, SuppressionStore, normalise_key
+from bulksend.suppression.store import Entry, Source, normalise_key
 from bulksend.text import printable, write_table
 
 CSV_FIELDS: Final = (
@@ -45,6 +47,24 @@ _REASONS: Final = [reason.value for reason in SuppressionReason]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+class StoreParam(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3
+    """A suppression store: a SQLite file (a path) or a ``postgresql://`` URL (kept as text,
+    refused if it holds a password)."""
+
+    name = "store"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path | str:
+        if isinstance(value, Path) or not is_postgres_url(value):
+            return Path(value)
+        try:
+            split_store_url(value)
+        except ValueError:
+            self.fail("the URL holds a password: use password_file=PATH or PGPASSWORD", param, ctx)
+        return str(value)
+
+
 def store_options(f: _F) -> _F:
     f = click.option(
         "--campaign",
@@ -53,13 +73,14 @@ def store_options(f: _F) -> _F:
     )(f)
     return click.option(
         "--store",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=StoreParam(),
         envvar="BULKSEND_SUPPRESSION_STORE",
-        help="The suppression store (SQLite; created if missing). Env: BULKSEND_SUPPRESSION_STORE.",
+        help="The suppression store: a SQLite file (created if missing) or a "
+        "postgresql://USER@HOST/DB URL. Env: BULKSEND_SUPPRESSION_STORE.",
     )(f)
 
 
-def open_store(store: Path | None, campaign: Path | None) -> SuppressionStore:
+def open_store(store: Path | str | None, campaign: Path | None) -> AnyStore:
     """The store named by ``--store``, or by ``--campaign``'s ``[suppression] store``."""
     if store is None and campaign is not None:
         store = load_campaign(campaign, os.environ).suppression.store
@@ -67,7 +88,7 @@ def open_store(store: Path | None, campaign: Path | None) -> SuppressionStore:
             raise ConfigError(f"{campaign}: no [suppression] store. Set it, or use --store.")
     if store is None:
         raise click.UsageError("name the store: --store PATH or --campaign FILE")
-    return SuppressionStore.open(store)
+    return open_suppression_store(store)
 
 
 def _key(text: str) -> str:
@@ -108,7 +129,7 @@ def suppress() -> None:
 @store_options
 @debug_option
 def add(
-    keys: tuple[str, ...], reason: str, detail: str, store: Path | None, campaign: Path | None
+    keys: tuple[str, ...], reason: str, detail: str, store: Path | str | None, campaign: Path | None
 ) -> None:
     """Suppress addresses, or whole domains (``example.com`` or ``@example.com``)."""
     normalised = [_key(k) for k in keys]
@@ -125,7 +146,7 @@ def add(
 @click.argument("keys", nargs=-1, required=True)
 @store_options
 @debug_option
-def remove(keys: tuple[str, ...], store: Path | None, campaign: Path | None) -> None:
+def remove(keys: tuple[str, ...], store: Path | str | None, campaign: Path | None) -> None:
     """Lift the suppression of addresses or domains."""
     normalised = [_key(k) for k in keys]
     with open_store(store, campaign) as opened:
@@ -137,7 +158,7 @@ def remove(keys: tuple[str, ...], store: Path | None, campaign: Path | None) -> 
 @click.argument("addresses", nargs=-1, required=True)
 @store_options
 @debug_option
-def check(addresses: tuple[str, ...], store: Path | None, campaign: Path | None) -> None:
+def check(addresses: tuple[str, ...], store: Path | str | None, campaign: Path | None) -> None:
     """Tell whether addresses are suppressed (by their own entry or their domain's).
 
     Exit status 0 when every one is, 4 when one is not.
@@ -161,7 +182,9 @@ def check(addresses: tuple[str, ...], store: Path | None, campaign: Path | None)
 @click.option("--all", "everything", is_flag=True, help="Include expired entries.")
 @store_options
 @debug_option
-def list_(reason: str | None, everything: bool, store: Path | None, campaign: Path | None) -> None:
+def list_(
+    reason: str | None, everything: bool, store: Path | str | None, campaign: Path | None
+) -> None:
     """List the suppressed addresses and domains (active ones, unless --all)."""
     with open_store(store, campaign) as opened:
         rows = [["key", "reason", "source", "count", "last seen", "expires"]]
@@ -180,7 +203,7 @@ def list_(reason: str | None, everything: bool, store: Path | None, campaign: Pa
     click.echo(f"bulksend: {len(rows) - 1} entries", err=True)
 
 
-def _entries(store: SuppressionStore, reason: str | None, everything: bool) -> Iterator[Entry]:
+def _entries(store: AnyStore, reason: str | None, everything: bool) -> Iterator[Entry]:
     for entry in store.entries(now=None if everything else time.time()):
         if reason is None or entry.reason.value == reason:
             yield entry
@@ -201,7 +224,7 @@ def export(
     output: Path | None,
     reason: str | None,
     everything: bool,
-    store: Path | None,
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """Write the store as CSV (the format ``import`` reads)."""
@@ -235,7 +258,7 @@ def export(
 )
 @store_options
 @debug_option
-def import_(file: TextIO, reason: str, store: Path | None, campaign: Path | None) -> None:
+def import_(file: TextIO, reason: str, store: Path | str | None, campaign: Path | None) -> None:
     """Add the rows of a CSV file (``-``: stdin) to the store, merging with what is there.
 
     A row that cannot be used is named on stderr and skipped.

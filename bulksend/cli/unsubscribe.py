@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import click
 
-from bulksend.cli.options import debug_option, metrics_options
+from bulksend.cli.options import JournalParam, debug_option, metrics_options
 from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
 from bulksend.config import load_campaign
 from bulksend.errors import ConfigError
 from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
+from bulksend.journal.feedback_log import open_feedback_logs
 from bulksend.metrics import FeedbackMetrics
 
 
@@ -55,6 +57,14 @@ def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...])
     default=EndpointLimits().max_connections,
     show_default=True,
 )
+@click.option(
+    "--journal",
+    "journals",
+    multiple=True,
+    type=JournalParam(exists=True),
+    help="The --campaign's journal, a file or a postgresql:// URL (repeatable, for shards): "
+    "its recipients' unsubscribes are recorded in it for `bulksend report`.",
+)
 @metrics_options
 @store_options
 @debug_option
@@ -66,7 +76,8 @@ def unsubscribe_server(
     key_files: tuple[Path, ...],
     key_envs: tuple[str, ...],
     max_connections: int,
-    store: Path | None,
+    journals: tuple[Path | str, ...],
+    store: Path | str | None,
     campaign: Path | None,
 ) -> None:
     """Serve the one-click unsubscribe URL ([unsubscribe] url) behind a TLS proxy.
@@ -76,10 +87,14 @@ def unsubscribe_server(
     """
     host, port = listen_address(listen, 8080)
     keys = _keys(campaign, key_files, key_envs)
-    with open_store(store, campaign) as opened:
+    if journals and campaign is None:
+        raise click.UsageError("--journal needs --campaign (its links name the campaign by id)")
+    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
+        logs = open_feedback_logs(journals, closing)
+        campaign_id = "" if campaign is None else load_campaign(campaign, os.environ).id
         limits = EndpointLimits(max_connections=max_connections)
         metrics = FeedbackMetrics()
-        endpoint = UnsubscribeEndpoint(opened, keys, limits, metrics)
+        endpoint = UnsubscribeEndpoint(opened, keys, limits, metrics, {campaign_id: logs})
         serve_until_stopped(
             endpoint.serve,
             host,

@@ -207,7 +207,18 @@ def _load_suppression(root: Table) -> SuppressionConfig:
     if t is None:
         return SuppressionConfig()
     default = SuppressionConfig()
-    store = t.path_("store", must_exist=False)
+    store: Path | str | None = t.string("store")
+    if not is_postgres_url(store):
+        store = t.path_("store", must_exist=False)
+    else:
+        try:
+            split_store_url(str(store))
+        except ValueError:
+            raise t.error(
+                "store",
+                "the URL holds a password (it would show in logs)",
+                "Give it with password_file=PATH, PGPASSFILE or PGPASSWORD.",
+            ) from None
     limit = pick(t.integer("soft_bounce_limit", minimum=1), default.soft_bounce_limit)
     window = t.converted("soft_bounce_window", parse_duration, "Write a duration like '7d'.")
     expiry = dict(default.expiry)

@@ -185,7 +185,7 @@ class SuppressionConfig:
     suppress an address as ``soft_bounce``.
     """
 
-    store: Path | None = None
+    store: Path | str | None = None  # a SQLite file, or a postgresql:// URL
     soft_bounce_limit: int = 3
     soft_bounce_window: float = 7 * _DAY
     expiry: Mapping[SuppressionReason, float] = field(

@@ -46,11 +46,11 @@ from bulksend.journal.backend import AnyJournal
 from bulksend.journal.backend import open_journal as open_any_journal
 from bulksend.metrics import Metrics
 from bulksend.routing import Credentials, Relay, Router, RoutingConfig
+from bulksend.suppression.backend import open_suppression_store
 from bulksend.suppression.rules import BounceRecorder, Rules
 from bulksend.suppression.store import (
     StoreSuppression,
     Suppressions,
-    SuppressionStore,
     Watched,
 )
 from bulksend.throttles import LocalThrottles, ThrottleBackend
@@ -534,7 +534,7 @@ async def _open_store(campaign: Campaign) -> StoreSuppression | None:
     path = campaign.config.suppression.store
     if path is None:
         return None
-    store = await trio.to_thread.run_sync(SuppressionStore.open, path)
+    store = await trio.to_thread.run_sync(open_suppression_store, path)
     view = StoreSuppression(store)
     try:
         await trio.to_thread.run_sync(view.reload)

@@ -15,6 +15,14 @@ store through the same rules as inline bounces (:mod:`bulksend.suppression.rules
 - delays, success notices, auto-replies, ordinary mail and unparseable messages are counted
   and change nothing.
 
+Given the campaign's journals (:class:`~bulksend.journal.feedback_log.FeedbackLog`), a
+bounce, complaint or unsubscribe of one of its recipients is also recorded there
+(:mod:`bulksend.journal.feedback`), whatever the store makes of it: ``bulksend report``
+then shows the asynchronous bounces beside the inline ones, and the complaint rate. A report
+whose returned message carries another campaign's ``Feedback-ID`` (when the campaign writes
+one) is not recorded there: the address is the sender's to suppress, the complaint another
+campaign's to count.
+
 Given the campaign's recipients (:class:`CampaignRecipients`, from its journal), a notice
 without a recipient is matched by the returned message's Message-ID, which bulksend derives
 from the campaign and the address.
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import mailbox
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -32,9 +40,13 @@ from typing import Final
 from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
 from bulksend.inbound.parse import MAX_SIZE, Kind, Notice, Parsed, Verp, parse_message
+from bulksend.journal import Category
+from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
+from bulksend.journal.feedback_log import FeedbackLog
 from bulksend.metrics import FeedbackMetrics
+from bulksend.suppression.backend import AnyStore
 from bulksend.suppression.rules import Rules, bounce_reason
-from bulksend.suppression.store import Source, SuppressionStore
+from bulksend.suppression.store import Source
 
 __all__ = ["OUTCOMES", "CampaignRecipients", "Ingest", "messages"]
 
@@ -86,20 +98,25 @@ def _read(file: Path) -> bytes:
 
 
 class CampaignRecipients:
-    """A campaign's recipients: which addresses are its own, and whose a Message-ID is.
+    """A campaign's recipients: which addresses are its own (as its journal spells them), and
+    whose a Message-ID is.
 
-    Memory: a fingerprint per recipient, and a Message-ID fingerprint -> address map.
+    Memory: two fingerprint -> address maps (the address strings shared).
     """
 
     def __init__(self, addresses: Iterable[str], message_id: Callable[[str], str]) -> None:
-        self._known = FingerprintSet()
+        self._by_address: dict[int, str] = {}
         self._by_message_id: dict[int, str] = {}
         for address in addresses:
-            self._known.add(normalise_address(address))
+            self._by_address[FingerprintSet.fingerprint(normalise_address(address))] = address
             self._by_message_id[FingerprintSet.fingerprint(message_id(address))] = address
 
     def __contains__(self, address: object) -> bool:
-        return isinstance(address, str) and normalise_address(address) in self._known
+        return isinstance(address, str) and self.own(address) is not None
+
+    def own(self, address: str) -> str | None:
+        """The recipient ``address`` is (as the journal spells it, e.g. in another case)."""
+        return self._by_address.get(FingerprintSet.fingerprint(normalise_address(address)))
 
     def by_message_id(self, message_id: str) -> str | None:
         """The recipient whose message had this Message-ID, or None."""
@@ -110,13 +127,17 @@ class CampaignRecipients:
 class Ingest:
     """Applies parsed messages to the store and counts what each came to."""
 
-    store: SuppressionStore
+    store: AnyStore
     rules: Rules
     verp: Verp | None = None
     recipients: CampaignRecipients | None = None
     mailto: str = ""  # the [unsubscribe] mailto address
     metrics: FeedbackMetrics | None = None
+    journals: Sequence[FeedbackLog] = ()
+    feedback_id: str = ""  # the campaign's [message] feedback_id
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Notices recorded in one of ``journals``.
+    recorded: int = 0
 
     def message(self, data: bytes, *, now: float, envelope_to: str = "") -> list[str]:
         """Parse and apply one message; return an outcome (see :data:`OUTCOMES`) per notice."""
@@ -145,8 +166,9 @@ class Ingest:
         """The notice with its recipient checked against (or found in) the campaign's."""
         if self.recipients is None or notice.bad_token:
             return notice
-        if notice.address is not None and notice.address in self.recipients:
-            return notice
+        own = None if notice.address is None else self.recipients.own(notice.address)
+        if own is not None:
+            return replace(notice, address=own)
         # Not one of ours (a forwarding alias in Final-Recipient, say): try the Message-ID.
         found = self.recipients.by_message_id(notice.message_id) if notice.message_id else None
         if found is None:
@@ -158,18 +180,32 @@ class Ingest:
             reason = bounce_reason(notice.category)
             if reason is SuppressionReason.HARD_BOUNCE and not notice.permanent:
                 reason = SuppressionReason.SOFT_BOUNCE  # a 4.x.x status: given up, not gone
-            source = Source.DSN
+            source, kind = Source.DSN, FeedbackKind.ASYNC_BOUNCE
         elif notice.kind is Kind.COMPLAINT:
-            reason, source = SuppressionReason.COMPLAINT, Source.ARF
+            reason, source, kind = SuppressionReason.COMPLAINT, Source.ARF, FeedbackKind.COMPLAINT
         elif notice.kind is Kind.UNSUBSCRIBE:
             reason, source = SuppressionReason.UNSUBSCRIBE, Source.MAILTO
+            kind = FeedbackKind.UNSUBSCRIBE
         else:
             return notice.kind.value
         if notice.address is None:
             return "unknown_recipient"
+        detail = notice.diagnostic or notice.feedback_type
+        self._record(
+            notice,
+            FeedbackEvent(
+                notice.address,
+                kind,
+                now,
+                source.value,
+                notice.category,
+                notice.status,
+                notice.code,
+                detail,
+            ),
+        )
         if reason is None:
             return "not_suppressed"
-        detail = notice.diagnostic or notice.feedback_type
         key = normalise_address(notice.address)
         entry = self.rules.apply(self.store, key, reason, source, now=now, detail=detail)
         if entry is None:
@@ -177,3 +213,15 @@ class Ingest:
         if self.metrics is not None:
             self.metrics.suppressions.labels(reason.value, source.value).inc()
         return "suppressed"
+
+    def _record(self, notice: Notice, event: FeedbackEvent) -> None:
+        """Count ``event`` and record it in the journal of its recipient, if one is given
+        (and the returned message names no other campaign)."""
+        if self.metrics is not None and event.kind is FeedbackKind.ASYNC_BOUNCE:
+            self.metrics.async_bounces.labels((event.category or Category.OTHER).value).inc()
+        if self.feedback_id and notice.feedback_id not in ("", self.feedback_id):
+            return
+        for journal in self.journals:
+            if journal.record([event])[0]:
+                self.recorded += 1
+                return

@@ -2,10 +2,9 @@
 
 How this works. One Trio task per connection, at most ``max_connections`` at a time (one
 more is told ``421`` and closed). It speaks just enough SMTP (RFC 5321) to take bounces and
-complaint reports: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT; no relaying, no AUTH, no
-STARTTLS (run it behind a TLS-terminating proxy, or accept plaintext: what it receives is
-reports about mail we sent). Commands are read one line at a time, CRLF-terminated, at most
-512 octets (§4.5.3.1.4). It is built for the open internet:
+complaint reports: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, and STARTTLS (RFC 3207)
+when given a certificate; no relaying, no AUTH. Commands are read one line at a time,
+CRLF-terminated, at most 512 octets (§4.5.3.1.4). It is built for the open internet:
 
 - a recipient must be at one of the configured domains (``550 5.7.1`` otherwise: no relay);
 - a message over ``max_size`` is refused with ``552 5.3.4`` (announced by ``SIZE=`` in MAIL,
@@ -13,7 +12,11 @@ reports about mail we sent). Commands are read one line at a time, CRLF-terminat
 - each command and each block of data must arrive within ``command_timeout``, and a whole
   session within ``session_timeout``; a peer that sends more than ``max_errors`` bad commands
   is told ``421`` and dropped;
-- memory per connection is bounded by ``max_size`` plus one read.
+- memory per connection is bounded by ``max_size`` plus one read;
+- STARTTLS (only before a transaction, once) answers ``220``, then the TLS handshake must
+  end within ``command_timeout``; whatever the peer sent after the STARTTLS line in the
+  clear is thrown away, never read as commands (the injection of CVE-2011-0411), and the
+  session starts over: the peer must say EHLO again (RFC 3207 §4.2).
 
 Each accepted message goes to ``deliver(data, recipients)`` (in a worker thread, one message
 at a time: it parses and writes to the store); nothing is stored but what it decides to keep.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -71,8 +75,11 @@ class Receiver(Listener):
         domains: Sequence[str],
         deliver: Callable[[bytes, list[str]], None],
         limits: ReceiverLimits | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: a server context with our certificate, to offer STARTTLS."""
         self.hostname = hostname
+        self.tls = tls
         self.domains = frozenset(d.lower().strip(".") for d in domains)
         self.deliver = deliver
         self.limits = limits or ReceiverLimits()
@@ -83,10 +90,11 @@ class Receiver(Listener):
 
     async def session(self, stream: trio.abc.Stream) -> None:
         """One SMTP session, within the session time limit."""
+        current = _Session(self, stream)
         with trio.move_on_after(self.limits.session_timeout) as scope, contextlib.suppress(_Drop):
-            await _Session(self, stream).run()
+            await current.run()
         if scope.cancelled_caught:
-            await _say(stream, b"421 4.4.2 Session too long, closing\r\n")
+            await _say(current.stream, b"421 4.4.2 Session too long, closing\r\n")
 
 
 async def _say(stream: trio.abc.Stream, reply: bytes) -> None:
@@ -102,6 +110,7 @@ class _Session:
         self.receiver = receiver
         self.limits = receiver.limits
         self.stream = stream
+        self.secure = False
         self.buffer = bytearray()
         self.errors = 0
         self.greeted = False
@@ -113,7 +122,8 @@ class _Session:
         while True:
             line = await self._line()
             reply = await self._command(line)
-            await self.stream.send_all(reply)
+            if reply:  # none after STARTTLS: the peer speaks first, EHLO
+                await self.stream.send_all(reply)
             if reply.startswith((b"221", b"421")):
                 return
 
@@ -148,10 +158,13 @@ class _Session:
             self._reset()
             if verb == "HELO":
                 return f"250 {self.receiver.hostname}\r\n".encode()
+            starttls = "250-STARTTLS\r\n" if self.receiver.tls and not self.secure else ""
             return (
                 f"250-{self.receiver.hostname}\r\n250-SIZE {self.limits.max_size}\r\n"
-                "250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+                f"250-8BITMIME\r\n{starttls}250 ENHANCEDSTATUSCODES\r\n"
             ).encode()
+        if verb == "STARTTLS":
+            return await self._starttls(arg)
         if verb == "MAIL":
             return self._mail(arg)
         if verb == "RCPT":
@@ -169,6 +182,29 @@ class _Session:
         if verb == "QUIT":
             return b"221 2.0.0 Bye\r\n"
         return self._error(b"502 5.5.1 Command not implemented\r\n")
+
+    async def _starttls(self, arg: str) -> bytes:
+        tls = self.receiver.tls
+        if tls is None or self.secure:
+            return self._error(b"502 5.5.1 Command not implemented\r\n")
+        if arg.strip():
+            return self._error(b"501 5.5.4 Syntax: STARTTLS\r\n")
+        if not self.greeted or self.sender is not None:
+            return self._error(b"503 5.5.1 EHLO first, and no STARTTLS in a transaction\r\n")
+        await self.stream.send_all(b"220 2.0.0 Ready to start TLS\r\n")
+        self.buffer.clear()  # sent in the clear after STARTTLS: never a command (RFC 3207 §4.2)
+        secure = trio.SSLStream(self.stream, tls, server_side=True)
+        with trio.move_on_after(self.limits.command_timeout) as scope:
+            try:
+                await secure.do_handshake()
+            except trio.BrokenResourceError as exc:
+                log.info("inbound: a TLS handshake failed: %s", exc.__cause__ or exc)
+                raise _Drop from None
+        if scope.cancelled_caught:
+            raise _Drop
+        self.stream, self.secure, self.greeted = secure, True, False
+        self._reset()
+        return b""
 
     def _error(self, reply: bytes) -> bytes:
         self.errors += 1

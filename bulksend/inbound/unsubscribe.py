@@ -7,7 +7,9 @@ of both, :mod:`bulksend.campaign.unsubscribe`), so a request is checked with no 
 
 - ``POST`` with the body ``List-Unsubscribe=One-Click`` (RFC 8058 §3.1) and a valid token
   suppresses the address as ``unsubscribe`` (source ``http``) and answers ``200``: no cookie,
-  no redirect, no login. Doing it again changes nothing more (idempotent).
+  no redirect, no login. Doing it again changes nothing more (idempotent). Given the
+  campaign's journals, the unsubscribe of one of its recipients is also recorded there
+  (:mod:`bulksend.journal.feedback`), for ``bulksend report``.
 - ``GET`` shows a page with a button that makes that POST and changes nothing:
   link scanners and previewers follow GETs (RFC 8058 §4).
 - a missing or malformed parameter is ``400``; a token that does not verify is ``403`` and a
@@ -24,7 +26,7 @@ import html
 import logging
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -34,10 +36,13 @@ import trio
 from bulksend.campaign.recipients import normalise_address
 from bulksend.campaign.unsubscribe import verify_token
 from bulksend.config import SuppressionReason
-from bulksend.errors import SuppressionError
+from bulksend.errors import JournalError, SuppressionError
 from bulksend.inbound.listening import Listener
+from bulksend.journal.feedback import FeedbackEvent, FeedbackKind
+from bulksend.journal.feedback_log import FeedbackLog
 from bulksend.metrics import FeedbackMetrics
-from bulksend.suppression.store import Source, SuppressionStore
+from bulksend.suppression.backend import AnyStore
+from bulksend.suppression.store import Source
 
 __all__ = ["EndpointLimits", "UnsubscribeEndpoint"]
 
@@ -83,15 +88,18 @@ class UnsubscribeEndpoint(Listener):
 
     def __init__(
         self,
-        store: SuppressionStore,
+        store: AnyStore,
         keys: Sequence[bytes],
         limits: EndpointLimits | None = None,
         metrics: FeedbackMetrics | None = None,
+        journals: Mapping[str, Sequence[FeedbackLog]] | None = None,
     ) -> None:
+        """``journals``: a campaign id's journals, where its unsubscribes are recorded."""
         if not keys:
             raise ValueError("the endpoint needs at least one key")
         self.store = store
         self.metrics = metrics
+        self.journals = dict(journals or {})
         self.keys = tuple(keys)
         self.limits = limits or EndpointLimits()
         self._writing = trio.CapacityLimiter(1)
@@ -128,23 +136,36 @@ class UnsubscribeEndpoint(Listener):
             return 200, _PAGE.format(address=html.escape(request.address))
         if urllib.parse.unquote_plus(body.decode("ascii", "replace")).strip() != _ONE_CLICK:
             raise _Refused(400, f"The body must be {_ONE_CLICK}.")
-        key = normalise_address(request.address)
         try:
-            await trio.to_thread.run_sync(self._unsubscribe, key, limiter=self._writing)
+            await trio.to_thread.run_sync(self._unsubscribe, request, limiter=self._writing)
         except SuppressionError as exc:
             log.warning("unsubscribe not recorded: %s", exc)
             raise _Refused(503, "Cannot record it now, try again later.") from None
         return 200, "You are unsubscribed.\n"
 
-    def _unsubscribe(self, key: str) -> None:
+    def _unsubscribe(self, request: _Request) -> None:
+        key = normalise_address(request.address)
+        now = time.time()
+        self._record(request, now)
         entry = self.store.get(key)
         if entry is not None and entry.reason is SuppressionReason.UNSUBSCRIBE:
             self._count("already")
             return  # already: a repeated click changes nothing
-        self.store.add(key, SuppressionReason.UNSUBSCRIBE, Source.HTTP, now=time.time())
+        self.store.add(key, SuppressionReason.UNSUBSCRIBE, Source.HTTP, now=now)
         self._count("suppressed")
         if self.metrics is not None:
             self.metrics.suppressions.labels(SuppressionReason.UNSUBSCRIBE, Source.HTTP).inc()
+
+    def _record(self, request: _Request, now: float) -> None:
+        """Record the unsubscribe in its campaign's journal, if it is one of its recipients."""
+        event = FeedbackEvent(request.address, FeedbackKind.UNSUBSCRIBE, now, Source.HTTP.value)
+        for journal in self.journals.get(request.campaign, ()):
+            try:
+                if journal.record([event])[0]:
+                    return
+            except JournalError as exc:
+                # The suppression is what the reader asked for; the report loses one row.
+                log.warning("unsubscribe not recorded in the journal: %s", exc)
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -116,6 +116,10 @@ implements the same two) and :mod:`~bulksend.journal.schema`,
 :class:`Journal`) <- :mod:`~bulksend.journal.writer` (the async front during a run) and
 :mod:`~bulksend.journal.reports` (the tally, exports, the report table, :class:`JournalSet`,
 :class:`JournalPeek`).
+What came back after sending (later bounces, complaints, unsubscribes) is kept beside the
+recipients, one row per recipient and kind: :mod:`~bulksend.journal.feedback` (the kinds,
+pure) and :mod:`~bulksend.journal.feedback_log` (written by ``bulksend inbound`` and
+``unsubscribe-server`` while a run may hold the journal).
 
 PostgreSQL
 ==========

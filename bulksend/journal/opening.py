@@ -19,7 +19,7 @@ from bulksend.files import private_fd
 from bulksend.journal.connection import Connection
 from bulksend.journal.identity import _describe_changes, _is_policy_part, _normalise_identity
 from bulksend.journal.integrity import _check_damage, _check_history, _read_state
-from bulksend.journal.schema import _SCHEMA, APPLICATION_ID, SCHEMA_VERSION
+from bulksend.journal.schema import _SCHEMA, ADD_FEEDBACK_TABLE, APPLICATION_ID, SCHEMA_VERSION
 
 Identity = str | bytes | Mapping[str, str | bytes]
 
@@ -138,6 +138,15 @@ def create(conn: Connection, identity: dict[str, str], now: float) -> None:
             if statement.strip():
                 db.execute(statement)
         db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+
+
+def add_feedback_table(conn: Connection) -> None:
+    """Migration step: give a journal from before it the ``feedback`` table. The same text
+    as a new journal's, so the schema check accepts it either way."""
+    query = "SELECT 1 FROM sqlite_schema WHERE name = 'feedback'"
+    if conn.read("read the schema", lambda: conn.db.execute(query).fetchone()) is None:
+        with conn.write("add the feedback table") as db:
+            db.execute(ADD_FEEDBACK_TABLE)
 
 
 @dataclass(slots=True)

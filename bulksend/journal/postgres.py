@@ -85,6 +85,7 @@ from bulksend.journal.postgres_load import Cursor, copy_recipients, no_nul
 from bulksend.journal.postgres_reports import PostgresReports
 from bulksend.journal.postgres_schema import (
     DEFAULT_LEASE,
+    FEEDBACK_TABLE,
     KEPT_SQL,
     PG_SCHEMA_VERSION,
     RELEASE_SET,
@@ -359,6 +360,8 @@ class PostgresJournal(PostgresReports, StoreBase):
                         ("import_complete", "0"),
                     ],
                 )
+            if identity is not None:
+                cur.execute(FEEDBACK_TABLE)
             meta = self._meta(cur)
         # The session's search_path stays (SET, not SET LOCAL, survives the commit).
         if meta.get("schema_version") != str(PG_SCHEMA_VERSION):

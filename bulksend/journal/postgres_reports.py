@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from bulksend.journal.feedback import COUNTS_SQL, FeedbackCounts, feedback_counts
 from bulksend.journal.outcomes import Category, Status
 from bulksend.journal.postgres_load import Cursor
 from bulksend.journal.postgres_schema import WAITING_IN
@@ -65,6 +66,12 @@ class PostgresReports:
                 ([str(s) for s in statuses],),
             )
         }
+
+    def feedback_counts(self) -> FeedbackCounts:
+        """Recipients with asynchronous bounces, complaints, unsubscribes (by category)."""
+        if not self._rows("read the schema", "SELECT to_regclass('feedback') IS NOT NULL")[0][0]:
+            return {}  # a journal from before the table, not opened by a writer since
+        return feedback_counts(self._rows("count feedback", COUNTS_SQL))
 
     def in_doubt_total(self) -> int:
         """How many sends may have been duplicated (in-doubt events, all recipients)."""

@@ -14,6 +14,7 @@ from typing import Final
 from urllib.parse import urlencode, urlunsplit
 
 from bulksend.errors import JournalError
+from bulksend.journal.feedback import FeedbackKind
 from bulksend.journal.outcomes import WAITING, Category, Status
 from bulksend.store_urls import read_password_file, split_store_url
 
@@ -67,6 +68,22 @@ TABLES: Final = (
            AND (claimed_at IS NULL) = (lease_expires_at IS NULL))
 )""",
 )
+
+#: What came back after sending, as in the SQLite journal; created by a writer (a run or
+#: ``bulksend inbound``) when missing: the migration step of journals from before it.
+FEEDBACK_TABLE: Final = f"""CREATE TABLE IF NOT EXISTS feedback (
+    recipient_id bigint NOT NULL,
+    kind text NOT NULL CHECK (kind IN {_in(FeedbackKind)}),
+    category text CHECK (category IS NULL OR category IN {_in(Category)}),
+    status text,
+    code integer,
+    source text NOT NULL,
+    detail text NOT NULL,
+    first_at double precision NOT NULL,
+    last_at double precision NOT NULL,
+    count integer NOT NULL CHECK (count > 0),
+    PRIMARY KEY (recipient_id, kind)
+)"""
 
 #: Built when the import completes, as in the SQLite journal.
 ADDRESS_INDEX: Final = "CREATE UNIQUE INDEX recipients_address ON recipients (address)"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from bulksend.journal.feedback import FeedbackCounts
 from bulksend.journal.outcomes import Category, Outcome, Status
 from bulksend.journal.records import Due, RecipientState
 
@@ -40,6 +41,9 @@ class JournalReader(Protocol):
         self, statuses: Iterable[Status] = (Status.BOUNCED,)
     ) -> dict[Category, int]:
         """Recipients in ``statuses`` (default: bounced) per category of their last reply."""
+
+    def feedback_counts(self) -> FeedbackCounts:
+        """Recipients with asynchronous bounces, complaints, unsubscribes (by category)."""
 
     def in_doubt_total(self) -> int:
         """How many sends may have been duplicated (in-doubt events, all recipients)."""

@@ -12,13 +12,14 @@ import csv
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from bulksend.errors import JournalError
 from bulksend.journal.backend import AnyJournal, open_journal
+from bulksend.journal.feedback import FeedbackCounts, FeedbackKind
 from bulksend.journal.integrity import (
     _check_damage,
     _check_history,
@@ -122,9 +123,46 @@ def write_report(journal: JournalReader, out: TextIO, *, top_domains: int = 20) 
                 out,
                 indent="",
             )
+    _write_feedback(counted.statuses, journal.feedback_counts(), out)
     by_domain = journal.counts_by_domain()
     if by_domain and top_domains:
         _write_domains(by_domain, out, top_domains)
+
+
+#: Gmail's and Yahoo's bulk-sender rules: keep the complaint rate under this.
+COMPLAINT_RATE_LIMIT: Final = 0.003
+
+
+def _write_feedback(counts: Mapping[Status, int], feedback: FeedbackCounts, out: TextIO) -> None:
+    """What came back: inline and asynchronous bounces, complaints, unsubscribes, the
+    complaint rate; and the asynchronous bounces by category."""
+    by_kind = dict.fromkeys(FeedbackKind, 0)
+    later: dict[Category, int] = {}
+    for (kind, category), n in feedback.items():
+        by_kind[kind] += n
+        if kind is FeedbackKind.ASYNC_BOUNCE:
+            later[category or Category.OTHER] = later.get(category or Category.OTHER, 0) + n
+    delivered = counts.get(Status.DELIVERED, 0)
+    out.write("\nwhat came back (bulksend inbound, the unsubscribe endpoint)\n")
+    rows = [
+        ["bounced inline (5xx during the run)", f"{counts.get(Status.BOUNCED, 0):,}"],
+        ["bounced later (DSN after delivery)", f"{by_kind[FeedbackKind.ASYNC_BOUNCE]:,}"],
+        ["complaints (ARF)", f"{by_kind[FeedbackKind.COMPLAINT]:,}"],
+        ["unsubscribes", f"{by_kind[FeedbackKind.UNSUBSCRIBE]:,}"],
+    ]
+    write_table(rows, out, indent="")
+    if delivered:
+        rate = by_kind[FeedbackKind.COMPLAINT] / delivered
+        over = " (over the 0.3% that Gmail and Yahoo allow)" if rate > COMPLAINT_RATE_LIMIT else ""
+        out.write(f"complaint rate: {100 * rate:.2f}% of {delivered:,} delivered{over}\n")
+    if later:
+        out.write("\nlater bounces by category\n")
+        ranked = sorted(later.items(), key=lambda x: -x[1])
+        write_table(
+            [["category", "recipients"]] + [[c.value, f"{n:,}"] for c, n in ranked],
+            out,
+            indent="",
+        )
 
 
 def _write_domains(by_domain: dict[str, dict[Status, int]], out: TextIO, top_domains: int) -> None:
@@ -210,6 +248,13 @@ class JournalSet:
         for journal in self.journals:
             for category, n in journal.counts_by_category(wanted).items():
                 total[category] = total.get(category, 0) + n
+        return total
+
+    def feedback_counts(self) -> FeedbackCounts:
+        total: FeedbackCounts = {}
+        for journal in self.journals:
+            for key, n in journal.feedback_counts().items():
+                total[key] = total.get(key, 0) + n
         return total
 
     def in_doubt_total(self) -> int:

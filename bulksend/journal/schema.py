@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from bulksend.journal.feedback import FeedbackKind
 from bulksend.journal.outcomes import WAITING, Category, Status
 
 SCHEMA_VERSION: Final = 2  # 2: the not_rendered status
@@ -18,6 +19,26 @@ def _one_of(column: str, values: Iterable[str]) -> str:
     # CHECK runs on, which made the import 50% slower.
     return "(" + " OR ".join(f"{column} = '{v}'" for v in values) + ")"
 
+
+#: What came back after sending (:mod:`bulksend.journal.feedback`): one row per recipient and
+#: kind. Added without a version change: a journal from before gets it when next opened for
+#: writing (:func:`~bulksend.journal.opening.add_feedback_table`), or by ``bulksend inbound``.
+FEEDBACK_TABLE: Final = f"""CREATE TABLE feedback (
+    recipient_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK {_one_of("kind", FeedbackKind)},
+    category TEXT CHECK (category IS NULL OR {_one_of("category", Category)}),
+    status TEXT,
+    code INTEGER,
+    source TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    count INTEGER NOT NULL CHECK (count > 0),
+    PRIMARY KEY (recipient_id, kind)
+) WITHOUT ROWID"""
+
+#: The migration step (an existing journal, perhaps while a run holds it).
+ADD_FEEDBACK_TABLE: Final = FEEDBACK_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
 
 _SCHEMA = f"""
 CREATE TABLE meta (
@@ -46,6 +67,8 @@ CREATE TABLE recipients (
                 THEN (next_attempt_at IS NULL) <> (claimed_at IS NULL)
                 ELSE next_attempt_at IS NULL AND claimed_at IS NULL END)
 );
+
+{FEEDBACK_TABLE};
 
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};

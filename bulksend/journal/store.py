@@ -21,6 +21,7 @@ from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
 from bulksend.journal import load, opening
 from bulksend.journal.connection import Connection
+from bulksend.journal.feedback import COUNTS_SQL, FeedbackCounts, feedback_counts
 from bulksend.journal.identity import _normalise_identity
 from bulksend.journal.integrity import _state_path
 from bulksend.journal.opening import JournalInUse
@@ -271,6 +272,7 @@ class Journal(StoreBase):
                 checked.changes,
                 checked.forced,
             )
+            opening.add_feedback_table(conn)
         self._import_done = conn.read("read meta", lambda: conn.meta("import_complete")) == "1"
         conn.imported = int(conn.read("read meta", lambda: conn.meta("import_position")))
         self.recovered_in_doubt = opening.recover(conn, now)
@@ -537,6 +539,19 @@ class Journal(StoreBase):
             return out
 
         return self._conn.read("count bounce categories", q)
+
+    def feedback_counts(self) -> FeedbackCounts:
+        """Recipients with asynchronous bounces, complaints, unsubscribes (by category)."""
+        self._check_owner(None)
+
+        def q() -> FeedbackCounts:
+            # A journal from before the table, read without writing, has none yet.
+            table = "SELECT 1 FROM sqlite_schema WHERE name = 'feedback'"
+            if self._db.execute(table).fetchone() is None:
+                return {}
+            return feedback_counts(self._db.execute(COUNTS_SQL))
+
+        return self._conn.read("count feedback", q)
 
     def in_doubt_total(self) -> int:
         """How many sends may have been duplicated (in-doubt events, all recipients)."""

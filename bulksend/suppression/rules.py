@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from bulksend.campaign.recipients import normalise_address
 from bulksend.config import SuppressionConfig, SuppressionReason
 from bulksend.journal import Category, Kind, Outcome
-from bulksend.suppression.store import Entry, Source, SuppressionStore
+from bulksend.suppression.backend import AnyStore
+from bulksend.suppression.store import Entry, Source
 
 __all__ = ["BounceRecorder", "Rules", "bounce_reason"]
 
@@ -49,7 +50,7 @@ class Rules:
 
     def apply(
         self,
-        store: SuppressionStore,
+        store: AnyStore,
         key: str,
         reason: SuppressionReason,
         source: Source,
@@ -77,7 +78,7 @@ class BounceRecorder:
     hands over what was collected and :meth:`write` records it (blocking: run it in a thread).
     """
 
-    store: SuppressionStore
+    store: AnyStore
     rules: Rules
     _pending: list[tuple[str, SuppressionReason, str]] = field(default_factory=list)
 

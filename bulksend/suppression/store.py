@@ -33,13 +33,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.files import private_fd
-from bulksend.text import CONTROL
+from bulksend.text import CONTROL, storable
+
+if TYPE_CHECKING:
+    from bulksend.suppression.backend import AnyStore
 
 __all__ = [
     "Entry",
@@ -116,6 +119,19 @@ class Entry:
     expires_at: float | None = None  # None: never
     detail: str = ""
 
+    def row(self) -> tuple[str, str, str, float, float, int, float | None, str]:
+        """The columns of :data:`_COLUMNS`, in order, as a store writes them."""
+        return (
+            self.key,
+            self.reason.value,
+            self.source.value,
+            self.first_at,
+            self.last_at,
+            self.count,
+            self.expires_at,
+            self.detail,
+        )
+
     @property
     def is_domain(self) -> bool:
         """True when the key is a whole domain."""
@@ -148,7 +164,78 @@ def _entry(row: tuple[str, str, str, float, float, int, float | None, str]) -> E
     )
 
 
-class SuppressionStore:
+def clean_detail(detail: str) -> str:
+    """Remote text as a store keeps it (:func:`~bulksend.text.storable`, 500 characters)."""
+    return storable(detail, _DETAIL_LIMIT)
+
+
+class StoreBase:
+    """What both stores (SQLite, PostgreSQL) share: the queries built on their primitives."""
+
+    path: Path | str
+
+    def merge(self, entries: Iterable[Entry]) -> list[Entry]:
+        """Record events (or imported rows) in one transaction; return the rows as stored."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> Entry | None:
+        """The row of ``key`` (active or expired), or None."""
+        raise NotImplementedError
+
+    def _page(self, after: str, now: float | None) -> list[Entry]:
+        """Up to ``_BATCH`` rows with a key after ``after``, in key order (active at ``now``)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def add(
+        self,
+        key: str,
+        reason: SuppressionReason,
+        source: Source,
+        *,
+        now: float,
+        expires_at: float | None = None,
+        detail: str = "",
+    ) -> Entry:
+        """Record one event for ``key`` (already normalised: :func:`normalise_key`)."""
+        (stored,) = self.merge([Entry(key, reason, source, now, now, 1, expires_at, detail)])
+        return stored
+
+    def check(self, address: str, *, now: float | None = None) -> Entry | None:
+        """The active suppression of an address: its own row, else its domain's; or None."""
+        key = normalise_address(address)
+        at = time.time() if now is None else now
+        for candidate in (key, key.rpartition("@")[2]):
+            entry = self.get(candidate)
+            if entry is not None and entry.active(at):
+                return entry
+        return None
+
+    def entries(self, *, now: float | None = None) -> Iterator[Entry]:
+        """Every row in key order; with ``now``, only those active then."""
+        last = ""
+        while True:
+            page = self._page(last, now)
+            if not page:
+                return
+            yield from page
+            last = page[-1].key
+
+
+class SuppressionStore(StoreBase):
     """The suppression store in one SQLite file; safe to share between threads.
 
     Open with :meth:`open`; close with :meth:`close` or use as a context manager. Every
@@ -202,17 +289,6 @@ class SuppressionStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> SuppressionStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _fail(self, exc: sqlite3.Error) -> SuppressionError:
         return SuppressionError(f"{self.path}: suppression store failed ({exc})")
 
@@ -236,9 +312,7 @@ class SuppressionStore:
         return stored
 
     def _merge_one(self, entry: Entry) -> Entry:
-        # Remote text: no lone surrogate may reach SQLite (it cannot encode one).
-        detail = entry.detail[:_DETAIL_LIMIT].encode("utf-8", "replace").decode("utf-8")
-        entry = replace(entry, detail=detail)
+        entry = replace(entry, detail=clean_detail(entry.detail))
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM suppressions WHERE key = ?",  # noqa: S608
             (entry.key,),
@@ -247,32 +321,9 @@ class SuppressionStore:
             entry = _entry(row).merged(entry)
         self._db.execute(
             f"INSERT OR REPLACE INTO suppressions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-            (
-                entry.key,
-                entry.reason.value,
-                entry.source.value,
-                entry.first_at,
-                entry.last_at,
-                entry.count,
-                entry.expires_at,
-                entry.detail,
-            ),
+            entry.row(),
         )
         return entry
-
-    def add(
-        self,
-        key: str,
-        reason: SuppressionReason,
-        source: Source,
-        *,
-        now: float,
-        expires_at: float | None = None,
-        detail: str = "",
-    ) -> Entry:
-        """Record one event for ``key`` (already normalised: :func:`normalise_key`)."""
-        (stored,) = self.merge([Entry(key, reason, source, now, now, 1, expires_at, detail)])
-        return stored
 
     def remove(self, key: str) -> bool:
         """Lift the suppression of ``key`` (and forget its soft bounces); False if none."""
@@ -329,35 +380,18 @@ class SuppressionStore:
                 raise self._fail(exc) from None
         return None if row is None else _entry(row)
 
-    def check(self, address: str, *, now: float | None = None) -> Entry | None:
-        """The active suppression of an address: its own row, else its domain's; or None."""
-        key = normalise_address(address)
-        at = time.time() if now is None else now
-        for candidate in (key, key.rpartition("@")[2]):
-            entry = self.get(candidate)
-            if entry is not None and entry.active(at):
-                return entry
-        return None
-
-    def entries(self, *, now: float | None = None) -> Iterator[Entry]:
-        """Every row in key order; with ``now``, only those active then."""
-        last = ""
-        while True:
-            query = f"SELECT {_COLUMNS} FROM suppressions WHERE key > ?"  # noqa: S608
-            args: tuple[object, ...] = (last,)
-            if now is not None:
-                query += f" AND {_ACTIVE}"
-                args += (now,)
-            with self._lock:
-                try:
-                    rows = self._db.execute(f"{query} ORDER BY key LIMIT {_BATCH}", args).fetchall()
-                except sqlite3.Error as exc:
-                    raise self._fail(exc) from None
-            if not rows:
-                return
-            for row in rows:
-                yield _entry(row)
-            last = rows[-1][0]
+    def _page(self, after: str, now: float | None) -> list[Entry]:
+        query = f"SELECT {_COLUMNS} FROM suppressions WHERE key > ?"  # noqa: S608
+        args: tuple[object, ...] = (after,)
+        if now is not None:
+            query += f" AND {_ACTIVE}"
+            args += (now,)
+        with self._lock:
+            try:
+                rows = self._db.execute(f"{query} ORDER BY key LIMIT {_BATCH}", args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+        return [_entry(row) for row in rows]
 
 
 class StoreSuppression:
@@ -367,7 +401,7 @@ class StoreSuppression:
     :meth:`changed`, :meth:`reload`, ``address in view``), so a run watches both alike.
     """
 
-    def __init__(self, store: SuppressionStore) -> None:
+    def __init__(self, store: AnyStore) -> None:
         self.store = store
         self.path = store.path
         self._stamp: int | None = None
@@ -409,7 +443,8 @@ class StoreSuppression:
 class Watched(Protocol):
     """A suppression source a run re-reads when it changes (a list file, the store)."""
 
-    path: Path
+    @property
+    def path(self) -> Path | str: ...
 
     def changed(self) -> bool: ...
     def reload(self) -> None: ...

@@ -216,6 +216,21 @@ async def test_demo_runs_to_its_report(tmp_path: Path) -> None:
     assert waiting <= 6  # only the dead site's recipients (2%)
     for name in ("accounting.jsonl", "report.txt", "bulksend-demo.journal.sqlite3.status.json"):
         assert _mode(directory / name) == 0o600
+    # The feedback loop: three readers bounce later, one unsubscribes with one click, and the
+    # follow-up campaign to the first readers of the list skips them.
+    loop = out.split("\nthe feedback loop\n")[1]
+    later = loop.split("readers bounced later (a DSN each, read as bulksend inbound reads it): ")
+    bounced_later = later[1].split("\n")[0].split(", ")
+    unsubscribed = loop.split("and ")[1].split(" unsubscribed with one click")[0]
+    assert len(bounced_later) == 3
+    assert "unsubscribed with one click (HTTP POST to the endpoint: 200)" in loop
+    assert re.search(r"bounced later \(DSN after delivery\) +3\n", out)
+    assert re.search(r"\nunsubscribes +1\n", out)
+    with Journal.open(directory / "follow-up" / "journal.sqlite3", None) as follow_up:
+        suppressed = {s.address: s.text for s in follow_up.iter_states([Status.SUPPRESSED])}
+    for address in bounced_later:
+        assert suppressed[address] == "suppressed (address): hard_bounce via dsn"
+    assert suppressed[unsubscribed] == "suppressed (address): unsubscribe via http"
 
 
 async def test_limit_stops_the_run_with_status_3(tmp_path: Path) -> None:

@@ -3,24 +3,34 @@ receiver refuses (relaying, size, slow or noisy peers, too many connections)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import ssl
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+import trustme
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulksend.cli import main as cli
 from bulksend.config import SuppressionConfig, SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.inbound.ingest import Ingest
 from bulksend.inbound.parse import Verp
 from bulksend.inbound.receiver import Receiver, ReceiverLimits
+from bulksend.journal import Journal, NewRecipient
+from bulksend.journal.feedback_log import SqliteFeedbackLog
 from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import Source, SuppressionStore
 from tests.cli.cli_helpers import bulksend, scrape
+from tests.helpers.tls import client_context, server_context
+from tests.suppression.test_feedback_parse import _LINES as MIME_LINES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VERP = Verp.from_template("bounces+{token}@sender.test")
@@ -29,7 +39,7 @@ VERP = Verp.from_template("bounces+{token}@sender.test")
 class Client:
     """A bare SMTP client: send lines, read whole replies."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = b""
 
@@ -54,16 +64,18 @@ class Client:
         assert (await self.say(f"RCPT TO:<{rcpt}>".encode())).startswith("250")
         assert (await self.say(b"DATA")).startswith("354")
         body = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        body = body.replace(b"\r\n.", b"\r\n..")
+        body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n..")[2:]  # a first line too
         await self.stream.send_all(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         return await self.reply()
 
 
 @asynccontextmanager
 async def listening(
-    deliver: Callable[[bytes, list[str]], None], limits: ReceiverLimits | None = None
+    deliver: Callable[[bytes, list[str]], None],
+    limits: ReceiverLimits | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[int]:
-    receiver = Receiver("bounces.sender.test", ["sender.test"], deliver, limits)
+    receiver = Receiver("bounces.sender.test", ["sender.test"], deliver, limits, tls)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(receiver.serve, "127.0.0.1", 0)
         yield listeners[0].socket.getsockname()[1]
@@ -177,6 +189,22 @@ async def test_a_message_over_the_size_limit_is_refused_and_not_kept() -> None:
     assert delivered == [b"Subject: small\r\n\r\n.leading dot\r\nbody\r\n"]
 
 
+async def test_a_20_mb_message_is_refused_at_the_default_size_limit() -> None:
+    delivered: list[bytes] = []
+    with trio.fail_after(60):
+        async with listening(lambda data, _r: delivered.append(data)) as port, client(port) as c:
+            assert (await c.say(b"EHLO x")).startswith("250")
+            assert (await c.say(b"MAIL FROM:<>")).startswith("250")  # no SIZE= announced
+            assert (await c.say(b"RCPT TO:<a@sender.test>")).startswith("250")
+            assert (await c.say(b"DATA")).startswith("354")
+            chunk = (b"y" * 998 + b"\r\n") * 1000  # 1 MB
+            for _ in range(20):
+                await c.stream.send_all(chunk)
+            assert (await c.say(b".")).startswith("552 5.3.4")
+            assert (await c.say(b"NOOP")).startswith("250")  # the session goes on
+    assert delivered == []
+
+
 async def test_slow_and_noisy_peers_are_dropped() -> None:
     limits = ReceiverLimits(command_timeout=0.2, max_errors=2)
     with trio.fail_after(20):
@@ -255,3 +283,115 @@ async def test_the_command_line_listener(tmp_path: Path) -> None:
     assert ("bulksend_queue_depth", ()) not in samples  # a listener exports no run metrics
     with SuppressionStore.open(store) as opened:
         assert opened.check("missing@gmail.com") is not None
+
+
+async def test_starttls_upgrades_the_session_and_drops_what_came_before(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    tls = server_context(ca, "bounces.sender.test")
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with listening(ingesting(store), tls=tls) as port, client(port) as c:
+            assert "250-STARTTLS\r\n" in await c.say(b"EHLO mx.example.com")
+            # A command pipelined after STARTTLS in the clear (CVE-2011-0411) is dropped.
+            assert (await c.say(b"STARTTLS\r\nRSET")).startswith("220 2.0.0")
+            secure = trio.SSLStream(
+                c.stream, client_context(ca), server_hostname="bounces.sender.test"
+            )
+            await secure.do_handshake()
+            assert secure.getpeercert() is not None
+            c.stream, c.buffer = secure, b""
+            # The session started over: no reply to the RSET, and EHLO first again.
+            assert (await c.say(b"MAIL FROM:<>")).startswith("503 5.5.1 EHLO first")
+            ehlo = await c.say(b"EHLO mx.example.com")
+            assert ehlo.startswith("250-bounces.sender.test")
+            assert "STARTTLS" not in ehlo
+            assert (await c.say(b"STARTTLS")).startswith("502")  # once only
+            data = (FIXTURES / "postfix_5_1_1.eml").read_bytes()
+            assert (await c.send_message("bounces@sender.test", data)).startswith("250 2.0.0")
+        assert store.check("gone@example.com") is not None
+
+
+async def test_starttls_only_when_offered_and_a_failed_handshake_ends_one_session(
+    ca: trustme.CA,
+) -> None:
+    with trio.fail_after(20):
+        async with listening(lambda _d, _r: None) as port, client(port) as c:
+            assert "STARTTLS" not in await c.say(b"EHLO x")
+            assert (await c.say(b"STARTTLS")).startswith("502")
+        tls = server_context(ca, "bounces.sender.test")
+        async with listening(lambda _d, _r: None, tls=tls) as port:
+            async with client(port) as c:
+                assert (await c.say(b"STARTTLS")).startswith("503")  # EHLO first
+                assert (await c.say(b"EHLO x")).startswith("250")
+                assert (await c.say(b"MAIL FROM:<>")).startswith("250")
+                assert (await c.say(b"STARTTLS")).startswith("503")  # not in a transaction
+                assert (await c.say(b"RSET")).startswith("250")
+                assert (await c.say(b"STARTTLS")).startswith("220")
+                await c.stream.send_all(b"this is no TLS client hello\r\n" * 10)
+                assert await c.reply() == ""  # the session ends
+            async with client(port) as c:  # the listener goes on
+                assert (await c.say(b"NOOP")).startswith("250")
+
+
+def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
+    cert = tmp_path / "cert.pem"
+    ca.issue_cert("bounces.sender.test").cert_chain_pems[0].write_to_path(str(cert))
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s.sqlite3")]
+    args += ["--sender", "bounces+{token}@sender.test", "--tls-cert", str(cert)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "STARTTLS needs both --tls-cert and --tls-key" in result.stderr
+    result = CliRunner().invoke(cli, [*args, "--tls-key", str(cert)])  # no key in it
+    assert result.exit_code == 1
+    assert "cannot load the certificate and its key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender(tmp_path: Path) -> None:
+    # RFC 2369 List-Unsubscribe: <mailto:...>, delivered to the receiver over SMTP.
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        rules = Rules(SuppressionConfig())
+        applying = Ingest(store, rules, VERP, mailto="unsubscribe@sender.test")
+
+        def deliver(data: bytes, recipients: list[str]) -> None:
+            applying.message(data, now=1000.0, envelope_to=recipients[0])
+
+        async with listening(deliver) as port, client(port) as c:
+            for fixture in ("mailto_unsubscribe.eml", "vacation.eml"):  # an auto-reply: nobody
+                data = (FIXTURES / fixture).read_bytes()
+                reply = await c.send_message("unsubscribe@sender.test", data)
+                assert reply.startswith("250 2.0.0"), fixture
+        entries = [(e.key, e.reason, e.source) for e in store.entries()]
+    assert entries == [("reader10@example.com", SuppressionReason.UNSUBSCRIBE, Source.MAILTO)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(MIME_LINES, max_size=40), st.binary(max_size=64))
+def test_garbage_mime_over_smtp_is_answered_and_applied_without_a_crash(
+    lines: list[str], tail: bytes
+) -> None:
+    # MIME-shaped garbage through the whole path: receiver, parser, store and journal.
+    data = "\r\n".join(lines).encode("utf-8", "surrogatepass") + tail
+
+    async def main(directory: Path) -> None:
+        journal = directory / "run.journal"
+        with Journal.open(journal, "test") as opened:
+            opened.import_recipients([NewRecipient("y@sender.test", {})])
+        with (
+            SuppressionStore.open(directory / "s.sqlite3") as store,
+            contextlib.closing(SqliteFeedbackLog(journal)) as log,
+            trio.fail_after(20),
+        ):
+            applying = Ingest(store, Rules(SuppressionConfig()), VERP, journals=[log])
+
+            def deliver(message: bytes, recipients: list[str]) -> None:
+                applying.message(message, now=1000.0, envelope_to=recipients[0])
+
+            async with listening(deliver) as port, client(port) as c:
+                reply = await c.send_message("bounces+x=y@sender.test", data)
+                assert reply.startswith("250 2.0.0"), reply
+                assert (await c.say(b"NOOP")).startswith("250")
+            assert sum(applying.counts.values()) >= 1
+
+    with tempfile.TemporaryDirectory() as directory:
+        trio.run(main, Path(directory))

@@ -13,6 +13,7 @@ from bulksend.campaign import Campaign
 from bulksend.config import SuppressionConfig, SuppressionReason
 from bulksend.errors import ConfigError, SuppressionError
 from bulksend.journal import Category, Outcome
+from bulksend.suppression.backend import AnyStore, open_suppression_store
 from bulksend.suppression.rules import BounceRecorder, Rules, bounce_reason
 from bulksend.suppression.store import (
     Entry,
@@ -29,8 +30,8 @@ SOFT = SuppressionReason.SOFT_BOUNCE
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SuppressionStore]:
-    with SuppressionStore.open(tmp_path / "suppressions.sqlite3") as opened:
+def store(store_spec: Path | str) -> Iterator[AnyStore]:
+    with open_suppression_store(store_spec) as opened:
         yield opened
 
 
@@ -69,7 +70,7 @@ def test_malformed_keys_are_refused(text: str) -> None:
         normalise_key(text)
 
 
-def test_events_merge_into_one_row(store: SuppressionStore) -> None:
+def test_events_merge_into_one_row(store: AnyStore) -> None:
     store.add("a@x.test", SOFT, Source.CAMPAIGN, now=100.0, expires_at=100.0 + 30 * DAY)
     merged = store.add("a@x.test", SuppressionReason.COMPLAINT, Source.ARF, now=200.0)
     assert merged == Entry("a@x.test", SuppressionReason.COMPLAINT, Source.ARF, 100.0, 200.0, 2)
@@ -84,14 +85,20 @@ def test_events_merge_into_one_row(store: SuppressionStore) -> None:
     assert store.get("a@x.test") == again
 
 
-def test_detail_is_kept_whatever_its_text(store: SuppressionStore) -> None:
+def test_detail_is_kept_whatever_its_text(store: AnyStore) -> None:
     entry = store.add("a@x.test", HARD, Source.DSN, now=1.0, detail="550 \udcff " + "x" * 600)
     assert entry.detail.startswith("550 ? xxx")
     assert len(entry.detail) == 500
     assert store.get("a@x.test") == entry
 
 
-def test_check_honours_expiry_and_domains(store: SuppressionStore) -> None:
+def test_a_nul_in_remote_text_is_stored_as_a_mark(store: AnyStore) -> None:
+    entry = store.add("a@x.test", HARD, Source.DSN, now=1.0, detail="550 gone\x00\x00 away")
+    assert entry.detail == "550 gone?? away"
+    assert store.get("a@x.test") == entry
+
+
+def test_check_honours_expiry_and_domains(store: AnyStore) -> None:
     store.add("a@x.test", SOFT, Source.CAMPAIGN, now=0.0, expires_at=10.0)
     store.add("y.test", SuppressionReason.MANUAL, Source.CLI, now=0.0)
     entry = store.check("A@X.test", now=5.0)
@@ -108,11 +115,14 @@ def test_check_honours_expiry_and_domains(store: SuppressionStore) -> None:
     assert store.check("anyone@y.test") is None
 
 
-def test_view_sees_other_connections_writes(tmp_path: Path, store: SuppressionStore) -> None:
+def test_view_sees_other_connections_writes(store: AnyStore) -> None:
     view = StoreSuppression(store)
     view.reload()
     assert "a@x.test" not in view
-    with SuppressionStore.open(store.path) as other:
+    # This connection's own write (a run's inline bounce) is no reason to reload.
+    store.add("own@x.test", HARD, Source.CAMPAIGN, now=1.0)
+    assert not view.changed()
+    with open_suppression_store(store.path) as other:
         other.add("A@X.test".lower(), SuppressionReason.UNSUBSCRIBE, Source.HTTP, now=1.0)
         other.add("blocked.test", SuppressionReason.MANUAL, Source.CLI, now=1.0)
     assert view.changed()
@@ -142,10 +152,10 @@ def test_bounce_reason(category: Category, reason: SuppressionReason | None) -> 
 
 
 def test_soft_bounces_suppress_once_repeated_within_the_window(
-    store: SuppressionStore,
+    store: AnyStore, tmp_path: Path
 ) -> None:
     campaign = write_campaign(
-        store.path.parent,
+        tmp_path,
         ["a@x.test"],
         toml=campaign_toml(
             extra='[suppression]\nsoft_bounce_limit = 2\nsoft_bounce_window = "1d"\n'
@@ -165,7 +175,7 @@ def test_soft_bounces_suppress_once_repeated_within_the_window(
     assert hard.expires_at is None
 
 
-def test_recorder_notes_only_bounces_the_rules_count(store: SuppressionStore) -> None:
+def test_recorder_notes_only_bounces_the_rules_count(store: AnyStore) -> None:
     recorder = BounceRecorder(store, Rules(SuppressionConfig()))
     recorder.note(
         "Gone@X.test", Outcome.bounced(550, "5.1.1", "no such user", Category.BAD_MAILBOX)
@@ -199,9 +209,25 @@ def test_suppression_keys_load(tmp_path: Path) -> None:
         ("[suppression.expiry]\nmanual = 'soon'\n", r"suppression\.expiry\.manual: 'soon'"),
         ("[suppression]\nsoft_bounce_limit = 0\n", r"suppression\.soft_bounce_limit: 0 is be"),
         ("[suppression]\nstroe = 'x'\n", "Did you mean `store`"),
+        (
+            "[suppression]\nstore = 'postgresql://u:secret@db.test/mail'\n",
+            r"suppression\.store: the URL holds a password",
+        ),
     ],
 )
 def test_bad_suppression_keys_are_named(tmp_path: Path, extra: str, message: str) -> None:
     path = write_campaign(tmp_path, [], toml=campaign_toml(extra=extra))
     with pytest.raises(ConfigError, match=message):
         Campaign.load(path, {})
+
+
+def test_a_postgresql_store_url_loads_as_given(tmp_path: Path) -> None:
+    url = "postgresql://bulksend@db.test:5432/mail?password_file=/run/secrets/pg"
+    extra = f'[suppression]\nstore = "{url}"\n'
+    config = Campaign.load(write_campaign(tmp_path, [], toml=campaign_toml(extra=extra)), {})
+    assert config.config.suppression.store == url
+
+
+def test_a_postgresql_store_url_never_holds_a_password() -> None:
+    with pytest.raises(SuppressionError, match="must not hold a password"):
+        open_suppression_store("postgresql://u:secret@127.0.0.1:1/mail")

@@ -21,6 +21,7 @@ from bulksend.journal import Status
 from bulksend.metrics import FeedbackMetrics
 from bulksend.suppression.store import Source, SuppressionStore
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from bulksend.testing.smtp import ServerScript
 from tests.cli.cli_helpers import bulksend
 from tests.helpers.worlds import run_options
 
@@ -196,3 +197,36 @@ async def test_the_command_line_server(tmp_path: Path) -> None:
             assert (await request(port, "POST", link("b@x.test", key=OLD_KEY), ONE_CLICK))[0] == 403
     with SuppressionStore.open(store) as opened:
         assert [e.key for e in opened.entries()] == ["a@x.test"]
+
+
+async def test_a_running_campaign_skips_a_reader_who_unsubscribes_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # One connection, slow final replies: most recipients wait in the journal while a reader
+    # posts to the endpoint; the run reads the store again and never sends to them.
+    slow = ServerScript(reply_delays={"DOT": 0.1})
+    sites = [SiteSpec("slow", ("slow.test",), "127.0.0.2", slow)]
+    toml = campaign_toml(
+        policy="[policy.defaults]\nmax_connections = 1\n",
+        extra='[suppression]\nstore = "s.sqlite3"\n',
+    )
+    recipients = addresses(["slow.test"], 40)
+    campaign = write_campaign(tmp_path, recipients, toml=toml)
+    reader = "user38@slow.test"
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(60):
+        async with running(sites) as world, endpoint(store) as port:
+            server = world.servers["slow"]
+            options = run_options(tmp_path, world, suppression_check=0.05)
+
+            async def unsubscribe() -> None:
+                await server.wait_until(lambda: server.stats.messages >= 2)
+                target = link(reader, campaign="test-campaign")
+                assert (await request(port, "POST", target, ONE_CLICK))[0] == 200
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(unsubscribe)
+                summary = await run_campaign(Campaign.load(campaign, {}), options)
+            received = server.received()
+    assert summary.counts[Status.SUPPRESSED] == 1
+    assert reader not in received
+    assert sorted(received) == sorted(a for a in recipients if a != reader)
