@@ -149,6 +149,12 @@ def _load_backoff(t: Table) -> BackoffRule:
     )
 
 
+def _scope(value: object) -> str:
+    if value not in ("source", "site"):
+        raise ValueError(f"{value!r} is not a scope")
+    return str(value)
+
+
 def _load_override(t: Table) -> LimitsOverride:
     override = LimitsOverride(
         max_connections=t.integer("max_connections", minimum=1),
@@ -160,6 +166,8 @@ def _load_override(t: Table) -> LimitsOverride:
         recipients_per_transaction=t.integer("recipients_per_transaction", minimum=1),
         idle_timeout=t.converted("idle_timeout", parse_duration, "Write a duration like '30s'."),
         tls=t.converted("tls", TlsMode, 'Use "none", "opportunistic" or "required".'),
+        pool=t.string("pool"),
+        scope=t.converted("scope", _scope, 'Use "source" or "site".'),
     )
     t.finish()
     return override

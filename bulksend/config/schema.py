@@ -15,6 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
+from bulksend.config.egress import EgressConfig
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "AttachmentConfig",
@@ -236,6 +238,10 @@ class SiteLimits:
     recipients_per_transaction: int = 1
     idle_timeout: float = 30.0
     tls: TlsMode = TlsMode.OPPORTUNISTIC
+    #: The ``[egress.pool.NAME]`` to send from (None: the campaign's, else the default address).
+    pool: str | None = None
+    #: ``"source"``: the limits above hold per (site, source address); ``"site"``: in total.
+    scope: str = "source"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +255,8 @@ class LimitsOverride:
     recipients_per_transaction: int | None = None
     idle_timeout: float | None = None
     tls: TlsMode | None = None
+    pool: str | None = None
+    scope: str | None = None
 
     def apply(self, base: SiteLimits) -> SiteLimits:
         """Return ``base`` with this override's set fields replacing its own."""
@@ -264,6 +272,8 @@ class LimitsOverride:
             ),
             idle_timeout=pick(self.idle_timeout, base.idle_timeout),
             tls=pick(self.tls, base.tls),
+            pool=pick(self.pool, base.pool),
+            scope=pick(self.scope, base.scope),
         )
 
 
@@ -395,6 +405,8 @@ class CampaignConfig:
     #: ``[journal] url``: the campaign's PostgreSQL journal (``postgresql://...``), used
     #: when no ``--journal`` is given; None: a SQLite file beside the campaign file.
     journal_url: str | None = None
+    #: ``[egress]``: source addresses and pools (empty: the machine's default address).
+    egress: EgressConfig = field(default_factory=EgressConfig)
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

@@ -49,6 +49,7 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
+from bulksend.egress.selection import Lane, Rotation
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
@@ -113,6 +114,7 @@ class Destination:
         backoff: Backoff,
         *,
         label: str,
+        lane: Lane | None = None,
     ) -> None:
         self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
@@ -144,6 +146,8 @@ class Destination:
         # Recipients in one transaction: the site's setting for a message the same for
         # everyone (else 1), lowered to what the server showed it accepts (452 after N).
         self.per_transaction = limits.recipients_per_transaction if context.campaign.shared else 1
+        # Egress: the source addresses its connections leave from (none: the default one).
+        self._sources = Rotation(() if lane is None else lane.sources)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -613,9 +617,14 @@ class Destination:
         """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot."""
         d = self.context.settings
         client: SMTPClient | None = None
+        source = self._sources.next()
         try:
             client = await SMTPClient.connect(
-                address, port, hostname=d.ehlo_hostname, timeouts=d.timeouts
+                address,
+                port,
+                hostname=d.ehlo_hostname if source is None else source.ehlo or d.ehlo_hostname,
+                timeouts=d.timeouts,
+                local_address=None if source is None else source.address,
             )
             verify = mode is TlsMode.REQUIRED or self.credentials is not None
             context = d.ssl_verified if verify else d.ssl_opportunistic

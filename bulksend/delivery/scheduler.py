@@ -47,6 +47,7 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
+from bulksend.egress.selection import lanes
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -148,7 +149,7 @@ class Scheduler:
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
         # Attached domains that have a route: when to route again, and who serves them.
-        self._routed: dict[str, tuple[float, Destination]] = {}
+        self._routed: dict[str, tuple[float, list[Destination]]] = {}
         self._reroutes: list[tuple[float, str]] = []  # heap of (trio time, domain)
         self._sleep_until = -math.inf  # trio time the feeder sleeps until, while it sleeps
         self._routing = trio.Semaphore(_ROUTING_CONCURRENCY)
@@ -280,7 +281,8 @@ class Scheduler:
             if routed is None or routed[0] != at:
                 continue  # detached since, or routed again since
             del self._routed[domain]
-            routed[1].detach(domain)
+            for destination in routed[1]:
+                destination.detach(domain)
             await self._routing.acquire()
             nursery.start_soon(self._route, domain, 0, nursery)
 
@@ -296,10 +298,10 @@ class Scheduler:
                 self.domain_idle(domain)
                 return
             d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
-            destination = self._destination(route, volume)
+            lanes = self._destinations(route, volume)
             reroute_at = max(route.expires, trio.current_time() + _REROUTE_MIN)
             if reroute_at < math.inf:
-                self._routed[domain] = (reroute_at, destination)
+                self._routed[domain] = (reroute_at, lanes)
                 heapq.heappush(self._reroutes, (reroute_at, domain))
                 if reroute_at < self._sleep_until:
                     self._wake.set()  # the feeder sleeps past it
@@ -307,7 +309,8 @@ class Scheduler:
                     # Entries of domains gone idle pile up: keep the live ones only.
                     self._reroutes = [(at, name) for name, (at, _) in self._routed.items()]
                     heapq.heapify(self._reroutes)
-            destination.attach(domain, nursery)
+            for destination in lanes:
+                destination.attach(domain, nursery)
         finally:
             self._routing.release()
 
@@ -325,21 +328,29 @@ class Scheduler:
             for due in batch:  # claimed: each gets its outcome (no checkpoint between)
                 d.record(due, outcome, "other")
 
-    def _destination(self, route: Route, volume: int) -> Destination:
+    def _destinations(self, route: Route, volume: int) -> list[Destination]:
+        """The destinations of the route's site: one per egress lane (one without a pool)."""
         site = self.table.site_of(route)
-        destination = self.destinations.get(site)
-        if destination is not None:
-            destination.route = route  # the newest answer: same hosts, maybe new addresses
-        else:
-            limits = self.table.for_route(route)
-            name = str(site)
-            label = self.context.metrics.sites.label(name, volume, threshold=self._label_threshold)
-            backoff = Backoff(
-                name,
-                self.policy.backoff,
-                max_connections=limits.max_connections,
-                rate=limits.rate,
-            )
-            destination = Destination(self.context, route, limits, backoff, label=label)
-            self.destinations[site] = destination
-        return destination
+        group = []
+        for lane in lanes(self.context.campaign.config.egress, self.table.for_route(route)):
+            key = site.via(lane.source)
+            destination = self.destinations.get(key)
+            if destination is not None:
+                destination.route = route  # the newest answer: same hosts, maybe new addresses
+            else:
+                limits = lane.limits
+                name = str(key)
+                metrics = self.context.metrics
+                label = metrics.sites.label(name, volume, threshold=self._label_threshold)
+                backoff = Backoff(
+                    name,
+                    self.policy.backoff,
+                    max_connections=limits.max_connections,
+                    rate=limits.rate,
+                )
+                destination = Destination(
+                    self.context, route, limits, backoff, label=label, lane=lane
+                )
+                self.destinations[key] = destination
+            group.append(destination)
+        return group

@@ -1,0 +1,86 @@
+"""The ``[egress]`` section: what loads, and the one-line errors for what does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulksend.config import load_campaign
+from bulksend.errors import ConfigError
+from bulksend.testing.scenario import addresses, campaign_toml, write_campaign
+
+SOURCES = """
+[[egress.source]]
+name = "ip2"
+address = "127.0.0.2"
+ehlo = "mta2.sender.test"
+rate = "10/s"
+
+[[egress.source]]
+name = "ip6"
+address = "::1"
+
+[egress.pool.main]
+sources = ["ip2", "ip6"]
+weights = [3, 1]
+"""
+
+
+def load(tmp_path: Path, policy: str) -> object:
+    toml = write_campaign(tmp_path, addresses(["a.test"], 1), toml=campaign_toml(policy=policy))
+    return load_campaign(toml, {})
+
+
+def test_sources_and_pools_load(tmp_path: Path) -> None:
+    config = load_campaign(
+        write_campaign(
+            tmp_path,
+            addresses(["a.test"], 1),
+            toml=campaign_toml(policy='[policy.defaults]\npool = "main"\n' + SOURCES),
+        ),
+        {},
+    )
+    egress = config.egress
+    assert egress.sources["ip2"].rate == 10.0
+    assert egress.sources["ip6"].ehlo is None
+    assert [(s.name, w) for s, w in egress.pools["main"].sources] == [("ip2", 3), ("ip6", 1)]
+    assert config.policy.defaults.pool == "main"
+    assert config.policy.defaults.scope == "source"
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (
+            '[policy.sites."p.test"]\npool = "other"\n' + SOURCES,
+            "policy.sites.\"p.test\".pool: no pool 'other'. Declare [egress.pool.other] or use one "
+            "of: main.",
+        ),
+        (
+            SOURCES.replace('address = "::1"', 'address = "mta.example"'),
+            "egress.source[1].address: 'mta.example' is not an IP address.",
+        ),
+        (
+            SOURCES.replace("weights = [3, 1]", "weights = [3]"),
+            "egress.pool.main.weights: [3] does not give one positive integer per source.",
+        ),
+        (
+            SOURCES.replace('["ip2", "ip6"]', '["ip2", "ip9"]'),
+            "egress.pool.main.sources: no source 'ip9'. Declare it in [[egress.source]]",
+        ),
+        (
+            '[policy.defaults]\nscope = "world"\n',
+            'policy.defaults.scope: \'world\' is not a scope. Use "source" or "site".',
+        ),
+        (
+            SOURCES.replace('name = "ip6"', 'name = "ip2"'),
+            "egress.source[1].name: 'ip2' is declared twice.",
+        ),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path: Path, policy: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, policy)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
