@@ -146,8 +146,10 @@ class Destination:
         # Recipients in one transaction: the site's setting for a message the same for
         # everyone (else 1), lowered to what the server showed it accepts (452 after N).
         self.per_transaction = limits.recipients_per_transaction if context.campaign.shared else 1
-        # Egress: the source addresses its connections leave from (none: the default one).
+        # Egress: the source addresses its connections leave from (none: the default one),
+        # and the site's other lanes (other sources), which take what this one cannot send.
         self._sources = Rotation(() if lane is None else lane.sources)
+        self.siblings: list[Destination] = []
 
     # ------------------------------------------------------------------ scheduling
 
@@ -419,10 +421,20 @@ class Destination:
         until = self.backoff.limits.suspended_until
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
 
+    @property
+    def available(self) -> bool:
+        """Whether this lane may send now (not suspended)."""
+        return self._suspended_for() == 0
+
+    def _handed_over(self, wait: float) -> float:
+        """How long a recipient this lane must put off waits: ``wait``, or nothing when
+        another lane of the site (another source address) can send it now."""
+        return 0.0 if any(s.available for s in self.siblings) else wait
+
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
         while (left := self._suspended_for()) > 0 and not self.context.stopping.is_set():
-            self._release_buffer(left, self.backoff.reason)
+            self._release_buffer(self._handed_over(left), self.backoff.reason)
             with trio.move_on_after(left):
                 await self.context.stopping.wait()
 
@@ -470,7 +482,7 @@ class Destination:
                 if self.backoff.apply(rule, now, str(reply)):
                     self.throttle.publish()
                     self._backoff_changed("suspend" if rule.suspend else "reduce")
-                wait = max(self.backoff.limits.suspended_until - now, 0.0)
+                wait = self._handed_over(max(self.backoff.limits.suspended_until - now, 0.0))
                 return Outcome.throttled(wait, f"site backed off: {reply}", tried=True)
         return classify_error(error)
 

@@ -344,7 +344,7 @@ class Scheduler:
                 label = metrics.sites.label(name, volume, threshold=self._label_threshold)
                 backoff = Backoff(
                     name,
-                    self.policy.backoff,
+                    self.policy.backoff + lane.rules,
                     max_connections=limits.max_connections,
                     rate=limits.rate,
                 )
@@ -353,4 +353,6 @@ class Scheduler:
                 )
                 self.destinations[key] = destination
             group.append(destination)
+        for destination in group:  # where a lane that must wait hands its recipients
+            destination.siblings = [d for d in group if d is not destination]
         return group

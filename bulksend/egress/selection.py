@@ -13,25 +13,47 @@ Without a pool: one lane from the machine's default address, as before egress ex
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bulksend.config import SiteLimits
+from bulksend.config import BackoffRule, SiteLimits
 from bulksend.config.egress import EgressConfig, EgressSource
 
-__all__ = ["Lane", "Rotation", "lanes"]
+__all__ = ["SOURCE_BLOCKED", "Lane", "Rotation", "lanes"]
 
 _N = TypeVar("_N", int, float)
 
 
+#: A receiver refusing the source address itself (a DNS blocklist listing, a poor IP
+#: reputation, a banned sending IP): not the recipient's fault, and nothing another recipient
+#: would fare better with from this address. The source's lane stops for an hour and its
+#: recipients go to the pool's other sources. After the campaign's own rules (which may say
+#: otherwise), only for a lane of one source.
+SOURCE_BLOCKED = BackoffRule(
+    code="5xx",
+    enhanced_code="5.7",
+    text=re.compile(
+        r"(?i)\b(ip|client|host|address)\b.{0,60}?"
+        r"\b(block|blacklist|blocklist|denylist|listed|banned|reputation)"
+        r"|\b(listed|blocked) (in|on|at|by|using)\b|\bbanned sending ip\b"
+        r"|spamhaus|spamcop|barracuda|\bdnsbl\b|\brbl\b"
+    ),
+    suspend=3600.0,
+    duration=3600.0,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """One destination of a site: the source that names it, its limits, its sources."""
+    """One destination of a site: the source that names it, its limits, its sources, and
+    the backoff rules it adds to the campaign's."""
 
     source: str  # "" for a lane of the whole site (no pool, or scope "site")
     limits: SiteLimits
     sources: tuple[tuple[EgressSource, int], ...]  # (source, weight); () the default address
+    rules: tuple[BackoffRule, ...] = ()
 
 
 def lanes(egress: EgressConfig, limits: SiteLimits) -> list[Lane]:
@@ -41,7 +63,7 @@ def lanes(egress: EgressConfig, limits: SiteLimits) -> list[Lane]:
     pool = egress.pools[limits.pool]
     if limits.scope == "site":
         return [Lane("", limits, pool.sources)]
-    return [Lane(s.name, capped(limits, s), ((s, w),)) for s, w in pool.sources]
+    return [Lane(s.name, capped(limits, s), ((s, w),), (SOURCE_BLOCKED,)) for s, w in pool.sources]
 
 
 def capped(limits: SiteLimits, source: EgressSource) -> SiteLimits:

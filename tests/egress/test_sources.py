@@ -13,7 +13,8 @@ import trio
 
 from bulksend.campaign import Campaign
 from bulksend.delivery.run import RunSummary, run_campaign
-from bulksend.journal import Status
+from bulksend.journal import Journal, Status
+from bulksend.metrics import Metrics
 from bulksend.testing.scenario import (
     SiteSpec,
     World,
@@ -22,7 +23,7 @@ from bulksend.testing.scenario import (
     running,
     write_campaign,
 )
-from bulksend.testing.smtp import ServerScript, SMTPServer
+from bulksend.testing.smtp import ServerScript, Session, SMTPServer
 from tests.helpers.worlds import run_options
 
 SOURCES = """
@@ -147,3 +148,48 @@ async def test_without_egress_connections_leave_from_the_default_address(
     summary, world = await send(tmp_path, sites, addresses(["q.test"], 10), "")
     assert summary.counts[Status.DELIVERED] == 10
     assert {t.peer for t in world.servers["plain"].transactions} == {"127.0.0.1"}
+
+
+def blocks(listed: str) -> ServerScript:
+    """A receiver that refuses mail from ``listed`` (its IP is on a blocklist)."""
+
+    def hook(session: Session, verb: str, arg: str) -> str | None:
+        if verb == "MAIL" and session.record.peer[0] == listed:
+            host = f"Client host [{listed}]"
+            return f"550 5.7.1 Service unavailable; {host} blocked using zen.spamhaus.org"
+        return None
+
+    return ServerScript(hook=hook)
+
+
+async def test_a_blocked_source_backs_off_alone_and_the_other_carries_the_site(
+    tmp_path: Path,
+) -> None:
+    sites = [SiteSpec("picky", ("b.test",), "127.0.0.20", blocks("127.0.0.2"))]
+    recipients = addresses(["b.test"], 60)
+    policy = '[policy.defaults]\npool = "main"\nmax_connections = 2\n' + SOURCES
+    metrics = Metrics()
+    toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
+    with trio.fail_after(60):
+        async with running(sites) as world:
+            summary = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, grace=2), metrics=metrics
+            )
+    server = world.servers["picky"]
+    # Nobody bounced for the source's listing: everyone went out from the other address.
+    assert summary.counts[Status.DELIVERED] == 60
+    assert sorted(server.received()) == sorted(recipients)
+    assert {t.peer for t in server.transactions} == {"127.0.0.3"}
+    with Journal.open(tmp_path / "journal.sqlite3", None) as journal:
+        assert {s.attempts for s in journal.iter_states()} == {1}
+    # The blocked source stopped after its first refusals; the other never backed off.
+    refused = [c for c in server.connections if c.peer[0] == "127.0.0.2"]
+    assert 1 <= len(refused) <= 2
+    events = {
+        (s.labels["site"].rsplit(" ", 1)[-1], s.labels["action"])
+        for family in metrics.registry.collect()
+        if family.name == "bulksend_backoff_events"
+        for s in family.samples
+        if s.name.endswith("_total") and s.value > 0
+    }
+    assert events == {("ip2", "suspend")}
