@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bulksend.config.egress import EgressConfig
+
+if TYPE_CHECKING:  # providers.py imports this module
+    from bulksend.config.providers import ProviderPolicy
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -332,6 +335,10 @@ class SendingPolicy:
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
     backoff: tuple[BackoffRule, ...] = ()
+    #: ``[policy.providers.NAME]``: limits and backoff shared by every matching site.
+    providers: Mapping[str, ProviderPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[policy] shipped_rules``: whether bulksend's own provider rules apply.
+    shipped_rules: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,11 +44,12 @@ import trio
 
 from bulksend.campaign.recipients import Recipient
 from bulksend.campaign.render import RenderError
-from bulksend.config import SiteLimits, TlsMode
+from bulksend.config import BackoffRule, SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
+from bulksend.delivery.provider import Provider
 from bulksend.egress.selection import Lane, Rotation
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
@@ -115,6 +116,7 @@ class Destination:
         *,
         label: str,
         lane: Lane | None = None,
+        provider: Provider | None = None,
     ) -> None:
         self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
@@ -128,6 +130,11 @@ class Destination:
         self.throttle = context.throttles.site(
             str(route.site), limits, backoff, changed=self._backoff_changed, now=context.now
         )
+        # A mailbox provider's limits and backoff hold over all its sites, besides their own.
+        self.provider = provider
+        if provider is not None:
+            self.throttle = provider.wrap(self.throttle)
+            provider.join(self._back_off)
         self._leases: dict[SMTPClient, Lease] = {}
         self._domains: deque[str] = deque()
         self._buffer: deque[Due] = deque()
@@ -479,12 +486,17 @@ class Destination:
             rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
             if rule is not None:
                 now = self.context.now()
-                if self.backoff.apply(rule, now, str(reply)):
-                    self.throttle.publish()
-                    self._backoff_changed("suspend" if rule.suspend else "reduce")
+                if self.provider is None or not self.provider.back_off(rule, now, str(reply)):
+                    self._back_off(rule, now, str(reply))
                 wait = self._handed_over(max(self.backoff.limits.suspended_until - now, 0.0))
                 return Outcome.throttled(wait, f"site backed off: {reply}", tried=True)
         return classify_error(error)
+
+    def _back_off(self, rule: BackoffRule, now: float, reason: str) -> None:
+        """Put a backoff rule in force for this site."""
+        if self.backoff.apply(rule, now, reason):
+            self.throttle.publish()
+            self._backoff_changed("suspend" if rule.suspend else "reduce")
 
     def _backoff_changed(self, action: str) -> None:
         m = self.context.metrics

@@ -47,7 +47,9 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
-from bulksend.egress.selection import lanes
+from bulksend.delivery.provider import Provider
+from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.selection import Lane, lanes
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -145,6 +147,8 @@ class Scheduler:
         self.router = router
         self.policy = policy
         self.table = SitePolicy(policy)
+        self.providers = ProviderTable(effective_providers(policy, {}).values())
+        self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
@@ -342,17 +346,32 @@ class Scheduler:
                 name = str(key)
                 metrics = self.context.metrics
                 label = metrics.sites.label(name, volume, threshold=self._label_threshold)
+                provider = self._provider(route, lane)
+                shared = () if provider is None else provider.policy.backoff
                 backoff = Backoff(
                     name,
-                    self.policy.backoff + lane.rules,
+                    self.policy.backoff + shared + lane.rules,
                     max_connections=limits.max_connections,
                     rate=limits.rate,
                 )
                 destination = Destination(
-                    self.context, route, limits, backoff, label=label, lane=lane
+                    self.context, route, limits, backoff, label=label, lane=lane, provider=provider
                 )
                 self.destinations[key] = destination
             group.append(destination)
         for destination in group:  # where a lane that must wait hands its recipients
             destination.siblings = [d for d in group if d is not destination]
         return group
+
+    def _provider(self, route: Route, lane: Lane) -> Provider | None:
+        """The shared limits of the route's mailbox provider (per egress source), if any."""
+        policy = self.providers.lookup(route.domain, route.site)
+        if policy is None:
+            return None
+        key = f"provider {policy.name}" + (f" via {lane.source}" if lane.source else "")
+        provider = self._providers.get(key)
+        if provider is None:
+            d = self.context
+            provider = Provider(key, policy, d.throttles, now=d.now)
+            self._providers[key] = provider
+        return provider

@@ -84,3 +84,33 @@ def test_mistakes_name_the_key(tmp_path: Path, policy: str, message: str) -> Non
         load(tmp_path, policy)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_provider_table_loads(tmp_path: Path) -> None:
+    policy = """
+[policy.providers.microsoft]
+match = ["mail.protection.outlook.com", "outlook.com"]
+max_connections = 10
+rate = "20/s"
+
+[[policy.providers.microsoft.backoff]]
+code = "451"
+enhanced_code = "4.7.500"
+reduce_connections = 2
+"""
+    config = load_campaign(
+        write_campaign(tmp_path, addresses(["a.test"], 1), toml=campaign_toml(policy=policy)), {}
+    )
+    provider = config.policy.providers["microsoft"]
+    assert provider.match == ("mail.protection.outlook.com", "outlook.com")
+    assert (provider.limits.max_connections, provider.limits.rate) == (10, 20.0)
+    assert provider.backoff[0].matches(451, "4.7.500", "Server busy")
+    assert config.policy.shipped_rules is True
+
+
+def test_a_provider_key_it_does_not_know_is_refused(tmp_path: Path) -> None:
+    policy = '[policy.providers.x]\nmatch = ["x.test"]\nmessages_per_connection = 5\n'
+    with pytest.raises(
+        ConfigError, match=r"policy\.providers\.x\.messages_per_connection: unknown"
+    ):
+        load(tmp_path, policy)
