@@ -25,8 +25,8 @@ class ProviderPolicy:
     """One provider: what it matches, its shared limits, its backoff rules.
 
     ``sources`` holds, per rule, the public page it was written from (shipped rules; "" for a
-    campaign's own); ``origin`` says where the provider was declared ("shipped" or
-    "campaign").
+    campaign's own), and ``samples`` the replies it is tested against; ``origin`` says where
+    the provider was declared ("shipped", "campaign", or "shipped+campaign").
     """
 
     name: str
@@ -34,6 +34,7 @@ class ProviderPolicy:
     limits: LimitsOverride  # max_connections, rate, connection_rate only
     backoff: tuple[BackoffRule, ...] = ()
     sources: tuple[str, ...] = ()
+    samples: tuple[tuple[str, ...], ...] = ()
     origin: str = "campaign"
     documentation: str = ""  # the provider's postmaster page (shipped rules)
 
@@ -70,14 +71,14 @@ def load_provider(t: Table, name: str, *, origin: str) -> ProviderPolicy:
     documentation = t.string("documentation", required=shipped) or ""
     rules: list[BackoffRule] = []
     sources: list[str] = []
+    samples: list[tuple[str, ...]] = []
     raw = t.typed("backoff", list, "an array of tables") or []
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
             raise t.error(f"backoff[{index}]", "expected a table", "Write [[...backoff]].")
         rule = t.child(item, "backoff", index)
         sources.append(rule.string("source", required=shipped) or "")
-        if shipped:
-            rule.string_list("samples")  # checked by the shipped rules' tests
+        samples.append(tuple(rule.string_list("samples")) if shipped else ())
         rules.append(load_backoff(rule))
     t.finish()
     return ProviderPolicy(
@@ -86,6 +87,7 @@ def load_provider(t: Table, name: str, *, origin: str) -> ProviderPolicy:
         limits=limits,
         backoff=tuple(rules),
         sources=tuple(sources),
+        samples=tuple(samples),
         origin=origin,
         documentation=documentation,
     )

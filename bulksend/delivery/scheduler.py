@@ -49,6 +49,7 @@ from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
 from bulksend.delivery.provider import Provider
 from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.rules import shipped_providers
 from bulksend.egress.selection import Lane, lanes
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
@@ -147,7 +148,9 @@ class Scheduler:
         self.router = router
         self.policy = policy
         self.table = SitePolicy(policy)
-        self.providers = ProviderTable(effective_providers(policy, {}).values())
+        source = settings.campaign.config.source
+        providers = effective_providers(policy, shipped_providers(), source=source)
+        self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}

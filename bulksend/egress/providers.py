@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from bulksend.config import SendingPolicy
 from bulksend.config.providers import ProviderPolicy
@@ -24,9 +25,10 @@ __all__ = ["ProviderTable", "effective_providers"]
 
 
 def effective_providers(
-    policy: SendingPolicy, shipped: Mapping[str, ProviderPolicy]
+    policy: SendingPolicy, shipped: Mapping[str, ProviderPolicy], *, source: Path | None = None
 ) -> dict[str, ProviderPolicy]:
-    """The providers of a campaign: ``shipped`` (unless turned off) under the campaign's own.
+    """The providers of a campaign: ``shipped`` (unless turned off) under the campaign's own;
+    ``source`` is the campaign file, for messages.
 
     Raises:
         ConfigError: a campaign provider matches nothing (no ``match`` and no shipped
@@ -37,9 +39,10 @@ def effective_providers(
         base = found.get(name)
         if base is None:
             if not own.match:
+                where = "" if source is None else f"{source}: "
                 raise ConfigError(
-                    f"policy.providers.{name}: matches nothing (no shipped provider of that "
-                    f'name to extend). Write match = ["example.com"].'
+                    f"{where}policy.providers.{name}: matches nothing (no shipped provider of "
+                    f'that name to extend). Write match = ["example.com"].'
                 )
             found[name] = own
             continue
@@ -54,6 +57,7 @@ def effective_providers(
             ),
             backoff=own.backoff + base.backoff,
             sources=own.sources + base.sources,
+            samples=own.samples + base.samples,
             origin="shipped+campaign",
         )
     return found
