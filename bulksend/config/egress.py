@@ -10,6 +10,7 @@ from the machine's default address, as they always did. Every key is documented 
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,15 @@ from bulksend.config.values import hostname_syntax, parse_rate
 if TYPE_CHECKING:  # schema.py imports this module
     from bulksend.config.schema import SendingPolicy
 
-__all__ = ["EgressConfig", "EgressPool", "EgressSource", "load_egress"]
+__all__ = ["DEFAULT_WARMUP", "EgressConfig", "EgressPool", "EgressSource", "load_egress"]
+
+#: Messages per day on days 1, 2, ... of a warm-up (``warmup = true``): from 50, roughly
+#: doubling, then growing by half, over three weeks; the shape of the IP warm-up schedules
+#: ESPs publish (e.g. Twilio SendGrid's "Warming up an IP address"), on the cautious side.
+DEFAULT_WARMUP: tuple[int, ...] = (
+    50, 100, 200, 400, 800, 1_500, 3_000, 5_000, 8_000, 12_000, 20_000,
+    30_000, 50_000, 75_000, 100_000, 150_000, 250_000, 400_000, 600_000, 1_000_000,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +39,9 @@ class EgressSource:
     """One source address: what a connection binds and says in EHLO.
 
     ``max_connections``, ``rate`` and ``connection_rate`` (per second) cap this source at
-    each site (None: the site's own limit).
+    each site (None: the site's own limit). ``warmup``: messages per day on days 1, 2, ... of
+    its warm-up (empty: none), day 1 beginning at ``warmup_start`` (wall-clock seconds; None:
+    when a run first sends from it); see :mod:`bulksend.egress.warmup`.
     """
 
     name: str
@@ -39,6 +50,8 @@ class EgressSource:
     max_connections: int | None = None
     rate: float | None = None
     connection_rate: float | None = None
+    warmup: tuple[int, ...] = ()
+    warmup_start: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +133,39 @@ def _load_source(t: Table) -> EgressSource:
         connection_rate=t.converted(
             "connection_rate", parse_rate, "Write a rate like '5/s' or '100/m'."
         ),
+        warmup=_warmup(t),
+        warmup_start=t.converted(
+            "warmup_start", _midnight, "Write a date like 2026-12-01 (day 1 of the warm-up)."
+        ),
     )
     t.finish()
     return source
+
+
+def _warmup(t: Table) -> tuple[int, ...]:
+    value = t.raw("warmup")
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return DEFAULT_WARMUP
+    if isinstance(value, list) and value and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value
+    ):
+        return tuple(value)
+    raise t.error(
+        "warmup",
+        f"{value!r} is not a warm-up schedule",
+        "Write true (the default curve) or messages per day, day by day: [50, 100, 200].",
+    )
+
+
+def _midnight(value: object) -> float:
+    """Midnight UTC of a TOML date (or "YYYY-MM-DD"), in wall-clock seconds."""
+    if isinstance(value, str):
+        value = datetime.date.fromisoformat(value)
+    if not isinstance(value, datetime.date) or isinstance(value, datetime.datetime):
+        raise ValueError(f"{value!r} is not a date")
+    return datetime.datetime.combine(value, datetime.time(), datetime.UTC).timestamp()
 
 
 def _load_pool(t: Table, name: str, sources: Mapping[str, EgressSource]) -> EgressPool:

@@ -51,6 +51,7 @@ from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
 from bulksend.delivery.provider import Provider
 from bulksend.egress.selection import Lane, Rotation
+from bulksend.egress.warmup import Warmup
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
@@ -117,6 +118,7 @@ class Destination:
         label: str,
         lane: Lane | None = None,
         provider: Provider | None = None,
+        warmup: Warmup | None = None,
     ) -> None:
         self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
@@ -157,6 +159,7 @@ class Destination:
         # and the site's other lanes (other sources), which take what this one cannot send.
         self._sources = Rotation(() if lane is None else lane.sources)
         self.siblings: list[Destination] = []
+        self._warmup = warmup  # the lane's source's daily allowance, if it warms up
 
     # ------------------------------------------------------------------ scheduling
 
@@ -370,6 +373,9 @@ class Destination:
                 return
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
+        if self._warmup is not None and (wait := self._warmup.take(self.context.now())) > 0:
+            self._warmed_up(slot, wait)
+            return
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = (txn, group, trio.current_time())
         slot.holding = []
@@ -379,6 +385,19 @@ class Destination:
         if (client := self._retiring(slot)) is not None:
             # Replaced at once: the next message opens a fresh connection.
             await self._close(client, slot.sent)
+
+    def _warmed_up(self, slot: _Slot, wait: float) -> None:
+        """Today's warm-up allowance is used: the lane rests until the next day begins, and
+        what it holds goes to the site's other sources, or waits (throttle deferrals)."""
+        reason = f"warm-up: today's allowance of {self._warmup_allowance()} messages is used"
+        self._back_off(BackoffRule(suspend=wait, duration=wait), self.context.now(), reason)
+        held, slot.holding = slot.holding, []
+        for due in held:
+            self._record(due, Outcome.throttled(self._handed_over(wait), reason))
+
+    def _warmup_allowance(self) -> int | None:
+        assert self._warmup is not None
+        return self._warmup.allowance(self.context.now())
 
     def _retiring(self, slot: _Slot) -> SMTPClient | None:
         """The slot's connection, taken from it, if it must close now (see

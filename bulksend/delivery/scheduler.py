@@ -51,6 +51,7 @@ from bulksend.delivery.provider import Provider
 from bulksend.egress.providers import ProviderTable, effective_providers
 from bulksend.egress.rules import shipped_providers
 from bulksend.egress.selection import Lane, lanes
+from bulksend.egress.warmup import Warmup
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -152,6 +153,7 @@ class Scheduler:
         providers = effective_providers(policy, shipped_providers(), source=source)
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
+        self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
@@ -358,13 +360,29 @@ class Scheduler:
                     rate=limits.rate,
                 )
                 destination = Destination(
-                    self.context, route, limits, backoff, label=label, lane=lane, provider=provider
+                    self.context,
+                    route,
+                    limits,
+                    backoff,
+                    label=label,
+                    lane=lane,
+                    provider=provider,
+                    warmup=self._warmup(lane),
                 )
                 self.destinations[key] = destination
             group.append(destination)
         for destination in group:  # where a lane that must wait hands its recipients
             destination.siblings = [d for d in group if d is not destination]
         return group
+
+    def _warmup(self, lane: Lane) -> Warmup | None:
+        """The warm-up of a lane's one source, shared by its lanes at every site."""
+        if not lane.source:
+            return None
+        ((source, _weight),) = lane.sources
+        if not source.warmup:
+            return None
+        return self._warmups.setdefault(source.name, Warmup(source.warmup, source.warmup_start))
 
     def _provider(self, route: Route, lane: Lane) -> Provider | None:
         """The shared limits of the route's mailbox provider (per egress source), if any."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from bulksend.config import load_campaign
+from bulksend.config.egress import DEFAULT_WARMUP
 from bulksend.errors import ConfigError
 from bulksend.testing.scenario import addresses, campaign_toml, write_campaign
 
@@ -114,3 +116,29 @@ def test_a_provider_key_it_does_not_know_is_refused(tmp_path: Path) -> None:
         ConfigError, match=r"policy\.providers\.x\.messages_per_connection: unknown"
     ):
         load(tmp_path, policy)
+
+
+def test_warmup_keys(tmp_path: Path) -> None:
+    policy = SOURCES.replace(
+        'rate = "10/s"', 'rate = "10/s"\nwarmup = true\nwarmup_start = 2026-12-01'
+    ).replace('address = "::1"', 'address = "::1"\nwarmup = [10, 20]')
+    config = load_campaign(
+        write_campaign(tmp_path, addresses(["a.test"], 1), toml=campaign_toml(policy=policy)), {}
+    )
+    ip2, ip6 = config.egress.sources["ip2"], config.egress.sources["ip6"]
+    assert ip2.warmup == DEFAULT_WARMUP
+    assert ip2.warmup_start == 1796083200.0  # 2026-12-01T00:00:00Z
+    assert (ip6.warmup, ip6.warmup_start) == ((10, 20), None)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("warmup = [0, 10]", "egress.source[0].warmup: [0, 10] is not a warm-up schedule"),
+        ('warmup = "fast"', "egress.source[0].warmup: 'fast' is not a warm-up schedule"),
+        ('warmup_start = "soon"', "egress.source[0].warmup_start: Invalid isoformat"),
+    ],
+)
+def test_warmup_mistakes(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(tmp_path, SOURCES.replace('rate = "10/s"', f'rate = "10/s"\n{line}'))
