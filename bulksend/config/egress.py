@@ -148,8 +148,10 @@ def _warmup(t: Table) -> tuple[int, ...]:
         return ()
     if value is True:
         return DEFAULT_WARMUP
-    if isinstance(value, list) and value and all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value)
     ):
         return tuple(value)
     raise t.error(
