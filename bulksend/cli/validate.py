@@ -17,6 +17,7 @@ from bulksend.cli.options import check_nameservers, debug_option, not_fqdn
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED
 from bulksend.config import is_fqdn
 from bulksend.delivery.run import ehlo_hostname
+from bulksend.egress.reverse import check_sources
 from bulksend.errors import ConfigError
 from bulksend.files import write_private_bytes
 from bulksend.routing import system_nameservers
@@ -64,7 +65,8 @@ def validate(
     nameservers: tuple[str, ...],
     dns_port: int,
 ) -> None:
-    """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS."""
+    """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS,
+    reverse DNS of its egress sources."""
     campaign = Campaign.load(campaign_file, os.environ)
     campaign.check_recipients(sample)
     config = campaign.config
@@ -129,6 +131,7 @@ def validate(
         servers = tuple(nameservers) or config.routing.nameservers or _system_or_none()
         if servers:
             findings += trio.run(check_authentication, campaign, servers, dns_port)
+            findings += trio.run(check_sources, config.egress, ehlo, servers, dns_port)
         else:
             findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
     for f in findings:
