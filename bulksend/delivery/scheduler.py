@@ -144,6 +144,7 @@ class Scheduler:
         *,
         grace: float = 30.0,
         on_outcome: Callable[[Due, Outcome, str], None] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.context = RunContext(settings, self)
         self.router = router
@@ -154,6 +155,8 @@ class Scheduler:
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
+        # A shard sends to a site only from the egress sources it owns (delivery.shard).
+        self._owns = owns
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
@@ -341,7 +344,10 @@ class Scheduler:
         """The destinations of the route's site: one per egress lane (one without a pool)."""
         site = self.table.site_of(route)
         group = []
-        for lane in lanes(self.context.campaign.config.egress, self.table.for_route(route)):
+        every = lanes(self.context.campaign.config.egress, self.table.for_route(route))
+        owns = self._owns
+        mine = [lane for lane in every if owns is None or owns(str(route.site.via(lane.source)))]
+        for lane in mine if len(every) > 1 and mine else every:
             key = site.via(lane.source)
             destination = self.destinations.get(key)
             if destination is not None:
