@@ -69,6 +69,8 @@ _COALESCE = 0.25
 # journal (or in flight here): its outcomes and its expiring leases are not events of this
 # process, so the journal is asked again this often.
 _SHARED_POLL = 1.0
+# Seconds between saves of the egress sources' warm-up counts (see egress.warmup).
+_WARMUP_SAVE = 10.0
 
 
 class SitePolicy:
@@ -155,6 +157,7 @@ class Scheduler:
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
+        self._saved_warmups: dict[str, str] = {}  # as the journal has them
         # A shard sends to a site only from the egress sources it owns (delivery.shard).
         self._owns = owns
         self.grace = grace
@@ -190,7 +193,13 @@ class Scheduler:
 
     async def run(self) -> None:
         """Deliver until every recipient is final, or until :meth:`stop` (then return)."""
+        sources = self.context.campaign.config.egress.sources.values()
+        warming = any(source.warmup for source in sources)
+        if warming:
+            self._saved_warmups = await self.context.writer.warmups()
         async with trio.open_nursery() as nursery:
+            if warming:
+                nursery.start_soon(self._save_warmups)
             await self._feed(nursery)
             self.stop()  # done or stopping: release idle senders
             with trio.move_on_after(self.grace):
@@ -388,7 +397,28 @@ class Scheduler:
         ((source, _weight),) = lane.sources
         if not source.warmup:
             return None
-        return self._warmups.setdefault(source.name, Warmup(source.warmup, source.warmup_start))
+        warmup = self._warmups.get(source.name)
+        if warmup is None:
+            warmup = self._warmups[source.name] = Warmup(source.warmup, source.warmup_start)
+            warmup.restore(self._saved_warmups.get(source.name))
+        return warmup
+
+    async def _save_warmups(self) -> None:
+        """Save the warm-up states that changed, every few seconds and at the end."""
+        try:
+            while True:
+                await trio.sleep(_WARMUP_SAVE)
+                await self._save_changed_warmups()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._save_changed_warmups()
+
+    async def _save_changed_warmups(self) -> None:
+        for name, warmup in self._warmups.items():
+            state = warmup.state()
+            if self._saved_warmups.get(name) != state:
+                await self.context.writer.save_warmup(name, state)
+                self._saved_warmups[name] = state
 
     def _provider(self, route: Route, lane: Lane) -> Provider | None:
         """The shared limits of the route's mailbox provider (per egress source), if any."""

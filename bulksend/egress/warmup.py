@@ -7,12 +7,17 @@ that date), or when this run first sends from it; each day lasts 24 hours from t
 that finds today's allowance used is suspended until the next day begins: its recipients go
 to the pool's other sources, or wait, as throttle deferrals, never as attempts.
 
+The state (day 1's beginning, the current day and its count) is saved in the journal's meta
+table while the run goes (:meth:`Warmup.state`, :meth:`Warmup.restore`), so a restarted run
+continues the schedule and the day's count where they were.
+
 The default curve (``warmup = true``) is
 :data:`bulksend.config.egress.DEFAULT_WARMUP`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -55,3 +60,17 @@ class Warmup:
             return max(self.start + day * _DAY - now, math.ulp(now))
         self._sent += 1
         return 0.0
+
+    def state(self) -> str:
+        """What to save: day 1's beginning, the current day and its count (JSON)."""
+        return json.dumps({"start": self.start, "day": self._day, "sent": self._sent})
+
+    def restore(self, saved: str | None) -> None:
+        """Continue from a saved :meth:`state` (its start wins over one not yet known)."""
+        if saved is None:
+            return
+        data = json.loads(saved)
+        if self.start is None:
+            self.start = data["start"]
+        if self.start == data["start"]:
+            self._day, self._sent = int(data["day"]), int(data["sent"])

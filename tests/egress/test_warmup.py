@@ -109,3 +109,33 @@ def test_the_day_boundaries_of_a_warmup() -> None:
     assert warmup.allowance(0.0) == 2  # before day 1: day 1's allowance
     assert DEFAULT_WARMUP[0] == 50
     assert list(DEFAULT_WARMUP) == sorted(DEFAULT_WARMUP)
+
+
+async def test_a_restarted_run_keeps_the_days_count(
+    tmp_path: Path, fast_clock: trio.testing.MockClock
+) -> None:
+    # Run 1 sends the day's 10 (its --limit); run 2, the same day, sends nothing more until
+    # the clock passes into day 2: the count was saved in the journal, not only in memory.
+    policy = sources("[10, 10]") + '\n[egress.pool.main]\nsources = ["ip2"]\n'
+    toml = write_campaign(tmp_path, addresses(["w.test"], 15), toml=campaign_toml(policy=policy))
+    with trio.fail_after(2 * DAY):
+        async with running(SITES) as world:
+            server = world.servers["warm"]
+            first = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world, limit=10)
+            )
+            assert server.stats.messages == 10
+            assert first.counts[Status.PENDING] == 5
+            sent_on_day_1: list[int] = []
+
+            async def night() -> None:
+                await trio.sleep(60)  # run 2 is well under way, on day 1 still
+                sent_on_day_1.append(server.stats.messages)
+                fast_clock.jump(DAY)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(night)
+                second = await run_campaign(Campaign.load(toml, {}), run_options(tmp_path, world))
+    assert sent_on_day_1 == [10]
+    assert second.counts[Status.DELIVERED] == 15
+    assert attempts(tmp_path) == {1}
