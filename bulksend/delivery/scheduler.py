@@ -48,6 +48,7 @@ from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
 from bulksend.delivery.provider import Provider
+from bulksend.egress.metrics import WarmupCollector
 from bulksend.egress.providers import ProviderTable, effective_providers
 from bulksend.egress.rules import shipped_providers
 from bulksend.egress.selection import Lane, lanes
@@ -158,6 +159,8 @@ class Scheduler:
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
         self._saved_warmups: dict[str, str] = {}  # as the journal has them
+        if any(source.warmup for source in settings.campaign.config.egress.sources.values()):
+            self.context.metrics.registry.register(WarmupCollector(self._warmups))
         # A shard sends to a site only from the egress sources it owns (delivery.shard).
         self._owns = owns
         self.grace = grace

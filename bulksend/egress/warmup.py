@@ -74,3 +74,7 @@ class Warmup:
             self.start = data["start"]
         if self.start == data["start"]:
             self._day, self._sent = int(data["day"]), int(data["sent"])
+
+    def sent_today(self, now: float) -> int:
+        """Messages counted on the day ``now`` falls in."""
+        return self._sent if self.start is not None and self.day(now) == self._day else 0

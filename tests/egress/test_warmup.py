@@ -14,6 +14,7 @@ from bulksend.config.egress import DEFAULT_WARMUP
 from bulksend.delivery.run import RunSummary, run_campaign
 from bulksend.egress.warmup import Warmup
 from bulksend.journal import Journal, Status
+from bulksend.metrics import Metrics
 from bulksend.testing.scenario import (
     SiteSpec,
     World,
@@ -46,13 +47,20 @@ address = "127.0.0.3"
 
 
 async def send(
-    tmp_path: Path, policy: str, count: int, *, during: object = None
+    tmp_path: Path,
+    policy: str,
+    count: int,
+    *,
+    during: object = None,
+    metrics: Metrics | None = None,
 ) -> tuple[RunSummary, World]:
     toml = write_campaign(tmp_path, addresses(["w.test"], count), toml=campaign_toml(policy=policy))
     async with running(SITES) as world, trio.open_nursery() as nursery:
         if callable(during):
             nursery.start_soon(during, world)
-        summary = await run_campaign(Campaign.load(toml, {}), run_options(tmp_path, world))
+        summary = await run_campaign(
+            Campaign.load(toml, {}), run_options(tmp_path, world), metrics=metrics
+        )
         nursery.cancel_scope.cancel()
     return summary, world
 
@@ -66,13 +74,20 @@ async def test_a_warming_source_sends_its_allowance_and_the_other_source_the_res
     tmp_path: Path,
 ) -> None:
     policy = sources("[5]") + '\n[egress.pool.main]\nsources = ["ip2", "ip3"]\n'
+    metrics = Metrics()
     with trio.fail_after(30):
-        summary, world = await send(tmp_path, policy, 40)
+        summary, world = await send(tmp_path, policy, 40, metrics=metrics)
     assert summary.counts[Status.DELIVERED] == 40
     peers = [t.peer for t in world.servers["warm"].transactions]
     assert peers.count("127.0.0.2") == 5
     assert peers.count("127.0.0.3") == 35
     assert attempts(tmp_path) == {1}
+    # The source's use of its allowance, as the metrics endpoint shows it.
+    registry = metrics.registry
+    for name, value in (("day", 1), ("allowance", 5), ("sent", 5)):
+        sample = registry.get_sample_value(f"bulksend_egress_warmup_{name}", {"source": "ip2"})
+        assert sample == value
+    assert registry.get_sample_value("bulksend_egress_warmup_sent", {"source": "ip3"}) is None
 
 
 async def test_over_the_allowance_the_rest_waits_for_the_next_day(
