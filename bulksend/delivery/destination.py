@@ -22,6 +22,12 @@ limit, and each owns at most one SMTP connection:
   which also remembers the hosts whose STARTTLS failed). Opening is paced by the site's
   connection rate, then takes one of the global connection slots.
 
+With egress sources a site has one destination per source address (a *lane*, see
+:mod:`bulksend.egress.selection`), whose connections bind that address; a lane that must
+wait (blocked, warm-up allowance used) hands its recipients to the site's other lanes
+(:attr:`Destination.siblings`) at once. A mailbox provider's shared limits and backoff wrap
+the throttle (:mod:`bulksend.delivery.provider`).
+
 Outcomes are recorded without an await, through the run's
 :class:`~bulksend.delivery.context.RunContext`. Replies that match a backoff rule put the
 site under reduced limits for a while (see :mod:`bulksend.delivery.backoff`); the
@@ -374,7 +380,7 @@ class Destination:
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         if self._warmup is not None and (wait := self._warmup.take(self.context.now())) > 0:
-            self._warmed_up(slot, wait)
+            self._warmed_up(slot, self._warmup, wait)
             return
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = (txn, group, trio.current_time())
@@ -386,18 +392,15 @@ class Destination:
             # Replaced at once: the next message opens a fresh connection.
             await self._close(client, slot.sent)
 
-    def _warmed_up(self, slot: _Slot, wait: float) -> None:
+    def _warmed_up(self, slot: _Slot, warmup: Warmup, wait: float) -> None:
         """Today's warm-up allowance is used: the lane rests until the next day begins, and
         what it holds goes to the site's other sources, or waits (throttle deferrals)."""
-        reason = f"warm-up: today's allowance of {self._warmup_allowance()} messages is used"
-        self._back_off(BackoffRule(suspend=wait, duration=wait), self.context.now(), reason)
+        now = self.context.now()
+        reason = f"warm-up: today's allowance of {warmup.allowance(now)} messages is used"
+        self._back_off(BackoffRule(suspend=wait, duration=wait), now, reason)
         held, slot.holding = slot.holding, []
         for due in held:
             self._record(due, Outcome.throttled(self._handed_over(wait), reason))
-
-    def _warmup_allowance(self) -> int | None:
-        assert self._warmup is not None
-        return self._warmup.allowance(self.context.now())
 
     def _retiring(self, slot: _Slot) -> SMTPClient | None:
         """The slot's connection, taken from it, if it must close now (see

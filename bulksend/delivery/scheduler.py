@@ -25,6 +25,12 @@ an override of its own does not roll up: it gets a site of its own (the same hos
 :meth:`~bulksend.routing.Site.alone`), so its limits and TLS requirement hold for its
 recipients only, and the rolled-up site keeps the site's limits.
 
+With an egress pool a site has one destination per source address (its lanes, see
+:mod:`bulksend.egress.selection`), each attached to the site's domains and pulling from them;
+a site of a mailbox provider (``[policy.providers]`` or the shipped rules) shares the
+provider's limits and backoff with its other sites (:mod:`bulksend.delivery.provider`); a
+warming source's daily count is shared by its lanes at every site and saved in the journal.
+
 Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
 starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
 message whose final reply is still owed then is in doubt); unsent recipients are handed back
@@ -153,8 +159,8 @@ class Scheduler:
         self.router = router
         self.policy = policy
         self.table = SitePolicy(policy)
-        source = settings.campaign.config.source
-        providers = effective_providers(policy, shipped_providers(), source=source)
+        campaign_file = settings.campaign.config.source
+        providers = effective_providers(policy, shipped_providers(), source=campaign_file)
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
@@ -322,10 +328,10 @@ class Scheduler:
                 self.domain_idle(domain)
                 return
             d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
-            lanes = self._destinations(route, volume)
+            group = self._destinations(route, volume)
             reroute_at = max(route.expires, trio.current_time() + _REROUTE_MIN)
             if reroute_at < math.inf:
-                self._routed[domain] = (reroute_at, lanes)
+                self._routed[domain] = (reroute_at, group)
                 heapq.heappush(self._reroutes, (reroute_at, domain))
                 if reroute_at < self._sleep_until:
                     self._wake.set()  # the feeder sleeps past it
@@ -333,7 +339,7 @@ class Scheduler:
                     # Entries of domains gone idle pile up: keep the live ones only.
                     self._reroutes = [(at, name) for name, (at, _) in self._routed.items()]
                     heapq.heapify(self._reroutes)
-            for destination in lanes:
+            for destination in group:
                 destination.attach(domain, nursery)
         finally:
             self._routing.release()
