@@ -62,15 +62,23 @@ def show(
         raise ConfigError(f"{target!r} is not a domain or host name ({exc.text}).") from None
     policy_, egress = SendingPolicy(), EgressConfig()
     servers = tuple(nameservers)
+    where = None
     if campaign_file is not None:
         config = load_campaign(campaign_file, os.environ)
-        policy_, egress = config.policy, config.egress
+        policy_, egress, where = config.policy, config.egress, config.source
         servers = servers or config.routing.nameservers
     if no_dns:
         names: tuple[str, ...] = (domain,)
     else:
         names = trio.run(_mx_names, domain, servers or system_nameservers(), dns_port)
-    lines = explain(policy_, egress, shipped_providers(), domain=domain, site=Site.of(names))
+    lines = explain(
+        policy_,
+        egress,
+        shipped_providers(),
+        domain=domain,
+        site=Site.of(names),
+        campaign_file=where,
+    )
     for line in lines:
         click.echo(printable(line))
 

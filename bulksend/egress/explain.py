@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 
 from bulksend.config import BackoffRule, LimitsOverride, SendingPolicy, SiteLimits
 from bulksend.config.egress import EgressConfig
@@ -34,8 +35,10 @@ def explain(
     *,
     domain: str,
     site: Site,
+    campaign_file: Path | None = None,
 ) -> list[str]:
-    """The lines of ``policy show`` for ``domain`` (normalised) at ``site``."""
+    """The lines of ``policy show`` for ``domain`` (normalised) at ``site``;
+    ``campaign_file`` is named in messages."""
     lines = [f"destination: {domain}", f"mx hosts: {', '.join(site.mx)}"]
     limits, origins = _layers(policy, domain, site)
     lines.append("limits (each site; with a pool, each source at each site):")
@@ -56,7 +59,8 @@ def explain(
                     f"{source.ehlo or '(the campaign name)'}, weight {weight}"
                     + (f" (source caps: {caps})" if caps else "")
                 )
-    provider = ProviderTable(effective_providers(policy, shipped).values()).lookup(domain, site)
+    providers = effective_providers(policy, shipped, source=campaign_file)
+    provider = ProviderTable(providers.values()).lookup(domain, site)
     rules: list[tuple[BackoffRule, str]] = [
         (r, "campaign [[policy.backoff]]") for r in policy.backoff
     ]

@@ -106,3 +106,14 @@ def test_a_target_that_is_no_name_is_one_line() -> None:
         "bulksend: error: 'no such host' is not a domain or host name "
         "(invalid domain label 'no such host')."
     ]
+
+
+def test_a_provider_that_matches_nothing_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    policy = "[policy.providers.mine]\nrate = '5/s'\n"
+    toml = write_campaign(tmp_path, addresses(["a.test"], 1), toml=campaign_toml(policy=policy))
+    code, lines = show(["--no-dns", "mx.example.org", str(toml)])
+    assert code == 1
+    assert lines == [
+        f"bulksend: error: {toml}: policy.providers.mine: matches nothing (no shipped provider "
+        'of that name to extend). Write match = ["example.com"].'
+    ]
