@@ -24,6 +24,7 @@ from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
 from bulksend.cli.options import DEBUG_KEY, debug_option
 from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
+from bulksend.cli.policy import policy
 from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
 from bulksend.cli.suppress import suppress
@@ -132,5 +133,6 @@ for _command in (
     inbound,
     unsubscribe_server,
     tls_report,
+    policy,
 ):
     main.add_command(_command)

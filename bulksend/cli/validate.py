@@ -19,6 +19,7 @@ from bulksend.cli.options import check_nameservers, debug_option, not_fqdn
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED
 from bulksend.config import is_fqdn
 from bulksend.delivery.run import ehlo_hostname
+from bulksend.egress.reverse import check_sources
 from bulksend.errors import ConfigError
 from bulksend.files import write_private_bytes
 from bulksend.routing import RoutingConfig, system_nameservers
@@ -71,7 +72,8 @@ def validate(
     nameservers: tuple[str, ...],
     dns_port: int,
 ) -> None:
-    """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS."""
+    """Check a campaign: config, templates, recipients, DKIM key, SPF/DKIM/DMARC in DNS,
+    reverse DNS of its egress sources."""
     campaign = Campaign.load(campaign_file, os.environ)
     campaign.check_recipients(sample)
     config = campaign.config
@@ -136,7 +138,7 @@ def validate(
         servers = tuple(nameservers) or config.routing.nameservers or _system_or_none()
         if servers:
             largest = _largest_domains(campaign, sample)
-            findings += trio.run(_dns_findings, campaign, servers, dns_port, largest)
+            findings += trio.run(_dns_findings, campaign, ehlo, servers, dns_port, largest)
         else:
             findings.append(Finding("warning", "no nameserver: SPF, DKIM and DMARC not checked"))
     for f in findings:
@@ -160,10 +162,11 @@ def _largest_domains(campaign: Campaign, sample: int) -> list[str]:
 
 
 async def _dns_findings(
-    campaign: Campaign, servers: tuple[str, ...], dns_port: int, largest: list[str]
+    campaign: Campaign, ehlo: str, servers: tuple[str, ...], dns_port: int, largest: list[str]
 ) -> list[Finding]:
-    """SPF, DKIM and DMARC, and the TLS policies of the ``largest`` recipient domains,
-    looked up at the same time (a silent resolver costs one timeout, not two)."""
+    """SPF, DKIM and DMARC, the egress sources' reverse DNS, and the TLS policies of the
+    ``largest`` recipient domains, looked up at the same time (a silent resolver costs one
+    timeout, not three)."""
     routing = campaign.config.routing
     config = RoutingConfig(
         nameservers=servers,
@@ -181,10 +184,14 @@ async def _dns_findings(
         lines = await survey(config, largest)
         found["tls"] = [Finding("ok", f"TLS policy: {line}") for line in lines]
 
+    async def sources() -> None:
+        found["sources"] = await check_sources(campaign.config.egress, ehlo, servers, dns_port)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(authentication)
+        nursery.start_soon(sources)
         nursery.start_soon(tls)
-    return found["auth"] + found["tls"]
+    return found["auth"] + found["sources"] + found["tls"]
 
 
 def _system_or_none() -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 import email_validator
 
+from bulksend.config.egress import load_egress
 from bulksend.config.policy import load_policy
 from bulksend.config.schema import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -178,6 +179,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     unsubscribe = _load_unsubscribe(root, environ)
     dkim = _load_dkim(root, environ)
     policy = load_policy(root)
+    egress = load_egress(root, policy)
     routing = _load_routing(root, environ)
     tls = _load_tls(root)
     suppression = _load_suppression(root)
@@ -198,6 +200,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         journal_url=journal_url,
         tls=tls,
         suppression=suppression,
+        egress=egress,
         warnings=tuple(root.warnings),
     )
 

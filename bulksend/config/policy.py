@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from bulksend.config.providers import load_providers
 from bulksend.config.schema import (
     BackoffRule,
     LimitsOverride,
@@ -94,7 +95,8 @@ def load_policy(root: Table) -> SendingPolicy:
     for index, item in enumerate(raw_rules):
         if not isinstance(item, dict):
             raise t.error(f"backoff[{index}]", "expected a table", "Write [[policy.backoff]].")
-        rules.append(_load_backoff(t.child(item, "backoff", index)))
+        rules.append(load_backoff(t.child(item, "backoff", index)))
+    providers, shipped_rules = load_providers(t)
     t.finish()
     return SendingPolicy(
         defaults=defaults,
@@ -105,10 +107,12 @@ def load_policy(root: Table) -> SendingPolicy:
         timeouts=timeouts,
         retry=retry,
         backoff=tuple(rules),
+        providers=providers,
+        shipped_rules=shipped_rules,
     )
 
 
-def _load_backoff(t: Table) -> BackoffRule:
+def load_backoff(t: Table) -> BackoffRule:
     code_value = t.raw("code")
     code: str | None = None
     if code_value is not None:
@@ -149,6 +153,12 @@ def _load_backoff(t: Table) -> BackoffRule:
     )
 
 
+def _scope(value: object) -> str:
+    if value not in ("source", "site"):
+        raise ValueError(f"{value!r} is not a scope")
+    return str(value)
+
+
 def _load_override(t: Table) -> LimitsOverride:
     override = LimitsOverride(
         max_connections=t.integer("max_connections", minimum=1),
@@ -160,6 +170,8 @@ def _load_override(t: Table) -> LimitsOverride:
         recipients_per_transaction=t.integer("recipients_per_transaction", minimum=1),
         idle_timeout=t.converted("idle_timeout", parse_duration, "Write a duration like '30s'."),
         tls=t.converted("tls", TlsMode, 'Use "none", "opportunistic" or "required".'),
+        pool=t.string("pool"),
+        scope=t.converted("scope", _scope, 'Use "source" or "site".'),
     )
     t.finish()
     return override

@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from bulksend.config.egress import EgressConfig
+
+if TYPE_CHECKING:  # providers.py imports this module
+    from bulksend.config.providers import ProviderPolicy
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -236,6 +241,10 @@ class SiteLimits:
     recipients_per_transaction: int = 1
     idle_timeout: float = 30.0
     tls: TlsMode = TlsMode.OPPORTUNISTIC
+    #: The ``[egress.pool.NAME]`` to send from (None: the campaign's, else the default address).
+    pool: str | None = None
+    #: ``"source"``: the limits above hold per (site, source address); ``"site"``: in total.
+    scope: str = "source"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +258,8 @@ class LimitsOverride:
     recipients_per_transaction: int | None = None
     idle_timeout: float | None = None
     tls: TlsMode | None = None
+    pool: str | None = None
+    scope: str | None = None
 
     def apply(self, base: SiteLimits) -> SiteLimits:
         """Return ``base`` with this override's set fields replacing its own."""
@@ -264,6 +275,8 @@ class LimitsOverride:
             ),
             idle_timeout=pick(self.idle_timeout, base.idle_timeout),
             tls=pick(self.tls, base.tls),
+            pool=pick(self.pool, base.pool),
+            scope=pick(self.scope, base.scope),
         )
 
 
@@ -322,6 +335,10 @@ class SendingPolicy:
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
     backoff: tuple[BackoffRule, ...] = ()
+    #: ``[policy.providers.NAME]``: limits and backoff shared by every matching site.
+    providers: Mapping[str, ProviderPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[policy] shipped_rules``: whether bulksend's own provider rules apply.
+    shipped_rules: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +414,8 @@ class CampaignConfig:
     #: ``[journal] url``: the campaign's PostgreSQL journal (``postgresql://...``), used
     #: when no ``--journal`` is given; None: a SQLite file beside the campaign file.
     journal_url: str | None = None
+    #: ``[egress]``: source addresses and pools (empty: the machine's default address).
+    egress: EgressConfig = field(default_factory=EgressConfig)
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

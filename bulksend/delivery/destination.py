@@ -22,6 +22,12 @@ limit, and each owns at most one SMTP connection:
   which also remembers the hosts whose STARTTLS failed). Opening is paced by the site's
   connection rate, then takes one of the global connection slots.
 
+With egress sources a site has one destination per source address (a *lane*, see
+:mod:`bulksend.egress.selection`), whose connections bind that address; a lane that must
+wait (blocked, warm-up allowance used) hands its recipients to the site's other lanes
+(:attr:`Destination.siblings`) at once. A mailbox provider's shared limits and backoff wrap
+the throttle (:mod:`bulksend.delivery.provider`).
+
 Outcomes are recorded without an await, through the run's
 :class:`~bulksend.delivery.context.RunContext`. Replies that match a backoff rule put the
 site under reduced limits for a while (see :mod:`bulksend.delivery.backoff`); the
@@ -44,11 +50,14 @@ import trio
 
 from bulksend.campaign.recipients import Recipient
 from bulksend.campaign.render import RenderError
-from bulksend.config import SiteLimits, TlsMode
+from bulksend.config import BackoffRule, SiteLimits, TlsMode
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
+from bulksend.delivery.provider import Provider
+from bulksend.egress.selection import Lane, Rotation
+from bulksend.egress.warmup import Warmup
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
@@ -115,6 +124,9 @@ class Destination:
         backoff: Backoff,
         *,
         label: str,
+        lane: Lane | None = None,
+        provider: Provider | None = None,
+        warmup: Warmup | None = None,
     ) -> None:
         self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
@@ -128,6 +140,11 @@ class Destination:
         self.throttle = context.throttles.site(
             str(route.site), limits, backoff, changed=self._backoff_changed, now=context.now
         )
+        # A mailbox provider's limits and backoff hold over all its sites, besides their own.
+        self.provider = provider
+        if provider is not None:
+            self.throttle = provider.wrap(self.throttle)
+            provider.join(self._back_off)
         self._leases: dict[SMTPClient, Lease] = {}
         self._domains: deque[str] = deque()
         self._buffer: deque[Due] = deque()
@@ -148,6 +165,11 @@ class Destination:
         # Recipients in one transaction: the site's setting for a message the same for
         # everyone (else 1), lowered to what the server showed it accepts (452 after N).
         self.per_transaction = limits.recipients_per_transaction if context.campaign.shared else 1
+        # Egress: the source addresses its connections leave from (none: the default one),
+        # and the site's other lanes (other sources), which take what this one cannot send.
+        self._sources = Rotation(() if lane is None else lane.sources)
+        self.siblings: list[Destination] = []
+        self._warmup = warmup  # the lane's source's daily allowance, if it warms up
 
     # ------------------------------------------------------------------ scheduling
 
@@ -361,6 +383,9 @@ class Destination:
                 return
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
+        if self._warmup is not None and (wait := self._warmup.take(self.context.now())) > 0:
+            self._warmed_up(slot, self._warmup, wait)
+            return
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = (txn, group, trio.current_time())
         slot.holding = []
@@ -370,6 +395,16 @@ class Destination:
         if (client := self._retiring(slot)) is not None:
             # Replaced at once: the next message opens a fresh connection.
             await self._close(client, slot.sent)
+
+    def _warmed_up(self, slot: _Slot, warmup: Warmup, wait: float) -> None:
+        """Today's warm-up allowance is used: the lane rests until the next day begins, and
+        what it holds goes to the site's other sources, or waits (throttle deferrals)."""
+        now = self.context.now()
+        reason = f"warm-up: today's allowance of {warmup.allowance(now)} messages is used"
+        self._back_off(BackoffRule(suspend=wait, duration=wait), now, reason)
+        held, slot.holding = slot.holding, []
+        for due in held:
+            self._record(due, Outcome.throttled(self._handed_over(wait), reason))
 
     def _retiring(self, slot: _Slot) -> SMTPClient | None:
         """The slot's connection, taken from it, if it must close now (see
@@ -419,10 +454,20 @@ class Destination:
         until = self.backoff.limits.suspended_until
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
 
+    @property
+    def available(self) -> bool:
+        """Whether this lane may send now (not suspended)."""
+        return self._suspended_for() == 0
+
+    def _handed_over(self, wait: float) -> float:
+        """How long a recipient this lane must put off waits: ``wait``, or nothing when
+        another lane of the site (another source address) can send it now."""
+        return 0.0 if any(s.available for s in self.siblings) else wait
+
     async def _wait_while_suspended(self) -> None:
         """Honour a suspension: hand back what was taken, sleep until it ends."""
         while (left := self._suspended_for()) > 0 and not self.context.stopping.is_set():
-            self._release_buffer(left, self.backoff.reason)
+            self._release_buffer(self._handed_over(left), self.backoff.reason)
             with trio.move_on_after(left):
                 await self.context.stopping.wait()
 
@@ -467,12 +512,17 @@ class Destination:
             rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
             if rule is not None:
                 now = self.context.now()
-                if self.backoff.apply(rule, now, str(reply)):
-                    self.throttle.publish()
-                    self._backoff_changed("suspend" if rule.suspend else "reduce")
-                wait = max(self.backoff.limits.suspended_until - now, 0.0)
+                if self.provider is None or not self.provider.back_off(rule, now, str(reply)):
+                    self._back_off(rule, now, str(reply))
+                wait = self._handed_over(max(self.backoff.limits.suspended_until - now, 0.0))
                 return Outcome.throttled(wait, f"site backed off: {reply}", tried=True)
         return classify_error(error)
+
+    def _back_off(self, rule: BackoffRule, now: float, reason: str) -> None:
+        """Put a backoff rule in force for this site."""
+        if self.backoff.apply(rule, now, reason):
+            self.throttle.publish()
+            self._backoff_changed("suspend" if rule.suspend else "reduce")
 
     def _backoff_changed(self, action: str) -> None:
         m = self.context.metrics
@@ -656,9 +706,14 @@ class Destination:
         trust store (RFC 7672 §3.1)."""
         d = self.context.settings
         client: SMTPClient | None = None
+        source = self._sources.next()
         try:
             client = await SMTPClient.connect(
-                address, port, hostname=d.ehlo_hostname, timeouts=d.timeouts
+                address,
+                port,
+                hostname=d.ehlo_hostname if source is None else source.ehlo or d.ehlo_hostname,
+                timeouts=d.timeouts,
+                local_address=None if source is None else source.address,
             )
             verify = mode is TlsMode.REQUIRED or self.credentials is not None
             dane = policy is not None and policy.kind is PolicyKind.DANE

@@ -27,9 +27,10 @@ from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
 from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.pool import ConnectionPool
-from bulksend.delivery.scheduler import Scheduler
-from bulksend.delivery.shard import Shard, distinct_domains, site_keys
+from bulksend.delivery.scheduler import Scheduler, SitePolicy
+from bulksend.delivery.shard import Shard, distinct_domains, site_keys, unit_of
 from bulksend.delivery.throttle import TokenBucket
+from bulksend.egress.selection import lanes
 from bulksend.errors import ConfigError, JournalError, SuppressionError
 from bulksend.journal import (
     CampaignTally,
@@ -45,7 +46,7 @@ from bulksend.journal import (
 from bulksend.journal.backend import AnyJournal
 from bulksend.journal.backend import open_journal as open_any_journal
 from bulksend.metrics import Metrics
-from bulksend.routing import Credentials, Relay, Router, RoutingConfig
+from bulksend.routing import Credentials, Relay, Route, Router, RoutingConfig
 from bulksend.suppression.backend import open_suppression_store
 from bulksend.suppression.rules import BounceRecorder, Rules
 from bulksend.suppression.store import (
@@ -195,7 +196,7 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
     )
 
 
-Keep = Callable[[str], bool]  # does this run own recipients of this domain?
+Keep = Callable[[str, str], bool]  # does this run own this recipient (domain, address)?
 
 
 def _recipients(
@@ -213,7 +214,7 @@ def _recipients(
     held: list[Reject] = []
 
     def on_reject(reject: Reject) -> None:
-        if keep(reject.raw_email.rpartition("@")[2].strip().lower()):
+        if keep(reject.raw_email.rpartition("@")[2].strip().lower(), reject.raw_email):
             rejects(reject)
             held.append(reject)
 
@@ -222,7 +223,7 @@ def _recipients(
         if reason is not None:
             on_reject(Reject(recipient.line, recipient.address, reason, RejectKind.SUPPRESSED))
         yield from _rejected(held, not_imported)
-        if reason is None and keep(recipient.domain):
+        if reason is None and keep(recipient.domain, recipient.address):
             yield NewRecipient(recipient.address, dict(recipient.fields))
     yield from _rejected(held, not_imported)
 
@@ -298,23 +299,34 @@ def _reporting(
         yield row
 
 
-def _everything(_domain: str) -> bool:
+def _everything(_domain: str, _address: str) -> bool:
     return True
 
 
 async def shard_filter(campaign: Campaign, router: Router, shard: Shard) -> Keep:
-    """Which domains a shard owns: those whose site hashes to it (rows without one: shard 0)."""
+    """Which recipients a shard owns: those whose site, or with egress sources whose (site,
+    source) unit, hashes to it (rows without a domain: shard 0)."""
     reader = campaign.recipients()
     domains = await trio.to_thread.run_sync(lambda: distinct_domains(reader.raw_emails()))
-    keys = await site_keys(router, domains)
+    keys = await site_keys(router, domains, _lane_sources(campaign.config))
     log.info("shard %s: %d domains routed to plan the shards", shard, len(keys))
 
-    def keep(domain: str) -> bool:
+    def keep(domain: str, address: str) -> bool:
         if not domain:
             return shard.index == 0
-        return shard.owns(keys.get(domain, domain))
+        return shard.owns(unit_of(keys.get(domain, [domain]), address))
 
     return keep
+
+
+def _lane_sources(config: CampaignConfig) -> Callable[[Route], list[str]]:
+    """The egress sources a route's site is split into (none: the site is one unit)."""
+    table = SitePolicy(config.policy)
+
+    def sources(route: Route) -> list[str]:
+        return [lane.source for lane in lanes(config.egress, table.for_route(route)) if lane.source]
+
+    return sources
 
 
 async def run_campaign(
@@ -379,7 +391,14 @@ async def run_campaign(
             tls=_tls_policies(router, options, metrics),
         )
         watching = trio.CancelScope()
-        scheduler = Scheduler(settings, router, policy, grace=options.grace, on_outcome=on_outcome)
+        scheduler = Scheduler(
+            settings,
+            router,
+            policy,
+            grace=options.grace,
+            on_outcome=on_outcome,
+            owns=None if options.shard is None else options.shard.owns,
+        )
         context = scheduler.context
         try:
             async with (

@@ -28,6 +28,12 @@ A domain with an MTA-STS policy (enforce or testing, looked up once per routing 
 run's :class:`~bulksend.tlspolicy.TlsPolicies`) has a site of its own too, so its
 connections obey its policy; relayed domains (smarthost, overrides) have no MTA-STS or DANE.
 
+With an egress pool a site has one destination per source address (its lanes, see
+:mod:`bulksend.egress.selection`), each attached to the site's domains and pulling from them;
+a site of a mailbox provider (``[policy.providers]`` or the shipped rules) shares the
+provider's limits and backoff with its other sites (:mod:`bulksend.delivery.provider`); a
+warming source's daily count is shared by its lanes at every site and saved in the journal.
+
 Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
 starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
 message whose final reply is still owed then is in doubt); unsent recipients are handed back
@@ -50,6 +56,12 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
+from bulksend.delivery.provider import Provider
+from bulksend.egress.metrics import WarmupCollector
+from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.rules import shipped_providers
+from bulksend.egress.selection import Lane, lanes
+from bulksend.egress.warmup import Warmup
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -67,6 +79,8 @@ _COALESCE = 0.25
 # journal (or in flight here): its outcomes and its expiring leases are not events of this
 # process, so the journal is asked again this often.
 _SHARED_POLL = 1.0
+# Seconds between saves of the egress sources' warm-up counts (see egress.warmup).
+_WARMUP_SAVE = 10.0
 
 
 class SitePolicy:
@@ -142,16 +156,27 @@ class Scheduler:
         *,
         grace: float = 30.0,
         on_outcome: Callable[[Due, Outcome, str], None] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.context = RunContext(settings, self)
         self.router = router
         self.policy = policy
         self.table = SitePolicy(policy)
+        campaign_file = settings.campaign.config.source
+        providers = effective_providers(policy, shipped_providers(), source=campaign_file)
+        self.providers = ProviderTable(providers.values())
+        self._providers: dict[str, Provider] = {}  # by name (and egress source)
+        self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
+        self._saved_warmups: dict[str, str] = {}  # as the journal has them
+        if any(source.warmup for source in settings.campaign.config.egress.sources.values()):
+            self.context.metrics.registry.register(WarmupCollector(self._warmups))
+        # A shard sends to a site only from the egress sources it owns (delivery.shard).
+        self._owns = owns
         self.grace = grace
         self.destinations: dict[Site, Destination] = {}
         self._attached: set[str] = set()
         # Attached domains that have a route: when to route again, and who serves them.
-        self._routed: dict[str, tuple[float, Destination]] = {}
+        self._routed: dict[str, tuple[float, list[Destination]]] = {}
         self._reroutes: list[tuple[float, str]] = []  # heap of (trio time, domain)
         self._sleep_until = -math.inf  # trio time the feeder sleeps until, while it sleeps
         self._routing = trio.Semaphore(_ROUTING_CONCURRENCY)
@@ -180,7 +205,13 @@ class Scheduler:
 
     async def run(self) -> None:
         """Deliver until every recipient is final, or until :meth:`stop` (then return)."""
+        sources = self.context.campaign.config.egress.sources.values()
+        warming = any(source.warmup for source in sources)
+        if warming:
+            self._saved_warmups = await self.context.writer.warmups()
         async with trio.open_nursery() as nursery:
+            if warming:
+                nursery.start_soon(self._save_warmups)
             await self._feed(nursery)
             self.stop()  # done or stopping: release idle senders
             with trio.move_on_after(self.grace):
@@ -283,7 +314,8 @@ class Scheduler:
             if routed is None or routed[0] != at:
                 continue  # detached since, or routed again since
             del self._routed[domain]
-            routed[1].detach(domain)
+            for destination in routed[1]:
+                destination.detach(domain)
             await self._routing.acquire()
             nursery.start_soon(self._route, domain, 0, nursery)
 
@@ -301,11 +333,12 @@ class Scheduler:
             d.metrics.dns_lookups.labels("cached" if route.cached else "ok").inc()
             tls = None if self.router.relayed(route.domain) else d.tls
             sts = None if tls is None else await tls.domain_policy(route.domain)
-            destination = self._destination(route, volume, alone=sts is not None)
-            destination.tls = tls
+            group = self._destinations(route, volume, alone=sts is not None)
+            for destination in group:
+                destination.tls = tls
             reroute_at = max(route.expires, trio.current_time() + _REROUTE_MIN)
             if reroute_at < math.inf:
-                self._routed[domain] = (reroute_at, destination)
+                self._routed[domain] = (reroute_at, group)
                 heapq.heappush(self._reroutes, (reroute_at, domain))
                 if reroute_at < self._sleep_until:
                     self._wake.set()  # the feeder sleeps past it
@@ -313,7 +346,8 @@ class Scheduler:
                     # Entries of domains gone idle pile up: keep the live ones only.
                     self._reroutes = [(at, name) for name, (at, _) in self._routed.items()]
                     heapq.heapify(self._reroutes)
-            destination.attach(domain, nursery)
+            for destination in group:
+                destination.attach(domain, nursery)
         finally:
             self._routing.release()
 
@@ -331,22 +365,90 @@ class Scheduler:
             for due in batch:  # claimed: each gets its outcome (no checkpoint between)
                 d.record(due, outcome, "other")
 
-    def _destination(self, route: Route, volume: int, *, alone: bool = False) -> Destination:
-        # A domain with an MTA-STS policy does not roll up: its connections obey its policy.
+    def _destinations(self, route: Route, volume: int, *, alone: bool) -> list[Destination]:
+        """The destinations of the route's site: one per egress lane (one without a pool).
+
+        A domain with an MTA-STS policy (``alone``) does not roll up: its connections obey
+        its policy.
+        """
         site = route.site.alone(route.domain) if alone else self.table.site_of(route)
-        destination = self.destinations.get(site)
-        if destination is not None:
-            destination.route = route  # the newest answer: same hosts, maybe new addresses
-        else:
-            limits = self.table.for_route(route)
-            name = str(site)
-            label = self.context.metrics.sites.label(name, volume, threshold=self._label_threshold)
-            backoff = Backoff(
-                name,
-                self.policy.backoff,
-                max_connections=limits.max_connections,
-                rate=limits.rate,
-            )
-            destination = Destination(self.context, route, limits, backoff, label=label)
-            self.destinations[site] = destination
-        return destination
+        group = []
+        every = lanes(self.context.campaign.config.egress, self.table.for_route(route))
+        owns = self._owns
+        mine = [lane for lane in every if owns is None or owns(str(route.site.via(lane.source)))]
+        for lane in mine if len(every) > 1 and mine else every:
+            key = site.via(lane.source)
+            destination = self.destinations.get(key)
+            if destination is not None:
+                destination.route = route  # the newest answer: same hosts, maybe new addresses
+            else:
+                limits = lane.limits
+                name = str(key)
+                metrics = self.context.metrics
+                label = metrics.sites.label(name, volume, threshold=self._label_threshold)
+                provider = self._provider(route, lane)
+                shared = () if provider is None else provider.policy.backoff
+                backoff = Backoff(
+                    name,
+                    self.policy.backoff + shared + lane.rules,
+                    max_connections=limits.max_connections,
+                    rate=limits.rate,
+                )
+                destination = Destination(
+                    self.context,
+                    route,
+                    limits,
+                    backoff,
+                    label=label,
+                    lane=lane,
+                    provider=provider,
+                    warmup=self._warmup(lane),
+                )
+                self.destinations[key] = destination
+            group.append(destination)
+        for destination in group:  # where a lane that must wait hands its recipients
+            destination.siblings = [d for d in group if d is not destination]
+        return group
+
+    def _warmup(self, lane: Lane) -> Warmup | None:
+        """The warm-up of a lane's one source, shared by its lanes at every site."""
+        if not lane.source:
+            return None
+        ((source, _weight),) = lane.sources
+        if not source.warmup:
+            return None
+        warmup = self._warmups.get(source.name)
+        if warmup is None:
+            warmup = self._warmups[source.name] = Warmup(source.warmup, source.warmup_start)
+            warmup.restore(self._saved_warmups.get(source.name))
+        return warmup
+
+    async def _save_warmups(self) -> None:
+        """Save the warm-up states that changed, every few seconds and at the end."""
+        try:
+            while True:
+                await trio.sleep(_WARMUP_SAVE)
+                await self._save_changed_warmups()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._save_changed_warmups()
+
+    async def _save_changed_warmups(self) -> None:
+        for name, warmup in self._warmups.items():
+            state = warmup.state()
+            if self._saved_warmups.get(name) != state:
+                await self.context.writer.save_warmup(name, state)
+                self._saved_warmups[name] = state
+
+    def _provider(self, route: Route, lane: Lane) -> Provider | None:
+        """The shared limits of the route's mailbox provider (per egress source), if any."""
+        policy = self.providers.lookup(route.domain, route.site)
+        if policy is None:
+            return None
+        key = f"provider {policy.name}" + (f" via {lane.source}" if lane.source else "")
+        provider = self._providers.get(key)
+        if provider is None:
+            d = self.context
+            provider = Provider(key, policy, d.throttles, now=d.now)
+            self._providers[key] = provider
+        return provider

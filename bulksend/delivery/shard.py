@@ -13,6 +13,15 @@ hashes to its index. Every shard computes the same assignment from the same DNS 
 so a site is owned by one shard. A domain that cannot be routed now (SERVFAIL) is assigned
 by its own name, so it is still owned by exactly one shard.
 
+With egress sources (``scope = "source"``, :mod:`bulksend.egress.selection`), the unit whose
+limits must live in one place is (site, source) instead: each unit, ``"<site> via
+<source>"``, hashes to its shard, so a big site's sources spread over several shards and
+gmail.com is no longer pinned to one core. A recipient of such a site belongs to one of the
+site's units, chosen by a hash of its address (:func:`unit_of`); the shard that owns that
+unit imports it, and each shard sends to the site only from the sources it owns. (A source
+that backs off then hands its recipients only to the sources of its own shard, and a
+source's warm-up allowance holds per shard.)
+
 Caveat (documented in the README): if DNS changes an MX set between the shards' imports,
 a site could be split; its limits then hold per shard. Keeping the import of all shards
 close together (as an Indexed Job does) makes this unlikely.
@@ -21,12 +30,12 @@ close together (as an Indexed Job does) makes this unlikely.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bulksend.errors import ConfigError
-from bulksend.routing import Router, RoutingError, normalize_domain, route_all
+from bulksend.routing import Route, Router, RoutingError, normalize_domain, route_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +58,8 @@ class Shard:
         return cls(int(index), int(count))
 
     def owns(self, key: str) -> bool:
-        """Whether the site (or domain) ``key`` belongs to this shard."""
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") % self.count == self.index
+        """Whether the site, (site, source) unit, or domain ``key`` belongs to this shard."""
+        return _hash(key) % self.count == self.index
 
     def journal(self, path: Path) -> Path:
         """This shard's journal file, beside ``path``: ``x.sqlite3`` -> ``x.2of8.sqlite3``."""
@@ -68,6 +76,20 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+def _none(_route: Route) -> Sequence[str]:
+    """No egress sources: a site is one unit."""
+    return ()
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def unit_of(units: Sequence[str], address: str) -> str:
+    """Which of its site's units (one per egress source, or the site) a recipient belongs to."""
+    return units[0] if len(units) == 1 else units[_hash(address.lower()) % len(units)]
+
+
 def distinct_domains(emails: Iterable[str]) -> set[str]:
     """The distinct normalised domains of raw addresses; unparsable ones are left out."""
     raw = {e.rpartition("@")[2].strip().lower() for e in emails if "@" in e}
@@ -80,13 +102,21 @@ def distinct_domains(emails: Iterable[str]) -> set[str]:
     return domains
 
 
-async def site_keys(router: Router, domains: Iterable[str]) -> dict[str, str]:
-    """Route every domain (64 at a time) and map it to its site's name.
+async def site_keys(
+    router: Router, domains: Iterable[str], sources: Callable[[Route], Sequence[str]] = _none
+) -> dict[str, list[str]]:
+    """Route every domain (64 at a time) and map it to its site's units: the site's name,
+    or with egress sources (``sources(route)``: the lanes' source names) ``"<site> via
+    <source>"`` for each.
 
     A domain that cannot be routed maps to itself.
     """
     routes = await route_all(router, domains)
     return {
-        domain: domain if isinstance(route, RoutingError) else str(route.site)
+        domain: [domain] if isinstance(route, RoutingError) else _units(route, sources(route))
         for domain, route in routes.items()
     }
+
+
+def _units(route: Route, sources: Sequence[str]) -> list[str]:
+    return [str(route.site.via(source)) for source in sources] or [str(route.site)]

@@ -10,7 +10,9 @@ schema version; anything else is refused with a :class:`JournalError`, never re-
 
 - ``meta(key, value)``: the campaign identity (JSON of part name -> digest, so a refusal can
   name the part that changed), a stable ``campaign_id`` fixed at creation (Message-IDs are
-  derived from it, so it survives a forced resume), the import position and completion flag.
+  derived from it, so it survives a forced resume), the import position and completion flag,
+  and one ``warmup:<source>`` row per warming egress source (its day 1 and the day's count,
+  JSON: :mod:`bulksend.egress.warmup`).
 - ``recipients``: one row per recipient. ``id`` is the recipient's 1-based position in the
   recipients file: its stable identity across resumes. ``address`` (domain lower-cased, local
   part as given, RFC 5321 §2.4), ``domain``, ``data`` (merge data as JSON), ``status``,

@@ -575,6 +575,30 @@ class PostgresJournal(PostgresReports, StoreBase):
 
         return self._retried("look for waiting recipients", any_waiting)
 
+    def warmups(self, *, owner: object = None) -> dict[str, str]:
+        """The egress sources' saved warm-up states (JSON), by source name."""
+        self._check_owner(owner)
+
+        def read(cur: Cursor) -> dict[str, str]:
+            cur.execute("SELECT key, value FROM meta WHERE key LIKE 'warmup:%'")
+            return {str(key).removeprefix("warmup:"): str(value) for key, value in cur}
+
+        return self._retried("read warm-up states", read)
+
+    def save_warmup(self, source: str, state: str, *, owner: object = None) -> None:
+        """Save one egress source's warm-up state (JSON): it survives a restart, and the
+        workers sharing the journal see it when they start."""
+        self._check_owner(owner)
+
+        def save(cur: Cursor) -> None:
+            cur.execute(
+                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value ="
+                " EXCLUDED.value",
+                (f"warmup:{source}", state),
+            )
+
+        self._retried("save a warm-up state", save)
+
     def suppress_waiting(
         self,
         suppressed: Callable[[str], bool],

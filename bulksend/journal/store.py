@@ -384,6 +384,23 @@ class Journal(StoreBase):
             ),
         )
 
+    def warmups(self, *, owner: object = None) -> dict[str, str]:
+        """The egress sources' saved warm-up states (JSON), by source name."""
+        self._check_owner(owner)
+        rows = self._conn.read(
+            "read warm-up states",
+            lambda: self._db.execute(
+                "SELECT key, value FROM meta WHERE key LIKE 'warmup:%'"
+            ).fetchall(),
+        )
+        return {str(key).removeprefix("warmup:"): str(value) for key, value in rows}
+
+    def save_warmup(self, source: str, state: str, *, owner: object = None) -> None:
+        """Save one egress source's warm-up state (JSON): it survives a restart."""
+        self._check_owner(owner)
+        with self._conn.write("save a warm-up state") as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"warmup:{source}", state))
+
     def suppress_waiting(
         self,
         suppressed: Callable[[str], bool],

@@ -44,22 +44,25 @@ class Site:
 
     ``domain`` is set for a domain that does not roll up with the others (one with its own
     policy, see :meth:`alone`): the same hosts, but a site, limits and connections of its own.
+    ``source`` is set for the share of a site that leaves from one egress source address
+    (:meth:`via`, see :mod:`bulksend.egress.selection`).
     """
 
     mx: tuple[str, ...]
     port: int = 25
     domain: str = ""
+    source: str = ""
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.mx, self.port, self.domain)))
+        object.__setattr__(self, "_hash", hash((self.mx, self.port, self.domain, self.source)))
 
     def __hash__(self) -> int:
         return self._hash
 
-    def __reduce__(self) -> tuple[type[Site], tuple[tuple[str, ...], int, str]]:
+    def __reduce__(self) -> tuple[type[Site], tuple[tuple[str, ...], int, str, str]]:
         # Rebuild through __init__: a pickled hash is wrong under another PYTHONHASHSEED.
-        return (Site, (self.mx, self.port, self.domain))
+        return (Site, (self.mx, self.port, self.domain, self.source))
 
     @classmethod
     def of(cls, names: Iterable[str], port: int = 25) -> Site:
@@ -70,10 +73,15 @@ class Site:
         """This site's hosts serving ``domain`` alone (not rolled up with other domains)."""
         return Site(self.mx, self.port, domain)
 
+    def via(self, source: str) -> Site:
+        """This site's share that leaves from egress source ``source`` ("": the whole site)."""
+        return Site(self.mx, self.port, self.domain, source)
+
     def __str__(self) -> str:
         hosts = ",".join(self.mx)
         text = hosts if self.port == 25 else f"{hosts}:{self.port}"
-        return f"{self.domain}@{text}" if self.domain else text
+        text = f"{self.domain}@{text}" if self.domain else text
+        return f"{text} via {self.source}" if self.source else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,12 +193,14 @@ class SMTPClient:
         *,
         hostname: str,
         timeouts: Timeouts | None = None,
+        local_address: str | None = None,
     ) -> SMTPClient:
-        """Open a TCP connection to ``host`` (an address or a name) within ``timeouts.connect``."""
+        """Open a TCP connection to ``host`` (an address or a name) within ``timeouts.connect``,
+        from ``local_address`` when given (an egress source), else the system's choice."""
         timeouts = timeouts or Timeouts()
         try:
             with trio.fail_after(timeouts.connect):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await trio.open_tcp_stream(host, port, local_address=local_address)
         except trio.TooSlowError:
             raise SMTPTimeoutError(
                 f"connect to {host}:{port}: no answer within {timeouts.connect:g}s"

@@ -154,6 +154,8 @@ class Transaction:
     authenticated_as: str | None
     #: ``trio.current_time()`` when the final dot was accepted.
     time: float
+    #: The client's address (the connection's peer host): which egress source it came from.
+    peer: str = ""
 
 
 @dataclass(slots=True)
@@ -1087,6 +1089,7 @@ class SMTPServer:
                     tls=session.tls,
                     authenticated_as=session.authenticated_as,
                     time=now,
+                    peer=session.record.peer[0],
                 )
             )
         if self._progress:

@@ -506,3 +506,17 @@ def test_another_journals_state_file_is_refused(
     shutil.copyfile(state_file(other), state_file(journal_path))
     with pytest.raises(JournalError, match="belongs to another journal"):
         open_journal()
+
+
+def test_warmup_states_are_saved_and_survive_a_reopen(open_journal: Opener) -> None:
+    # The egress sources' warm-up counts (bulksend.egress.warmup) live in the journal.
+    journal = open_journal()
+    assert journal.warmups() == {}
+    journal.save_warmup("ip1", '{"start": 1.0, "day": 1, "sent": 5}')
+    journal.save_warmup("ip2", '{"start": 2.0, "day": 1, "sent": 1}')
+    journal.save_warmup("ip1", '{"start": 1.0, "day": 2, "sent": 0}')  # replaced
+    journal.close()
+    assert open_journal().warmups() == {
+        "ip1": '{"start": 1.0, "day": 2, "sent": 0}',
+        "ip2": '{"start": 2.0, "day": 1, "sent": 1}',
+    }

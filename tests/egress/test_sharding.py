@@ -1,0 +1,60 @@
+"""Sharding by (site, source): with egress sources, one site's sources spread over the
+workers, each worker sending to the site from its own sources only, limits held per source."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+from bulksend.delivery.shard import Shard, unit_of
+from bulksend.delivery.workers import WorkerPool
+from bulksend.journal import Journal
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
+from tests.egress.test_sources import peak_connections
+from tests.helpers.worlds import run_options
+
+SITES = [SiteSpec("big", ("big.test", "big2.test"), "127.0.0.20")]
+ADDRESS = {0: "127.0.0.2", 1: "127.0.0.3"}
+
+
+def names_for_both_shards(site: str) -> dict[int, str]:
+    """Source names whose (site, source) units fall one in each of two shards."""
+    found: dict[int, str] = {}
+    for name in (f"ip{i}" for i in itertools.count()):
+        index = next(i for i in (0, 1) if Shard(i, 2).owns(f"{site} via {name}"))
+        found.setdefault(index, name)
+        if len(found) == 2:
+            return found
+    raise AssertionError("unreachable")
+
+
+async def test_two_workers_split_one_site_by_source(tmp_path: Path) -> None:
+    recipients = addresses(["big.test", "big2.test"], 120)
+    with trio.fail_after(90):
+        async with running(SITES) as world:
+            site = f"mx1.big.test:{world.smtp_port}"
+            names = names_for_both_shards(site)  # shard -> the source it owns
+            policy = '[policy.defaults]\npool = "main"\nmax_connections = 1\nrate = "50/s"\n'
+            for shard, name in names.items():
+                policy += f'[[egress.source]]\nname = "{name}"\naddress = "{ADDRESS[shard]}"\n'
+            policy += f'[egress.pool.main]\nsources = ["{names[0]}", "{names[1]}"]\n'
+            toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
+            pool = WorkerPool(toml, {}, run_options(tmp_path, world, grace=2), 2)
+            states = await pool.run()
+            server = world.servers["big"]
+    assert [s.failed for s in states] == [False, False]
+    assert server.received() == Counter(recipients)  # every recipient exactly once
+    units = [f"{site} via {names[0]}", f"{site} via {names[1]}"]
+    peer_of = {r: t.peer for t in server.transactions for r in t.rcpt_to}
+    for shard_index in (0, 1):
+        shard = Shard(shard_index, 2)
+        with Journal.open(shard.journal(tmp_path / "journal.sqlite3"), None) as journal:
+            held = {s.address for s in journal.iter_states()}
+        # The shard holds the recipients of the unit it owns, and sent them from its source.
+        assert held == {r for r in recipients if shard.owns(unit_of(units, r))}
+        assert held and {peer_of[r] for r in held} == {ADDRESS[shard_index]}
+        # Its source's limits held: one connection at a time from that address.
+        assert peak_connections(server, ADDRESS[shard_index]) == 1
