@@ -228,6 +228,8 @@ async def test_a_store_restarted_mid_run_holds_sending_then_resumes(
     warnings = [r.getMessage() for r in caplog.records]
     assert any("unreachable" in w and "nothing is sent" in w for w in warnings)
     assert any("answers again" in w for w in warnings)
-    # Never faster than the rate, before, across and after the restart.
-    for a, b in itertools.pairwise(sorted(sent)):
-        assert b - a > 1 / rate - 0.003
+    # Never faster than the rate, before, across and after the restart: any ten sends in a
+    # row span nine intervals (less a wake-up's lateness, which a loaded machine stretches).
+    times = sorted(sent)
+    for a, b in zip(times, times[9:], strict=False):
+        assert b - a > 9 / rate - 0.015
