@@ -19,6 +19,8 @@ server, so the real stack (DNS, routing, scheduler, SMTP client, journal) does t
 * ``gone``: MX records but no server: connections are refused. Its recipients are retried
   (host backoff) until the campaign's short ``max_age``, then expired.
 * ``corp``: three small company domains on one well-behaved server.
+* ``example-sts``: a domain with an MTA-STS ``enforce`` policy, served over verified STARTTLS
+  (:mod:`bulksend.cli.demo_sts`).
 
 Plus a few rows the recipients reader rejects (invalid, duplicate).
 """
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from bulksend.cli.demo_sts import sts_addresses
 from bulksend.cli.progress import Progress
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.errors import JournalError
@@ -178,7 +181,13 @@ def write_demo_campaign(directory: Path, count: int) -> tuple[Path, list[SiteSpe
     directory.chmod(0o700)
     addresses, unknown = demo_addresses(count)
     # Rows the reader rejects: shown in the report as invalid.
-    rows: Sequence[str] = [*addresses, "not-an-address", "nobody@", addresses[0]]
+    rows: Sequence[str] = [
+        *addresses,
+        *sts_addresses(count),
+        "not-an-address",
+        "nobody@",
+        addresses[0],
+    ]
     toml = campaign_toml(campaign_id="bulksend-demo", policy=DEMO_POLICY)
     path = write_campaign(directory, rows, toml=toml)
     return path, demo_sites(unknown)

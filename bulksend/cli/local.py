@@ -90,6 +90,7 @@ def demo(
 ) -> None:
     """Run a realistic campaign against local test servers (DNS + SMTP on 127.0.0.x)."""
     from bulksend.cli import demo as world_of  # noqa: PLC0415
+    from bulksend.cli.demo_sts import StsDemo  # noqa: PLC0415
     from bulksend.testing.scenario import running  # noqa: PLC0415
 
     flags = RunFlags(
@@ -106,10 +107,12 @@ def demo(
         quiet=quiet,
     )
     path, sites = world_of.write_demo_campaign(directory, recipients)
+    sts = StsDemo(directory)
+    sites = [*sites, sts.site]
     journal = directory / "bulksend-demo.journal.sqlite3"
 
     async def go() -> RunResult:
-        async with running(sites) as world:
+        async with running(sites) as world, sts.serving(world):
             ports = dataclasses.replace(flags, dns_port=world.dns_port, smtp_port=world.smtp_port)
             campaign = load_campaign(path)
             info(
@@ -119,7 +122,7 @@ def demo(
             )
             return await execute_run(
                 campaign,
-                ports.options(journal, campaign),
+                sts.options(ports.options(journal, campaign)),
                 flags=ports,
                 campaign_path=path,
                 stream=sys.stderr,
@@ -130,6 +133,7 @@ def demo(
     print_summary(result, journal, sys.stdout, rejects=directory / "rejects.csv")
     sys.stdout.write("\n")
     with Journal.open(journal, None) as j:
+        sys.stdout.write(sts.summary(j.counts_by_domain()) + "\n")
         write_report(j, sys.stdout, top_domains=12)
     sys.stdout.write(
         f"\nfiles in {directory}/: campaign.toml, recipients.csv, journal, "
