@@ -10,14 +10,18 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
 from bulksend.cli.options import debug_option
+from bulksend.cli.progress import site_labels
 from bulksend.cli.state import TLS_STATE_ENV, tls_state_path
 from bulksend.errors import ConfigError
 from bulksend.files import write_private_bytes
+from bulksend.text import printable, write_table
 from bulksend.tlspolicy import TlsState
 from bulksend.tlspolicy.tlsrpt import aggregate_report
 
@@ -78,3 +82,23 @@ def tls_report(
         click.echo(text, nl=False)
     else:
         write_private_bytes(output, text.encode())
+
+
+def write_tls_sites(sites: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    """``status``'s TLS lines: each site under MTA-STS or DANE, or with a TLS failure, its
+    policy in force and its last TLS failure (remote text escaped); nothing if none."""
+    shown = [
+        s
+        for s in sites
+        if s.get("tls_failure") or s.get("tls_policy") not in (None, "", "opportunistic", "none")
+    ]
+    if not shown:
+        return
+    labels = site_labels(str(s["site"]) for s in sites)
+    out.write("TLS:\n")
+    rows = [
+        [labels[str(s["site"])], str(s.get("tls_policy") or "-"),
+         printable(str(s.get("tls_failure") or ""))]
+        for s in shown
+    ]  # fmt: skip
+    write_table([["site", "policy", "last TLS failure"], *rows], out)

@@ -91,6 +91,13 @@ class HostPolicy:
     refusal_result: str = ""
 
     @property
+    def label(self) -> str:
+        """The policy in words, as ``status`` shows it (``MTA-STS enforce``, ``DANE`` ...)."""
+        if self.kind is PolicyKind.STS and self.sts is not None:
+            return f"MTA-STS {self.sts.mode.value}"
+        return "DANE" if self.kind is PolicyKind.DANE else self.kind.value
+
+    @property
     def reported(self) -> bool:
         """Whether sessions under this policy are counted for TLS-RPT."""
         return self.kind in (PolicyKind.STS, PolicyKind.DANE)
