@@ -567,6 +567,7 @@ class Destination:
                     self.tls_policy, self.tls_failure = policy.label, policy.refusal
                     self.tls.failed(policy, policy.refusal_result)
                     continue
+                self.tls_failure = policy.warning or self.tls_failure
             for address in host.addresses:
                 tried = True
                 try:

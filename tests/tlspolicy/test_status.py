@@ -71,6 +71,17 @@ async def test_status_shows_an_mta_sts_refusal(tmp_path: Path, ca: trustme.CA) -
     assert f"MX host {MX} is not in the MTA-STS policy of {DOMAIN}" in row
 
 
+async def test_status_shows_a_testing_mode_failure(tmp_path: Path, ca: trustme.CA) -> None:
+    async with sts_world(ca, [site(ca)], [DOMAIN]) as world:
+        world.publish(DOMAIN, "1", policy_response("testing", ["*.elsewhere.test"]))
+        out = await status_after_sending(tmp_path, world)
+        assert world.world.servers["site"].stats.messages == 2  # delivered as without a policy
+    _header, row = tls_rows(out)
+    assert row.split()[1] == "opportunistic"
+    assert f"MX host {MX} is not in the MTA-STS policy of {DOMAIN}" in row
+    assert row.endswith("(testing)")
+
+
 async def test_status_has_no_tls_table_without_a_policy(tmp_path: Path, ca: trustme.CA) -> None:
     async with sts_world(ca, [site(ca)], [DOMAIN]) as world:  # publishes no policy
         out = await status_after_sending(tmp_path, world)
