@@ -19,6 +19,8 @@ server, so the real stack (DNS, routing, scheduler, SMTP client, journal) does t
 * ``gone``: MX records but no server: connections are refused. Its recipients are retried
   (host backoff) until the campaign's short ``max_age``, then expired.
 * ``corp``: three small company domains on one well-behaved server.
+* ``example-sts``: a domain with an MTA-STS ``enforce`` policy, served over verified STARTTLS
+  (:mod:`bulksend.cli.demo_sts`).
 
 Plus a few rows the recipients reader rejects (invalid, duplicate).
 
@@ -49,6 +51,7 @@ import trio
 
 from bulksend.campaign.render import Campaign, _unsubscribe_key
 from bulksend.campaign.unsubscribe import unsubscribe_token
+from bulksend.cli.demo_sts import sts_addresses
 from bulksend.cli.progress import Progress
 from bulksend.delivery.run import RunOptions, run_campaign
 from bulksend.delivery.scheduler import Scheduler
@@ -209,7 +212,13 @@ def write_demo_campaign(directory: Path, count: int) -> tuple[Path, list[SiteSpe
     directory.chmod(0o700)
     addresses, unknown = demo_addresses(count)
     # Rows the reader rejects: shown in the report as invalid.
-    rows: Sequence[str] = [*addresses, "not-an-address", "nobody@", addresses[0]]
+    rows: Sequence[str] = [
+        *addresses,
+        *sts_addresses(count),
+        "not-an-address",
+        "nobody@",
+        addresses[0],
+    ]
     path = write_campaign(directory, rows, toml=_demo_toml("bulksend-demo"))
     (directory / "unsubscribe.key").write_text(secrets.token_urlsafe(32) + "\n")
     (directory / "unsubscribe.key").chmod(0o600)

@@ -90,6 +90,7 @@ def demo(
 ) -> None:
     """Run a realistic campaign against local test servers (DNS + SMTP on 127.0.0.x)."""
     from bulksend.cli import demo as world_of  # noqa: PLC0415
+    from bulksend.cli.demo_sts import StsDemo  # noqa: PLC0415
     from bulksend.testing.scenario import running  # noqa: PLC0415
 
     flags = RunFlags(
@@ -106,10 +107,12 @@ def demo(
         quiet=quiet,
     )
     path, sites = world_of.write_demo_campaign(directory, recipients)
+    sts = StsDemo(directory)
+    sites = [*sites, sts.site]
     journal = directory / "bulksend-demo.journal.sqlite3"
 
     async def go() -> tuple[RunResult, list[str]]:
-        async with running(sites) as world:
+        async with running(sites) as world, sts.serving(world):
             ports = dataclasses.replace(flags, dns_port=world.dns_port, smtp_port=world.smtp_port)
             campaign = load_campaign(path)
             info(
@@ -119,7 +122,7 @@ def demo(
             )
             addresses, _unknown = world_of.demo_addresses(recipients)
             loop = world_of.DemoFeedback(campaign, journal, directory, addresses)
-            options = ports.options(journal, campaign)
+            options = sts.options(ports.options(journal, campaign))
             result = await execute_run(
                 campaign,
                 options,
@@ -134,11 +137,12 @@ def demo(
     print_summary(result, journal, sys.stdout, rejects=directory / "rejects.csv")
     sys.stdout.write("\n")
     with Journal.open(journal, None) as j:
+        sys.stdout.write(sts.summary(j.counts_by_domain()) + "\n")
         write_report(j, sys.stdout, top_domains=12)
     sys.stdout.write("".join(f"{line}\n" for line in loop_lines))
     sys.stdout.write(
         f"\nfiles in {directory}/: campaign.toml, recipients.csv, journal, "
-        "accounting.jsonl, report.txt, suppressions.sqlite3, follow-up/\n"
+        "accounting.jsonl, report.txt, suppressions.sqlite3, tls-state.sqlite3, follow-up/\n"
     )
     with Journal.open(journal, None) as j, open_private(directory / "report.txt") as out:
         write_report(j, out, top_domains=50)

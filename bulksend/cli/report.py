@@ -19,6 +19,7 @@ from bulksend.cli.progress import (
     read_snapshot,
     snapshot_path,
 )
+from bulksend.cli.tls_report import write_tls_sites
 from bulksend.journal import JournalSet, Status
 from bulksend.journal.backend import open_peek
 from bulksend.journal.reports import export_csv, export_jsonl, write_report
@@ -96,6 +97,7 @@ def _status_of(journal: Path | str, as_json: bool) -> dict[Status, int]:
         out.write("\n")
         header = ["site", "domains", "queued", "conn", "rate", "state", "last error"]
         write_table([header, *iter_site_rows(sites)], out)
+        write_tls_sites(sites, out)
     return counts
 
 

@@ -160,6 +160,8 @@ class Destination:
         self._connect_failure: SMTPError | None = None  # why the last connect failed
         #: MTA-STS/DANE decisions for an MX site (the scheduler sets it); None for a relay.
         self.tls: TlsPolicies | None = None
+        self.tls_policy = ""  # the TLS policy of the last connection (HostPolicy.label)
+        self.tls_failure = ""  # the last TLS failure or policy refusal, with its host
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
         # Recipients in one transaction: the site's setting for a message the same for
@@ -612,8 +614,10 @@ class Destination:
                 policy = await self.tls.host_policy(domain, host.name)
                 if policy.refusal:  # never contacted: not the host's failure either
                     tried, last = True, TLSError(policy.refusal)
+                    self.tls_policy, self.tls_failure = policy.label, policy.refusal
                     self.tls.failed(policy, policy.refusal_result)
                     continue
+                self.tls_failure = policy.warning or self.tls_failure
             for address in host.addresses:
                 tried = True
                 try:
@@ -664,12 +668,14 @@ class Destination:
         """
         tls = self.tls
         if tls is not None and policy.kind is not PolicyKind.OPPORTUNISTIC:
+            self.tls_policy = policy.label
             try:
                 client = await self._open(
                     address, port, server_name, TlsMode.REQUIRED, key, policy=policy
                 )
             except TLSError as exc:
                 tls.failed(policy, result_of(exc), address)
+                self.tls_failure = f"{server_name}: {exc}"
                 if policy.enforce:
                     raise
                 log.warning("%s: %s (MTA-STS testing: delivering anyway)", server_name, exc)
@@ -682,12 +688,15 @@ class Destination:
             if tls is not None:
                 kind = PolicyKind.NONE if mode is TlsMode.NONE else PolicyKind.OPPORTUNISTIC
                 tls.succeeded(dataclasses.replace(policy, kind=kind), tls=client.tls_active)
+                if policy.kind is PolicyKind.OPPORTUNISTIC:
+                    self.tls_policy = kind.value
             return client
         except TLSError as exc:
             authenticating = self.credentials is not None
             if not self._hosts.starttls_failed(server_name, mode, authenticating=authenticating):
                 raise
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
+            self.tls_failure = f"{server_name}: STARTTLS failed ({exc})"
             self.context.metrics.connections_failed.labels(self.label, "tls").inc()
             return await self._open(address, port, server_name, TlsMode.NONE, key)
 

@@ -381,7 +381,7 @@ async def run_campaign(
             timeouts=policy.timeouts,
             ehlo_hostname=ehlo_hostname(config, options.ehlo_hostname),
             connections=ConnectionPool(policy.max_total_connections),
-            ssl_verified=options.ssl_verified or _verified_context(config.tls.ca_certs),
+            ssl_verified=options.ssl_verified or verified_context(config.tls.ca_certs),
             ssl_opportunistic=options.ssl_opportunistic or _unverified_context(),
             epoch=time.time() - trio.current_time(),
             limit=options.limit,
@@ -666,7 +666,7 @@ def _first_leaf(group: BaseExceptionGroup[JournalError]) -> JournalError:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _verified_context(ca_certs: str | None) -> ssl.SSLContext:
+def verified_context(ca_certs: str | None) -> ssl.SSLContext:
     """The system's trust store, plus the campaign's own CA certificates (``[tls] ca_file``)."""
     context = ssl.create_default_context()
     if ca_certs is not None:

@@ -137,6 +137,8 @@ class SiteStatus:
     suspended_for: float
     reason: str
     last_error: str
+    tls_policy: str = ""  # the TLS policy of its last connection (MTA-STS enforce, DANE ...)
+    tls_failure: str = ""  # its last TLS failure or MTA-STS/DANE refusal
 
 
 class Scheduler:
@@ -238,6 +240,8 @@ class Scheduler:
                     suspended_for=max(limits.suspended_until - now, 0.0),
                     reason=d.backoff.reason,
                     last_error=d.last_error,
+                    tls_policy=d.tls_policy,
+                    tls_failure=d.tls_failure,
                 )
             )
         out.sort(key=lambda s: (-s.connections, -s.domains, s.site))

@@ -7,7 +7,9 @@ verifies the certificate for that name (the system's trust store, or the context
 given). It follows no redirect (§3.3: a 3xx is a failure), accepts only ``200`` with a
 ``text/plain`` body of at most ``max_size`` bytes (64 KiB by default, §3.3), and the whole
 fetch runs under one deadline (a cancel scope). httpx runs on Trio through its
-anyio/trio backend (httpcore), so no thread is involved.
+anyio/trio backend (httpcore), so no thread is involved. :func:`post_report` sends a TLS
+report (RFC 8460 §5.3) the same way: to the addresses the caller resolved, with the URL's
+host as SNI and ``Host``, its certificate verified, no redirect followed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import trio
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["FetchError", "FetchSettings", "fetch_policy_text"]
+__all__ = ["FetchError", "FetchSettings", "fetch_policy_text", "post_report"]
 
 _PATH = "/.well-known/mta-sts.txt"
 
@@ -60,23 +62,11 @@ async def fetch_policy_text(host: str, addresses: Sequence[str], settings: Fetch
     Raises:
         FetchError: every address failed; the reason is the last address's.
     """
-    # httpx loads its command line (click) when imported: only when a policy is fetched.
-    import httpx  # noqa: PLC0415
-
     if not addresses:
         raise FetchError(f"{host} has no address")
-    context = settings.ssl_context or ssl.create_default_context()
     reason = ""
     with trio.move_on_after(settings.deadline):
-        # The deadline is the cancel scope above. httpx's own timeouts (half of it, per step)
-        # only make a silent server fail first as an exception: httpcore closes its socket on
-        # an exception, but not when cancelled in the TLS handshake.
-        async with httpx.AsyncClient(
-            verify=context,
-            follow_redirects=False,
-            timeout=settings.deadline / 2,
-            trust_env=False,
-        ) as client:
+        async with _client(settings) as client:
             for address in addresses:
                 try:
                     return await _fetch_one(client, host, address, settings)
@@ -92,22 +82,46 @@ def _raise(reason: str) -> str:
     raise FetchError(reason)
 
 
-async def _fetch_one(
-    client: httpx.AsyncClient, host: str, address: str, settings: FetchSettings
-) -> str:
-    import httpx  # noqa: PLC0415 (see fetch_policy_text)
+def _client(settings: FetchSettings) -> httpx.AsyncClient:
+    # httpx loads its command line (click) when imported: only when a policy is fetched.
+    import httpx  # noqa: PLC0415
 
+    # The deadline is the caller's cancel scope. httpx's own timeouts (half of it, per step)
+    # only make a silent server fail first as an exception: httpcore closes its socket on an
+    # exception, but not when cancelled in the TLS handshake.
+    return httpx.AsyncClient(
+        verify=settings.ssl_context or ssl.create_default_context(),
+        follow_redirects=False,
+        timeout=settings.deadline / 2,
+        trust_env=False,
+    )
+
+
+def _request(
+    client: httpx.AsyncClient, method: str, *, host: str, address: str, port: int,
+    target: str, headers: dict[str, str], content: bytes | None = None,
+) -> httpx.Request:  # fmt: skip
+    """A request to ``address`` for ``host`` (SNI and ``Host``)."""
     literal = f"[{address}]" if ":" in address else address
-    request = client.build_request(
-        "GET",
-        f"https://{literal}:{settings.port}{_PATH}",
-        headers={"Host": host, "Accept": "text/plain"},
+    return client.build_request(
+        method,
+        f"https://{literal}:{port}{target}",
+        headers={"Host": host, **headers},
+        content=content,
         extensions={"sni_hostname": host},
     )
+
+
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, host: str, address: str, seconds: float
+) -> httpx.Response:
+    """Send ``request`` (the response streamed), its failures as :class:`FetchError`."""
+    import httpx  # noqa: PLC0415 (see _client)
+
     try:
-        response = await client.send(request, stream=True)
+        return await client.send(request, stream=True)
     except httpx.TimeoutException:
-        raise FetchError(f"{address}: no answer within {settings.deadline / 2:g}s") from None
+        raise FetchError(f"{address}: no answer within {seconds:g}s") from None
     except httpx.ConnectError as exc:
         cause = exc.__cause__ or exc.__context__
         while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
@@ -120,6 +134,53 @@ async def _fetch_one(
         raise FetchError(f"{address}: {exc or type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise FetchError(f"{address}: {exc or type(exc).__name__}") from None
+
+
+async def post_report(
+    url: str, addresses: Sequence[str], body: bytes, settings: FetchSettings
+) -> int:
+    """POST a gzip'd TLS report to the ``https:`` ``url`` (RFC 8460 §5.3) at the first of
+    ``addresses`` (the URL host's) that answers; the status of the answer (2xx: accepted).
+
+    Raises:
+        FetchError: no address answered, within ``settings.deadline`` in all.
+    """
+    import httpx  # noqa: PLC0415 (see _client)
+
+    parts = httpx.URL(url)
+    target = parts.raw_path.decode("ascii") or "/"
+    headers = {"Content-Type": "application/tlsrpt+gzip"}
+    reason = f"{parts.host} has no address"
+    with trio.move_on_after(settings.deadline):
+        async with _client(settings) as client:
+            for address in addresses:
+                request = _request(
+                    client, "POST", host=parts.host, address=address, port=parts.port or 443,
+                    target=target, headers=headers, content=body,
+                )  # fmt: skip
+                try:
+                    response = await _send(
+                        client, request, parts.host, address, settings.deadline / 2
+                    )
+                except FetchError as exc:
+                    reason = exc.reason
+                    continue
+                await response.aclose()
+                return response.status_code
+        raise FetchError(f"{parts.host}: {reason}")
+    raise FetchError(f"{parts.host}: no answer within {settings.deadline:g}s")
+
+
+async def _fetch_one(
+    client: httpx.AsyncClient, host: str, address: str, settings: FetchSettings
+) -> str:
+    import httpx  # noqa: PLC0415 (see _client)
+
+    request = _request(
+        client, "GET", host=host, address=address, port=settings.port, target=_PATH,
+        headers={"Accept": "text/plain"},
+    )  # fmt: skip
+    response = await _send(client, request, host, address, settings.deadline / 2)
     try:
         if response.is_redirect:
             raise FetchError(f"answered {response.status_code} (a redirect: not followed)")

@@ -79,6 +79,8 @@ class HostPolicy:
         tlsa: the usable TLSA records, for a DANE host.
         refusal: when set, the host must not be contacted at all, and why.
         refusal_result: the TLS-RPT result type of the refusal.
+        warning: a policy failure of MTA-STS ``testing`` mode, counted already: delivery
+            goes on without the policy (``status`` shows it as the site's last failure).
     """
 
     kind: PolicyKind
@@ -89,6 +91,14 @@ class HostPolicy:
     tlsa: tuple[Tlsa, ...] = ()
     refusal: str = ""
     refusal_result: str = ""
+    warning: str = ""
+
+    @property
+    def label(self) -> str:
+        """The policy in words, as ``status`` shows it (``MTA-STS enforce``, ``DANE`` ...)."""
+        if self.kind is PolicyKind.STS and self.sts is not None:
+            return f"MTA-STS {self.sts.mode.value}"
+        return "DANE" if self.kind is PolicyKind.DANE else self.kind.value
 
     @property
     def reported(self) -> bool:
@@ -265,7 +275,7 @@ class TlsPolicies:
                     refusal_result="validation-failure",
                 )  # fmt: skip
             self.failed(HostPolicy(PolicyKind.STS, domain, host, sts=sts), "validation-failure")
-            return HostPolicy(PolicyKind.OPPORTUNISTIC, domain, host)
+            return HostPolicy(PolicyKind.OPPORTUNISTIC, domain, host, warning=f"{reason} (testing)")
         return HostPolicy(PolicyKind.STS, domain, host, enforce, sts)
 
     async def dane_policy(self, domain: str, host: str) -> HostPolicy | None:

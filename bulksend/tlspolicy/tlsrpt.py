@@ -4,16 +4,24 @@ How this works (no I/O here; :mod:`bulksend.tlspolicy.state` keeps the counts): 
 session to a host under a policy (MTA-STS or DANE) is counted once, by UTC day, policy
 domain, policy and result: ``success`` or one of the result types of §4.3. A report for one
 day (§4.4) has one entry per policy applied, with its successful and failed session counts
-and the failures grouped by result type and receiving MX host.
+and the failures grouped by result type and receiving MX host. A policy domain's
+``_smtp._tls`` TXT record (§3) names where its reports go (:func:`parse_rua`); a report
+travels gzip'd (:func:`report_gzip`), by HTTPS POST or as the attachment of a
+``multipart/report`` mail (§5.3, :func:`report_mail`).
 """
 
 from __future__ import annotations
 
 import datetime
+import email.message
+import email.policy
+import email.utils
+import gzip
 import json
 import ssl
+import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +30,9 @@ __all__ = [
     "SUCCESS",
     "SessionKey",
     "aggregate_report",
+    "parse_rua",
+    "report_gzip",
+    "report_mail",
     "result_of",
 ]
 
@@ -164,3 +175,61 @@ def _order(key: SessionKey) -> tuple[str, ...]:
 
 def _stamp(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rua(texts: Sequence[str]) -> tuple[str, ...]:
+    """The report destinations (``mailto:`` and ``https:`` URIs) of a domain's ``_smtp._tls``
+    TXT records (RFC 8460 §3): none unless exactly one record starts ``v=TLSRPTv1``; URIs
+    of other schemes are left out."""
+    found = [t for t in texts if t.replace(" ", "").startswith("v=TLSRPTv1;")]
+    if len(found) != 1:
+        return ()
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (part.partition("=") for part in found[0].split(";"))
+    }
+    uris = (u.strip() for u in fields.get("rua", "").split(","))
+    return tuple(u for u in uris if u.lower().startswith(("mailto:", "https://")))
+
+
+def report_gzip(report: dict[str, Any]) -> bytes:
+    """The report as gzip'd JSON, ``application/tlsrpt+gzip`` (RFC 8460 §5.3)."""
+    return gzip.compress(json.dumps(report).encode(), mtime=0)
+
+
+def report_mail(
+    report: dict[str, Any], *, domain: str, submitter: str, sender: str, recipient: str
+) -> bytes:
+    """The mail that carries ``report`` to a ``mailto:`` destination (RFC 8460 §5.3).
+
+    ``multipart/report; report-type="tlsrpt"``: a short text part and the gzip'd JSON
+    (``application/tlsrpt+gzip``, named ``submitter!domain!begin!end!report-id.json.gz``,
+    §5.1), with the ``TLS-Report-Domain`` and ``TLS-Report-Submitter`` headers (§5.3.1)
+    and the subject ``Report Domain: ... Submitter: ... Report-ID: <...>``.
+    """
+    start, end = (
+        int(datetime.datetime.fromisoformat(report["date-range"][k]).timestamp())
+        for k in ("start-datetime", "end-datetime")
+    )
+    report_id = report["report-id"]
+    message = email.message.EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = urllib.parse.unquote(recipient)
+    message["Subject"] = f"Report Domain: {domain} Submitter: {submitter} Report-ID: <{report_id}>"
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(domain=submitter)
+    message["TLS-Report-Domain"] = domain
+    message["TLS-Report-Submitter"] = submitter
+    message.set_content(
+        f"This is an aggregate TLS report (RFC 8460) from {submitter} for {domain}, "
+        f"{report['date-range']['start-datetime']} to {report['date-range']['end-datetime']}.\n"
+    )
+    message.add_attachment(
+        report_gzip(report),
+        maintype="application",
+        subtype="tlsrpt+gzip",
+        filename=f"{submitter}!{domain}!{start}!{end}!{report_id}.json.gz",
+    )
+    message.set_type("multipart/report")
+    message.set_param("report-type", "tlsrpt")
+    return message.as_bytes()

@@ -207,6 +207,16 @@ async def test_demo_runs_to_its_report(tmp_path: Path) -> None:
     assert "bad_mailbox" in out
     assert "expired" in out
     assert "metrics at http://127.0.0.1:" in proc.stderr()
+    # The MTA-STS domain: policy fetched over HTTPS, every recipient over verified STARTTLS.
+    sts = re.search(
+        r"^example-sts\.test: MTA-STS enforce, (\d+) delivered over verified TLS "
+        r"\((\d+) sessions, 0 TLS failures\)$",
+        out,
+        re.MULTILINE,
+    )
+    assert sts is not None, out
+    assert int(sts[1]) == 3
+    assert int(sts[2]) >= 1
     with JournalPeek(directory / "bulksend-demo.journal.sqlite3") as peek:
         counts = peek.counts()
     assert counts["delivered"] > 250

@@ -186,3 +186,20 @@ async def test_a_redirected_policy_is_a_fetch_error_and_no_policy(
     # failure is counted for the domain's TLS report.
     assert summary.counts[Status.DELIVERED] == 4
     assert report_counts(tmp_path)["sts", "sts-policy-fetch-error"] == 1
+
+
+async def test_enforce_never_falls_back_to_the_domains_a_record(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    # strict.test has no MX records, only an A record on the site's address: the implicit MX
+    # (RFC 5321 §5.1) is strict.test itself, which the policy's mx patterns do not name.
+    bare = SiteSpec("site", (), "127.0.0.2", site(ca).script)
+    async with sts_world(ca, [bare], [DOMAIN]) as world:
+        world.world.dns.load({DOMAIN: {"A": ["127.0.0.2"]}})
+        world.publish(DOMAIN, "1", policy_response("enforce", [MX]))
+        summary = await send(tmp_path, world)
+        assert world.world.servers["site"].connections == []
+    assert summary.counts[Status.DELIVERED] == 0
+    for state in states(tmp_path):
+        assert state.status is Status.PENDING
+        assert f"MX host {DOMAIN} is not in the MTA-STS policy of {DOMAIN}" in (state.text or "")
