@@ -73,8 +73,8 @@ from bulksend.campaign.recipients import (
     Reject,
     load_suppression,
 )
-from bulksend.campaign.unsubscribe import unsubscribe_token
-from bulksend.config import CampaignConfig, UnsubscribeConfig, load_campaign
+from bulksend.campaign.unsubscribe import signing_key, unsubscribe_token
+from bulksend.config import CampaignConfig, load_campaign
 from bulksend.errors import BulksendError, ConfigError
 from bulksend.text import CONTROL
 
@@ -179,13 +179,6 @@ class RenderedMessage:
     needs_8bitmime: bool
     needs_smtputf8: bool
     message_id: str
-
-
-def _unsubscribe_key(unsubscribe: UnsubscribeConfig | None) -> bytes | None:
-    """The HMAC key of the campaign's unsubscribe tokens, if it has one."""
-    if unsubscribe is None or unsubscribe.key is None:
-        return None
-    return unsubscribe.key.reveal().encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,7 +572,7 @@ class Campaign:
             if config.unsubscribe is None
             else header_field("unsubscribe.url", config.unsubscribe.url)
         )
-        self._unsubscribe_key = _unsubscribe_key(config.unsubscribe)
+        self._unsubscribe_key = signing_key(config.unsubscribe)
         self._text: _Field | None = None
         self._html: _Field | None = None
         if message.text_template is not None:

@@ -17,10 +17,18 @@ from collections.abc import Sequence
 from typing import Final
 
 from bulksend.campaign.recipients import normalise_address
+from bulksend.config.schema import UnsubscribeConfig
 
-__all__ = ["unsubscribe_token", "verify_token"]
+__all__ = ["signing_key", "unsubscribe_token", "verify_token"]
 
 _TOKEN_BYTES: Final = 16
+
+
+def signing_key(unsubscribe: UnsubscribeConfig | None) -> bytes | None:
+    """The HMAC key of a campaign's unsubscribe tokens, if it has one."""
+    if unsubscribe is None or unsubscribe.key is None:
+        return None
+    return unsubscribe.key.reveal().encode("utf-8")
 
 
 def unsubscribe_token(key: bytes, campaign_id: str, address: str) -> str:

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from bulksend.campaign.render import Campaign, _unsubscribe_key
-from bulksend.campaign.unsubscribe import unsubscribe_token
+from bulksend.campaign.render import Campaign
+from bulksend.campaign.unsubscribe import signing_key, unsubscribe_token
 from bulksend.cli.demo_sts import sts_addresses
 from bulksend.cli.progress import Progress
 from bulksend.delivery.run import RunOptions, run_campaign
@@ -321,7 +321,7 @@ class DemoFeedback:
                 await trio.to_thread.run_sync(applying)
                 self.bounced_later.append(address)
             reader = delivered[_LATER_BOUNCES]
-            key = _unsubscribe_key(config.unsubscribe)
+            key = signing_key(config.unsubscribe)
             assert key is not None  # the demo campaign signs its links
             query = {"c": config.id, "e": reader, "t": unsubscribe_token(key, config.id, reader)}
             target = f"/unsubscribe?{urllib.parse.urlencode(query)}"
