@@ -19,6 +19,7 @@ from typing import Any
 import click
 import trio
 
+from bulksend.cli.ctl import ctl
 from bulksend.cli.distributed import import_, worker
 from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
@@ -130,5 +131,6 @@ for _command in (
     suppress,
     inbound,
     unsubscribe_server,
+    ctl,
 ):
     main.add_command(_command)

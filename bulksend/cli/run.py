@@ -35,6 +35,8 @@ from bulksend.cli.output import (
     write_tally,
 )
 from bulksend.cli.progress import AccountingLog, Progress, Tally, snapshot_path
+from bulksend.control.commands import CommandError
+from bulksend.control.server import Operator, load_state
 from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
@@ -160,6 +162,7 @@ async def execute_run(
         metrics=metrics,
     )
     control = _RunControl()
+    operator = live_control(options.journal_path, metrics, progress.message)
     summary: RunSummary | None = None
     state = "aborted"
     try:
@@ -170,6 +173,9 @@ async def execute_run(
             def on_start(scheduler: Scheduler) -> None:
                 control.on_start(scheduler)
                 progress.attach(scheduler)
+                if operator is not None:  # live control: bulksend ctl
+                    operator.attach(scheduler)
+                    nursery.start_soon(operator.serve)
                 if watch is not None:
                     nursery.start_soon(watch, scheduler, progress)
 
@@ -196,6 +202,20 @@ async def execute_run(
         control.scheduler is not None,
         metrics_server=metrics_server,
     )
+
+
+def live_control(
+    journal: Path | str, metrics: Metrics, say: Callable[[str], None]
+) -> Operator | None:
+    """The run's control endpoint (a SQLite journal's): pauses and cancellations persisted
+    from earlier runs in force."""
+    if isinstance(journal, str):
+        return None  # a PostgreSQL journal: not yet
+    try:
+        state = load_state(journal, time.time())
+    except CommandError as exc:
+        raise ConfigError(str(exc)) from None
+    return Operator(journal, state, metrics.registry, say)
 
 
 def _show_changes(journal: AnyJournal) -> None:

@@ -410,17 +410,38 @@ class Destination:
         return self._senders <= self.backoff.limits.max_connections
 
     def _suspended_for(self) -> float:
-        """Seconds the site stays suspended (0: not suspended). Asked before every message:
-        a site never suspended reads no clock."""
-        until = self.backoff.limits.suspended_until
+        """Seconds the site stays suspended or paused (0: neither). Asked before every
+        message: a site never suspended reads no clock."""
+        until = max(self.backoff.limits.suspended_until, self.backoff.paused_until)
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
 
     async def _wait_while_suspended(self) -> None:
-        """Honour a suspension: hand back what was taken, sleep until it ends."""
+        """Honour a suspension: hand back what was taken, sleep until it ends (or a stop, or
+        an operator's change: :meth:`limits_changed`)."""
         while (left := self._suspended_for()) > 0 and not self.context.stopping.is_set():
-            self._release_buffer(left, self.backoff.reason)
+            if self.backoff.paused_until > self.context.now():
+                # An operator's pause: due again at once, fetched here when it ends.
+                self._release_buffer(0.0, self.backoff.paused_reason)
+            else:
+                self._release_buffer(left, self.backoff.reason)
+            work = self._work
             with trio.move_on_after(left):
-                await self.context.stopping.wait()
+                await work.wait()
+
+    def limits_changed(self) -> None:
+        """An operator changed this site's limits or pause (``bulksend ctl``): act now."""
+        self.wake()
+        if self._nursery is not None:
+            self._spawn()
+
+    def hand_back(self, domain: str, outcome: Outcome) -> int:
+        """Record ``outcome`` for each of ``domain``'s recipients taken and not yet sent
+        (``bulksend ctl``: a domain paused or cancelled); returns how many."""
+        mine = [due for due in self._buffer if due.domain == domain]
+        for due in mine:
+            self._buffer.remove(due)
+            self._record(due, outcome)
+        return len(mine)
 
     # ------------------------------------------------------------------- outcomes
 

@@ -66,6 +66,14 @@ _COALESCE = 0.25
 _SHARED_POLL = 1.0
 
 
+def _ignore(_site: Site, _destination: Destination) -> None:
+    pass
+
+
+def _never(_domain: str) -> bool:
+    return False
+
+
 class SitePolicy:
     """The limits of each route's destination, and which domains do not roll up.
 
@@ -157,6 +165,10 @@ class Scheduler:
         self._label_threshold = 0
         self.complete = False
         self._on_outcome = on_outcome
+        #: Live control (``bulksend ctl``): sees each new destination; says which domains
+        #: are held (paused or cancelled: not attached).
+        self.on_destination: Callable[[Site, Destination], None] = _ignore
+        self.held: Callable[[str], bool] = _never
 
     # ------------------------------------------------------------------ public
 
@@ -247,7 +259,10 @@ class Scheduler:
                 top = d.metrics.sites.top
                 self._label_threshold = volumes[min(top, len(volumes)) - 1]
                 first = False
-            fresh = sorted((n for n in due if n not in self._attached), key=lambda n: -due[n])
+            fresh = sorted(
+                (n for n in due if n not in self._attached and not self.held(n)),
+                key=lambda n: -due[n],
+            )
             for domain in fresh:
                 if d.stopping.is_set():
                     return
@@ -342,4 +357,5 @@ class Scheduler:
             )
             destination = Destination(self.context, route, limits, backoff, label=label)
             self.destinations[site] = destination
+            self.on_destination(site, destination)
         return destination

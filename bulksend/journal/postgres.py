@@ -90,6 +90,7 @@ from bulksend.journal.postgres_schema import (
     RELEASE_SET,
     REPLIED_SQL,
     TABLES,
+    UPGRADE_1_TO_2,
     WAITING_IN,
     Location,
     NoJournal,
@@ -360,6 +361,10 @@ class PostgresJournal(PostgresReports, StoreBase):
                     ],
                 )
             meta = self._meta(cur)
+            if meta.get("schema_version") == "1" and identity is not None:  # a run: upgrade
+                for statement in UPGRADE_1_TO_2:
+                    cur.execute(statement)
+                meta["schema_version"] = "2"
         # The session's search_path stays (SET, not SET LOCAL, survives the commit).
         if meta.get("schema_version") != str(PG_SCHEMA_VERSION):
             raise JournalError(
