@@ -162,3 +162,32 @@ async def test_a_paused_site_stays_paused_after_resume_until_resumed(tmp_path: P
                 assert await received_during(alpha, 1.0) >= 5
                 again.signal()
                 await again.wait(30)
+
+
+def _to(world: World, domain: str) -> int:
+    return sum(n for a, n in world.received().items() if a.endswith("@" + domain))
+
+
+async def test_pause_a_domain_and_the_whole_campaign(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with sending(tmp_path, 900, rate=20) as (world, proc, journal):
+            await proc.wait_for(lambda: _to(world, "c1.test") >= 3, 30, "c1 sending")
+            paused = await ctl(tmp_path, journal, "pause", "--domain", "c1.test")
+            assert paused.stdout() == "domain c1.test paused until resumed\n", paused
+            await trio.sleep(1.0)
+            c1, b1 = _to(world, "c1.test"), _to(world, "b1.test")
+            await trio.sleep(2.0)
+            assert _to(world, "c1.test") == c1  # the domain stopped
+            assert _to(world, "b1.test") >= b1 + 10  # its site goes on with the other domain
+            await ctl(tmp_path, journal, "resume", "--domain", "c1.test")
+            await proc.wait_for(lambda: _to(world, "c1.test") > c1, 5, "c1 again")
+
+            paused = await ctl(tmp_path, journal, "pause", "--for", "3s")
+            assert paused.stdout() == "the campaign paused for 3s\n", paused
+            await trio.sleep(1.0)
+            total = world.delivered
+            await trio.sleep(1.5)
+            assert world.delivered == total  # nothing anywhere
+            await proc.wait_for(lambda: world.delivered > total, 5, "the pause's end")
+            proc.signal()
+            await proc.wait(30)
