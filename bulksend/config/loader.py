@@ -26,6 +26,7 @@ from types import MappingProxyType
 import email_validator
 
 from bulksend.config.policy import load_policy
+from bulksend.config.schedule import load_schedule
 from bulksend.config.schema import (
     DEFAULT_MAX_MESSAGE_SIZE,
     AttachmentConfig,
@@ -182,6 +183,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     tls = _load_tls(root)
     suppression = _load_suppression(root)
     journal_url = _load_journal(root)
+    schedule = load_schedule(root)
     root.finish()
     return CampaignConfig(
         source=source,
@@ -198,6 +200,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         journal_url=journal_url,
         tls=tls,
         suppression=suppression,
+        schedule=schedule,
         warnings=tuple(root.warnings),
     )
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
+from bulksend.config.schedule import ScheduleConfig
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "AttachmentConfig",
@@ -395,6 +397,8 @@ class CampaignConfig:
     #: ``[journal] url``: the campaign's PostgreSQL journal (``postgresql://...``), used
     #: when no ``--journal`` is given; None: a SQLite file beside the campaign file.
     journal_url: str | None = None
+    #: ``[schedule]``: when it may send (bulksend.config.schedule).
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from bulksend.control.commands import Command, CommandError, ControlState
 from bulksend.delivery.destination import Destination
+from bulksend.delivery.ending import end_waiting, hold_domain
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.files import open_private
 from bulksend.journal import Outcome
@@ -46,8 +47,6 @@ from bulksend.routing import Site
 MAX_REQUEST: Final = 65_536
 #: Seconds a client has to send its request.
 _REQUEST_DEADLINE: Final = 10.0
-#: Recipients of a cancelled domain claimed (and cancelled) at once.
-_CANCEL_BATCH: Final = 1000
 _PAUSED: Final = "paused by bulksend ctl"
 
 
@@ -131,36 +130,6 @@ class Operator:
             self._enforce_site(site, destination)
         scheduler.due_again(-math.inf)  # the feeder looks again (a domain resumed)
 
-    def _hold(self, domain: str, outcome: Outcome) -> int:
-        """Take ``domain`` from its destination, with what it holds of it (``outcome``)."""
-        scheduler = self._scheduler
-        assert scheduler is not None
-        held = 0
-        for destination in scheduler.destinations.values():
-            if domain in destination.domains:
-                destination.detach(domain)
-                scheduler.domain_idle(domain)
-            held += destination.hand_back(domain, outcome)
-        return held
-
-    async def _cancel(self, domain: str) -> int:
-        """End every waiting recipient of ``domain`` cancelled; returns how many."""
-        scheduler = self._scheduler
-        assert scheduler is not None
-        context = scheduler.context
-        outcome = Outcome.cancelled("cancelled by bulksend ctl")
-        count = self._hold(domain, outcome)
-        label = next(
-            (d.label for d in scheduler.destinations.values() if domain in d.domains), "other"
-        )
-        # Claim them all, due or not (a SQLite journal: the claim is this process's own).
-        while batch := await context.writer.fetch_due(domain, _CANCEL_BATCH, now=math.inf):
-            for due in batch:
-                context.record(due, outcome, label)
-            count += len(batch)
-        # A batch its destination was fetching meanwhile is in its buffer now.
-        return count + self._hold(domain, outcome)
-
     # ------------------------------------------------------------------ commands
 
     async def execute(self, command: Command) -> dict[str, Any]:
@@ -177,9 +146,10 @@ class Operator:
         changed = self.state.apply(command, scheduler.context.now())
         self._save()
         if command.action == "cancel":
-            changed += f" ({await self._cancel(command.target)} recipients)"
+            outcome = Outcome.cancelled("cancelled by bulksend ctl")
+            changed += f" ({await end_waiting(scheduler, command.target, outcome)} recipients)"
         elif command.scope == "domain" and command.action == "pause":
-            self._hold(command.target, Outcome.throttled(0.0, _PAUSED))
+            hold_domain(scheduler, command.target, Outcome.throttled(0.0, _PAUSED))
         self._enforce()
         self._changed.set()
         self._say(f"ctl: {changed}")

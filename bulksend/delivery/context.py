@@ -27,6 +27,7 @@ from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Category, Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Count, Metrics
+from bulksend.schedule.windows import SendWindows
 from bulksend.throttles import LocalThrottles, ThrottleBackend
 
 __all__ = ["RunContext", "RunEvents", "RunSettings"]
@@ -75,6 +76,8 @@ class RunSettings:
     fetch_batch: int = 64
     #: Where site limits live: this process (default) or shared (bulksend.throttles.redis).
     throttles: ThrottleBackend = field(default_factory=LocalThrottles)
+    #: ``[schedule]``: when recipients may be sent to; None: any time.
+    schedule: SendWindows | None = None
 
 
 class _SiteCounts:
@@ -103,6 +106,7 @@ class RunContext:
         self.suppressed = settings.suppressed or _never_suppressed
         self.total_rate = settings.total_rate
         self.throttles = settings.throttles
+        self.schedule = settings.schedule
         self.epoch = settings.epoch
         self.limit = settings.limit
         self.stopping = trio.Event()

@@ -198,6 +198,10 @@ class Destination:
                     # Suppressed since it was claimed: never sent (invariant 8).
                     self.context.record(due, Outcome.suppressed(), self.label)
                     continue
+                schedule = self.context.schedule
+                if schedule is not None and (held := schedule.hold(due, self.context.now())):
+                    self._record(due, held)  # outside its send window: not an attempt
+                    continue
                 self.context.take_one()
                 return due
             if not self._domains:

@@ -49,6 +49,7 @@ class Kind(enum.StrEnum):
     SUPPRESSED = "suppressed"  # suppressed during the run, before it was sent: not an attempt
     NOT_RENDERED = "not_rendered"  # the message could not be made: not an attempt
     CANCELLED = "cancelled"  # an operator cancelled it before it was sent: not an attempt
+    STOPPED = "stopped"  # not sent by the campaign's ``[schedule] stop_at``: not an attempt
 
 
 class Category(enum.StrEnum):
@@ -61,6 +62,7 @@ class Category(enum.StrEnum):
     DNS = "dns"
     TLS = "tls"
     OTHER = "other"
+    SCHEDULE = "schedule"  # expired at the campaign's ``[schedule] stop_at``
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +154,18 @@ class Outcome:
         return cls(Kind.CANCELLED, None, None, text)
 
     @classmethod
+    def stopped(cls, text: str) -> Outcome:
+        """The campaign's ``stop_at`` passed before the recipient was sent: it expires."""
+        return cls(Kind.STOPPED, None, None, text, Category.SCHEDULE)
+
+    @classmethod
     def released(cls) -> Outcome:
         """Hand an unsent claimed recipient back (graceful stop): due at once, not in doubt."""
         return cls.throttled(0.0, "released")
 
 
 _NOT_ATTEMPTS: Final = frozenset(
-    (Kind.THROTTLED, Kind.SUPPRESSED, Kind.NOT_RENDERED, Kind.CANCELLED)
+    (Kind.THROTTLED, Kind.SUPPRESSED, Kind.NOT_RENDERED, Kind.CANCELLED, Kind.STOPPED)
 )
 
 
@@ -221,6 +228,8 @@ def plan_step(
         return Step(Status.NOT_RENDERED, attempts, first_attempt_at, None, 0, False)
     if outcome.kind is Kind.CANCELLED:
         return Step(Status.CANCELLED, attempts, first_attempt_at, None, 0, False)
+    if outcome.kind is Kind.STOPPED:
+        return Step(Status.EXPIRED, attempts, first_attempt_at, None, 0, False)
     if not outcome.is_attempt:
         assert outcome.retry_after is not None
         first = now if first_attempt_at is None and outcome.tried else first_attempt_at

@@ -18,7 +18,7 @@ from bulksend.journal.outcomes import WAITING, Category, Status
 from bulksend.store_urls import read_password_file, split_store_url
 
 #: The version of this schema, in ``meta.schema_version``; another is refused.
-PG_SCHEMA_VERSION: Final = 2  # 2: the cancelled status (UPGRADE_1_TO_2)
+PG_SCHEMA_VERSION: Final = 2  # 2: cancelled, schedule (UPGRADE_1_TO_2)
 
 #: Seconds a claim is leased for (renewed while its worker runs; ``worker --lease``).
 DEFAULT_LEASE: Final = 300.0
@@ -69,10 +69,14 @@ TABLES: Final = (
 )
 
 #: Built when the import completes, as in the SQLite journal.
-#: Version 1 -> 2, when a run opens the journal: ``status`` may be ``cancelled`` too.
+#: Version 1 -> 2, when a run opens the journal: ``status`` may be ``cancelled`` too, and
+#: ``category`` ``schedule``.
 UPGRADE_1_TO_2: Final = (
     "ALTER TABLE recipients DROP CONSTRAINT recipients_status_check,"
-    f" ADD CONSTRAINT recipients_status_check CHECK (status IN {_in(Status)})",
+    f" ADD CONSTRAINT recipients_status_check CHECK (status IN {_in(Status)}),"
+    " DROP CONSTRAINT recipients_category_check,"
+    " ADD CONSTRAINT recipients_category_check"
+    f" CHECK (category IS NULL OR category IN {_in(Category)})",
     "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
 )
 

@@ -1,8 +1,9 @@
 """Upgrading an older SQLite journal's schema in place, when a run opens it for writing.
 
-Version 2 -> 3 adds the ``cancelled`` status (``bulksend ctl cancel``). Only the CHECK
-constraint on ``recipients.status`` changes, and it only allows one more value: no stored
-row can break it, so the table is not rebuilt. The new text is written into
+Version 2 -> 3 adds the ``cancelled`` status (``bulksend ctl cancel``) and the ``schedule``
+category (expired at ``[schedule] stop_at``). Only the CHECK constraints on
+``recipients.status`` and ``recipients.category`` change, and each only allows one more
+value: no stored row can break them, so the table is not rebuilt. The new text is written into
 ``sqlite_schema`` the way SQLite's documentation allows for CHECK constraints ("Making
 Other Kinds Of Table Schema Changes", https://www.sqlite.org/lang_altertable.html):
 ``writable_schema``, then ``schema_version`` bumped so every connection reloads it, in one
@@ -12,14 +13,15 @@ transaction. The file is then byte for byte what a version 3 journal would have.
 from __future__ import annotations
 
 import sqlite3
+from typing import Final
 
 from bulksend.errors import JournalError
 from bulksend.journal.connection import Connection
 from bulksend.journal.integrity import _expected_schema
-from bulksend.journal.outcomes import Status
+from bulksend.journal.outcomes import Category, Status
 from bulksend.journal.schema import APPLICATION_ID, SCHEMA_VERSION
 
-_CANCELLED_CHECK = f" OR status = '{Status.CANCELLED}'"
+_ADDED: Final = (f" OR status = '{Status.CANCELLED}'", f" OR category = '{Category.SCHEDULE}'")
 
 
 def upgrade(conn: Connection) -> None:
@@ -34,7 +36,9 @@ def upgrade(conn: Connection) -> None:
         return
     new = _expected_schema()["recipients"]
     assert new is not None
-    old = new.replace(_CANCELLED_CHECK, "", 1)
+    old = new
+    for added in _ADDED:
+        old = old.replace(added, "", 1)
     try:
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from bulksend.config import RetryPolicy
-from bulksend.journal import Journal, NewRecipient, Outcome, Status, export_jsonl, plan_step
+from bulksend.journal import (
+    Category,
+    Journal,
+    NewRecipient,
+    Outcome,
+    Status,
+    export_jsonl,
+    plan_step,
+)
 from bulksend.journal.postgres_schema import parse_url
 from tests.journal.journal_helpers import IDENTITY, T0, addresses
 
@@ -56,7 +64,8 @@ def _downgrade_sqlite(path: Path) -> None:
     try:
         sql = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'recipients'").fetchone()[0]
         old = sql.replace(" OR status = 'cancelled'", "", 1)
-        assert old != sql
+        old = old.replace(" OR category = 'schedule'", "", 1)
+        assert "'cancelled'" not in old and "'schedule'" not in old
         version = db.execute("PRAGMA schema_version").fetchone()[0]
         db.execute("PRAGMA writable_schema = ON")
         db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = 'recipients'", (old,))
@@ -81,7 +90,9 @@ def test_a_version_2_sqlite_journal_is_upgraded_when_a_run_opens_it(tmp_path: Pa
     with Journal.open(path, IDENTITY, now=T0 + 1) as j:  # upgraded; the damage check passes
         due = j.fetch_due("a.example", 9, now=T0 + 1)
         assert j.record(due[0].id, Outcome.cancelled(WHY), now=T0 + 2)
+        assert j.record(due[1].id, Outcome.stopped("stop_at"), now=T0 + 2)
         assert j.counts()[Status.CANCELLED] == 1
+        assert j.counts_by_category([Status.EXPIRED]) == {Category.SCHEDULE: 1}
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
@@ -101,18 +112,24 @@ def test_a_version_1_postgres_journal_is_upgraded_when_a_run_opens_it(postgres_u
     with open_any(url, IDENTITY, now=T0, worker="w1") as j:
         j.import_recipients([NewRecipient(a, {}) for a in addresses(4)], now=T0)
     location = parse_url(url)
-    old = "(" + ", ".join(f"'{s}'" for s in Status if s is not Status.CANCELLED) + ")"
+    statuses = ", ".join(f"'{s}'" for s in Status if s is not Status.CANCELLED)
+    categories = ", ".join(f"'{c}'" for c in Category if c is not Category.SCHEDULE)
     with psycopg.connect(location.conninfo, autocommit=True) as db:
         db.execute(f"SET search_path TO {location.schema}")
         db.execute(
             "ALTER TABLE recipients DROP CONSTRAINT recipients_status_check,"
-            f" ADD CONSTRAINT recipients_status_check CHECK (status IN {old})"
+            f" ADD CONSTRAINT recipients_status_check CHECK (status IN ({statuses})),"
+            " DROP CONSTRAINT recipients_category_check,"
+            " ADD CONSTRAINT recipients_category_check"
+            f" CHECK (category IS NULL OR category IN ({categories}))"
         )
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with open_any(url, IDENTITY, now=T0 + 1, worker="w1") as j:
         due = j.fetch_due("a.example", 9, now=T0 + 1)
         assert j.record(due[0].id, Outcome.cancelled(WHY), now=T0 + 2)
+        assert j.record(due[1].id, Outcome.stopped("stop_at"), now=T0 + 2)
         assert j.counts()[Status.CANCELLED] == 1
+        assert j.counts_by_category([Status.EXPIRED]) == {Category.SCHEDULE: 1}
     with psycopg.connect(location.conninfo) as db:
         version = db.execute(
             f"SELECT value FROM {location.schema}.meta WHERE key = 'schema_version'"
