@@ -28,6 +28,7 @@ from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
 from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
 from bulksend.cli.suppress import suppress
+from bulksend.cli.top import top
 from bulksend.cli.unsubscribe import unsubscribe_server
 from bulksend.cli.validate import validate
 from bulksend.errors import BulksendError
@@ -132,5 +133,6 @@ for _command in (
     inbound,
     unsubscribe_server,
     ctl,
+    top,
 ):
     main.add_command(_command)

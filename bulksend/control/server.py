@@ -142,7 +142,7 @@ class Operator:
         if scheduler is None:
             raise CommandError("the campaign has not started sending yet; try again")
         if command.action == "status":
-            return {"ok": True, "status": self.status()}
+            return {"ok": True, "status": await self.status()}
         changed = self.state.apply(command, scheduler.context.now())
         self._save()
         if command.action == "cancel":
@@ -155,24 +155,31 @@ class Operator:
         self._say(f"ctl: {changed}")
         return {"ok": True, "changed": changed}
 
-    def status(self) -> dict[str, Any]:
-        """Every site's state (``top``'s one data source) and what operators set."""
+    async def status(self) -> dict[str, Any]:
+        """Every site's state (``top``'s one data source) and what operators set.
+
+        ``queued`` counts a site's recipients waiting in the journal (one query of the
+        journal's due index) and those it has taken and not sent; ``outcomes`` this run's
+        outcomes at the site, by kind.
+        """
         scheduler = self._scheduler
         assert scheduler is not None
-        now = scheduler.context.now()
-        paused = {
-            str(site): max(d.backoff.paused_until - now, 0.0)
-            for site, d in scheduler.destinations.items()
-        }
-        sites = []
-        for row in scheduler.sites():
-            entry = dataclasses.asdict(row)
-            entry["paused_for"] = paused.get(row.site, 0.0)
-            sites.append(entry)
+        context = scheduler.context
+        waiting = await context.writer.due_domains(now=math.inf)
+        now = context.now()
+        extra: dict[str, dict[str, Any]] = {}
+        for site, d in scheduler.destinations.items():
+            extra[str(site)] = {
+                "paused_for": max(d.backoff.paused_until - now, 0.0),
+                "in_flight": d.in_flight,
+                "queued": d.buffered + sum(waiting.pop(domain, 0) for domain in d.domains),
+                "outcomes": {kind.value: n for kind, n in d.outcomes.items() if n},
+            }
         return {
             "time": now,
             "stopping": scheduler.stopping,
-            "sites": sites,
+            "unrouted": sum(waiting.values()),  # waiting, not attached to a site now
+            "sites": [dataclasses.asdict(row) | extra[row.site] for row in scheduler.sites()],
             "control": self.state.persistent(),
         }
 

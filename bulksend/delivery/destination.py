@@ -138,6 +138,7 @@ class Destination:
         # while that is near, an idle connection may wait for it.
         self._back_at = -math.inf
         self.last_error = ""
+        self.outcomes: dict[Kind, int] = dict.fromkeys(Kind, 0)  # this run's (``ctl status``)
         self._connect_failure: SMTPError | None = None  # why the last connect failed
         self._nursery: trio.Nursery | None = None
         self._timer_armed = False
@@ -259,6 +260,7 @@ class Destination:
         if outcome.kind is Kind.THROTTLED:
             back_at = self.context.now() + (outcome.retry_after or 0.0)
             self._back_at = max(self._back_at, back_at)
+        self.outcomes[outcome.kind] += 1
         self.context.record(due, outcome, self.label)
 
     def _release_buffer(self, retry_after: float, reason: str) -> None:
@@ -689,3 +691,13 @@ class Destination:
     @property
     def open_connections(self) -> int:
         return len(self._clients)
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions sent and not yet answered, over every connection."""
+        return sum(client.in_flight for client in self._clients)
+
+    @property
+    def buffered(self) -> int:
+        """Recipients taken from the journal, not yet sent."""
+        return len(self._buffer)
