@@ -21,6 +21,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from bulksend.campaign.render import Campaign
+from bulksend.cli.events import both, event_stream
 from bulksend.cli.options import RunFlags
 from bulksend.cli.output import (
     RunResult,
@@ -163,12 +164,15 @@ async def execute_run(
     )
     control = _RunControl()
     operator = live_control(options.journal_path, metrics, progress.message)
+    events = event_stream(campaign, options.journal_path, flags.events_stdout, metrics)
     summary: RunSummary | None = None
     state = "aborted"
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals, _on_run_signal(control, options.grace, progress))
             await nursery.start(progress.run)
+            if events is not None:
+                await nursery.start(events.run)
 
             def on_start(scheduler: Scheduler) -> None:
                 control.on_start(scheduler)
@@ -185,10 +189,12 @@ async def execute_run(
                     options,
                     metrics=metrics,
                     on_start=on_start,
-                    on_outcome=tally,
+                    on_outcome=tally if events is None else both(tally, events),
                     on_journal=_show_changes,
                     on_import=progress.importing,
                 )
+            if events is not None:
+                await events.aclose(options.grace)
             nursery.cancel_scope.cancel()
         if summary is not None:
             state = "finished" if summary.complete else "stopped"
@@ -268,8 +274,9 @@ def run_single(campaign: Campaign, journal: Path | str, flags: RunFlags) -> int:
         raise
     server = result.metrics_server
     try:
-        print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
-        sys.stdout.flush()
+        out = sys.stderr if flags.events_stdout else sys.stdout  # stdout: the events
+        print_summary(result, journal, out, rejects=campaign.config.recipients.rejects)
+        out.flush()
         halted = say_halted([result.summary])
         if flags.keep_serving and server is not None and not result.signalled:
             serve_until_signal(server)

@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 import email_validator
 
+from bulksend.config.events import load_events
 from bulksend.config.policy import load_policy
 from bulksend.config.schedule import load_schedule
 from bulksend.config.schema import (
@@ -184,6 +185,12 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     suppression = _load_suppression(root)
     journal_url = _load_journal(root)
     schedule = load_schedule(root)
+    events = load_events(
+        root,
+        lambda t: _load_secret(t, "secret_file", "secret_env", environ, strip=True, required=True)[
+            0
+        ],
+    )
     root.finish()
     return CampaignConfig(
         source=source,
@@ -201,6 +208,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         tls=tls,
         suppression=suppression,
         schedule=schedule,
+        events=events,
         warnings=tuple(root.warnings),
     )
 

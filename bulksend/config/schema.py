@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
+from bulksend.config.events import EventsConfig
 from bulksend.config.schedule import ScheduleConfig
 
 __all__ = [
@@ -399,6 +400,8 @@ class CampaignConfig:
     journal_url: str | None = None
     #: ``[schedule]``: when it may send (bulksend.config.schedule).
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    #: ``[events]``: the event stream's webhook (bulksend.config.events).
+    events: EventsConfig = field(default_factory=EventsConfig)
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()
