@@ -65,7 +65,7 @@ class WebhookReceiver:
                 data = await stream.receive_some(65536)
                 if not data:
                     return False
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
                 continue
             if isinstance(event, h11.Request):
                 request = event
