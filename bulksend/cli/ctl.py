@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from bulksend.cli.options import debug_option
+from bulksend.cli.options import JournalParam, debug_option
 from bulksend.config.values import parse_duration, parse_rate
-from bulksend.control.client import request
+from bulksend.control.client import ControlError, request
 from bulksend.control.commands import Command, CommandError
 
 
@@ -37,19 +37,27 @@ def _scope(site: str | None, domain: str | None) -> tuple[str, str]:
     return "campaign", ""
 
 
-def _send(journal: Path, command: Command) -> dict[str, Any]:
+def _send(journal: Path | str, command: Command) -> dict[str, Any]:
     try:
         command = Command.from_json(command.to_json())  # checked here as the run checks it
     except CommandError as exc:
         raise click.UsageError(str(exc)) from None
-    return request(journal, command)
+    if isinstance(journal, Path):
+        return request(journal, command)
+    # A PostgreSQL journal: through the journal, to every worker (psycopg is optional).
+    from bulksend.control.shared import change  # noqa: PLC0415
+
+    try:
+        return {"ok": True, "changed": change(journal, command)}
+    except CommandError as exc:
+        raise ControlError(str(exc)) from None
 
 
-def _done(journal: Path, command: Command) -> None:
+def _done(journal: Path | str, command: Command) -> None:
     click.echo(_send(journal, command)["changed"])
 
 
-_journal = click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
+_journal = click.argument("journal", type=JournalParam())
 _site = click.option(
     "--site", help="A site: its MX host names as `status` shows them, or a suffix."
 )
@@ -71,7 +79,7 @@ def ctl() -> None:
 @_domain
 @_for
 @debug_option
-def pause(journal: Path, site: str | None, domain: str | None, duration: str | None) -> None:
+def pause(journal: Path | str, site: str | None, domain: str | None, duration: str | None) -> None:
     """Pause the campaign, a site or a domain (until resumed, or --for a while)."""
     scope, target = _scope(site, domain)
     _done(journal, Command("pause", scope, target, duration=_duration(duration)))
@@ -82,7 +90,7 @@ def pause(journal: Path, site: str | None, domain: str | None, duration: str | N
 @_site
 @_domain
 @debug_option
-def resume(journal: Path, site: str | None, domain: str | None) -> None:
+def resume(journal: Path | str, site: str | None, domain: str | None) -> None:
     """Resume what was paused."""
     scope, target = _scope(site, domain)
     _done(journal, Command("resume", scope, target))
@@ -92,7 +100,7 @@ def resume(journal: Path, site: str | None, domain: str | None) -> None:
 @_journal
 @click.option("--domain", required=True, help="The recipient domain to cancel.")
 @debug_option
-def cancel(journal: Path, domain: str) -> None:
+def cancel(journal: Path | str, domain: str) -> None:
     """End every waiting recipient of a domain `cancelled`: never sent."""
     _done(journal, Command("cancel", "domain", domain))
 
@@ -103,7 +111,7 @@ def cancel(journal: Path, domain: str) -> None:
 @click.argument("rate")
 @_for
 @debug_option
-def rate(journal: Path, site: str, rate: str, duration: str | None) -> None:
+def rate(journal: Path | str, site: str, rate: str, duration: str | None) -> None:
     """Set SITE's message rate (20/s, 600/m) until the run ends, or --for a while."""
     try:
         per_second = parse_rate(rate)
@@ -118,7 +126,7 @@ def rate(journal: Path, site: str, rate: str, duration: str | None) -> None:
 @click.argument("connections", type=click.IntRange(min=1))
 @_for
 @debug_option
-def connections(journal: Path, site: str, connections: int, duration: str | None) -> None:
+def connections(journal: Path | str, site: str, connections: int, duration: str | None) -> None:
     """Set SITE's connection cap until the run ends, or --for a while."""
     _done(journal, Command("connections", "site", site, connections, _duration(duration)))
 
@@ -126,7 +134,7 @@ def connections(journal: Path, site: str, connections: int, duration: str | None
 @ctl.command(name="status")
 @_journal
 @debug_option
-def status_(journal: Path) -> None:
+def status_(journal: Path | str) -> None:
     """The run's live state, as JSON (what `bulksend top` shows)."""
     json.dump(_send(journal, Command("status"))["status"], sys.stdout, indent=1)
     sys.stdout.write("\n")

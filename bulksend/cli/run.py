@@ -213,15 +213,17 @@ async def execute_run(
 def live_control(
     journal: Path | str, metrics: Metrics, say: Callable[[str], None]
 ) -> Operator | None:
-    """The run's control endpoint (a SQLite journal's): pauses and cancellations persisted
-    from earlier runs in force."""
-    if isinstance(journal, str):
-        return None  # a PostgreSQL journal: not yet
+    """The run's live control (bulksend ctl): a SQLite journal's socket, or a PostgreSQL
+    journal's shared state; pauses and cancellations from before in force."""
     try:
-        state = load_state(journal, time.time())
+        if isinstance(journal, str):
+            # psycopg is optional: only a PostgreSQL journal needs it.
+            from bulksend.control.shared import SharedOperator, read_state  # noqa: PLC0415
+
+            return SharedOperator(journal, read_state(journal), metrics.registry, say)
+        return Operator(journal, load_state(journal, time.time()), metrics.registry, say)
     except CommandError as exc:
         raise ConfigError(str(exc)) from None
-    return Operator(journal, state, metrics.registry, say)
 
 
 def _show_changes(journal: AnyJournal) -> None:

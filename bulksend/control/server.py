@@ -82,7 +82,7 @@ class Operator:
 
     def __init__(
         self,
-        journal: Path,
+        journal: Path | str,
         state: ControlState,
         registry: CollectorRegistry,
         say: Callable[[str], None],
@@ -184,6 +184,7 @@ class Operator:
         }
 
     def _save(self) -> None:
+        assert isinstance(self.journal, Path)
         with open_private(state_path(self.journal)) as out:
             json.dump(self.state.persistent(), out, allow_nan=False)
 
@@ -197,6 +198,7 @@ class Operator:
         Started with ``nursery.start``: it returns the socket's path, or None (and says why)
         when it cannot listen; the run goes on without live control then.
         """
+        assert isinstance(self.journal, Path)
         path = socket_path(self.journal)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
