@@ -55,6 +55,14 @@ def _state(found: tuple[Any, ...] | None, now: float) -> ControlState:
     return ControlState() if found is None else ControlState.restore(json.loads(found[0]), now)
 
 
+def _read(db: psycopg.Connection[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """The state's row; None when there is none (nor a journal yet: a first ``send``)."""
+    exists = db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+    if exists is None or not exists[0]:
+        return None
+    return db.execute("SELECT value FROM meta WHERE key = %s", (STATE_KEY,)).fetchone()
+
+
 def read_state(url: str) -> ControlState:
     """The control state of the journal at ``url``.
 
@@ -65,7 +73,7 @@ def read_state(url: str) -> ControlState:
     location = parse_url(url)
     try:
         with _connect(location) as db:
-            found = db.execute("SELECT value FROM meta WHERE key = %s", (STATE_KEY,)).fetchone()
+            found = _read(db)
     except psycopg.Error as exc:
         raise JournalError(f"{location}: cannot read the control state: {exc}") from None
     return _state(found, time.time())
@@ -149,8 +157,7 @@ class SharedOperator(Operator):
         """One read (in a thread): adopt a changed state, end released cancelled ones."""
         now = time.time()
         with _connect(location) as db:
-            found = db.execute("SELECT value FROM meta WHERE key = %s", (STATE_KEY,)).fetchone()
-            state = _state(found, now)
+            state = _state(_read(db), now)
             if state.cancelled:
                 cancel_unclaimed(db, sorted(state.cancelled), now)
         if state.persistent() != self.state.persistent():

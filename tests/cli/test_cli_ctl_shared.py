@@ -82,3 +82,21 @@ async def test_every_worker_obeys_pause_resume_and_cancel(
     assert len(cancelled_ones) + len(delivered) == 200
     assert not cancelled_ones & received
     assert {a for a in received if a.endswith("@c1.test")} == delivered
+
+
+async def test_a_single_send_creates_its_postgresql_journal_with_live_control(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    name = f"ctl{next(_campaigns)}"
+    url = f"{postgres_url}?campaign={name}"
+    toml = campaign_toml(campaign_id=name, policy=limits_policy(50))
+    campaign = write_campaign(tmp_path / "c", addresses(["a1.test"], 20), toml=toml)
+    with trio.fail_after(60):
+        async with running(SITES) as world:
+            # No journal yet: the control state is read as empty, not as an error.
+            sent = await run_bulksend(
+                tmp_path, "send", str(campaign), "--journal", url, *world_args(world), name="s"
+            )
+    assert sent.process.returncode == 0, sent.stderr()
+    with open_journal(url, None) as journal:
+        assert journal.counts()[Status.DELIVERED] == 20
