@@ -57,5 +57,5 @@ def request(journal: Path, command: Command) -> dict[str, Any]:
         raise ControlError(f"{path}: the run's answer was cut short") from None
     if not isinstance(reply, dict) or not reply.get("ok"):
         error = reply.get("error") if isinstance(reply, dict) else None
-        raise ControlError(f"the run refused: {error or reply!r}")
+        raise ControlError(f"the run refused: {error if error else repr(reply)}")
     return reply

@@ -191,3 +191,27 @@ async def test_pause_a_domain_and_the_whole_campaign(tmp_path: Path) -> None:
             await proc.wait_for(lambda: world.delivered > total, 5, "the pause's end")
             proc.signal()
             await proc.wait(30)
+
+
+async def test_a_connection_cap_change_and_a_refused_command(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with sending(tmp_path, 900, rate=40) as (world, proc, journal):
+            alpha = world.servers["alpha"]
+            await proc.wait_for(lambda: alpha.stats.connections_current == 2, 20, "2 conns")
+            changed = await ctl(tmp_path, journal, "connections", "alpha.test", "1", "--for", "3s")
+            assert changed.stdout() == "site alpha.test: connections 1 for 3s\n", changed
+            await trio.sleep(1.0)
+            peak = 0
+            with trio.move_on_after(1.5):
+                while True:  # the receiving server's count of open connections
+                    peak = max(peak, alpha.stats.connections_current)
+                    await trio.sleep(0.01)
+            assert peak == 1
+            await proc.wait_for(lambda: alpha.stats.connections_current == 2, 10, "2 again")
+            refused = await ctl(tmp_path, journal, "resume", "--site", "alpha.test", name="r")
+            assert refused.process.returncode == 1
+            assert refused.stderr() == (
+                "bulksend: error: the run refused: site alpha.test is not paused\n"
+            )
+            proc.signal()
+            await proc.wait(30)
