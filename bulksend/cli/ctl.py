@@ -57,7 +57,6 @@ def _done(journal: Path | str, command: Command) -> None:
     click.echo(_send(journal, command)["changed"])
 
 
-_journal = click.argument("journal", type=JournalParam())
 _site = click.option(
     "--site", help="A site: its MX host names as `status` shows them, or a suffix."
 )
@@ -66,15 +65,19 @@ _for = click.option("--for", "duration", metavar="DURATION", help="For a while (
 
 
 @click.group()
-def ctl() -> None:
+@click.argument("journal", type=JournalParam())
+@click.pass_context
+def ctl(ctx: click.Context, journal: Path | str) -> None:
     """Control a running campaign: pause, resume, cancel, change a site's limits.
 
-    JOURNAL is the run's SQLite journal; the run listens on JOURNAL.ctl (mode 0600).
+    JOURNAL is the run's SQLite journal (the run listens on JOURNAL.ctl, mode 0600), or a
+    PostgreSQL journal's URL (every worker reads the commands from the journal).
     """
+    ctx.obj = journal
 
 
 @ctl.command()
-@_journal
+@click.pass_obj
 @_site
 @_domain
 @_for
@@ -86,7 +89,7 @@ def pause(journal: Path | str, site: str | None, domain: str | None, duration: s
 
 
 @ctl.command()
-@_journal
+@click.pass_obj
 @_site
 @_domain
 @debug_option
@@ -97,7 +100,7 @@ def resume(journal: Path | str, site: str | None, domain: str | None) -> None:
 
 
 @ctl.command()
-@_journal
+@click.pass_obj
 @click.option("--domain", required=True, help="The recipient domain to cancel.")
 @debug_option
 def cancel(journal: Path | str, domain: str) -> None:
@@ -106,7 +109,7 @@ def cancel(journal: Path | str, domain: str) -> None:
 
 
 @ctl.command()
-@_journal
+@click.pass_obj
 @click.argument("site")
 @click.argument("rate")
 @_for
@@ -121,7 +124,7 @@ def rate(journal: Path | str, site: str, rate: str, duration: str | None) -> Non
 
 
 @ctl.command()
-@_journal
+@click.pass_obj
 @click.argument("site")
 @click.argument("connections", type=click.IntRange(min=1))
 @_for
@@ -132,7 +135,7 @@ def connections(journal: Path | str, site: str, connections: int, duration: str 
 
 
 @ctl.command(name="status")
-@_journal
+@click.pass_obj
 @debug_option
 def status_(journal: Path | str) -> None:
     """The run's live state, as JSON (what `bulksend top` shows)."""

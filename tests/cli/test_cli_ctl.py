@@ -46,7 +46,7 @@ async def sending(tmp_path: Path, count: int, rate: int) -> AsyncIterator[tuple[
 
 
 async def ctl(tmp_path: Path, journal: Path, *args: str, name: str = "ctl") -> Proc:
-    return await run_bulksend(tmp_path, "ctl", *args[:1], str(journal), *args[1:], name=name)
+    return await run_bulksend(tmp_path, "ctl", str(journal), *args, name=name)
 
 
 async def received_during(server: SMTPServer, seconds: float) -> int:

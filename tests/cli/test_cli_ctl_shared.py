@@ -39,7 +39,7 @@ async def test_every_worker_obeys_pause_resume_and_cancel(
     assert imported.process.returncode == 0, imported.stderr()
 
     async def ctl(*args: str) -> Proc:
-        return await run_bulksend(tmp_path, "ctl", args[0], url, *args[1:], name="ctl")
+        return await run_bulksend(tmp_path, "ctl", url, *args, name="ctl")
 
     codes: list[int] = []
     with trio.fail_after(150):
