@@ -142,24 +142,34 @@ class SharedOperator(Operator):
         location = parse_url(self.journal)
         task_status.started()
         failing = False
-        while True:
-            await trio.sleep(POLL)
-            try:
-                await trio.to_thread.run_sync(self._poll, location)
-            except (psycopg.Error, CommandError) as exc:
-                if not failing:
-                    self._say(f"ctl: cannot read the control state ({exc}); trying again")
-                failing = True
-                continue
-            failing = False
+        db: list[psycopg.Connection[tuple[Any, ...]]] = []  # one, kept between reads
+        try:
+            while True:
+                await trio.sleep(POLL)
+                try:
+                    await trio.to_thread.run_sync(self._poll, location, db)
+                except (psycopg.Error, CommandError) as exc:
+                    if not failing:
+                        self._say(f"ctl: cannot read the control state ({exc}); trying again")
+                    failing = True
+                    continue
+                failing = False
+        finally:
+            for connection in db:
+                connection.close()
 
-    def _poll(self, location: Location) -> None:
+    def _poll(self, location: Location, db: list[psycopg.Connection[tuple[Any, ...]]]) -> None:
         """One read (in a thread): adopt a changed state, end released cancelled ones."""
         now = time.time()
-        with _connect(location) as db:
-            state = _state(_read(db), now)
+        if not db or db[0].closed:
+            db[:] = [_connect(location)]
+        try:
+            state = _state(_read(db[0]), now)
             if state.cancelled:
-                cancel_unclaimed(db, sorted(state.cancelled), now)
+                cancel_unclaimed(db[0], sorted(state.cancelled), now)
+        except psycopg.Error:
+            db.pop().close()
+            raise
         if state.persistent() != self.state.persistent():
             trio.from_thread.run_sync(self._adopt, state)
 
