@@ -37,12 +37,16 @@ def hold_domain(scheduler: Scheduler, domain: str, outcome: Outcome) -> int:
 async def end_waiting(scheduler: Scheduler, domain: str, outcome: Outcome) -> int:
     """Give every waiting recipient of ``domain`` ``outcome`` (a final one); returns how many.
 
-    Only for a journal this process holds alone (SQLite): the claims take rows due at any
-    time, which on a shared journal would also expire other workers' leases.
+    With a journal this process holds alone (SQLite) every one; with a shared (PostgreSQL)
+    one only those this worker holds (see :mod:`bulksend.control.shared` for a cancel).
     """
     context = scheduler.context
     count = hold_domain(scheduler, domain, outcome)
     label = next((d.label for d in scheduler.destinations.values() if domain in d.domains), "other")
+    if isinstance(context.writer.journal.path, str):
+        # A shared (PostgreSQL) journal: claiming rows due at any time would also expire
+        # the other workers' leases. What is due comes to the destinations, which end it.
+        return count
     while batch := await context.writer.fetch_due(domain, _BATCH, now=math.inf):
         for due in batch:
             context.record(due, outcome, label)
