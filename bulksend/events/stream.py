@@ -65,6 +65,7 @@ class _Sink:
     def __init__(self, counts: Counter) -> None:
         self._send, self._receive = trio.open_memory_channel[Event](CHANNEL)
         self._counts = counts
+        self._gathering: list[Event] = []
 
     def offer(self, item: Event) -> None:
         try:
@@ -76,11 +77,16 @@ class _Sink:
         self._send.close()
 
     async def _batch(self, size: int, wait: float) -> list[Event]:
-        """Up to ``size`` events: the first awaited, then what comes within ``wait``."""
-        batch = [await self._receive.receive()]
+        """Up to ``size`` events: the first awaited, then what comes within ``wait``.
+
+        They are kept in :attr:`_gathering` until returned (a stop meanwhile finds them).
+        """
+        batch = self._gathering
+        batch.append(await self._receive.receive())
         with trio.move_on_after(wait):
             while len(batch) < size:
                 batch.append(await self._receive.receive())
+        self._gathering = []
         return batch
 
 
@@ -122,6 +128,7 @@ class Webhook(_Sink):
         self._spool_dir = spool
         self._batches, self._ready = trio.open_memory_channel[bytes](_BATCHES)
         self._spool: Spool | None = None
+        self._posting: bytes | None = None  # a batch from memory, being sent
         self._rng = random.Random()
 
     async def run(self) -> None:
@@ -165,7 +172,9 @@ class Webhook(_Sink):
                     body = await self._ready.receive()
                 except trio.EndOfChannel:
                     return
+            self._posting = None if spooled else body
             result = await self._post(client, body)
+            self._posting = None
             count = _count(body)
             if result != "retry":
                 if spooled:
@@ -203,13 +212,13 @@ class Webhook(_Sink):
 
     async def _keep_the_rest(self) -> None:
         """Stopped: what is still in memory goes to the spool, for the next run."""
-        rest = []
+        rest = [] if self._posting is None else [self._posting]
         while True:
             try:
                 rest.append(self._ready.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-        events = []
+        events, self._gathering = self._gathering, []
         while True:
             try:
                 events.append(self._receive.receive_nowait())

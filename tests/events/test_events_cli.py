@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trustme
 
@@ -162,3 +163,26 @@ async def test_events_on_stdout_as_json_lines(tmp_path: Path) -> None:
     assert "delivered 29" in " ".join(proc.stderr().split())  # the summary went to stderr
     with Journal.open_readonly(journal) as j:
         assert j.counts()[Status.BOUNCED] == 1
+
+
+async def _hang(stream: trio.SocketStream) -> None:
+    await trio.sleep_forever()  # accepts, never answers: the worst receiver
+
+
+async def test_a_receiver_that_never_answers_does_not_slow_delivery(tmp_path: Path) -> None:
+    rate = 40
+    with trio.fail_after(120):
+        async with running([SITE]) as world, trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            nursery.start_soon(trio.serve_listeners, _hang, listeners)
+            port = listeners[0].socket.getsockname()[1]
+            ca_file = tmp_path / "ca.pem"
+            trustme.CA().cert_pem.write_to_path(str(ca_file))
+            await send(tmp_path, world, campaign(tmp_path, 120, rate, port, ca_file))
+            nursery.cancel_scope.cancel()
+    times = sorted(world.servers["w"].stats.message_times)
+    observed = (len(times) - 1) / (times[-1] - times[0])
+    assert observed == pytest.approx(rate, rel=0.1)  # the site's own pace, as without events
+    # What the receiver never took waits in the spool for the next run.
+    spooled = sorted((tmp_path / "j.sqlite3.events").iterdir())
+    assert sum(len(json.loads(p.read_bytes())["events"]) for p in spooled) == 120
