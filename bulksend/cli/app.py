@@ -19,6 +19,7 @@ from typing import Any
 import click
 import trio
 
+from bulksend.cli.ctl import ctl
 from bulksend.cli.distributed import import_, worker
 from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
@@ -29,6 +30,7 @@ from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
 from bulksend.cli.suppress import suppress
 from bulksend.cli.tls_report import tls_report
+from bulksend.cli.top import top
 from bulksend.cli.unsubscribe import unsubscribe_server
 from bulksend.cli.validate import validate
 from bulksend.errors import BulksendError
@@ -134,5 +136,7 @@ for _command in (
     unsubscribe_server,
     tls_report,
     policy,
+    ctl,
+    top,
 ):
     main.add_command(_command)

@@ -94,6 +94,7 @@ class RunFlags:
     exit_zero_when_complete: bool = False
     throttle: StoreLocation | None = None
     lease: float | None = None
+    events_stdout: bool = False  # --events stdout
 
     def options(self, journal: Path | str, campaign: Campaign) -> RunOptions:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
@@ -200,6 +201,12 @@ def run_options(f: _F) -> _F:
         ),
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
         click.option(
+            "--events",
+            type=click.Choice(["stdout"]),
+            help="Also write each outcome as a JSON event line to stdout (docs/cli.md); "
+            "the summary then goes to stderr.",
+        ),
+        click.option(
             "--shard",
             callback=_parse_shard,
             metavar="INDEX/COUNT",
@@ -250,6 +257,7 @@ def flags_from(kw: dict[str, Any]) -> RunFlags:
         shard=kw.pop("shard"),
         exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
         throttle=kw.pop("throttle"),
+        events_stdout=kw.pop("events") == "stdout",
     )
 
 

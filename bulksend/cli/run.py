@@ -21,6 +21,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from bulksend.campaign.render import Campaign
+from bulksend.cli.events import both, event_stream
 from bulksend.cli.options import RunFlags
 from bulksend.cli.output import (
     RunResult,
@@ -35,6 +36,8 @@ from bulksend.cli.output import (
     write_tally,
 )
 from bulksend.cli.progress import AccountingLog, Progress, Tally, snapshot_path
+from bulksend.control.commands import CommandError
+from bulksend.control.server import Operator, load_state
 from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
@@ -160,16 +163,23 @@ async def execute_run(
         metrics=metrics,
     )
     control = _RunControl()
+    operator = live_control(options.journal_path, metrics, progress.message)
+    events = event_stream(campaign, options.journal_path, flags.events_stdout, metrics)
     summary: RunSummary | None = None
     state = "aborted"
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals, _on_run_signal(control, options.grace, progress))
             await nursery.start(progress.run)
+            if events is not None:
+                await nursery.start(events.run)
 
             def on_start(scheduler: Scheduler) -> None:
                 control.on_start(scheduler)
                 progress.attach(scheduler)
+                if operator is not None:  # live control: bulksend ctl
+                    operator.attach(scheduler)
+                    nursery.start_soon(operator.serve)
                 if watch is not None:
                     nursery.start_soon(watch, scheduler, progress)
 
@@ -179,10 +189,12 @@ async def execute_run(
                     options,
                     metrics=metrics,
                     on_start=on_start,
-                    on_outcome=tally,
+                    on_outcome=tally if events is None else both(tally, events),
                     on_journal=_show_changes,
                     on_import=progress.importing,
                 )
+            if events is not None:
+                await events.aclose(options.grace)
             nursery.cancel_scope.cancel()
         if summary is not None:
             state = "finished" if summary.complete else "stopped"
@@ -196,6 +208,22 @@ async def execute_run(
         control.scheduler is not None,
         metrics_server=metrics_server,
     )
+
+
+def live_control(
+    journal: Path | str, metrics: Metrics, say: Callable[[str], None]
+) -> Operator | None:
+    """The run's live control (bulksend ctl): a SQLite journal's socket, or a PostgreSQL
+    journal's shared state; pauses and cancellations from before in force."""
+    try:
+        if isinstance(journal, str):
+            # psycopg is optional: only a PostgreSQL journal needs it.
+            from bulksend.control.shared import SharedOperator, read_state  # noqa: PLC0415
+
+            return SharedOperator(journal, read_state(journal), metrics.registry, say)
+        return Operator(journal, load_state(journal, time.time()), metrics.registry, say)
+    except CommandError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _show_changes(journal: AnyJournal) -> None:
@@ -248,8 +276,9 @@ def run_single(campaign: Campaign, journal: Path | str, flags: RunFlags) -> int:
         raise
     server = result.metrics_server
     try:
-        print_summary(result, journal, sys.stdout, rejects=campaign.config.recipients.rejects)
-        sys.stdout.flush()
+        out = sys.stderr if flags.events_stdout else sys.stdout  # stdout: the events
+        print_summary(result, journal, out, rejects=campaign.config.recipients.rejects)
+        out.flush()
         halted = say_halted([result.summary])
         if flags.keep_serving and server is not None and not result.signalled:
             serve_until_signal(server)

@@ -26,7 +26,9 @@ from types import MappingProxyType
 import email_validator
 
 from bulksend.config.egress import load_egress
+from bulksend.config.events import load_events
 from bulksend.config.policy import load_policy
+from bulksend.config.schedule import load_schedule
 from bulksend.config.schema import (
     DEFAULT_MAX_MESSAGE_SIZE,
     AttachmentConfig,
@@ -184,6 +186,13 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     tls = _load_tls(root)
     suppression = _load_suppression(root)
     journal_url = _load_journal(root)
+    schedule = load_schedule(root)
+    events = load_events(
+        root,
+        lambda t: _load_secret(t, "secret_file", "secret_env", environ, strip=True, required=True)[
+            0
+        ],
+    )
     root.finish()
     return CampaignConfig(
         source=source,
@@ -201,6 +210,8 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         tls=tls,
         suppression=suppression,
         egress=egress,
+        schedule=schedule,
+        events=events,
         warnings=tuple(root.warnings),
     )
 

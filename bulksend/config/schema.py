@@ -20,6 +20,9 @@ from bulksend.config.egress import EgressConfig
 if TYPE_CHECKING:  # providers.py imports this module
     from bulksend.config.providers import ProviderPolicy
 
+from bulksend.config.events import EventsConfig
+from bulksend.config.schedule import ScheduleConfig
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "AttachmentConfig",
@@ -416,6 +419,10 @@ class CampaignConfig:
     journal_url: str | None = None
     #: ``[egress]``: source addresses and pools (empty: the machine's default address).
     egress: EgressConfig = field(default_factory=EgressConfig)
+    #: ``[schedule]``: when it may send (bulksend.config.schedule).
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    #: ``[events]``: the event stream's webhook (bulksend.config.events).
+    events: EventsConfig = field(default_factory=EventsConfig)
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

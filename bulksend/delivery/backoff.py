@@ -62,6 +62,10 @@ class Backoff:
         self.limits = Limits(max_connections, rate, -math.inf)
         self.restore_at = math.inf  # when the reduced limits end
         self.reason = ""  # the reply that caused the current backoff
+        # An operator's pause (``bulksend ctl``), apart from any backoff: wall-clock end,
+        # math.inf until resumed, -math.inf when not paused.
+        self.paused_until = -math.inf
+        self.paused_reason = ""
 
     @property
     def active(self) -> bool:
@@ -116,6 +120,23 @@ class Backoff:
         self.reason = reason
         log.warning("site %s follows a shared backoff: %s", self.site, reason)
         return True
+
+    def pause(self, until: float, reason: str) -> None:
+        """An operator's pause until ``until`` (wall clock; -math.inf resumes)."""
+        self.paused_until = until
+        self.paused_reason = reason if until != -math.inf else ""
+
+    def set_base(self, max_connections: int, rate: float | None) -> None:
+        """An operator's new configured limits: in force at once, except that a backoff in
+        force keeps what it lowered until it ends."""
+        self.base_connections = max_connections
+        self.base_rate = rate
+        old = self.limits
+        if self.active:
+            max_connections = min(max_connections, old.max_connections)
+            if old.rate is not None:
+                rate = old.rate if rate is None else min(rate, old.rate)
+        self.limits = Limits(max_connections, rate, old.suspended_until)
 
     def restore(self, now: float) -> bool:
         """Bring back the configured limits if the period is over; True if it was."""

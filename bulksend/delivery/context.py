@@ -27,6 +27,7 @@ from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Category, Due, JournalWriter, Kind, Outcome
 from bulksend.metrics import Count, Metrics
+from bulksend.schedule.windows import SendWindows
 from bulksend.throttles import LocalThrottles, ThrottleBackend
 from bulksend.tlspolicy import TlsPolicies
 
@@ -78,6 +79,8 @@ class RunSettings:
     throttles: ThrottleBackend = field(default_factory=LocalThrottles)
     #: MTA-STS and DANE decisions, TLS session counts; None: opportunistic TLS only.
     tls: TlsPolicies | None = None
+    #: ``[schedule]``: when recipients may be sent to; None: any time.
+    schedule: SendWindows | None = None
 
 
 class _SiteCounts:
@@ -107,6 +110,7 @@ class RunContext:
         self.total_rate = settings.total_rate
         self.throttles = settings.throttles
         self.tls = settings.tls
+        self.schedule = settings.schedule
         self.epoch = settings.epoch
         self.limit = settings.limit
         self.stopping = trio.Event()

@@ -157,6 +157,7 @@ class Destination:
         # while that is near, an idle connection may wait for it.
         self._back_at = -math.inf
         self.last_error = ""
+        self.outcomes: dict[Kind, int] = dict.fromkeys(Kind, 0)  # this run's (``ctl status``)
         self._connect_failure: SMTPError | None = None  # why the last connect failed
         #: MTA-STS/DANE decisions for an MX site (the scheduler sets it); None for a relay.
         self.tls: TlsPolicies | None = None
@@ -226,6 +227,10 @@ class Destination:
                     # Suppressed since it was claimed: never sent (invariant 8).
                     self.context.record(due, Outcome.suppressed(), self.label)
                     continue
+                schedule = self.context.schedule
+                if schedule is not None and (held := schedule.hold(due, self.context.now())):
+                    self._record(due, held)  # outside its send window: not an attempt
+                    continue
                 self.context.take_one()
                 return due
             if not self._domains:
@@ -283,6 +288,7 @@ class Destination:
         if outcome.kind is Kind.THROTTLED:
             back_at = self.context.now() + (outcome.retry_after or 0.0)
             self._back_at = max(self._back_at, back_at)
+        self.outcomes[outcome.kind] += 1
         self.context.record(due, outcome, self.label)
 
     def _release_buffer(self, retry_after: float, reason: str) -> None:
@@ -451,9 +457,9 @@ class Destination:
         return self._senders <= self.backoff.limits.max_connections
 
     def _suspended_for(self) -> float:
-        """Seconds the site stays suspended (0: not suspended). Asked before every message:
-        a site never suspended reads no clock."""
-        until = self.backoff.limits.suspended_until
+        """Seconds the site stays suspended or paused (0: neither). Asked before every
+        message: a site never suspended reads no clock."""
+        until = max(self.backoff.limits.suspended_until, self.backoff.paused_until)
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
 
     @property
@@ -467,11 +473,32 @@ class Destination:
         return 0.0 if any(s.available for s in self.siblings) else wait
 
     async def _wait_while_suspended(self) -> None:
-        """Honour a suspension: hand back what was taken, sleep until it ends."""
+        """Honour a suspension: hand back what was taken, sleep until it ends (or a stop, or
+        an operator's change: :meth:`limits_changed`)."""
         while (left := self._suspended_for()) > 0 and not self.context.stopping.is_set():
-            self._release_buffer(self._handed_over(left), self.backoff.reason)
+            if self.backoff.paused_until > self.context.now():
+                # An operator's pause: due again at once, fetched here when it ends.
+                self._release_buffer(0.0, self.backoff.paused_reason)
+            else:
+                self._release_buffer(self._handed_over(left), self.backoff.reason)
+            work = self._work
             with trio.move_on_after(left):
-                await self.context.stopping.wait()
+                await work.wait()
+
+    def limits_changed(self) -> None:
+        """An operator changed this site's limits or pause (``bulksend ctl``): act now."""
+        self.wake()
+        if self._nursery is not None:
+            self._spawn()
+
+    def hand_back(self, domain: str, outcome: Outcome) -> int:
+        """Record ``outcome`` for each of ``domain``'s recipients taken and not yet sent
+        (``bulksend ctl``: a domain paused or cancelled); returns how many."""
+        mine = [due for due in self._buffer if due.domain == domain]
+        for due in mine:
+            self._buffer.remove(due)
+            self._record(due, outcome)
+        return len(mine)
 
     # ------------------------------------------------------------------- outcomes
 
@@ -774,3 +801,13 @@ class Destination:
     @property
     def open_connections(self) -> int:
         return len(self._clients)
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions sent and not yet answered, over every connection."""
+        return sum(client.in_flight for client in self._clients)
+
+    @property
+    def buffered(self) -> int:
+        """Recipients taken from the journal, not yet sent."""
+        return len(self._buffer)

@@ -26,6 +26,7 @@ from bulksend.campaign.recipients import Reject, RejectKind, RejectsFile, Suppre
 from bulksend.campaign.render import Campaign
 from bulksend.config import CampaignConfig
 from bulksend.delivery.context import RunContext, RunSettings
+from bulksend.delivery.ending import end_at_stop
 from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler, SitePolicy
 from bulksend.delivery.shard import Shard, distinct_domains, site_keys, unit_of
@@ -47,6 +48,7 @@ from bulksend.journal.backend import AnyJournal
 from bulksend.journal.backend import open_journal as open_any_journal
 from bulksend.metrics import Metrics
 from bulksend.routing import Credentials, Relay, Route, Router, RoutingConfig
+from bulksend.schedule.windows import SendWindows
 from bulksend.suppression.backend import open_suppression_store
 from bulksend.suppression.rules import BounceRecorder, Rules
 from bulksend.suppression.store import (
@@ -389,6 +391,7 @@ async def run_campaign(
             throttles=throttle_backend(options, config.id),
             suppressed=None if suppression is None else suppression.__contains__,
             tls=_tls_policies(router, options, metrics),
+            schedule=SendWindows(config.schedule) if config.schedule.active else None,
         )
         watching = trio.CancelScope()
         scheduler = Scheduler(
@@ -416,6 +419,7 @@ async def run_campaign(
                         options.suppression_check,
                         watching,
                     )
+                nursery.start_soon(end_at_stop, scheduler)  # [schedule] stop_at
                 if on_start is not None:
                     on_start(scheduler)
                 try:

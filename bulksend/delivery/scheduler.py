@@ -83,6 +83,14 @@ _SHARED_POLL = 1.0
 _WARMUP_SAVE = 10.0
 
 
+def _ignore(_site: Site, _destination: Destination) -> None:
+    pass
+
+
+def _never(_domain: str) -> bool:
+    return False
+
+
 class SitePolicy:
     """The limits of each route's destination, and which domains do not roll up.
 
@@ -187,6 +195,10 @@ class Scheduler:
         self._label_threshold = 0
         self.complete = False
         self._on_outcome = on_outcome
+        #: Live control (``bulksend ctl``): sees each new destination; says which domains
+        #: are held (paused or cancelled: not attached).
+        self.on_destination: Callable[[Site, Destination], None] = _ignore
+        self.held: Callable[[str], bool] = _never
 
     # ------------------------------------------------------------------ public
 
@@ -285,7 +297,10 @@ class Scheduler:
                 top = d.metrics.sites.top
                 self._label_threshold = volumes[min(top, len(volumes)) - 1]
                 first = False
-            fresh = sorted((n for n in due if n not in self._attached), key=lambda n: -due[n])
+            fresh = sorted(
+                (n for n in due if n not in self._attached and not self.held(n)),
+                key=lambda n: -due[n],
+            )
             for domain in fresh:
                 if d.stopping.is_set():
                     return
@@ -409,6 +424,7 @@ class Scheduler:
                     warmup=self._warmup(lane),
                 )
                 self.destinations[key] = destination
+                self.on_destination(key, destination)
             group.append(destination)
         for destination in group:  # where a lane that must wait hands its recipients
             destination.siblings = [d for d in group if d is not destination]

@@ -6,7 +6,8 @@ How this works
 One SQLite file per campaign run (per shard), in WAL mode with ``synchronous=FULL``.
 
 Schema (``PRAGMA application_id`` marks the file as ours, ``PRAGMA user_version`` is the
-schema version; anything else is refused with a :class:`JournalError`, never re-created):
+schema version; anything else is refused with a :class:`JournalError`, never re-created,
+except that a run upgrades version 2 in place: :mod:`bulksend.journal.upgrade`):
 
 - ``meta(key, value)``: the campaign identity (JSON of part name -> digest, so a refusal can
   name the part that changed), a stable ``campaign_id`` fixed at creation (Message-IDs are
@@ -22,7 +23,8 @@ schema version; anything else is refused with a :class:`JournalError`, never re-
 
 States: exactly one ``status`` per recipient, enforced by a CHECK constraint:
 ``pending`` and ``in_doubt`` are *waiting* (will be sent); ``delivered``, ``bounced``,
-``expired``, ``suppressed`` and ``invalid`` are final and never sent again. ``not_rendered``
+``expired``, ``suppressed``, ``invalid`` and ``cancelled`` (an operator's ``bulksend ctl
+cancel``) are final and never sent again. ``not_rendered``
 (its message could not be made: the sender's fault, never sent, no attempt) is neither: it
 is set aside until :meth:`Journal.retry_unrendered` makes it pending again, once the
 campaign is fixed. A waiting row is

@@ -38,7 +38,7 @@ def hash_files(paths: Iterable[str | os.PathLike[str]]) -> str:
 #: Sections of the campaign file that say how to send, not what (rates, connections,
 #: timeouts, retries, routes, where the journal is): a change to them is allowed on resume,
 #: and reported.
-POLICY_SECTIONS: Final = ("policy", "routing", "journal")
+POLICY_SECTIONS: Final = ("policy", "routing", "journal", "schedule", "events")
 _FILE_PART: Final = "campaign file: "
 
 

@@ -26,6 +26,7 @@ class Status(enum.StrEnum):
     SUPPRESSED = "suppressed"
     INVALID = "invalid"
     NOT_RENDERED = "not_rendered"  # set aside: the message could not be made
+    CANCELLED = "cancelled"  # an operator cancelled it (``bulksend ctl cancel``): never sent
 
     @property
     def waiting(self) -> bool:
@@ -47,6 +48,8 @@ class Kind(enum.StrEnum):
     THROTTLED = "throttled"  # our own throttle/backoff: not an attempt
     SUPPRESSED = "suppressed"  # suppressed during the run, before it was sent: not an attempt
     NOT_RENDERED = "not_rendered"  # the message could not be made: not an attempt
+    CANCELLED = "cancelled"  # an operator cancelled it before it was sent: not an attempt
+    STOPPED = "stopped"  # not sent by the campaign's ``[schedule] stop_at``: not an attempt
 
 
 class Category(enum.StrEnum):
@@ -59,6 +62,7 @@ class Category(enum.StrEnum):
     DNS = "dns"
     TLS = "tls"
     OTHER = "other"
+    SCHEDULE = "schedule"  # expired at the campaign's ``[schedule] stop_at``
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,9 @@ class Outcome:
 
     @property
     def is_attempt(self) -> bool:
-        """False for throttles, suppressions and messages not rendered: nothing was sent."""
-        return self.kind not in (Kind.THROTTLED, Kind.SUPPRESSED, Kind.NOT_RENDERED)
+        """False for throttles, suppressions, messages not rendered and cancellations:
+        nothing was sent."""
+        return self.kind not in _NOT_ATTEMPTS
 
     @classmethod
     def delivered(
@@ -144,9 +149,24 @@ class Outcome:
         return cls(Kind.NOT_RENDERED, None, None, text)
 
     @classmethod
+    def cancelled(cls, text: str) -> Outcome:
+        """An operator cancelled the recipient before it was sent (``text`` says how)."""
+        return cls(Kind.CANCELLED, None, None, text)
+
+    @classmethod
+    def stopped(cls, text: str) -> Outcome:
+        """The campaign's ``stop_at`` passed before the recipient was sent: it expires."""
+        return cls(Kind.STOPPED, None, None, text, Category.SCHEDULE)
+
+    @classmethod
     def released(cls) -> Outcome:
         """Hand an unsent claimed recipient back (graceful stop): due at once, not in doubt."""
         return cls.throttled(0.0, "released")
+
+
+_NOT_ATTEMPTS: Final = frozenset(
+    (Kind.THROTTLED, Kind.SUPPRESSED, Kind.NOT_RENDERED, Kind.CANCELLED, Kind.STOPPED)
+)
 
 
 # --- retry schedule (pure) -----------------------------------------------------------------
@@ -206,6 +226,10 @@ def plan_step(
     if outcome.kind is Kind.NOT_RENDERED:
         # The sender's fault, not the recipient's: no attempt, no bounce; set aside.
         return Step(Status.NOT_RENDERED, attempts, first_attempt_at, None, 0, False)
+    if outcome.kind is Kind.CANCELLED:
+        return Step(Status.CANCELLED, attempts, first_attempt_at, None, 0, False)
+    if outcome.kind is Kind.STOPPED:
+        return Step(Status.EXPIRED, attempts, first_attempt_at, None, 0, False)
     if not outcome.is_attempt:
         assert outcome.retry_after is not None
         first = now if first_attempt_at is None and outcome.tried else first_attempt_at

@@ -91,6 +91,7 @@ from bulksend.journal.postgres_schema import (
     RELEASE_SET,
     REPLIED_SQL,
     TABLES,
+    UPGRADE_1_TO_2,
     WAITING_IN,
     Location,
     NoJournal,
@@ -363,6 +364,10 @@ class PostgresJournal(PostgresReports, StoreBase):
             if identity is not None:
                 cur.execute(FEEDBACK_TABLE)
             meta = self._meta(cur)
+            if meta.get("schema_version") == "1" and identity is not None:  # a run: upgrade
+                for statement in UPGRADE_1_TO_2:
+                    cur.execute(statement)
+                meta["schema_version"] = "2"
         # The session's search_path stays (SET, not SET LOCAL, survives the commit).
         if meta.get("schema_version") != str(PG_SCHEMA_VERSION):
             raise JournalError(

@@ -19,7 +19,7 @@ from bulksend.journal.outcomes import WAITING, Category, Status
 from bulksend.store_urls import read_password_file, split_store_url
 
 #: The version of this schema, in ``meta.schema_version``; another is refused.
-PG_SCHEMA_VERSION: Final = 1
+PG_SCHEMA_VERSION: Final = 2  # 2: cancelled, schedule (UPGRADE_1_TO_2)
 
 #: Seconds a claim is leased for (renewed while its worker runs; ``worker --lease``).
 DEFAULT_LEASE: Final = 300.0
@@ -86,6 +86,17 @@ FEEDBACK_TABLE: Final = f"""CREATE TABLE IF NOT EXISTS feedback (
 )"""
 
 #: Built when the import completes, as in the SQLite journal.
+#: Version 1 -> 2, when a run opens the journal: ``status`` may be ``cancelled`` too, and
+#: ``category`` ``schedule``.
+UPGRADE_1_TO_2: Final = (
+    "ALTER TABLE recipients DROP CONSTRAINT recipients_status_check,"
+    f" ADD CONSTRAINT recipients_status_check CHECK (status IN {_in(Status)}),"
+    " DROP CONSTRAINT recipients_category_check,"
+    " ADD CONSTRAINT recipients_category_check"
+    f" CHECK (category IS NULL OR category IN {_in(Category)})",
+    "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+)
+
 ADDRESS_INDEX: Final = "CREATE UNIQUE INDEX recipients_address ON recipients (address)"
 INDEXES: Final = (
     "CREATE INDEX recipients_due ON recipients (status, domain, next_attempt_at)",

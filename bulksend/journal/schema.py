@@ -8,7 +8,7 @@ from typing import Final
 from bulksend.journal.feedback import FeedbackKind
 from bulksend.journal.outcomes import WAITING, Category, Status
 
-SCHEMA_VERSION: Final = 2  # 2: the not_rendered status
+SCHEMA_VERSION: Final = 3  # 2: the not_rendered status; 3: cancelled, schedule (journal.upgrade)
 #: ``PRAGMA application_id`` of a bulksend journal ("bksn").
 APPLICATION_ID: Final = 0x626B736E
 #: Longest reply text kept per recipient; a multi-line reply can be long.

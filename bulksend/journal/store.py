@@ -37,6 +37,7 @@ from bulksend.journal.records import (
     _state,
 )
 from bulksend.journal.schema import WAITING_SQL
+from bulksend.journal.upgrade import upgrade
 
 __all__ = ["MAX_TEXT", "Journal", "JournalInUse", "StoreBase", "plan_updates"]
 
@@ -249,6 +250,7 @@ class Journal(StoreBase):
 
     def _set_up(self, identity: opening.Identity | None, *, force: bool, now: float) -> None:
         conn = self._conn
+        upgrade(conn)  # an older version, opened for a run
         fresh = opening.check_format(conn)
         commits = opening.check_intact(conn, fresh=fresh, thorough=identity is not None)
         opening.set_up(conn)

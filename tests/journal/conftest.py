@@ -29,6 +29,7 @@ BOTH_BACKENDS = {
     "test_journal_writer",
     "test_journal_run",
     "test_journal_unrendered",
+    "test_journal_cancelled",
     "test_journal_import",
     "test_journal_postgres",
 }

@@ -205,6 +205,7 @@ def test_reports(journal: Journal) -> None:
         Status.SUPPRESSED: 0,
         Status.INVALID: 0,
         Status.NOT_RENDERED: 0,
+        Status.CANCELLED: 0,
     }
     assert sum(counts.values()) == 10
     assert journal.counts_by_category() == {Category.BAD_MAILBOX: 1, Category.POLICY: 2}

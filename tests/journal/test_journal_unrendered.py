@@ -89,7 +89,7 @@ def test_schema_accepts_the_state_and_its_version_says_so(journal: Journal) -> N
             "UPDATE recipients SET status = 'not_rendered', next_attempt_at = NULL WHERE id = 1"
         )
         # Like a final state it is neither due nor claimed.
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] >= 2
     finally:
         db.rollback()
         db.close()

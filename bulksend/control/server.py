@@ -1,0 +1,264 @@
+"""The control endpoint of a running campaign: a UNIX socket beside its journal.
+
+How this works: the run (``send``/``resume`` with a SQLite journal) listens on
+``<journal>.ctl``, created mode 0600 (under umask 0177, so it is never reachable by others,
+even for a moment), once the journal is locked: only the journal's owner can reach it, and
+nothing listens on the network. Each connection carries one request, a JSON object on one
+line (:class:`~bulksend.control.commands.Command`), and gets one answer, a JSON object on
+one line: ``{"ok": true, "changed": "..."}``, ``{"ok": true, "status": {...}}`` or
+``{"ok": false, "error": "..."}``.
+
+Why a UNIX socket rather than the metrics HTTP server with a token: the file's mode is the
+access control (no secret to create, store, pass and rotate), it exists only while a run
+holds the journal (so "no run" is "no socket", and ``ctl`` can say so), and it works for
+runs that serve no metrics.
+
+The :class:`Operator` keeps the :class:`~bulksend.control.commands.ControlState`, makes
+every destination follow it (an operator's pause, rate and connection cap live on the
+site's :class:`~bulksend.delivery.backoff.Backoff`, beside any adaptive backoff), holds
+paused and cancelled domains back from the scheduler, and persists pauses and cancellations
+in ``<journal>.control.json`` (0600) so that they outlive the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+from prometheus_client import CollectorRegistry, Counter
+
+from bulksend.control.commands import Command, CommandError, ControlState
+from bulksend.delivery.destination import Destination
+from bulksend.delivery.ending import end_waiting, hold_domain
+from bulksend.delivery.scheduler import Scheduler
+from bulksend.files import open_private
+from bulksend.journal import Outcome
+from bulksend.routing import Site
+
+#: Longest request accepted (one command is a few hundred bytes).
+MAX_REQUEST: Final = 65_536
+#: Seconds a client has to send its request.
+_REQUEST_DEADLINE: Final = 10.0
+_PAUSED: Final = "paused by bulksend ctl"
+
+
+def socket_path(journal: Path) -> Path:
+    """The control socket of the run that holds ``journal``."""
+    return journal.with_name(journal.name + ".ctl")
+
+
+def state_path(journal: Path) -> Path:
+    """The pauses and cancellations of ``journal``'s campaign that outlive a run."""
+    return journal.with_name(journal.name + ".control.json")
+
+
+def load_state(journal: Path, now: float) -> ControlState:
+    """The persisted control state of ``journal`` (empty when there is none).
+
+    Raises:
+        CommandError: the file is damaged (its message names it).
+    """
+    path = state_path(journal)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ControlState()
+    try:
+        return ControlState.restore(json.loads(text), now)
+    except ValueError as exc:
+        raise CommandError(f"{path}: {exc}; remove it to forget every pause") from None
+
+
+class Operator:
+    """Carries out control commands on one running campaign."""
+
+    def __init__(
+        self,
+        journal: Path | str,
+        state: ControlState,
+        registry: CollectorRegistry,
+        say: Callable[[str], None],
+    ) -> None:
+        self.journal = journal
+        self.state = state
+        self._say = say
+        self._scheduler: Scheduler | None = None
+        self._changed = trio.Event()
+        self._commands = Counter(
+            "bulksend_control_commands",
+            "Control commands received (bulksend ctl), by command and result",
+            ["command", "result"],
+            registry=registry,
+        )
+
+    # ------------------------------------------------------------------ the run
+
+    def attach(self, scheduler: Scheduler) -> None:
+        """Follow the state in ``scheduler``'s run (call before it starts)."""
+        self._scheduler = scheduler
+        scheduler.on_destination = self._enforce_site
+        scheduler.held = lambda domain: self.state.held(domain, scheduler.context.now())
+        for site, destination in scheduler.destinations.items():
+            self._enforce_site(site, destination)
+
+    def _enforce_site(self, site: Site, destination: Destination) -> None:
+        """Give one site the pause, rate and connection cap the state says."""
+        name, state = str(site), self.state
+        backoff = destination.backoff
+        backoff.pause(state.site_paused_until(name, site.mx), _PAUSED)
+        configured = destination.limits
+        rate = state.site_override(state.rates, name, site.mx)
+        connections = state.site_override(state.connections, name, site.mx)
+        backoff.set_base(
+            configured.max_connections if connections is None else int(connections),
+            configured.rate if rate is None else rate,
+        )
+        destination.limits_changed()
+
+    def _enforce(self) -> None:
+        scheduler = self._scheduler
+        assert scheduler is not None
+        for site, destination in scheduler.destinations.items():
+            self._enforce_site(site, destination)
+        scheduler.due_again(-math.inf)  # the feeder looks again (a domain resumed)
+
+    # ------------------------------------------------------------------ commands
+
+    async def execute(self, command: Command) -> dict[str, Any]:
+        """Carry out ``command``; the answer to send back.
+
+        Raises:
+            CommandError: it cannot be carried out.
+        """
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise CommandError("the campaign has not started sending yet; try again")
+        if command.action == "status":
+            return {"ok": True, "status": await self.status()}
+        changed = self.state.apply(command, scheduler.context.now())
+        self._save()
+        if command.action == "cancel":
+            outcome = Outcome.cancelled("cancelled by bulksend ctl")
+            changed += f" ({await end_waiting(scheduler, command.target, outcome)} recipients)"
+        elif command.scope == "domain" and command.action == "pause":
+            hold_domain(scheduler, command.target, Outcome.throttled(0.0, _PAUSED))
+        self._enforce()
+        self._changed.set()
+        self._say(f"ctl: {changed}")
+        return {"ok": True, "changed": changed}
+
+    async def status(self) -> dict[str, Any]:
+        """Every site's state (``top``'s one data source) and what operators set.
+
+        ``queued`` counts a site's recipients waiting in the journal (one query of the
+        journal's due index) and those it has taken and not sent; ``outcomes`` this run's
+        outcomes at the site, by kind.
+        """
+        scheduler = self._scheduler
+        assert scheduler is not None
+        context = scheduler.context
+        waiting = await context.writer.due_domains(now=math.inf)
+        now = context.now()
+        extra: dict[str, dict[str, Any]] = {}
+        for site, d in scheduler.destinations.items():
+            extra[str(site)] = {
+                "paused_for": max(d.backoff.paused_until - now, 0.0),
+                "in_flight": d.in_flight,
+                "queued": d.buffered + sum(waiting.pop(domain, 0) for domain in d.domains),
+                "outcomes": {kind.value: n for kind, n in d.outcomes.items() if n},
+            }
+        return {
+            "time": now,
+            "stopping": scheduler.stopping,
+            "unrouted": sum(waiting.values()),  # waiting, not attached to a site now
+            "sites": [dataclasses.asdict(row) | extra[row.site] for row in scheduler.sites()],
+            "control": self.state.persistent(),
+        }
+
+    def _save(self) -> None:
+        assert isinstance(self.journal, Path)
+        with open_private(state_path(self.journal)) as out:
+            json.dump(self.state.persistent(), out, allow_nan=False)
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on the journal's control socket until cancelled; the socket is removed then.
+
+        Started with ``nursery.start``: it returns the socket's path, or None (and says why)
+        when it cannot listen; the run goes on without live control then.
+        """
+        assert isinstance(self.journal, Path)
+        path = socket_path(self.journal)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # A socket left there is a killed run's: this process holds the journal now.
+            path.unlink(missing_ok=True)
+            umask = os.umask(0o177)
+            try:
+                await sock.bind(str(path))
+            finally:
+                os.umask(umask)
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            self._say(f"no live control (bulksend ctl): cannot listen on {path}: {exc}")
+            task_status.started(None)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire)
+                task_status.started(path)
+                await trio.serve_listeners(
+                    self._answer, [trio.SocketListener(sock)], handler_nursery=nursery
+                )
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    async def _answer(self, stream: trio.abc.Stream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(_REQUEST_DEADLINE):
+                while b"\n" not in request and len(request) < MAX_REQUEST:
+                    data = await stream.receive_some(MAX_REQUEST)
+                    if not data:
+                        break
+                    request += data
+            answer: dict[str, Any]
+            action = "unknown"
+            try:
+                command = Command.from_json(json.loads(request.partition(b"\n")[0]))
+                action = command.action
+                answer = await self.execute(command)
+            except ValueError as exc:  # CommandError, or not JSON
+                answer = {"ok": False, "error": str(exc)}
+            self._commands.labels(action, "ok" if answer["ok"] else "refused").inc()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+
+    async def _expire(self) -> None:
+        """Drop what ran out (a pause, a rate for a while) and make the sites follow."""
+        scheduler = self._scheduler
+        assert scheduler is not None
+        context = scheduler.context
+        while True:
+            self._changed = trio.Event()
+            with trio.move_on_at(self.state.next_expiry() - context.epoch):
+                await self._changed.wait()
+            ended = self.state.expire(context.now())
+            if ended:
+                self._save()
+                self._enforce()
+                for what in ended:
+                    self._say(f"ctl: {what}")

@@ -1,0 +1,102 @@
+"""`bulksend ctl URL` with a PostgreSQL journal: the commands go through the journal, and
+every `bulksend worker` obeys (real processes, a real PostgreSQL server)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from bulksend.journal import Status
+from bulksend.journal.backend import open_journal
+from bulksend.testing.scenario import addresses, campaign_toml, running, write_campaign
+from tests.cli.cli_helpers import Proc, bulksend, run_bulksend, world_args
+from tests.cli.test_cli_ctl import SITES, received_during
+from tests.helpers.worlds import limits_policy
+
+_campaigns = itertools.count(1)
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    with trio.move_on_after(seconds):
+        while not predicate():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_every_worker_obeys_pause_resume_and_cancel(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    name = f"ctl{next(_campaigns)}"
+    url = f"{postgres_url}?campaign={name}"
+    toml = campaign_toml(campaign_id=name, policy=limits_policy(10))
+    recipients = addresses(["a1.test", "b1.test", "c1.test"], 600)
+    campaign = write_campaign(tmp_path / "c", recipients, toml=toml)
+    imported = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
+    assert imported.process.returncode == 0, imported.stderr()
+
+    async def ctl(*args: str) -> Proc:
+        return await run_bulksend(tmp_path, "ctl", url, *args, name="ctl")
+
+    codes: list[int] = []
+    with trio.fail_after(150):
+        async with running(SITES) as world, trio.open_nursery() as nursery:
+            alpha, beta = world.servers["alpha"], world.servers["beta"]
+
+            async def worker(index: int) -> None:
+                args = ["worker", "--campaign", str(campaign), "--journal", url, "--grace", "2"]
+                async with bulksend(
+                    tmp_path, *args, *world_args(world), name=f"worker{index}"
+                ) as proc:
+                    codes.append(await proc.wait(140))
+
+            for index in range(2):
+                nursery.start_soon(worker, index)
+            await wait_until(lambda: alpha.stats.messages >= 10, 60, "alpha sending")
+
+            paused = await ctl("pause", "--site", "alpha.test")
+            assert paused.stdout() == "site alpha.test paused until resumed\n", paused
+            await trio.sleep(2.0)  # each worker reads the state every second
+            assert await received_during(alpha, 2.0) == 0  # on every worker
+            assert await received_during(beta, 1.0) >= 5
+            resumed = await ctl("resume", "--site", "alpha.test")
+            assert resumed.process.returncode == 0, resumed
+            await trio.sleep(2.0)
+            assert await received_during(alpha, 1.0) >= 5
+
+            cancelled = await ctl("cancel", "--domain", "c1.test")
+            assert "domain c1.test cancelled" in cancelled.stdout(), cancelled
+            refused = await ctl("rate", "mx1.alpha.test", "50/s")
+            assert refused.process.returncode == 1
+            assert "not yet for a PostgreSQL journal's workers" in refused.stderr()
+    assert codes == [0, 0] or sorted(codes) == [0, 0], codes  # both end: nothing waits
+    received = set(world.received())
+    with open_journal(url, None) as journal:
+        states = [s for s in journal.iter_states() if s.address.endswith("@c1.test")]
+    cancelled_ones = {s.address for s in states if s.status is Status.CANCELLED}
+    delivered = {s.address for s in states if s.status is Status.DELIVERED}
+    assert len(cancelled_ones) >= 50
+    assert len(cancelled_ones) + len(delivered) == 200
+    assert not cancelled_ones & received
+    assert {a for a in received if a.endswith("@c1.test")} == delivered
+
+
+async def test_a_single_send_creates_its_postgresql_journal_with_live_control(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    name = f"ctl{next(_campaigns)}"
+    url = f"{postgres_url}?campaign={name}"
+    toml = campaign_toml(campaign_id=name, policy=limits_policy(50))
+    campaign = write_campaign(tmp_path / "c", addresses(["a1.test"], 20), toml=toml)
+    with trio.fail_after(60):
+        async with running(SITES) as world:
+            # No journal yet: the control state is read as empty, not as an error.
+            sent = await run_bulksend(
+                tmp_path, "send", str(campaign), "--journal", url, *world_args(world), name="s"
+            )
+    assert sent.process.returncode == 0, sent.stderr()
+    with open_journal(url, None) as journal:
+        assert journal.counts()[Status.DELIVERED] == 20
