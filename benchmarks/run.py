@@ -297,10 +297,13 @@ def run_bulksend(
     seconds: float = 600,
     workers: int | None = None,
     rss: list[float] | None = None,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
+    """``tree``: another checkout's ``benchmarks/sender.py`` under its own ``.venv``."""
     before = s.settled_count()
+    python, here = (PY, HERE) if tree is None else (f"{tree}/.venv/bin/python", tree / "benchmarks")
     command = [
-        PY, str(HERE / "sender.py"), str(toml), str(journal),
+        python, str(here / "sender.py"), str(toml), str(journal),
         "--dns-port", str(s.dns_port), "--smtp-port", str(s.smtp_port),
     ]  # fmt: skip
     if limit is not None:
