@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/trees.py /tmp/bench-base --n 20000 --reps 5
 
 Each round runs the other checkout's ``benchmarks/sender.py`` under its own ``.venv`` (its
-bulksend), this checkout's, then aiosmtplib (if installed), on the compare campaign of
+bulksend, "base") and this checkout's ("head"), in turn first (base-head, head-base, ...),
+then aiosmtplib (if installed), on the compare campaign of
 ``run.py`` (same messages, same sink process, fresh journal per repetition). The campaign,
 the sink and aiosmtplib's plan come from this checkout. Reports each sender's CPU µs/msg
 (median and range), and per round: this checkout / the other (CPU per message) and each
@@ -28,8 +29,8 @@ sys.path.insert(0, str(HERE))
 from run import (  # noqa: E402
     _confirmed,
     _cpu_us,
+    _progress,
     _spread,
-    interleaved,
     make_campaign,
     peer_plan,
     per_round,
@@ -80,7 +81,14 @@ def main() -> None:
                 senders["aiosmtplib"] = lambda _r: run_peer(
                     "aiosmtplib", s, plan, args.n, args.timeout
                 )
-            runs = interleaved(senders, args.reps, "trees")
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in senders}
+            for round_ in range(args.reps):
+                # base first in odd rounds, head first in even ones (ABBA): neither always
+                # runs right after aiosmtplib or in the same place of the round.
+                order = ["base", "head"] if round_ % 2 == 0 else ["head", "base"]
+                for name in order + [n for n in senders if n not in order]:
+                    runs[name].append(senders[name](round_))
+                    _progress(f"trees round {round_ + 1}/{args.reps}", {name: runs[name][-1]})
 
     ratios = {"head / base CPU µs/msg": per_round(runs["head"], runs["base"], _cpu_us)}
     if "aiosmtplib" in runs:
