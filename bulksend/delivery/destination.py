@@ -459,7 +459,8 @@ class Destination:
     def _suspended_for(self) -> float:
         """Seconds the site stays suspended or paused (0: neither). Asked before every
         message: a site never suspended reads no clock."""
-        until = max(self.backoff.limits.suspended_until, self.backoff.paused_until)
+        suspended, paused = self.backoff.limits.suspended_until, self.backoff.paused_until
+        until = paused if paused > suspended else suspended  # not max(): 4 calls a message
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
 
     @property
