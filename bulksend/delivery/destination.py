@@ -389,11 +389,11 @@ class Destination:
                 for due in held:  # nothing started for them: hand them back
                     self._record(due, Outcome.released())
                 return
-        if self.context.halted:
-            return  # no new transaction after a stop: the held recipients are handed back
-        if self._warmup is not None and (wait := self._warmup.take(self.context.now())) > 0:
+        if self._warmup is not None and (wait := await self._warmup.acquire(self.context.now())):
             self._warmed_up(slot, self._warmup, wait)
             return
+        if self.context.halted:
+            return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
         slot.sent[id(txn)] = (txn, group, trio.current_time())
         slot.holding = []

@@ -32,7 +32,8 @@ With an egress pool a site has one destination per source address (its lanes, se
 :mod:`bulksend.egress.selection`), each attached to the site's domains and pulling from them;
 a site of a mailbox provider (``[policy.providers]`` or the shipped rules) shares the
 provider's limits and backoff with its other sites (:mod:`bulksend.delivery.provider`); a
-warming source's daily count is shared by its lanes at every site and saved in the journal.
+warming source's daily count is shared by its lanes at every site, and kept in the journal
+for every worker that shares it (:mod:`bulksend.egress.warmup`).
 
 Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
 starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
@@ -43,6 +44,7 @@ to the journal. The run can be resumed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import logging
 import math
@@ -79,8 +81,6 @@ _COALESCE = 0.25
 # journal (or in flight here): its outcomes and its expiring leases are not events of this
 # process, so the journal is asked again this often.
 _SHARED_POLL = 1.0
-# Seconds between saves of the egress sources' warm-up counts (see egress.warmup).
-_WARMUP_SAVE = 10.0
 
 
 def _ignore(_site: Site, _destination: Destination) -> None:
@@ -167,6 +167,7 @@ class Scheduler:
         grace: float = 30.0,
         on_outcome: Callable[[Due, Outcome, str], None] | None = None,
         owns: Callable[[str], bool] | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         self.context = RunContext(settings, self)
         self.router = router
@@ -177,7 +178,7 @@ class Scheduler:
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
         self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
-        self._saved_warmups: dict[str, str] = {}  # as the journal has them
+        self._share = share  # this shard's (index, count): its part of each warm-up allowance
         if any(source.warmup for source in settings.campaign.config.egress.sources.values()):
             self.context.metrics.registry.register(WarmupCollector(self._warmups))
         # A shard sends to a site only from the egress sources it owns (delivery.shard).
@@ -219,19 +220,15 @@ class Scheduler:
 
     async def run(self) -> None:
         """Deliver until every recipient is final, or until :meth:`stop` (then return)."""
-        sources = self.context.campaign.config.egress.sources.values()
-        warming = any(source.warmup for source in sources)
-        if warming:
-            self._saved_warmups = await self.context.writer.warmups()
         async with trio.open_nursery() as nursery:
-            if warming:
-                nursery.start_soon(self._save_warmups)
             await self._feed(nursery)
             self.stop()  # done or stopping: release idle senders
             with trio.move_on_after(self.grace):
                 if self.context.senders:
                     await self.context.idle.wait()
             nursery.cancel_scope.cancel()
+        for warmup in self._warmups.values():
+            await warmup.give_back()
 
     def sites(self) -> list[SiteStatus]:
         """A snapshot of every site's state, busiest first."""
@@ -439,26 +436,10 @@ class Scheduler:
             return None
         warmup = self._warmups.get(source.name)
         if warmup is None:
-            warmup = self._warmups[source.name] = Warmup(source.warmup, source.warmup_start)
-            warmup.restore(self._saved_warmups.get(source.name))
+            ledger = functools.partial(self.context.writer.update_warmup, source.name)
+            warmup = Warmup(source.warmup, source.warmup_start, ledger=ledger, share=self._share)
+            self._warmups[source.name] = warmup
         return warmup
-
-    async def _save_warmups(self) -> None:
-        """Save the warm-up states that changed, every few seconds and at the end."""
-        try:
-            while True:
-                await trio.sleep(_WARMUP_SAVE)
-                await self._save_changed_warmups()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._save_changed_warmups()
-
-    async def _save_changed_warmups(self) -> None:
-        for name, warmup in self._warmups.items():
-            state = warmup.state()
-            if self._saved_warmups.get(name) != state:
-                await self.context.writer.save_warmup(name, state)
-                self._saved_warmups[name] = state
 
     def _provider(self, route: Route, lane: Lane) -> Provider | None:
         """The shared limits of the route's mailbox provider (per egress source), if any."""

@@ -3,6 +3,7 @@ pool's other sources, or waits for the next day as throttle deferrals, never as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,32 @@ async def test_a_restarted_run_keeps_the_days_count(
     assert sent_on_day_1 == [10]
     assert second.counts[Status.DELIVERED] == 15
     assert attempts(tmp_path) == {1}
+
+
+def test_shards_split_each_days_allowance_so_that_the_shares_add_up() -> None:
+    for total, count in ((10, 3), (1, 4), (50, 2)):
+        shares = [Warmup((total,), 0.0, share=(i, count)).allowance(0.0) for i in range(count)]
+        assert sum(s or 0 for s in shares) == total
+        assert max(s or 0 for s in shares) - min(s or 0 for s in shares) <= 1
+
+
+async def test_processes_take_blocks_of_the_allowance_and_give_back_what_they_did_not_send(
+    tmp_path: Path,
+) -> None:
+    # Two processes' warm-ups of one source over one journal (the ledger): 300 a day, taken
+    # in blocks of 3; what the first took and did not send, a later run may send that day.
+    with Journal.open(tmp_path / "j.sqlite3", {"campaign": "c"}) as journal:
+
+        async def ledger(change: Callable[[str | None], str]) -> str:
+            return journal.update_warmup("ip2", change)
+
+        first, second = (Warmup((300,), 0.0, ledger=ledger) for _ in range(2))
+        assert [await first.acquire(10.0) for _ in range(4)] == [0.0] * 4  # two blocks
+        sent = 0
+        while await second.acquire(10.0) == 0.0:
+            sent += 1
+        assert sent == 300 - 6  # the first holds 2 of its 6
+        assert first.sent_today(10.0) == 4
+        await first.give_back()
+        later = Warmup((300,), 0.0, ledger=ledger)
+        assert [await later.acquire(20.0) for _ in range(3)] == [0.0, 0.0, DAY - 20.0]
