@@ -51,12 +51,13 @@ import trio
 from bulksend.campaign.recipients import Recipient
 from bulksend.campaign.render import RenderError
 from bulksend.config import BackoffRule, SiteLimits, TlsMode
+from bulksend.config.egress import EgressSource
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
 from bulksend.delivery.provider import Provider
-from bulksend.egress.selection import Lane, Rotation
+from bulksend.egress.selection import SOURCE_BLOCKED, Lane, Rotation
 from bulksend.egress.warmup import Warmup
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
@@ -100,8 +101,8 @@ def _recipients_limit(results: list[RecipientResult]) -> int | None:
     return None
 
 
-#: A transaction in flight: its recipients and when it started (trio time).
-_Sent: TypeAlias = tuple[Transaction, list[Due], float]
+#: A transaction in flight: its recipients, when it started (trio time), its egress source.
+_Sent: TypeAlias = tuple[Transaction, list[Due], float, str]
 
 
 @dataclass(slots=True)
@@ -111,6 +112,7 @@ class _Slot:
     client: SMTPClient | None = None
     sent: dict[int, _Sent] = field(default_factory=dict)
     holding: list[Due] = field(default_factory=list)  # taken, not yet sent nor recorded
+    source: str = ""  # the egress source its connection leaves from ("": the default)
 
 
 class Destination:
@@ -395,7 +397,7 @@ class Destination:
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
-        slot.sent[id(txn)] = (txn, group, trio.current_time())
+        slot.sent[id(txn)] = (txn, group, trio.current_time(), slot.source)
         slot.holding = []
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
@@ -421,7 +423,9 @@ class Destination:
         if client is None or not must_retire(
             messages_sent=client.messages_sent,
             limit=self.limits.messages_per_connection,
-            usable=client.usable and not self.throttle.lost(self._leases[client]),
+            usable=client.usable
+            and not self.throttle.lost(self._leases[client])
+            and not self._source_blocked(slot.source),
             suspended=self._suspended_for() > 0,
         ):
             return None
@@ -461,6 +465,19 @@ class Destination:
         message: a site never suspended reads no clock."""
         until = max(self.backoff.limits.suspended_until, self.backoff.paused_until)
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
+
+    def _source_blocked(self, source: str) -> bool:
+        """Whether ``source``, one of several the site's connections take in turn, is left
+        out (a receiver blocked it): its connection closes."""
+        return self._sources.several and self._sources.blocked(source, self.context.now())
+
+    def _refuses_source(self, error: SMTPError) -> bool:
+        """Whether opening a connection failed on a reply that refuses the source address
+        (a greeting such as "554 ... Client host [192.0.2.1] blocked using zen.spamhaus.org")."""
+        if not isinstance(error, ReplyError):
+            return False
+        reply = error.reply
+        return self.backoff.match(reply.code, reply.enhanced_code, reply.text) is SOURCE_BLOCKED
 
     @property
     def available(self) -> bool:
@@ -512,9 +529,9 @@ class Destination:
                 continue
             if txn.data_sent:
                 self._transaction_seconds.observe(now - record[2])
-            self._record_results(txn, record[1])
+            self._record_results(txn, record[1], record[3])
 
-    def _record_results(self, txn: Transaction, items: list[Due]) -> None:
+    def _record_results(self, txn: Transaction, items: list[Due], source: str) -> None:
         """Journal a finished transaction's per-recipient outcomes (no await: all of them)."""
         results = txn.results
         accepted = _recipients_limit(results)
@@ -530,17 +547,25 @@ class Destination:
                 outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
             else:
                 assert result.error is not None
-                outcome = self._judge(result.error)
+                outcome = self._judge(result.error, source)
             self._record(due, outcome)
 
-    def _judge(self, error: SMTPError) -> Outcome:
-        """Classify an error; a reply that matches a backoff rule backs the site off."""
+    def _judge(self, error: SMTPError, source: str) -> Outcome:
+        """Classify an error from a connection of egress ``source``; a reply that matches a
+        backoff rule backs the site off, or, refusing the source itself where the site's
+        connections take several sources in turn, leaves that source out for a while."""
         self.last_error = str(error)
         if isinstance(error, ReplyError):
             reply = error.reply
             rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
             if rule is not None:
                 now = self.context.now()
+                if rule is SOURCE_BLOCKED and self._sources.several:
+                    if not self._sources.blocked(source, now):
+                        log.warning("%s: source %s blocked: %s", self.label, source, reply)
+                    if not self._sources.block(source, now + (rule.suspend or 0.0), now):
+                        reason = f"source {source} blocked: {reply}"
+                        return Outcome.throttled(0.0, reason, tried=True)
                 if self.provider is None or not self.provider.back_off(rule, now, str(reply)):
                     self._back_off(rule, now, str(reply))
                 wait = self._handed_over(max(self.backoff.limits.suspended_until - now, 0.0))
@@ -580,10 +605,10 @@ class Destination:
         for due in held:
             self._record(due, Outcome.released())
         sent = slot.sent
-        for txn, items, _started in sent.values():
+        for txn, items, _started, source in sent.values():
             if txn.done:
                 # Its replies were read before the stop: record what they said.
-                self._record_results(txn, items)
+                self._record_results(txn, items, source)
                 continue
             if txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
@@ -633,6 +658,8 @@ class Destination:
         last: SMTPError | None = None
         tried = False
         domain = slot.holding[0].domain if slot.holding else ""
+        source = self._sources.next(now)
+        slot.source = "" if source is None else source.name
         for host in self.route.hosts:
             if not self._hosts.ready(host.name, now):
                 continue
@@ -649,12 +676,18 @@ class Destination:
                 tried = True
                 try:
                     client = await self._open_with_fallback(
-                        address, host.port, host.name, key, policy
+                        address, host.port, host.name, key, policy, source=source
                     )
                 except SMTPError as exc:
                     last = exc
                     reason = connection_failure_reason(exc)
                     self.context.metrics.connections_failed.labels(self.label, reason).inc()
+                    if self._refuses_source(exc):  # not the host failing: our address refused
+                        held, slot.holding = slot.holding, []
+                        outcome = self._judge(exc, slot.source)
+                        for due in held:
+                            self._record(due, outcome)
+                        return None
                     if isinstance(exc, PermanentReplyError) and exc.stage == Verb.GREETING:
                         break  # this host refuses service; try the next host
                     continue
@@ -684,7 +717,14 @@ class Destination:
         return None
 
     async def _open_with_fallback(
-        self, address: str, port: int, server_name: str, key: ConnectionKey, policy: HostPolicy
+        self,
+        address: str,
+        port: int,
+        server_name: str,
+        key: ConnectionKey,
+        policy: HostPolicy,
+        *,
+        source: EgressSource | None,
     ) -> SMTPClient:
         """Open a connection; with opportunistic TLS, a failed handshake means plaintext.
 
@@ -698,7 +738,7 @@ class Destination:
             self.tls_policy = policy.label
             try:
                 client = await self._open(
-                    address, port, server_name, TlsMode.REQUIRED, key, policy=policy
+                    address, port, server_name, TlsMode.REQUIRED, key, source=source, policy=policy
                 )
             except TLSError as exc:
                 tls.failed(policy, result_of(exc), address)
@@ -711,7 +751,7 @@ class Destination:
                 return client
         mode = self._hosts.tls_mode(server_name, self.limits.tls)
         try:
-            client = await self._open(address, port, server_name, mode, key)
+            client = await self._open(address, port, server_name, mode, key, source=source)
             if tls is not None:
                 kind = PolicyKind.NONE if mode is TlsMode.NONE else PolicyKind.OPPORTUNISTIC
                 tls.succeeded(dataclasses.replace(policy, kind=kind), tls=client.tls_active)
@@ -725,7 +765,7 @@ class Destination:
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
             self.tls_failure = f"{server_name}: STARTTLS failed ({exc})"
             self.context.metrics.connections_failed.labels(self.label, "tls").inc()
-            return await self._open(address, port, server_name, TlsMode.NONE, key)
+            return await self._open(address, port, server_name, TlsMode.NONE, key, source=source)
 
     async def _open(
         self,
@@ -735,6 +775,7 @@ class Destination:
         mode: TlsMode,
         key: ConnectionKey,
         *,
+        source: EgressSource | None,
         policy: HostPolicy | None = None,
     ) -> SMTPClient:
         """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot; under
@@ -742,7 +783,6 @@ class Destination:
         trust store (RFC 7672 §3.1)."""
         d = self.context.settings
         client: SMTPClient | None = None
-        source = self._sources.next()
         try:
             client = await SMTPClient.connect(
                 address,
