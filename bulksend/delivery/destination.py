@@ -58,7 +58,7 @@ from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
 from bulksend.delivery.provider import Provider
 from bulksend.egress.selection import SOURCE_BLOCKED, Lane, Rotation
-from bulksend.egress.warmup import Warmup
+from bulksend.egress.warmup import Warmup, count_message
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
@@ -128,7 +128,7 @@ class Destination:
         label: str,
         lane: Lane | None = None,
         provider: Provider | None = None,
-        warmup: Warmup | None = None,
+        warmups: tuple[Warmup, ...] = (),
     ) -> None:
         self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
@@ -174,7 +174,7 @@ class Destination:
         # and the site's other lanes (other sources), which take what this one cannot send.
         self._sources = Rotation(() if lane is None else lane.sources)
         self.siblings: list[Destination] = []
-        self._warmup = warmup  # the lane's source's daily allowance, if it warms up
+        self._warmups = warmups  # the lane's source's daily allowances, if it warms up
 
     # ------------------------------------------------------------------ scheduling
 
@@ -391,9 +391,11 @@ class Destination:
                 for due in held:  # nothing started for them: hand them back
                     self._record(due, Outcome.released())
                 return
-        if self._warmup is not None and (wait := await self._warmup.acquire(self.context.now())):
-            self._warmed_up(slot, self._warmup, wait)
-            return
+        if self._warmups:
+            wait, used = await count_message(self._warmups, self.context.now())
+            if used is not None:
+                self._warmed_up(slot, used, wait)
+                return
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
         txn = Transaction(envelope, data)
@@ -410,7 +412,8 @@ class Destination:
         """Today's warm-up allowance is used: the lane rests until the next day begins, and
         what it holds goes to the site's other sources, or waits (throttle deferrals)."""
         now = self.context.now()
-        reason = f"warm-up: today's allowance of {warmup.allowance(now)} messages is used"
+        allowance = warmup.allowance(now)
+        reason = f"warm-up of {warmup.name}: today's allowance of {allowance} messages is used"
         self._back_off(BackoffRule(suspend=wait, duration=wait), now, reason)
         held, slot.holding = slot.holding, []
         for due in held:

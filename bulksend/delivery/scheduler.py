@@ -48,12 +48,15 @@ import functools
 import heapq
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from bulksend.config import LimitsOverride, SendingPolicy, SiteLimits, TlsMode
+from bulksend.config.egress import EgressSource
+from bulksend.config.providers import ProviderPolicy
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.destination import Destination
@@ -64,6 +67,7 @@ from bulksend.egress.providers import ProviderTable, effective_providers
 from bulksend.egress.rules import shipped_providers
 from bulksend.egress.selection import Lane, lanes
 from bulksend.egress.warmup import Warmup
+from bulksend.errors import ConfigError
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -81,6 +85,24 @@ _COALESCE = 0.25
 # journal (or in flight here): its outcomes and its expiring leases are not events of this
 # process, so the journal is asked again this often.
 _SHARED_POLL = 1.0
+
+
+def _check_provider_warmups(
+    sources: Iterable[EgressSource], providers: Mapping[str, ProviderPolicy], campaign: Path | None
+) -> None:
+    """Every provider a source's ``warmup_providers`` names exists (a typo is never ignored).
+
+    Raises:
+        ConfigError: one does not: the message names the source, the key and the fix.
+    """
+    for source in sources:
+        for name in source.warmup_providers:
+            if name not in providers:
+                known = ", ".join(sorted(providers)) or "none"
+                raise ConfigError(
+                    f"{campaign or 'the campaign'}: egress source {source.name!r}: "
+                    f"warmup_providers.{name}: no provider of that name. Use one of: {known}."
+                )
 
 
 def _ignore(_site: Site, _destination: Destination) -> None:
@@ -177,9 +199,12 @@ class Scheduler:
         providers = effective_providers(policy, shipped_providers(), source=campaign_file)
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
-        self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
+        # By egress source (one allowance, all sites), and by "<source>/<provider>".
+        self._warmups: dict[str, Warmup] = {}
         self._share = share  # this shard's (index, count): its part of each warm-up allowance
-        if any(source.warmup for source in settings.campaign.config.egress.sources.values()):
+        sources = settings.campaign.config.egress.sources.values()
+        _check_provider_warmups(sources, providers, campaign_file)
+        if any(source.warmup or source.warmup_providers for source in sources):
             self.context.metrics.registry.register(WarmupCollector(self._warmups))
         # A shard sends to a site only from the egress sources it owns (delivery.shard).
         self._owns = owns
@@ -403,6 +428,7 @@ class Scheduler:
                 metrics = self.context.metrics
                 label = metrics.sites.label(name, volume, threshold=self._label_threshold)
                 provider = self._provider(route, lane)
+                warmups = self._lane_warmups(lane, None if provider is None else provider.policy)
                 shared = () if provider is None else provider.policy.backoff
                 backoff = Backoff(
                     name,
@@ -418,7 +444,7 @@ class Scheduler:
                     label=label,
                     lane=lane,
                     provider=provider,
-                    warmup=self._warmup(lane),
+                    warmups=warmups,
                 )
                 self.destinations[key] = destination
                 self.on_destination(key, destination)
@@ -427,18 +453,27 @@ class Scheduler:
             destination.siblings = [d for d in group if d is not destination]
         return group
 
-    def _warmup(self, lane: Lane) -> Warmup | None:
-        """The warm-up of a lane's one source, shared by its lanes at every site."""
+    def _lane_warmups(self, lane: Lane, provider: ProviderPolicy | None) -> tuple[Warmup, ...]:
+        """The warm-ups of a lane's one source: its own, shared by its lanes at every site,
+        and the one of its messages to ``provider``, shared by that provider's sites."""
         if not lane.source:
-            return None
+            return ()
         ((source, _weight),) = lane.sources
-        if not source.warmup:
+        found = [self._warmup(source.name, source.warmup, source.warmup_start)]
+        if provider is not None:
+            curve = source.warmup_providers.get(provider.name, ())
+            found.append(self._warmup(f"{source.name}/{provider.name}", curve, source.warmup_start))
+        return tuple(w for w in found if w is not None)
+
+    def _warmup(self, name: str, curve: tuple[int, ...], start: float | None) -> Warmup | None:
+        """The warm-up named ``name`` (one journal row), made on first use; None: no curve."""
+        if not curve:
             return None
-        warmup = self._warmups.get(source.name)
+        warmup = self._warmups.get(name)
         if warmup is None:
-            ledger = functools.partial(self.context.writer.update_warmup, source.name)
-            warmup = Warmup(source.warmup, source.warmup_start, ledger=ledger, share=self._share)
-            self._warmups[source.name] = warmup
+            ledger = functools.partial(self.context.writer.update_warmup, name)
+            warmup = Warmup(curve, start, ledger=ledger, share=self._share, name=name)
+            self._warmups[name] = warmup
         return warmup
 
     def _provider(self, route: Route, lane: Lane) -> Provider | None:

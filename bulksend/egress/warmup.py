@@ -19,6 +19,11 @@ back what it took and did not use. A restarted run continues from the row. SQLit
 (``--workers``, ``--shard``) each have a journal of their own: they split each day's
 allowance between them instead (:attr:`Warmup.share`).
 
+A source may also warm up per mailbox provider (``warmup_providers``): its messages to the
+sites of that provider count against a schedule of their own, a row ``warmup:<source>/<provider>``,
+besides the source's total one; a message goes out only when each of its warm-ups has room
+(:func:`count_message`).
+
 The default curve (``warmup = true``) is
 :data:`bulksend.config.egress.DEFAULT_WARMUP`.
 """
@@ -32,7 +37,7 @@ from typing import TypeAlias
 
 import trio
 
-__all__ = ["Ledger", "Warmup"]
+__all__ = ["Ledger", "Warmup", "count_message"]
 
 _DAY = 86400.0
 # The most messages of a day's allowance one process takes at once.
@@ -50,7 +55,17 @@ class Warmup:
     Without a ``ledger`` this process alone keeps the day's count.
     """
 
-    __slots__ = ("_day", "_ledger", "_left", "_lock", "_sent", "curve", "share", "start")
+    __slots__ = (
+        "_day",
+        "_ledger",
+        "_left",
+        "_lock",
+        "_sent",
+        "curve",
+        "name",
+        "share",
+        "start",
+    )
 
     def __init__(
         self,
@@ -59,7 +74,9 @@ class Warmup:
         *,
         ledger: Ledger | None = None,
         share: tuple[int, int] = (0, 1),
+        name: str = "",
     ) -> None:
+        self.name = name  # the source, or "<source>/<provider>"
         self.curve = tuple(curve)
         self.start = start  # wall-clock seconds of day 1's beginning; None: the first send
         self.share = share  # (index, count): this shard's part of each day's allowance
@@ -114,6 +131,13 @@ class Warmup:
                     wait = self.take(now)
         return wait
 
+    def untake(self) -> None:
+        """Give back one message :meth:`take` counted (it was not sent after all)."""
+        if self._ledger is None:
+            self._sent -= 1
+        else:
+            self._left += 1
+
     async def give_back(self) -> None:
         """Return to the ledger what this process took of today's allowance and did not
         send (the run ends), so that the other workers, or the next run, may send it."""
@@ -164,6 +188,19 @@ class Warmup:
         total = self.curve[day - 1]
         index, count = self.share
         return total * (index + 1) // count - total * index // count
+
+
+async def count_message(warmups: Sequence[Warmup], now: float) -> tuple[float, Warmup | None]:
+    """Count one message against each of ``warmups`` (a source's total and its provider's):
+    ``(0.0, None)``; else nothing counted, and the seconds until the next day of the first
+    whose allowance is used, and that warm-up."""
+    for index, warmup in enumerate(warmups):
+        wait = await warmup.acquire(now)
+        if wait:
+            for counted in warmups[:index]:
+                counted.untake()
+            return wait, warmup
+    return 0.0, None
 
 
 def _day(start: float, now: float) -> int:
