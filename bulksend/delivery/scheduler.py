@@ -48,14 +48,12 @@ import functools
 import heapq
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
 from bulksend.config import LimitsOverride, SendingPolicy, SiteLimits, TlsMode
-from bulksend.config.egress import EgressSource
 from bulksend.config.providers import ProviderPolicy
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext, RunSettings
@@ -63,11 +61,10 @@ from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
 from bulksend.delivery.provider import Provider
 from bulksend.egress.metrics import WarmupCollector
-from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.providers import ProviderTable, check_warmup_providers, effective_providers
 from bulksend.egress.rules import shipped_providers
 from bulksend.egress.selection import Lane, lanes
 from bulksend.egress.warmup import Warmup
-from bulksend.errors import ConfigError
 from bulksend.journal import Due, Outcome
 from bulksend.routing import PolicyTable, Route, Router, RoutingError, Site
 
@@ -85,24 +82,6 @@ _COALESCE = 0.25
 # journal (or in flight here): its outcomes and its expiring leases are not events of this
 # process, so the journal is asked again this often.
 _SHARED_POLL = 1.0
-
-
-def _check_provider_warmups(
-    sources: Iterable[EgressSource], providers: Mapping[str, ProviderPolicy], campaign: Path | None
-) -> None:
-    """Every provider a source's ``warmup_providers`` names exists (a typo is never ignored).
-
-    Raises:
-        ConfigError: one does not: the message names the source, the key and the fix.
-    """
-    for source in sources:
-        for name in source.warmup_providers:
-            if name not in providers:
-                known = ", ".join(sorted(providers)) or "none"
-                raise ConfigError(
-                    f"{campaign or 'the campaign'}: egress source {source.name!r}: "
-                    f"warmup_providers.{name}: no provider of that name. Use one of: {known}."
-                )
 
 
 def _ignore(_site: Site, _destination: Destination) -> None:
@@ -203,7 +182,7 @@ class Scheduler:
         self._warmups: dict[str, Warmup] = {}
         self._share = share  # this shard's (index, count): its part of each warm-up allowance
         sources = settings.campaign.config.egress.sources.values()
-        _check_provider_warmups(sources, providers, campaign_file)
+        check_warmup_providers(sources, providers, campaign_file)
         if any(source.warmup or source.warmup_providers for source in sources):
             self.context.metrics.registry.register(WarmupCollector(self._warmups))
         # A shard sends to a site only from the egress sources it owns (delivery.shard).

@@ -18,7 +18,7 @@ from pathlib import Path
 from bulksend.config import BackoffRule, LimitsOverride, SendingPolicy, SiteLimits
 from bulksend.config.egress import EgressConfig, EgressSource
 from bulksend.config.providers import ProviderPolicy
-from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.providers import ProviderTable, check_warmup_providers, effective_providers
 from bulksend.egress.selection import lanes
 from bulksend.routing import PolicyTable, Site
 
@@ -46,6 +46,7 @@ def explain(
         lines.append(_row(name, getattr(limits, name), origins[name]))
     lanes_ = lanes(egress, limits)
     providers = effective_providers(policy, shipped, source=campaign_file)
+    check_warmup_providers(egress.sources.values(), providers, campaign_file)
     provider = ProviderTable(providers.values()).lookup(domain, site)
     if lanes_[0].sources:
         lines.append(f"egress: pool {limits.pool}, scope {limits.scope}")

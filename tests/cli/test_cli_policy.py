@@ -126,3 +126,15 @@ def test_a_provider_that_matches_nothing_is_one_line_naming_the_file(tmp_path: P
         f"bulksend: error: {toml}: policy.providers.mine: matches nothing (no shipped provider "
         'of that name to extend). Write match = ["example.com"].'
     ]
+
+
+def test_a_warmup_for_no_provider_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    policy = POLICY.replace("{ microsoft365 = [20, 40] }", "{ microsoft = [20, 40] }")
+    toml = write_campaign(tmp_path, addresses(["a.test"], 1), toml=campaign_toml(policy=policy))
+    code, lines = show(["--no-dns", "mx.example.org", str(toml)])
+    assert code == 1
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"bulksend: error: {toml}: egress source 'ip2': warmup_providers.microsoft: no provider "
+        "of that name. Use one of: comcast, gmx, google, icloud, microsoft365, "
+    )
