@@ -41,7 +41,9 @@ class EgressSource:
     ``max_connections``, ``rate`` and ``connection_rate`` (per second) cap this source at
     each site (None: the site's own limit). ``warmup``: messages per day on days 1, 2, ... of
     its warm-up (empty: none), day 1 beginning at ``warmup_start`` (wall-clock seconds; None:
-    when a run first sends from it); see :mod:`bulksend.egress.warmup`.
+    when a run first sends from it); ``warmup_providers``: a schedule of the same kind for
+    its messages to each named mailbox provider, besides ``warmup``; see
+    :mod:`bulksend.egress.warmup`.
     """
 
     name: str
@@ -52,6 +54,9 @@ class EgressSource:
     connection_rate: float | None = None
     warmup: tuple[int, ...] = ()
     warmup_start: float | None = None
+    warmup_providers: Mapping[str, tuple[int, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,8 @@ def _load_source(t: Table) -> EgressSource:
         connection_rate=t.converted(
             "connection_rate", parse_rate, "Write a rate like '5/s' or '100/m'."
         ),
-        warmup=_warmup(t),
+        warmup=_schedule(t, "warmup"),
+        warmup_providers=_provider_schedules(t),
         warmup_start=t.converted(
             "warmup_start", _midnight, "Write a date like 2026-12-01 (day 1 of the warm-up)."
         ),
@@ -142,8 +148,17 @@ def _load_source(t: Table) -> EgressSource:
     return source
 
 
-def _warmup(t: Table) -> tuple[int, ...]:
-    value = t.raw("warmup")
+def _provider_schedules(t: Table) -> Mapping[str, tuple[int, ...]]:
+    """``warmup_providers = { google = [20, 50], microsoft = true }``: provider -> schedule."""
+    section = t.sub("warmup_providers")
+    if section is None:
+        return MappingProxyType({})
+    schedules = {name: _schedule(section, name) for name, _value in section.items()}
+    return MappingProxyType({name: days for name, days in schedules.items() if days})
+
+
+def _schedule(t: Table, key: str) -> tuple[int, ...]:
+    value = t.raw(key)
     if value is None or value is False:
         return ()
     if value is True:
@@ -155,7 +170,7 @@ def _warmup(t: Table) -> tuple[int, ...]:
     ):
         return tuple(value)
     raise t.error(
-        "warmup",
+        key,
         f"{value!r} is not a warm-up schedule",
         "Write true (the default curve) or messages per day, day by day: [50, 100, 200].",
     )

@@ -51,13 +51,14 @@ import trio
 from bulksend.campaign.recipients import Recipient
 from bulksend.campaign.render import RenderError
 from bulksend.config import BackoffRule, SiteLimits, TlsMode
+from bulksend.config.egress import EgressSource
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext
 from bulksend.delivery.outcome import classify_error
 from bulksend.delivery.pool import ConnectionKey, HostHealth, must_retire
 from bulksend.delivery.provider import Provider
-from bulksend.egress.selection import Lane, Rotation
-from bulksend.egress.warmup import Warmup
+from bulksend.egress.selection import SOURCE_BLOCKED, Lane, Rotation
+from bulksend.egress.warmup import Warmup, count_message
 from bulksend.journal import Due, Kind, Outcome
 from bulksend.metrics import connection_failure_reason
 from bulksend.routing import Route
@@ -100,8 +101,8 @@ def _recipients_limit(results: list[RecipientResult]) -> int | None:
     return None
 
 
-#: A transaction in flight: its recipients and when it started (trio time).
-_Sent: TypeAlias = tuple[Transaction, list[Due], float]
+#: A transaction in flight: its recipients, when it started (trio time), its egress source.
+_Sent: TypeAlias = tuple[Transaction, list[Due], float, str]
 
 
 @dataclass(slots=True)
@@ -111,6 +112,7 @@ class _Slot:
     client: SMTPClient | None = None
     sent: dict[int, _Sent] = field(default_factory=dict)
     holding: list[Due] = field(default_factory=list)  # taken, not yet sent nor recorded
+    source: str = ""  # the egress source its connection leaves from ("": the default)
 
 
 class Destination:
@@ -126,7 +128,7 @@ class Destination:
         label: str,
         lane: Lane | None = None,
         provider: Provider | None = None,
-        warmup: Warmup | None = None,
+        warmups: tuple[Warmup, ...] = (),
     ) -> None:
         self.context = context
         self.route = route  # the newest routed domain's (see Scheduler): the site's hosts
@@ -172,7 +174,7 @@ class Destination:
         # and the site's other lanes (other sources), which take what this one cannot send.
         self._sources = Rotation(() if lane is None else lane.sources)
         self.siblings: list[Destination] = []
-        self._warmup = warmup  # the lane's source's daily allowance, if it warms up
+        self._warmups = warmups  # the lane's source's daily allowances, if it warms up
 
     # ------------------------------------------------------------------ scheduling
 
@@ -389,13 +391,15 @@ class Destination:
                 for due in held:  # nothing started for them: hand them back
                     self._record(due, Outcome.released())
                 return
+        if self._warmups:
+            wait, used = await count_message(self._warmups, self.context.now())
+            if used is not None:
+                self._warmed_up(slot, used, wait)
+                return
         if self.context.halted:
             return  # no new transaction after a stop: the held recipients are handed back
-        if self._warmup is not None and (wait := self._warmup.take(self.context.now())) > 0:
-            self._warmed_up(slot, self._warmup, wait)
-            return
         txn = Transaction(envelope, data)
-        slot.sent[id(txn)] = (txn, group, trio.current_time())
+        slot.sent[id(txn)] = (txn, group, trio.current_time(), slot.source)
         slot.holding = []
         # With more recipients ready, this message's data rides with the next one's commands.
         more = bool(self._buffer)
@@ -408,7 +412,8 @@ class Destination:
         """Today's warm-up allowance is used: the lane rests until the next day begins, and
         what it holds goes to the site's other sources, or waits (throttle deferrals)."""
         now = self.context.now()
-        reason = f"warm-up: today's allowance of {warmup.allowance(now)} messages is used"
+        allowance = warmup.allowance(now)
+        reason = f"warm-up of {warmup.name}: today's allowance of {allowance} messages is used"
         self._back_off(BackoffRule(suspend=wait, duration=wait), now, reason)
         held, slot.holding = slot.holding, []
         for due in held:
@@ -421,7 +426,9 @@ class Destination:
         if client is None or not must_retire(
             messages_sent=client.messages_sent,
             limit=self.limits.messages_per_connection,
-            usable=client.usable and not self.throttle.lost(self._leases[client]),
+            usable=client.usable
+            and not self.throttle.lost(self._leases[client])
+            and not self._source_blocked(slot.source),
             suspended=self._suspended_for() > 0,
         ):
             return None
@@ -462,6 +469,19 @@ class Destination:
         suspended, paused = self.backoff.limits.suspended_until, self.backoff.paused_until
         until = paused if paused > suspended else suspended  # not max(): 4 calls a message
         return 0.0 if until == -math.inf else max(until - self.context.now(), 0.0)
+
+    def _source_blocked(self, source: str) -> bool:
+        """Whether ``source``, one of several the site's connections take in turn, is left
+        out (a receiver blocked it): its connection closes."""
+        return self._sources.several and self._sources.blocked(source, self.context.now())
+
+    def _refuses_source(self, error: SMTPError) -> bool:
+        """Whether opening a connection failed on a reply that refuses the source address
+        (a greeting such as "554 ... Client host [192.0.2.1] blocked using zen.spamhaus.org")."""
+        if not isinstance(error, ReplyError):
+            return False
+        reply = error.reply
+        return self.backoff.match(reply.code, reply.enhanced_code, reply.text) is SOURCE_BLOCKED
 
     @property
     def available(self) -> bool:
@@ -513,9 +533,9 @@ class Destination:
                 continue
             if txn.data_sent:
                 self._transaction_seconds.observe(now - record[2])
-            self._record_results(txn, record[1])
+            self._record_results(txn, record[1], record[3])
 
-    def _record_results(self, txn: Transaction, items: list[Due]) -> None:
+    def _record_results(self, txn: Transaction, items: list[Due], source: str) -> None:
         """Journal a finished transaction's per-recipient outcomes (no await: all of them)."""
         results = txn.results
         accepted = _recipients_limit(results)
@@ -531,17 +551,25 @@ class Destination:
                 outcome = Outcome.throttled(0.0, f"too many recipients: {result.error}")
             else:
                 assert result.error is not None
-                outcome = self._judge(result.error)
+                outcome = self._judge(result.error, source)
             self._record(due, outcome)
 
-    def _judge(self, error: SMTPError) -> Outcome:
-        """Classify an error; a reply that matches a backoff rule backs the site off."""
+    def _judge(self, error: SMTPError, source: str) -> Outcome:
+        """Classify an error from a connection of egress ``source``; a reply that matches a
+        backoff rule backs the site off, or, refusing the source itself where the site's
+        connections take several sources in turn, leaves that source out for a while."""
         self.last_error = str(error)
         if isinstance(error, ReplyError):
             reply = error.reply
             rule = self.backoff.match(reply.code, reply.enhanced_code, reply.text)
             if rule is not None:
                 now = self.context.now()
+                if rule is SOURCE_BLOCKED and self._sources.several:
+                    if not self._sources.blocked(source, now):
+                        log.warning("%s: source %s blocked: %s", self.label, source, reply)
+                    if not self._sources.block(source, now + (rule.suspend or 0.0), now):
+                        reason = f"source {source} blocked: {reply}"
+                        return Outcome.throttled(0.0, reason, tried=True)
                 if self.provider is None or not self.provider.back_off(rule, now, str(reply)):
                     self._back_off(rule, now, str(reply))
                 wait = self._handed_over(max(self.backoff.limits.suspended_until - now, 0.0))
@@ -581,10 +609,10 @@ class Destination:
         for due in held:
             self._record(due, Outcome.released())
         sent = slot.sent
-        for txn, items, _started in sent.values():
+        for txn, items, _started, source in sent.values():
             if txn.done:
                 # Its replies were read before the stop: record what they said.
-                self._record_results(txn, items)
+                self._record_results(txn, items, source)
                 continue
             if txn.data_sent:
                 outcome = Outcome.in_doubt("stopped before the final reply arrived")
@@ -634,6 +662,8 @@ class Destination:
         last: SMTPError | None = None
         tried = False
         domain = slot.holding[0].domain if slot.holding else ""
+        source = self._sources.next(now)
+        slot.source = "" if source is None else source.name
         for host in self.route.hosts:
             if not self._hosts.ready(host.name, now):
                 continue
@@ -650,12 +680,18 @@ class Destination:
                 tried = True
                 try:
                     client = await self._open_with_fallback(
-                        address, host.port, host.name, key, policy
+                        address, host.port, host.name, key, policy, source=source
                     )
                 except SMTPError as exc:
                     last = exc
                     reason = connection_failure_reason(exc)
                     self.context.metrics.connections_failed.labels(self.label, reason).inc()
+                    if self._refuses_source(exc):  # not the host failing: our address refused
+                        held, slot.holding = slot.holding, []
+                        outcome = self._judge(exc, slot.source)
+                        for due in held:
+                            self._record(due, outcome)
+                        return None
                     if isinstance(exc, PermanentReplyError) and exc.stage == Verb.GREETING:
                         break  # this host refuses service; try the next host
                     continue
@@ -685,7 +721,14 @@ class Destination:
         return None
 
     async def _open_with_fallback(
-        self, address: str, port: int, server_name: str, key: ConnectionKey, policy: HostPolicy
+        self,
+        address: str,
+        port: int,
+        server_name: str,
+        key: ConnectionKey,
+        policy: HostPolicy,
+        *,
+        source: EgressSource | None,
     ) -> SMTPClient:
         """Open a connection; with opportunistic TLS, a failed handshake means plaintext.
 
@@ -699,7 +742,7 @@ class Destination:
             self.tls_policy = policy.label
             try:
                 client = await self._open(
-                    address, port, server_name, TlsMode.REQUIRED, key, policy=policy
+                    address, port, server_name, TlsMode.REQUIRED, key, source=source, policy=policy
                 )
             except TLSError as exc:
                 tls.failed(policy, result_of(exc), address)
@@ -712,7 +755,7 @@ class Destination:
                 return client
         mode = self._hosts.tls_mode(server_name, self.limits.tls)
         try:
-            client = await self._open(address, port, server_name, mode, key)
+            client = await self._open(address, port, server_name, mode, key, source=source)
             if tls is not None:
                 kind = PolicyKind.NONE if mode is TlsMode.NONE else PolicyKind.OPPORTUNISTIC
                 tls.succeeded(dataclasses.replace(policy, kind=kind), tls=client.tls_active)
@@ -726,7 +769,7 @@ class Destination:
             log.warning("%s: STARTTLS failed (%s); continuing without TLS", server_name, exc)
             self.tls_failure = f"{server_name}: STARTTLS failed ({exc})"
             self.context.metrics.connections_failed.labels(self.label, "tls").inc()
-            return await self._open(address, port, server_name, TlsMode.NONE, key)
+            return await self._open(address, port, server_name, TlsMode.NONE, key, source=source)
 
     async def _open(
         self,
@@ -736,6 +779,7 @@ class Destination:
         mode: TlsMode,
         key: ConnectionKey,
         *,
+        source: EgressSource | None,
         policy: HostPolicy | None = None,
     ) -> SMTPClient:
         """Connect, greet, STARTTLS and AUTH as the site requires, in ``key``'s slot; under
@@ -743,7 +787,6 @@ class Destination:
         trust store (RFC 7672 §3.1)."""
         d = self.context.settings
         client: SMTPClient | None = None
-        source = self._sources.next()
         try:
             client = await SMTPClient.connect(
                 address,

@@ -401,6 +401,7 @@ async def run_campaign(
             grace=options.grace,
             on_outcome=on_outcome,
             owns=None if options.shard is None else options.shard.owns,
+            share=(0, 1) if options.shard is None else (options.shard.index, options.shard.count),
         )
         context = scheduler.context
         try:

@@ -32,7 +32,8 @@ With an egress pool a site has one destination per source address (its lanes, se
 :mod:`bulksend.egress.selection`), each attached to the site's domains and pulling from them;
 a site of a mailbox provider (``[policy.providers]`` or the shipped rules) shares the
 provider's limits and backoff with its other sites (:mod:`bulksend.delivery.provider`); a
-warming source's daily count is shared by its lanes at every site and saved in the journal.
+warming source's daily count is shared by its lanes at every site, and kept in the journal
+for every worker that shares it (:mod:`bulksend.egress.warmup`).
 
 Stopping (:meth:`Scheduler.stop`, on SIGINT/SIGTERM from the CLI): no new transaction
 starts; senders finish what is in flight within ``grace`` seconds, then are cancelled (a
@@ -43,6 +44,7 @@ to the journal. The run can be resumed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import logging
 import math
@@ -52,13 +54,14 @@ from dataclasses import dataclass
 import trio
 
 from bulksend.config import LimitsOverride, SendingPolicy, SiteLimits, TlsMode
+from bulksend.config.providers import ProviderPolicy
 from bulksend.delivery.backoff import Backoff
 from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.outcome import classify_dns
 from bulksend.delivery.provider import Provider
 from bulksend.egress.metrics import WarmupCollector
-from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.providers import ProviderTable, check_warmup_providers, effective_providers
 from bulksend.egress.rules import shipped_providers
 from bulksend.egress.selection import Lane, lanes
 from bulksend.egress.warmup import Warmup
@@ -79,8 +82,6 @@ _COALESCE = 0.25
 # journal (or in flight here): its outcomes and its expiring leases are not events of this
 # process, so the journal is asked again this often.
 _SHARED_POLL = 1.0
-# Seconds between saves of the egress sources' warm-up counts (see egress.warmup).
-_WARMUP_SAVE = 10.0
 
 
 def _ignore(_site: Site, _destination: Destination) -> None:
@@ -167,6 +168,7 @@ class Scheduler:
         grace: float = 30.0,
         on_outcome: Callable[[Due, Outcome, str], None] | None = None,
         owns: Callable[[str], bool] | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         self.context = RunContext(settings, self)
         self.router = router
@@ -176,9 +178,12 @@ class Scheduler:
         providers = effective_providers(policy, shipped_providers(), source=campaign_file)
         self.providers = ProviderTable(providers.values())
         self._providers: dict[str, Provider] = {}  # by name (and egress source)
-        self._warmups: dict[str, Warmup] = {}  # by egress source: one allowance, all sites
-        self._saved_warmups: dict[str, str] = {}  # as the journal has them
-        if any(source.warmup for source in settings.campaign.config.egress.sources.values()):
+        # By egress source (one allowance, all sites), and by "<source>/<provider>".
+        self._warmups: dict[str, Warmup] = {}
+        self._share = share  # this shard's (index, count): its part of each warm-up allowance
+        sources = settings.campaign.config.egress.sources.values()
+        check_warmup_providers(sources, providers, campaign_file)
+        if any(source.warmup or source.warmup_providers for source in sources):
             self.context.metrics.registry.register(WarmupCollector(self._warmups))
         # A shard sends to a site only from the egress sources it owns (delivery.shard).
         self._owns = owns
@@ -219,19 +224,15 @@ class Scheduler:
 
     async def run(self) -> None:
         """Deliver until every recipient is final, or until :meth:`stop` (then return)."""
-        sources = self.context.campaign.config.egress.sources.values()
-        warming = any(source.warmup for source in sources)
-        if warming:
-            self._saved_warmups = await self.context.writer.warmups()
         async with trio.open_nursery() as nursery:
-            if warming:
-                nursery.start_soon(self._save_warmups)
             await self._feed(nursery)
             self.stop()  # done or stopping: release idle senders
             with trio.move_on_after(self.grace):
                 if self.context.senders:
                     await self.context.idle.wait()
             nursery.cancel_scope.cancel()
+        for warmup in self._warmups.values():
+            await warmup.give_back()
 
     def sites(self) -> list[SiteStatus]:
         """A snapshot of every site's state, busiest first."""
@@ -406,6 +407,7 @@ class Scheduler:
                 metrics = self.context.metrics
                 label = metrics.sites.label(name, volume, threshold=self._label_threshold)
                 provider = self._provider(route, lane)
+                warmups = self._lane_warmups(lane, None if provider is None else provider.policy)
                 shared = () if provider is None else provider.policy.backoff
                 backoff = Backoff(
                     name,
@@ -421,7 +423,7 @@ class Scheduler:
                     label=label,
                     lane=lane,
                     provider=provider,
-                    warmup=self._warmup(lane),
+                    warmups=warmups,
                 )
                 self.destinations[key] = destination
                 self.on_destination(key, destination)
@@ -430,35 +432,28 @@ class Scheduler:
             destination.siblings = [d for d in group if d is not destination]
         return group
 
-    def _warmup(self, lane: Lane) -> Warmup | None:
-        """The warm-up of a lane's one source, shared by its lanes at every site."""
+    def _lane_warmups(self, lane: Lane, provider: ProviderPolicy | None) -> tuple[Warmup, ...]:
+        """The warm-ups of a lane's one source: its own, shared by its lanes at every site,
+        and the one of its messages to ``provider``, shared by that provider's sites."""
         if not lane.source:
-            return None
+            return ()
         ((source, _weight),) = lane.sources
-        if not source.warmup:
+        found = [self._warmup(source.name, source.warmup, source.warmup_start)]
+        if provider is not None:
+            curve = source.warmup_providers.get(provider.name, ())
+            found.append(self._warmup(f"{source.name}/{provider.name}", curve, source.warmup_start))
+        return tuple(w for w in found if w is not None)
+
+    def _warmup(self, name: str, curve: tuple[int, ...], start: float | None) -> Warmup | None:
+        """The warm-up named ``name`` (one journal row), made on first use; None: no curve."""
+        if not curve:
             return None
-        warmup = self._warmups.get(source.name)
+        warmup = self._warmups.get(name)
         if warmup is None:
-            warmup = self._warmups[source.name] = Warmup(source.warmup, source.warmup_start)
-            warmup.restore(self._saved_warmups.get(source.name))
+            ledger = functools.partial(self.context.writer.update_warmup, name)
+            warmup = Warmup(curve, start, ledger=ledger, share=self._share, name=name)
+            self._warmups[name] = warmup
         return warmup
-
-    async def _save_warmups(self) -> None:
-        """Save the warm-up states that changed, every few seconds and at the end."""
-        try:
-            while True:
-                await trio.sleep(_WARMUP_SAVE)
-                await self._save_changed_warmups()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._save_changed_warmups()
-
-    async def _save_changed_warmups(self) -> None:
-        for name, warmup in self._warmups.items():
-            state = warmup.state()
-            if self._saved_warmups.get(name) != state:
-                await self.context.writer.save_warmup(name, state)
-                self._saved_warmups[name] = state
 
     def _provider(self, route: Route, lane: Lane) -> Provider | None:
         """The shared limits of the route's mailbox provider (per egress source), if any."""

@@ -19,8 +19,9 @@ limits must live in one place is (site, source) instead: each unit, ``"<site> vi
 gmail.com is no longer pinned to one core. A recipient of such a site belongs to one of the
 site's units, chosen by a hash of its address (:func:`unit_of`); the shard that owns that
 unit imports it, and each shard sends to the site only from the sources it owns. (A source
-that backs off then hands its recipients only to the sources of its own shard, and a
-source's warm-up allowance holds per shard.)
+that backs off then hands its recipients only to the sources of its own shard, and each
+shard sends its share of a source's warm-up allowance: :attr:`Warmup.share
+<bulksend.egress.warmup.Warmup.share>`.)
 
 Caveat (documented in the README): if DNS changes an MX set between the shards' imports,
 a site could be split; its limits then hold per shard. Keeping the import of all shards

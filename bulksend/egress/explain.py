@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bulksend.config import BackoffRule, LimitsOverride, SendingPolicy, SiteLimits
-from bulksend.config.egress import EgressConfig
+from bulksend.config.egress import EgressConfig, EgressSource
 from bulksend.config.providers import ProviderPolicy
-from bulksend.egress.providers import ProviderTable, effective_providers
+from bulksend.egress.providers import ProviderTable, check_warmup_providers, effective_providers
 from bulksend.egress.selection import lanes
 from bulksend.routing import PolicyTable, Site
 
@@ -45,6 +45,9 @@ def explain(
     for name in _LIMITS:
         lines.append(_row(name, getattr(limits, name), origins[name]))
     lanes_ = lanes(egress, limits)
+    providers = effective_providers(policy, shipped, source=campaign_file)
+    check_warmup_providers(egress.sources.values(), providers, campaign_file)
+    provider = ProviderTable(providers.values()).lookup(domain, site)
     if lanes_[0].sources:
         lines.append(f"egress: pool {limits.pool}, scope {limits.scope}")
         for lane in lanes_:
@@ -59,8 +62,9 @@ def explain(
                     f"{source.ehlo or '(the campaign name)'}, weight {weight}"
                     + (f" (source caps: {caps})" if caps else "")
                 )
-    providers = effective_providers(policy, shipped, source=campaign_file)
-    provider = ProviderTable(providers.values()).lookup(domain, site)
+                warmups = _warmups(source, provider) if lane.source else ""
+                if warmups:
+                    lines.append(f"    warm-up: {warmups}")
     rules: list[tuple[BackoffRule, str]] = [
         (r, "campaign [[policy.backoff]]") for r in policy.backoff
     ]
@@ -89,6 +93,22 @@ def explain(
     for index, (rule, where) in enumerate(rules, 1):
         lines.append(f"  {index}. {_rule(rule)}  ({where})")
     return lines
+
+
+def _warmups(source: EgressSource, provider: ProviderPolicy | None) -> str:
+    """A source's warm-up schedules that apply at this destination: its own, its provider's."""
+    parts = [_curve(source.warmup)] if source.warmup else []
+    curve = () if provider is None else source.warmup_providers.get(provider.name, ())
+    if provider is not None and curve:
+        parts.append(f"to {provider.name}: {_curve(curve)}")
+    return "; ".join(parts)
+
+
+def _curve(days: tuple[int, ...]) -> str:
+    shown = (
+        [str(n) for n in days] if len(days) <= 4 else [*map(str, days[:3]), "...", str(days[-1])]
+    )
+    return f"{', '.join(shown)} a day ({len(days)} days)"
 
 
 def _layers(policy: SendingPolicy, domain: str, site: Site) -> tuple[SiteLimits, dict[str, str]]:

@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from bulksend.config import SendingPolicy
+from bulksend.config.egress import EgressSource
 from bulksend.config.providers import ProviderPolicy
 from bulksend.config.schema import pick
 from bulksend.errors import ConfigError
 from bulksend.routing import PolicyTable, Site
 
-__all__ = ["ProviderTable", "effective_providers"]
+__all__ = ["ProviderTable", "check_warmup_providers", "effective_providers"]
 
 
 def effective_providers(
@@ -61,6 +62,24 @@ def effective_providers(
             origin="shipped+campaign",
         )
     return found
+
+
+def check_warmup_providers(
+    sources: Iterable[EgressSource], providers: Mapping[str, ProviderPolicy], campaign: Path | None
+) -> None:
+    """Every provider a source's ``warmup_providers`` names exists (a typo is never ignored).
+
+    Raises:
+        ConfigError: one does not: the message names the source, the key and the fix.
+    """
+    for source in sources:
+        for name in source.warmup_providers:
+            if name not in providers:
+                known = ", ".join(sorted(providers)) or "none"
+                raise ConfigError(
+                    f"{campaign or 'the campaign'}: egress source {source.name!r}: "
+                    f"warmup_providers.{name}: no provider of that name. Use one of: {known}."
+                )
 
 
 class ProviderTable:

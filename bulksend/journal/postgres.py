@@ -580,29 +580,23 @@ class PostgresJournal(PostgresReports, StoreBase):
 
         return self._retried("look for waiting recipients", any_waiting)
 
-    def warmups(self, *, owner: object = None) -> dict[str, str]:
-        """The egress sources' saved warm-up states (JSON), by source name."""
+    def update_warmup(
+        self, source: str, change: Callable[[str | None], str], *, owner: object = None
+    ) -> str:
+        """Replace one egress source's warm-up state (JSON) by ``change(saved)``, atomically
+        across the workers sharing the journal (the row is locked meanwhile); returns it."""
         self._check_owner(owner)
+        key = f"warmup:{source}"
 
-        def read(cur: Cursor) -> dict[str, str]:
-            cur.execute("SELECT key, value FROM meta WHERE key LIKE 'warmup:%'")
-            return {str(key).removeprefix("warmup:"): str(value) for key, value in cur}
+        def update(cur: Cursor) -> str:
+            # The row exists before it is locked: two first takers wait on one lock.
+            cur.execute("INSERT INTO meta VALUES (%s, '') ON CONFLICT (key) DO NOTHING", (key,))
+            cur.execute("SELECT value FROM meta WHERE key = %s FOR UPDATE", (key,))
+            state = change(str(_one(cur)[0]) or None)
+            cur.execute("UPDATE meta SET value = %s WHERE key = %s", (state, key))
+            return state
 
-        return self._retried("read warm-up states", read)
-
-    def save_warmup(self, source: str, state: str, *, owner: object = None) -> None:
-        """Save one egress source's warm-up state (JSON): it survives a restart, and the
-        workers sharing the journal see it when they start."""
-        self._check_owner(owner)
-
-        def save(cur: Cursor) -> None:
-            cur.execute(
-                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value ="
-                " EXCLUDED.value",
-                (f"warmup:{source}", state),
-            )
-
-        self._retried("save a warm-up state", save)
+        return self._retried("update a warm-up state", update)
 
     def suppress_waiting(
         self,

@@ -90,11 +90,12 @@ class JournalStore(JournalReader, Protocol):
     def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
         """Apply outcomes in one durable transaction; returns how many applied, and expired."""
 
-    def warmups(self, *, owner: object = None) -> dict[str, str]:
-        """The egress sources' saved warm-up states (JSON), by source name."""
-
-    def save_warmup(self, source: str, state: str, *, owner: object = None) -> None:
-        """Save one egress source's warm-up state (JSON) durably."""
+    def update_warmup(
+        self, source: str, change: Callable[[str | None], str], *, owner: object = None
+    ) -> str:
+        """Replace one egress source's warm-up state (JSON; None before the first) by
+        ``change(saved)`` in one transaction, atomically for every worker sharing the
+        journal; returns the new state."""
 
 
 @runtime_checkable

@@ -386,22 +386,21 @@ class Journal(StoreBase):
             ),
         )
 
-    def warmups(self, *, owner: object = None) -> dict[str, str]:
-        """The egress sources' saved warm-up states (JSON), by source name."""
-        self._check_owner(owner)
-        rows = self._conn.read(
-            "read warm-up states",
-            lambda: self._db.execute(
-                "SELECT key, value FROM meta WHERE key LIKE 'warmup:%'"
-            ).fetchall(),
-        )
-        return {str(key).removeprefix("warmup:"): str(value) for key, value in rows}
+    def update_warmup(
+        self, source: str, change: Callable[[str | None], str], *, owner: object = None
+    ) -> str:
+        """Replace one egress source's warm-up state (JSON) by ``change(saved)``; returns it.
 
-    def save_warmup(self, source: str, state: str, *, owner: object = None) -> None:
-        """Save one egress source's warm-up state (JSON): it survives a restart."""
+        Not fsync'd (it survives a crash of the process; a power loss may forget the last
+        few messages counted): it is written every few messages of a warming source.
+        """
         self._check_owner(owner)
-        with self._conn.write("save a warm-up state") as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"warmup:{source}", state))
+        key = f"warmup:{source}"
+        with self._conn.write("update a warm-up state", durable=False) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            state = change(None if row is None else str(row[0]))
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, state))
+        return state
 
     def suppress_waiting(
         self,

@@ -265,15 +265,10 @@ class JournalWriter:
         self._check_failed()
         return await self._call(lambda: self.journal.suppress_waiting(suppressed, owner=self))
 
-    async def warmups(self) -> dict[str, str]:
-        """See :meth:`JournalStore.warmups`."""
+    async def update_warmup(self, source: str, change: Callable[[str | None], str]) -> str:
+        """See :meth:`JournalStore.update_warmup`."""
         self._check_failed()
-        return await self._call(lambda: self.journal.warmups(owner=self))
-
-    async def save_warmup(self, source: str, state: str) -> None:
-        """See :meth:`JournalStore.save_warmup`."""
-        self._check_failed()
-        await self._call(lambda: self.journal.save_warmup(source, state, owner=self))
+        return await self._call(lambda: self.journal.update_warmup(source, change, owner=self))
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
         async with self._lock:

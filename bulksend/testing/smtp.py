@@ -276,8 +276,9 @@ class ServerScript:
 
 Hook: TypeAlias = "Callable[[Session, str, str], Action | None]"
 """``hook(session, verb, argument)``: the verb is upper-case as received (``MAIL``,
-``RCPT``, ...), ``DOT`` for the end of data (``session.data`` holds the message) and the
-argument is the rest of the line. Return ``None`` for the server's own reply."""
+``RCPT``, ...), ``DOT`` for the end of data (``session.data`` holds the message),
+``GREETING`` before the greeting (a reply replaces it), and the argument is the rest of the
+line. Return ``None`` for the server's own reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,8 +479,11 @@ class Session:
             greeting = f"220 {script.hostname} ESMTP bulksend test server\r\n".encode()
         else:
             greeting = _reply_bytes(script.greeting)
+        override = self._override("GREETING", "") if self._has_override else None
+        if override is not None and override.reply is not None:
+            greeting = _reply_bytes(override.reply)  # a hook's greeting (by peer address, say)
         self._rejecting = not greeting.startswith(b"220")
-        emit = self._emit("GREETING", greeting, None)
+        emit = self._emit("GREETING", greeting, override)
         if emit is not None and not await self._perform(emit):
             return
         stats = self.server.stats

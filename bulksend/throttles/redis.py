@@ -405,6 +405,7 @@ class RedisThrottles:
         self.released: list[tuple[str, Lease]] = []
         self.published: list[tuple[str, list[Any]]] = []
         self._work = trio.Event()
+        self._flushing = trio.Lock()
         self._down = False
         self._client: coredis.Redis[bytes] | None = None
 
@@ -508,12 +509,14 @@ class RedisThrottles:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Release the leases given back and publish the backoffs, in order."""
-        while self.released:
-            key, lease = self.released[0]
-            await self.call(partial(self.client.zrem, key, [lease]))
-            self.released.pop(0)
-        while self.published:
-            key, args = self.published[0]
-            await self.call(partial(self._publish_script, keys=[key], args=args))
-            self.published.pop(0)
+        """Release the leases given back and publish the backoffs, in order; one flush at a
+        time (the closing one may start while the background one finishes its command)."""
+        async with self._flushing:
+            while self.released:
+                key, lease = self.released[0]
+                await self.call(partial(self.client.zrem, key, [lease]))
+                self.released.pop(0)
+            while self.published:
+                key, args = self.published[0]
+                await self.call(partial(self._publish_script, keys=[key], args=args))
+                self.published.pop(0)

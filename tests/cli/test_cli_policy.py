@@ -28,6 +28,8 @@ name = "ip2"
 address = "192.0.2.2"
 ehlo = "mta2.sender.test"
 max_connections = 2
+warmup = true
+warmup_providers = { microsoft365 = [20, 40] }
 
 [egress.pool.main]
 sources = ["ip2"]
@@ -67,6 +69,13 @@ async def test_every_value_says_where_it_came_from(tmp_path: Path, dns_server: D
     assert "egress: pool main, scope source" in lines
     source = "  source ip2: 192.0.2.2, EHLO mta2.sender.test, weight 1"
     assert f"{source} (source caps: max_connections 2)" in lines
+    warmups = (
+        "    warm-up: 50, 100, 200, ..., 1000000 a day (20 days); to microsoft365: 20, 40 a day"
+    )
+    assert (
+        lines[lines.index(f"{source} (source caps: max_connections 2)") + 1]
+        == f"{warmups} (2 days)"
+    )
     # The campaign extends the shipped Microsoft 365 provider: its cap, the shipped rate.
     assert any(
         line.startswith("provider: microsoft365 (shipped+campaign; https://") for line in lines
@@ -117,3 +126,15 @@ def test_a_provider_that_matches_nothing_is_one_line_naming_the_file(tmp_path: P
         f"bulksend: error: {toml}: policy.providers.mine: matches nothing (no shipped provider "
         'of that name to extend). Write match = ["example.com"].'
     ]
+
+
+def test_a_warmup_for_no_provider_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    policy = POLICY.replace("{ microsoft365 = [20, 40] }", "{ microsoft = [20, 40] }")
+    toml = write_campaign(tmp_path, addresses(["a.test"], 1), toml=campaign_toml(policy=policy))
+    code, lines = show(["--no-dns", "mx.example.org", str(toml)])
+    assert code == 1
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"bulksend: error: {toml}: egress source 'ip2': warmup_providers.microsoft: no provider "
+        "of that name. Use one of: comcast, gmx, google, icloud, microsoft365, "
+    )

@@ -131,12 +131,31 @@ def test_warmup_keys(tmp_path: Path) -> None:
     assert (ip6.warmup, ip6.warmup_start) == ((10, 20), None)
 
 
+def test_warmup_per_provider(tmp_path: Path) -> None:
+    line = "warmup_providers = { google = [20, 40], microsoft = true, yahoo = false }"
+    config = load_campaign(
+        write_campaign(
+            tmp_path,
+            addresses(["a.test"], 1),
+            toml=campaign_toml(policy=SOURCES.replace('rate = "10/s"', f'rate = "10/s"\n{line}')),
+        ),
+        {},
+    )
+    ip2, ip6 = config.egress.sources["ip2"], config.egress.sources["ip6"]
+    assert dict(ip2.warmup_providers) == {"google": (20, 40), "microsoft": DEFAULT_WARMUP}
+    assert (ip2.warmup, dict(ip6.warmup_providers)) == ((), {})
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
         ("warmup = [0, 10]", "egress.source[0].warmup: [0, 10] is not a warm-up schedule"),
         ('warmup = "fast"', "egress.source[0].warmup: 'fast' is not a warm-up schedule"),
         ('warmup_start = "soon"', "egress.source[0].warmup_start: Invalid isoformat"),
+        (
+            "warmup_providers = { google = [5, 0] }",
+            "egress.source[0].warmup_providers.google: [5, 0] is not a warm-up schedule",
+        ),
     ],
 )
 def test_warmup_mistakes(tmp_path: Path, line: str, message: str) -> None:

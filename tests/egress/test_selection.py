@@ -22,7 +22,7 @@ def test_no_pool_is_one_lane_from_the_default_address() -> None:
     limits = SiteLimits(max_connections=4, rate=50.0)
     (lane,) = lanes(EGRESS, limits)
     assert (lane.source, lane.limits, lane.sources, lane.rules) == ("", limits, (), ())
-    assert Rotation(lane.sources).next() is None
+    assert Rotation(lane.sources).next(0.0) is None
 
 
 def test_a_lane_per_source_with_its_caps() -> None:
@@ -38,7 +38,7 @@ def test_scope_site_is_one_lane_taking_sources_by_weight() -> None:
     assert lane.source == ""
     assert lane.limits.max_connections == 4
     rotation = Rotation(lane.sources)
-    picks = [rotation.next() for _ in range(8)]
+    picks = [rotation.next(0.0) for _ in range(8)]
     assert [p.name if p else None for p in picks] == ["a", "a", "b", "a"] * 2
 
 
@@ -56,3 +56,15 @@ def test_scope_site_is_one_lane_taking_sources_by_weight() -> None:
 )
 def test_which_replies_block_a_source(code: int, enhanced: str, text: str, blocked: bool) -> None:
     assert SOURCE_BLOCKED.matches(code, enhanced, text) is blocked
+
+
+def test_a_blocked_source_sits_out_its_turns_until_its_time_is_up() -> None:
+    (lane,) = lanes(EGRESS, SiteLimits(max_connections=4, pool="main", scope="site"))
+    assert lane.rules == (SOURCE_BLOCKED,)
+    rotation = Rotation(lane.sources)
+    assert rotation.block("a", 100.0, 0.0) == 0.0  # b may still be taken
+    assert [p.name if p else None for p in (rotation.next(50.0) for _ in range(3))] == ["b"] * 3
+    assert rotation.blocked("a", 50.0)
+    assert not rotation.blocked("a", 100.0)
+    assert rotation.block("b", 80.0, 50.0) == 30.0  # every source blocked: b comes back first
+    assert {rotation.next(100.0).name for _ in range(4)} == {"a", "b"}  # type: ignore[union-attr]

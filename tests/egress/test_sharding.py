@@ -58,3 +58,51 @@ async def test_two_workers_split_one_site_by_source(tmp_path: Path) -> None:
         assert held and {peer_of[r] for r in held} == {ADDRESS[shard_index]}
         # Its source's limits held: one connection at a time from that address.
         assert peak_connections(server, ADDRESS[shard_index]) == 1
+
+
+def names_owned_together(sites: list[str]) -> tuple[str, str]:
+    """Two source names whose units at ``sites[i]`` both fall in shard ``i`` (of two)."""
+    for warm, other in itertools.product((f"ip{i}" for i in range(40)), repeat=2):
+        if warm != other and all(
+            Shard(i, 2).owns(f"{site} via {warm}") and Shard(i, 2).owns(f"{site} via {other}")
+            for i, site in enumerate(sites)
+        ):
+            return warm, other
+    raise AssertionError("no such names among 40")
+
+
+async def test_two_shards_send_a_warming_sources_allowance_once_between_them(
+    tmp_path: Path,
+) -> None:
+    # The warming source sends at site a from shard 0 and at site b from shard 1: each shard
+    # sends its half of the day's 10, the other source the rest.
+    sites = [
+        SiteSpec("a", ("a.test",), "127.0.0.20"),
+        SiteSpec("b", ("b.test",), "127.0.0.21"),
+    ]
+    recipients = addresses(["a.test", "b.test"], 80)
+    with trio.fail_after(90):
+        async with running(sites) as world:
+            port = world.smtp_port
+            warm, other = names_owned_together([f"mx1.a.test:{port}", f"mx1.b.test:{port}"])
+            policy = f"""
+[policy.defaults]
+pool = "main"
+max_connections = 1
+[[egress.source]]
+name = "{warm}"
+address = "127.0.0.2"
+warmup = [10]
+[[egress.source]]
+name = "{other}"
+address = "127.0.0.3"
+[egress.pool.main]
+sources = ["{warm}", "{other}"]
+"""
+            toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
+            pool = WorkerPool(toml, {}, run_options(tmp_path, world, grace=2), 2)
+            states = await pool.run()
+    assert [s.failed for s in states] == [False, False]
+    peers = [Counter(t.peer for t in world.servers[name].transactions) for name in ("a", "b")]
+    assert [p["127.0.0.2"] for p in peers] == [5, 5]  # each shard's share: 10 in all
+    assert sum(p.total() for p in peers) == 80

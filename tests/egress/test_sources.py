@@ -150,24 +150,42 @@ async def test_without_egress_connections_leave_from_the_default_address(
     assert {t.peer for t in world.servers["plain"].transactions} == {"127.0.0.1"}
 
 
-def blocks(listed: str) -> ServerScript:
-    """A receiver that refuses mail from ``listed`` (its IP is on a blocklist)."""
+def blocks(listed: str, at: str = "MAIL") -> ServerScript:
+    """A receiver that refuses mail from ``listed`` (its IP is on a blocklist), in its reply
+    to ``at`` (``GREETING``: refusing the connection)."""
 
     def hook(session: Session, verb: str, arg: str) -> str | None:
-        if verb == "MAIL" and session.record.peer[0] == listed:
+        if verb == at and session.record.peer[0] == listed:
+            code = 550 if at == "MAIL" else 554
             host = f"Client host [{listed}]"
-            return f"550 5.7.1 Service unavailable; {host} blocked using zen.spamhaus.org"
+            return f"{code} 5.7.1 Service unavailable; {host} blocked using zen.spamhaus.org"
         return None
 
     return ServerScript(hook=hook)
 
 
+def backoff_events(metrics: Metrics) -> set[tuple[str, str]]:
+    """(the lane's last word, action) of every backoff event counted."""
+    return {
+        (s.labels["site"].rsplit(" ", 1)[-1], s.labels["action"])
+        for family in metrics.registry.collect()
+        if family.name == "bulksend_backoff_events"
+        for s in family.samples
+        if s.name.endswith("_total") and s.value > 0
+    }
+
+
+@pytest.mark.parametrize("at", ["MAIL", "GREETING"])
+@pytest.mark.parametrize("scope", ["source", "site"])
 async def test_a_blocked_source_backs_off_alone_and_the_other_carries_the_site(
-    tmp_path: Path,
+    tmp_path: Path, at: str, scope: str
 ) -> None:
-    sites = [SiteSpec("picky", ("b.test",), "127.0.0.20", blocks("127.0.0.2"))]
+    # The block comes in the reply to MAIL, or in the greeting; the site's limits hold per
+    # source (a lane each) or for the site (one lane whose connections take turns).
+    sites = [SiteSpec("picky", ("b.test",), "127.0.0.20", blocks("127.0.0.2", at))]
     recipients = addresses(["b.test"], 60)
-    policy = '[policy.defaults]\npool = "main"\nmax_connections = 2\n' + SOURCES
+    policy = f'[policy.defaults]\npool = "main"\nscope = "{scope}"\nmax_connections = 2\n'
+    policy += SOURCES
     metrics = Metrics()
     toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
     with trio.fail_after(60):
@@ -182,14 +200,8 @@ async def test_a_blocked_source_backs_off_alone_and_the_other_carries_the_site(
     assert {t.peer for t in server.transactions} == {"127.0.0.3"}
     with Journal.open(tmp_path / "journal.sqlite3", None) as journal:
         assert {s.attempts for s in journal.iter_states()} == {1}
-    # The blocked source stopped after its first refusals; the other never backed off.
+    # The blocked source stopped after its first refusals; the other never backed off (nor,
+    # with scope "site", the site: only the blocked source sits out).
     refused = [c for c in server.connections if c.peer[0] == "127.0.0.2"]
     assert 1 <= len(refused) <= 2
-    events = {
-        (s.labels["site"].rsplit(" ", 1)[-1], s.labels["action"])
-        for family in metrics.registry.collect()
-        if family.name == "bulksend_backoff_events"
-        for s in family.samples
-        if s.name.endswith("_total") and s.value > 0
-    }
-    assert events == {("ip2", "suspend")}
+    assert backoff_events(metrics) == ({("ip2", "suspend")} if scope == "source" else set())

@@ -3,6 +3,8 @@ pool's other sources, or waits for the next day as throttle deferrals, never as 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from bulksend.campaign import Campaign
 from bulksend.config.egress import DEFAULT_WARMUP
 from bulksend.delivery.run import RunSummary, run_campaign
 from bulksend.egress.warmup import Warmup
+from bulksend.errors import ConfigError
 from bulksend.journal import Journal, Status
 from bulksend.metrics import Metrics
 from bulksend.testing.scenario import (
@@ -154,3 +157,94 @@ async def test_a_restarted_run_keeps_the_days_count(
     assert sent_on_day_1 == [10]
     assert second.counts[Status.DELIVERED] == 15
     assert attempts(tmp_path) == {1}
+
+
+def test_shards_split_each_days_allowance_so_that_the_shares_add_up() -> None:
+    for total, count in ((10, 3), (1, 4), (50, 2)):
+        shares = [Warmup((total,), 0.0, share=(i, count)).allowance(0.0) for i in range(count)]
+        assert sum(s or 0 for s in shares) == total
+        assert max(s or 0 for s in shares) - min(s or 0 for s in shares) <= 1
+
+
+async def test_processes_take_blocks_of_the_allowance_and_give_back_what_they_did_not_send(
+    tmp_path: Path,
+) -> None:
+    # Two processes' warm-ups of one source over one journal (the ledger): 300 a day, taken
+    # in blocks of 3; what the first took and did not send, a later run may send that day.
+    with Journal.open(tmp_path / "j.sqlite3", {"campaign": "c"}) as journal:
+
+        async def ledger(change: Callable[[str | None], str]) -> str:
+            return journal.update_warmup("ip2", change)
+
+        first, second = (Warmup((300,), 0.0, ledger=ledger) for _ in range(2))
+        assert [await first.acquire(10.0) for _ in range(4)] == [0.0] * 4  # two blocks
+        sent = 0
+        while await second.acquire(10.0) == 0.0:
+            sent += 1
+        assert sent == 300 - 6  # the first holds 2 of its 6
+        assert first.sent_today(10.0) == 4
+        await first.give_back()
+        later = Warmup((300,), 0.0, ledger=ledger)
+        assert [await later.acquire(20.0) for _ in range(3)] == [0.0, 0.0, DAY - 20.0]
+
+
+PROVIDER_POLICY = """
+[policy.defaults]
+pool = "main"
+max_connections = 2
+
+[policy.domains."o.test"]
+pool = "solo"
+
+[policy.providers.acme]
+match = ["w.test"]
+
+[[egress.source]]
+name = "ip2"
+address = "127.0.0.2"
+warmup_providers = { acme = [5] }
+
+[[egress.source]]
+name = "ip3"
+address = "127.0.0.3"
+
+[egress.pool.main]
+sources = ["ip2", "ip3"]
+
+[egress.pool.solo]
+sources = ["ip2"]
+"""
+
+
+async def test_a_source_warms_up_per_provider_and_sends_freely_elsewhere(tmp_path: Path) -> None:
+    # ip2 may send 5 a day to acme (w.test): the rest of acme's 40 go from ip3; to o.test (no
+    # provider, ip2 alone) it sends all 20 the same day.
+    sites = [*SITES, SiteSpec("other", ("o.test",), "127.0.0.21")]
+    recipients = addresses(["w.test"], 40) + addresses(["o.test"], 20)
+    toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=PROVIDER_POLICY))
+    metrics = Metrics()
+    with trio.fail_after(30):
+        async with running(sites) as world:
+            summary = await run_campaign(
+                Campaign.load(toml, {}), run_options(tmp_path, world), metrics=metrics
+            )
+    assert summary.counts[Status.DELIVERED] == 60
+    acme = Counter(t.peer for t in world.servers["warm"].transactions)
+    assert acme == {"127.0.0.2": 5, "127.0.0.3": 35}
+    assert Counter(t.peer for t in world.servers["other"].transactions) == {"127.0.0.2": 20}
+    assert attempts(tmp_path) == {1}
+    labels = {"source": "ip2/acme"}
+    assert metrics.registry.get_sample_value("bulksend_egress_warmup_sent", labels) == 5
+    assert metrics.registry.get_sample_value("bulksend_egress_warmup_allowance", labels) == 5
+
+
+async def test_a_provider_warmup_must_name_a_provider(tmp_path: Path) -> None:
+    policy = PROVIDER_POLICY.replace("{ acme = [5] }", "{ acmee = [5] }")
+    toml = write_campaign(tmp_path, addresses(["w.test"], 1), toml=campaign_toml(policy=policy))
+    async with running(SITES) as world:
+        with pytest.raises(ConfigError) as caught:
+            await run_campaign(Campaign.load(toml, {}), run_options(tmp_path, world))
+    message = str(caught.value)
+    assert "egress source 'ip2': warmup_providers.acmee: no provider of that name" in message
+    assert "acme, " in message  # the known names
+    assert "\n" not in message

@@ -510,14 +510,30 @@ def test_another_journals_state_file_is_refused(
 
 
 def test_warmup_states_are_saved_and_survive_a_reopen(open_journal: Opener) -> None:
-    # The egress sources' warm-up counts (bulksend.egress.warmup) live in the journal.
+    # The egress sources' warm-up counts (bulksend.egress.warmup) live in the journal: each
+    # update sees the state saved before it (None at first) and replaces it.
+    seen: list[str | None] = []
+
+    def put(state: str) -> Callable[[str | None], str]:
+        def change(saved: str | None) -> str:
+            seen.append(saved)
+            return state
+
+        return change
+
     journal = open_journal()
-    assert journal.warmups() == {}
-    journal.save_warmup("ip1", '{"start": 1.0, "day": 1, "sent": 5}')
-    journal.save_warmup("ip2", '{"start": 2.0, "day": 1, "sent": 1}')
-    journal.save_warmup("ip1", '{"start": 1.0, "day": 2, "sent": 0}')  # replaced
+    journal.update_warmup("ip1", put('{"start": 1.0, "day": 1, "sent": 5}'))
+    journal.update_warmup("ip2", put('{"start": 2.0, "day": 1, "sent": 1}'))
+    saved = journal.update_warmup("ip1", put('{"start": 1.0, "day": 2, "sent": 0}'))  # replaced
+    assert saved == '{"start": 1.0, "day": 2, "sent": 0}'
     journal.close()
-    assert open_journal().warmups() == {
-        "ip1": '{"start": 1.0, "day": 2, "sent": 0}',
-        "ip2": '{"start": 2.0, "day": 1, "sent": 1}',
-    }
+    reopened = open_journal()
+    reopened.update_warmup("ip1", put("1"))
+    reopened.update_warmup("ip2", put("2"))
+    assert seen == [
+        None,
+        None,
+        '{"start": 1.0, "day": 1, "sent": 5}',
+        '{"start": 1.0, "day": 2, "sent": 0}',
+        '{"start": 2.0, "day": 1, "sent": 1}',
+    ]

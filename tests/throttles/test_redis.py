@@ -233,3 +233,20 @@ async def test_a_store_restarted_mid_run_holds_sending_then_resumes(
     times = sorted(sent)
     for a, b in zip(times, times[9:], strict=False):
         assert b - a > 9 / rate - 0.015
+
+
+async def test_two_flushes_at_once_send_each_release_once(
+    redis_server: RedisServer, campaign_id: str
+) -> None:
+    # The closing flush of open() may start while the background one still waits for its
+    # command's reply (seen as "IndexError: pop from empty list" when a run ended).
+    with trio.fail_after(10):
+        async with backends(redis_server, campaign_id, 1) as (store,):
+            site, _ = site_of(store, SiteLimits(max_connections=2))
+            leases = [await site.lease(), await site.lease()]
+            store.released.extend((site.leases_key, lease) for lease in leases)
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(store._flush)
+            assert store.released == []
+            assert await store.client.zcard(site.leases_key) == 0
