@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
 import trio
 import trustme
 
@@ -80,8 +79,9 @@ rate = "20/s"
     assert server.stats.connections_peak <= 2
     times = sorted(server.stats.message_times)
     observed = (len(times) - 1) / (times[-1] - times[0])
-    # The token bucket never lets the site go faster than configured, and keeps it busy.
-    assert observed == pytest.approx(20, rel=0.05)
+    # The token bucket never lets the site go faster than configured, and keeps it busy (a
+    # loaded machine may run late, never early).
+    assert 20 * 0.8 <= observed <= 20 * 1.05
     gaps = [b - a for a, b in itertools.pairwise(times)]
     window = [times[i + 10] - times[i] for i in range(len(times) - 10)]
     assert min(window) >= 10 / 20 * 0.95  # no burst above the rate over any 10 messages
