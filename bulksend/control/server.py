@@ -177,7 +177,7 @@ class Operator:
         scheduler = self._scheduler
         assert scheduler is not None
         context = scheduler.context
-        waiting = await context.writer.due_domains(now=math.inf)
+        waiting = await self.waiting()
         now = context.now()
         extra: dict[str, dict[str, Any]] = {}
         for site, d in scheduler.destinations.items():
@@ -195,8 +195,13 @@ class Operator:
             "stopping": scheduler.stopping,
             "unrouted": sum(waiting.values()),  # waiting, not attached to a site now
             "sites": [dataclasses.asdict(row) | extra[row.site] for row in scheduler.sites()],
-            "control": self.state.persistent(),
+            "control": self.state.shared(),  # what operators set, rates included
         }
+
+    async def waiting(self) -> dict[str, int]:
+        """The recipients waiting in the journal (due at any time), by domain."""
+        assert self._scheduler is not None
+        return await self._scheduler.context.writer.due_domains(now=math.inf)
 
     def _save(self) -> None:
         assert isinstance(self.journal, Path)
