@@ -28,16 +28,23 @@ async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_every_worker_obeys_pause_resume_and_cancel(
-    tmp_path: Path, postgres_url: str
-) -> None:
+async def imported(tmp_path: Path, postgres_url: str, count: int) -> tuple[str, Path]:
+    """A campaign of ``count`` recipients over a1/b1/c1.test at 10/s per site, imported into
+    a new PostgreSQL journal; its URL and campaign file."""
     name = f"ctl{next(_campaigns)}"
     url = f"{postgres_url}?campaign={name}"
     toml = campaign_toml(campaign_id=name, policy=limits_policy(10))
-    recipients = addresses(["a1.test", "b1.test", "c1.test"], 600)
+    recipients = addresses(["a1.test", "b1.test", "c1.test"], count)
     campaign = write_campaign(tmp_path / "c", recipients, toml=toml)
-    imported = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
-    assert imported.process.returncode == 0, imported.stderr()
+    done = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
+    assert done.process.returncode == 0, done.stderr()
+    return url, campaign
+
+
+async def test_every_worker_obeys_pause_resume_and_cancel(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url, campaign = await imported(tmp_path, postgres_url, 600)
 
     async def ctl(*args: str) -> Proc:
         return await run_bulksend(tmp_path, "ctl", url, *args, name="ctl")
@@ -103,13 +110,7 @@ async def test_a_single_send_creates_its_postgresql_journal_with_live_control(
 async def test_rate_connections_and_status_reach_every_worker(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    name = f"ctl{next(_campaigns)}"
-    url = f"{postgres_url}?campaign={name}"
-    toml = campaign_toml(campaign_id=name, policy=limits_policy(10))
-    recipients = addresses(["a1.test", "b1.test", "c1.test"], 1500)
-    campaign = write_campaign(tmp_path / "c", recipients, toml=toml)
-    imported = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
-    assert imported.process.returncode == 0, imported.stderr()
+    url, campaign = await imported(tmp_path, postgres_url, 1500)
 
     async def ctl(*args: str) -> Proc:
         return await run_bulksend(tmp_path, "ctl", url, *args, name="ctl")
