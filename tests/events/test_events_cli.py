@@ -186,3 +186,42 @@ async def test_a_receiver_that_never_answers_does_not_slow_delivery(tmp_path: Pa
     # What the receiver never took waits in the spool for the next run.
     spooled = sorted((tmp_path / "j.sqlite3.events").iterdir())
     assert sum(len(json.loads(p.read_bytes())["events"]) for p in spooled) == 120
+
+
+async def test_a_recipient_whose_max_age_runs_out_gets_one_expired_event(
+    tmp_path: Path,
+) -> None:
+    dead = SiteSpec("dead", ("dead.test",), "127.0.0.3", dead=True)
+    retry = (
+        '[policy.retry]\ninitial = "500ms"\nfactor = 1.0\nmaximum = "500ms"\njitter = 0.0\n'
+        'max_age = "2s"\n'
+    )
+    toml = campaign_toml(policy=limits_policy(100) + retry)
+    path = write_campaign(tmp_path / "c", addresses(["w.test", "dead.test"], 20), toml=toml)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(120):
+        async with (
+            running([SITE, dead]) as world,
+            bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--events",
+                "stdout",
+                "-q",
+                *world_args(world),
+                name="send",
+            ) as proc,
+        ):
+            assert await proc.wait(60) == 4, proc  # one bounced, ten expired
+    events = [json.loads(line) for line in proc.stdout().splitlines()]
+    final = Counter((e["recipient"], e["event"]) for e in events if e["event"] != "deferred")
+    assert final == outcomes(journal)  # every final state once, expired ones included
+    expired = [e for e in events if e["event"] == "expired"]
+    assert len(expired) == 10
+    assert {e["domain"] for e in expired} == {"dead.test"}
+    assert all(e["category"] for e in expired), expired  # the last reply's category
+    with Journal.open_readonly(journal) as j:
+        assert j.counts()[Status.EXPIRED] == 10
