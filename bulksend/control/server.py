@@ -260,9 +260,13 @@ async def serve_socket(
     Started with ``nursery.start``: it returns ``path``, or None (and says why) when it
     cannot listen.
     """
+    if await _listened(path):  # another run's (two `send --workers` of one journal)
+        say(f"no live control (bulksend ctl): another bulksend run listens on {path}")
+        task_status.started(None)
+        return
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        # A socket left there is a killed run's: this process holds the journal now.
+        # A socket left there is a killed run's: nobody answers on it.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         umask = os.umask(0o177)
@@ -306,3 +310,13 @@ async def serve_socket(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+async def _listened(path: Path) -> bool:
+    """Whether a process listens on the UNIX socket ``path``."""
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            await probe.connect(str(path))
+        except OSError:  # none there, or a dead run's: refused
+            return False
+    return True
