@@ -8,6 +8,7 @@ from pathlib import Path
 import trio
 
 from bulksend.delivery.shard import Shard
+from bulksend.journal import Journal, Status
 from bulksend.testing.scenario import running
 from tests.cli.cli_helpers import bulksend, paced_campaign, run_bulksend, world_args
 from tests.cli.test_cli_ctl import received_during
@@ -86,6 +87,20 @@ async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
             assert resumed.stdout() == "site s1.test resumed\n", resumed
             await trio.sleep(1.0)
             assert await received_during(servers["s1"], 1.0) >= 5
+
+            # A cancel reaches the shard that holds the domain; the count is the run's.
+            cancelled = await run_bulksend(
+                tmp_path, "ctl", str(journal), "cancel", "--domain", "big2.test", name="cancel"
+            )
+            assert cancelled.process.returncode == 0, cancelled
             proc.signal()
             await proc.wait(30)
         assert not Path(f"{journal}.ctl").exists()  # gone with the run
+    ended = 0
+    for i in range(2):
+        with Journal.open_readonly(Shard(i, 2).journal(journal)) as j:
+            ended += j.counts()[Status.CANCELLED]
+    assert ended > 0
+    assert cancelled.stdout() == (
+        f"domain big2.test cancelled: its waiting recipients end cancelled ({ended} recipients)\n"
+    )
