@@ -53,6 +53,20 @@ def _send(journal: Path | str, command: Command) -> dict[str, Any]:
         raise ControlError(str(exc)) from None
 
 
+def live_status(journal: Path | str) -> dict[str, Any]:
+    """The live state of the run (or of every worker of a PostgreSQL journal), as ``ctl
+    status`` prints it.
+
+    Raises:
+        NotRunning: no run, or no worker, tells its state.
+    """
+    if isinstance(journal, Path):
+        return request(journal, Command("status"))["status"]  # type: ignore[no-any-return]
+    from bulksend.control.shared import status  # noqa: PLC0415
+
+    return status(journal)
+
+
 def _done(journal: Path | str, command: Command) -> None:
     click.echo(_send(journal, command)["changed"])
 
@@ -139,5 +153,5 @@ def connections(journal: Path | str, site: str, connections: int, duration: str 
 @debug_option
 def status_(journal: Path | str) -> None:
     """The run's live state, as JSON (what `bulksend top` shows)."""
-    json.dump(_send(journal, Command("status"))["status"], sys.stdout, indent=1)
+    json.dump(live_status(journal), sys.stdout, indent=1)
     sys.stdout.write("\n")

@@ -5,8 +5,9 @@ counters (it runs once per recipient outcome, on the hot path) and feeds the opt
 :class:`AccountingLog`, one JSON line per outcome as an MTA's accounting file has. The
 :class:`Progress` task wakes every half second: it turns the tally into a rate over a recent
 window, reads ``scheduler.sites()`` for the busiest and the backed-off sites, and draws a few
-lines on a terminal (redrawn in place with ANSI cursor-up and erase-line, each line cut to the
-terminal's width so that none wraps and the cursor-up count stays true) or, when stderr is
+lines on a terminal (redrawn in place with ANSI cursor-up and erase-line; its numbers packed
+on as many lines as the terminal's width needs, :func:`pack`, and each line cut to that width
+so that none wraps and the cursor-up count stays true) or, when stderr is
 not a terminal, prints one plain line every few seconds; during the recipients import it
 shows the rows read so far. Messages during the run (a signal's notice, and the warnings
 logged under ``bulksend``, such as backoff and TLS fallback, which the task shows whatever the
@@ -62,6 +63,7 @@ __all__ = [
     "Tally",
     "fit",
     "format_duration",
+    "pack",
     "read_snapshot",
     "site_labels",
     "snapshot_path",
@@ -235,6 +237,24 @@ def fit(line: str, width: int) -> str:
     return line[:cut] + "…"
 
 
+def _display_width(text: str) -> int:
+    return len(text) if text.isascii() else sum(_columns(c) for c in text)
+
+
+def pack(fields: Iterable[str], width: int | None, sep: str = "  ") -> list[str]:
+    """``fields`` joined by ``sep`` on as few lines as fit in ``width`` columns (None: one
+    line), a field never split: a narrow terminal gets more lines, not fewer numbers. A
+    field wider than ``width`` has a line of its own (:func:`fit` cuts it)."""
+    lines: list[str] = []
+    for item in fields:
+        joined = f"{lines[-1]}{sep}{item}" if lines else item
+        if lines and (width is None or _display_width(joined) <= width):
+            lines[-1] = joined
+        else:
+            lines.append(item)
+    return lines
+
+
 def _terminal_width(stream: TextIO) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).columns or 80
@@ -368,29 +388,48 @@ class Progress:
             return 0.0
         return waiting / self.rate if waiting is not None and self.rate > 0 else None
 
-    def lines(self) -> list[str]:
-        """What the display shows now (without colour or cursor codes), escaped."""
+    def lines(self, width: int | None = None) -> list[str]:
+        """What the display shows now (without colour or cursor codes), escaped; each group
+        of numbers on as many lines as ``width`` columns need (None: one line each)."""
         elapsed = format_duration(time.monotonic() - self.started)
         if self.state == "importing":
-            return [f"importing recipients: {self.imported:,} rows read  elapsed {elapsed}"]
+            fields = [f"importing recipients: {self.imported:,} rows read", f"elapsed {elapsed}"]
+            return [printable(line) for line in pack(fields, width)]
         k = self.tally.kinds
         counts = self.counts or {}
         waiting = sum(counts.get(s, 0) for s in WAITING) if counts else None
-        out = [
-            f"delivered {k[Kind.DELIVERED]:,}  deferred {k[Kind.DEFERRED]:,}  "
-            f"bounced {k[Kind.BOUNCED]:,}  in doubt {k[Kind.IN_DOUBT]:,}"
-            + (f"  expired {counts.get(Status.EXPIRED, 0):,}" if counts else ""),
-            f"{self.rate:,.0f} msg/s  elapsed {elapsed}  "
-            f"waiting {'-' if waiting is None else f'{waiting:,}'}  "
-            f"ETA {format_duration(self._eta(waiting))}"
-            + ("  (stopping)" if self.state == "stopping" else ""),
+        outcomes = [
+            f"delivered {k[Kind.DELIVERED]:,}",
+            f"deferred {k[Kind.DEFERRED]:,}",
+            f"bounced {k[Kind.BOUNCED]:,}",
+            f"in doubt {k[Kind.IN_DOUBT]:,}",
         ]
+        if counts:
+            outcomes.append(f"expired {counts.get(Status.EXPIRED, 0):,}")
+        pace = [
+            f"{self.rate:,.0f} msg/s",
+            f"elapsed {elapsed}",
+            f"waiting {'-' if waiting is None else f'{waiting:,}'}",
+            f"ETA {format_duration(self._eta(waiting))}",
+        ]
+        if self.state == "stopping":
+            pace.append("(stopping)")
+        out = pack(outcomes, width) + pack(pace, width)
         sites = self.scheduler.sites() if self.scheduler is not None else []
         labels = site_labels(s.site for s in sites)
         busy = [s for s in sites if s.connections][:3]
         if busy:
-            out.append(
-                "busiest: " + "; ".join(f"{labels[s.site]} {s.connections} conn" for s in busy)
+
+            def busiest(s: SiteStatus, lead: str) -> str:
+                conn = f" {s.connections} conn"  # kept whole: a long name is cut instead
+                room = None if width is None else max(width - len(lead + conn), 8)
+                label = labels[s.site] if room is None else fit(labels[s.site], room)
+                return lead + label + conn
+
+            out += pack(
+                [busiest(s, "busiest: " if i == 0 else "") for i, s in enumerate(busy)],
+                width,
+                "; ",
             )
         for s in [s for s in sites if s.backed_off][:3]:
             out.append(f"backed off: {labels[s.site]} ({describe_backoff(s)})")
@@ -419,7 +458,7 @@ class Progress:
         with self._lock:
             if self.tty:
                 width = self.width()
-                self._write_frame([fit(line, width) for line in self.lines()])
+                self._write_frame([fit(line, width) for line in self.lines(width)])
             else:
                 self.stream.write(self.plain_line() + "\n")
             self.stream.flush()

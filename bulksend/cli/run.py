@@ -8,6 +8,7 @@ counted in doubt on resume).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ from bulksend.cli.output import (
 )
 from bulksend.cli.progress import AccountingLog, Progress, Tally, snapshot_path
 from bulksend.control.commands import CommandError
+from bulksend.control.fanout import Fanout
 from bulksend.control.server import Operator, load_state
 from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
 from bulksend.delivery.scheduler import Scheduler
@@ -178,8 +180,7 @@ async def execute_run(
                 control.on_start(scheduler)
                 progress.attach(scheduler)
                 if operator is not None:  # live control: bulksend ctl
-                    operator.attach(scheduler)
-                    nursery.start_soon(operator.serve)
+                    operator.start(scheduler, nursery)
                 if watch is not None:
                     nursery.start_soon(watch, scheduler, progress)
 
@@ -224,6 +225,24 @@ def live_control(
         return Operator(journal, load_state(journal, time.time()), metrics.registry, say)
     except CommandError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def worker_control(
+    journal: Path | str, metrics: Metrics
+) -> Callable[[Scheduler, trio.Nursery], None] | None:
+    """A worker's live control (``send --workers``: :data:`~bulksend.delivery.workers.LiveControl`);
+    what it does goes to the worker's log."""
+    operator = live_control(journal, metrics, logging.getLogger("bulksend.control").warning)
+    return None if operator is None else operator.start
+
+
+def _live_workers(pool: WorkerPool, journal: Path) -> list[tuple[str, Path]]:
+    """The name and shard journal of each worker of ``pool`` still sending."""
+    return [
+        (st.name, st.shard.journal(journal))
+        for st in pool.workers
+        if st.shard is not None and st.summary is None and st.exitcode is None
+    ]
 
 
 def _show_changes(journal: AnyJournal) -> None:
@@ -302,7 +321,12 @@ def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count:
         for index in range(count):
             _write_sidecar(campaign, Shard(index, count).journal(journal))
     pool = WorkerPool(
-        campaign.config.source, os.environ, options, count, sharded=isinstance(journal, Path)
+        campaign.config.source,
+        os.environ,
+        options,
+        count,
+        sharded=isinstance(journal, Path),
+        live=worker_control,
     )
     server: MetricsServer | None = None
     if flags.metrics_port is not None:
@@ -335,6 +359,9 @@ def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count:
 
             nursery.start_soon(watch_signals, on_signal)
             nursery.start_soon(report_progress)
+            if isinstance(journal, Path):  # one control socket for every shard
+                fanout = Fanout(journal, lambda: _live_workers(pool, journal), info)
+                nursery.start_soon(fanout.serve)
             states = await pool.run()
             nursery.cancel_scope.cancel()
         return states, signals

@@ -27,12 +27,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bulksend.cli.options import debug_option
+from bulksend.cli.ctl import live_status
+from bulksend.cli.options import JournalParam, debug_option
 from bulksend.cli.output import info
 from bulksend.cli.progress import format_duration, short_site
 from bulksend.config.values import parse_duration
-from bulksend.control.client import NotRunning, request
-from bulksend.control.commands import Command
+from bulksend.control.client import NotRunning
 from bulksend.text import write_table
 
 
@@ -207,22 +207,23 @@ def plain_table(rows: Sequence[SiteRow], title: str) -> str:
     return out.getvalue()
 
 
-def _title(status: Mapping[str, Any], journal: Path) -> str:
+def _title(status: Mapping[str, Any], journal: Path | str) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(status["time"]))
     state = "stopping" if status["stopping"] else "sending"
     unrouted = f", {status['unrouted']:,} waiting for a route" if status["unrouted"] else ""
-    return f"{journal.name} {stamp}: {state}, {len(status['sites'])} sites{unrouted}"
+    name = journal.name if isinstance(journal, Path) else journal
+    return f"{name} {stamp}: {state}, {len(status['sites'])} sites{unrouted}"
 
 
 @click.command()
-@click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("journal", type=JournalParam())
 @click.option("--interval", default="1s", show_default=True, help="Time between refreshes.")
 @click.option(
     "--sort", "sort_key", type=click.Choice(SORT_KEYS), default="queued", show_default=True
 )
 @click.option("--once", is_flag=True, help="Show one view (rates over one interval) and exit.")
 @debug_option
-def top(journal: Path, interval: str, sort_key: str, once: bool) -> None:
+def top(journal: Path | str, interval: str, sort_key: str, once: bool) -> None:
     """A live view of a running campaign, per site (plain text when not a terminal).
 
     Queued, in flight, delivered and deferred per second, bounced, connections and rate with
@@ -234,7 +235,7 @@ def top(journal: Path, interval: str, sort_key: str, once: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--interval") from None
     every = max(every, 0.1)
     console = Console()
-    status = request(journal, Command("status"))["status"]
+    status: Mapping[str, Any] | None = live_status(journal)
 
     def view(current: Mapping[str, Any], before: Mapping[str, Any] | None) -> list[SiteRow]:
         return sort_rows(site_rows(current, before), sort_key)
@@ -260,9 +261,9 @@ def top(journal: Path, interval: str, sort_key: str, once: bool) -> None:
     console.print("the run ended")
 
 
-def _next(journal: Path) -> Mapping[str, Any] | None:
+def _next(journal: Path | str) -> Mapping[str, Any] | None:
     """The run's next status; None once it has ended."""
     try:
-        return request(journal, Command("status"))["status"]  # type: ignore[no-any-return]
+        return live_status(journal)
     except NotRunning:
         return None

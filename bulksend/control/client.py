@@ -31,6 +31,20 @@ def request(journal: Path, command: Command) -> dict[str, Any]:
         NotRunning: no run of that journal is going.
         ControlError: the run refused the command (the message says why) or did not answer.
     """
+    reply = exchange(journal, command)
+    if not reply.get("ok"):
+        error = reply.get("error")
+        raise ControlError(f"the run refused: {error if error else repr(reply)}")
+    return reply
+
+
+def exchange(journal: Path, command: Command) -> dict[str, Any]:
+    """Send ``command`` to the run that holds ``journal``; its answer, accepted or refused.
+
+    Raises:
+        NotRunning: no run of that journal is going.
+        ControlError: the run did not answer, or not with a JSON object.
+    """
     path = socket_path(journal)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(ANSWER_DEADLINE)
@@ -55,7 +69,6 @@ def request(journal: Path, command: Command) -> dict[str, Any]:
         reply = json.loads(answer.partition(b"\n")[0])
     except ValueError:
         raise ControlError(f"{path}: the run's answer was cut short") from None
-    if not isinstance(reply, dict) or not reply.get("ok"):
-        error = reply.get("error") if isinstance(reply, dict) else None
-        raise ControlError(f"the run refused: {error if error else repr(reply)}")
+    if not isinstance(reply, dict):
+        raise ControlError(f"{path}: the run's answer is not a JSON object: {reply!r}")
     return reply

@@ -226,9 +226,20 @@ class ControlState:
             "cancelled": sorted(self.cancelled),
         }
 
+    def shared(self) -> dict[str, Any]:
+        """The state a PostgreSQL journal's workers share: :meth:`persistent`, and the
+        sites' rate and connection changes (the workers come and go, the journal stays)."""
+        return self.persistent() | {
+            what: {
+                site: {"value": o.value, "until": None if o.until == math.inf else o.until}
+                for site, o in sorted(table.items())
+            }
+            for what, table in (("rates", self.rates), ("connections", self.connections))
+        }
+
     @classmethod
     def restore(cls, data: object, now: float) -> ControlState:
-        """The state :meth:`persistent` wrote, less what ran out by ``now``.
+        """The state :meth:`persistent` or :meth:`shared` wrote, less what ran out by ``now``.
 
         Raises:
             CommandError: not a state this bulksend wrote.
@@ -242,6 +253,11 @@ class ControlState:
                 if until > now:
                     state.pauses[str(pause["scope"]), str(pause["target"])] = until
             state.cancelled = {str(d) for d in data["cancelled"]}
-        except (KeyError, TypeError, ValueError) as exc:
+            for what, table in (("rates", state.rates), ("connections", state.connections)):
+                for site, override in data.get(what, {}).items():
+                    until = math.inf if override["until"] is None else float(override["until"])
+                    if until > now:
+                        table[str(site)] = Override(float(override["value"]), until)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise CommandError(f"a damaged control state ({exc!r})") from None
         return state

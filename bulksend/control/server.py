@@ -28,7 +28,7 @@ import json
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,6 +75,11 @@ def load_state(journal: Path, now: float) -> ControlState:
         return ControlState.restore(json.loads(text), now)
     except ValueError as exc:
         raise CommandError(f"{path}: {exc}; remove it to forget every pause") from None
+
+
+def with_ended(changed: str, ended: int) -> str:
+    """A cancellation's answer: what changed and how many recipients it ended."""
+    return f"{changed} ({ended} recipients)"
 
 
 class Operator:
@@ -145,34 +150,44 @@ class Operator:
             return {"ok": True, "status": await self.status()}
         changed = self.state.apply(command, scheduler.context.now())
         self._save()
+        answer: dict[str, Any] = {"ok": True}
         if command.action == "cancel":
             outcome = Outcome.cancelled("cancelled by bulksend ctl")
-            changed += f" ({await end_waiting(scheduler, command.target, outcome)} recipients)"
+            answer["ended"] = await end_waiting(scheduler, command.target, outcome)
+            changed = with_ended(changed, answer["ended"])
         elif command.scope == "domain" and command.action == "pause":
             hold_domain(scheduler, command.target, Outcome.throttled(0.0, _PAUSED))
         self._enforce()
         self._changed.set()
         self._say(f"ctl: {changed}")
-        return {"ok": True, "changed": changed}
+        return answer | {"changed": changed}
+
+    def start(self, scheduler: Scheduler, nursery: trio.Nursery) -> None:
+        """Follow the state in ``scheduler``'s run and serve commands, in ``nursery``."""
+        self.attach(scheduler)
+        nursery.start_soon(self.serve)
 
     async def status(self) -> dict[str, Any]:
         """Every site's state (``top``'s one data source) and what operators set.
 
-        ``queued`` counts a site's recipients waiting in the journal (one query of the
-        journal's due index) and those it has taken and not sent; ``outcomes`` this run's
-        outcomes at the site, by kind.
+        ``queued`` counts a site's recipients waiting in the journal (``waiting``: one query
+        of the journal's due index) and those it has taken and not sent (``buffered``);
+        ``outcomes`` this run's outcomes at the site, by kind.
         """
         scheduler = self._scheduler
         assert scheduler is not None
         context = scheduler.context
-        waiting = await context.writer.due_domains(now=math.inf)
+        waiting = await self.waiting()
         now = context.now()
         extra: dict[str, dict[str, Any]] = {}
         for site, d in scheduler.destinations.items():
+            in_journal = sum(waiting.pop(domain, 0) for domain in d.domains)
             extra[str(site)] = {
                 "paused_for": max(d.backoff.paused_until - now, 0.0),
                 "in_flight": d.in_flight,
-                "queued": d.buffered + sum(waiting.pop(domain, 0) for domain in d.domains),
+                "queued": d.buffered + in_journal,
+                "buffered": d.buffered,  # taken from the journal, not sent
+                "waiting": in_journal,
                 "outcomes": {kind.value: n for kind, n in d.outcomes.items() if n},
             }
         return {
@@ -180,8 +195,13 @@ class Operator:
             "stopping": scheduler.stopping,
             "unrouted": sum(waiting.values()),  # waiting, not attached to a site now
             "sites": [dataclasses.asdict(row) | extra[row.site] for row in scheduler.sites()],
-            "control": self.state.persistent(),
+            "control": self.state.shared(),  # what operators set, rates included
         }
+
+    async def waiting(self) -> dict[str, int]:
+        """The recipients waiting in the journal (due at any time), by domain."""
+        assert self._scheduler is not None
+        return await self._scheduler.context.writer.due_domains(now=math.inf)
 
     def _save(self) -> None:
         assert isinstance(self.journal, Path)
@@ -199,53 +219,15 @@ class Operator:
         when it cannot listen; the run goes on without live control then.
         """
         assert isinstance(self.journal, Path)
-        path = socket_path(self.journal)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            # A socket left there is a killed run's: this process holds the journal now.
-            path.unlink(missing_ok=True)
-            umask = os.umask(0o177)
-            try:
-                await sock.bind(str(path))
-            finally:
-                os.umask(umask)
-            sock.listen(16)
-        except OSError as exc:
-            sock.close()
-            self._say(f"no live control (bulksend ctl): cannot listen on {path}: {exc}")
-            task_status.started(None)
-            return
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._expire)
-                task_status.started(path)
-                await trio.serve_listeners(
-                    self._answer, [trio.SocketListener(sock)], handler_nursery=nursery
-                )
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-    async def _answer(self, stream: trio.abc.Stream) -> None:
-        async with stream:
-            request = b""
-            with trio.move_on_after(_REQUEST_DEADLINE):
-                while b"\n" not in request and len(request) < MAX_REQUEST:
-                    data = await stream.receive_some(MAX_REQUEST)
-                    if not data:
-                        break
-                    request += data
-            answer: dict[str, Any]
-            action = "unknown"
-            try:
-                command = Command.from_json(json.loads(request.partition(b"\n")[0]))
-                action = command.action
-                answer = await self.execute(command)
-            except ValueError as exc:  # CommandError, or not JSON
-                answer = {"ok": False, "error": str(exc)}
-            self._commands.labels(action, "ok" if answer["ok"] else "refused").inc()
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(json.dumps(answer).encode() + b"\n")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire)
+            await serve_socket(
+                socket_path(self.journal),
+                self.execute,
+                self._say,
+                counted=self._commands,
+                task_status=task_status,
+            )
 
     async def _expire(self) -> None:
         """Drop what ran out (a pause, a rate for a while) and make the sites follow."""
@@ -262,3 +244,79 @@ class Operator:
                 self._enforce()
                 for what in ended:
                     self._say(f"ctl: {what}")
+
+
+async def serve_socket(
+    path: Path,
+    execute: Callable[[Command], Awaitable[dict[str, Any]]],
+    say: Callable[[str], None],
+    *,
+    counted: Counter | None = None,
+    task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control requests on ``path`` (a 0600 UNIX socket) with ``execute`` until
+    cancelled; the socket is removed then. ``counted``: the counter of commands by result.
+
+    Started with ``nursery.start``: it returns ``path``, or None (and says why) when it
+    cannot listen.
+    """
+    if await _listened(path):  # another run's (two `send --workers` of one journal)
+        say(f"no live control (bulksend ctl): another bulksend run listens on {path}")
+        task_status.started(None)
+        return
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # A socket left there is a killed run's: nobody answers on it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        umask = os.umask(0o177)
+        try:
+            await sock.bind(str(path))
+        finally:
+            os.umask(umask)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        say(f"no live control (bulksend ctl): cannot listen on {path}: {exc}")
+        task_status.started(None)
+        return
+
+    async def answer(stream: trio.abc.Stream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(_REQUEST_DEADLINE):
+                while b"\n" not in request and len(request) < MAX_REQUEST:
+                    data = await stream.receive_some(MAX_REQUEST)
+                    if not data:
+                        break
+                    request += data
+            reply: dict[str, Any]
+            action = "unknown"
+            try:
+                command = Command.from_json(json.loads(request.partition(b"\n")[0]))
+                action = command.action
+                reply = await execute(command)
+            except ValueError as exc:  # CommandError, or not JSON
+                reply = {"ok": False, "error": str(exc)}
+            if counted is not None:
+                counted.labels(action, "ok" if reply["ok"] else "refused").inc()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(path)
+            await trio.serve_listeners(answer, [trio.SocketListener(sock)], handler_nursery=nursery)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+async def _listened(path: Path) -> bool:
+    """Whether a process listens on the UNIX socket ``path``."""
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            await probe.connect(str(path))
+        except OSError:  # none there, or a dead run's: refused
+            return False
+    return True

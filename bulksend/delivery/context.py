@@ -15,7 +15,7 @@ counts it in plain numbers that the metrics exporter reads when scraped
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from bulksend.config import Timeouts
 from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.journal import Category, Due, JournalWriter, Kind, Outcome
+from bulksend.journal.protocol import OutcomeRecord
 from bulksend.metrics import Count, Metrics
 from bulksend.schedule.windows import SendWindows
 from bulksend.throttles import LocalThrottles, ThrottleBackend
@@ -104,6 +105,9 @@ class RunContext:
         self.events = events
         self.campaign = settings.campaign
         self.writer = settings.writer
+        self.writer.on_commit = self._committed
+        #: Retried outcomes not committed yet: the journal may expire their recipients.
+        self._expiring: dict[int, tuple[Due, Outcome, str]] = {}
         self.metrics = settings.metrics
         self.connections = settings.connections
         self.suppressed = settings.suppressed or _never_suppressed
@@ -162,6 +166,19 @@ class RunContext:
             self.halt_reason = stop
             self.events.limit_reached()
 
+    def _committed(self, records: Sequence[OutcomeRecord], expired: Sequence[int]) -> None:
+        """Report the recipients the journal expired on this commit (once: the record of
+        a retried outcome leaves :attr:`_expiring` with its commit)."""
+        ended = set(expired)
+        for rid, outcome, _now in records:
+            noted = self._expiring.get(rid)
+            if noted is None or noted[1] is not outcome:
+                continue  # not retried, or recorded again since (a later batch)
+            del self._expiring[rid]
+            if rid in ended:
+                due, last, site_label = noted
+                self.events.outcome_recorded(due, Outcome.expired(last), site_label)
+
     def record(self, due: Due, outcome: Outcome, site_label: str) -> None:
         """Journal one recipient's outcome (queued for the writer's next batch) and count it."""
         now = self.epoch + trio.current_time()
@@ -187,6 +204,7 @@ class RunContext:
                 )
             replies.value += 1
         if kind in _RETRIED:
+            self._expiring[due.id] = (due, outcome, site_label)
             if kind is Kind.IN_DOUBT:
                 self.metrics.in_doubt.inc()
             # The journal decides the exact time; the scheduler just needs to look again.

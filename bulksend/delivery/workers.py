@@ -14,6 +14,8 @@ presses Ctrl-C. The parent's :class:`WorkerPool` serves one merged metrics view
 summed across workers) and one combined progress view. A worker that dies is reported with
 its shard, so it can be resumed; the others keep going. A worker whose parent is gone (killed:
 its pipe breaks) stops gracefully and quietly, its journal consistent for a resume.
+Each worker runs its own live control (``bulksend ctl``, :data:`LiveControl`, passed in by
+the CLI, which owns control): on its shard journal's socket, or a PostgreSQL journal's state.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,10 @@ from bulksend.text import printable
 log = logging.getLogger("bulksend.workers")
 
 _REPORT_EVERY = 0.5
+
+#: A worker's live control: given its journal and metrics, what to start with its scheduler
+#: once sending begins (None: none). A module-level function, so a spawned worker imports it.
+LiveControl = Callable[[Path | str, Metrics], Callable[[Scheduler, trio.Nursery], None] | None]
 
 
 @dataclass
@@ -82,6 +88,8 @@ def _worker_main(
     options: RunOptions,
     conn: multiprocessing.connection.Connection,
     name: str,
+    *,
+    live: LiveControl | None,
 ) -> None:
     """Entry point of a worker process (``name``: how its log lines start)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -90,7 +98,7 @@ def _worker_main(
     handler.addFilter(_printable_record)
     handler.setFormatter(logging.Formatter(f"bulksend: {name}: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    trio.run(_worker, campaign_path, environ, options, conn)
+    trio.run(_worker, campaign_path, environ, options, conn, live)
 
 
 async def _worker(
@@ -98,17 +106,23 @@ async def _worker(
     environ: Mapping[str, str],
     options: RunOptions,
     conn: multiprocessing.connection.Connection,
+    live: LiveControl | None,
 ) -> None:
     metrics = Metrics(process=False)  # the parent exports its own process metrics
     control = _Control()
     try:
         campaign = Campaign.load(campaign_path, environ)
+        start = live(options.journal_path, metrics) if live is not None else None
         async with trio.open_nursery() as nursery:
+
+            def started(scheduler: Scheduler) -> None:
+                control.started(scheduler)
+                if start is not None:
+                    start(scheduler, nursery)
+
             nursery.start_soon(_listen, conn, control)
             nursery.start_soon(_report, conn, control, metrics)
-            summary = await run_campaign(
-                campaign, options, metrics=metrics, on_start=control.started
-            )
+            summary = await run_campaign(campaign, options, metrics=metrics, on_start=started)
             _snapshot(conn, control, metrics)
             _tell(conn, control, ("done", summary))
             nursery.cancel_scope.cancel()
@@ -195,6 +209,7 @@ class WorkerPool:
         count: int,
         *,
         sharded: bool = True,
+        live: LiveControl | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("need at least one worker")
@@ -202,6 +217,7 @@ class WorkerPool:
         self.environ = dict(environ)
         # SSL contexts cannot cross a process boundary; workers build the default ones.
         self.options = replace(options, ssl_verified=None, ssl_opportunistic=None)
+        self.live = live
         self.workers = [WorkerState(i, Shard(i, count) if sharded else None) for i in range(count)]
         self._conns: list[multiprocessing.connection.Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -227,6 +243,7 @@ class WorkerPool:
                     child,
                     state.name,
                 ),
+                kwargs={"live": self.live},
                 name=f"bulksend-worker-{state.index}",
             )
             process.start()

@@ -11,7 +11,9 @@ Fields (every event has all of them; absent values are null):
 ``event``
     ``delivered``, ``deferred`` (a transient failure; retried), ``bounced``, ``in_doubt``
     (the final reply never came), ``expired`` (the campaign's ``stop_at`` passed:
-    ``category`` ``schedule``), ``suppressed`` (on the suppression list before it was sent),
+    ``category`` ``schedule``; or its ``max_age`` ran out, reported once the journal
+    committed it, with the reply of the outcome that ended it), ``suppressed`` (on the
+    suppression list before it was sent),
     ``cancelled`` (``bulksend ctl cancel``), ``not_rendered`` (its message could not be
     made). Our own pacing (throttle, backoff, windows) is not an event.
 ``time``

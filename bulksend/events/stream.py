@@ -20,6 +20,7 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -83,7 +84,8 @@ class _Sink:
         """
         batch = self._gathering
         batch.append(await self._receive.receive())
-        with trio.move_on_after(wait):
+        with trio.move_on_after(wait), contextlib.suppress(trio.EndOfChannel):
+            # Closed meanwhile: these are the last ones (the next call ends).
             while len(batch) < size:
                 batch.append(await self._receive.receive())
         self._gathering = []

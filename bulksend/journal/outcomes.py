@@ -159,6 +159,12 @@ class Outcome:
         return cls(Kind.STOPPED, None, None, text, Category.SCHEDULE)
 
     @classmethod
+    def expired(cls, last: Outcome) -> Outcome:
+        """What the event stream reports when the journal expired a recipient (its
+        ``max_age`` ran out) on committing ``last``: an expiry with ``last``'s reply."""
+        return cls(Kind.STOPPED, last.code, last.enhanced_code, last.text, last.category)
+
+    @classmethod
     def released(cls) -> Outcome:
         """Hand an unsent claimed recipient back (graceful stop): due at once, not in doubt."""
         return cls.throttled(0.0, "released")

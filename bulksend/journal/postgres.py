@@ -646,23 +646,33 @@ class PostgresJournal(PostgresReports, StoreBase):
             )
             return cur.rowcount
 
-    def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
-        """Apply outcomes in one transaction; returns how many applied, and expired."""
+    def apply(
+        self,
+        records: Sequence[OutcomeRecord],
+        *,
+        owner: object = None,
+        expired: list[int] | None = None,
+    ) -> tuple[int, int]:
+        """Apply outcomes in one transaction; returns how many applied, and expired (their
+        ids are appended to ``expired``, if given)."""
         self._check_owner(owner)
 
-        def record(cur: Cursor) -> tuple[int, int]:
-            applied = expired = 0
+        def record(cur: Cursor) -> tuple[int, list[int]]:
+            applied, ended = 0, list[int]()
             if records:
                 self._renew(cur, max(at for _, _, at in records))
             for part in _distinct_runs(records):
                 a, e = self._apply_run(cur, part)
                 applied += a
-                expired += e
-            return applied, expired
+                ended += e
+            return applied, ended
 
-        return self._retried("record outcomes", record, verify=True)
+        applied, ended = self._retried("record outcomes", record, verify=True)
+        if expired is not None:
+            expired += ended
+        return applied, len(ended)
 
-    def _apply_run(self, cur: Cursor, records: Sequence[OutcomeRecord]) -> tuple[int, int]:
+    def _apply_run(self, cur: Cursor, records: Sequence[OutcomeRecord]) -> tuple[int, list[int]]:
         cur.execute(
             "SELECT id, status, attempts, first_attempt_at, lease_holder FROM recipients"
             " WHERE id = ANY(%s) FOR UPDATE",

@@ -87,8 +87,15 @@ class JournalStore(JournalReader, Protocol):
     ) -> int:
         """Mark every unclaimed waiting recipient whose address is ``suppressed``."""
 
-    def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
-        """Apply outcomes in one durable transaction; returns how many applied, and expired."""
+    def apply(
+        self,
+        records: Sequence[OutcomeRecord],
+        *,
+        owner: object = None,
+        expired: list[int] | None = None,
+    ) -> tuple[int, int]:
+        """Apply outcomes in one durable transaction; returns how many applied, and expired
+        (their ids are appended to ``expired``, if given)."""
 
     def update_warmup(
         self, source: str, change: Callable[[str | None], str], *, owner: object = None

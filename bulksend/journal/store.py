@@ -464,23 +464,32 @@ class Journal(StoreBase):
                 (now, now),
             ).rowcount
 
-    def apply(self, records: Sequence[OutcomeRecord], *, owner: object = None) -> tuple[int, int]:
-        """Apply outcomes in one durable transaction; returns how many applied, and expired.
+    def apply(
+        self,
+        records: Sequence[OutcomeRecord],
+        *,
+        owner: object = None,
+        expired: list[int] | None = None,
+    ) -> tuple[int, int]:
+        """Apply outcomes in one durable transaction; returns how many applied, and expired
+        (their ids are appended to ``expired``, if given).
 
         An outcome for an unknown or final recipient is ignored (delivered is never undone).
         """
         self._check_owner(owner)
-        applied = expired = 0
+        applied, ended = 0, list[int]()
         with self._conn.write("record outcomes") as db:
             for part in _distinct_runs(records):
                 a, e = self._apply_run(db, part)
                 applied += a
-                expired += e
-        return applied, expired
+                ended += e
+        if expired is not None:
+            expired += ended
+        return applied, len(ended)
 
     def _apply_run(
         self, db: sqlite3.Connection, records: Sequence[OutcomeRecord]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, list[int]]:
         """Apply outcomes for distinct recipients: one SELECT, the steps planned in order
         (the retry jitter draws as one at a time would), then one ``executemany`` per shape."""
         rows = {
@@ -491,7 +500,7 @@ class Journal(StoreBase):
                 (json.dumps([rid for rid, _, _ in records]),),
             )
         }
-        kept, replied, expired = plan_updates(records, rows, self.policy, self._rng)
+        kept, replied, ended = plan_updates(records, rows, self.policy, self._rng)
         if kept:
             db.executemany(
                 "UPDATE recipients SET status = ?, first_attempt_at = ?,"
@@ -506,7 +515,7 @@ class Journal(StoreBase):
                 " category = ?, updated_at = ? WHERE id = ?",
                 replied,
             )
-        return len(kept) + len(replied), expired
+        return len(kept) + len(replied), ended
 
     # --- reports ---------------------------------------------------------------------------
 
@@ -631,7 +640,7 @@ def plan_updates(
     policy: RetryPolicy,
     rng: random.Random,
     skip: Callable[[Sequence[Any], Step], bool] | None = None,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[int]]:
     """Plan the updates of a run of distinct recipients' outcomes (pure, any backend).
 
     ``rows`` maps a recipient's id to its ``(id, status, attempts, first_attempt_at, ...)``
@@ -639,11 +648,11 @@ def plan_updates(
     Returns the rows whose last reply stays ``(status, first_attempt_at, next_attempt_at,
     updated_at, id)``, the rows with a new reply ``(status, attempts, first_attempt_at,
     last_attempt_at, next_attempt_at, in_doubt_added, code, enhanced_code, text, category,
-    updated_at, id)``, and how many expired.
+    updated_at, id)``, and the ids of those that expired.
     """
     kept: list[tuple[Any, ...]] = []  # not an attempt: the last real reply stays
     replied: list[tuple[Any, ...]] = []
-    expired = 0
+    expired: list[int] = []
     for rid, outcome, now in records:
         row = rows.get(rid)
         if row is None:
@@ -682,7 +691,8 @@ def plan_updates(
                     rid,
                 )
             )
-        expired += step.status is Status.EXPIRED
+        if step.status is Status.EXPIRED:
+            expired.append(rid)
     return kept, replied, expired
 
 

@@ -96,6 +96,9 @@ class JournalWriter:
         #: Outcomes committed (an unknown or final recipient's is ignored) and commits made.
         self.committed = 0
         self.batches = 0
+        #: Called after each commit with its records and the ids of those that expired
+        #: (the journal decides expiry at commit; the event stream reports it then).
+        self.on_commit: Callable[[Sequence[OutcomeRecord], Sequence[int]], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit outcomes in batches until :meth:`aclose`; raise JournalError on failure."""
@@ -157,11 +160,16 @@ class JournalWriter:
         with trio.CancelScope(shield=True):
             try:
                 if batch:
-                    applied, expired, seconds = await self._call(lambda: self._timed_apply(batch))
+                    ended: list[int] = []
+                    applied, expired, seconds = await self._call(
+                        lambda: self._timed_apply(batch, ended)
+                    )
                     if self.metrics is not None:
                         self.metrics.journal_commit_seconds.observe(seconds)
                         if expired:
                             self.metrics.recipients.labels("expired").inc(expired)
+                    if self.on_commit is not None:
+                        self.on_commit(batch, ended)
                     self.committed += applied
                     self.batches += 1
             except JournalError as e:
@@ -172,9 +180,11 @@ class JournalWriter:
             for f in flushes:
                 f.done.set()
 
-    def _timed_apply(self, records: Sequence[OutcomeRecord]) -> tuple[int, int, float]:
+    def _timed_apply(
+        self, records: Sequence[OutcomeRecord], ended: list[int]
+    ) -> tuple[int, int, float]:
         start = time.perf_counter()
-        applied, expired = self.journal.apply(records, owner=self)
+        applied, expired = self.journal.apply(records, owner=self, expired=ended)
         return applied, expired, time.perf_counter() - start
 
     def _stop(self) -> None:

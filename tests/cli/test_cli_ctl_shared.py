@@ -4,6 +4,7 @@ every `bulksend worker` obeys (real processes, a real PostgreSQL server)."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,16 +28,23 @@ async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_every_worker_obeys_pause_resume_and_cancel(
-    tmp_path: Path, postgres_url: str
-) -> None:
+async def imported(tmp_path: Path, postgres_url: str, count: int) -> tuple[str, Path]:
+    """A campaign of ``count`` recipients over a1/b1/c1.test at 10/s per site, imported into
+    a new PostgreSQL journal; its URL and campaign file."""
     name = f"ctl{next(_campaigns)}"
     url = f"{postgres_url}?campaign={name}"
     toml = campaign_toml(campaign_id=name, policy=limits_policy(10))
-    recipients = addresses(["a1.test", "b1.test", "c1.test"], 600)
+    recipients = addresses(["a1.test", "b1.test", "c1.test"], count)
     campaign = write_campaign(tmp_path / "c", recipients, toml=toml)
-    imported = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
-    assert imported.process.returncode == 0, imported.stderr()
+    done = await run_bulksend(tmp_path, "import", str(campaign), "--journal", url, name="i")
+    assert done.process.returncode == 0, done.stderr()
+    return url, campaign
+
+
+async def test_every_worker_obeys_pause_resume_and_cancel(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url, campaign = await imported(tmp_path, postgres_url, 600)
 
     async def ctl(*args: str) -> Proc:
         return await run_bulksend(tmp_path, "ctl", url, *args, name="ctl")
@@ -69,9 +77,6 @@ async def test_every_worker_obeys_pause_resume_and_cancel(
 
             cancelled = await ctl("cancel", "--domain", "c1.test")
             assert "domain c1.test cancelled" in cancelled.stdout(), cancelled
-            refused = await ctl("rate", "mx1.alpha.test", "50/s")
-            assert refused.process.returncode == 1
-            assert "not yet for a PostgreSQL journal's workers" in refused.stderr()
     assert codes == [0, 0] or sorted(codes) == [0, 0], codes  # both end: nothing waits
     received = set(world.received())
     with open_journal(url, None) as journal:
@@ -100,3 +105,62 @@ async def test_a_single_send_creates_its_postgresql_journal_with_live_control(
     assert sent.process.returncode == 0, sent.stderr()
     with open_journal(url, None) as journal:
         assert journal.counts()[Status.DELIVERED] == 20
+
+
+async def test_rate_connections_and_status_reach_every_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url, campaign = await imported(tmp_path, postgres_url, 1500)
+
+    async def ctl(*args: str) -> Proc:
+        return await run_bulksend(tmp_path, "ctl", url, *args, name="ctl")
+
+    with trio.fail_after(150):
+        async with running(SITES) as world, trio.open_nursery() as nursery:
+            alpha = world.servers["alpha"]
+            workers: list[Proc] = []
+
+            async def worker(index: int) -> None:
+                args = ["worker", "--campaign", str(campaign), "--journal", url, "--grace", "2"]
+                async with bulksend(
+                    tmp_path, *args, *world_args(world), name=f"worker{index}"
+                ) as proc:
+                    workers.append(proc)
+                    await proc.wait(140)
+
+            for index in range(2):
+                nursery.start_soon(worker, index)
+            await wait_until(lambda: alpha.stats.messages >= 10, 60, "alpha sending")
+            # 10/s a worker (no --throttle: each holds the configured rate): about 20/s.
+            assert await received_during(alpha, 2.0) >= 2 * 14
+
+            # Every worker publishes its sites; ctl status merges them.
+            shown = await ctl("status")
+            assert shown.process.returncode == 0, shown
+            status = json.loads(shown.stdout())
+            assert status["workers"] == 2
+            sites = {s["site"].split(":")[0]: s for s in status["sites"]}
+            assert set(sites) == {"mx1.alpha.test", "mx1.beta.test"}
+            assert sites["mx1.alpha.test"]["connections"] >= 2  # summed over both workers
+            assert sum(s["queued"] for s in status["sites"]) > 0
+
+            slower = await ctl("rate", "alpha.test", "2/s", "--for", "10s")
+            reverts_at = trio.current_time() + 10
+            assert slower.stdout() == "site alpha.test: rate 2/s for 10s\n", slower
+            capped = await ctl("connections", "alpha.test", "1")
+            assert capped.stdout() == "site alpha.test: connections 1 until the run ends\n"
+            await trio.sleep(2.0)  # each worker reads the state every second
+            assert await received_during(alpha, 2.0) <= 2 * 2 * 2 + 2  # 2/s on each worker
+            status = json.loads((await ctl("status")).stdout())
+            alpha_row = next(s for s in status["sites"] if s["site"].startswith("mx1.alpha"))
+            assert alpha_row["rate"] == 2.0
+            assert alpha_row["max_connections"] == 1
+            assert status["control"]["rates"]["alpha.test"]["value"] == 2.0
+            await trio.sleep_until(reverts_at + 1.5)  # its 10s ran out: 10/s a worker again
+            assert await received_during(alpha, 2.0) >= 2 * 7  # one connection each now
+
+            top = await run_bulksend(tmp_path, "top", url, "--once", name="top")
+            assert top.process.returncode == 0, top
+            assert "mx1.alpha.test" in top.stdout()
+            for proc in workers:
+                proc.signal()

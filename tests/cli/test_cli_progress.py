@@ -24,7 +24,7 @@ import trio
 
 from bulksend.cli.progress import AccountingLog, Progress, Tally, format_duration, site_labels
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
-from bulksend.journal import Category, Due, Journal, Outcome, Status
+from bulksend.journal import Category, Due, Journal, Kind, Outcome, Status
 from bulksend.testing.dns import DNSServer
 from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, running, write_campaign
 from bulksend.testing.smtp import ServerScript
@@ -241,13 +241,51 @@ def test_frames_fit_the_terminal_and_leave_no_stale_lines(tmp_path: Path, width:
         progress.draw()
     screen = Screen(width)
     screen.feed(stream.getvalue())
-    frame = progress.lines()
+    frame = progress.lines(width)
     shown = screen.text()
     # Exactly one frame on screen: no wrapped remains of earlier frames piled up above it.
     assert len(shown) == len(frame)
     for line, full in zip(shown, frame, strict=True):
         assert len(line) <= width
         assert line == full or (line.endswith("…") and full.startswith(line[:-1]))
+
+
+@pytest.mark.parametrize("width", [40, 60, 120])
+def test_narrow_terminals_get_more_lines_not_fewer_numbers(tmp_path: Path, width: int) -> None:
+    stream = io.StringIO()
+    progress = _wide_progress(tmp_path, stream, width)
+    progress.tally.kinds.update(
+        {Kind.DELIVERED: 1_234_567, Kind.DEFERRED: 8_910, Kind.BOUNCED: 1_112, Kind.IN_DOUBT: 13}
+    )
+    progress.counts = {"pending": 12_345_678, "in_doubt": 0, "expired": 1_415}
+    progress.sample(0.0)
+    progress.draw()
+    progress.draw()
+    screen = Screen(width)
+    screen.feed(stream.getvalue())
+    shown = screen.text()
+    assert all(len(line) <= width for line in shown), shown
+    assert len(shown) == len(progress.lines(width))  # nothing wrapped: one frame, exactly
+    text = "\n".join(shown)
+    for number in (
+        "delivered 1,234,567",
+        "deferred 8,910",
+        "bounced 1,112",
+        "in doubt 13",
+        "expired 1,415",
+        "0 msg/s",
+        "waiting 12,345,678",
+        "ETA -",
+        "elapsed 0:0",
+        "8 conn",
+        "busiest: mx0.a",
+    ):
+        assert any(number in line for line in shown), (number, text)
+    if width >= 120:  # wide: one line per group, as before
+        assert (
+            shown[0]
+            == "delivered 1,234,567  deferred 8,910  bounced 1,112  in doubt 13  expired 1,415"
+        )
 
 
 def test_messages_stay_above_the_live_frame(tmp_path: Path) -> None:
@@ -262,7 +300,7 @@ def test_messages_stay_above_the_live_frame(tmp_path: Path) -> None:
     screen.feed(stream.getvalue())
     shown = screen.text()
     assert shown[0] == notice
-    assert len(shown) == 1 + len(progress.lines())  # the notice, then one frame
+    assert len(shown) == 1 + len(progress.lines(80))  # the notice, then one frame
 
 
 def test_sites_on_one_host_get_distinct_labels_with_their_ports(tmp_path: Path) -> None:

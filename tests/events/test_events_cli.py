@@ -29,7 +29,7 @@ from bulksend.testing.scenario import (
 )
 from bulksend.testing.smtp import ServerScript
 from bulksend.testing.webhook import WebhookReceiver
-from tests.cli.cli_helpers import bulksend, world_args
+from tests.cli.cli_helpers import Proc, bulksend, world_args
 from tests.helpers.worlds import limits_policy
 
 SECRET = "s3cret-for-the-hook"
@@ -137,13 +137,16 @@ async def test_a_receiver_down_for_a_while_gets_the_backlog_later(tmp_path: Path
     assert list((tmp_path / "j.sqlite3.events").iterdir()) == []
 
 
-async def test_events_on_stdout_as_json_lines(tmp_path: Path) -> None:
+async def send_with_events_on_stdout(
+    tmp_path: Path, sites: list[SiteSpec], path: Path
+) -> tuple[Proc, Path]:
+    """`send --events stdout` of the campaign at ``path`` to ``sites``; it ends with exit
+    status 4 (something bounced or expired). The process and its journal."""
+    journal = tmp_path / "j.sqlite3"
     with trio.fail_after(120):
-        async with running([SITE]) as world:
-            toml = campaign_toml(policy=limits_policy(100))
-            path = write_campaign(tmp_path / "c", addresses(["w.test"], 30), toml=toml)
-            journal = tmp_path / "j.sqlite3"
-            async with bulksend(
+        async with (
+            running(sites) as world,
+            bulksend(
                 tmp_path,
                 "send",
                 str(path),
@@ -154,8 +157,16 @@ async def test_events_on_stdout_as_json_lines(tmp_path: Path) -> None:
                 "-q",
                 *world_args(world),
                 name="send",
-            ) as proc:
-                assert await proc.wait(60) == 4, proc  # one bounced
+            ) as proc,
+        ):
+            assert await proc.wait(60) == 4, proc
+    return proc, journal
+
+
+async def test_events_on_stdout_as_json_lines(tmp_path: Path) -> None:
+    toml = campaign_toml(policy=limits_policy(100))
+    path = write_campaign(tmp_path / "c", addresses(["w.test"], 30), toml=toml)
+    proc, journal = await send_with_events_on_stdout(tmp_path, [SITE], path)  # exit 4: a bounce
     lines = proc.stdout().splitlines()
     events = [json.loads(line) for line in lines]  # every line is an event
     assert Counter((e["recipient"], e["event"]) for e in events) == outcomes(journal)
@@ -186,3 +197,25 @@ async def test_a_receiver_that_never_answers_does_not_slow_delivery(tmp_path: Pa
     # What the receiver never took waits in the spool for the next run.
     spooled = sorted((tmp_path / "j.sqlite3.events").iterdir())
     assert sum(len(json.loads(p.read_bytes())["events"]) for p in spooled) == 120
+
+
+async def test_a_recipient_whose_max_age_runs_out_gets_one_expired_event(
+    tmp_path: Path,
+) -> None:
+    dead = SiteSpec("dead", ("dead.test",), "127.0.0.3", dead=True)
+    retry = (
+        '[policy.retry]\ninitial = "500ms"\nfactor = 1.0\nmaximum = "500ms"\njitter = 0.0\n'
+        'max_age = "2s"\n'
+    )
+    toml = campaign_toml(policy=limits_policy(100) + retry)
+    path = write_campaign(tmp_path / "c", addresses(["w.test", "dead.test"], 20), toml=toml)
+    proc, journal = await send_with_events_on_stdout(tmp_path, [SITE, dead], path)
+    events = [json.loads(line) for line in proc.stdout().splitlines()]
+    final = Counter((e["recipient"], e["event"]) for e in events if e["event"] != "deferred")
+    assert final == outcomes(journal)  # every final state once, expired ones included
+    expired = [e for e in events if e["event"] == "expired"]
+    assert len(expired) == 10
+    assert {e["domain"] for e in expired} == {"dead.test"}
+    assert all(e["category"] for e in expired), expired  # the last reply's category
+    with Journal.open_readonly(journal) as j:
+        assert j.counts()[Status.EXPIRED] == 10
