@@ -84,7 +84,9 @@ rate = "20/s"
     assert 20 * 0.8 <= observed <= 20 * 1.05
     gaps = [b - a for a, b in itertools.pairwise(times)]
     window = [times[i + 10] - times[i] for i in range(len(times) - 10)]
-    assert min(window) >= 10 / 20 * 0.95  # no burst above the rate over any 10 messages
+    # No burst above the rate over any 10 messages: a late wake-up may send one early token at
+    # once, and the sink, in this process, stamps late under load too.
+    assert min(window) >= 10 / 20 * 0.85
     assert max(gaps) < 1.0
 
 

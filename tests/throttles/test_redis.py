@@ -16,7 +16,9 @@ from bulksend.delivery.backoff import Backoff
 from bulksend.throttles.redis import RedisSite, RedisThrottles
 from tests.helpers.redis import RedisServer
 
-LEASE_TTL = 0.5  # also the grace a fresh (or restarted) store waits before granting
+# Also the grace a fresh (or restarted) store waits before granting; renewals come every third
+# of it, so a loaded machine that stalls the test for a third of a second must not lose them.
+LEASE_TTL = 1.0
 
 
 @asynccontextmanager
