@@ -87,6 +87,12 @@ _AUTO_SUBJECT: Final = re.compile(
 )
 _TEXT_LIMIT: Final = 64 * 1024  # of a body scanned for a reply
 _DETAIL_LIMIT: Final = 500
+# Of a header read: the stdlib's RFC 2047 decoder takes time quadratic in the number of
+# encoded words (100k words in a Subject: minutes of CPU); no header we read needs more.
+_HEADER_LIMIT: Final = 8192
+# Recipient blocks read from one DSN: it reports on one envelope of ours (RFC 5321 §4.5.3.1.8:
+# servers take 100 recipients, and a transaction of ours has fewer); a forged one names more.
+_MAX_BLOCKS: Final = 1000
 
 
 class Kind(enum.StrEnum):
@@ -226,7 +232,7 @@ def _dsn(message: Message, status: Message, verp: Verp | None, envelope_to: str)
     verp_address, bad_token = _verp_recipient(message, original, verp, envelope_to)
     message_id, feedback_id = _original_ids(original)
     notices = []
-    for block in blocks[1:]:  # the first block holds the per-message fields
+    for block in blocks[1 : _MAX_BLOCKS + 1]:  # the first holds the per-message fields
         action = _header(block, "action").lower()
         kind = {
             "failed": Kind.BOUNCE,
@@ -489,7 +495,7 @@ def _header(message: Message | str, name: str) -> str:
         return ""
     if isinstance(value, email.header.Header):
         value = _raw_header(value)
-    text = str(value)
+    text = str(value)[:_HEADER_LIMIT]
     if "=?" in text:
         # An undecodable word is shown as written: it is still text.
         with contextlib.suppress(
