@@ -147,6 +147,12 @@ def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The private key of --tls-cert (PEM).",
 )
+@click.option(
+    "--any-recipient",
+    is_flag=True,
+    help="Without --journal: suppress whatever address a report names (anyone can forge "
+    "one, for any address).",
+)
 @_feedback_options
 @metrics_options
 @store_options
@@ -164,6 +170,7 @@ def inbound(
     max_connections: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    any_recipient: bool,
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
@@ -180,6 +187,11 @@ def inbound(
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
     tls = _server_tls(tls_cert, tls_key)
+    if not journals and not any_recipient:
+        raise click.UsageError(
+            "anyone can send the listener a forged report: give the campaign's --journal (only "
+            "its recipients are suppressed), or --any-recipient to suppress any address"
+        )
     with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
         applying = _applying(

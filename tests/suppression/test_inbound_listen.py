@@ -264,6 +264,7 @@ async def test_the_command_line_listener(tmp_path: Path) -> None:
     store = tmp_path / "s.sqlite3"
     args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(store), "--metrics-port", "0"]
     args += ["--sender", "bounces+{token}@sender.test", "--hostname", "bounces.sender.test"]
+    args += ["--any-recipient"]
     with trio.fail_after(30):
         async with bulksend(tmp_path, *args, name="listen") as proc:
             await proc.wait_for(lambda: "listening on" in proc.stderr(), 20, "the listener")
@@ -337,7 +338,7 @@ def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
     cert = tmp_path / "cert.pem"
     ca.issue_cert("bounces.sender.test").cert_chain_pems[0].write_to_path(str(cert))
     args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s.sqlite3")]
-    args += ["--sender", "bounces+{token}@sender.test", "--tls-cert", str(cert)]
+    args += ["--sender", "bounces+{token}@sender.test", "--tls-cert", str(cert), "--any-recipient"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "STARTTLS needs both --tls-cert and --tls-key" in result.stderr
@@ -345,6 +346,17 @@ def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
     assert result.exit_code == 1
     assert "cannot load the certificate and its key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_listener_needs_the_journal_or_any_recipient(tmp_path: Path) -> None:
+    # A forged DSN to bounces+victim=example.com@ would suppress any address at all.
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s.sqlite3")]
+    args += ["--sender", "bounces+{token}@sender.test"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "give the campaign's --journal" in result.stderr
+    assert "--any-recipient" in result.stderr
+    assert not (tmp_path / "s.sqlite3").exists()
 
 
 async def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender(tmp_path: Path) -> None:
