@@ -66,8 +66,13 @@ _ENVELOPE_HEADERS: Final = (
 _COMPLAINTS: Final = frozenset({"abuse", "fraud", "virus", "other"})
 _REPLY: Final = re.compile(r"(?<![\d.])([245]\d\d)[ :-]+(?:#?([245]\.\d{1,3}\.\d{1,3})\b)?")
 _ENHANCED_ANYWHERE: Final = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
-_QMAIL_RECIPIENT: Final = re.compile(r"^<([^<>\s@]+@[^<>\s@]+)>:\s*$", re.MULTILINE)
-_ADDRESS: Final = re.compile(r"<?([^<>\s;@]+@[^<>\s;@]+)>?")
+# An address never holds a control character (an escape sequence for a terminal, a NUL that
+# PostgreSQL cannot store): text that does is not an address.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_QMAIL_RECIPIENT: Final = re.compile(
+    r"^<([^<>\s@\x00-\x1f\x7f]+@[^<>\s@\x00-\x1f\x7f]+)>:\s*$", re.MULTILINE
+)
+_ADDRESS: Final = re.compile(r"<?([^<>\s;@\x00-\x1f\x7f]+@[^<>\s;@\x00-\x1f\x7f]+)>?")
 _DAEMON: Final = re.compile(r"mailer-daemon|postmaster|mail delivery (sub)?system", re.I)
 _BOUNCE_SUBJECT: Final = re.compile(
     r"undeliver|delivery status notification|failure notice|returned mail|"
@@ -135,7 +140,10 @@ class Verp:
         token = address[len(self.before) : len(address) - len(self.after)]
         if not token or "@" in token:
             return None
-        return verp_decode(token)
+        decoded = verp_decode(token)
+        if _CONTROL.search(decoded):
+            raise ValueError(f"{token!r} decodes to control characters")
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +225,7 @@ def _parse(message: Message, verp: Verp | None, envelope_to: str, mailto: str) -
         return Parsed(Kind.AUTO_REPLY, detail=subject[:_DETAIL_LIMIT])
     if mailto and any(a.lower() == mailto for a in _addressed_to(message, envelope_to)):
         address = email.utils.parseaddr(sender)[1]
-        if "@" in address:
+        if "@" in address and not _CONTROL.search(address):
             notice = Notice(Kind.UNSUBSCRIBE, address, found_by="from")
             return Parsed(Kind.UNSUBSCRIBE, (notice,), detail=subject[:_DETAIL_LIMIT])
     return Parsed(Kind.NOT_FEEDBACK, detail=subject[:_DETAIL_LIMIT])

@@ -271,3 +271,27 @@ def test_a_dsn_reports_on_at_most_1000_recipients() -> None:
     parsed = parse_message(data, verp=VERP)
     assert parsed.kind is Kind.BOUNCE
     assert [n.address for n in parsed.notices] == [f"u{n}@victim.test" for n in range(1000)]
+
+
+@pytest.mark.parametrize(
+    ("to", "text"),
+    [
+        # A token that decodes to a NUL and an ESC: PostgreSQL cannot store the first.
+        (b"bounces+a+00+1B=victim.test@sender.test", b""),
+        # A qmail-style recipient line with a terminal escape sequence in it.
+        (b"bounces@sender.test", b"<a\x1b[2Jb@victim.test>:\r\n"),
+    ],
+)
+def test_an_address_with_control_characters_names_nobody(to: bytes, text: bytes) -> None:
+    data = (
+        b"From: MAILER-DAEMON@mx.test\r\nTo: " + to + b"\r\nSubject: failure notice\r\n\r\n"
+        + text + b"550 5.1.1 gone\r\n"
+    )  # fmt: skip
+    notice = only(parse_message(data, verp=VERP))
+    assert (notice.kind, notice.address) == (Kind.BOUNCE, None)
+
+
+def test_an_unsubscribe_from_an_address_with_control_characters_is_not_one() -> None:
+    data = b"From: a\x1b@victim.test\r\nTo: unsubscribe@sender.test\r\nSubject: x\r\n\r\nx\r\n"
+    parsed = parse_message(data, verp=VERP, mailto="unsubscribe@sender.test")
+    assert parsed.kind is Kind.NOT_FEEDBACK
