@@ -138,6 +138,13 @@ def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     show_default=True,
 )
 @click.option(
+    "--max-per-peer",
+    type=click.IntRange(min=1),
+    default=ReceiverLimits().max_per_peer,
+    show_default=True,
+    help="Connections at once from one IP address.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Offer STARTTLS with this certificate (PEM, the chain after it); needs --tls-key.",
@@ -168,6 +175,7 @@ def inbound(
     hostname: str,
     max_size: int,
     max_connections: int,
+    max_per_peer: int,
     tls_cert: Path | None,
     tls_key: Path | None,
     any_recipient: bool,
@@ -209,7 +217,9 @@ def inbound(
             outcomes = applying.message(data, now=time.time(), envelope_to=recipients[0])
             click.echo(f"{printable(recipients[0])}: {', '.join(outcomes)}")
 
-        limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
+        limits = ReceiverLimits(
+            max_size=max_size, max_connections=max_connections, max_per_peer=max_per_peer
+        )
         receiver = Receiver(hostname, accepted, deliver, limits, tls)
         serve_until_stopped(
             receiver.serve,

@@ -407,3 +407,50 @@ def test_garbage_mime_over_smtp_is_answered_and_applied_without_a_crash(
 
     with tempfile.TemporaryDirectory() as directory:
         trio.run(main, Path(directory))
+
+
+async def test_one_host_cannot_take_every_connection() -> None:
+    # Slow sessions from one address hold its share of the slots, not all of them.
+    limits = ReceiverLimits(max_connections=10, max_per_peer=2)
+    with trio.fail_after(20):
+        async with (
+            listening(lambda _d, _r: None, limits) as port,
+            contextlib.AsyncExitStack() as held,
+        ):
+            for _ in range(2):
+                await held.enter_async_context(client(port))
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                assert (await Client(stream).reply()).startswith("421 4.3.2")
+            other = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+            async with other:
+                c = Client(other)
+                assert (await c.reply()).startswith("220 bounces.sender.test")
+                assert (await c.say(b"NOOP")).startswith("250")
+
+
+async def test_a_slow_session_ends_at_the_session_time_limit() -> None:
+    # Slowloris: a byte within every command time limit, for ever.
+    limits = ReceiverLimits(command_timeout=0.5, session_timeout=1.5)
+    replies: list[str] = []
+
+    async def trickle(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            for byte in b"NOOP\r\n" * 100:
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(0.1)
+
+    with trio.fail_after(20):
+        async with listening(lambda _d, _r: None, limits) as port, client(port) as c:
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trickle, c.stream)
+                while not replies or replies[-1]:
+                    try:
+                        replies.append(await c.reply())
+                    except trio.BrokenResourceError:
+                        replies.append("")
+                nursery.cancel_scope.cancel()
+            assert 1.4 < trio.current_time() - start < 5
+    assert replies[-2:] == ["421 4.4.2 Session too long, closing\r\n", ""]
+    assert set(replies[:-2]) == {"250 2.0.0 OK\r\n"}
