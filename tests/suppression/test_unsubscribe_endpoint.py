@@ -136,6 +136,20 @@ async def test_what_the_endpoint_refuses(tmp_path: Path) -> None:
         assert list(store.entries()) == []
 
 
+async def test_a_post_that_expects_100_continue_gets_it(tmp_path: Path) -> None:
+    head = f"POST {link('a@x.test')} HTTP/1.1\r\nHost: x.test\r\nExpect: 100-continue\r\n"
+    head += f"Content-Length: {len(ONE_CLICK)}\r\n\r\n"
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with endpoint(store, EndpointLimits(timeout=5)) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(head.encode())
+                assert await stream.receive_some(100) == b"HTTP/1.1 100 \r\n\r\n"
+                await stream.send_all(ONE_CLICK)
+                assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 200 ")
+        assert store.check("a@x.test") is not None
+
+
 async def test_connections_are_bounded(tmp_path: Path) -> None:
     with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
         async with endpoint(store, EndpointLimits(max_connections=1, timeout=5)) as port:
