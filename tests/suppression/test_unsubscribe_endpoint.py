@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import http.client
 import re
@@ -148,6 +149,50 @@ async def test_a_post_that_expects_100_continue_gets_it(tmp_path: Path) -> None:
                 await stream.send_all(ONE_CLICK)
                 assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 200 ")
         assert store.check("a@x.test") is not None
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes; what comes back until the endpoint closes (or resets) the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    answer = b""
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(data)
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return answer
+
+
+async def test_smuggling_shapes_get_one_answer_and_no_hidden_request(tmp_path: Path) -> None:
+    target = link("a@x.test").encode()
+    post = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n" + ONE_CLICK
+    get = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n"
+    shapes = {
+        b"HTTP/1.1 400 ": [
+            post.replace(b"Content-Length: 26", b"Content-Length: 26\r\nContent-Length: 5"),
+            post.replace(b"Content-Length: 26", b"Content-Length: +26"),
+            post.replace(b"Content-Length: 26", b"Content-Length : 26"),
+            post.replace(b"Content-Length: 26", b"Transfer-Encoding: xchunked"),
+        ],
+        # A POST hidden behind a first request is never read: one request per connection.
+        b"HTTP/1.1 200 ": [
+            get + b"\r\n" + post,
+            get + b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + post,
+        ],
+    }
+    huge = get + b"".join(b"X-%d: y\r\n" % n for n in range(100_000)) + b"\r\n"
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(30):
+        async with endpoint(store, EndpointLimits(timeout=5)) as port:
+            for status, requests in shapes.items():
+                for data in requests:
+                    answer = await exchange(port, data)
+                    assert answer.startswith(status), (data[:120], answer[:60])
+                    assert answer.count(b"HTTP/1.1 ") == 1
+            # 100,000 header lines: over the 8 KiB head, a 400 (or a reset, the rest unread).
+            answer = await exchange(port, huge)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:60]
+            assert (await request(port, "GET", link("a@x.test")))[0] == 200  # it goes on
+        assert list(store.entries()) == []
 
 
 async def test_connections_are_bounded(tmp_path: Path) -> None:
