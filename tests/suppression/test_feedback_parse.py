@@ -295,3 +295,14 @@ def test_an_unsubscribe_from_an_address_with_control_characters_is_not_one() -> 
     data = b"From: a\x1b@victim.test\r\nTo: unsubscribe@sender.test\r\nSubject: x\r\n\r\nx\r\n"
     parsed = parse_message(data, verp=VERP, mailto="unsubscribe@sender.test")
     assert parsed.kind is Kind.NOT_FEEDBACK
+
+
+def test_address_headers_without_an_address_are_read_in_linear_time() -> None:
+    # 1,000 "To:" lines of 8,000 octets and no "@": the address pattern scanned each from
+    # every one of its characters (about 80 s).
+    headers = b"To: " + b"a" * 8000 + b"\r\n"
+    data = b"From: MAILER-DAEMON@mx.test\r\n" + headers * 1000 + b"Subject: x\r\n\r\n550 5.1.1\r\n"
+    start = time.perf_counter()
+    parsed = parse_message(data, verp=VERP)
+    assert time.perf_counter() - start < 5
+    assert (parsed.kind, only(parsed).address) == (Kind.BOUNCE, None)
