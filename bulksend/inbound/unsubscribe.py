@@ -178,7 +178,10 @@ def _parse_request(request: h11.Request) -> _Request:
     if method not in ("GET", "POST"):
         raise _Refused(405, "Method not allowed.")
     target = request.target.decode("ascii", "replace")
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, max_num_fields=10)
+    try:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, max_num_fields=10)
+    except ValueError:  # more fields than that (or a malformed URL)
+        raise _Refused(400, "The link has too many parameters.") from None
     values = {}
     for name in ("c", "e", "t"):
         given = query.get(name, [])

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from bulksend.campaign import Campaign
@@ -193,6 +194,18 @@ async def test_smuggling_shapes_get_one_answer_and_no_hidden_request(tmp_path: P
             assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:60]
             assert (await request(port, "GET", link("a@x.test")))[0] == 200  # it goes on
         assert list(store.entries()) == []
+
+
+async def test_a_link_with_too_many_parameters_is_a_400_not_a_stack_trace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crowded = link("a@x.test") + "&x=1" * 10
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with endpoint(store) as port:
+            status, _, text = await request(port, "POST", crowded, ONE_CLICK)
+        assert list(store.entries()) == []
+    assert (status, text) == (400, "The link has too many parameters.\n")
+    assert [r for r in caplog.records if r.exc_info] == []
 
 
 async def test_connections_are_bounded(tmp_path: Path) -> None:
