@@ -240,3 +240,16 @@ async def test_an_https_destination_at_a_private_address_is_refused(
         f"{REPORTS_HOST} has no public address (127.0.0.1): not sent "
         "([routing] allow_private_addresses = true allows it)"
     ) in result.stderr
+
+
+async def test_a_destination_with_a_terminal_escape_is_shown_escaped(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    async with receivers(ca) as r:
+        publish(r, "mailto:a\\027[2Jb@strict.test")  # an ESC byte in the TXT record
+        result = await submit(tmp_path, r, campaign(tmp_path, ca, r, relay=False))
+    assert result.exit_code == 4, result.output
+    assert "\x1b" not in result.stderr
+    assert "report not sent to mailto:a\\x1b[2Jb@strict.test: a mailto: destination" in (
+        result.stderr
+    )
