@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from click.testing import CliRunner
 
 from bulksend.campaign import Campaign
 from bulksend.campaign.unsubscribe import unsubscribe_token, verify_token
+from bulksend.cli import main
 from bulksend.config import SuppressionReason
 from bulksend.delivery.run import run_campaign
 from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
@@ -269,6 +271,18 @@ async def test_the_command_line_server(tmp_path: Path) -> None:
             assert (await request(port, "POST", link("b@x.test", key=OLD_KEY), ONE_CLICK))[0] == 403
     with SuppressionStore.open(store) as opened:
         assert [e.key for e in opened.entries()] == ["a@x.test"]
+
+
+def test_a_short_key_is_refused(tmp_path: Path) -> None:
+    # One link of one's own, and "secret" is found offline: then any address's link is forged.
+    (tmp_path / "key").write_text("secret\n")
+    args = ["unsubscribe-server", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, [*args, "--key-file", str(tmp_path / "key")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'key'}: the key is 6 bytes, under 16" in result.stderr
+    assert "openssl rand -base64 32" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
 
 
 async def test_a_running_campaign_skips_a_reader_who_unsubscribes_meanwhile(
