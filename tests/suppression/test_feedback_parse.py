@@ -249,7 +249,7 @@ def test_a_subject_of_200k_encoded_words_is_read_in_bounded_time() -> None:
     data = b"From: MAILER-DAEMON@mx.test\r\nSubject: " + subject + b"\r\n\r\n550 5.1.1 gone\r\n"
     start = time.perf_counter()
     parsed = parse_message(data, verp=VERP)
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 15  # unbounded: 80-100 s here
     assert parsed.kind is Kind.BOUNCE
     assert parsed.detail.startswith("aaaa")
 
@@ -304,5 +304,5 @@ def test_address_headers_without_an_address_are_read_in_linear_time() -> None:
     data = b"From: MAILER-DAEMON@mx.test\r\n" + headers * 1000 + b"Subject: x\r\n\r\n550 5.1.1\r\n"
     start = time.perf_counter()
     parsed = parse_message(data, verp=VERP)
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 15  # unbounded: 80-100 s here
     assert (parsed.kind, only(parsed).address) == (Kind.BOUNCE, None)
