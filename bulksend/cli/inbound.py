@@ -138,6 +138,13 @@ def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     show_default=True,
 )
 @click.option(
+    "--max-per-peer",
+    type=click.IntRange(min=1),
+    default=ReceiverLimits().max_per_peer,
+    show_default=True,
+    help="Connections at once from one IP address.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Offer STARTTLS with this certificate (PEM, the chain after it); needs --tls-key.",
@@ -146,6 +153,12 @@ def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     "--tls-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The private key of --tls-cert (PEM).",
+)
+@click.option(
+    "--any-recipient",
+    is_flag=True,
+    help="Without --journal: suppress whatever address a report names (anyone can forge "
+    "one, for any address).",
 )
 @_feedback_options
 @metrics_options
@@ -162,8 +175,10 @@ def inbound(
     hostname: str,
     max_size: int,
     max_connections: int,
+    max_per_peer: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    any_recipient: bool,
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
@@ -180,6 +195,11 @@ def inbound(
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
     tls = _server_tls(tls_cert, tls_key)
+    if not journals and not any_recipient:
+        raise click.UsageError(
+            "anyone can send the listener a forged report: give the campaign's --journal (only "
+            "its recipients are suppressed), or --any-recipient to suppress any address"
+        )
     with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
         applying = _applying(
@@ -197,7 +217,9 @@ def inbound(
             outcomes = applying.message(data, now=time.time(), envelope_to=recipients[0])
             click.echo(f"{printable(recipients[0])}: {', '.join(outcomes)}")
 
-        limits = ReceiverLimits(max_size=max_size, max_connections=max_connections)
+        limits = ReceiverLimits(
+            max_size=max_size, max_connections=max_connections, max_per_peer=max_per_peer
+        )
         receiver = Receiver(hostname, accepted, deliver, limits, tls)
         serve_until_stopped(
             receiver.serve,

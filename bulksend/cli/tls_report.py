@@ -162,10 +162,11 @@ async def _submit(
     ok = True
     for destination in destinations:
         sent = await submission.send(report, domain, destination)
+        shown = printable(destination)  # from DNS: anyone's text, escapes included
         if sent.ok:
-            info(f"{domain}: report {report['report-id']} sent to {destination}: {sent.detail}")
+            info(f"{domain}: report {report['report-id']} sent to {shown}: {sent.detail}")
         else:
-            warn(f"{domain}: report not sent to {destination}: {printable(sent.detail)}")
+            warn(f"{domain}: report not sent to {shown}: {printable(sent.detail)}")
             ok = False
     return ok
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Final
 
 import click
 
@@ -17,13 +18,27 @@ from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
 from bulksend.journal.feedback_log import open_feedback_logs
 from bulksend.metrics import FeedbackMetrics
 
+_MIN_KEY: Final = 16
+
+
+def _strong(key: str, origin: str) -> bytes:
+    """``key`` as bytes, if long enough: anyone with one link can test guesses of a short key
+    offline, then sign a link for any address."""
+    data = key.encode("utf-8")
+    if len(data) < _MIN_KEY:
+        raise ConfigError(
+            f"{origin}: the key is {len(data)} bytes, under {_MIN_KEY}: it can be guessed from "
+            "one link; use a random one, e.g. `openssl rand -base64 32`"
+        )
+    return data
+
 
 def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...]) -> list[bytes]:
     keys: list[bytes] = []
     if campaign is not None:
         unsubscribe = load_campaign(campaign, os.environ).unsubscribe
         if unsubscribe is not None and unsubscribe.key is not None:
-            keys.append(unsubscribe.key.reveal().encode("utf-8"))
+            keys.append(_strong(unsubscribe.key.reveal(), f"{campaign}: [unsubscribe] key"))
     for path in files:
         try:
             text = path.read_text("utf-8").strip("\r\n")
@@ -31,11 +46,11 @@ def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...])
             raise ConfigError(f"{path}: cannot read the key ({exc})") from None
         if not text:
             raise ConfigError(f"{path}: the key file is empty")
-        keys.append(text.encode("utf-8"))
+        keys.append(_strong(text, str(path)))
     for name in envs:
         if not os.environ.get(name):
             raise ConfigError(f"environment variable {name!r} is not set (--key-env)")
-        keys.append(os.environ[name].strip("\r\n").encode("utf-8"))
+        keys.append(_strong(os.environ[name].strip("\r\n"), f"environment variable {name!r}"))
     if not keys:
         raise click.UsageError("no key: give --key-file, --key-env or a --campaign with one")
     return keys

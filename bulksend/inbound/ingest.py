@@ -35,7 +35,7 @@ import mailbox
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
@@ -74,7 +74,7 @@ def messages(path: Path) -> Iterator[tuple[str, bytes]]:
     if path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir():
         maildir = mailbox.Maildir(path, factory=None, create=False)
         for key in sorted(maildir.iterkeys()):
-            yield key, maildir.get_bytes(key)
+            yield key, _read_at_most(maildir.get_file(key))
     elif path.is_dir():
         for file in sorted(path.glob("*.eml")):
             yield file.name, _read(file)
@@ -87,14 +87,27 @@ def messages(path: Path) -> Iterator[tuple[str, bytes]]:
         box = mailbox.mbox(path, factory=None, create=False)
         try:
             for n, key in enumerate(box.iterkeys(), 1):
-                yield f"{path.name}#{n}", box.get_bytes(key)
+                yield f"{path.name}#{n}", _read_at_most(box.get_file(key))
         finally:
             box.close()
 
 
 def _read(file: Path) -> bytes:
     with file.open("rb") as f:
-        return f.read(MAX_SIZE + 1)  # a larger one is refused by the parser, unread
+        return _read_at_most(f)
+
+
+class _Message(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def _read_at_most(f: _Message) -> bytes:
+    """No more of a message than the parser takes: a larger one is refused by it, unread."""
+    try:
+        return f.read(MAX_SIZE + 1)
+    finally:
+        f.close()
 
 
 class CampaignRecipients:

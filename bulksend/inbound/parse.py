@@ -66,8 +66,16 @@ _ENVELOPE_HEADERS: Final = (
 _COMPLAINTS: Final = frozenset({"abuse", "fraud", "virus", "other"})
 _REPLY: Final = re.compile(r"(?<![\d.])([245]\d\d)[ :-]+(?:#?([245]\.\d{1,3}\.\d{1,3})\b)?")
 _ENHANCED_ANYWHERE: Final = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
-_QMAIL_RECIPIENT: Final = re.compile(r"^<([^<>\s@]+@[^<>\s@]+)>:\s*$", re.MULTILINE)
-_ADDRESS: Final = re.compile(r"<?([^<>\s;@]+@[^<>\s;@]+)>?")
+# An address never holds a control character (an escape sequence for a terminal, a NUL that
+# PostgreSQL cannot store): text that does is not an address.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_QMAIL_RECIPIENT: Final = re.compile(
+    r"^<([^<>\s@\x00-\x1f\x7f]+@[^<>\s@\x00-\x1f\x7f]+)>:\s*$", re.MULTILINE
+)
+_ATOM: Final = r"[^<>\s;@\x00-\x1f\x7f]"
+# The look-behind starts a match only where a run of address characters starts: without
+# it, a run of 8 KiB with no "@" is scanned from each of its characters (quadratic).
+_ADDRESS: Final = re.compile(rf"<?((?<!{_ATOM}){_ATOM}+@{_ATOM}+)>?")
 _DAEMON: Final = re.compile(r"mailer-daemon|postmaster|mail delivery (sub)?system", re.I)
 _BOUNCE_SUBJECT: Final = re.compile(
     r"undeliver|delivery status notification|failure notice|returned mail|"
@@ -87,6 +95,12 @@ _AUTO_SUBJECT: Final = re.compile(
 )
 _TEXT_LIMIT: Final = 64 * 1024  # of a body scanned for a reply
 _DETAIL_LIMIT: Final = 500
+# Of a header read: the stdlib's RFC 2047 decoder takes time quadratic in the number of
+# encoded words (100k words in a Subject: minutes of CPU); no header we read needs more.
+_HEADER_LIMIT: Final = 8192
+# Recipient blocks read from one DSN: it reports on one envelope of ours (RFC 5321 §4.5.3.1.8:
+# servers take 100 recipients, and a transaction of ours has fewer); a forged one names more.
+_MAX_BLOCKS: Final = 1000
 
 
 class Kind(enum.StrEnum):
@@ -129,7 +143,10 @@ class Verp:
         token = address[len(self.before) : len(address) - len(self.after)]
         if not token or "@" in token:
             return None
-        return verp_decode(token)
+        decoded = verp_decode(token)
+        if _CONTROL.search(decoded):
+            raise ValueError(f"{token!r} decodes to control characters")
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +228,7 @@ def _parse(message: Message, verp: Verp | None, envelope_to: str, mailto: str) -
         return Parsed(Kind.AUTO_REPLY, detail=subject[:_DETAIL_LIMIT])
     if mailto and any(a.lower() == mailto for a in _addressed_to(message, envelope_to)):
         address = email.utils.parseaddr(sender)[1]
-        if "@" in address:
+        if "@" in address and not _CONTROL.search(address):
             notice = Notice(Kind.UNSUBSCRIBE, address, found_by="from")
             return Parsed(Kind.UNSUBSCRIBE, (notice,), detail=subject[:_DETAIL_LIMIT])
     return Parsed(Kind.NOT_FEEDBACK, detail=subject[:_DETAIL_LIMIT])
@@ -226,7 +243,7 @@ def _dsn(message: Message, status: Message, verp: Verp | None, envelope_to: str)
     verp_address, bad_token = _verp_recipient(message, original, verp, envelope_to)
     message_id, feedback_id = _original_ids(original)
     notices = []
-    for block in blocks[1:]:  # the first block holds the per-message fields
+    for block in blocks[1 : _MAX_BLOCKS + 1]:  # the first holds the per-message fields
         action = _header(block, "action").lower()
         kind = {
             "failed": Kind.BOUNCE,
@@ -489,7 +506,7 @@ def _header(message: Message | str, name: str) -> str:
         return ""
     if isinstance(value, email.header.Header):
         value = _raw_header(value)
-    text = str(value)
+    text = str(value)[:_HEADER_LIMIT]
     if "=?" in text:
         # An undecodable word is shown as written: it is still text.
         with contextlib.suppress(

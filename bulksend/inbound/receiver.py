@@ -1,10 +1,11 @@
 """``bulksend inbound --listen``: a small SMTP receiver for the return-path domain.
 
-How this works. One Trio task per connection, at most ``max_connections`` at a time (one
-more is told ``421`` and closed). It speaks just enough SMTP (RFC 5321) to take bounces and
-complaint reports: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, and STARTTLS (RFC 3207)
-when given a certificate; no relaying, no AUTH. Commands are read one line at a time,
-CRLF-terminated, at most 512 octets (§4.5.3.1.4). It is built for the open internet:
+How this works. One Trio task per connection, at most ``max_connections`` at a time and
+``max_per_peer`` from one IP address (one more is told ``421`` and closed). It speaks just
+enough SMTP (RFC 5321) to take bounces and complaint reports: EHLO/HELO, MAIL, RCPT, DATA,
+RSET, NOOP, QUIT, and STARTTLS (RFC 3207) when given a certificate; no relaying, no AUTH.
+Commands are read one line at a time, CRLF-terminated, at most 512 octets (§4.5.3.1.4). It
+is built for the open internet:
 
 - a recipient must be at one of the configured domains (``550 5.7.1`` otherwise: no relay);
 - a message over ``max_size`` is refused with ``552 5.3.4`` (announced by ``SIZE=`` in MAIL,
@@ -56,6 +57,7 @@ class ReceiverLimits:
 
     max_size: int = 10 * 1024 * 1024
     max_connections: int = 100
+    max_per_peer: int = 10
     max_recipients: int = 50
     max_errors: int = 10
     command_timeout: float = 60.0
@@ -85,7 +87,9 @@ class Receiver(Listener):
         self.limits = limits or ReceiverLimits()
         self._delivering = trio.CapacityLimiter(1)
         super().__init__(
-            self.limits.max_connections, b"421 4.3.2 Too many connections, try later\r\n"
+            self.limits.max_connections,
+            b"421 4.3.2 Too many connections, try later\r\n",
+            self.limits.max_per_peer,
         )
 
     async def session(self, stream: trio.abc.Stream) -> None:

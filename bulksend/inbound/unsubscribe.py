@@ -14,6 +14,7 @@ of both, :mod:`bulksend.campaign.unsubscribe`), so a request is checked with no 
   link scanners and previewers follow GETs (RFC 8058 §4).
 - a missing or malformed parameter is ``400``; a token that does not verify is ``403`` and a
   log line; any other method ``405``; a body over 1 KiB ``413``. Never a stack trace.
+- a client that sends ``Expect: 100-continue`` is told ``100`` before its body is read.
 
 Limits: ``max_connections`` at once (one more gets ``503``), ``timeout`` seconds for a whole
 request, 8 KiB of request head.
@@ -177,7 +178,10 @@ def _parse_request(request: h11.Request) -> _Request:
     if method not in ("GET", "POST"):
         raise _Refused(405, "Method not allowed.")
     target = request.target.decode("ascii", "replace")
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, max_num_fields=10)
+    try:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, max_num_fields=10)
+    except ValueError:  # more fields than that (or a malformed URL)
+        raise _Refused(400, "The link has too many parameters.") from None
     values = {}
     for name in ("c", "e", "t"):
         given = query.get(name, [])
@@ -203,6 +207,9 @@ async def _body(stream: trio.abc.Stream, conn: h11.Connection, request: h11.Requ
     for name, value in request.headers:
         if name == b"content-length" and int(value) > MAX_BODY:
             raise _Refused(413, "The request body is too large.")
+    if conn.they_are_waiting_for_100_continue:  # curl and others wait for it (RFC 9110 §10.1.1)
+        proceed = h11.InformationalResponse(status_code=100, headers=[])
+        await stream.send_all(conn.send(proceed) or b"")
     body = b""
     while True:
         event = await _next(stream, conn)

@@ -105,6 +105,11 @@ class Submission:
         acceptable = [
             a for a in addresses if is_acceptable_address(a, allow_private=self.allow_private)
         ]
+        if not acceptable:  # a TXT record from anyone must not make us POST inside our network
+            raise FetchError(
+                f"{host} has no public address ({', '.join(addresses)}): not sent "
+                "([routing] allow_private_addresses = true allows it)"
+            )
         settings = FetchSettings(ssl_context=self.ssl_context, deadline=self.deadline)
         status = await post_report(url, acceptable, report_gzip(report), settings)
         if not 200 <= status < 300:

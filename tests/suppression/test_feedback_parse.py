@@ -3,6 +3,7 @@ Exim, Microsoft 365, Gmail and Yahoo send; garbage never raises."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,69 @@ def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender() -> None:
         vacation, envelope_to="unsubscribe@sender.test", mailto="unsubscribe@sender.test"
     )
     assert parsed.kind is Kind.AUTO_REPLY
+
+
+def test_a_subject_of_200k_encoded_words_is_read_in_bounded_time() -> None:
+    # The stdlib's RFC 2047 decoder is quadratic in the number of words: unbounded, this
+    # 2.8 MB header took over a minute of the receiver's only worker thread.
+    subject = b" ".join(b"=?utf-8?q?a?=" for _ in range(200_000))
+    data = b"From: MAILER-DAEMON@mx.test\r\nSubject: " + subject + b"\r\n\r\n550 5.1.1 gone\r\n"
+    start = time.perf_counter()
+    parsed = parse_message(data, verp=VERP)
+    assert time.perf_counter() - start < 15  # unbounded: 80-100 s here
+    assert parsed.kind is Kind.BOUNCE
+    assert parsed.detail.startswith("aaaa")
+
+
+def test_a_dsn_reports_on_at_most_1000_recipients() -> None:
+    # A forged report of 5,000 recipient blocks suppresses no more than a real one could.
+    blocks = b"".join(
+        b"Final-Recipient: rfc822; u%d@victim.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" % n
+        for n in range(5000)
+    )
+    data = (
+        b"From: MAILER-DAEMON@mx.test\r\nTo: bounces@sender.test\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.test\r\n\r\n"
+        + blocks
+        + b"--B--\r\n"
+    )
+    parsed = parse_message(data, verp=VERP)
+    assert parsed.kind is Kind.BOUNCE
+    assert [n.address for n in parsed.notices] == [f"u{n}@victim.test" for n in range(1000)]
+
+
+@pytest.mark.parametrize(
+    ("to", "text"),
+    [
+        # A token that decodes to a NUL and an ESC: PostgreSQL cannot store the first.
+        (b"bounces+a+00+1B=victim.test@sender.test", b""),
+        # A qmail-style recipient line with a terminal escape sequence in it.
+        (b"bounces@sender.test", b"<a\x1b[2Jb@victim.test>:\r\n"),
+    ],
+)
+def test_an_address_with_control_characters_names_nobody(to: bytes, text: bytes) -> None:
+    data = (
+        b"From: MAILER-DAEMON@mx.test\r\nTo: " + to + b"\r\nSubject: failure notice\r\n\r\n"
+        + text + b"550 5.1.1 gone\r\n"
+    )  # fmt: skip
+    notice = only(parse_message(data, verp=VERP))
+    assert (notice.kind, notice.address) == (Kind.BOUNCE, None)
+
+
+def test_an_unsubscribe_from_an_address_with_control_characters_is_not_one() -> None:
+    data = b"From: a\x1b@victim.test\r\nTo: unsubscribe@sender.test\r\nSubject: x\r\n\r\nx\r\n"
+    parsed = parse_message(data, verp=VERP, mailto="unsubscribe@sender.test")
+    assert parsed.kind is Kind.NOT_FEEDBACK
+
+
+def test_address_headers_without_an_address_are_read_in_linear_time() -> None:
+    # 1,000 "To:" lines of 8,000 octets and no "@": the address pattern scanned each from
+    # every one of its characters (about 80 s).
+    headers = b"To: " + b"a" * 8000 + b"\r\n"
+    data = b"From: MAILER-DAEMON@mx.test\r\n" + headers * 1000 + b"Subject: x\r\n\r\n550 5.1.1\r\n"
+    start = time.perf_counter()
+    parsed = parse_message(data, verp=VERP)
+    assert time.perf_counter() - start < 15  # unbounded: 80-100 s here
+    assert (parsed.kind, only(parsed).address) == (Kind.BOUNCE, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mailbox
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 from bulksend.campaign import Campaign
 from bulksend.cli import main as cli
 from bulksend.config import SuppressionReason
+from bulksend.inbound.ingest import messages
+from bulksend.inbound.parse import MAX_SIZE, Kind, parse_message
 from bulksend.journal import Journal, NewRecipient
 from bulksend.suppression.store import Source, SuppressionStore
 from bulksend.testing.scenario import campaign_toml, write_campaign
@@ -149,3 +152,26 @@ def test_a_sender_without_token_is_refused(runner: CliRunner, tmp_path: Path) ->
     result = runner.invoke(cli, [*args, "--sender", "bounces@sender.test"])
     assert result.exit_code == 1
     assert "has no {token}" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox"])
+def test_a_huge_message_in_a_mailbox_is_not_read_whole(tmp_path: Path, kind: str) -> None:
+    # 60 MB: the parser refuses anything over 10 MB, so no more than that is read.
+    huge = b"From: MAILER-DAEMON@mx.test\nSubject: failure notice\n\n" + b"x" * 75 + b"\n"
+    huge += huge[-76:] * ((60 << 20) // 76)
+    if kind == "maildir":
+        box: mailbox.Mailbox[mailbox.Message] = mailbox.Maildir(tmp_path / "box")
+    else:
+        box = mailbox.mbox(tmp_path / "box")
+    box.add(huge)
+    box.close()
+    del huge
+    tracemalloc.start()
+    try:
+        ((_name, data),) = list(messages(tmp_path / "box"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) == MAX_SIZE + 1
+    assert peak < 2 * MAX_SIZE
+    assert parse_message(data).kind is Kind.UNPARSEABLE

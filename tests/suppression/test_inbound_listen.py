@@ -264,6 +264,7 @@ async def test_the_command_line_listener(tmp_path: Path) -> None:
     store = tmp_path / "s.sqlite3"
     args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(store), "--metrics-port", "0"]
     args += ["--sender", "bounces+{token}@sender.test", "--hostname", "bounces.sender.test"]
+    args += ["--any-recipient"]
     with trio.fail_after(30):
         async with bulksend(tmp_path, *args, name="listen") as proc:
             await proc.wait_for(lambda: "listening on" in proc.stderr(), 20, "the listener")
@@ -337,7 +338,7 @@ def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
     cert = tmp_path / "cert.pem"
     ca.issue_cert("bounces.sender.test").cert_chain_pems[0].write_to_path(str(cert))
     args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s.sqlite3")]
-    args += ["--sender", "bounces+{token}@sender.test", "--tls-cert", str(cert)]
+    args += ["--sender", "bounces+{token}@sender.test", "--tls-cert", str(cert), "--any-recipient"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "STARTTLS needs both --tls-cert and --tls-key" in result.stderr
@@ -345,6 +346,17 @@ def test_starttls_options_are_checked(tmp_path: Path, ca: trustme.CA) -> None:
     assert result.exit_code == 1
     assert "cannot load the certificate and its key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_listener_needs_the_journal_or_any_recipient(tmp_path: Path) -> None:
+    # A forged DSN to bounces+victim=example.com@ would suppress any address at all.
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s.sqlite3")]
+    args += ["--sender", "bounces+{token}@sender.test"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "give the campaign's --journal" in result.stderr
+    assert "--any-recipient" in result.stderr
+    assert not (tmp_path / "s.sqlite3").exists()
 
 
 async def test_mail_to_the_unsubscribe_address_unsubscribes_its_sender(tmp_path: Path) -> None:
@@ -395,3 +407,50 @@ def test_garbage_mime_over_smtp_is_answered_and_applied_without_a_crash(
 
     with tempfile.TemporaryDirectory() as directory:
         trio.run(main, Path(directory))
+
+
+async def test_one_host_cannot_take_every_connection() -> None:
+    # Slow sessions from one address hold its share of the slots, not all of them.
+    limits = ReceiverLimits(max_connections=10, max_per_peer=2)
+    with trio.fail_after(20):
+        async with (
+            listening(lambda _d, _r: None, limits) as port,
+            contextlib.AsyncExitStack() as held,
+        ):
+            for _ in range(2):
+                await held.enter_async_context(client(port))
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                assert (await Client(stream).reply()).startswith("421 4.3.2")
+            other = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+            async with other:
+                c = Client(other)
+                assert (await c.reply()).startswith("220 bounces.sender.test")
+                assert (await c.say(b"NOOP")).startswith("250")
+
+
+async def test_a_slow_session_ends_at_the_session_time_limit() -> None:
+    # Slowloris: a byte within every command time limit, for ever.
+    limits = ReceiverLimits(command_timeout=0.5, session_timeout=1.5)
+    replies: list[str] = []
+
+    async def trickle(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            for byte in b"NOOP\r\n" * 100:
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(0.1)
+
+    with trio.fail_after(20):
+        async with listening(lambda _d, _r: None, limits) as port, client(port) as c:
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trickle, c.stream)
+                while not replies or replies[-1]:
+                    try:
+                        replies.append(await c.reply())
+                    except trio.BrokenResourceError:
+                        replies.append("")
+                nursery.cancel_scope.cancel()
+            assert 1.4 < trio.current_time() - start < 5
+    assert replies[-2:] == ["421 4.4.2 Session too long, closing\r\n", ""]
+    assert set(replies[:-2]) == {"250 2.0.0 OK\r\n"}

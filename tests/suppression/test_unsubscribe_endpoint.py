@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import http.client
 import re
@@ -10,10 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
+from click.testing import CliRunner
 
 from bulksend.campaign import Campaign
 from bulksend.campaign.unsubscribe import unsubscribe_token, verify_token
+from bulksend.cli import main
 from bulksend.config import SuppressionReason
 from bulksend.delivery.run import run_campaign
 from bulksend.inbound.unsubscribe import EndpointLimits, UnsubscribeEndpoint
@@ -136,6 +140,76 @@ async def test_what_the_endpoint_refuses(tmp_path: Path) -> None:
         assert list(store.entries()) == []
 
 
+async def test_a_post_that_expects_100_continue_gets_it(tmp_path: Path) -> None:
+    head = f"POST {link('a@x.test')} HTTP/1.1\r\nHost: x.test\r\nExpect: 100-continue\r\n"
+    head += f"Content-Length: {len(ONE_CLICK)}\r\n\r\n"
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with endpoint(store, EndpointLimits(timeout=5)) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(head.encode())
+                assert await stream.receive_some(100) == b"HTTP/1.1 100 \r\n\r\n"
+                await stream.send_all(ONE_CLICK)
+                assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 200 ")
+        assert store.check("a@x.test") is not None
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes; what comes back until the endpoint closes (or resets) the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    answer = b""
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(data)
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return answer
+
+
+async def test_smuggling_shapes_get_one_answer_and_no_hidden_request(tmp_path: Path) -> None:
+    target = link("a@x.test").encode()
+    post = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n" + ONE_CLICK
+    get = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n"
+    shapes = {
+        b"HTTP/1.1 400 ": [
+            post.replace(b"Content-Length: 26", b"Content-Length: 26\r\nContent-Length: 5"),
+            post.replace(b"Content-Length: 26", b"Content-Length: +26"),
+            post.replace(b"Content-Length: 26", b"Content-Length : 26"),
+            post.replace(b"Content-Length: 26", b"Transfer-Encoding: xchunked"),
+        ],
+        # A POST hidden behind a first request is never read: one request per connection.
+        b"HTTP/1.1 200 ": [
+            get + b"\r\n" + post,
+            get + b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + post,
+        ],
+    }
+    huge = get + b"".join(b"X-%d: y\r\n" % n for n in range(100_000)) + b"\r\n"
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(30):
+        async with endpoint(store, EndpointLimits(timeout=5)) as port:
+            for status, requests in shapes.items():
+                for data in requests:
+                    answer = await exchange(port, data)
+                    assert answer.startswith(status), (data[:120], answer[:60])
+                    assert answer.count(b"HTTP/1.1 ") == 1
+            # 100,000 header lines: over the 8 KiB head, a 400 (or a reset, the rest unread).
+            answer = await exchange(port, huge)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:60]
+            assert (await request(port, "GET", link("a@x.test")))[0] == 200  # it goes on
+        assert list(store.entries()) == []
+
+
+async def test_a_link_with_too_many_parameters_is_a_400_not_a_stack_trace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crowded = link("a@x.test") + "&x=1" * 10
+    with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
+        async with endpoint(store) as port:
+            status, _, text = await request(port, "POST", crowded, ONE_CLICK)
+        assert list(store.entries()) == []
+    assert (status, text) == (400, "The link has too many parameters.\n")
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
 async def test_connections_are_bounded(tmp_path: Path) -> None:
     with SuppressionStore.open(tmp_path / "s.sqlite3") as store, trio.fail_after(20):
         async with endpoint(store, EndpointLimits(max_connections=1, timeout=5)) as port:
@@ -197,6 +271,18 @@ async def test_the_command_line_server(tmp_path: Path) -> None:
             assert (await request(port, "POST", link("b@x.test", key=OLD_KEY), ONE_CLICK))[0] == 403
     with SuppressionStore.open(store) as opened:
         assert [e.key for e in opened.entries()] == ["a@x.test"]
+
+
+def test_a_short_key_is_refused(tmp_path: Path) -> None:
+    # One link of one's own, and "secret" is found offline: then any address's link is forged.
+    (tmp_path / "key").write_text("secret\n")
+    args = ["unsubscribe-server", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, [*args, "--key-file", str(tmp_path / "key")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'key'}: the key is 6 bytes, under 16" in result.stderr
+    assert "openssl rand -base64 32" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
 
 
 async def test_a_running_campaign_skips_a_reader_who_unsubscribes_meanwhile(

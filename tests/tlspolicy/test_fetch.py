@@ -3,6 +3,9 @@ cap, certificate validation for the policy host's name, text/plain only."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import pytest
 import trio
 import trustme
@@ -82,3 +85,32 @@ async def test_the_deadline_holds_against_a_silent_server(ca: trustme.CA) -> Non
     with trio.fail_after(5), pytest.raises(FetchError, match=r"no answer within 0\.25s"):
         await fetch_policy_text(HOST, ["127.0.0.1"], settings)
     listener.close()
+
+
+async def test_the_deadline_holds_against_a_server_that_trickles_its_policy(
+    ca: trustme.CA,
+) -> None:
+    # Each byte comes well within httpx's per-read timeout; only the whole deadline ends it.
+    async def trickle(stream: trio.SocketStream) -> None:
+        secure = trio.SSLStream(stream, server_context(ca, HOST), server_side=True)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await secure.receive_some(65536)  # the request
+            await secure.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for _ in range(200):
+                await secure.send_all(b"1\r\nx\r\n")
+                await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, trickle, 0, host="127.0.0.1")
+        )
+        settings = FetchSettings(
+            ssl_context=client_context(ca), port=listener.socket.getsockname()[1], deadline=1
+        )
+        start = trio.current_time()
+        with trio.fail_after(5), pytest.raises(FetchError, match=r"no policy within 1s"):
+            await fetch_policy_text(HOST, ["127.0.0.1"], settings)
+        assert trio.current_time() - start < 3
+        nursery.cancel_scope.cancel()

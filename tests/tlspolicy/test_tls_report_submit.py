@@ -221,3 +221,35 @@ async def test_a_mailto_with_a_line_break_is_refused_before_any_connection(
     assert "report not sent to mailto:tls-reports@strict.test%0D%0ABcc" in result.stderr
     assert "Traceback" not in result.output
     assert r.relay.stats.connections_opened == 0
+
+
+async def test_an_https_destination_at_a_private_address_is_refused(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    # SSRF: a domain's TXT record points the POST at our own network (here, loopback).
+    async with receivers(ca) as r:
+        publish(r, f"https://{REPORTS_HOST}:{r.https.port}/admin")
+        toml = campaign(tmp_path, ca, r, relay=False)
+        text = toml.read_text()
+        assert "allow_private_addresses = true" in text
+        toml.write_text(text.replace("allow_private_addresses = true", ""))
+        result = await submit(tmp_path, r, toml)
+    assert result.exit_code == 4, result.output
+    assert r.https.posts == []
+    assert (
+        f"{REPORTS_HOST} has no public address (127.0.0.1): not sent "
+        "([routing] allow_private_addresses = true allows it)"
+    ) in result.stderr
+
+
+async def test_a_destination_with_a_terminal_escape_is_shown_escaped(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    async with receivers(ca) as r:
+        publish(r, "mailto:a\\027[2Jb@strict.test")  # an ESC byte in the TXT record
+        result = await submit(tmp_path, r, campaign(tmp_path, ca, r, relay=False))
+    assert result.exit_code == 4, result.output
+    assert "\x1b" not in result.stderr
+    assert "report not sent to mailto:a\\x1b[2Jb@strict.test: a mailto: destination" in (
+        result.stderr
+    )
