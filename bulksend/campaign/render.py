@@ -42,7 +42,8 @@ same one; RFC 8058 one-click unsubscribe headers (``List-Unsubscribe: <https://.
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``) when configured; and DKIM signatures
 (see :mod:`bulksend.campaign.dkim`) over exactly these bytes. Lines end in CRLF; the data is
 not dot-stuffed (the SMTP layer does that). The envelope sender may be per recipient (VERP):
-``bounces+{token}@example.org`` with a token from :func:`verp_token`.
+``bounces+{token}@example.org`` with a token from :func:`verp_token`, signed with ``[bounces]``'s
+key when it has one (:mod:`bulksend.campaign.verp`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from bulksend.campaign.recipients import (
     load_suppression,
 )
 from bulksend.campaign.unsubscribe import signing_key, unsubscribe_token
+from bulksend.campaign.verp import signed_return_path
 from bulksend.config import CampaignConfig, load_campaign
 from bulksend.errors import BulksendError, ConfigError
 from bulksend.text import CONTROL
@@ -842,6 +844,10 @@ class Campaign:
         """The MAIL FROM address for a recipient (VERP applied when configured)."""
         if self._verp is None:
             return self.config.envelope_sender
+        if (key := self.config.verp_key) is not None:  # signed (bulksend.campaign.verp)
+            return signed_return_path(
+                key.reveal().encode(), *self._verp, address, verp_token(address)
+            )
         return self._verp[0] + verp_token(address) + self._verp[1]
 
     def render(self, recipient: Recipient, *, now: float | None = None) -> RenderedMessage:

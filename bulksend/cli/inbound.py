@@ -9,7 +9,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +19,8 @@ from bulksend.campaign.render import Campaign
 from bulksend.cli.options import JournalParam, debug_option, metrics_options
 from bulksend.cli.serving import listen_address, serve_until_stopped
 from bulksend.cli.suppress import open_store, store_options
-from bulksend.config import SuppressionConfig
+from bulksend.cli.unsubscribe import file_keys, strong_key
+from bulksend.config import SuppressionConfig, load_campaign
 from bulksend.errors import ConfigError
 from bulksend.inbound.ingest import OUTCOMES, CampaignRecipients, Ingest, messages
 from bulksend.inbound.parse import Verp
@@ -47,6 +48,15 @@ def _feedback_options(f: _F) -> _F:
         "in it for `bulksend report`.",
     )(f)
     f = click.option(
+        "--verp-key-file",
+        "verp_key_files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A VERP signing key (repeatable: keep the old key during a rotation; the "
+        "--campaign's [bounces] key is used too): only reports whose return-path tag "
+        "verifies are acted on.",
+    )(f)
+    f = click.option(
         "--mailto",
         help="Mail to this address unsubscribes its sender (default: the campaign's "
         "[unsubscribe] mailto).",
@@ -58,6 +68,16 @@ def _feedback_options(f: _F) -> _F:
     )(f)
 
 
+def _verp_keys(campaign: Path | None, files: tuple[Path, ...]) -> list[bytes]:
+    """The VERP signing keys: the campaign's ``[bounces]`` key, then ``--verp-key-file``'s."""
+    keys = []
+    if campaign is not None:
+        key = load_campaign(campaign, os.environ).verp_key
+        if key is not None:
+            keys.append(strong_key(key.reveal(), f"{campaign}: [bounces] key"))
+    return keys + file_keys(files)
+
+
 def _applying(
     store: AnyStore,
     campaign: Path | None,
@@ -65,6 +85,7 @@ def _applying(
     mailto: str | None,
     journals: tuple[Path | str, ...],
     *,
+    verp_keys: Sequence[bytes],
     closing: contextlib.ExitStack,
     metrics: FeedbackMetrics | None = None,
 ) -> Ingest:
@@ -75,7 +96,9 @@ def _applying(
     template = sender or (None if loaded is None else loaded.config.envelope_sender)
     unsubscribe = None if loaded is None else loaded.config.unsubscribe
     mailto = mailto or (None if unsubscribe is None else unsubscribe.mailto) or ""
-    verp = None if template is None else Verp.from_template(template)
+    if verp_keys and template is None:
+        raise click.UsageError("a VERP key needs the return path: give --sender or --campaign")
+    verp = None if template is None else Verp.from_template(template, verp_keys)
     if template is not None and verp is None:
         raise ConfigError(f"{template!r} has no {{token}}: no recipient can be found by VERP")
     rules = Rules(SuppressionConfig() if loaded is None else loaded.config.suppression)
@@ -182,6 +205,7 @@ def inbound(
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
+    verp_key_files: tuple[Path, ...],
     store: Path | str | None,
     campaign: Path | None,
 ) -> None:
@@ -195,15 +219,25 @@ def inbound(
         raise click.UsageError("give --listen HOST:PORT, or a subcommand (ingest)")
     host, port = listen_address(listen, 25)
     tls = _server_tls(tls_cert, tls_key)
-    if not journals and not any_recipient:
+    keys = _verp_keys(campaign, verp_key_files)
+    if not journals and not any_recipient and not keys:
         raise click.UsageError(
             "anyone can send the listener a forged report: give the campaign's --journal (only "
-            "its recipients are suppressed), or --any-recipient to suppress any address"
+            "its recipients are suppressed), a VERP key (--verp-key-file or the campaign's "
+            "[bounces] key: only signed reports count), or --any-recipient to suppress any "
+            "address"
         )
     with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
         applying = _applying(
-            opened, campaign, sender, mailto, journals, closing=closing, metrics=metrics
+            opened,
+            campaign,
+            sender,
+            mailto,
+            journals,
+            verp_keys=keys,
+            closing=closing,
+            metrics=metrics,
         )
         accepted = list(domains)
         if not accepted and applying.verp is not None:
@@ -243,6 +277,7 @@ def ingest(
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
+    verp_key_files: tuple[Path, ...],
     verbose: bool,
     store: Path | str | None,
     campaign: Path | None,
@@ -252,8 +287,17 @@ def ingest(
     Hard bounces and complaints suppress their address; soft bounces count towards the
     campaign's limit; delays, auto-replies and anything unreadable change nothing.
     """
+    keys = _verp_keys(campaign, verp_key_files)
     with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
-        applying = _applying(opened, campaign, sender, mailto, journals, closing=closing)
+        applying = _applying(
+            opened,
+            campaign,
+            sender,
+            mailto,
+            journals,
+            verp_keys=keys,
+            closing=closing,
+        )
         for name, data in messages(path):
             outcomes = applying.message(data, now=time.time())
             if verbose:

@@ -21,7 +21,7 @@ from bulksend.metrics import FeedbackMetrics
 _MIN_KEY: Final = 16
 
 
-def _strong(key: str, origin: str) -> bytes:
+def strong_key(key: str, origin: str) -> bytes:
     """``key`` as bytes, if long enough: anyone with one link can test guesses of a short key
     offline, then sign a link for any address."""
     data = key.encode("utf-8")
@@ -33,12 +33,9 @@ def _strong(key: str, origin: str) -> bytes:
     return data
 
 
-def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...]) -> list[bytes]:
+def file_keys(files: tuple[Path, ...]) -> list[bytes]:
+    """The keys in ``files`` (one a file), each checked to be long enough."""
     keys: list[bytes] = []
-    if campaign is not None:
-        unsubscribe = load_campaign(campaign, os.environ).unsubscribe
-        if unsubscribe is not None and unsubscribe.key is not None:
-            keys.append(_strong(unsubscribe.key.reveal(), f"{campaign}: [unsubscribe] key"))
     for path in files:
         try:
             text = path.read_text("utf-8").strip("\r\n")
@@ -46,11 +43,21 @@ def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...])
             raise ConfigError(f"{path}: cannot read the key ({exc})") from None
         if not text:
             raise ConfigError(f"{path}: the key file is empty")
-        keys.append(_strong(text, str(path)))
+        keys.append(strong_key(text, str(path)))
+    return keys
+
+
+def _keys(campaign: Path | None, files: tuple[Path, ...], envs: tuple[str, ...]) -> list[bytes]:
+    keys: list[bytes] = []
+    if campaign is not None:
+        unsubscribe = load_campaign(campaign, os.environ).unsubscribe
+        if unsubscribe is not None and unsubscribe.key is not None:
+            keys.append(strong_key(unsubscribe.key.reveal(), f"{campaign}: [unsubscribe] key"))
+    keys += file_keys(files)
     for name in envs:
         if not os.environ.get(name):
             raise ConfigError(f"environment variable {name!r} is not set (--key-env)")
-        keys.append(_strong(os.environ[name].strip("\r\n"), f"environment variable {name!r}"))
+        keys.append(strong_key(os.environ[name].strip("\r\n"), f"environment variable {name!r}"))
     if not keys:
         raise click.UsageError("no key: give --key-file, --key-env or a --campaign with one")
     return keys

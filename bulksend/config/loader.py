@@ -179,6 +179,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
     envelope.finish()
     recipients = _load_recipients(root, campaign_id)
     unsubscribe = _load_unsubscribe(root, environ)
+    verp_key = _load_bounces(root, environ, sender)
     dkim = _load_dkim(root, environ)
     policy = load_policy(root)
     egress = load_egress(root, policy)
@@ -212,6 +213,7 @@ def load_campaign(path: str | Path, environ: Mapping[str, str]) -> CampaignConfi
         egress=egress,
         schedule=schedule,
         events=events,
+        verp_key=verp_key,
         warnings=tuple(root.warnings),
     )
 
@@ -476,6 +478,21 @@ def _load_unsubscribe(root: Table, environ: Mapping[str, str]) -> UnsubscribeCon
     key, _ = _load_secret(t, "key_file", "key_env", environ, strip=True, required=False)
     t.finish()
     return UnsubscribeConfig(url=url, mailto=mailto, key=key)
+
+
+def _load_bounces(root: Table, environ: Mapping[str, str], sender: str) -> Secret | None:
+    t = root.sub("bounces")
+    if t is None:
+        return None
+    key, _ = _load_secret(t, "key_file", "key_env", environ, strip=True, required=False)
+    if key is not None and "{token}" not in sender:
+        raise t.error(
+            "key_file" if t.raw("key_file") is not None else "key_env",
+            "a VERP key signs the return path's {token}, and [envelope] sender has none",
+            "Write the sender like 'bounces+{token}@example.org'.",
+        )
+    t.finish()
+    return key
 
 
 def _load_dkim(root: Table, environ: Mapping[str, str]) -> tuple[DkimConfig, ...]:

@@ -423,6 +423,9 @@ class CampaignConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     #: ``[events]``: the event stream's webhook (bulksend.config.events).
     events: EventsConfig = field(default_factory=EventsConfig)
+    #: ``[bounces] key_file``/``key_env``: the HMAC key of signed VERP return paths
+    #: (bulksend.campaign.verp); None: unsigned.
+    verp_key: Secret | None = None
     #: Problems worth telling the user that do not stop the campaign (e.g. a key file
     #: readable by others).
     warnings: tuple[str, ...] = ()

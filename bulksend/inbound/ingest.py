@@ -56,6 +56,8 @@ OUTCOMES: Final = (
     "counted",
     "not_suppressed",
     "unknown_recipient",
+    "unsigned",
+    "forged",
     "delay",
     "delivered",
     "ignored",
@@ -95,6 +97,10 @@ def messages(path: Path) -> Iterator[tuple[str, bytes]]:
 def _read(file: Path) -> bytes:
     with file.open("rb") as f:
         return _read_at_most(f)
+
+
+#: The notices that can suppress an address.
+_ACTIONABLE: Final = frozenset({Kind.BOUNCE, Kind.COMPLAINT, Kind.UNSUBSCRIBE})
 
 
 class _Message(Protocol):
@@ -166,7 +172,7 @@ class Ingest:
             return [parsed.kind.value]
         outcomes = []
         for notice in parsed.notices:
-            outcome = self._notice(self._resolved(notice), now)
+            outcome = self._unverified(notice) or self._notice(self._resolved(notice), now)
             self._count(notice.kind, outcome)
             outcomes.append(outcome)
         return outcomes
@@ -174,6 +180,20 @@ class Ingest:
     def _count(self, kind: Kind, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.feedback.labels(kind.value, outcome).inc()
+
+    def _unverified(self, notice: Notice) -> str | None:
+        """With VERP keys: "forged" or "unsigned" for a notice that could suppress and names
+        its recipient by no verified tag (a mailto unsubscribe may, checked against the
+        journal's recipients); else None."""
+        if self.verp is None or not self.verp.keys or notice.kind not in _ACTIONABLE:
+            return None
+        if notice.bad_token:
+            return "forged"
+        if notice.found_by == "verp":
+            return None
+        if notice.kind is Kind.UNSUBSCRIBE and self.recipients is not None:
+            return None
+        return "unsigned"
 
     def _resolved(self, notice: Notice) -> Notice:
         """The notice with its recipient checked against (or found in) the campaign's."""

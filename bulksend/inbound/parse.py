@@ -42,12 +42,13 @@ import email.policy
 import email.utils
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Final
 
 from bulksend.campaign.render import verp_decode
+from bulksend.campaign.verp import split_tag, tag_verifies
 from bulksend.delivery.outcome import categorize, parse_enhanced_code
 from bulksend.journal import Category
 
@@ -123,18 +124,22 @@ class Verp:
 
     before: str
     after: str
+    #: Signing keys (bulksend.campaign.verp): with any, only a token with a tag is one.
+    keys: tuple[bytes, ...] = ()
 
     @classmethod
-    def from_template(cls, template: str) -> Verp | None:
+    def from_template(cls, template: str, keys: Sequence[bytes] = ()) -> Verp | None:
         """``"bounces+{token}@example.org"`` -> ``Verp``; None without ``{token}``."""
         before, token, after = template.partition("{token}")
-        return cls(before.lower(), after.lower()) if token else None
+        return cls(before.lower(), after.lower(), tuple(keys)) if token else None
 
     def recipient(self, address: str) -> str | None:
-        """The campaign recipient a return-path address stands for, or None.
+        """The campaign recipient a return-path address stands for, or None (with keys: also
+        when its token carries no tag).
 
         Raises:
-            ValueError: the address has the VERP shape, but its token does not decode.
+            ValueError: the address has the VERP shape, but its token does not decode, or
+                (with keys) its tag does not verify.
         """
         address = address.strip().strip("<>").strip()
         lowered = address.lower()
@@ -143,9 +148,14 @@ class Verp:
         token = address[len(self.before) : len(address) - len(self.after)]
         if not token or "@" in token:
             return None
-        decoded = verp_decode(token)
+        tagged = split_tag(token) if self.keys else None
+        if self.keys and tagged is None:
+            return None
+        decoded = verp_decode(token if tagged is None else tagged[1])
         if _CONTROL.search(decoded):
             raise ValueError(f"{token!r} decodes to control characters")
+        if tagged is not None and not tag_verifies(self.keys, tagged[0], decoded):
+            raise ValueError(f"{token!r}: its tag does not verify")
         return decoded
 
 
