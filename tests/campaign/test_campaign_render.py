@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import hashlib
+import hmac
 import re
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, cast
@@ -19,6 +22,7 @@ from bulksend.campaign.render import (
     verp_decode,
     verp_token,
 )
+from bulksend.errors import ConfigError
 
 if TYPE_CHECKING:
     from conftest import CampaignDir
@@ -380,3 +384,43 @@ def test_campaign_from_config_matches_load(campaign_dir: CampaignDir) -> None:
     loaded = campaign_dir.campaign()
     again = Campaign.from_config(loaded.config)
     assert again.render(recipient(), now=NOW) == loaded.render(recipient(), now=NOW)
+
+
+_VERP_KEY = "0123456789abcdef-verp-signing-key"
+
+
+def _expected_tag(address: str) -> str:
+    """The tag as docs/campaign.md specifies it, computed here without bulksend's code."""
+    digest = hmac.new(_VERP_KEY.encode(), address.lower().encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:5]).decode().lower()
+
+
+def test_a_verp_key_signs_the_return_path(campaign_dir: CampaignDir) -> None:
+    campaign = campaign_dir.campaign(
+        extra='[bounces]\nkey_env = "VERP_KEY"\n', environ={"VERP_KEY": _VERP_KEY}
+    )
+    sender = campaign.render(recipient("Alice@Example.com"), now=NOW).envelope_sender
+    tag = _expected_tag("alice@example.com")
+    assert sender == f"bounces+{tag}.Alice=example.com@example.org"
+    assert re.fullmatch(r"[a-z2-7]{8}", tag)
+    assert len(sender.rpartition("@")[0]) <= 64
+
+
+def test_a_signed_return_path_stays_within_64_octets(campaign_dir: CampaignDir) -> None:
+    campaign = campaign_dir.campaign(
+        extra='[bounces]\nkey_env = "VERP_KEY"\n', environ={"VERP_KEY": _VERP_KEY}
+    )
+    # "bounces+" + 8 + "." + local + "=example.com": 64 octets exactly, then one over.
+    fits = "a" * (64 - len("bounces+12345678.=example.com")) + "@example.com"
+    over = "b" + fits
+    signed = campaign.render(recipient(fits), now=NOW).envelope_sender
+    assert len(signed.rpartition("@")[0]) == 64
+    assert signed.startswith(f"bounces+{_expected_tag(fits)}.a")
+    # One octet more: no token at all (its bounces are not linked, never mislinked).
+    assert campaign.render(recipient(over), now=NOW).envelope_sender == "bounces+@example.org"
+
+
+def test_a_verp_key_needs_a_token_in_the_sender(campaign_dir: CampaignDir) -> None:
+    text = campaign_dir.base.replace("bounces+{token}@example.org", "bounces@example.org")
+    with pytest.raises(ConfigError, match=r"bounces\.key_env.*has none.*\{token\}"):
+        campaign_dir.campaign(text, '[bounces]\nkey_env = "K"\n', environ={"K": _VERP_KEY})
