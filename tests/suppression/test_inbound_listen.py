@@ -3,7 +3,10 @@ receiver refuses (relaying, size, slow or noisy peers, too many connections)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import re
 import ssl
 import tempfile
@@ -284,6 +287,70 @@ async def test_the_command_line_listener(tmp_path: Path) -> None:
     assert ("bulksend_queue_depth", ()) not in samples  # a listener exports no run metrics
     with SuppressionStore.open(store) as opened:
         assert opened.check("missing@gmail.com") is not None
+
+
+def _signed(key: bytes, address: str) -> str:
+    """The signed return path of ``address`` (docs/campaign.md), computed here independently."""
+    digest = hmac.new(key, address.lower().encode(), hashlib.sha256).digest()
+    local, _, domain = address.partition("@")
+    return f"bounces+{base64.b32encode(digest[:5]).decode().lower()}.{local}={domain}@sender.test"
+
+
+async def test_with_verp_keys_only_signed_reports_suppress(tmp_path: Path) -> None:
+    # No --journal, no --any-recipient: the key is what stops a forged DSN.
+    old, new = b"old-verp-key-0123456789", b"new-verp-key-0123456789"
+    (tmp_path / "new.key").write_bytes(new + b"\n")
+    (tmp_path / "old.key").write_bytes(old)
+    store = tmp_path / "s.sqlite3"
+    args = ["inbound", "--listen", "127.0.0.1:0", "--store", str(store), "--metrics-port", "0"]
+    args += ["--sender", "bounces+{token}@sender.test", "--hostname", "bounces.sender.test"]
+    args += ["--verp-key-file", str(tmp_path / "new.key")]
+    args += ["--verp-key-file", str(tmp_path / "old.key")]
+    dsn = (FIXTURES / "gmail_5_1_1.eml").read_bytes()
+    arf = (FIXTURES / "yahoo_arf.eml").read_bytes()
+    signed_arf = arf.replace(
+        b"Return-Path: <bounces+reader=yahoo.com@sender.test>",
+        f"Return-Path: <{_signed(new, 'reader@yahoo.com')}>".encode(),
+    )
+    sent = [
+        (_signed(new, "missing@gmail.com"), dsn),  # signed: suppresses
+        (_signed(old, "rotated@gmail.com"), dsn.replace(b"missing", b"rotated")),  # old key
+        ("fbl@sender.test", signed_arf),  # a complaint whose returned message is signed
+        # A forged tag, a tag under a key we do not hold, no tag at all: nothing.
+        ("bounces+aaaaaaaa.victim=gmail.com@sender.test", dsn.replace(b"missing", b"victim")),
+        (_signed(b"someone-elses-key-0123", "victim2@gmail.com"), dsn),
+        ("bounces+victim3=gmail.com@sender.test", dsn.replace(b"missing", b"victim3")),
+        ("fbl@sender.test", arf),  # a complaint naming an unsigned return path
+    ]
+    with trio.fail_after(30):
+        async with bulksend(tmp_path, *args, name="listen") as proc:
+            await proc.wait_for(lambda: "listening on" in proc.stderr(), 20, "the listener")
+            port = int(proc.stderr().split("listening on 127.0.0.1:")[1].split()[0])
+            async with client(port) as c:
+                for rcpt, data in sent:
+                    assert (await c.send_message(rcpt, data)).startswith("250 2.0.0"), rcpt
+                assert (await c.say(b"QUIT")).startswith("221")
+            await proc.wait_for(lambda: proc.stdout().count("\n") == len(sent), 10, "outcomes")
+            samples = await scrape(proc.stderr().split("metrics at ")[1].split()[0])
+    outcomes = [line.rpartition(": ")[2] for line in proc.stdout().splitlines()]
+    assert outcomes == ["suppressed"] * 3 + ["forged", "forged", "unsigned", "unsigned"]
+
+    def feedback(kind: str, outcome: str) -> float:
+        labels = (("kind", kind), ("outcome", outcome))
+        return samples.get(("bulksend_feedback_total", labels), 0.0)
+
+    assert feedback("bounce", "suppressed") == 2
+    assert feedback("complaint", "suppressed") == 1
+    assert feedback("bounce", "forged") == 2
+    assert feedback("bounce", "unsigned") == 1
+    assert feedback("complaint", "unsigned") == 1
+    with SuppressionStore.open(store) as opened:
+        keys = {e.key: e.reason for e in opened.entries()}
+    assert keys == {
+        "missing@gmail.com": SuppressionReason.HARD_BOUNCE,
+        "rotated@gmail.com": SuppressionReason.HARD_BOUNCE,
+        "reader@yahoo.com": SuppressionReason.COMPLAINT,
+    }
 
 
 async def test_starttls_upgrades_the_session_and_drops_what_came_before(
