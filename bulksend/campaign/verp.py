@@ -23,7 +23,14 @@ from typing import Final
 
 from bulksend.campaign.recipients import normalise_address
 
-__all__ = ["MAX_LOCAL_PART", "TAG_LENGTH", "signed_return_path", "split_tag", "tag_verifies"]
+__all__ = [
+    "MAX_LOCAL_PART",
+    "TAG_LENGTH",
+    "signed_return_path",
+    "split_tag",
+    "tag_verifies",
+    "verp_tag",
+]
 
 TAG_LENGTH: Final = 8
 MAX_LOCAL_PART: Final = 64

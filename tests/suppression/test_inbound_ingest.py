@@ -137,6 +137,59 @@ def test_ingest_with_the_campaign_and_its_journal(runner: CliRunner, tmp_path: P
     }
 
 
+def test_the_campaigns_verp_key_signs_and_verifies(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "verp.key").write_text("a-verp-key-of-32-bytes-or-so-xyz\n")
+    (tmp_path / "verp.key").chmod(0o600)
+    extra = '[suppression]\nstore = "s.sqlite3"\n\n[bounces]\nkey_file = "verp.key"\n'
+    toml = campaign_toml(extra=extra).replace(
+        "[unsubscribe]\n", '[unsubscribe]\nmailto = "unsubscribe@sender.test"\n'
+    )
+    recipients = ["gone@example.com", "missing@gmail.com", "reader10@example.com"]
+    campaign_path = write_campaign(tmp_path, recipients, toml=toml)
+    signed = Campaign.load(campaign_path, {}).envelope_sender("gone@example.com")
+    assert signed != "bounces+gone=example.com@sender.test"
+    journal = tmp_path / "journal.sqlite3"
+    with Journal.open(journal, "test") as opened:
+        opened.import_recipients([NewRecipient(a, {}) for a in recipients])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    bounce = (FIXTURES / "postfix_5_1_1.eml").read_bytes()
+    (inbox / "signed.eml").write_bytes(
+        bounce.replace(b"bounces+gone=example.com@sender.test", signed.encode())
+    )
+    forged = "bounces+" + "a" * 8 + signed[len("bounces+") + 8 :]
+    (inbox / "forged.eml").write_bytes(
+        bounce.replace(b"bounces+gone=example.com@sender.test", forged.encode())
+    )
+    shutil.copy(FIXTURES / "gmail_5_1_1.eml", inbox / "unsigned.eml")  # a recipient, no tag
+    shutil.copy(FIXTURES / "mailto_unsubscribe.eml", inbox / "mailto.eml")
+    args = ["inbound", "ingest", str(inbox), "--campaign", str(campaign_path), "-v"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    lines = sorted(result.stdout.splitlines()[:4])
+    # Without --journal a mailto unsubscribe names its recipient by no tag either.
+    assert lines == [
+        "forged.eml: forged",
+        "mailto.eml: unsigned",
+        "signed.eml: suppressed",
+        "unsigned.eml: unsigned",
+    ]
+    assert set(stored(tmp_path / "s.sqlite3")) == {"gone@example.com"}
+    # With the journal, a mailto unsubscribe of one of its recipients counts.
+    result = runner.invoke(cli, [*args, "--journal", str(journal)])
+    assert "mailto.eml: suppressed" in result.stdout
+    assert "unsigned.eml: unsigned" in result.stdout
+
+
+def test_a_short_verp_key_is_refused(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "short.key").write_text("tiny")
+    args = ["inbound", "ingest", str(FIXTURES), "--store", str(tmp_path / "s.sqlite3")]
+    args += ["--sender", SENDER, "--verp-key-file", str(tmp_path / "short.key")]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert "short.key: the key is 4 bytes, under 16" in result.stderr
+
+
 def test_journal_without_campaign_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
     journal = tmp_path / "journal.sqlite3"
     with Journal.open(journal, "test") as opened:
