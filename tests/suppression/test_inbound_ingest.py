@@ -228,3 +228,13 @@ def test_a_huge_message_in_a_mailbox_is_not_read_whole(tmp_path: Path, kind: str
     assert len(data) == MAX_SIZE + 1
     assert peak < 2 * MAX_SIZE
     assert parse_message(data).kind is Kind.UNPARSEABLE
+
+
+def test_a_verp_key_without_a_return_path_is_a_usage_error(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    (tmp_path / "verp.key").write_text("a-verp-key-of-32-bytes-or-so-xyz")
+    args = ["inbound", "ingest", str(FIXTURES), "--store", str(tmp_path / "s.sqlite3")]
+    result = runner.invoke(cli, [*args, "--verp-key-file", str(tmp_path / "verp.key")])
+    assert result.exit_code == 2
+    assert "a VERP key needs the return path: give --sender or --campaign" in result.stderr
