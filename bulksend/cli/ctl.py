@@ -82,7 +82,7 @@ _for = click.option("--for", "duration", metavar="DURATION", help="For a while (
 @click.argument("journal", type=JournalParam())
 @click.pass_context
 def ctl(ctx: click.Context, journal: Path | str) -> None:
-    """Control a running campaign: pause, resume, cancel, change a site's limits.
+    """Control a running campaign: pause, resume, cancel, bounce, change a site's limits.
 
     JOURNAL is the run's SQLite journal (the run listens on JOURNAL.ctl, mode 0600), or a
     PostgreSQL journal's URL (every worker reads the commands from the journal).
@@ -120,6 +120,15 @@ def resume(journal: Path | str, site: str | None, domain: str | None) -> None:
 def cancel(journal: Path | str, domain: str) -> None:
     """End every waiting recipient of a domain `cancelled`: never sent."""
     _done(journal, Command("cancel", "domain", domain))
+
+
+@ctl.command(name="bounce-now")
+@click.pass_obj
+@click.option("--domain", required=True, help="The recipient domain to bounce.")
+@debug_option
+def bounce_now(journal: Path | str, domain: str) -> None:
+    """End every waiting recipient of a domain `bounced` at once: never sent, no attempt."""
+    _done(journal, Command("bounce", "domain", domain))
 
 
 @ctl.command()

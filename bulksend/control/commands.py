@@ -4,13 +4,14 @@ leave, with no I/O.
 How this works: a :class:`Command` (parsed from one JSON object, the control socket's
 request) changes a :class:`ControlState`: pauses of the whole campaign, of a site or of a
 domain, each until a wall-clock time or until resumed; a site's rate or connection cap for a
-while or until the run ends; domains cancelled. :meth:`ControlState.apply` answers with what
-changed, in words. The running process (:mod:`bulksend.control.server`) then makes every
-destination follow the state, and :meth:`ControlState.expire` drops what has run out.
+while or until the run ends; domains cancelled or bounced (``ctl bounce-now``).
+:meth:`ControlState.apply` answers with what changed, in words. The running process
+(:mod:`bulksend.control.server`) then makes every destination follow the state, and
+:meth:`ControlState.expire` drops what has run out.
 
-Pauses and cancellations outlive the process (:meth:`ControlState.persistent`): a site paused
-stays paused after ``resume`` until it is resumed. Rate and connection changes are for this
-run only, as their name says ("until the end of the run or for a duration").
+Pauses, cancellations and bounces outlive the process (:meth:`ControlState.persistent`): a
+site paused stays paused after ``resume`` until it is resumed. Rate and connection changes
+are for this run only, as their name says ("until the end of the run or for a duration").
 
 A *site selector* names a site as ``status`` shows it (its MX host names), by one of its MX
 host names, or by a suffix of them (``google.com`` matches ``aspmx.l.google.com``).
@@ -28,7 +29,9 @@ from bulksend.config.values import parse_domain
 #: The version of the persistent state's JSON (``<journal>.control.json``).
 STATE_VERSION: Final = 1
 
-ACTIONS: Final = ("pause", "resume", "cancel", "rate", "connections", "status")
+ACTIONS: Final = ("pause", "resume", "cancel", "bounce", "rate", "connections", "status")
+#: The commands that end a domain's waiting recipients.
+ENDINGS: Final = ("cancel", "bounce")
 SCOPES: Final = ("campaign", "site", "domain")
 
 
@@ -95,9 +98,9 @@ class Command:
                 raise CommandError(f"{self.action} needs a positive number, not {self.value!r}")
             if self.action == "connections" and self.value != int(self.value):
                 raise CommandError(f"connections must be a whole number, not {self.value!r}")
-        if self.action == "cancel" and self.scope != "domain":
-            raise CommandError("cancel applies to a domain (--domain)")
-        if self.action in ("resume", "cancel", "status") and self.duration is not None:
+        if self.action in ENDINGS and self.scope != "domain":
+            raise CommandError(f"{self.action} applies to a domain (--domain)")
+        if self.action in ("resume", *ENDINGS, "status") and self.duration is not None:
             raise CommandError(f"{self.action} takes no --for")
 
     @property
@@ -138,6 +141,7 @@ class ControlState:
     rates: dict[str, Override] = field(default_factory=dict)
     connections: dict[str, Override] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)
+    bounced: set[str] = field(default_factory=set)
 
     def apply(self, command: Command, now: float) -> str:
         """Change the state as ``command`` says; returns what changed, in words.
@@ -159,6 +163,10 @@ class ControlState:
             self.cancelled.add(command.target)
             self.pauses.pop(key, None)
             return f"{command.subject} cancelled: its waiting recipients end cancelled"
+        if command.action == "bounce":
+            self.bounced.add(command.target)
+            self.pauses.pop(key, None)
+            return f"{command.subject} bounced: its waiting recipients end bounced"
         if command.action in ("rate", "connections"):
             assert command.value is not None
             table = self.rates if command.action == "rate" else self.connections
@@ -210,13 +218,15 @@ class ControlState:
         return found
 
     def held(self, domain: str, now: float) -> bool:
-        """Whether ``domain`` must not be sent to now (paused or cancelled)."""
-        return domain in self.cancelled or self.pauses.get(("domain", domain), -math.inf) > now
+        """Whether ``domain`` must not be sent to now (paused, cancelled or bounced)."""
+        if domain in self.cancelled or domain in self.bounced:
+            return True
+        return self.pauses.get(("domain", domain), -math.inf) > now
 
     # --- persistence ------------------------------------------------------------------------
 
     def persistent(self) -> dict[str, Any]:
-        """What outlives the process (pauses, cancellations), as JSON."""
+        """What outlives the process (pauses, cancellations, bounces), as JSON."""
         return {
             "version": STATE_VERSION,
             "pauses": [
@@ -224,6 +234,7 @@ class ControlState:
                 for (s, t), u in sorted(self.pauses.items())
             ],
             "cancelled": sorted(self.cancelled),
+            "bounced": sorted(self.bounced),
         }
 
     def shared(self) -> dict[str, Any]:
@@ -253,6 +264,7 @@ class ControlState:
                 if until > now:
                     state.pauses[str(pause["scope"]), str(pause["target"])] = until
             state.cancelled = {str(d) for d in data["cancelled"]}
+            state.bounced = {str(d) for d in data.get("bounced", ())}  # none before bounce
             for what, table in (("rates", state.rates), ("connections", state.connections)):
                 for site, override in data.get(what, {}).items():
                     until = math.inf if override["until"] is None else float(override["until"])

@@ -27,7 +27,7 @@ from typing import Any, Final
 import trio
 
 from bulksend.control.client import exchange
-from bulksend.control.commands import Command, CommandError, ControlState
+from bulksend.control.commands import ENDINGS, Command, CommandError, ControlState
 from bulksend.control.server import serve_socket, socket_path, with_ended
 from bulksend.errors import BulksendError
 
@@ -94,7 +94,7 @@ class Fanout:
             merged = merge_status([a["status"] for a in accepted], one_journal=False)
             return {"ok": True, "status": merged | {"unreached": refused}}
         changed = accepted[0]["changed"]
-        if command.action == "cancel":
+        if command.action in ENDINGS:
             changed = with_ended(
                 ControlState().apply(command, 0.0), sum(int(a["ended"]) for a in accepted)
             )

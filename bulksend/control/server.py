@@ -16,7 +16,7 @@ runs that serve no metrics.
 The :class:`Operator` keeps the :class:`~bulksend.control.commands.ControlState`, makes
 every destination follow it (an operator's pause, rate and connection cap live on the
 site's :class:`~bulksend.delivery.backoff.Backoff`, beside any adaptive backoff), holds
-paused and cancelled domains back from the scheduler, and persists pauses and cancellations
+paused, cancelled and bounced domains back from the scheduler, and persists them
 in ``<journal>.control.json`` (0600) so that they outlive the process.
 """
 
@@ -35,7 +35,7 @@ from typing import Any, Final
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
-from bulksend.control.commands import Command, CommandError, ControlState
+from bulksend.control.commands import ENDINGS, Command, CommandError, ControlState
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.ending import end_waiting, hold_domain
 from bulksend.delivery.scheduler import Scheduler
@@ -48,6 +48,13 @@ MAX_REQUEST: Final = 65_536
 #: Seconds a client has to send its request.
 _REQUEST_DEADLINE: Final = 10.0
 _PAUSED: Final = "paused by bulksend ctl"
+CANCELLED: Final = "cancelled by bulksend ctl"
+BOUNCED: Final = "bounced by bulksend ctl"
+
+
+def ending(action: str) -> Outcome:
+    """The outcome a domain's waiting recipients get from ``action`` (one of ``ENDINGS``)."""
+    return Outcome.cancelled(CANCELLED) if action == "cancel" else Outcome.operator_bounced(BOUNCED)
 
 
 def socket_path(journal: Path) -> Path:
@@ -78,7 +85,7 @@ def load_state(journal: Path, now: float) -> ControlState:
 
 
 def with_ended(changed: str, ended: int) -> str:
-    """A cancellation's answer: what changed and how many recipients it ended."""
+    """A cancellation's (a bounce's) answer: what changed and how many recipients it ended."""
     return f"{changed} ({ended} recipients)"
 
 
@@ -151,8 +158,8 @@ class Operator:
         changed = self.state.apply(command, scheduler.context.now())
         self._save()
         answer: dict[str, Any] = {"ok": True}
-        if command.action == "cancel":
-            outcome = Outcome.cancelled("cancelled by bulksend ctl")
+        if command.action in ENDINGS:
+            outcome = ending(command.action)
             answer["ended"] = await end_waiting(scheduler, command.target, outcome)
             changed = with_ended(changed, answer["ended"])
         elif command.scope == "domain" and command.action == "pause":

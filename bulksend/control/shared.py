@@ -3,7 +3,7 @@
 How this works: ``bulksend ctl URL ...`` changes the control state kept in the journal's
 ``meta`` table (key ``control``: the JSON of
 :meth:`~bulksend.control.commands.ControlState.persistent`), in one transaction that locks
-that row, so that two commands at once both land. ``cancel`` also ends the domain's
+that row, so that two commands at once both land. ``cancel`` (``bounce``) also ends the domain's
 unclaimed waiting recipients there and then. Every worker (``bulksend worker``, and
 ``send``/``resume`` on a PostgreSQL journal) reads the state every :data:`POLL` seconds
 (:class:`SharedOperator`) and follows it as a single run follows its socket's commands: a
@@ -39,12 +39,11 @@ import trio
 from psycopg import sql
 
 from bulksend.control.client import NotRunning
-from bulksend.control.commands import Command, CommandError, ControlState
+from bulksend.control.commands import ENDINGS, Command, CommandError, ControlState
 from bulksend.control.fanout import merge_status
-from bulksend.control.server import Operator
+from bulksend.control.server import BOUNCED, CANCELLED, Operator, ending
 from bulksend.delivery.ending import hold_domain
 from bulksend.errors import JournalError
-from bulksend.journal import Outcome
 from bulksend.journal.postgres_schema import WAITING_IN, Location, parse_url, read_password
 
 STATE_KEY: Final = "control"
@@ -57,7 +56,6 @@ POLL: Final = 1.0
 WATCHED: Final = 10.0
 #: Seconds a worker's published status counts (older: a worker gone).
 FRESH: Final = 3 * POLL
-CANCELLED: Final = "cancelled by bulksend ctl"
 _DB_NOW: Final = "extract(epoch from clock_timestamp())"
 
 
@@ -101,18 +99,27 @@ def read_state(url: str) -> ControlState:
     return _state(found, time.time())
 
 
-_CANCEL_SQL: Final = f"""
-UPDATE recipients SET status = 'cancelled', next_attempt_at = NULL, updated_at = %s,
+_END_SQL: Final = f"""
+UPDATE recipients SET status = %s, next_attempt_at = NULL, updated_at = %s,
     code = NULL, enhanced_code = NULL, text = %s, category = NULL
 WHERE domain = ANY(%s) AND {WAITING_IN} AND claimed_at IS NULL
 """  # noqa: S608
+#: What ``cancel`` and ``bounce`` leave on a recipient: its status and text (no attempt).
+_ENDED: Final = {"cancel": ("cancelled", CANCELLED), "bounce": ("bounced", BOUNCED)}
 
 
-def cancel_unclaimed(
-    db: psycopg.Connection[tuple[Any, ...]], domains: list[str], now: float
+def end_unclaimed(
+    db: psycopg.Connection[tuple[Any, ...]], action: str, domains: list[str], now: float
 ) -> int:
-    """End the unclaimed waiting recipients of ``domains`` cancelled; returns how many."""
-    return db.execute(_CANCEL_SQL, (now, CANCELLED, domains)).rowcount
+    """End the unclaimed waiting recipients of ``domains`` as ``action`` (``cancel`` or
+    ``bounce``) says; returns how many."""
+    status, text = _ENDED[action]
+    return db.execute(_END_SQL, (status, now, text, domains)).rowcount
+
+
+def _ended_domains(state: ControlState) -> dict[str, set[str]]:
+    """The domains each ending command ended, by command."""
+    return {"cancel": state.cancelled, "bounce": state.bounced}
 
 
 def change(url: str, command: Command) -> str:
@@ -138,8 +145,8 @@ def change(url: str, command: Command) -> str:
             ).fetchone()
             state = _state(found, now)
             changed = state.apply(command, now)
-            if command.action == "cancel":
-                ended = cancel_unclaimed(db, [command.target], now)
+            if command.action in ENDINGS:
+                ended = end_unclaimed(db, command.action, [command.target], now)
                 changed += f" ({ended} waiting recipients now; the workers end those they hold)"
             db.execute(
                 "UPDATE meta SET value = %s WHERE key = %s",
@@ -232,8 +239,9 @@ class SharedOperator(Operator):
             db[:] = [_connect(location)]
         try:
             state = _state(_read(db[0]), now)
-            if state.cancelled:
-                cancel_unclaimed(db[0], sorted(state.cancelled), now)
+            for action, domains in _ended_domains(state).items():
+                if domains:
+                    end_unclaimed(db[0], action, sorted(domains), now)
             watched = (
                 db[0]
                 .execute(
@@ -267,10 +275,12 @@ class SharedOperator(Operator):
     def _adopt(self, state: ControlState) -> None:
         scheduler = self._scheduler
         assert scheduler is not None
-        fresh = state.cancelled - self.state.cancelled
+        before = _ended_domains(self.state)
+        fresh = {a: d - before[a] for a, d in _ended_domains(state).items()}
         self.state = state
-        for domain in sorted(fresh):
-            hold_domain(scheduler, domain, Outcome.cancelled(CANCELLED))
+        for action, domains in fresh.items():
+            for domain in sorted(domains):
+                hold_domain(scheduler, domain, ending(action))
         self._enforce()
         self._commands.labels("shared", "ok").inc()
         self._say(f"ctl: following the journal's control state: {json.dumps(state.shared())}")

@@ -46,6 +46,7 @@ EVENTS: Final = {
     Kind.IN_DOUBT: "in_doubt",
     Kind.SUPPRESSED: "suppressed",
     Kind.CANCELLED: "cancelled",
+    Kind.OPERATOR_BOUNCED: "bounced",
     Kind.NOT_RENDERED: "not_rendered",
     Kind.STOPPED: "expired",
 }

@@ -50,6 +50,8 @@ class Kind(enum.StrEnum):
     NOT_RENDERED = "not_rendered"  # the message could not be made: not an attempt
     CANCELLED = "cancelled"  # an operator cancelled it before it was sent: not an attempt
     STOPPED = "stopped"  # not sent by the campaign's ``[schedule] stop_at``: not an attempt
+    #: an operator bounced it before it was sent (``bulksend ctl bounce-now``): not an attempt
+    OPERATOR_BOUNCED = "operator_bounced"
 
 
 class Category(enum.StrEnum):
@@ -95,8 +97,8 @@ class Outcome:
 
     @property
     def is_attempt(self) -> bool:
-        """False for throttles, suppressions, messages not rendered and cancellations:
-        nothing was sent."""
+        """False for throttles, suppressions, messages not rendered, cancellations and
+        operator bounces: nothing was sent."""
         return self.kind not in _NOT_ATTEMPTS
 
     @classmethod
@@ -154,6 +156,12 @@ class Outcome:
         return cls(Kind.CANCELLED, None, None, text)
 
     @classmethod
+    def operator_bounced(cls, text: str) -> Outcome:
+        """An operator bounced the recipient before it was sent (``text`` says how): it ends
+        ``bounced``, with no attempt and no receiver's reply (so no suppression either)."""
+        return cls(Kind.OPERATOR_BOUNCED, None, None, text)
+
+    @classmethod
     def stopped(cls, text: str) -> Outcome:
         """The campaign's ``stop_at`` passed before the recipient was sent: it expires."""
         return cls(Kind.STOPPED, None, None, text, Category.SCHEDULE)
@@ -171,7 +179,14 @@ class Outcome:
 
 
 _NOT_ATTEMPTS: Final = frozenset(
-    (Kind.THROTTLED, Kind.SUPPRESSED, Kind.NOT_RENDERED, Kind.CANCELLED, Kind.STOPPED)
+    (
+        Kind.THROTTLED,
+        Kind.SUPPRESSED,
+        Kind.NOT_RENDERED,
+        Kind.CANCELLED,
+        Kind.OPERATOR_BOUNCED,
+        Kind.STOPPED,
+    )
 )
 
 
@@ -234,6 +249,8 @@ def plan_step(
         return Step(Status.NOT_RENDERED, attempts, first_attempt_at, None, 0, False)
     if outcome.kind is Kind.CANCELLED:
         return Step(Status.CANCELLED, attempts, first_attempt_at, None, 0, False)
+    if outcome.kind is Kind.OPERATOR_BOUNCED:
+        return Step(Status.BOUNCED, attempts, first_attempt_at, None, 0, False)
     if outcome.kind is Kind.STOPPED:
         return Step(Status.EXPIRED, attempts, first_attempt_at, None, 0, False)
     if not outcome.is_attempt:

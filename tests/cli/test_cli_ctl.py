@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from bulksend.journal import Journal, Status
+from bulksend.suppression.backend import open_suppression_store
 from bulksend.testing.scenario import SiteSpec, World, running
 from bulksend.testing.smtp import SMTPServer
 from tests.cli.cli_helpers import Proc, bulksend, paced_campaign, run_bulksend, world_args
@@ -22,9 +23,12 @@ SITES = [
 
 
 @asynccontextmanager
-async def sending(tmp_path: Path, count: int, rate: int) -> AsyncIterator[tuple[World, Proc, Path]]:
-    """A `send` of ``count`` recipients over a1/b1/c1.test at ``rate``/s per site, under way."""
-    path, _ = paced_campaign(tmp_path, ["a1.test", "b1.test", "c1.test"], count, rate)
+async def sending(
+    tmp_path: Path, count: int, rate: int, policy: str = ""
+) -> AsyncIterator[tuple[World, Proc, Path]]:
+    """A `send` of ``count`` recipients over a1/b1/c1.test at ``rate``/s per site, under way
+    (``policy`` added to the campaign)."""
+    path, _ = paced_campaign(tmp_path, ["a1.test", "b1.test", "c1.test"], count, rate, policy)
     journal = tmp_path / "j.sqlite3"
     async with (
         running(SITES) as world,
@@ -129,6 +133,36 @@ async def test_cancel_a_domain_ends_its_waiting_recipients_cancelled_never_sent(
     assert {a for a in received if a.endswith("@c1.test")} == delivered
     report = await run_bulksend(tmp_path, "report", str(journal), name="report")
     assert f"cancelled {len(cancelled_ones)}" in " ".join(report.stdout().split()), report
+
+
+async def test_bounce_now_ends_a_domains_waiting_recipients_bounced_with_no_attempt(
+    tmp_path: Path,
+) -> None:
+    # A store that suppresses at the first soft bounce: an operator bounce must not count.
+    store = '\n[suppression]\nstore = "s.sqlite3"\nsoft_bounce_limit = 1\n'
+    with trio.fail_after(120):
+        async with sending(tmp_path, 300, rate=20, policy=store) as (world, proc, journal):
+            bounced = await ctl(tmp_path, journal, "bounce-now", "--domain", "c1.test")
+            assert bounced.process.returncode == 0, bounced
+            assert "domain c1.test bounced: its waiting recipients end bounced" in bounced.stdout()
+            assert await proc.wait(90) == 4  # complete, with recipients bounced
+        received = {a for a in world.received() if a.endswith("@c1.test")}
+    with Journal.open_readonly(journal) as j:
+        states = [s for s in j.iter_states() if s.address.endswith("@c1.test")]
+    ended = [s for s in states if s.status is Status.BOUNCED]
+    delivered = {s.address for s in states if s.status is Status.DELIVERED}
+    assert len(ended) >= 50  # most of c1's 100 were still waiting
+    assert len(ended) + len(delivered) == 100  # each one or the other
+    # Bounced by the operator: never sent, no attempt counted, no receiver's reply.
+    assert {(s.attempts, s.code, s.text, s.category) for s in ended} == {
+        (0, None, "bounced by bulksend ctl", None)
+    }
+    assert received == delivered  # nothing of c1 went out but what was delivered
+    assert not {s.address for s in ended} & received
+    report = await run_bulksend(tmp_path, "report", str(journal), name="report")
+    assert f"bounced {len(ended)}" in " ".join(report.stdout().split()), report
+    with open_suppression_store(tmp_path / "c" / "s.sqlite3") as suppressions:
+        assert list(suppressions.entries()) == []  # not a hard (nor a soft) bounce
 
 
 async def test_ctl_with_no_run_says_so_in_one_line(tmp_path: Path) -> None:

@@ -89,6 +89,43 @@ async def test_every_worker_obeys_pause_resume_and_cancel(
     assert {a for a in received if a.endswith("@c1.test")} == delivered
 
 
+async def test_bounce_now_through_the_journal_ends_the_domain_bounced_on_every_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url, campaign = await imported(tmp_path, postgres_url, 300)
+    codes: list[int] = []
+    with trio.fail_after(150):
+        async with running(SITES) as world, trio.open_nursery() as nursery:
+            beta = world.servers["beta"]
+
+            async def worker(index: int) -> None:
+                args = ["worker", "--campaign", str(campaign), "--journal", url, "--grace", "2"]
+                async with bulksend(
+                    tmp_path, *args, *world_args(world), name=f"worker{index}"
+                ) as proc:
+                    codes.append(await proc.wait(140))
+
+            for index in range(2):
+                nursery.start_soon(worker, index)
+            await wait_until(lambda: beta.stats.messages >= 10, 60, "beta sending")
+            bounced = await run_bulksend(
+                tmp_path, "ctl", url, "bounce-now", "--domain", "c1.test", name="ctl"
+            )
+            assert "domain c1.test bounced" in bounced.stdout(), bounced
+    assert sorted(codes) == [4, 4], codes  # both end, the campaign complete with bounces
+    received = {a for a in world.received() if a.endswith("@c1.test")}
+    with open_journal(url, None) as journal:
+        states = [s for s in journal.iter_states() if s.address.endswith("@c1.test")]
+    ended = [s for s in states if s.status is Status.BOUNCED]
+    delivered = {s.address for s in states if s.status is Status.DELIVERED}
+    assert len(ended) >= 50
+    assert len(ended) + len(delivered) == 100
+    assert {(s.attempts, s.code, s.text, s.category) for s in ended} == {
+        (0, None, "bounced by bulksend ctl", None)
+    }
+    assert received == delivered
+
+
 async def test_a_single_send_creates_its_postgresql_journal_with_live_control(
     tmp_path: Path, postgres_url: str
 ) -> None:

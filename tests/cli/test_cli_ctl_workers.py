@@ -93,6 +93,10 @@ async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
                 tmp_path, "ctl", str(journal), "cancel", "--domain", "big2.test", name="cancel"
             )
             assert cancelled.process.returncode == 0, cancelled
+            bounced = await run_bulksend(
+                tmp_path, "ctl", str(journal), "bounce-now", "--domain", "big3.test", name="b"
+            )
+            assert bounced.process.returncode == 0, bounced
             proc.signal()
             await proc.wait(30)
         assert not Path(f"{journal}.ctl").exists()  # gone with the run
@@ -103,4 +107,16 @@ async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
     assert ended > 0
     assert cancelled.stdout() == (
         f"domain big2.test cancelled: its waiting recipients end cancelled ({ended} recipients)\n"
+    )
+    operator_bounced = []
+    for i in range(2):
+        with Journal.open_readonly(Shard(i, 2).journal(journal)) as j:
+            operator_bounced += [s for s in j.iter_states() if s.text == "bounced by bulksend ctl"]
+    assert operator_bounced
+    assert {(s.domain, s.status, s.attempts) for s in operator_bounced} == {
+        ("big3.test", Status.BOUNCED, 0)
+    }
+    assert bounced.stdout() == (
+        "domain big3.test bounced: its waiting recipients end bounced "
+        f"({len(operator_bounced)} recipients)\n"
     )

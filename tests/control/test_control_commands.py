@@ -19,6 +19,8 @@ T0 = 1_704_067_200.0
         ({"action": "pause", "scope": "site", "target": ""}, "needs the site's name"),
         ({"action": "pause", "scope": "campaign", "target": "x"}, "names no site or domain"),
         ({"action": "cancel", "scope": "site", "target": "x"}, "cancel applies to a domain"),
+        ({"action": "bounce", "scope": "site", "target": "x"}, "bounce applies to a domain"),
+        ({"action": "bounce", "scope": "domain", "target": "x.test", "for": 5}, "takes no --for"),
         ({"action": "rate", "scope": "site", "target": "x", "value": 0}, "positive number"),
         ({"action": "rate", "scope": "domain", "target": "x.test", "value": 5}, "to a site"),
         (
@@ -79,8 +81,13 @@ def test_held_domains() -> None:
     state = ControlState()
     state.apply(Command("pause", "domain", "p.test", duration=5.0), T0)
     state.apply(Command("cancel", "domain", "c.test"), T0)
+    state.apply(Command("pause", "domain", "b.test"), T0)
+    assert state.apply(Command("bounce", "domain", "b.test"), T0) == (
+        "domain b.test bounced: its waiting recipients end bounced"
+    )
     assert state.held("p.test", T0 + 4) and not state.held("p.test", T0 + 5)
     assert state.held("c.test", T0 + 10**6)
+    assert state.held("b.test", T0 + 10**6) and ("domain", "b.test") not in state.pauses
     assert not state.held("other.test", T0)
 
 
@@ -89,11 +96,16 @@ def test_pauses_and_cancellations_persist_rates_do_not() -> None:
     state.apply(Command("pause", "site", "a.test"), T0)
     state.apply(Command("pause", "domain", "d.test", duration=60.0), T0)
     state.apply(Command("cancel", "domain", "c.test"), T0)
+    state.apply(Command("bounce", "domain", "b.test"), T0)
     state.apply(Command("rate", "site", "a.test", 5.0), T0)
     saved = state.persistent()
     again = ControlState.restore(saved, T0 + 30)
     assert again.pauses == state.pauses
     assert again.cancelled == {"c.test"}
+    assert again.bounced == {"b.test"}
+    # A state saved before bounce-now existed has no "bounced": none bounced.
+    before = {k: v for k, v in saved.items() if k != "bounced"}
+    assert ControlState.restore(before, T0).bounced == set()
     assert again.rates == {}
     later = ControlState.restore(saved, T0 + 61)  # the domain's pause ran out meanwhile
     assert later.pauses == {("site", "a.test"): math.inf}

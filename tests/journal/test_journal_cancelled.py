@@ -45,6 +45,35 @@ def test_cancelled_is_final_and_no_attempt(policy: RetryPolicy) -> None:
     assert not Outcome.cancelled(WHY).is_attempt
 
 
+def test_an_operator_bounce_is_bounced_with_no_attempt(
+    journal: Journal, policy: RetryPolicy
+) -> None:
+    bounce = Outcome.operator_bounced("bounced by bulksend ctl")
+    step = plan_step(
+        bounce,
+        status=Status.PENDING,
+        attempts=1,
+        first_attempt_at=T0,
+        now=T0 + 60,
+        policy=policy,
+        rng=random.Random(1),
+    )
+    assert (step.status, step.attempts, step.next_attempt_at) == (Status.BOUNCED, 1, None)
+    assert not bounce.is_attempt
+    tried, untried = journal.fetch_due("a.example", 2, now=T0)
+    journal.record(tried.id, Outcome.deferred(451, None, "try later"), now=T0 + 1)
+    assert journal.record(untried.id, bounce, now=T0 + 2)
+    again = journal.fetch_due("a.example", 99, now=T0 + 10**5)
+    assert tried.id in {due.id for due in again}
+    assert journal.record(tried.id, bounce, now=T0 + 10**5)
+    rows = {s.address: s for s in journal.iter_states([Status.BOUNCED])}
+    ended = [rows[tried.address], rows[untried.address]]
+    assert [(s.attempts, s.code, s.text, s.category) for s in ended] == [
+        (1, None, "bounced by bulksend ctl", None),  # the earlier attempt, and no more
+        (0, None, "bounced by bulksend ctl", None),
+    ]
+
+
 def test_the_journal_records_counts_and_exports_cancelled(journal: Journal) -> None:
     due = journal.fetch_due("a.example", 5, now=T0)
     for d in due:
