@@ -14,6 +14,9 @@ place that displays or exports remote text passes it through :func:`printable` f
 :func:`storable` is remote text as a database keeps it.
 
 :func:`write_table` lays rows out as aligned columns for the CLI's reports.
+
+:func:`first_line` is an exception's message as a one-line error keeps it (a database
+driver's messages run over several lines).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import TextIO
 
-__all__ = ["CONTROL", "printable", "storable", "write_table"]
+__all__ = ["CONTROL", "first_line", "printable", "storable", "write_table"]
 
 #: The one control-character rule: C0, DEL, C1, the Unicode line and paragraph separators,
 #: and lone surrogates (text that cannot be encoded). None may appear in a one-line value: a
@@ -75,3 +78,8 @@ def write_table(rows: Sequence[Sequence[str]], out: TextIO, *, indent: str = "  
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         out.write(indent + "  ".join(cells).rstrip() + "\n")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its type's name when it has none)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

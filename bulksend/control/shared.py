@@ -44,7 +44,8 @@ from bulksend.control.fanout import merge_status
 from bulksend.control.server import BOUNCED, CANCELLED, Operator, ending
 from bulksend.delivery.ending import hold_domain
 from bulksend.errors import JournalError
-from bulksend.journal.postgres_schema import WAITING_IN, Location, parse_url, read_password
+from bulksend.journal.postgres import connect
+from bulksend.journal.postgres_schema import WAITING_IN, Location, parse_url
 
 STATE_KEY: Final = "control"
 WANTED_KEY: Final = "status-wanted"
@@ -60,13 +61,7 @@ _DB_NOW: Final = "extract(epoch from clock_timestamp())"
 
 
 def _connect(location: Location) -> psycopg.Connection[tuple[Any, ...]]:
-    db = psycopg.connect(
-        location.conninfo,
-        autocommit=True,
-        password=read_password(location),
-        connect_timeout=10,
-        application_name="bulksend ctl",
-    )
+    db = connect(location, application_name="bulksend ctl")
     db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(location.schema)))
     return db
 

@@ -106,6 +106,7 @@ from bulksend.journal.records import (
     _decode_data,
 )
 from bulksend.journal.store import _STATUS, StoreBase, _distinct_runs, plan_updates
+from bulksend.text import first_line
 
 __all__ = ["DEFAULT_LEASE", "PostgresJournal", "PostgresPeek"]
 
@@ -118,18 +119,17 @@ _BACKOFF_FIRST: Final = 0.2
 _BACKOFF_LAST: Final = 5.0
 
 
-def _connect(location: Location) -> psycopg.Connection[tuple[Any, ...]]:
+def connect(
+    location: Location, *, application_name: str = "bulksend"
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection (autocommit) to the database of a journal's ``location``."""
     return psycopg.connect(
         location.conninfo,
         autocommit=True,
         password=read_password(location),
         connect_timeout=10,
-        application_name="bulksend",
+        application_name=application_name,
     )
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 class PostgresJournal(PostgresReports, StoreBase):
@@ -196,10 +196,10 @@ class PostgresJournal(PostgresReports, StoreBase):
         """
         location = parse_url(url)
         try:
-            db = _connect(location)
+            db = connect(location)
         except psycopg.Error as e:
             raise JournalError(
-                f"cannot connect to the PostgreSQL journal {location}: {_one_line(e)}"
+                f"cannot connect to the PostgreSQL journal {location}: {first_line(e)}"
             ) from None
         journal = cls(
             location,
@@ -229,7 +229,7 @@ class PostgresJournal(PostgresReports, StoreBase):
             with self._db.transaction(), self._db.cursor() as cur:
                 yield cur
         except psycopg.Error as e:
-            raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+            raise JournalError(f"{self.location}: cannot {what}: {first_line(e)}") from None
 
     def _retried(self, what: str, body: Callable[[Cursor], _T], *, verify: bool = False) -> _T:
         """``body`` in one transaction, run again when the connection is lost meanwhile.
@@ -266,13 +266,13 @@ class PostgresJournal(PostgresReports, StoreBase):
                 return result
             except psycopg.Error as e:
                 if not self._db.broken:
-                    raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+                    raise JournalError(f"{self.location}: cannot {what}: {first_line(e)}") from None
                 if lost_at is None:
                     lost_at = time.monotonic()
                     log.warning(
                         "lost the PostgreSQL journal %s (%s); trying again for up to %.0f s",
                         self.location,
-                        _one_line(e),
+                        first_line(e),
                         self.lease,
                     )
             self._reconnect(what, lost_at)
@@ -287,7 +287,7 @@ class PostgresJournal(PostgresReports, StoreBase):
     def _reopen(self) -> None:
         """A new connection in place of a lost one, with the journal's ``search_path``."""
         self._db.close()
-        self._db = _connect(self.location)
+        self._db = connect(self.location)
         self._db.execute(
             sql.SQL("SET search_path TO {}").format(sql.Identifier(self.location.schema))
         )
@@ -304,7 +304,7 @@ class PostgresJournal(PostgresReports, StoreBase):
                 if left <= 0:
                     raise JournalError(
                         f"{self.location}: cannot {what}: the database was lost and did not "
-                        f"come back within {self.lease:.0f} s ({_one_line(e)})"
+                        f"come back within {self.lease:.0f} s ({first_line(e)})"
                     ) from None
                 time.sleep(min(left, delay * self._rng.uniform(0.5, 1.0)))
                 delay = min(delay * 2, _BACKOFF_LAST)

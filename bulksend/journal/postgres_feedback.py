@@ -13,9 +13,10 @@ from psycopg import sql
 from bulksend.errors import JournalError
 from bulksend.journal.feedback import FeedbackEvent
 from bulksend.journal.feedback_log import record_args, record_sql
-from bulksend.journal.postgres import _connect, _one_line
+from bulksend.journal.postgres import connect
 from bulksend.journal.postgres_load import Cursor
 from bulksend.journal.postgres_schema import FEEDBACK_TABLE, NoJournal, parse_url
+from bulksend.text import first_line
 
 __all__ = ["PostgresFeedbackLog"]
 
@@ -28,10 +29,10 @@ class PostgresFeedbackLog:
     def __init__(self, url: str) -> None:
         self.location = parse_url(url)
         try:
-            self._db = _connect(self.location)
+            self._db = connect(self.location)
         except psycopg.Error as e:
             raise JournalError(
-                f"cannot connect to the PostgreSQL journal {self.location}: {_one_line(e)}"
+                f"cannot connect to the PostgreSQL journal {self.location}: {first_line(e)}"
             ) from None
         try:
             with self._tx("open its feedback table") as cur:
@@ -56,7 +57,7 @@ class PostgresFeedbackLog:
             with self._db.transaction(), self._db.cursor() as cur:
                 yield cur
         except psycopg.Error as e:
-            raise JournalError(f"{self.location}: cannot {what}: {_one_line(e)}") from None
+            raise JournalError(f"{self.location}: cannot {what}: {first_line(e)}") from None
 
     def record(self, events: Sequence[FeedbackEvent]) -> list[bool]:
         recorded = []

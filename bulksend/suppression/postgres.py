@@ -35,6 +35,7 @@ from bulksend.suppression.store import (
     _entry,
     clean_detail,
 )
+from bulksend.text import first_line
 
 __all__ = ["PostgresSuppressionStore"]
 
@@ -62,10 +63,6 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, source = excluded.source,
     first_at = excluded.first_at, last_at = excluded.last_at, count = excluded.count,
     expires_at = excluded.expires_at, detail = excluded.detail"""  # noqa: S608
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 class PostgresSuppressionStore(StoreBase):
@@ -102,7 +99,7 @@ class PostgresSuppressionStore(StoreBase):
             )
         except psycopg.Error as e:
             raise SuppressionError(
-                f"cannot connect to the suppression store {conninfo}: {_one_line(e)}"
+                f"cannot connect to the suppression store {conninfo}: {first_line(e)}"
             ) from None
         try:
             with self._tx("set up") as cur:
@@ -122,7 +119,7 @@ class PostgresSuppressionStore(StoreBase):
                     yield cur
             except psycopg.Error as e:
                 raise SuppressionError(
-                    f"{self.path}: suppression store failed to {what} ({_one_line(e)})"
+                    f"{self.path}: suppression store failed to {what} ({first_line(e)})"
                 ) from None
 
     def _changing(self, cur: psycopg.Cursor[Any]) -> None:
