@@ -25,7 +25,7 @@ def _sites(status_text: str) -> set[str]:
 async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
     tmp_path: Path,
 ) -> None:
-    path, _ = paced_campaign(tmp_path, DOMAINS, 1200, rate=20)
+    path, _ = paced_campaign(tmp_path, DOMAINS, 3000, rate=20)  # no site ends early
     journal = tmp_path / "j.sqlite3"
     with trio.fail_after(150):
         async with (
@@ -57,6 +57,7 @@ async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
                 )
                 for i in range(2)
             ]
+            assert all(shard.process.returncode == 0 for shard in shards), shards
             per_shard = [_sites(shard.stdout()) for shard in shards]
             assert all(per_shard), shards  # both workers send to some site
             merged = await run_bulksend(tmp_path, "ctl", str(journal), "status", name="status")
