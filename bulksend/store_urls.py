@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["StoreURL", "is_postgres_url", "read_password_file", "split_store_url"]
+__all__ = ["StoreURL", "database_url", "is_postgres_url", "read_password_file", "split_store_url"]
 
 StoreURL = tuple[SplitResult, Sequence[tuple[str, str]], Path | None]
 
@@ -35,6 +35,15 @@ def split_store_url(url: str) -> StoreURL:
     files = [v for k, v in query if k == "password_file"]
     rest = [(k, v) for k, v in query if k != "password_file"]
     return parts, rest, Path(files[-1]) if files else None
+
+
+def database_url(url: str) -> str:
+    """A PostgreSQL journal's URL without its ``campaign``: the database that every campaign
+    in it shares (the default suppression store), ``password_file`` and libpq's parameters
+    kept."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "campaign"]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
 def read_password_file(path: Path) -> str:

@@ -1,8 +1,8 @@
 """``bulksend suppress add|remove|list|check|import|export``: the suppression store by hand.
 
 Every subcommand takes the store with ``--store PATH`` (or ``BULKSEND_SUPPRESSION_STORE``),
-or ``--campaign FILE`` to use that campaign's ``[suppression] store``. The CSV that
-``export`` writes, ``import`` reads back (docs/suppression.md):
+or ``--campaign FILE`` to use that campaign's store (its ``[suppression] store``, or the
+default one beside it). The CSV that ``export`` writes, ``import`` reads back (docs/suppression.md):
 ``address,reason,source,first_seen,last_seen,count,expires,detail``; times are ISO 8601 UTC,
 an empty ``expires`` means never. ``import`` needs only the ``address`` (or ``email``)
 column: a recipients file or an export of another tool will do.
@@ -27,7 +27,7 @@ from bulksend.cli.output import EXIT_UNDELIVERED, open_output, warn
 from bulksend.config import SuppressionConfig, SuppressionReason, load_campaign
 from bulksend.errors import ConfigError
 from bulksend.store_urls import is_postgres_url, split_store_url
-from bulksend.suppression.backend import AnyStore, open_suppression_store
+from bulksend.suppression.backend import AnyStore, campaign_store, open_suppression_store
 from bulksend.suppression.rules import Rules
 from bulksend.suppression.store import Entry, Source, normalise_key
 from bulksend.text import printable, write_table
@@ -69,7 +69,7 @@ def store_options(f: _F) -> _F:
     f = click.option(
         "--campaign",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Use this campaign's [suppression] store.",
+        help="Use this campaign's store ([suppression] store, or suppression.sqlite3 beside it).",
     )(f)
     return click.option(
         "--store",
@@ -81,11 +81,11 @@ def store_options(f: _F) -> _F:
 
 
 def open_store(store: Path | str | None, campaign: Path | None) -> AnyStore:
-    """The store named by ``--store``, or by ``--campaign``'s ``[suppression] store``."""
+    """The store named by ``--store``, or ``--campaign``'s store (see :func:`campaign_store`)."""
     if store is None and campaign is not None:
-        store = load_campaign(campaign, os.environ).suppression.store
+        store = campaign_store(load_campaign(campaign, os.environ), None)
         if store is None:
-            raise ConfigError(f"{campaign}: no [suppression] store. Set it, or use --store.")
+            raise ConfigError(f"{campaign}: the campaign uses no suppression store (store = false)")
     if store is None:
         raise click.UsageError("name the store: --store PATH or --campaign FILE")
     return open_suppression_store(store)

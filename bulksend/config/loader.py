@@ -223,9 +223,10 @@ def _load_suppression(root: Table) -> SuppressionConfig:
     if t is None:
         return SuppressionConfig()
     default = SuppressionConfig()
-    store: Path | str | None = t.string("store")
+    enabled = t.raw("store") is not False  # `store = false`: no store at all
+    store: Path | str | None = t.string("store") if enabled else None
     if not is_postgres_url(store):
-        store = t.path_("store", must_exist=False)
+        store = t.path_("store", must_exist=False) if enabled else None
     else:
         try:
             split_store_url(str(store))
@@ -260,6 +261,7 @@ def _load_suppression(root: Table) -> SuppressionConfig:
     t.finish()
     return SuppressionConfig(
         store=store,
+        enabled=enabled,
         soft_bounce_limit=limit,
         soft_bounce_window=pick(window, default.soft_bounce_window),
         expiry=MappingProxyType(expiry),

@@ -193,7 +193,10 @@ class SuppressionConfig:
     suppress an address as ``soft_bounce``.
     """
 
-    store: Path | str | None = None  # a SQLite file, or a postgresql:// URL
+    #: A SQLite file, or a postgresql:// URL; None: the default place
+    #: (:func:`~bulksend.suppression.backend.campaign_store`).
+    store: Path | str | None = None
+    enabled: bool = True  # false: ``store = false``, the campaign uses no store
     soft_bounce_limit: int = 3
     soft_bounce_window: float = 7 * _DAY
     expiry: Mapping[SuppressionReason, float] = field(

@@ -49,7 +49,7 @@ from bulksend.journal.backend import open_journal as open_any_journal
 from bulksend.metrics import Metrics
 from bulksend.routing import Credentials, Relay, Route, Router, RoutingConfig
 from bulksend.schedule.windows import SendWindows
-from bulksend.suppression.backend import open_suppression_store
+from bulksend.suppression.backend import campaign_store, open_suppression_store
 from bulksend.suppression.rules import BounceRecorder, Rules
 from bulksend.suppression.store import (
     StoreSuppression,
@@ -370,7 +370,7 @@ async def run_campaign(
         if options.retry_unrendered:
             requeued = await trio.to_thread.run_sync(journal.retry_unrendered)
         router = Router(routing_config(config, options))
-        store = await _open_store(campaign)
+        store = await _open_store(campaign, options.journal_path)
         imported = await _import(campaign, journal, options, router, on_import, store=store)
         suppression = await _read_suppression(campaign, journal, imported, store)
         recorder = None if store is None else BounceRecorder(store.store, Rules(config.suppression))
@@ -499,7 +499,7 @@ async def import_campaign(
     journal = await trio.to_thread.run_sync(open_journal, campaign, options)
     store = None
     try:
-        store = await _open_store(campaign)
+        store = await _open_store(campaign, options.journal_path)
         imported = await _import(campaign, journal, options, None, on_import, store=store)
         return imported, campaign_tally(journal)
     finally:
@@ -553,9 +553,10 @@ async def _import(
     return imported
 
 
-async def _open_store(campaign: Campaign) -> StoreSuppression | None:
-    """Open the campaign's suppression store, if it has one, and read its active keys."""
-    path = campaign.config.suppression.store
+async def _open_store(campaign: Campaign, journal: Path | str) -> StoreSuppression | None:
+    """Open the campaign's suppression store (see :func:`campaign_store`), unless it has
+    none, and read its active keys."""
+    path = campaign_store(campaign.config, journal)
     if path is None:
         return None
     store = await trio.to_thread.run_sync(open_suppression_store, path)

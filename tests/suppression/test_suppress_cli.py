@@ -160,10 +160,20 @@ def test_the_store_can_come_from_the_campaign(runner: CliRunner, tmp_path: Path)
     assert result.exit_code == 0
     with SuppressionStore.open(tmp_path / "s.sqlite3") as opened:
         assert opened.check("a@x.test") is not None
+    # A campaign that names no store has the default one beside it.
     plain = write_campaign(tmp_path / "plain", [])
-    result = runner.invoke(cli, ["suppress", "list", "--campaign", str(plain)])
+    result = runner.invoke(cli, ["suppress", "add", "b@x.test", "--campaign", str(plain)])
+    assert result.exit_code == 0, result.stderr
+    with SuppressionStore.open(plain.parent / "suppression.sqlite3") as opened:
+        assert opened.check("b@x.test") is not None
+    none = write_campaign(
+        tmp_path / "none", [], toml=campaign_toml(extra="[suppression]\nstore = false\n")
+    )
+    result = runner.invoke(cli, ["suppress", "list", "--campaign", str(none)])
     assert result.exit_code == 1
-    assert "no [suppression] store" in result.stderr
+    assert result.stderr == (
+        f"bulksend: error: {none}: the campaign uses no suppression store (store = false)\n"
+    )
     result = runner.invoke(cli, ["suppress", "list"], env={"BULKSEND_SUPPRESSION_STORE": ""})
     assert result.exit_code == 2
     assert "--store PATH or --campaign FILE" in result.stderr
