@@ -58,6 +58,7 @@ from bulksend.suppression.store import (
 )
 from bulksend.throttles import LocalThrottles, ThrottleBackend
 from bulksend.tlspolicy import FetchSettings, TlsPolicies, TlsState
+from bulksend.tlspolicy.policy import SAVE_EVERY
 
 log = logging.getLogger("bulksend")
 
@@ -95,6 +96,8 @@ class RunOptions:
             refuses it.
         tls_state: the TLS policy state file (cached MTA-STS policies, TLS-RPT counts);
             None: kept in memory for this run only.
+        tls_save_every: seconds between saves of the TLS-RPT counts to ``tls_state`` during
+            the run (a killed run loses at most that much; the end of a run saves the rest).
         sts_fetch: how MTA-STS policies are fetched (tests point it at a local HTTPS server's
             port and CA; not a campaign setting).
     """
@@ -116,6 +119,7 @@ class RunOptions:
     throttle_password: str | None = field(default=None, repr=False)
     lease: float | None = None
     tls_state: Path | None = None
+    tls_save_every: float = SAVE_EVERY
     sts_fetch: FetchSettings | None = None
 
     @property
@@ -374,7 +378,6 @@ async def run_campaign(
         imported = await _import(campaign, journal, options, router, on_import, store=store)
         suppression = await _read_suppression(campaign, journal, imported, store)
         recorder = None if store is None else BounceRecorder(store.store, Rules(config.suppression))
-        on_outcome = _noting(recorder, on_outcome)
         policy = config.policy
         settings = RunSettings(
             campaign=campaign,
@@ -399,7 +402,7 @@ async def run_campaign(
             router,
             policy,
             grace=options.grace,
-            on_outcome=on_outcome,
+            on_outcome=_noting(recorder, on_outcome),
             owns=None if options.shard is None else options.shard.owns,
             share=(0, 1) if options.shard is None else (options.shard.index, options.shard.count),
         )
@@ -420,6 +423,7 @@ async def run_campaign(
                         options.suppression_check,
                         watching,
                     )
+                nursery.start_soon(_save_tls_counts, context, options.tls_save_every)
                 nursery.start_soon(end_at_stop, scheduler)  # [schedule] stop_at
                 if on_start is not None:
                     on_start(scheduler)
@@ -461,6 +465,12 @@ async def _closing(tls: TlsPolicies | None) -> AsyncIterator[None]:
         if tls is not None:
             with trio.CancelScope(shield=True):
                 await tls.close()
+
+
+async def _save_tls_counts(context: RunContext, every: float) -> None:
+    """The day's TLS-RPT counts go to the state file as the run goes (and at its end)."""
+    if context.tls is not None:
+        await context.tls.keep_saving(context.stopping, every)
 
 
 def _tls_policies(router: Router, options: RunOptions, metrics: Metrics) -> TlsPolicies | None:

@@ -23,7 +23,7 @@ one domain share one lookup (the MX cache's collapse, :mod:`bulksend.routing.mx`
    a failure counted, but delivery goes on as it would without a policy.
 3. Every session under a policy is counted by day and result (:mod:`.tlsrpt`) and in
    ``bulksend_tls_sessions_total``; :meth:`TlsPolicies.save` adds the counts to the state
-   file at the end of a run.
+   file every minute of a run and at its end.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from __future__ import annotations
 import collections
 import datetime
 import enum
+import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,11 @@ __all__ = ["FETCH_RETRY", "DaneMismatch", "HostPolicy", "PolicyKind", "TlsPolici
 
 #: Seconds after a failed policy fetch before the domain's policy is fetched again.
 FETCH_RETRY = 300.0
+
+#: Seconds between two saves of the TLS-RPT session counts during a run.
+SAVE_EVERY = 60.0
+
+log = logging.getLogger(__name__)
 
 
 class PolicyKind(enum.Enum):
@@ -337,11 +344,33 @@ class TlsPolicies:
     def _day(self) -> str:
         return datetime.datetime.fromtimestamp(self._wall(), datetime.UTC).date().isoformat()
 
-    async def close(self) -> None:
-        """Add this run's session counts to the state file, and close it."""
+    async def save(self) -> None:
+        """Add the session counts since the last save to the state file. When that fails
+        (the file locked for long, the disk full) they wait for the next save, and the run
+        goes on: a TLS report is not worth a campaign."""
         counts, self.counts = self.counts, collections.Counter()
-        if self._state is not None:
-            try:
-                await trio.to_thread.run_sync(self._state.add_sessions, list(counts.items()))
-            finally:
+        if self._state is None or not counts:
+            return
+        try:
+            await trio.to_thread.run_sync(self._state.add_sessions, list(counts.items()))
+        except sqlite3.Error as exc:
+            self.counts.update(counts)
+            log.warning("TLS-RPT counts not saved in %s, kept for later: %s", self._state.path, exc)
+
+    async def keep_saving(self, stopping: trio.Event, every: float = SAVE_EVERY) -> None:
+        """Save the counts every ``every`` seconds until ``stopping`` is set (the run ends:
+        :meth:`close` saves the rest), so that a run killed on the way loses at most that
+        much of the day's report."""
+        while True:
+            with trio.move_on_after(every):
+                await stopping.wait()
+                return
+            await self.save()
+
+    async def close(self) -> None:
+        """Save the last counts, and close the state file."""
+        try:
+            await self.save()
+        finally:
+            if self._state is not None:
                 self._state.close()

@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import datetime
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
+import trio
 import trustme
 from click.testing import CliRunner
 
+from bulksend.campaign import Campaign
 from bulksend.cli.app import main
+from bulksend.delivery.run import run_campaign
+from bulksend.routing import MXResolver, RoutingConfig
 from bulksend.testing.https import policy_response
-from bulksend.tlspolicy.tlsrpt import RESULT_TYPES
-from tests.tlspolicy.test_mta_sts_delivery import DOMAIN, MX, send, site
+from bulksend.testing.scenario import SiteSpec, addresses, campaign_toml, write_campaign
+from bulksend.testing.smtp import ServerScript
+from bulksend.tlspolicy import TlsPolicies, TlsState
+from bulksend.tlspolicy.tlsrpt import RESULT_TYPES, SessionKey
+from tests.helpers.tls import server_context
+from tests.tlspolicy.test_mta_sts_delivery import DOMAIN, MX, report_counts, send, site
 from tests.tlspolicy.world import sts_world
 
 _COUNT = {"type": "integer", "minimum": 0}
@@ -151,3 +161,56 @@ def test_tls_report_refuses_a_bad_day() -> None:
     result = CliRunner().invoke(main, ["tls-report", "--day", "yesterday"])
     assert result.exit_code == 2
     assert "'yesterday' is not a day: write YYYY-MM-DD" in result.output
+
+
+async def test_a_run_saves_its_tls_counts_as_it_goes_each_session_once(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    # One message a connection, slow final replies: each session is one failure (testing
+    # mode, a certificate for another name), and the run lasts a few seconds.
+    slow = ServerScript(tls_context=server_context(ca, "other.test"), reply_delays={"DOT": 0.1})
+    spec = SiteSpec("site", (DOMAIN,), "127.0.0.2", slow)
+    policy = "[policy.defaults]\nmax_connections = 1\nmessages_per_connection = 1\n"
+    count = 30
+    toml = write_campaign(tmp_path, addresses([DOMAIN], count), toml=campaign_toml(policy=policy))
+    seen_during: dict[tuple[str, str], int] = {}
+    async with sts_world(ca, [spec], [DOMAIN]) as world:
+        world.publish(DOMAIN, "7", policy_response("testing", [MX]))
+        server = world.world.servers["site"]
+        options = world.options(tmp_path, limit=count, tls_save_every=0.2)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_campaign, Campaign.load(toml, {}), options)
+                # Saved while the run goes: a run killed now would have lost only the rest.
+                while not seen_during:
+                    await trio.sleep(0.1)
+                    seen_during = report_counts(tmp_path)
+                during = server.stats.messages
+    assert during < count  # the run was still sending when the counts were read
+    assert set(seen_during) == {("sts", "certificate-host-mismatch")}
+    # One failed session a message (each saved once, however many saves there were).
+    assert report_counts(tmp_path) == {("sts", "certificate-host-mismatch"): count}
+
+
+async def test_counts_that_cannot_be_saved_wait_for_the_next_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tls-state.sqlite3"
+    state = TlsState(path)
+    tls = TlsPolicies(MXResolver(RoutingConfig(nameservers=("127.0.0.1",))), state=state)
+    key = SessionKey(
+        "2026-12-03", DOMAIN, "sts", ("version: STSv1",), (MX,), "starttls-not-supported", MX, ""
+    )
+    tls.counts[key] += 3
+    with sqlite3.connect(path) as other:  # the table gone under the run: a save fails
+        other.execute("DROP TABLE tls_sessions")
+    await tls.save()
+    assert "TLS-RPT counts not saved" in caplog.text
+    TlsState(path).close()  # the table is back
+    tls.counts[key] += 1
+    await tls.close()
+    reread = TlsState(path)
+    try:
+        assert reread.sessions("2026-12-03") == [(key, 4)]
+    finally:
+        reread.close()
