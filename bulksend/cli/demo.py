@@ -25,7 +25,8 @@ server, so the real stack (DNS, routing, scheduler, SMTP client, journal) does t
 Plus a few rows the recipients reader rejects (invalid, duplicate).
 
 The feedback loop (:class:`DemoFeedback`), once the first readers of the list have their
-message: three of them bounce later (a DSN each, applied by the inbound machinery, which
+message: a forged DSN names one of them in a return path without the signed tag (dropped:
+the campaign signs its return paths), three of them bounce later (a DSN each, applied by the inbound machinery, which
 suppresses them and records the later bounce in the running campaign's journal), and one
 unsubscribes with one click (a real HTTP POST to the RFC 8058 endpoint on 127.0.0.1). After
 the report, a short follow-up campaign to the first readers of the same list (at the sites
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from bulksend.campaign.render import Campaign
+from bulksend.campaign.render import Campaign, verp_token
 from bulksend.campaign.unsubscribe import signing_key, unsubscribe_token
 from bulksend.cli.demo_sts import sts_addresses
 from bulksend.cli.progress import Progress
@@ -220,18 +221,21 @@ def write_demo_campaign(directory: Path, count: int) -> tuple[Path, list[SiteSpe
         addresses[0],
     ]
     path = write_campaign(directory, rows, toml=_demo_toml("bulksend-demo"))
-    (directory / "unsubscribe.key").write_text(secrets.token_urlsafe(32) + "\n")
-    (directory / "unsubscribe.key").chmod(0o600)
+    for key in ("unsubscribe.key", "bounces.key"):
+        (directory / key).write_text(secrets.token_urlsafe(32) + "\n")
+        (directory / key).chmod(0o600)
     return path, demo_sites(unknown)
 
 
 def _demo_toml(campaign_id: str, files: str = "") -> str:
-    """The demo campaign: signed one-click unsubscribe links and a suppression store, the
-    store and the key in the directory ``files`` (relative to the campaign's)."""
+    """The demo campaign: signed one-click unsubscribe links, signed VERP return paths and a
+    suppression store, the store and the keys in the directory ``files`` (relative to the
+    campaign's)."""
     toml = campaign_toml(
         campaign_id=campaign_id,
         policy=DEMO_POLICY,
-        extra=f'[suppression]\nstore = "{files}suppressions.sqlite3"\n',
+        extra=f'[suppression]\nstore = "{files}suppressions.sqlite3"\n'
+        f'[bounces]\nkey_file = "{files}bounces.key"\n',
     )
     link = "e={{ email | urlencode }}"
     signed = f'{link}&t={{{{ unsubscribe_token }}}}"\nkey_file = "{files}unsubscribe.key"\n'
@@ -280,6 +284,7 @@ class DemoFeedback:
     directory: Path
     addresses: Sequence[str]
     bounced_later: list[str] = field(default_factory=list)
+    forged: tuple[str, list[str]] = ("", [])  # the address a forged DSN named, its outcomes
     unsubscribed: str = ""
     unsubscribe_status: int = 0
 
@@ -295,30 +300,32 @@ class DemoFeedback:
         return watching
 
     async def during_run(self, scheduler: Scheduler) -> None:
-        """Once four of the follow-up's readers have their message, three bounce later and
-        one unsubscribes (see the module's comment)."""
+        """Once five of the follow-up's readers have their message, a forged DSN names one
+        (dropped: its return path is not signed), three bounce later and one unsubscribes
+        (see the module's comment)."""
         first = set(self.readers())
         delivered: list[str] = []
-        while len(delivered) <= _LATER_BOUNCES and not scheduler.stopping:
+        while len(delivered) <= _LATER_BOUNCES + 1 and not scheduler.stopping:
             await trio.sleep(0.5)
             with contextlib.suppress(JournalError):
                 delivered = await trio.to_thread.run_sync(self._delivered, first)
-        if len(delivered) <= _LATER_BOUNCES:
+        if len(delivered) <= _LATER_BOUNCES + 1:
             return
         config = self.campaign.config
         assert config.suppression.store is not None  # the demo campaign has one
+        assert config.verp_key is not None  # and signs its return paths
         store = open_suppression_store(config.suppression.store)
         log = SqliteFeedbackLog(self.journal)  # the run holds the journal: this writes beside it
         try:
-            verp = Verp.from_template(config.envelope_sender)
+            verp = Verp.from_template(config.envelope_sender, [config.verp_key.reveal().encode()])
+            assert verp is not None  # the demo's sender has a {token}
             ingest = Ingest(store, Rules(config.suppression), verp, journals=[log])
+            # A forged DSN first: a reader's address in a return path without the tag.
+            forged = delivered[_LATER_BOUNCES + 1]
+            plain = f"{verp.before}{verp_token(forged)}{verp.after}"
+            self.forged = (forged, await self._bounce(ingest, forged, plain))
             for address in delivered[:_LATER_BOUNCES]:
-                return_path = self.campaign.envelope_sender(address)
-                data = _dsn(address, return_path)
-                applying = functools.partial(
-                    ingest.message, data, now=time.time(), envelope_to=return_path
-                )
-                await trio.to_thread.run_sync(applying)
+                await self._bounce(ingest, address, self.campaign.envelope_sender(address))
                 self.bounced_later.append(address)
             reader = delivered[_LATER_BOUNCES]
             key = signing_key(config.unsubscribe)
@@ -335,6 +342,14 @@ class DemoFeedback:
         finally:
             log.close()
             store.close()
+
+    @staticmethod
+    async def _bounce(ingest: Ingest, address: str, return_path: str) -> list[str]:
+        """A DSN for ``address`` sent to ``return_path``, read as ``inbound`` reads it."""
+        applying = functools.partial(
+            ingest.message, _dsn(address, return_path), now=time.time(), envelope_to=return_path
+        )
+        return await trio.to_thread.run_sync(applying)
 
     def readers(self) -> list[str]:
         """The follow-up's readers: the first of the list, at the sites that answer at once."""
@@ -367,6 +382,11 @@ class DemoFeedback:
     ) -> list[str]:
         """The demo's account of the loop."""
         out = ["", "the feedback loop"]
+        if self.forged[0]:
+            out.append(
+                f"a forged DSN naming {self.forged[0]} (its return path without the signed "
+                f"tag) was dropped: {', '.join(self.forged[1])}"
+            )
         if self.bounced_later:
             out.append(
                 f"during the run, {len(self.bounced_later)} readers bounced later (a DSN each, "

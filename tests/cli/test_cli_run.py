@@ -241,6 +241,16 @@ async def test_demo_runs_to_its_report(tmp_path: Path) -> None:
     for address in bounced_later:
         assert suppressed[address] == "suppressed (address): hard_bounce via dsn"
     assert suppressed[unsubscribed] == "suppressed (address): unsubscribe via http"
+    # The return paths are signed: a DSN to an untagged one suppresses nobody.
+    forged = re.search(
+        r"^a forged DSN naming (\S+) \(its return path without the signed tag\) was dropped: "
+        r"unsigned$",
+        loop,
+        re.MULTILINE,
+    )
+    assert forged is not None, loop
+    assert forged[1] not in suppressed
+    assert forged[1] not in [*bounced_later, unsubscribed]
 
 
 async def test_limit_stops_the_run_with_status_3(tmp_path: Path) -> None:
