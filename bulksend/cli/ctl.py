@@ -71,6 +71,9 @@ def _done(journal: Path | str, command: Command) -> None:
     click.echo(_send(journal, command)["changed"])
 
 
+#: The RATE or CONNECTIONS that puts a site back on its configured limit.
+_DEFAULT = "default"
+
 _site = click.option(
     "--site", help="A site: its MX host names as `status` shows them, or a suffix."
 )
@@ -138,9 +141,10 @@ def bounce_now(journal: Path | str, domain: str) -> None:
 @_for
 @debug_option
 def rate(journal: Path | str, site: str, rate: str, duration: str | None) -> None:
-    """Set SITE's message rate (20/s, 600/m) until the run ends, or --for a while."""
+    """Set SITE's message rate (20/s, 600/m) until the run ends, or --for a while;
+    `default`: back to the configured rate."""
     try:
-        per_second = parse_rate(rate)
+        per_second = None if rate == _DEFAULT else parse_rate(rate)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="RATE") from None
     _done(journal, Command("rate", "site", site, per_second, _duration(duration)))
@@ -149,12 +153,21 @@ def rate(journal: Path | str, site: str, rate: str, duration: str | None) -> Non
 @ctl.command()
 @click.pass_obj
 @click.argument("site")
-@click.argument("connections", type=click.IntRange(min=1))
+@click.argument("connections")
 @_for
 @debug_option
-def connections(journal: Path | str, site: str, connections: int, duration: str | None) -> None:
-    """Set SITE's connection cap until the run ends, or --for a while."""
-    _done(journal, Command("connections", "site", site, connections, _duration(duration)))
+def connections(journal: Path | str, site: str, connections: str, duration: str | None) -> None:
+    """Set SITE's connection cap until the run ends, or --for a while; `default`: back to
+    the configured cap."""
+    cap = None
+    if connections != _DEFAULT:
+        cap = int(connections) if connections.isascii() and connections.isdigit() else 0
+        if cap < 1:
+            raise click.BadParameter(
+                f"{connections!r}: a whole number of at least 1, or `default`",
+                param_hint="CONNECTIONS",
+            )
+    _done(journal, Command("connections", "site", site, cap, _duration(duration)))
 
 
 @ctl.command(name="status")

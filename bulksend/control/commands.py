@@ -4,7 +4,8 @@ leave, with no I/O.
 How this works: a :class:`Command` (parsed from one JSON object, the control socket's
 request) changes a :class:`ControlState`: pauses of the whole campaign, of a site or of a
 domain, each until a wall-clock time or until resumed; a site's rate or connection cap for a
-while or until the run ends; domains cancelled or bounced (``ctl bounce-now``).
+while or until the run ends (or back to the configured value); domains cancelled or bounced
+(``ctl bounce-now``).
 :meth:`ControlState.apply` answers with what changed, in words. The running process
 (:mod:`bulksend.control.server`) then makes every destination follow the state, and
 :meth:`ControlState.expire` drops what has run out.
@@ -46,7 +47,7 @@ class Command:
     action: str
     scope: str = "campaign"
     target: str = ""
-    value: float | None = None  # rate (per second) or connections
+    value: float | None = None  # rate (per second) or connections; None: the configured one
     duration: float | None = None  # seconds; None: until resumed / the end of the run
 
     def to_json(self) -> dict[str, Any]:
@@ -94,9 +95,12 @@ class Command:
         if self.action in ("rate", "connections"):
             if self.scope != "site":
                 raise CommandError(f"{self.action} applies to a site")
-            if not (_number(self.value) and self.value is not None and 0 < self.value < math.inf):
+            if self.value is None:  # back to the configured value
+                if self.duration is not None:
+                    raise CommandError(f"{self.action} back to its configured value takes no --for")
+            elif not (_number(self.value) and 0 < self.value < math.inf):
                 raise CommandError(f"{self.action} needs a positive number, not {self.value!r}")
-            if self.action == "connections" and self.value != int(self.value):
+            elif self.action == "connections" and self.value != int(self.value):
                 raise CommandError(f"connections must be a whole number, not {self.value!r}")
         if self.action in ENDINGS and self.scope != "domain":
             raise CommandError(f"{self.action} applies to a domain (--domain)")
@@ -168,8 +172,11 @@ class ControlState:
             self.pauses.pop(key, None)
             return f"{command.subject} bounced: its waiting recipients end bounced"
         if command.action in ("rate", "connections"):
-            assert command.value is not None
             table = self.rates if command.action == "rate" else self.connections
+            if command.value is None:
+                if table.pop(command.target, None) is None:
+                    raise CommandError(f"{command.subject}: no {command.action} set by ctl")
+                return f"{command.subject}: {command.action} back to its configured value"
             table[command.target] = Override(command.value, until)
             shown = f"{command.value:g}/s" if command.action == "rate" else f"{command.value:g}"
             lasts = _for(command.duration) or " until the run ends"

@@ -113,6 +113,27 @@ async def test_a_rate_change_takes_effect_within_a_second_and_reverts_after_its_
             await proc.wait(30)
 
 
+async def test_a_rate_set_until_the_run_ends_goes_back_with_default(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with sending(tmp_path, 900, rate=8) as (world, proc, journal):
+            alpha = world.servers["alpha"]
+            changed = await ctl(tmp_path, journal, "rate", "mx1.alpha.test", "40/s")
+            assert changed.stdout() == "site mx1.alpha.test: rate 40/s until the run ends\n"
+            await trio.sleep(1.0)
+            assert await received_during(alpha, 2.0) >= 2 * 25
+            back = await ctl(tmp_path, journal, "rate", "mx1.alpha.test", "default", name="b")
+            assert back.stdout() == "site mx1.alpha.test: rate back to its configured value\n"
+            await trio.sleep(1.0)
+            assert await received_during(alpha, 2.0) <= 2 * 8 + 2
+            again = await ctl(tmp_path, journal, "connections", "alpha.test", "default", name="c")
+            assert again.process.returncode == 1
+            assert again.stderr() == (
+                "bulksend: error: the run refused: site alpha.test: no connections set by ctl\n"
+            )
+            proc.signal()
+            await proc.wait(30)
+
+
 async def test_cancel_a_domain_ends_its_waiting_recipients_cancelled_never_sent(
     tmp_path: Path,
 ) -> None:

@@ -195,6 +195,13 @@ async def test_rate_connections_and_status_reach_every_worker(
             assert status["control"]["rates"]["alpha.test"]["value"] == 2.0
             await trio.sleep_until(reverts_at + 1.5)  # its 10s ran out: 10/s a worker again
             assert await received_during(alpha, 2.0) >= 2 * 7  # one connection each now
+            back = await ctl("connections", "alpha.test", "default")
+            assert back.stdout() == "site alpha.test: connections back to its configured value\n"
+            await trio.sleep(2.0)
+            status = json.loads((await ctl("status")).stdout())
+            alpha_row = next(s for s in status["sites"] if s["site"].startswith("mx1.alpha"))
+            assert alpha_row["max_connections"] == 2  # the configured cap, on every worker
+            assert status["control"]["connections"] == {}
 
             top = await run_bulksend(tmp_path, "top", url, "--once", name="top")
             assert top.process.returncode == 0, top

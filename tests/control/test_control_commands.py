@@ -77,6 +77,22 @@ def test_pauses_rates_and_their_expiry() -> None:
         state.apply(Command("resume"), T0 + 32)
 
 
+def test_a_rate_or_cap_set_without_a_duration_goes_back_to_the_configured_one() -> None:
+    state = ControlState()
+    hosts = ("mx.a.test",)
+    state.apply(Command("rate", "site", "a.test", 50.0), T0)
+    state.apply(Command("connections", "site", "a.test", 3.0), T0)
+    back = Command.from_json(Command("rate", "site", "a.test").to_json())
+    assert state.apply(back, T0 + 1) == "site a.test: rate back to its configured value"
+    assert state.site_override(state.rates, "mx.a.test", hosts) is None
+    assert state.site_override(state.connections, "mx.a.test", hosts) == 3.0  # its own
+    assert state.shared()["rates"] == {}
+    with pytest.raises(CommandError, match=r"site a\.test: no rate set by ctl"):
+        state.apply(back, T0 + 2)
+    with pytest.raises(CommandError, match="takes no --for"):
+        Command.from_json({"action": "connections", "scope": "site", "target": "a", "for": 5})
+
+
 def test_held_domains() -> None:
     state = ControlState()
     state.apply(Command("pause", "domain", "p.test", duration=5.0), T0)
