@@ -75,12 +75,10 @@ def load_state(journal: Path, now: float) -> ControlState:
     """
     path = state_path(journal)
     try:
-        text = path.read_text(encoding="utf-8")
+        return ControlState.restore(json.loads(path.read_text(encoding="utf-8")), now)
     except FileNotFoundError:
         return ControlState()
-    try:
-        return ControlState.restore(json.loads(text), now)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8 or JSON, not a state
         raise CommandError(f"{path}: {exc}; remove it to forget every pause") from None
 
 
@@ -155,8 +153,7 @@ class Operator:
             raise CommandError("the campaign has not started sending yet; try again")
         if command.action == "status":
             return {"ok": True, "status": await self.status()}
-        changed = self.state.apply(command, scheduler.context.now())
-        self._save()
+        changed = self.state.apply(command, scheduler.context.now()) + self._save()
         answer: dict[str, Any] = {"ok": True}
         if command.action in ENDINGS:
             outcome = ending(command.action)
@@ -210,10 +207,18 @@ class Operator:
         assert self._scheduler is not None
         return await self._scheduler.context.writer.due_domains(now=math.inf)
 
-    def _save(self) -> None:
+    def _save(self) -> str:
+        """Keep what outlives the run; what to add to the answer when that fails (the
+        change holds for this run all the same: a pause is wanted now)."""
         assert isinstance(self.journal, Path)
-        with open_private(state_path(self.journal)) as out:
-            json.dump(self.state.persistent(), out, allow_nan=False)
+        path = state_path(self.journal)
+        try:
+            with open_private(path) as out:
+                json.dump(self.state.persistent(), out, allow_nan=False)
+        except OSError as exc:
+            self._say(f"ctl: cannot save the control state in {path}: {exc.strerror or exc}")
+            return f" (for this run only: cannot save it in {path}: {exc.strerror or exc})"
+        return ""
 
     # ------------------------------------------------------------------ serving
 

@@ -280,5 +280,6 @@ class SharedOperator(Operator):
         self._commands.labels("shared", "ok").inc()
         self._say(f"ctl: following the journal's control state: {json.dumps(state.shared())}")
 
-    def _save(self) -> None:
+    def _save(self) -> str:
         """The state lives in the journal; ``ctl`` writes it."""
+        return ""

@@ -219,6 +219,34 @@ async def test_a_paused_site_stays_paused_after_resume_until_resumed(tmp_path: P
                 await again.wait(30)
 
 
+async def test_a_pause_that_cannot_be_saved_holds_for_the_run_which_goes_on(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(120):
+        async with sending(tmp_path, 600, rate=40) as (world, proc, journal):
+            alpha, beta = world.servers["alpha"], world.servers["beta"]
+            kept = journal.with_name("j.sqlite3.control.json")
+            kept.mkdir()  # where the state goes cannot be written
+            paused = await ctl(tmp_path, journal, "pause", "--site", "alpha.test")
+            assert paused.process.returncode == 0, paused
+            assert paused.stdout() == (
+                "site alpha.test paused until resumed (for this run only: cannot save it in "
+                f"{kept}: Is a directory)\n"
+            )
+            await trio.sleep(1.0)
+            assert await received_during(alpha, 1.0) == 0
+            assert await received_during(beta, 1.0) >= 5  # the run goes on
+            resumed = await ctl(tmp_path, journal, "resume", "--site", "alpha.test", name="r")
+            assert resumed.process.returncode == 0, resumed
+            assert await proc.wait(60) == 0  # and ends complete
+    # A state file that cannot be read: the run says which, in one line, and sends nothing.
+    proc = await run_bulksend(tmp_path, "resume", str(journal), name="again")
+    assert proc.process.returncode == 1, proc
+    assert proc.stderr().startswith(f"bulksend: error: {kept}: [Errno 21] Is a directory"), proc
+    assert proc.stderr().endswith("; remove it to forget every pause\n"), proc
+    assert proc.stderr().count("\n") == 1
+
+
 def _to(world: World, domain: str) -> int:
     return sum(n for a, n in world.received().items() if a.endswith("@" + domain))
 
