@@ -5,7 +5,8 @@ A recipient's state never changes once final (see :mod:`bulksend.journal`): a re
 delivered that later bounces stays ``delivered``, and the bounce is kept beside it, in the
 journal's ``feedback`` table, one row per recipient and kind (a repeated event counts up and
 keeps the latest details). ``bulksend inbound`` writes these rows
-(:mod:`bulksend.journal.feedback_log`), ``bulksend report`` reads them.
+(:mod:`bulksend.journal.feedback_log`), ``bulksend report`` reads them: their counts, and
+with ``--feedback`` the rows themselves (:class:`FeedbackRow`, the query of every backend).
 """
 
 from __future__ import annotations
