@@ -22,7 +22,13 @@ from bulksend.cli.progress import (
 from bulksend.cli.tls_report import write_tls_sites
 from bulksend.journal import JournalSet, Status
 from bulksend.journal.backend import open_peek
-from bulksend.journal.reports import export_csv, export_jsonl, write_report
+from bulksend.journal.reports import (
+    EXPORT_FIELDS,
+    FEEDBACK_EXPORT_FIELDS,
+    export_csv,
+    export_jsonl,
+    write_report,
+)
 from bulksend.text import write_table
 
 
@@ -112,6 +118,12 @@ def _status_of(journal: Path | str, as_json: bool) -> dict[Status, int]:
     help="table: counts per status, bounce category and domain; csv/jsonl: every outcome.",
 )
 @click.option(
+    "--feedback",
+    is_flag=True,
+    help="csv/jsonl: what came back after sending instead of the outcomes, one row per"
+    " recipient and kind (later bounce, complaint, unsubscribe).",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -122,7 +134,8 @@ def _status_of(journal: Path | str, as_json: bool) -> dict[Status, int]:
     "statuses",
     multiple=True,
     type=click.Choice([s.value for s in Status]),
-    help="csv/jsonl: only recipients in this status (repeatable).",
+    help="csv/jsonl: only recipients in this status (repeatable); with --feedback, the"
+    " feedback of recipients in it.",
 )
 @click.option(
     "--domains",
@@ -133,8 +146,10 @@ def _status_of(journal: Path | str, as_json: bool) -> dict[Status, int]:
 )
 @debug_option
 def report(
+    *,
     journals: tuple[Path | str, ...],
     fmt: str,
+    feedback: bool,
     output: Path | None,
     statuses: tuple[str, ...],
     domains: int,
@@ -143,13 +158,16 @@ def report(
 
     While a run holds a journal, its last committed state is read (`status` shows the run).
     """
+    if feedback and fmt == "table":
+        raise click.UsageError("--feedback exports rows: add --format csv or --format jsonl")
     with JournalSet(journals) as j, open_output(output) as out:
         for path in j.live:
             info(f"{path} is in use by a run: reporting its last committed state")
         wanted = [Status(s) for s in statuses] or None
+        rows = j.iter_feedback(wanted) if feedback else j.iter_states(wanted)
         if fmt == "csv":
-            export_csv(j.iter_states(wanted), out)
+            export_csv(rows, out, FEEDBACK_EXPORT_FIELDS if feedback else EXPORT_FIELDS)
         elif fmt == "jsonl":
-            export_jsonl(j.iter_states(wanted), out)
+            export_jsonl(rows, out)
         else:
             write_report(j, out, top_domains=domains)

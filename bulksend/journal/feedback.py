@@ -5,7 +5,8 @@ A recipient's state never changes once final (see :mod:`bulksend.journal`): a re
 delivered that later bounces stays ``delivered``, and the bounce is kept beside it, in the
 journal's ``feedback`` table, one row per recipient and kind (a repeated event counts up and
 keeps the latest details). ``bulksend inbound`` writes these rows
-(:mod:`bulksend.journal.feedback_log`), ``bulksend report`` reads them.
+(:mod:`bulksend.journal.feedback_log`), ``bulksend report`` reads them: their counts, and
+with ``--feedback`` the rows themselves (:class:`FeedbackRow`, the query of every backend).
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from bulksend.journal.outcomes import Category
+from bulksend.journal.outcomes import Category, Status
+from bulksend.journal.records import _iso
+from bulksend.text import printable
 
-__all__ = ["COUNTS_SQL", "FeedbackCounts", "FeedbackEvent", "FeedbackKind", "feedback_counts"]
+__all__ = [
+    "COUNTS_SQL",
+    "FeedbackCounts",
+    "FeedbackEvent",
+    "FeedbackKind",
+    "FeedbackRow",
+    "feedback_counts",
+    "feedback_row",
+    "rows_sql",
+]
 
 
 class FeedbackKind(enum.StrEnum):
@@ -55,3 +67,63 @@ def feedback_counts(rows: Iterable[tuple[Any, ...]]) -> FeedbackCounts:
         (FeedbackKind(kind), None if category is None else Category(category)): int(n)
         for kind, category, n in rows
     }
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRow:
+    """One recipient's feedback of one kind, with the recipient's row, for exports."""
+
+    id: int
+    address: str
+    domain: str
+    recipient_status: Status  # the recipient's final state (delivered, ...)
+    kind: FeedbackKind
+    category: Category | None
+    status: str | None  # the enhanced status code (RFC 3463), as the report gave it
+    code: int | None
+    source: str
+    detail: str
+    first_at: float
+    last_at: float
+    count: int
+
+    def as_export(self) -> dict[str, Any]:
+        """The exported fields; the remote text (detail, status code) escaped."""
+        return {
+            "id": self.id,
+            "address": self.address,
+            "domain": self.domain,
+            "status": str(self.recipient_status),
+            "kind": str(self.kind),
+            "category": None if self.category is None else str(self.category),
+            "enhanced_code": None if self.status is None else printable(self.status),
+            "code": self.code,
+            "source": self.source,
+            "detail": printable(self.detail),
+            "first_time": _iso(self.first_at),
+            "last_time": _iso(self.last_at),
+            "count": self.count,
+        }
+
+
+def rows_sql(wanted: str) -> str:
+    """The query of :class:`FeedbackRow`'s columns (every backend): the rows whose
+    recipient passes ``wanted`` (a condition on ``r.status``, in the dialect's
+    placeholders), by recipient id, then kind."""
+    return f"""SELECT r.id, r.address, r.domain, r.status, f.kind, f.category, f.status, f.code,
+    f.source, f.detail, f.first_at, f.last_at, f.count
+FROM feedback f JOIN recipients r ON r.id = f.recipient_id
+WHERE {wanted} ORDER BY f.recipient_id, f.kind"""  # noqa: S608
+
+
+def feedback_row(row: tuple[Any, ...]) -> FeedbackRow:
+    """A row of :func:`rows_sql` as a :class:`FeedbackRow`."""
+    return FeedbackRow(
+        row[0],
+        row[1],
+        row[2],
+        Status(row[3]),
+        FeedbackKind(row[4]),
+        None if row[5] is None else Category(row[5]),
+        *row[6:13],
+    )

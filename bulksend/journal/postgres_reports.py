@@ -4,17 +4,26 @@ counts, the tally's parts and the streamed export, as queries of one campaign's 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
-from bulksend.journal.feedback import COUNTS_SQL, FeedbackCounts, feedback_counts
+from bulksend.journal.feedback import (
+    COUNTS_SQL,
+    FeedbackCounts,
+    FeedbackRow,
+    feedback_counts,
+    feedback_row,
+    rows_sql,
+)
 from bulksend.journal.outcomes import Category, Status
 from bulksend.journal.postgres_load import Cursor
 from bulksend.journal.postgres_schema import WAITING_IN
 from bulksend.journal.records import _STATE_COLUMNS, RecipientState, _state
+
+_T = TypeVar("_T")
 
 
 class PostgresReports:
@@ -69,9 +78,14 @@ class PostgresReports:
 
     def feedback_counts(self) -> FeedbackCounts:
         """Recipients with asynchronous bounces, complaints, unsubscribes (by category)."""
-        if not self._rows("read the schema", "SELECT to_regclass('feedback') IS NOT NULL")[0][0]:
-            return {}  # a journal from before the table, not opened by a writer since
+        if not self._has_feedback():
+            return {}
         return feedback_counts(self._rows("count feedback", COUNTS_SQL))
+
+    def _has_feedback(self) -> bool:
+        # A journal from before the table, not opened by a writer since, has none yet.
+        query = "SELECT to_regclass('feedback') IS NOT NULL"
+        return bool(self._rows("read the schema", query)[0][0])
 
     def in_doubt_total(self) -> int:
         """How many sends may have been duplicated (in-doubt events, all recipients)."""
@@ -109,13 +123,35 @@ class PostgresReports:
 
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         """Every recipient's row in id order (streamed), optionally only some statuses."""
+        wanted = _wanted("status")
+        query = f"SELECT {_STATE_COLUMNS} FROM recipients WHERE {wanted} ORDER BY id"  # noqa: S608
+        yield from self._stream("export outcomes", query, statuses, _state)
+
+    def iter_feedback(self, statuses: Iterable[Status] | None = None) -> Iterator[FeedbackRow]:
+        """Every feedback row by recipient id, then kind (streamed), optionally only those of
+        recipients in some statuses; none in a journal from before the table."""
+        if not self._has_feedback():
+            return
+        query = rows_sql(_wanted("r.status"))
+        yield from self._stream("export feedback", query, statuses, feedback_row)
+
+    def _stream(
+        self,
+        what: str,
+        query: str,
+        statuses: Iterable[Status] | None,
+        row: Callable[[tuple[Any, ...]], _T],
+    ) -> Iterator[_T]:
+        # A named (server-side) cursor: the rows come a thousand at a time.
         self._check_owner(None)
         wanted = None if statuses is None else [str(s) for s in statuses]
-        with self._tx("export outcomes"), self._db.cursor(name="states") as named:
+        with self._tx(what), self._db.cursor(name="export") as named:
             named.itersize = 1000
-            named.execute(
-                f"SELECT {_STATE_COLUMNS} FROM recipients"  # noqa: S608
-                " WHERE %(all)s OR status = ANY(%(wanted)s) ORDER BY id",
-                {"all": wanted is None, "wanted": wanted or []},
-            )
-            yield from map(_state, named)
+            named.execute(query, {"all": wanted is None, "wanted": wanted or []})
+            yield from map(row, named)
+
+
+def _wanted(column: str) -> str:
+    """The condition of :meth:`PostgresReports._stream`'s queries: ``column`` is one of the
+    statuses wanted, or any."""
+    return f"(%(all)s OR {column} = ANY(%(wanted)s))"

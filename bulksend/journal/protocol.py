@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
 
-from bulksend.journal.feedback import FeedbackCounts
+from bulksend.journal.feedback import FeedbackCounts, FeedbackRow
 from bulksend.journal.outcomes import Category, Outcome, Status
 from bulksend.journal.records import Due, RecipientState
 
@@ -53,6 +53,10 @@ class JournalReader(Protocol):
 
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         """Every recipient's row in id order (streamed), optionally only some statuses."""
+
+    def iter_feedback(self, statuses: Iterable[Status] | None = None) -> Iterator[FeedbackRow]:
+        """Every feedback row by recipient id, then kind (streamed), optionally only those of
+        recipients in some statuses."""
 
 
 class JournalStore(JournalReader, Protocol):

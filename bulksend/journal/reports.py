@@ -14,12 +14,12 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 from urllib.parse import quote
 
 from bulksend.errors import JournalError
 from bulksend.journal.backend import AnyJournal, open_journal
-from bulksend.journal.feedback import FeedbackCounts, FeedbackKind
+from bulksend.journal.feedback import FeedbackCounts, FeedbackKind, FeedbackRow
 from bulksend.journal.integrity import (
     _check_damage,
     _check_history,
@@ -56,27 +56,55 @@ def campaign_tally(journal: JournalReader) -> CampaignTally:
     return CampaignTally(journal.counts(), journal.not_imported(), journal.in_doubt_total())
 
 
-def export_csv(states: Iterable[RecipientState], stream: TextIO) -> int:
-    """Write recipients' outcomes as CSV (header first) to a text stream; returns the row count.
+#: The fields of an exported feedback row (``report --feedback``), in order.
+FEEDBACK_EXPORT_FIELDS: Final = (
+    "id",
+    "address",
+    "domain",
+    "status",
+    "kind",
+    "category",
+    "enhanced_code",
+    "code",
+    "source",
+    "detail",
+    "first_time",
+    "last_time",
+    "count",
+)
+
+
+class Exported(Protocol):
+    """A row an export writes: a :class:`RecipientState` or a :class:`FeedbackRow`."""
+
+    def as_export(self) -> dict[str, Any]: ...
+
+
+def export_csv(
+    rows: Iterable[Exported], stream: TextIO, fields: Sequence[str] = EXPORT_FIELDS
+) -> int:
+    """Write rows' ``fields`` (recipients' outcomes by default) as CSV, header first, to a
+    text stream; returns the row count.
 
     Open the stream with ``newline=""``. Fields starting with ``= + - @`` get a ``'``
     prefix so that spreadsheets do not run remote reply text as formulas.
     """
     writer = csv.writer(stream)
-    writer.writerow(EXPORT_FIELDS)
+    writer.writerow(fields)
     n = 0
-    for state in states:
-        row = state.as_export()
-        writer.writerow([_csv_safe(row[k]) for k in EXPORT_FIELDS])
+    for exported in rows:
+        row = exported.as_export()
+        writer.writerow([_csv_safe(row[k]) for k in fields])
         n += 1
     return n
 
 
-def export_jsonl(states: Iterable[RecipientState], stream: TextIO) -> int:
-    """Write recipients' outcomes as JSON Lines to a text stream; returns the row count."""
+def export_jsonl(rows: Iterable[Exported], stream: TextIO) -> int:
+    """Write rows (recipients' outcomes, feedback rows) as JSON Lines to a text stream;
+    returns the row count."""
     n = 0
-    for state in states:
-        stream.write(json.dumps(state.as_export(), ensure_ascii=False) + "\n")
+    for exported in rows:
+        stream.write(json.dumps(exported.as_export(), ensure_ascii=False) + "\n")
         n += 1
     return n
 
@@ -187,8 +215,8 @@ def _write_domains(by_domain: dict[str, dict[Status, int]], out: TextIO, top_dom
 class JournalSet:
     """Several shards' journals read as one campaign (``report`` and ``status`` merge them).
 
-    Every journal is opened for reading; counts add up, exports concatenate (ids are per
-    shard: a recipient's position in its shard).
+    Every journal is opened for reading; counts add up, exports concatenate, one shard after
+    the other (ids are per shard: a recipient's position in its shard).
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
@@ -271,6 +299,11 @@ class JournalSet:
         wanted = None if statuses is None else tuple(statuses)
         for journal in self.journals:
             yield from journal.iter_states(wanted)
+
+    def iter_feedback(self, statuses: Iterable[Status] | None = None) -> Iterator[FeedbackRow]:
+        wanted = None if statuses is None else tuple(statuses)
+        for journal in self.journals:
+            yield from journal.iter_feedback(wanted)
 
 
 class JournalPeek:

@@ -14,14 +14,21 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import quote
 
 from bulksend.config import RetryPolicy
 from bulksend.errors import JournalError
 from bulksend.journal import load, opening
 from bulksend.journal.connection import Connection
-from bulksend.journal.feedback import COUNTS_SQL, FeedbackCounts, feedback_counts
+from bulksend.journal.feedback import (
+    COUNTS_SQL,
+    FeedbackCounts,
+    FeedbackRow,
+    feedback_counts,
+    feedback_row,
+    rows_sql,
+)
 from bulksend.journal.identity import _normalise_identity
 from bulksend.journal.integrity import _state_path
 from bulksend.journal.opening import JournalInUse
@@ -42,6 +49,7 @@ from bulksend.journal.upgrade import upgrade
 __all__ = ["MAX_TEXT", "Journal", "JournalInUse", "StoreBase", "plan_updates"]
 
 MAX_TEXT: Final = 2000
+_T = TypeVar("_T")
 
 
 class StoreBase:
@@ -572,13 +580,16 @@ class Journal(StoreBase):
         self._check_owner(None)
 
         def q() -> FeedbackCounts:
-            # A journal from before the table, read without writing, has none yet.
-            table = "SELECT 1 FROM sqlite_schema WHERE name = 'feedback'"
-            if self._db.execute(table).fetchone() is None:
+            if not self._has_feedback():
                 return {}
             return feedback_counts(self._db.execute(COUNTS_SQL))
 
         return self._conn.read("count feedback", q)
+
+    def _has_feedback(self) -> bool:
+        # A journal from before the table, read without writing, has none yet.
+        table = "SELECT 1 FROM sqlite_schema WHERE name = 'feedback'"
+        return self._db.execute(table).fetchone() is not None
 
     def in_doubt_total(self) -> int:
         """How many sends may have been duplicated (in-doubt events, all recipients)."""
@@ -614,21 +625,39 @@ class Journal(StoreBase):
     def iter_states(self, statuses: Iterable[Status] | None = None) -> Iterator[RecipientState]:
         """Every recipient's row in id order (streamed), optionally only some statuses."""
         self._check_owner(None)
-        sql = f"SELECT {_STATE_COLUMNS} FROM recipients"  # noqa: S608
-        args: list[str] = []
-        if statuses is not None:
-            args = [str(s) for s in statuses]
-            sql += f" WHERE status IN ({', '.join('?' * len(args))})"
-        sql += " ORDER BY id"
-        cursor = self._conn.read("export outcomes", lambda: self._db.execute(sql, args))
+        wanted, args = _wanted("status", statuses)
+        sql = f"SELECT {_STATE_COLUMNS} FROM recipients WHERE {wanted} ORDER BY id"  # noqa: S608
+        yield from self._stream("export outcomes", sql, args, _state)
+
+    def iter_feedback(self, statuses: Iterable[Status] | None = None) -> Iterator[FeedbackRow]:
+        """Every feedback row by recipient id, then kind (streamed), optionally only those of
+        recipients in some statuses; none in a journal from before the table."""
+        self._check_owner(None)
+        if not self._conn.read("read the schema", self._has_feedback):
+            return
+        wanted, args = _wanted("r.status", statuses)
+        yield from self._stream("export feedback", rows_sql(wanted), args, feedback_row)
+
+    def _stream(
+        self, what: str, sql: str, args: Sequence[str], row: Callable[[tuple[Any, ...]], _T]
+    ) -> Iterator[_T]:
+        cursor = self._conn.read(what, lambda: self._db.execute(sql, args))
         try:
             while True:
-                rows = self._conn.read("export outcomes", lambda: cursor.fetchmany(1000))
+                rows = self._conn.read(what, lambda: cursor.fetchmany(1000))
                 if not rows:
                     return
-                yield from map(_state, rows)
+                yield from map(row, rows)
         finally:
             cursor.close()
+
+
+def _wanted(column: str, statuses: Iterable[Status] | None) -> tuple[str, list[str]]:
+    """The condition that ``column`` is one of ``statuses`` (None: any), and its arguments."""
+    if statuses is None:
+        return "1", []
+    args = [str(s) for s in statuses]
+    return f"{column} IN ({', '.join('?' * len(args))})", args
 
 
 _STATUS: Final = {s.value: s for s in Status}

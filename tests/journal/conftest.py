@@ -32,6 +32,7 @@ BOTH_BACKENDS = {
     "test_journal_cancelled",
     "test_journal_import",
     "test_journal_postgres",
+    "test_journal_report_feedback",
 }
 
 
