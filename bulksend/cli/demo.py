@@ -26,11 +26,12 @@ Plus a few rows the recipients reader rejects (invalid, duplicate).
 
 The feedback loop (:class:`DemoFeedback`), once the first readers of the list have their
 message: a forged DSN names one of them in a return path without the signed tag (dropped:
-the campaign signs its return paths), three of them bounce later (a DSN each, applied by the inbound machinery, which
-suppresses them and records the later bounce in the running campaign's journal), and one
-unsubscribes with one click (a real HTTP POST to the RFC 8058 endpoint on 127.0.0.1). After
-the report, a short follow-up campaign to the first readers of the same list (at the sites
-that answer at once) skips them, and the readers the run bounced inline.
+the campaign signs its return paths), three of them bounce later (a DSN each, applied by
+the inbound machinery, which suppresses them and records the later bounce in the running
+campaign's journal), and one unsubscribes with one click (a real HTTP POST to the RFC 8058
+endpoint on 127.0.0.1). After the report, a short follow-up campaign to the first readers of
+the same list (at the sites that answer at once) skips them, and the readers the run bounced
+inline.
 """
 
 from __future__ import annotations
