@@ -39,6 +39,7 @@ from bulksend.campaign.recipients import FingerprintSet, normalise_address
 from bulksend.config import SuppressionReason
 from bulksend.errors import SuppressionError
 from bulksend.files import private_fd
+from bulksend.shared_sqlite import set_up
 from bulksend.text import CONTROL, storable
 
 if TYPE_CHECKING:
@@ -265,17 +266,19 @@ class SuppressionStore(StoreBase):
         except sqlite3.Error as exc:
             raise SuppressionError(f"{path}: cannot open the suppression store ({exc})") from None
         store = cls(path, db)
+
+        def schema() -> None:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise SuppressionError(
+                    f"{path}: written by a newer bulksend (schema {version}); upgrade"
+                )
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
         try:
             with store._lock:
-                db.execute("PRAGMA busy_timeout = 10000")
-                db.execute("PRAGMA journal_mode = WAL")
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-                if version > _SCHEMA_VERSION:
-                    raise SuppressionError(
-                        f"{path}: written by a newer bulksend (schema {version}); upgrade"
-                    )
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                set_up(db, schema)
         except sqlite3.Error as exc:
             db.close()
             raise SuppressionError(f"{path}: not a usable suppression store ({exc})") from None

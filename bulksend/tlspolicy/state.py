@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bulksend.errors import ConfigError
 from bulksend.files import private_fd
+from bulksend.shared_sqlite import set_up
 from bulksend.tlspolicy.mtasts import StsMode, StsPolicy
 from bulksend.tlspolicy.tlsrpt import SessionKey
 
@@ -64,9 +65,7 @@ class TlsState:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(private_fd(path, os.O_RDWR))
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout = 10000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(_SCHEMA)
+            set_up(self._db, lambda: self._db.executescript(_SCHEMA))
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"TLS state file {str(path)!r}: {exc}; give another with --tls-state"
