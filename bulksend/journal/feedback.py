@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from bulksend.journal.outcomes import Category, Status
-from bulksend.journal.records import _iso
+from bulksend.journal.records import iso_time
 from bulksend.text import printable
 
 __all__ = [
@@ -100,8 +100,8 @@ class FeedbackRow:
             "code": self.code,
             "source": self.source,
             "detail": printable(self.detail),
-            "first_time": _iso(self.first_at),
-            "last_time": _iso(self.last_at),
+            "first_time": iso_time(self.first_at),
+            "last_time": iso_time(self.last_at),
             "count": self.count,
         }
 

@@ -116,7 +116,7 @@ class RecipientState:
             "category": None if self.category is None else str(self.category),
             "attempts": self.attempts,
             "in_doubt": self.in_doubt,
-            "time": _iso(self.updated_at),
+            "time": iso_time(self.updated_at),
         }
 
 
@@ -144,7 +144,8 @@ def _state(row: tuple[Any, ...]) -> RecipientState:
     )
 
 
-def _iso(t: float) -> str:
+def iso_time(t: float) -> str:
+    """``t`` (Unix seconds) as the exports write times: ISO 8601, UTC, to the second."""
     return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
 
 
