@@ -23,8 +23,10 @@ it holds personal data) and reading goes on. Only a file-level problem (the file
 the CSV has no email column, a byte that is not valid in the file's encoding, UTF-8 unless
 ``[recipients] encoding`` says otherwise) raises :class:`~bulksend.errors.ConfigError`.
 
-Memory: de-duplication and suppression keep 8-byte BLAKE2b fingerprints of the normalised
-address in an open-addressing table (:class:`FingerprintSet`) held in an ``array('Q')``: 16-32
+Memory: de-duplication and suppression keep 8-byte fingerprints of the normalised address
+(Python's string hash: SipHash, keyed anew in every process, so nobody can make up addresses
+that collide, as they could against an unkeyed 8-byte digest; a fingerprint never leaves its
+process) in an open-addressing table (:class:`FingerprintSet`) held in an ``array('Q')``: 16-32
 bytes per distinct address (48 for a moment while the table doubles), so 1M recipients cost
 16-32 MiB instead of the ~100 MiB a ``set`` of strings would. Two different addresses share a
 64-bit fingerprint with probability about n²/2⁶⁵ (3e-8 for a million), in which case the second
@@ -38,7 +40,6 @@ import codecs
 import contextlib
 import csv
 import enum
-import hashlib
 import io
 import json
 import os
@@ -48,6 +49,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
 import email_validator
 
@@ -117,6 +119,9 @@ class Reject:
     kind: RejectKind = RejectKind.INVALID
 
 
+_UNSIGNED: Final = 2**64 - 1
+
+
 class FingerprintSet:
     """A set of 64-bit fingerprints in one flat array (open addressing, linear probing).
 
@@ -139,9 +144,8 @@ class FingerprintSet:
 
     @staticmethod
     def fingerprint(key: str) -> int:
-        """The 64-bit fingerprint of a key (never 0: 0 marks an empty slot)."""
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        return int.from_bytes(digest, "little") or 1
+        """The 64-bit fingerprint of a key in this process (never 0: 0 marks an empty slot)."""
+        return (hash(key) & _UNSIGNED) or 1
 
     def add(self, key: str) -> bool:
         """Add a key; return False when it (or its fingerprint) was already there."""
