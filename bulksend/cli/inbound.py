@@ -227,7 +227,7 @@ def inbound(
             "[bounces] key: only signed reports count), or --any-recipient to suppress any "
             "address"
         )
-    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
+    with open_store(store, campaign, journals) as opened, contextlib.ExitStack() as closing:
         metrics = FeedbackMetrics()
         applying = _applying(
             opened,
@@ -288,7 +288,7 @@ def ingest(
     campaign's limit; delays, auto-replies and anything unreadable change nothing.
     """
     keys = _verp_keys(campaign, verp_key_files)
-    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
+    with open_store(store, campaign, journals) as opened, contextlib.ExitStack() as closing:
         applying = _applying(
             opened,
             campaign,

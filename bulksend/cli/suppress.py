@@ -14,7 +14,7 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO, TypeVar
@@ -80,10 +80,14 @@ def store_options(f: _F) -> _F:
     )(f)
 
 
-def open_store(store: Path | str | None, campaign: Path | None) -> AnyStore:
-    """The store named by ``--store``, or ``--campaign``'s store (see :func:`campaign_store`)."""
+def open_store(
+    store: Path | str | None, campaign: Path | None, journals: Sequence[Path | str] = ()
+) -> AnyStore:
+    """The store named by ``--store``, or ``--campaign``'s store (see :func:`campaign_store`:
+    beside the first of ``journals``, the ``--journal`` a command was given, if any)."""
     if store is None and campaign is not None:
-        store = campaign_store(load_campaign(campaign, os.environ), None)
+        journal = journals[0] if journals else None
+        store = campaign_store(load_campaign(campaign, os.environ), journal)
         if store is None:
             raise ConfigError(f"{campaign}: the campaign uses no suppression store (store = false)")
     if store is None:

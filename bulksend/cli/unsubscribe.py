@@ -111,7 +111,7 @@ def unsubscribe_server(
     keys = _keys(campaign, key_files, key_envs)
     if journals and campaign is None:
         raise click.UsageError("--journal needs --campaign (its links name the campaign by id)")
-    with open_store(store, campaign) as opened, contextlib.ExitStack() as closing:
+    with open_store(store, campaign, journals) as opened, contextlib.ExitStack() as closing:
         logs = open_feedback_logs(journals, closing)
         campaign_id = "" if campaign is None else load_campaign(campaign, os.environ).id
         limits = EndpointLimits(max_connections=max_connections)

@@ -137,6 +137,28 @@ def test_ingest_with_the_campaign_and_its_journal(runner: CliRunner, tmp_path: P
     }
 
 
+def test_a_campaign_without_a_store_uses_the_one_beside_its_journal(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # The run sent with `--journal state/j.sqlite3`: its store is state/suppression.sqlite3,
+    # and inbound, given that journal, applies the bounce there (not beside the campaign).
+    campaign_path = write_campaign(tmp_path / "c", ["gone@example.com"], toml=campaign_toml())
+    journal = tmp_path / "state" / "j.sqlite3"
+    journal.parent.mkdir()
+    with Journal.open(journal, "test") as opened:
+        opened.import_recipients([NewRecipient("gone@example.com", {})])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(FIXTURES / "postfix_5_1_1.eml", inbox / "bounce.eml")
+    args = ["inbound", "ingest", str(inbox), "--campaign", str(campaign_path)]
+    result = runner.invoke(cli, [*args, "--journal", str(journal)])
+    assert result.exit_code == 0, result.output
+    assert stored(journal.parent / "suppression.sqlite3") == {
+        "gone@example.com": (SuppressionReason.HARD_BOUNCE, Source.DSN)
+    }
+    assert not (campaign_path.parent / "suppression.sqlite3").exists()
+
+
 def test_the_campaigns_verp_key_signs_and_verifies(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "verp.key").write_text("a-verp-key-of-32-bytes-or-so-xyz\n")
     (tmp_path / "verp.key").chmod(0o600)
