@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlsplit
 
-__all__ = ["StoreURL", "database_url", "is_postgres_url", "read_password_file", "split_store_url"]
+__all__ = [
+    "StoreURL",
+    "database_url",
+    "is_postgres_url",
+    "read_password_file",
+    "split_store_url",
+    "without_query",
+]
 
 StoreURL = tuple[SplitResult, Sequence[tuple[str, str]], Path | None]
 
@@ -37,13 +44,21 @@ def split_store_url(url: str) -> StoreURL:
     return parts, rest, Path(files[-1]) if files else None
 
 
+def without_query(url: str, *names: str) -> str:
+    """``url`` less the query parameters ``names`` (ours: ``campaign``, ``password_file``),
+    the rest kept byte for byte: re-encoding would turn libpq's ``%20`` into ``+`` (which
+    libpq reads as a plus) and ``postgresql:///db`` into ``postgresql:/db``."""
+    base, _, rest = url.partition("?")
+    query = rest.partition("#")[0]
+    kept = [p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) not in names]
+    return f"{base}?{'&'.join(kept)}" if kept else base
+
+
 def database_url(url: str) -> str:
     """A PostgreSQL journal's URL without its ``campaign``: the database that every campaign
     in it shares (the default suppression store), ``password_file`` and libpq's parameters
     kept."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "campaign"]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    return without_query(url, "campaign")
 
 
 def read_password_file(path: Path) -> str:

@@ -11,12 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlencode, urlunsplit
 
 from bulksend.errors import JournalError
 from bulksend.journal.feedback import FeedbackKind
 from bulksend.journal.outcomes import WAITING, Category, Status
-from bulksend.store_urls import read_password_file, split_store_url
+from bulksend.store_urls import read_password_file, split_store_url, without_query
 
 #: The version of this schema, in ``meta.schema_version``; another is refused.
 PG_SCHEMA_VERSION: Final = 2  # 2: cancelled, schedule (UPGRADE_1_TO_2)
@@ -30,6 +29,9 @@ class NoJournal(JournalError):
 
 
 _CAMPAIGN: Final = re.compile(r"[a-z0-9_]{1,48}")
+#: Campaign names whose schema is another's: ``bulksend_suppression`` is the suppression
+#: store's (:mod:`bulksend.suppression.postgres`), which discarding a campaign would drop.
+_RESERVED: Final = frozenset({"suppression"})
 
 
 def _in(values: object) -> str:
@@ -172,9 +174,12 @@ def parse_url(url: str) -> Location:
             f"PostgreSQL journal on {host}: give the campaign once, as ?campaign=NAME "
             "(1 to 48 of a-z, 0-9 and _)"
         )
-    rest = urlencode([(k, v) for k, v in query if k != "campaign"])
-    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
-    return Location(conninfo, campaigns[0], password_file)
+    if campaigns[0] in _RESERVED:
+        raise JournalError(
+            f"PostgreSQL journal on {host}: ?campaign={campaigns[0]} is taken (its schema "
+            f"bulksend_{campaigns[0]} is the suppression store's); choose another name"
+        )
+    return Location(without_query(url, "campaign", "password_file"), campaigns[0], password_file)
 
 
 def read_password(location: Location) -> str | None:

@@ -20,12 +20,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Final
-from urllib.parse import urlencode, urlunsplit
 
 import psycopg
 
 from bulksend.errors import SuppressionError
-from bulksend.store_urls import read_password_file, split_store_url
+from bulksend.store_urls import read_password_file, split_store_url, without_query
 from bulksend.suppression.store import (
     _ACTIVE,
     _BATCH,
@@ -73,13 +72,13 @@ class PostgresSuppressionStore(StoreBase):
 
     def __init__(self, url: str) -> None:
         try:
-            parts, query, password_file = split_store_url(url)
+            _parts, _query, password_file = split_store_url(url)
         except ValueError:
             raise SuppressionError(
                 "a PostgreSQL suppression store URL must not hold a password (it would show "
                 "in process lists and logs): use password_file=PATH, PGPASSFILE or PGPASSWORD"
             ) from None
-        conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        conninfo = without_query(url, "password_file")
         self.path = conninfo
         self._lock = threading.Lock()
         self._own = 0
@@ -103,9 +102,16 @@ class PostgresSuppressionStore(StoreBase):
             ) from None
         try:
             with self._tx("set up") as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA,))
-                for statement in _SET_UP:
-                    cur.execute(statement)
+                # Set up once: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even
+                # when the schema is there, which a worker's role need not have.
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.changes",))
+                ready = cur.fetchone()
+                if ready is not None and ready[0]:
+                    cur.execute(f"SET search_path TO {SCHEMA}")
+                else:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA,))
+                    for statement in _SET_UP:
+                        cur.execute(statement)
         except BaseException:
             self._db.close()
             raise

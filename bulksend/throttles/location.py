@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlencode, urlunsplit
 
 from bulksend.errors import ConfigError
-from bulksend.store_urls import read_password_file, split_store_url
+from bulksend.store_urls import read_password_file, split_store_url, without_query
 
 __all__ = ["THROTTLE_PASSWORD_ENV", "StoreLocation", "parse_store_url"]
 
@@ -55,7 +54,7 @@ def parse_store_url(value: str) -> StoreLocation:
             what to write instead).
     """
     try:
-        parts, rest, password_file = split_store_url(value)
+        parts, _rest, password_file = split_store_url(value)
     except ValueError:
         raise ValueError(
             "leave the password out of the URL (it would show in logs): give "
@@ -63,5 +62,4 @@ def parse_store_url(value: str) -> StoreLocation:
         ) from None
     if parts.scheme not in {"redis", "rediss"} or not parts.hostname:
         raise ValueError("write the store as redis://host:port/db (rediss:// for TLS)")
-    url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
-    return StoreLocation(url, password_file)
+    return StoreLocation(without_query(value, "password_file"), password_file)

@@ -196,6 +196,12 @@ def test_a_url_without_a_campaign_is_refused() -> None:
             open_journal(url, IDENTITY)
 
 
+def test_the_suppression_stores_schema_is_no_campaigns_name() -> None:
+    # A campaign named so would share bulksend_suppression, and discarding it would drop it.
+    with pytest.raises(JournalError, match=r"\?campaign=suppression is taken"):
+        open_journal("postgresql://u@127.0.0.1:1/db?campaign=suppression", IDENTITY)
+
+
 def test_a_report_on_a_missing_campaign_creates_nothing(postgres_url: str) -> None:
     with pytest.raises(JournalError, match="there is no journal at"):
         open_journal(postgres_url + "?campaign=absent", None)

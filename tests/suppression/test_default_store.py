@@ -86,7 +86,12 @@ def test_a_journal_url_names_the_database_not_the_campaign(tmp_path: Path) -> No
     path = write_campaign(tmp_path, [], toml=campaign_toml(extra=extra))
     campaign = Campaign.load(path, {})
     assert campaign_store(campaign.config, None) == (
-        "postgresql://bulk@db.test:5432/mail?sslmode=require&password_file=%2Fp"
+        "postgresql://bulk@db.test:5432/mail?sslmode=require&password_file=/p"
+    )
+    # libpq's own parameters pass byte for byte (%20 is not '+' to libpq; /// stays).
+    odd = "postgresql:///mail?host=/run/postgresql&campaign=c&options=-c%20search_path%3Dx"
+    assert campaign_store(campaign.config, odd) == (
+        "postgresql:///mail?host=/run/postgresql&options=-c%20search_path%3Dx"
     )
     journal = tmp_path / "state" / "j.sqlite3"
     assert campaign_store(campaign.config, journal) == tmp_path / "state" / "suppression.sqlite3"

@@ -231,3 +231,27 @@ def test_a_postgresql_store_url_loads_as_given(tmp_path: Path) -> None:
 def test_a_postgresql_store_url_never_holds_a_password() -> None:
     with pytest.raises(SuppressionError, match="must not hold a password"):
         open_suppression_store("postgresql://u:secret@127.0.0.1:1/mail")
+
+
+def test_a_role_without_create_opens_a_store_set_up_before(postgres_url: str) -> None:
+    """Workers may run as a role that can use the store but not create schemas in the
+    database (the journal asks no more of a reader)."""
+    import psycopg  # noqa: PLC0415 (the PostgreSQL tests' own dependency)
+
+    with open_suppression_store(postgres_url) as owner:  # the owner sets it up once
+        owner.add("gone@example.com", SuppressionReason.HARD_BOUNCE, Source.CAMPAIGN, now=1.0)
+    database = postgres_url.rpartition("/")[2]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE worker_{database} LOGIN")
+        admin.execute(f"REVOKE CREATE ON DATABASE {database} FROM PUBLIC")
+        admin.execute(f"GRANT USAGE ON SCHEMA bulksend_suppression TO worker_{database}")
+        admin.execute(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA bulksend_suppression"
+            f" TO worker_{database}"
+        )
+    user = postgres_url.partition("://")[2].partition("@")[0]
+    worker_url = postgres_url.replace(f"://{user}@", f"://worker_{database}@", 1)
+    with open_suppression_store(worker_url) as worker:
+        assert worker.check("gone@example.com") is not None
+        worker.add("new@example.com", SuppressionReason.UNSUBSCRIBE, Source.HTTP, now=2.0)
+        assert worker.check("new@example.com") is not None
