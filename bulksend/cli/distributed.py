@@ -50,7 +50,7 @@ _CAMPAIGN = click.Path(exists=True, dir_okay=False, path_type=Path)
 def import_(campaign_file: Path, journal: Path | str | None, force: bool) -> None:
     """Import a campaign's recipients into its journal; send nothing (then run workers)."""
     campaign = load_campaign(campaign_file)
-    journal = campaign_journal(journal, campaign)
+    journal = campaign_journal(journal, campaign.config)
     options = RunOptions(journal=journal, force=force)
     imported, tally = trio.run(lambda: import_campaign(campaign, options))
     if imported is None:

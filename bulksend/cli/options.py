@@ -14,7 +14,7 @@ import click
 from bulksend.campaign.render import Campaign
 from bulksend.cli.output import warn
 from bulksend.cli.state import tls_state_path
-from bulksend.config import is_fqdn
+from bulksend.config import CampaignConfig, is_fqdn
 from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
 from bulksend.delivery.shard import Shard
@@ -293,10 +293,9 @@ def _check_throttle(
         raise click.BadParameter(str(exc)) from None
 
 
-def campaign_journal(given: Path | str | None, campaign: Campaign) -> Path | str:
+def campaign_journal(given: Path | str | None, config: CampaignConfig) -> Path | str:
     """The journal of a run: ``--journal``, else the campaign's ``[journal] url``, else
     ``<campaign id>.journal.sqlite3`` beside the campaign file."""
-    config = campaign.config
     return given or config.journal_url or config.source.parent / f"{config.id}.journal.sqlite3"
 
 

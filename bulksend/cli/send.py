@@ -91,7 +91,7 @@ def send(
     campaign = load_campaign(campaign_file)
     if dry_run:
         raise SystemExit(_dry_run(campaign, flags))
-    journal = campaign_journal(journal, campaign)
+    journal = campaign_journal(journal, campaign.config)
     record = SentRecord(sent_record or _default_sent_record())
     if workers == 0:
         workers = os.cpu_count() or 1

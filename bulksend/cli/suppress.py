@@ -22,7 +22,7 @@ from typing import Any, Final, TextIO, TypeVar
 import click
 
 from bulksend.campaign.recipients import numbered_rows
-from bulksend.cli.options import debug_option
+from bulksend.cli.options import campaign_journal, debug_option
 from bulksend.cli.output import EXIT_UNDELIVERED, open_output, warn
 from bulksend.config import SuppressionConfig, SuppressionReason, load_campaign
 from bulksend.errors import ConfigError
@@ -86,8 +86,17 @@ def open_store(
     """The store named by ``--store``, or ``--campaign``'s store (see :func:`campaign_store`:
     beside the first of ``journals``, the ``--journal`` a command was given, if any)."""
     if store is None and campaign is not None:
-        journal = journals[0] if journals else None
-        store = campaign_store(load_campaign(campaign, os.environ), journal)
+        config = load_campaign(campaign, os.environ)
+        journal = journals[0] if journals else campaign_journal(None, config)
+        store = campaign_store(config, journal)
+        unsure = isinstance(journal, Path) and not journals and not journal.exists()
+        if unsure and store is not None and config.suppression.store is None:
+            # No run of it here: it may have been sent with --journal elsewhere.
+            warn(
+                f"{campaign} names no store: this is {store}, beside its default journal; "
+                "a run given --journal elsewhere keeps its store beside that journal "
+                "(give --store, or --journal where the command has it)"
+            )
         if store is None:
             raise ConfigError(f"{campaign}: the campaign uses no suppression store (store = false)")
     if store is None:

@@ -569,6 +569,7 @@ async def _open_store(campaign: Campaign, journal: Path | str) -> StoreSuppressi
     path = campaign_store(campaign.config, journal)
     if path is None:
         return None
+    log.info("suppression store: %s", path)  # the commands' --store, if the default is unclear
     store = await trio.to_thread.run_sync(open_suppression_store, path)
     view = StoreSuppression(store)
     try:

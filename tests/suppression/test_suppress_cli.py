@@ -166,6 +166,14 @@ def test_the_store_can_come_from_the_campaign(runner: CliRunner, tmp_path: Path)
     assert result.exit_code == 0, result.stderr
     with SuppressionStore.open(plain.parent / "suppression.sqlite3") as opened:
         assert opened.check("b@x.test") is not None
+    assert result.stderr == (
+        f"bulksend: warning: {plain} names no store: this is {plain.parent}/suppression.sqlite3,"
+        " beside its default journal; a run given --journal elsewhere keeps its store beside"
+        " that journal (give --store, or --journal where the command has it)\n"
+    )
+    (plain.parent / "test-campaign.journal.sqlite3").touch()  # a run used the default journal
+    result = runner.invoke(cli, ["suppress", "check", "b@x.test", "--campaign", str(plain)])
+    assert "warning" not in result.stderr
     none = write_campaign(
         tmp_path / "none", [], toml=campaign_toml(extra="[suppression]\nstore = false\n")
     )
