@@ -24,11 +24,12 @@ the CSV has no email column, a byte that is not valid in the file's encoding, UT
 ``[recipients] encoding`` says otherwise) raises :class:`~bulksend.errors.ConfigError`.
 
 Memory: de-duplication and suppression keep 8-byte fingerprints of the normalised address
-(Python's string hash: SipHash, keyed anew in every process, so nobody can make up addresses
-that collide, as they could against an unkeyed 8-byte digest; a fingerprint never leaves its
-process) in an open-addressing table (:class:`FingerprintSet`) held in an ``array('Q')``: 16-32
-bytes per distinct address (48 for a moment while the table doubles), so 1M recipients cost
-16-32 MiB instead of the ~100 MiB a ``set`` of strings would. Two different addresses share a
+(Python's string hash: SipHash, keyed anew in every process unless ``PYTHONHASHSEED`` fixes
+the key, so nobody can make up addresses that collide, as they could against an unkeyed
+8-byte digest; a fingerprint never leaves its process) in an open-addressing table
+(:class:`FingerprintSet`) held in an ``array('Q')``: 16-32 bytes per distinct address (48 for
+a moment while the table doubles), so 1M recipients cost 16-32 MiB instead of the ~100 MiB a
+``set`` of strings would. Two different addresses share a
 64-bit fingerprint with probability about n²/2⁶⁵ (3e-8 for a million), in which case the second
 is dropped as a duplicate.
 """

@@ -285,7 +285,8 @@ class DemoFeedback:
     directory: Path
     addresses: Sequence[str]
     bounced_later: list[str] = field(default_factory=list)
-    forged: tuple[str, list[str]] = ("", [])  # the address a forged DSN named, its outcomes
+    #: The address a forged DSN named, and its outcomes.
+    forged: tuple[str, list[str]] = field(default_factory=lambda: ("", []))
     unsubscribed: str = ""
     unsubscribe_status: int = 0
 

@@ -153,7 +153,9 @@ class Operator:
             raise CommandError("the campaign has not started sending yet; try again")
         if command.action == "status":
             return {"ok": True, "status": await self.status()}
-        changed = self.state.apply(command, scheduler.context.now()) + self._save()
+        changed = self.state.apply(command, scheduler.context.now())
+        if command.action not in ("rate", "connections"):  # those end with the run anyway
+            changed += self._save()
         answer: dict[str, Any] = {"ok": True}
         if command.action in ENDINGS:
             outcome = ending(command.action)
@@ -212,11 +214,14 @@ class Operator:
         change holds for this run all the same: a pause is wanted now)."""
         assert isinstance(self.journal, Path)
         path = state_path(self.journal)
+        writing = path.with_name(path.name + ".new")
         try:
-            with open_private(path) as out:
+            with open_private(writing) as out:  # a full disk leaves the old state whole
                 json.dump(self.state.persistent(), out, allow_nan=False)
+            os.replace(writing, path)
         except OSError as exc:
-            self._say(f"ctl: cannot save the control state in {path}: {exc.strerror or exc}")
+            with contextlib.suppress(OSError):
+                writing.unlink()
             return f" (for this run only: cannot save it in {path}: {exc.strerror or exc})"
         return ""
 
@@ -252,10 +257,10 @@ class Operator:
                 await self._changed.wait()
             ended = self.state.expire(context.now())
             if ended:
-                self._save()
+                unsaved = self._save()
                 self._enforce()
                 for what in ended:
-                    self._say(f"ctl: {what}")
+                    self._say(f"ctl: {what}{unsaved}")
 
 
 async def serve_socket(

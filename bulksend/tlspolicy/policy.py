@@ -351,11 +351,15 @@ class TlsPolicies:
         counts, self.counts = self.counts, collections.Counter()
         if self._state is None or not counts:
             return
+        saved = False
         try:
             await trio.to_thread.run_sync(self._state.add_sessions, list(counts.items()))
+            saved = True
         except sqlite3.Error as exc:
-            self.counts.update(counts)
             log.warning("TLS-RPT counts not saved in %s, kept for later: %s", self._state.path, exc)
+        finally:
+            if not saved:  # failed, or cancelled on the way: :meth:`close` saves them
+                self.counts.update(counts)
 
     async def keep_saving(self, stopping: trio.Event, every: float = SAVE_EVERY) -> None:
         """Save the counts every ``every`` seconds until ``stopping`` is set (the run ends:

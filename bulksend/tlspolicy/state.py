@@ -124,10 +124,11 @@ class TlsState:
                     "ON CONFLICT DO UPDATE SET sessions = sessions + excluded.sessions",
                     rows,
                 )
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT too: never hold the lock
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def sessions(self, day: str) -> list[tuple[SessionKey, int]]:
         """Every session count of ``day`` (``YYYY-MM-DD``)."""

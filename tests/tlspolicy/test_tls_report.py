@@ -214,3 +214,19 @@ async def test_counts_that_cannot_be_saved_wait_for_the_next_save(
         assert reread.sessions("2026-12-03") == [(key, 4)]
     finally:
         reread.close()
+
+
+async def test_a_save_cancelled_on_the_way_keeps_the_counts(tmp_path: Path) -> None:
+    path = tmp_path / "tls-state.sqlite3"
+    tls = TlsPolicies(MXResolver(RoutingConfig(nameservers=("127.0.0.1",))), state=TlsState(path))
+    key = SessionKey("2026-12-03", DOMAIN, "sts", (), (MX,), "validation-failure", MX, "")
+    tls.counts[key] += 3
+    with trio.CancelScope() as scope:
+        scope.cancel()  # the run ends just as the minute's save begins
+        await tls.save()
+    await tls.close()
+    reread = TlsState(path)
+    try:
+        assert reread.sessions("2026-12-03") == [(key, 3)]
+    finally:
+        reread.close()
