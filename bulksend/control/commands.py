@@ -183,6 +183,19 @@ class ControlState:
             return f"{command.subject}: {command.action} {shown}{lasts}"
         raise CommandError(f"{command.action} changes nothing")
 
+    def also_set(self, command: Command, sites: Iterable[tuple[str, tuple[str, ...]]]) -> str:
+        """After ``command`` put a site's rate or cap back: the other selectors that still
+        set it for a site ``command`` names (``sites``: each site's name and MX hosts), in
+        words ("" when none)."""
+        table = self.rates if command.action == "rate" else self.connections
+        others: set[str] = set()
+        for name, hosts in sites:
+            if site_matches(command.target, name, hosts):
+                others.update(s for s in table if site_matches(s, name, hosts))
+        if not others:
+            return ""
+        return f" (still set as {', '.join(sorted(others))}: put those back too)"
+
     def expire(self, now: float) -> list[str]:
         """Drop what has run out at ``now``; returns what ended, in words."""
         ended = []

@@ -156,6 +156,10 @@ class Operator:
         changed = self.state.apply(command, scheduler.context.now())
         if command.action not in ("rate", "connections"):  # those end with the run anyway
             changed += self._save()
+        elif command.value is None:  # back to the configured value, unless set otherwise
+            changed += self.state.also_set(
+                command, ((str(s), s.mx) for s in scheduler.destinations)
+            )
         answer: dict[str, Any] = {"ok": True}
         if command.action in ENDINGS:
             outcome = ending(command.action)

@@ -125,6 +125,14 @@ async def test_a_rate_set_until_the_run_ends_goes_back_with_default(tmp_path: Pa
             assert back.stdout() == "site mx1.alpha.test: rate back to its configured value\n"
             await trio.sleep(1.0)
             assert await received_during(alpha, 2.0) <= 2 * 8 + 2
+            # Set under two names, put back under one: the answer names the other.
+            await ctl(tmp_path, journal, "rate", "alpha.test", "30/s", name="r1")
+            await ctl(tmp_path, journal, "rate", "mx1.alpha.test", "20/s", name="r2")
+            half = await ctl(tmp_path, journal, "rate", "mx1.alpha.test", "default", name="h")
+            assert half.stdout() == (
+                "site mx1.alpha.test: rate back to its configured value (still set as "
+                "alpha.test: put those back too)\n"
+            ), half
             again = await ctl(tmp_path, journal, "connections", "alpha.test", "default", name="c")
             assert again.process.returncode == 1
             assert again.stderr() == (

@@ -93,6 +93,22 @@ def test_a_rate_or_cap_set_without_a_duration_goes_back_to_the_configured_one() 
         Command.from_json({"action": "connections", "scope": "site", "target": "a", "for": 5})
 
 
+def test_putting_a_rate_back_names_the_other_selectors_still_setting_it() -> None:
+    state = ControlState()
+    site = ("mx1.alpha.test", ("mx1.alpha.test",))
+    state.apply(Command("rate", "site", "alpha.test", 50.0), T0)
+    state.apply(Command("rate", "site", "mx1.alpha.test", 40.0), T0)
+    state.apply(Command("rate", "site", "beta.test", 30.0), T0)
+    back = Command("rate", "site", "mx1.alpha.test")
+    state.apply(back, T0)
+    assert state.also_set(back, [site, ("mx1.beta.test", ("mx1.beta.test",))]) == (
+        " (still set as alpha.test: put those back too)"
+    )
+    assert state.site_override(state.rates, *site) == 50.0
+    state.apply(Command("rate", "site", "alpha.test"), T0)
+    assert state.also_set(back, [site]) == ""
+
+
 def test_held_domains() -> None:
     state = ControlState()
     state.apply(Command("pause", "domain", "p.test", duration=5.0), T0)

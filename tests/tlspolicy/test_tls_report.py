@@ -209,11 +209,7 @@ async def test_counts_that_cannot_be_saved_wait_for_the_next_save(
     TlsState(path).close()  # the table is back
     tls.counts[key] += 1
     await tls.close()
-    reread = TlsState(path)
-    try:
-        assert reread.sessions("2026-12-03") == [(key, 4)]
-    finally:
-        reread.close()
+    assert saved(path, "2026-12-03") == [(key, 4)]
 
 
 async def test_a_save_cancelled_on_the_way_keeps_the_counts(tmp_path: Path) -> None:
@@ -225,8 +221,13 @@ async def test_a_save_cancelled_on_the_way_keeps_the_counts(tmp_path: Path) -> N
         scope.cancel()  # the run ends just as the minute's save begins
         await tls.save()
     await tls.close()
-    reread = TlsState(path)
+    assert saved(path, "2026-12-03") == [(key, 3)]
+
+
+def saved(path: Path, day: str) -> list[tuple[SessionKey, int]]:
+    """The session counts of ``day`` in the state file at ``path``, as another run reads them."""
+    state = TlsState(path)
     try:
-        assert reread.sessions("2026-12-03") == [(key, 3)]
+        return state.sessions(day)
     finally:
-        reread.close()
+        state.close()
