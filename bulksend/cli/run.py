@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,13 +40,13 @@ from bulksend.cli.progress import AccountingLog, Progress, Tally, snapshot_path
 from bulksend.control.commands import CommandError
 from bulksend.control.fanout import Fanout
 from bulksend.control.server import Operator, load_state
-from bulksend.delivery.run import RunOptions, RunSummary, run_campaign
+from bulksend.delivery.run import RunOptions, RunSummary, plan_shards, run_campaign
 from bulksend.delivery.scheduler import Scheduler
 from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import ConfigError
 from bulksend.files import open_private
-from bulksend.journal import JournalSet, Status, campaign_tally
+from bulksend.journal import JournalPeek, JournalSet, Status, campaign_tally
 from bulksend.journal.backend import AnyJournal
 from bulksend.metrics import Metrics, MetricsServer, register_process_metrics
 from bulksend.metrics import serve as serve_registry
@@ -236,6 +236,14 @@ def worker_control(
     return None if operator is None else operator.start
 
 
+def _imported(journal: Path) -> bool:
+    """Whether ``journal`` holds its whole import already (a resume needs no shard plan)."""
+    if not journal.exists():
+        return False
+    with JournalPeek(journal) as peek:
+        return peek.import_complete()
+
+
 def _live_workers(pool: WorkerPool, journal: Path) -> list[tuple[str, Path]]:
     """The name and shard journal of each worker of ``pool`` still sending."""
     return [
@@ -318,8 +326,11 @@ def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count:
     journal; one progress line, one metrics endpoint."""
     options = flags.options(journal, campaign)
     if isinstance(journal, Path):
-        for index in range(count):
-            _write_sidecar(campaign, Shard(index, count).journal(journal))
+        shards = [Shard(index, count).journal(journal) for index in range(count)]
+        for path in shards:
+            _write_sidecar(campaign, path)
+        if not all(_imported(path) for path in shards):  # one plan, for every shard
+            options = replace(options, shard_plan=trio.run(plan_shards, campaign, options))
     pool = WorkerPool(
         campaign.config.source,
         os.environ,

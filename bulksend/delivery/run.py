@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -94,6 +94,8 @@ class RunOptions:
         lease: seconds a PostgreSQL journal's claims are leased for (None: the store's
             default, :data:`~bulksend.journal.postgres.DEFAULT_LEASE`); a SQLite journal
             refuses it.
+        shard_plan: how the shards divide the campaign (:func:`plan_shards`), made once for
+            every shard; None: this shard routes the domains itself (``--shard I/N``).
         tls_state: the TLS policy state file (cached MTA-STS policies, TLS-RPT counts);
             None: kept in memory for this run only.
         tls_save_every: seconds between saves of the TLS-RPT counts to ``tls_state`` during
@@ -118,6 +120,7 @@ class RunOptions:
     throttle: str | None = None
     throttle_password: str | None = field(default=None, repr=False)
     lease: float | None = None
+    shard_plan: ShardPlan | None = field(default=None, repr=False)
     tls_state: Path | None = None
     tls_save_every: float = SAVE_EVERY
     sts_fetch: FetchSettings | None = None
@@ -203,6 +206,9 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
 
 
 Keep = Callable[[str, str], bool]  # does this run own this recipient (domain, address)?
+#: How the shards divide a campaign: each domain's site units (see
+#: :func:`~bulksend.delivery.shard.site_keys`).
+ShardPlan = Mapping[str, Sequence[str]]
 
 
 def _recipients(
@@ -309,18 +315,31 @@ def _everything(_domain: str, _address: str) -> bool:
     return True
 
 
-async def shard_filter(campaign: Campaign, router: Router, shard: Shard) -> Keep:
-    """Which recipients a shard owns: those whose site, or with egress sources whose (site,
-    source) unit, hashes to it (rows without a domain: shard 0)."""
+async def plan_shards(campaign: Campaign, options: RunOptions) -> ShardPlan:
+    """Route every domain of the recipients file once: the plan by which every shard keeps
+    its own recipients. ``send --workers N`` makes it once, in the parent, for all the
+    shards: a shard that made its own could see a domain's DNS fail where another saw it
+    answer, and the two would then both keep that domain's recipients, or neither."""
+    router = Router(routing_config(campaign.config, options))
+    return await _plan(campaign, router)
+
+
+async def _plan(campaign: Campaign, router: Router) -> ShardPlan:
     reader = campaign.recipients()
     domains = await trio.to_thread.run_sync(lambda: distinct_domains(reader.raw_emails()))
-    keys = await site_keys(router, domains, _lane_sources(campaign.config))
-    log.info("shard %s: %d domains routed to plan the shards", shard, len(keys))
+    plan = await site_keys(router, domains, _lane_sources(campaign.config))
+    log.info("%d domains routed to plan the shards", len(plan))
+    return plan
+
+
+def shard_filter(plan: ShardPlan, shard: Shard) -> Keep:
+    """Which recipients a shard owns: those whose site, or with egress sources whose (site,
+    source) unit, hashes to it (rows without a domain: shard 0)."""
 
     def keep(domain: str, address: str) -> bool:
         if not domain:
             return shard.index == 0
-        return shard.owns(unit_of(keys.get(domain, [domain]), address))
+        return shard.owns(unit_of(plan.get(domain, [domain]), address))
 
     return keep
 
@@ -534,7 +553,8 @@ async def _import(
     config = campaign.config
     keep = None
     if options.shard is not None and router is not None and not journal.import_complete:
-        keep = await shard_filter(campaign, router, options.shard)
+        plan = options.shard_plan
+        keep = shard_filter(await _plan(campaign, router) if plan is None else plan, options.shard)
 
     def importing(rows: int) -> None:
         trio.from_thread.check_cancelled()  # a cancelled run stops its import here

@@ -11,7 +11,10 @@ So shards are cut by site. Before importing, a shard reads the recipient file's 
 answers stay in the router's cache for the run), and keeps the recipients whose *site*
 hashes to its index. Every shard computes the same assignment from the same DNS answers,
 so a site is owned by one shard. A domain that cannot be routed now (SERVFAIL) is assigned
-by its own name, so it is still owned by exactly one shard.
+by its own name. With ``send --workers N`` the parent routes once and hands every worker
+the same plan (:func:`~bulksend.delivery.run.plan_shards`): shards that each asked DNS could
+see one domain fail for one and answer for another, and would then both keep its
+recipients (sent twice) or neither (never sent).
 
 With egress sources (``scope = "source"``, :mod:`bulksend.egress.selection`), the unit whose
 limits must live in one place is (site, source) instead: each unit, ``"<site> via
@@ -23,9 +26,11 @@ that backs off then hands its recipients only to the sources of its own shard, a
 shard sends its share of a source's warm-up allowance: :attr:`Warmup.share
 <bulksend.egress.warmup.Warmup.share>`.)
 
-Caveat (documented in the README): if DNS changes an MX set between the shards' imports,
-a site could be split; its limits then hold per shard. Keeping the import of all shards
-close together (as an Indexed Job does) makes this unlikely.
+Caveat (documented in the README), for ``--shard I/N`` on separate machines, where each
+shard routes for itself: if DNS changes an MX set between the shards' imports, a site could
+be split (its limits then hold per shard), and a domain whose lookup fails in one shard and
+not in another is kept by both or by neither. Keeping the import of all shards close
+together (as an Indexed Job does) makes this unlikely.
 """
 
 from __future__ import annotations

@@ -145,6 +145,8 @@ class DNSServer:
         self._ancestors: set[dns.name.Name] = set()  # empty non-terminals exist (RFC 8020)
         self._secure: set[dns.name.Name] = set()  # answered with AD (DNSSEC-validated)
         self._faults: dict[tuple[dns.name.Name, dns.rdatatype.RdataType | None], Fault] = {}
+        #: Faults that apply to so many more queries only (then they are gone).
+        self._fault_budget: dict[tuple[dns.name.Name, dns.rdatatype.RdataType | None], int] = {}
         if zones:
             self.load(zones)
 
@@ -187,14 +189,21 @@ class DNSServer:
 
     # ---- faults and counters ---------------------------------------------------------------
 
-    def inject(self, name: str, fault: Fault, rdtype: str | None = None) -> None:
-        """Make queries for ``name`` (of ``rdtype``, or any type) fail with ``fault``."""
-        kind = None if rdtype is None else dns.rdatatype.from_text(rdtype)
-        self._faults[(_name(name), kind)] = fault
+    def inject(
+        self, name: str, fault: Fault, rdtype: str | None = None, *, times: int | None = None
+    ) -> None:
+        """Make queries for ``name`` (of ``rdtype``, or any type) fail with ``fault``: all of
+        them, or the next ``times`` only (a resolver that failed for one process, not the
+        next)."""
+        key = (_name(name), None if rdtype is None else dns.rdatatype.from_text(rdtype))
+        self._faults[key] = fault
+        if times is not None:
+            self._fault_budget[key] = times
 
     def clear_faults(self) -> None:
         """Remove every injected fault."""
         self._faults.clear()
+        self._fault_budget.clear()
 
     def count(self, name: str | None = None, rdtype: str | None = None, transport: str = "") -> int:
         """How many queries arrived, filtered by name, type and transport ("udp"/"tcp")."""
@@ -211,7 +220,18 @@ class DNSServer:
     # ---- answering -------------------------------------------------------------------------
 
     def _fault(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> Fault | None:
-        return self._faults.get((qname, qtype)) or self._faults.get((qname, None))
+        for key in ((qname, qtype), (qname, None)):
+            fault = self._faults.get(key)
+            if fault is None:
+                continue
+            left = self._fault_budget.get(key)
+            if left is not None:  # counted down: gone after its last query
+                if left <= 1:
+                    del self._faults[key], self._fault_budget[key]
+                else:
+                    self._fault_budget[key] = left - 1
+            return fault
+        return None
 
     def _exists(self, name: dns.name.Name) -> bool:
         return name in self._names or name in self._ancestors

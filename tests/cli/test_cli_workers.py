@@ -11,6 +11,8 @@ from pathlib import Path
 import trio
 
 from bulksend.delivery.shard import Shard
+from bulksend.routing import Site
+from bulksend.testing.dns import Fault
 from bulksend.testing.scenario import running
 from tests.cli.cli_helpers import (
     bulksend,
@@ -178,3 +180,39 @@ async def test_sigint_stops_every_worker_and_each_shard_resumes(tmp_path: Path) 
         tmp_path, "report", *(str(Shard(i, 2).journal(journal)) for i in range(2)), name="rep"
     )
     assert sum(n - 1 for n in received.values()) <= reported_in_doubt(report.stdout())
+
+
+async def test_a_domain_whose_dns_fails_once_is_sent_by_exactly_one_worker(
+    tmp_path: Path,
+) -> None:
+    # A SERVFAIL answered to whoever asks first about one domain: had each worker planned
+    # its shard itself, one would have put the domain by its own name, the other by its
+    # site, and both (or neither) would have sent its recipients.
+    sites = sharded_sites(big_domains=12, small_sites=1)
+    domains = [d for s in sites for d in s.domains]
+    path, recipients = paced_campaign(tmp_path, domains, 130, rate=500)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(120):
+        async with running(sites) as world:
+            big = str(Site.of(sites[0].mx_names(), world.smtp_port))
+            flaky = next(  # a domain whose own shard is not its site's: 1 in 2**12 has none
+                d for d in sites[0].domains if Shard(0, 2).owns(d) != Shard(0, 2).owns(big)
+            )
+            world.dns.inject(flaky, Fault.SERVFAIL, "MX", times=1)
+            proc = await run_bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--workers",
+                "2",
+                *world_args(world),
+                name="workers",
+                seconds=100,
+            )
+            received = world.received()
+    assert proc.process.returncode == 0, proc
+    assert world.dns.count(flaky, "MX") >= 2  # it failed once, then answered
+    assert sorted(received) == sorted(recipients)
+    assert set(received.values()) == {1}
