@@ -589,7 +589,6 @@ async def _open_store(campaign: Campaign, journal: Path | str) -> StoreSuppressi
     path = campaign_store(campaign.config, journal)
     if path is None:
         return None
-    log.info("suppression store: %s", path)  # the commands' --store, if the default is unclear
     store = await trio.to_thread.run_sync(open_suppression_store, path)
     view = StoreSuppression(store)
     try:
@@ -609,6 +608,8 @@ async def _read_suppression(
     """Read the suppression file, if any, beside the store; on a resume, mark the waiting
     recipients suppressed by either."""
     sources: list[Watched] = [] if store is None else [store]
+    if store is not None:  # the commands' --store, where the default is unclear
+        log.info("suppression store: %s", store.path)
     path = campaign.config.recipients.suppression
     if path is not None:
         suppression = SuppressionFile(path)
