@@ -9,7 +9,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,6 @@ from bulksend.inbound.receiver import Receiver, ReceiverLimits
 from bulksend.journal.feedback_log import open_feedback_logs
 from bulksend.journal.reports import JournalSet
 from bulksend.metrics import FeedbackMetrics
-from bulksend.suppression.backend import AnyStore
 from bulksend.suppression.rules import Rules
 from bulksend.text import printable, write_table
 
@@ -78,20 +77,20 @@ def _verp_keys(campaign: Path | None, files: tuple[Path, ...]) -> list[bytes]:
     return keys + file_keys(files)
 
 
+@contextlib.contextmanager
 def _applying(
-    store: AnyStore,
+    store: Path | str | None,
     campaign: Path | None,
     sender: str | None,
     mailto: str | None,
     journals: tuple[Path | str, ...],
     *,
     verp_keys: Sequence[bytes],
-    closing: contextlib.ExitStack,
     metrics: FeedbackMetrics | None = None,
-) -> Ingest:
-    """The ingest for a store: the campaign's rules, VERP template, unsubscribe address and,
-    given its journals, its recipients and where to record what comes back (closed with
-    ``closing``)."""
+) -> Iterator[Ingest]:
+    """The ingest into the store ``--store``/``--campaign`` name (:func:`open_store`): the
+    campaign's rules, VERP template, unsubscribe address and, given its journals, its
+    recipients and where to record what comes back; all closed on leaving."""
     loaded = None if campaign is None else Campaign.load(campaign, os.environ)
     template = sender or (None if loaded is None else loaded.config.envelope_sender)
     unsubscribe = None if loaded is None else loaded.config.unsubscribe
@@ -109,11 +108,12 @@ def _applying(
         with JournalSet(journals) as j:
             addresses = (state.address for state in j.iter_states())
             recipients = CampaignRecipients(addresses, loaded.message_id)
-    logs = open_feedback_logs(journals, closing)
     feedback_id = (None if loaded is None else loaded.config.message.feedback_id) or ""
-    return Ingest(
-        store, rules, verp, recipients, mailto, metrics, journals=logs, feedback_id=feedback_id
-    )
+    with open_store(store, campaign, journals) as opened, contextlib.ExitStack() as closing:
+        logs = open_feedback_logs(journals, closing)
+        yield Ingest(
+            opened, rules, verp, recipients, mailto, metrics, journals=logs, feedback_id=feedback_id
+        )
 
 
 def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
@@ -227,18 +227,9 @@ def inbound(
             "[bounces] key: only signed reports count), or --any-recipient to suppress any "
             "address"
         )
-    with open_store(store, campaign, journals) as opened, contextlib.ExitStack() as closing:
-        metrics = FeedbackMetrics()
-        applying = _applying(
-            opened,
-            campaign,
-            sender,
-            mailto,
-            journals,
-            verp_keys=keys,
-            closing=closing,
-            metrics=metrics,
-        )
+    metrics = FeedbackMetrics()
+    opening = _applying(store, campaign, sender, mailto, journals, verp_keys=keys, metrics=metrics)
+    with opening as applying:
         accepted = list(domains)
         if not accepted and applying.verp is not None:
             accepted = [applying.verp.after.rpartition("@")[2]]
@@ -288,16 +279,7 @@ def ingest(
     campaign's limit; delays, auto-replies and anything unreadable change nothing.
     """
     keys = _verp_keys(campaign, verp_key_files)
-    with open_store(store, campaign, journals) as opened, contextlib.ExitStack() as closing:
-        applying = _applying(
-            opened,
-            campaign,
-            sender,
-            mailto,
-            journals,
-            verp_keys=keys,
-            closing=closing,
-        )
+    with _applying(store, campaign, sender, mailto, journals, verp_keys=keys) as applying:
         for name, data in messages(path):
             outcomes = applying.message(data, now=time.time())
             if verbose:
