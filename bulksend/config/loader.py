@@ -225,9 +225,7 @@ def _load_suppression(root: Table) -> SuppressionConfig:
     default = SuppressionConfig()
     enabled = t.raw("store") is not False  # `store = false`: no store at all
     store: Path | str | None = t.string("store") if enabled else None
-    if not is_postgres_url(store):
-        store = t.path_("store", must_exist=False) if enabled else None
-    else:
+    if is_postgres_url(store):
         try:
             split_store_url(str(store))
         except ValueError:
@@ -236,6 +234,8 @@ def _load_suppression(root: Table) -> SuppressionConfig:
                 "the URL holds a password (it would show in logs)",
                 "Give it with password_file=PATH, PGPASSFILE or PGPASSWORD.",
             ) from None
+    elif store is not None:
+        store = t.path_("store", must_exist=False)
     limit = pick(t.integer("soft_bounce_limit", minimum=1), default.soft_bounce_limit)
     window = t.converted("soft_bounce_window", parse_duration, "Write a duration like '7d'.")
     expiry = dict(default.expiry)
