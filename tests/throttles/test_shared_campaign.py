@@ -55,7 +55,8 @@ rate = "{RATE:g}/s"
     assert server.stats.connections_peak <= CAP
     times = sorted(server.stats.message_times)
     observed = (len(times) - 1) / (times[-1] - times[0])
-    assert observed == pytest.approx(RATE, rel=0.05)
+    # Never faster than the site's rate; slower only by what a loaded machine costs.
+    assert RATE * 0.8 <= observed <= RATE * 1.05
 
 
 async def test_a_rate_factor_backoff_slows_the_site_under_a_shared_throttle(
