@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["open_private", "private_fd", "write_private_bytes"]
+__all__ = ["open_private", "private_fd", "replace_private", "write_private_bytes"]
 
 
 def private_fd(path: str | os.PathLike[str], flags: int) -> int:
@@ -44,3 +44,20 @@ def write_private_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path``, created (or truncated) with mode 0600."""
     with os.fdopen(private_fd(path, os.O_WRONLY | os.O_TRUNC), "wb") as out:
         out.write(data)
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, atomically (a temporary file beside it, renamed), 0600:
+    a reader sees the old file or the new, and a full disk leaves the old one whole.
+
+    Raises:
+        OSError: it cannot be written (the temporary file is gone again).
+    """
+    writing = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        with open_private(writing) as out:
+            out.write(text)
+        os.replace(writing, path)
+    except OSError:
+        writing.unlink(missing_ok=True)
+        raise

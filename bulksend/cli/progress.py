@@ -47,7 +47,7 @@ import trio
 
 from bulksend.delivery.scheduler import Scheduler, SiteStatus
 from bulksend.errors import JournalError
-from bulksend.files import open_private
+from bulksend.files import open_private, replace_private
 from bulksend.journal import Due, JournalPeek, Kind, Outcome, Status
 from bulksend.journal.backend import open_peek
 from bulksend.journal.outcomes import WAITING
@@ -164,11 +164,7 @@ def snapshot_path(journal: Path) -> Path:
 
 def write_snapshot(path: Path, data: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON, atomically (temporary file + rename), 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open_private(tmp) as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-        out.write("\n")
-    os.replace(tmp, path)
+    replace_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def read_snapshot(path: Path) -> dict[str, Any] | None:

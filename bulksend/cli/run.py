@@ -42,7 +42,7 @@ from bulksend.control.fanout import Fanout
 from bulksend.control.server import Operator, load_state
 from bulksend.delivery.run import RunOptions, RunSummary, plan_shards, run_campaign
 from bulksend.delivery.scheduler import Scheduler
-from bulksend.delivery.shard import Shard
+from bulksend.delivery.shard import Shard, placement_path, save_placement, saved_placement
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import ConfigError
 from bulksend.files import open_private
@@ -321,16 +321,26 @@ def run_single(campaign: Campaign, journal: Path | str, flags: RunFlags) -> int:
     )
 
 
+def _sharded(campaign: Campaign, journal: Path, options: RunOptions, count: int) -> RunOptions:
+    """Every shard journal's sidecar and, while a shard has its import to do, one plan for
+    every shard (placing the sites as the unfinished import began)."""
+    shards = [Shard(index, count).journal(journal) for index in range(count)]
+    for path in shards:
+        _write_sidecar(campaign, path)
+    if all(_imported(path) for path in shards):
+        return options
+    kept = placement_path(journal, count)
+    plan = trio.run(plan_shards, campaign, options, count, saved_placement(kept, count))
+    save_placement(kept, plan.placed)
+    return replace(options, shard_plan=plan)
+
+
 def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count: int) -> int:
     """``send --workers N``: N shard processes (SQLite) or N workers of one PostgreSQL
     journal; one progress line, one metrics endpoint."""
     options = flags.options(journal, campaign)
     if isinstance(journal, Path):
-        shards = [Shard(index, count).journal(journal) for index in range(count)]
-        for path in shards:
-            _write_sidecar(campaign, path)
-        if not all(_imported(path) for path in shards):  # one plan, for every shard
-            options = replace(options, shard_plan=trio.run(plan_shards, campaign, options))
+        options = _sharded(campaign, journal, options, count)
     pool = WorkerPool(
         campaign.config.source,
         os.environ,
@@ -379,6 +389,8 @@ def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count:
 
     try:
         states, signals = trio.run(go)
+        if isinstance(journal, Path) and all(st.summary and st.summary.complete for st in states):
+            placement_path(journal, count).unlink(missing_ok=True)  # every import is done
         counts, complete = _workers_summary(
             pool, states, journal, started, sys.stdout, rejects=campaign.config.recipients.rejects
         )

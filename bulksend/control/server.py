@@ -39,7 +39,7 @@ from bulksend.control.commands import ENDINGS, Command, CommandError, ControlSta
 from bulksend.delivery.destination import Destination
 from bulksend.delivery.ending import end_waiting, hold_domain
 from bulksend.delivery.scheduler import Scheduler
-from bulksend.files import open_private
+from bulksend.files import replace_private
 from bulksend.journal import Outcome
 from bulksend.routing import Site
 
@@ -218,14 +218,9 @@ class Operator:
         change holds for this run all the same: a pause is wanted now)."""
         assert isinstance(self.journal, Path)
         path = state_path(self.journal)
-        writing = path.with_name(path.name + ".new")
         try:
-            with open_private(writing) as out:  # a full disk leaves the old state whole
-                json.dump(self.state.persistent(), out, allow_nan=False)
-            os.replace(writing, path)
+            replace_private(path, json.dumps(self.state.persistent(), allow_nan=False))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                writing.unlink()
             return f" (for this run only: cannot save it in {path}: {exc.strerror or exc})"
         return ""
 

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -29,7 +29,7 @@ from bulksend.delivery.context import RunContext, RunSettings
 from bulksend.delivery.ending import end_at_stop
 from bulksend.delivery.pool import ConnectionPool
 from bulksend.delivery.scheduler import Scheduler, SitePolicy
-from bulksend.delivery.shard import Shard, distinct_domains, site_keys, unit_of
+from bulksend.delivery.shard import Shard, ShardPlan, domain_rows, make_plan
 from bulksend.delivery.throttle import TokenBucket
 from bulksend.egress.selection import lanes
 from bulksend.errors import ConfigError, JournalError, SuppressionError
@@ -206,9 +206,6 @@ def routing_config(config: CampaignConfig, options: RunOptions) -> RoutingConfig
 
 
 Keep = Callable[[str, str], bool]  # does this run own this recipient (domain, address)?
-#: How the shards divide a campaign: each domain's site units (see
-#: :func:`~bulksend.delivery.shard.site_keys`).
-ShardPlan = Mapping[str, Sequence[str]]
 
 
 def _recipients(
@@ -315,31 +312,39 @@ def _everything(_domain: str, _address: str) -> bool:
     return True
 
 
-async def plan_shards(campaign: Campaign, options: RunOptions) -> ShardPlan:
+async def plan_shards(
+    campaign: Campaign, options: RunOptions, shards: int, placed: Mapping[str, int] | None
+) -> ShardPlan:
     """Route every domain of the recipients file once: the plan by which every shard keeps
     its own recipients. ``send --workers N`` makes it once, in the parent, for all the
     shards: a shard that made its own could see a domain's DNS fail where another saw it
-    answer, and the two would then both keep that domain's recipients, or neither."""
+    answer, and the two would then both keep that domain's recipients, or neither. Knowing
+    every site's size, it places the largest over the ``shards`` by size (``placed``: as an
+    unfinished import began)."""
     router = Router(routing_config(campaign.config, options))
-    return await _plan(campaign, router)
+    return await _plan(campaign, router, shards, placed)
 
 
-async def _plan(campaign: Campaign, router: Router) -> ShardPlan:
+async def _plan(
+    campaign: Campaign, router: Router, shards: int = 0, placed: Mapping[str, int] | None = None
+) -> ShardPlan:
     reader = campaign.recipients()
-    domains = await trio.to_thread.run_sync(lambda: distinct_domains(reader.raw_emails()))
-    plan = await site_keys(router, domains, _lane_sources(campaign.config))
-    log.info("%d domains routed to plan the shards", len(plan))
-    return plan
+    rows = await trio.to_thread.run_sync(lambda: domain_rows(reader.raw_emails()))
+    made = await make_plan(
+        router, rows, _lane_sources(campaign.config), shards=shards, placed=placed
+    )
+    log.info("%d domains routed to plan the shards", len(made.units))
+    return made
 
 
-def shard_filter(plan: ShardPlan, shard: Shard) -> Keep:
-    """Which recipients a shard owns: those whose site, or with egress sources whose (site,
-    source) unit, hashes to it (rows without a domain: shard 0)."""
+def shard_filter(made: ShardPlan, shard: Shard) -> Keep:
+    """Which recipients a shard owns (see :meth:`ShardPlan.keeps
+    <bulksend.delivery.shard.ShardPlan.keeps>`; rows without a domain: shard 0)."""
 
     def keep(domain: str, address: str) -> bool:
         if not domain:
             return shard.index == 0
-        return shard.owns(unit_of(plan.get(domain, [domain]), address))
+        return made.keeps(shard, domain, address)
 
     return keep
 

@@ -16,6 +16,15 @@ the same plan (:func:`~bulksend.delivery.run.plan_shards`): shards that each ask
 see one domain fail for one and answer for another, and would then both keep its
 recipients (sent twice) or neither (never sent).
 
+That plan also knows each site's size (rows per domain), so it places the largest sites
+(:data:`PLACED_PER_SHARD` per shard) by size instead of by hash, largest first onto the
+least loaded shard: four big providers on four workers get a core each (a hash would put
+two of them on one core three times in four). The long tail still goes by hash. The
+placement is kept beside the journal (:func:`placement_path`) until every shard's import is
+done, so a resumed import places every site as it began, even if DNS answers otherwise by
+then (with a greedy placement one changed answer could move other sites too). ``--shard
+I/N`` on separate machines keeps the hash: each machine plans alone.
+
 With egress sources (``scope = "source"``, :mod:`bulksend.egress.selection`), the unit whose
 limits must live in one place is (site, source) instead: each unit, ``"<site> via
 <source>"``, hashes to its shard, so a big site's sources spread over several shards and
@@ -36,12 +45,21 @@ together (as an Indexed Job does) makes this unlikely.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import heapq
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from bulksend.errors import ConfigError
+from bulksend.files import replace_private
 from bulksend.routing import Route, Router, RoutingError, normalize_domain, route_all
+
+#: How many of the largest sites per shard a plan made for every shard places by size
+#: (:func:`place`): the big providers, each on a core of its own; the rest go by hash.
+PLACED_PER_SHARD: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,32 +114,131 @@ def unit_of(units: Sequence[str], address: str) -> str:
     return units[0] if len(units) == 1 else units[_hash(address.lower()) % len(units)]
 
 
-def distinct_domains(emails: Iterable[str]) -> set[str]:
-    """The distinct normalised domains of raw addresses; unparsable ones are left out."""
-    raw = {e.rpartition("@")[2].strip().lower() for e in emails if "@" in e}
-    domains = set()
-    for domain in raw:
+def domain_rows(emails: Iterable[str]) -> Counter[str]:
+    """How many rows each normalised domain of raw addresses has; unparsable ones are left
+    out."""
+    raw = Counter(e.rpartition("@")[2].strip().lower() for e in emails if "@" in e)
+    rows: Counter[str] = Counter()
+    for domain, n in raw.items():
         try:
-            domains.add(normalize_domain(domain))
+            rows[normalize_domain(domain)] += n
         except RoutingError:
             continue
-    return domains
+    return rows
 
 
-async def site_keys(
-    router: Router, domains: Iterable[str], sources: Callable[[Route], Sequence[str]] = _none
-) -> dict[str, list[str]]:
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    """How the shards of a run divide its recipients.
+
+    ``units``: each domain's site units (:func:`make_plan`). ``placed``: the shard of each of the
+    largest whole sites, placed by size; every other unit goes where its hash puts it
+    (:meth:`Shard.owns`).
+    """
+
+    units: Mapping[str, Sequence[str]]
+    placed: Mapping[str, int]
+
+    def keeps(self, shard: Shard, domain: str, address: str) -> bool:
+        """Whether ``shard`` owns the recipient ``address`` at ``domain``."""
+        unit = unit_of(self.units.get(domain, (domain,)), address)
+        index = self.placed.get(unit)
+        return shard.owns(unit) if index is None else index == shard.index
+
+
+async def make_plan(
+    router: Router,
+    rows: Mapping[str, int],
+    sources: Callable[[Route], Sequence[str]] = _none,
+    *,
+    shards: int = 0,
+    placed: Mapping[str, int] | None = None,
+) -> ShardPlan:
     """Route every domain (64 at a time) and map it to its site's units: the site's name,
     or with egress sources (``sources(route)``: the lanes' source names) ``"<site> via
-    <source>"`` for each.
+    <source>"`` for each. A domain that cannot be routed is a unit by its own name.
 
-    A domain that cannot be routed maps to itself.
+    With ``shards`` (a plan made once for every shard), the largest whole sites are placed
+    over them by size (:func:`place`), or as ``placed`` says (a resumed import keeps the
+    placement it began with); else every unit goes by hash.
     """
-    routes = await route_all(router, domains)
-    return {
-        domain: [domain] if isinstance(route, RoutingError) else _units(route, sources(route))
-        for domain, route in routes.items()
-    }
+    routes = await route_all(router, rows)
+    units: dict[str, list[str]] = {}
+    whole: Counter[str] = Counter()
+    load = [0.0] * shards
+    for domain, route in sorted(routes.items()):  # the same sums in every run
+        lanes = () if isinstance(route, RoutingError) else sources(route)
+        names = [domain] if isinstance(route, RoutingError) else _units(route, lanes)
+        units[domain] = names
+        if not shards:
+            continue
+        if lanes:  # a shard's scheduler finds its sources by their hash: they stay there
+            for name in names:
+                load[_hash(name) % shards] += rows[domain] / len(names)
+        else:
+            whole[names[0]] += rows[domain]
+    if placed is None:
+        placed = place(whole, load) if shards else {}
+    return ShardPlan(units, dict(placed))
+
+
+def place(sites: Mapping[str, int], load: Sequence[float]) -> dict[str, int]:
+    """The shard of each of the largest sites (rows by site), largest first onto the least
+    loaded shard (``load``: the rows each holds already; ties: the lowest index), so that N
+    workers give the N biggest sites a core each. A hash would put two of four big sites on
+    one of four workers three times in four; it stays for the long tail of small sites
+    (beyond :data:`PLACED_PER_SHARD` per shard), whose rows it spreads evenly enough, and
+    keeps the placement small."""
+    ranked = sorted(sites.items(), key=lambda item: (-item[1], item[0]))
+    biggest = ranked[: PLACED_PER_SHARD * len(load)]
+    held = list(load)
+    for name, n in ranked[len(biggest) :]:
+        held[_hash(name) % len(held)] += n
+    heap = [(rows, index) for index, rows in enumerate(held)]
+    heapq.heapify(heap)
+    placed: dict[str, int] = {}
+    for name, n in biggest:
+        rows, index = heapq.heappop(heap)
+        placed[name] = index
+        heapq.heappush(heap, (rows + n, index))
+    return placed
+
+
+def placement_path(journal: Path, count: int) -> Path:
+    """Where ``send --workers N`` keeps the placement its shards' import began with, until
+    every shard has imported: ``x.sqlite3`` -> ``x.sqlite3.4shards.json``."""
+    return journal.with_name(f"{journal.name}.{count}shards.json")
+
+
+def saved_placement(path: Path, count: int) -> dict[str, int] | None:
+    """The placement saved at ``path`` (:func:`save_placement`); None if there is none.
+
+    Raises:
+        ConfigError: it cannot be read, or is not a placement over ``count`` shards.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the shards' placement: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(index, int) and 0 <= index < count for index in data.values()
+    ):
+        raise ConfigError(f"{path}: not a placement of sites over {count} shards")
+    return data
+
+
+def save_placement(path: Path, placed: Mapping[str, int]) -> None:
+    """Keep ``placed`` at ``path``: a resumed import must place every site as it began.
+
+    Raises:
+        ConfigError: it cannot be written.
+    """
+    try:
+        replace_private(path, json.dumps(placed, sort_keys=True))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot save the shards' placement: {exc}") from None
 
 
 def _units(route: Route, sources: Sequence[str]) -> list[str]:

@@ -9,8 +9,7 @@ import trio
 
 from bulksend.delivery.shard import Shard
 from bulksend.journal import Journal, Status
-from bulksend.routing import Site
-from bulksend.testing.scenario import World, running
+from bulksend.testing.scenario import running
 from tests.cli.cli_helpers import bulksend, paced_campaign, run_bulksend, world_args
 from tests.cli.test_cli_ctl import received_during
 from tests.helpers.worlds import sharded_sites
@@ -23,31 +22,17 @@ def _sites(status_text: str) -> set[str]:
     return {s["site"].split(":")[0] for s in json.loads(status_text)["sites"]}
 
 
-def _split(world: World) -> None:
-    """Give s1.test an MX name whose site hashes to the other shard than the big site's.
-
-    Sites go to shards by a hash of their name, which holds the world's random SMTP port: by
-    chance one worker could get every site, finish at once and leave no socket to ask."""
-    port = world.smtp_port
-    big = Shard(0, 2).owns(str(Site.of(["mx1.big.test", "mx2.big.test"], port)))
-    name = next(
-        f"mx{n}.s1.test"
-        for n in range(1, 64)
-        if Shard(0, 2).owns(str(Site.of([f"mx{n}.s1.test"], port))) != big
-    )
-    world.dns.set(name, "A", ["127.0.0.3"])  # s1's server
-    world.dns.set("s1.test", "MX", [(10, name)])
-
-
 async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
     tmp_path: Path,
 ) -> None:
-    path, _ = paced_campaign(tmp_path, DOMAINS, 3000, rate=20)  # no site ends early
+    # No site ends early; the workers' plan places the big site (1500) on one worker and the
+    # three small ones (500 each) on the other.
+    path, _ = paced_campaign(tmp_path, DOMAINS, 3000, rate=20)
     journal = tmp_path / "j.sqlite3"
     with trio.fail_after(150):
-        async with running(SITES) as world:
-            _split(world)  # before the run plans its shards
-            async with bulksend(
+        async with (
+            running(SITES) as world,
+            bulksend(
                 tmp_path,
                 "send",
                 str(path),
@@ -59,63 +44,64 @@ async def test_ctl_reaches_every_worker_pause_stops_a_site_and_status_sums_them(
                 "2",
                 *world_args(world),
                 name="send",
-            ) as proc:
-                servers = world.servers
-                await proc.wait_for(
-                    lambda: all(servers[s.name].stats.messages >= 5 for s in SITES),
-                    60,
-                    "every site sending",
+            ) as proc,
+        ):
+            servers = world.servers
+            await proc.wait_for(
+                lambda: all(servers[s.name].stats.messages >= 5 for s in SITES),
+                60,
+                "every site sending",
+            )
+            # Each worker answers on its shard journal's socket; the run on JOURNAL.ctl.
+            shards = [
+                await run_bulksend(
+                    tmp_path, "ctl", str(Shard(i, 2).journal(journal)), "status", name=f"s{i}"
                 )
-                # Each worker answers on its shard journal's socket; the run on JOURNAL.ctl.
-                shards = [
-                    await run_bulksend(
-                        tmp_path, "ctl", str(Shard(i, 2).journal(journal)), "status", name=f"s{i}"
-                    )
-                    for i in range(2)
+                for i in range(2)
+            ]
+            assert all(shard.process.returncode == 0 for shard in shards), (shards, proc)
+            per_shard = [_sites(shard.stdout()) for shard in shards]
+            assert all(per_shard), shards  # both workers send to some site
+            merged = await run_bulksend(tmp_path, "ctl", str(journal), "status", name="status")
+            assert merged.process.returncode == 0, merged
+            status = json.loads(merged.stdout())
+            assert status["workers"] == 2
+            assert _sites(merged.stdout()) == per_shard[0] | per_shard[1]
+            assert sum(s["queued"] for s in status["sites"]) > 0
+
+            paused = await run_bulksend(
+                tmp_path, "ctl", str(journal), "pause", "--site", "s1.test", name="pause"
+            )
+            assert paused.process.returncode == 0, paused
+            assert paused.stdout() == "site s1.test paused until resumed\n"
+            await trio.sleep(1.0)  # within a second it stops
+            assert await received_during(servers["s1"], 2.0) == 0
+            assert await received_during(servers["s2"], 1.0) >= 5  # the others go on
+            # Every shard keeps the pause (it outlives the run: `resume --workers 2`).
+            for i in range(2):
+                kept = Path(f"{Shard(i, 2).journal(journal)}.control.json")
+                assert json.loads(kept.read_text())["pauses"] == [
+                    {"scope": "site", "target": "s1.test", "until": None}
                 ]
-                assert all(shard.process.returncode == 0 for shard in shards), (shards, proc)
-                per_shard = [_sites(shard.stdout()) for shard in shards]
-                assert all(per_shard), shards  # both workers send to some site
-                merged = await run_bulksend(tmp_path, "ctl", str(journal), "status", name="status")
-                assert merged.process.returncode == 0, merged
-                status = json.loads(merged.stdout())
-                assert status["workers"] == 2
-                assert _sites(merged.stdout()) == per_shard[0] | per_shard[1]
-                assert sum(s["queued"] for s in status["sites"]) > 0
 
-                paused = await run_bulksend(
-                    tmp_path, "ctl", str(journal), "pause", "--site", "s1.test", name="pause"
-                )
-                assert paused.process.returncode == 0, paused
-                assert paused.stdout() == "site s1.test paused until resumed\n"
-                await trio.sleep(1.0)  # within a second it stops
-                assert await received_during(servers["s1"], 2.0) == 0
-                assert await received_during(servers["s2"], 1.0) >= 5  # the others go on
-                # Every shard keeps the pause (it outlives the run: `resume --workers 2`).
-                for i in range(2):
-                    kept = Path(f"{Shard(i, 2).journal(journal)}.control.json")
-                    assert json.loads(kept.read_text())["pauses"] == [
-                        {"scope": "site", "target": "s1.test", "until": None}
-                    ]
+            resumed = await run_bulksend(
+                tmp_path, "ctl", str(journal), "resume", "--site", "s1.test", name="resume"
+            )
+            assert resumed.stdout() == "site s1.test resumed\n", resumed
+            await trio.sleep(1.0)
+            assert await received_during(servers["s1"], 1.0) >= 5
 
-                resumed = await run_bulksend(
-                    tmp_path, "ctl", str(journal), "resume", "--site", "s1.test", name="resume"
-                )
-                assert resumed.stdout() == "site s1.test resumed\n", resumed
-                await trio.sleep(1.0)
-                assert await received_during(servers["s1"], 1.0) >= 5
-
-                # A cancel reaches the shard that holds the domain; the count is the run's.
-                cancelled = await run_bulksend(
-                    tmp_path, "ctl", str(journal), "cancel", "--domain", "big2.test", name="cancel"
-                )
-                assert cancelled.process.returncode == 0, cancelled
-                bounced = await run_bulksend(
-                    tmp_path, "ctl", str(journal), "bounce-now", "--domain", "big3.test", name="b"
-                )
-                assert bounced.process.returncode == 0, bounced
-                proc.signal()
-                await proc.wait(30)
+            # A cancel reaches the shard that holds the domain; the count is the run's.
+            cancelled = await run_bulksend(
+                tmp_path, "ctl", str(journal), "cancel", "--domain", "big2.test", name="cancel"
+            )
+            assert cancelled.process.returncode == 0, cancelled
+            bounced = await run_bulksend(
+                tmp_path, "ctl", str(journal), "bounce-now", "--domain", "big3.test", name="b"
+            )
+            assert bounced.process.returncode == 0, bounced
+            proc.signal()
+            await proc.wait(30)
         assert not Path(f"{journal}.ctl").exists()  # gone with the run
     ended = 0
     for i in range(2):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from bulksend.delivery.shard import Shard
+from bulksend.delivery.shard import Shard, placement_path
+from bulksend.journal import Journal
 from bulksend.routing import Site
 from bulksend.testing.dns import Fault
-from bulksend.testing.scenario import running
+from bulksend.testing.scenario import SiteSpec, World, campaign_toml, running, write_campaign
 from tests.cli.cli_helpers import (
+    Proc,
     bulksend,
     paced_campaign,
     recipients_total,
@@ -23,7 +27,7 @@ from tests.cli.cli_helpers import (
     scrape,
     world_args,
 )
-from tests.helpers.worlds import sharded_sites
+from tests.helpers.worlds import limits_policy, sharded_sites
 
 SITES = sharded_sites(big_domains=3, small_sites=3)
 DOMAINS = [d for s in SITES for d in s.domains]
@@ -216,3 +220,75 @@ async def test_a_domain_whose_dns_fails_once_is_sent_by_exactly_one_worker(
     assert world.dns.count(flaky, "MX") >= 2  # it failed once, then answered
     assert sorted(received) == sorted(recipients)
     assert set(received.values()) == {1}
+
+
+# Four sites of 400, 300, 200 and 100 recipients.
+SIZED = [SiteSpec(name, (f"{name}.test",), f"127.0.0.{i + 2}") for i, name in enumerate("abcd")]
+SIZES = {"a": 400, "b": 300, "c": 200, "d": 100}
+
+
+def _shard_domains(journal: Path) -> list[set[str]]:
+    """The domains each of two shard journals holds."""
+    held = []
+    for i in range(2):
+        with Journal.open_readonly(Shard(i, 2).journal(journal)) as j:
+            held.append({s.domain for s in j.iter_states()})
+    return held
+
+
+async def _send_sized(tmp_path: Path, prepare: Callable[[World, Path], None]) -> Proc:
+    recipients = [f"u{n}@{name}.test" for name, size in SIZES.items() for n in range(size)]
+    path = write_campaign(tmp_path / "c", recipients, toml=campaign_toml(policy=limits_policy(500)))
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(120):
+        async with running(SIZED) as world:
+            prepare(world, journal)
+            proc = await run_bulksend(
+                tmp_path,
+                "send",
+                str(path),
+                "--journal",
+                str(journal),
+                "--workers",
+                "2",
+                *world_args(world),
+                name="sized",
+                seconds=100,
+            )
+            received = world.received()
+    assert sorted(received) == sorted(recipients) and set(received.values()) == {1}, proc
+    return proc
+
+
+async def test_workers_place_the_largest_sites_by_size_not_by_hash(tmp_path: Path) -> None:
+    proc = await _send_sized(tmp_path, lambda _world, _journal: None)
+    assert proc.process.returncode == 0, proc
+    journal = tmp_path / "j.sqlite3"
+    # Largest first onto the least loaded worker: 400 + 100 and 300 + 200.
+    assert _shard_domains(journal) == [{"a.test", "d.test"}, {"b.test", "c.test"}]
+    assert not placement_path(journal, 2).exists()  # every import done: the run removed it
+
+
+async def test_an_unfinished_import_keeps_the_placement_it_began_with(tmp_path: Path) -> None:
+    # The placement an interrupted import saved (not the one sizes would give now) holds.
+    def began(world: World, journal: Path) -> None:
+        site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
+        placement_path(journal, 2).write_text(
+            json.dumps({site["a"]: 1, site["b"]: 1, site["c"]: 0, site["d"]: 0})
+        )
+
+    proc = await _send_sized(tmp_path, began)
+    assert proc.process.returncode == 0, proc
+    assert _shard_domains(tmp_path / "j.sqlite3") == [{"c.test", "d.test"}, {"a.test", "b.test"}]
+
+
+async def test_an_unreadable_placement_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    path, _ = campaign(tmp_path, 20, rate=100)
+    journal = tmp_path / "j.sqlite3"
+    kept = placement_path(journal, 2)
+    kept.write_text('{"mx1.a.test": 7}')
+    proc = await run_bulksend(
+        tmp_path, "send", str(path), "--journal", str(journal), "--workers", "2", name="bad"
+    )
+    assert proc.process.returncode == 1, proc
+    assert proc.stderr() == f"bulksend: error: {kept}: not a placement of sites over 2 shards\n"

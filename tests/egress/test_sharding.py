@@ -3,12 +3,16 @@ workers, each worker sending to the site from its own sources only, limits held 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 
+from bulksend.campaign import Campaign
+from bulksend.delivery.run import plan_shards
 from bulksend.delivery.shard import Shard, unit_of
 from bulksend.delivery.workers import WorkerPool
 from bulksend.journal import Journal
@@ -31,7 +35,10 @@ def names_for_both_shards(site: str) -> dict[int, str]:
     raise AssertionError("unreachable")
 
 
-async def test_two_workers_split_one_site_by_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("planned", [False, True], ids=["each-shard-plans", "parent-plans"])
+async def test_two_workers_split_one_site_by_source(tmp_path: Path, planned: bool) -> None:
+    # Planned once for both (`send --workers`) or by each shard (`--shard I/N`): a site split
+    # by source is never placed by size, its units stay where their hash puts them.
     recipients = addresses(["big.test", "big2.test"], 120)
     with trio.fail_after(90):
         async with running(SITES) as world:
@@ -42,7 +49,12 @@ async def test_two_workers_split_one_site_by_source(tmp_path: Path) -> None:
                 policy += f'[[egress.source]]\nname = "{name}"\naddress = "{ADDRESS[shard]}"\n'
             policy += f'[egress.pool.main]\nsources = ["{names[0]}", "{names[1]}"]\n'
             toml = write_campaign(tmp_path, recipients, toml=campaign_toml(policy=policy))
-            pool = WorkerPool(toml, {}, run_options(tmp_path, world, grace=2), 2)
+            options = run_options(tmp_path, world, grace=2)
+            if planned:
+                plan = await plan_shards(Campaign.load(toml, {}), options, 2, None)
+                assert plan.placed == {}
+                options = dataclasses.replace(options, shard_plan=plan)
+            pool = WorkerPool(toml, {}, options, 2)
             states = await pool.run()
             server = world.servers["big"]
     assert [s.failed for s in states] == [False, False]
