@@ -25,6 +25,7 @@ from bulksend.cli.inbound import inbound
 from bulksend.cli.local import demo, sink
 from bulksend.cli.options import DEBUG_KEY, debug_option
 from bulksend.cli.output import EXIT_ERROR, EXIT_STOPPED
+from bulksend.cli.plan import plan
 from bulksend.cli.policy import policy
 from bulksend.cli.report import report, status
 from bulksend.cli.send import resume, send
@@ -136,6 +137,7 @@ for _command in (
     unsubscribe_server,
     tls_report,
     policy,
+    plan,
     ctl,
     top,
 ):

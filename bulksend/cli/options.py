@@ -17,7 +17,7 @@ from bulksend.cli.state import tls_state_path
 from bulksend.config import CampaignConfig, is_fqdn
 from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
-from bulksend.delivery.shard import Shard
+from bulksend.delivery.shard import Shard, saved_placement
 from bulksend.errors import ConfigError, JournalError
 from bulksend.journal.postgres_schema import parse_url
 from bulksend.routing import system_nameservers
@@ -90,6 +90,7 @@ class RunFlags:
     quiet: bool
     keep_serving: bool = False
     shard: Shard | None = None
+    placement: Path | None = None  # --placement, with --shard
     retry_unrendered: bool = False
     exit_zero_when_complete: bool = False
     throttle: StoreLocation | None = None
@@ -100,10 +101,16 @@ class RunFlags:
         ehlo = ehlo_hostname(campaign.config, self.ehlo_hostname)
         if not is_fqdn(ehlo):
             warn(not_fqdn(ehlo))
+        placement = None
+        if self.placement is not None:
+            if self.shard is None:
+                raise click.UsageError("--placement goes with --shard I/N")
+            placement = saved_placement(self.placement, self.shard.count)
         return RunOptions(
             journal=journal,
             shard=self.shard,
-            nameservers=_nameservers(self.nameservers, campaign),
+            placement=placement,
+            nameservers=run_nameservers(self.nameservers, campaign),
             dns_port=self.dns_port,
             smtp_port=self.smtp_port,
             ehlo_hostname=ehlo,
@@ -126,7 +133,7 @@ def not_fqdn(name: str) -> str:
     )
 
 
-def _nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
+def run_nameservers(given: tuple[str, ...], campaign: Campaign) -> tuple[str, ...]:
     if given:
         return given
     if campaign.config.routing.nameservers:
@@ -171,16 +178,7 @@ def run_options(f: _F) -> _F:
             type=click.Path(dir_okay=False, path_type=Path),
             help="Append one JSON line per delivery attempt to this file (created 0600).",
         ),
-        click.option(
-            "--nameserver",
-            "nameservers",
-            multiple=True,
-            callback=check_nameservers,
-            help="DNS resolver to ask (repeatable); default the campaign's, else the system's.",
-        ),
-        click.option(
-            "--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True, help="DNS port."
-        ),
+        dns_options("DNS resolver to ask (repeatable); default the campaign's, else the system's."),
         click.option(
             "--smtp-port",
             type=click.IntRange(1, 65535),
@@ -212,6 +210,12 @@ def run_options(f: _F) -> _F:
             metavar="INDEX/COUNT",
             help="Run one shard of COUNT (0-based INDEX; sites are divided, not domains); "
             "its journal is JOURNAL with INDEXofCOUNT in its name.",
+        ),
+        click.option(
+            "--placement",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="With --shard: put the largest sites on the shards as FILE says (made once "
+            "for every shard by `bulksend plan`), the others by hash. Default: all by hash.",
         ),
         click.option(
             "--throttle",
@@ -255,10 +259,28 @@ def flags_from(kw: dict[str, Any]) -> RunFlags:
         quiet=kw.pop("quiet"),
         keep_serving=kw.pop("keep_serving"),
         shard=kw.pop("shard"),
+        placement=kw.pop("placement"),
         exit_zero_when_complete=kw.pop("exit_zero_when_complete"),
         throttle=kw.pop("throttle"),
         events_stdout=kw.pop("events") == "stdout",
     )
+
+
+def dns_options(help_text: str) -> Callable[[_F], _F]:
+    """``--nameserver`` (repeatable, ``help_text``) and the hidden ``--dns-port`` of a command
+    that looks things up in DNS."""
+
+    def add(f: _F) -> _F:
+        f = click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)(f)
+        return click.option(
+            "--nameserver",
+            "nameservers",
+            multiple=True,
+            callback=check_nameservers,
+            help=help_text,
+        )(f)
+
+    return add
 
 
 def check_nameservers(

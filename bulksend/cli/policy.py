@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import trio
 
-from bulksend.cli.options import check_nameservers, debug_option
+from bulksend.cli.options import debug_option, dns_options
 from bulksend.config import SendingPolicy, load_campaign
 from bulksend.config.egress import EgressConfig
 from bulksend.egress.explain import explain
@@ -36,15 +36,10 @@ def policy() -> None:
     "campaign_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option("--no-dns", is_flag=True, help="Take TARGET as the MX host; look nothing up.")
-@click.option(
-    "--nameserver",
-    "nameservers",
-    multiple=True,
-    callback=check_nameservers,
-    help="DNS resolver for the MX lookup (repeatable); default the campaign's [routing] "
-    "nameservers, else the system's.",
+@dns_options(
+    "DNS resolver for the MX lookup (repeatable); default the campaign's [routing] "
+    "nameservers, else the system's."
 )
-@click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)
 @debug_option
 def show(
     *,

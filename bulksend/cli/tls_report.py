@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import click
 import trio
 
-from bulksend.cli.options import check_nameservers, debug_option
+from bulksend.cli.options import debug_option, dns_options
 from bulksend.cli.output import EXIT_UNDELIVERED, info, warn
 from bulksend.cli.progress import site_labels
 from bulksend.cli.state import TLS_STATE_ENV, tls_state_path
@@ -74,14 +74,7 @@ def _day(_ctx: click.Context, _param: click.Parameter, value: str) -> datetime.d
     help="With --submit: use this campaign's [routing] nameservers and smarthost, [tls] "
     "ca_file and ehlo_hostname (the submitter).",
 )
-@click.option(
-    "--nameserver",
-    "nameservers",
-    multiple=True,
-    callback=check_nameservers,
-    help="With --submit: DNS resolver (repeatable); default the campaign's, else the system's.",
-)
-@click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)
+@dns_options("With --submit: DNS resolver (repeatable); default the campaign's, else the system's.")
 @debug_option
 def tls_report(
     *,

@@ -15,7 +15,7 @@ import trio
 from bulksend.campaign.authcheck import Finding, check_authentication
 from bulksend.campaign.recipients import Reject
 from bulksend.campaign.render import Campaign, RenderError
-from bulksend.cli.options import check_nameservers, debug_option, not_fqdn
+from bulksend.cli.options import debug_option, dns_options, not_fqdn
 from bulksend.cli.output import EXIT_OK, EXIT_UNDELIVERED
 from bulksend.config import is_fqdn
 from bulksend.delivery.run import ehlo_hostname
@@ -52,15 +52,10 @@ TLS_SURVEY_TIMEOUT = 5.0  # seconds for one of its DNS lookups, as for SPF/DKIM/
     help="Where previews go; default <campaign dir>/previews.",
 )
 @click.option("--no-dns", is_flag=True, help="Skip the SPF, DKIM and DMARC lookups.")
-@click.option(
-    "--nameserver",
-    "nameservers",
-    multiple=True,
-    callback=check_nameservers,
-    help="DNS resolver for the lookups (repeatable); default the campaign's [routing] "
-    "nameservers, else the system's (/etc/resolv.conf).",
+@dns_options(
+    "DNS resolver for the lookups (repeatable); default the campaign's [routing] "
+    "nameservers, else the system's (/etc/resolv.conf)."
 )
-@click.option("--dns-port", type=click.IntRange(1, 65535), default=53, hidden=True)
 @debug_option
 def validate(
     *,

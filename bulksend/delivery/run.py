@@ -96,6 +96,9 @@ class RunOptions:
             refuses it.
         shard_plan: how the shards divide the campaign (:func:`plan_shards`), made once for
             every shard; None: this shard routes the domains itself (``--shard I/N``).
+        placement: for a shard that plans alone, the shard of each of the largest sites, as
+            ``bulksend plan`` placed them for every shard (:func:`plan_shards`); None: every
+            site by hash.
         tls_state: the TLS policy state file (cached MTA-STS policies, TLS-RPT counts);
             None: kept in memory for this run only.
         tls_save_every: seconds between saves of the TLS-RPT counts to ``tls_state`` during
@@ -121,6 +124,7 @@ class RunOptions:
     throttle_password: str | None = field(default=None, repr=False)
     lease: float | None = None
     shard_plan: ShardPlan | None = field(default=None, repr=False)
+    placement: Mapping[str, int] | None = field(default=None, repr=False)
     tls_state: Path | None = None
     tls_save_every: float = SAVE_EVERY
     sts_fetch: FetchSettings | None = None
@@ -559,7 +563,11 @@ async def _import(
     keep = None
     if options.shard is not None and router is not None and not journal.import_complete:
         plan = options.shard_plan
-        keep = shard_filter(await _plan(campaign, router) if plan is None else plan, options.shard)
+        if plan is None:  # this shard plans alone (`--shard I/N`)
+            placed = options.placement
+            count = 0 if placed is None else options.shard.count
+            plan = await _plan(campaign, router, count, placed)
+        keep = shard_filter(plan, options.shard)
 
     def importing(rows: int) -> None:
         trio.from_thread.check_cancelled()  # a cancelled run stops its import here

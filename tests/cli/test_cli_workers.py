@@ -243,8 +243,7 @@ def _shard_domains(journal: Path) -> list[set[str]]:
 
 
 async def _send_sized(tmp_path: Path, prepare: Callable[[World, Path], None]) -> Proc:
-    recipients = [f"u{n}@{name}.test" for name, size in SIZES.items() for n in range(size)]
-    path = write_campaign(tmp_path / "c", recipients, toml=campaign_toml(policy=limits_policy(500)))
+    path, recipients = _sized_campaign(tmp_path)
     journal = tmp_path / "j.sqlite3"
     with trio.fail_after(120):
         async with running(SIZED) as world:
@@ -287,3 +286,75 @@ async def test_an_unreadable_placement_stops_the_run_in_one_line(tmp_path: Path)
     )
     assert proc.process.returncode == 1, proc
     assert proc.stderr() == f"bulksend: error: {kept}: not a placement of sites over 2 shards\n"
+
+
+def _sized_campaign(tmp_path: Path) -> tuple[Path, list[str]]:
+    recipients = [f"u{n}@{name}.test" for name, size in SIZES.items() for n in range(size)]
+    toml = campaign_toml(policy=limits_policy(500))
+    return write_campaign(tmp_path / "c", recipients, toml=toml), recipients
+
+
+async def test_plan_places_the_largest_sites_for_shards_on_separate_machines(
+    tmp_path: Path,
+) -> None:
+    # `plan` once, then each machine's `send --shard I/2 --placement FILE`: the same placement
+    # as `send --workers 2` (400 + 100 and 300 + 200), every recipient once.
+    path, recipients = _sized_campaign(tmp_path)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(120):
+        async with running(SIZED) as world:
+            planned = await run_bulksend(
+                tmp_path,
+                "plan",
+                str(path),
+                "--shards",
+                "2",
+                *world_args(world)[:4],
+                "--smtp-port",
+                str(world.smtp_port),
+                name="plan",
+            )
+            assert planned.process.returncode == 0, planned
+            site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
+            placed = json.loads(planned.stdout())
+            assert placed == {site["a"]: 0, site["b"]: 1, site["c"]: 1, site["d"]: 0}
+            assert planned.stderr().splitlines() == [
+                f"bulksend: shard 0/2: 2 of the largest sites: {site['a']}, {site['d']}",
+                f"bulksend: shard 1/2: 2 of the largest sites: {site['b']}, {site['c']}",
+            ]
+            placement = tmp_path / "placement.json"
+            placement.write_text(planned.stdout())
+            for i in range(2):
+                shard = await run_bulksend(
+                    tmp_path,
+                    "send",
+                    str(path),
+                    "--journal",
+                    str(journal),
+                    "--shard",
+                    f"{i}/2",
+                    "--placement",
+                    str(placement),
+                    *world_args(world),
+                    name=f"shard{i}",
+                )
+                assert shard.process.returncode == 0, shard
+            received = world.received()
+    assert sorted(received) == sorted(recipients) and set(received.values()) == {1}
+    assert _shard_domains(journal) == [{"a.test", "d.test"}, {"b.test", "c.test"}]
+
+
+async def test_a_placement_needs_a_shard_of_its_count(tmp_path: Path) -> None:
+    path, _ = _sized_campaign(tmp_path)
+    placement = tmp_path / "placement.json"
+    placement.write_text('{"mx1.a.test": 2}')
+    alone = await run_bulksend(tmp_path, "send", str(path), "--placement", str(placement), name="a")
+    assert alone.process.returncode == 2, alone
+    assert "--placement goes with --shard I/N" in alone.stderr()
+    other = await run_bulksend(
+        tmp_path, "send", str(path), "--shard", "0/2", "--placement", str(placement), name="o"
+    )
+    assert other.process.returncode == 1, other
+    assert other.stderr() == (
+        f"bulksend: error: {placement}: not a placement of sites over 2 shards\n"
+    )
