@@ -19,11 +19,12 @@ recipients (sent twice) or neither (never sent).
 That plan also knows each site's size (rows per domain), so it places the largest sites
 (:data:`PLACED_PER_SHARD` per shard) by size instead of by hash, largest first onto the
 least loaded shard: four big providers on four workers get a core each (a hash would put
-two of them on one core three times in four). The long tail still goes by hash. The
+two of them on one core nine times in ten). The long tail still goes by hash. The
 placement is kept beside the journal (:func:`placement_path`) until every shard's import is
 done, so a resumed import places every site as it began, even if DNS answers otherwise by
 then (with a greedy placement one changed answer could move other sites too). ``--shard
-I/N`` on separate machines keeps the hash: each machine plans alone.
+I/N`` on separate machines plans alone on each machine: by hash, or, given the placement
+``bulksend plan`` made once for all of them (``--placement``), with the same placement.
 
 With egress sources (``scope = "source"``, :mod:`bulksend.egress.selection`), the unit whose
 limits must live in one place is (site, source) instead: each unit, ``"<site> via
@@ -186,7 +187,7 @@ def place(sites: Mapping[str, int], load: Sequence[float]) -> dict[str, int]:
     """The shard of each of the largest sites (rows by site), largest first onto the least
     loaded shard (``load``: the rows each holds already; ties: the lowest index), so that N
     workers give the N biggest sites a core each. A hash would put two of four big sites on
-    one of four workers three times in four; it stays for the long tail of small sites
+    one of four workers nine times in ten; it stays for the long tail of small sites
     (beyond :data:`PLACED_PER_SHARD` per shard), whose rows it spreads evenly enough, and
     keeps the placement small."""
     ranked = sorted(sites.items(), key=lambda item: (-item[1], item[0]))
