@@ -8,6 +8,7 @@ the journal needs nothing more than this for its main file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TextIO
@@ -59,5 +60,6 @@ def replace_private(path: Path, text: str) -> None:
             out.write(text)
         os.replace(writing, path)
     except OSError:
-        writing.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            writing.unlink(missing_ok=True)
         raise

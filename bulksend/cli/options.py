@@ -17,7 +17,7 @@ from bulksend.cli.state import tls_state_path
 from bulksend.config import CampaignConfig, is_fqdn
 from bulksend.config.values import parse_nameserver
 from bulksend.delivery.run import RunOptions, ehlo_hostname
-from bulksend.delivery.shard import Shard, saved_placement
+from bulksend.delivery.shard import Shard, read_placement
 from bulksend.errors import ConfigError, JournalError
 from bulksend.journal.postgres_schema import parse_url
 from bulksend.routing import system_nameservers
@@ -105,7 +105,7 @@ class RunFlags:
         if self.placement is not None:
             if self.shard is None:
                 raise click.UsageError("--placement goes with --shard I/N")
-            placement = saved_placement(self.placement, self.shard.count)
+            placement = read_placement(self.placement, self.shard.count)
         return RunOptions(
             journal=journal,
             shard=self.shard,

@@ -3,7 +3,6 @@ machines (see :mod:`bulksend.delivery.shard`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ from bulksend.cli.options import (
 )
 from bulksend.cli.output import info
 from bulksend.delivery.run import RunOptions, plan_shards
+from bulksend.delivery.shard import placement_text
 
 
 @click.command()
@@ -41,7 +41,9 @@ def plan(
         smtp_port=smtp_port,
     )
     made = trio.run(plan_shards, campaign, options, shards, None)
-    click.echo(json.dumps(made.placed, indent=1, sort_keys=True))
+    click.echo(placement_text(made.placed, shards))
     for index in range(shards):
         sites = sorted(site for site, shard in made.placed.items() if shard == index)
-        info(f"shard {index}/{shards}: {len(sites)} of the largest sites: {', '.join(sites)}")
+        info(
+            f"shard {index}/{shards}: {len(sites)} of the largest sites: {', '.join(sites) or '-'}"
+        )

@@ -42,7 +42,7 @@ from bulksend.control.fanout import Fanout
 from bulksend.control.server import Operator, load_state
 from bulksend.delivery.run import RunOptions, RunSummary, plan_shards, run_campaign
 from bulksend.delivery.scheduler import Scheduler
-from bulksend.delivery.shard import Shard, placement_path, save_placement, saved_placement
+from bulksend.delivery.shard import Shard
 from bulksend.delivery.workers import WorkerPool, WorkerState
 from bulksend.errors import ConfigError
 from bulksend.files import open_private
@@ -323,16 +323,26 @@ def run_single(campaign: Campaign, journal: Path | str, flags: RunFlags) -> int:
 
 def _sharded(campaign: Campaign, journal: Path, options: RunOptions, count: int) -> RunOptions:
     """Every shard journal's sidecar and, while a shard has its import to do, one plan for
-    every shard (placing the sites as the unfinished import began)."""
+    every shard (placing the sites as an unfinished import began)."""
     shards = [Shard(index, count).journal(journal) for index in range(count)]
     for path in shards:
         _write_sidecar(campaign, path)
     if all(_imported(path) for path in shards):
         return options
-    kept = placement_path(journal, count)
-    plan = trio.run(plan_shards, campaign, options, count, saved_placement(kept, count))
-    save_placement(kept, plan.placed)
+    plan = trio.run(plan_shards, campaign, options, count, _began_with(shards))
     return replace(options, shard_plan=plan)
+
+
+def _began_with(shards: list[Path]) -> dict[str, int] | None:
+    """The placement the shards' import began with (every shard records it before its first
+    row; ``{}``: by hash, before placements were recorded), None if none has begun."""
+    for path in shards:
+        if path.exists():
+            with JournalPeek(path) as peek:
+                placed = peek.placement()
+            if placed is not None:
+                return placed
+    return None
 
 
 def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count: int) -> int:
@@ -389,8 +399,6 @@ def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count:
 
     try:
         states, signals = trio.run(go)
-        if isinstance(journal, Path) and all(st.summary and st.summary.complete for st in states):
-            placement_path(journal, count).unlink(missing_ok=True)  # every import is done
         counts, complete = _workers_summary(
             pool, states, journal, started, sys.stdout, rejects=campaign.config.recipients.rejects
         )

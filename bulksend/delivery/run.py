@@ -37,6 +37,7 @@ from bulksend.journal import (
     CampaignTally,
     Due,
     ImportStats,
+    Journal,
     JournalWriter,
     NewRecipient,
     Outcome,
@@ -341,6 +342,32 @@ async def _plan(
     return made
 
 
+async def _shard_plan(
+    campaign: Campaign, journal: AnyJournal, options: RunOptions, router: Router
+) -> ShardPlan:
+    """The plan a shard imports by: the parent's (``send --workers``) or its own, with the
+    placement its import began with if it began (however it is resumed), else the one given
+    (the parent's, ``--placement``, or none: by hash), recorded before the first row."""
+    assert isinstance(journal, Journal)  # shards: SQLite journals only
+    assert options.shard is not None
+    began = journal.placement()
+    plan = options.shard_plan
+    if plan is None:  # this shard plans alone (`--shard I/N`)
+        placed = began if began is not None else options.placement
+        count = 0 if placed is None else options.shard.count
+        plan = await _plan(campaign, router, count, placed)
+    elif began is not None:
+        plan = ShardPlan(plan.units, began)
+    if began is None:
+        journal.record_placement(plan.placed)
+    elif options.placement is not None and options.placement != began:
+        log.warning(
+            "%s: its import began with another placement of the sites; it keeps that one",
+            journal.path,
+        )
+    return plan
+
+
 def shard_filter(made: ShardPlan, shard: Shard) -> Keep:
     """Which recipients a shard owns (see :meth:`ShardPlan.keeps
     <bulksend.delivery.shard.ShardPlan.keeps>`; rows without a domain: shard 0)."""
@@ -562,12 +589,7 @@ async def _import(
     config = campaign.config
     keep = None
     if options.shard is not None and router is not None and not journal.import_complete:
-        plan = options.shard_plan
-        if plan is None:  # this shard plans alone (`--shard I/N`)
-            placed = options.placement
-            count = 0 if placed is None else options.shard.count
-            plan = await _plan(campaign, router, count, placed)
-        keep = shard_filter(plan, options.shard)
+        keep = shard_filter(await _shard_plan(campaign, journal, options, router), options.shard)
 
     def importing(rows: int) -> None:
         trio.from_thread.check_cancelled()  # a cancelled run stops its import here

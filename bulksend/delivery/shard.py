@@ -20,9 +20,12 @@ That plan also knows each site's size (rows per domain), so it places the larges
 (:data:`PLACED_PER_SHARD` per shard) by size instead of by hash, largest first onto the
 least loaded shard: four big providers on four workers get a core each (a hash would put
 two of them on one core nine times in ten). The long tail still goes by hash. The
-placement is kept beside the journal (:func:`placement_path`) until every shard's import is
-done, so a resumed import places every site as it began, even if DNS answers otherwise by
-then (with a greedy placement one changed answer could move other sites too). ``--shard
+placement is recorded in each shard's journal before its first row, and an unfinished import
+resumes with the one it began with, however it is resumed (``send --workers`` again, or
+``resume`` of one shard): a placement made again could differ (with a greedy placement one
+changed DNS answer can move other sites too) and two shards would then keep the same
+recipients, or none. (Which site a domain routes to is asked again on resume: the caveat
+below holds for a domain whose MX set changed meanwhile.) ``--shard
 I/N`` on separate machines plans alone on each machine: by hash, or, given the placement
 ``bulksend plan`` made once for all of them (``--placement``), with the same placement.
 
@@ -55,7 +58,6 @@ from pathlib import Path
 from typing import Final
 
 from bulksend.errors import ConfigError
-from bulksend.files import replace_private
 from bulksend.routing import Route, Router, RoutingError, normalize_domain, route_all
 
 #: How many of the largest sites per shard a plan made for every shard places by size
@@ -205,41 +207,32 @@ def place(sites: Mapping[str, int], load: Sequence[float]) -> dict[str, int]:
     return placed
 
 
-def placement_path(journal: Path, count: int) -> Path:
-    """Where ``send --workers N`` keeps the placement its shards' import began with, until
-    every shard has imported: ``x.sqlite3`` -> ``x.sqlite3.4shards.json``."""
-    return journal.with_name(f"{journal.name}.{count}shards.json")
+def placement_text(placed: Mapping[str, int], count: int) -> str:
+    """``placed`` over ``count`` shards as ``bulksend plan`` prints it (JSON)."""
+    return json.dumps({"shards": count, "sites": dict(placed)}, indent=1, sort_keys=True)
 
 
-def saved_placement(path: Path, count: int) -> dict[str, int] | None:
-    """The placement saved at ``path`` (:func:`save_placement`); None if there is none.
+def read_placement(path: Path, count: int) -> dict[str, int]:
+    """The placement ``bulksend plan`` made (:func:`placement_text`), for ``count`` shards.
 
     Raises:
         ConfigError: it cannot be read, or is not a placement over ``count`` shards.
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the shards' placement: {exc}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(index, int) and 0 <= index < count for index in data.values()
+    sites = data.get("sites") if isinstance(data, dict) else None
+    if (
+        not isinstance(sites, dict)
+        or data["shards"] != count
+        or not all(type(index) is int and 0 <= index < count for index in sites.values())
     ):
-        raise ConfigError(f"{path}: not a placement of sites over {count} shards")
-    return data
-
-
-def save_placement(path: Path, placed: Mapping[str, int]) -> None:
-    """Keep ``placed`` at ``path``: a resumed import must place every site as it began.
-
-    Raises:
-        ConfigError: it cannot be written.
-    """
-    try:
-        replace_private(path, json.dumps(placed, sort_keys=True))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot save the shards' placement: {exc}") from None
+        raise ConfigError(
+            f"{path}: not a placement of sites over {count} shards (`bulksend plan "
+            f"--shards {count}` makes one)"
+        )
+    return sites
 
 
 def _units(route: Route, sources: Sequence[str]) -> list[str]:

@@ -174,3 +174,12 @@ def _decode_data(text: str) -> dict[str, Any]:
     except msgspec.MsgspecError:
         value = json.loads(text)
     return value
+
+
+def shard_placement(raw: str | None, import_position: int) -> dict[str, int] | None:
+    """A shard journal's recorded placement of the largest sites (its meta
+    ``shard_placement``, JSON): ``{}`` for an import begun by hash before placements were
+    recorded; None for an import not begun."""
+    if raw is not None:
+        return {str(site): int(index) for site, index in json.loads(raw).items()}
+    return {} if import_position > 0 else None

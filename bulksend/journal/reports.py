@@ -30,7 +30,7 @@ from bulksend.journal.integrity import (
 from bulksend.journal.opening import JournalInUse
 from bulksend.journal.outcomes import WAITING, Category, Status
 from bulksend.journal.protocol import JournalReader
-from bulksend.journal.records import CampaignTally, RecipientState
+from bulksend.journal.records import CampaignTally, RecipientState, shard_placement
 from bulksend.journal.schema import APPLICATION_ID, WAITING_SQL
 from bulksend.journal.store import Journal
 from bulksend.store_urls import is_postgres_url
@@ -368,6 +368,12 @@ class JournalPeek:
             f"SELECT domain, count(*) FROM recipients WHERE {WAITING_SQL} GROUP BY domain"  # noqa: S608
         )
         return {str(d): int(n) for d, n in rows}
+
+    def placement(self) -> dict[str, int] | None:
+        """What :meth:`Journal.placement <bulksend.journal.store.Journal.placement>` says."""
+        return shard_placement(
+            self._meta("shard_placement"), int(self._meta("import_position") or 0)
+        )
 
     def _meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))

@@ -42,6 +42,7 @@ from bulksend.journal.records import (
     RecipientState,
     _decode_data,
     _state,
+    shard_placement,
 )
 from bulksend.journal.schema import WAITING_SQL
 from bulksend.journal.upgrade import upgrade
@@ -393,6 +394,23 @@ class Journal(StoreBase):
                 ).fetchone()[0]
             ),
         )
+
+    def placement(self) -> dict[str, int] | None:
+        """The shard placement of the largest sites this shard's import began with (see
+        :mod:`bulksend.delivery.shard`): ``{}`` for one begun by hash before placements were
+        recorded; None for an import not begun."""
+        conn = self._conn
+        raw = conn.read("read meta", lambda: conn.meta_or_none("shard_placement"))
+        return shard_placement(raw, conn.imported)
+
+    def record_placement(self, placed: Mapping[str, int]) -> None:
+        """Keep the placement this shard's import begins with: a resumed import, however it
+        is started, must keep the same recipients."""
+        with self._conn.write("record the shards' placement") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('shard_placement', ?)",
+                (json.dumps(dict(placed), sort_keys=True),),
+            )
 
     def update_warmup(
         self, source: str, change: Callable[[str | None], str], *, owner: object = None

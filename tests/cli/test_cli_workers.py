@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -10,9 +11,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 
-from bulksend.delivery.shard import Shard, placement_path
+from bulksend.campaign import Campaign
+from bulksend.delivery import run as delivery_run
+from bulksend.delivery.run import run_campaign
+from bulksend.delivery.shard import Shard, placement_text
 from bulksend.journal import Journal
 from bulksend.routing import Site
 from bulksend.testing.dns import Fault
@@ -27,7 +32,7 @@ from tests.cli.cli_helpers import (
     scrape,
     world_args,
 )
-from tests.helpers.worlds import limits_policy, sharded_sites
+from tests.helpers.worlds import limits_policy, run_options, sharded_sites
 
 SITES = sharded_sites(big_domains=3, small_sites=3)
 DOMAINS = [d for s in SITES for d in s.domains]
@@ -260,36 +265,68 @@ async def test_workers_place_the_largest_sites_by_size_not_by_hash(tmp_path: Pat
     journal = tmp_path / "j.sqlite3"
     # Largest first onto the least loaded worker: 400 + 100 and 300 + 200.
     assert _shard_domains(journal) == [{"a.test", "d.test"}, {"b.test", "c.test"}]
-    assert not placement_path(journal, 2).exists()  # every import done: the run removed it
+    # Each shard's journal keeps the placement its import began with: the same one.
+    recorded = []
+    for i in range(2):
+        with Journal.open(Shard(i, 2).journal(journal), None) as j:
+            recorded.append(j.placement() or {})
+    assert recorded[0] == recorded[1]
+    assert {site.split(":")[0]: index for site, index in recorded[0].items()} == {
+        "mx1.a.test": 0,
+        "mx1.b.test": 1,
+        "mx1.c.test": 1,
+        "mx1.d.test": 0,
+    }
 
 
-async def test_an_unfinished_import_keeps_the_placement_it_began_with(tmp_path: Path) -> None:
-    # The placement an interrupted import saved (not the one sizes would give now) holds.
-    def began(world: World, journal: Path) -> None:
-        site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
-        placement_path(journal, 2).write_text(
-            json.dumps({site["a"]: 1, site["b"]: 1, site["c"]: 0, site["d"]: 0})
-        )
-
-    proc = await _send_sized(tmp_path, began)
-    assert proc.process.returncode == 0, proc
-    assert _shard_domains(tmp_path / "j.sqlite3") == [{"c.test", "d.test"}, {"a.test", "b.test"}]
+class _Interrupted(Exception):
+    pass
 
 
-async def test_an_unreadable_placement_stops_the_run_in_one_line(tmp_path: Path) -> None:
-    path, _ = campaign(tmp_path, 20, rate=100)
-    journal = tmp_path / "j.sqlite3"
-    kept = placement_path(journal, 2)
-    kept.write_text('{"mx1.a.test": 7}')
-    proc = await run_bulksend(
-        tmp_path, "send", str(path), "--journal", str(journal), "--workers", "2", name="bad"
+def _stop(_rows: int) -> None:
+    raise _Interrupted
+
+
+async def test_an_interrupted_import_resumes_with_the_placement_it_began_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shard 0 of two began its import with a placement other than the sizes' would give and
+    # stopped part-way; `send --workers 2` keeps that placement for both shards (a placement
+    # made again would have both keep some recipients, and none keep others). The first run
+    # commits every 100 rows and stops at its 250th (50,000 and 10,000 in a real run).
+    original = Journal.import_recipients
+    monkeypatch.setattr(
+        Journal,
+        "import_recipients",
+        lambda journal, rows, **kw: original(journal, rows, batch_size=100, **kw),
     )
-    assert proc.process.returncode == 1, proc
-    assert proc.stderr() == f"bulksend: error: {kept}: not a placement of sites over 2 shards\n"
+    monkeypatch.setattr(delivery_run, "IMPORT_PROGRESS_EVERY", 250)
+    path, recipients = _sized_campaign(tmp_path)
+    journal = tmp_path / "j.sqlite3"
+    with trio.fail_after(150):
+        async with running(SIZED) as world:
+            site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
+            began = {site["a"]: 1, site["b"]: 1, site["c"]: 0, site["d"]: 0}
+            first = run_options(tmp_path, world, journal=journal, shard=Shard(0, 2))
+            first = dataclasses.replace(first, placement=began)
+            with pytest.raises((_Interrupted, BaseExceptionGroup)):
+                await run_campaign(Campaign.load(path, {}), first, on_import=_stop)
+            with Journal.open(Shard(0, 2).journal(journal), None) as j:
+                assert not j.import_complete and j.placement() == began
+                assert 0 < sum(j.counts().values()) < len(recipients) // 2
+            proc = await _send_with_two_workers(tmp_path, path, journal, world)
+            received = world.received()
+    assert proc.process.returncode == 0, proc
+    assert sorted(received) == sorted(recipients) and set(received.values()) == {1}
+    assert _shard_domains(journal) == [{"c.test", "d.test"}, {"a.test", "b.test"}]
 
 
 def _sized_campaign(tmp_path: Path) -> tuple[Path, list[str]]:
-    recipients = [f"u{n}@{name}.test" for name, size in SIZES.items() for n in range(size)]
+    """The four sites' recipients (SIZES), the domains interleaved."""
+    top = max(SIZES.values())
+    recipients = [
+        f"u{n}@{name}.test" for n in range(top) for name, size in SIZES.items() if n < size
+    ]
     toml = campaign_toml(policy=limits_policy(500))
     return write_campaign(tmp_path / "c", recipients, toml=toml), recipients
 
@@ -316,8 +353,10 @@ async def test_plan_places_the_largest_sites_for_shards_on_separate_machines(
             )
             assert planned.process.returncode == 0, planned
             site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
-            placed = json.loads(planned.stdout())
-            assert placed == {site["a"]: 0, site["b"]: 1, site["c"]: 1, site["d"]: 0}
+            assert json.loads(planned.stdout()) == {
+                "shards": 2,
+                "sites": {site["a"]: 0, site["b"]: 1, site["c"]: 1, site["d"]: 0},
+            }
             assert planned.stderr().splitlines() == [
                 f"bulksend: shard 0/2: 2 of the largest sites: {site['a']}, {site['d']}",
                 f"bulksend: shard 1/2: 2 of the largest sites: {site['b']}, {site['c']}",
@@ -347,14 +386,15 @@ async def test_plan_places_the_largest_sites_for_shards_on_separate_machines(
 async def test_a_placement_needs_a_shard_of_its_count(tmp_path: Path) -> None:
     path, _ = _sized_campaign(tmp_path)
     placement = tmp_path / "placement.json"
-    placement.write_text('{"mx1.a.test": 2}')
+    placement.write_text(placement_text({"mx1.a.test": 1}, 2))
     alone = await run_bulksend(tmp_path, "send", str(path), "--placement", str(placement), name="a")
     assert alone.process.returncode == 2, alone
     assert "--placement goes with --shard I/N" in alone.stderr()
     other = await run_bulksend(
-        tmp_path, "send", str(path), "--shard", "0/2", "--placement", str(placement), name="o"
+        tmp_path, "send", str(path), "--shard", "0/3", "--placement", str(placement), name="o"
     )
     assert other.process.returncode == 1, other
     assert other.stderr() == (
-        f"bulksend: error: {placement}: not a placement of sites over 2 shards\n"
+        f"bulksend: error: {placement}: not a placement of sites over 3 shards "
+        "(`bulksend plan --shards 3` makes one)\n"
     )

@@ -10,9 +10,8 @@ from bulksend.delivery.shard import (
     PLACED_PER_SHARD,
     Shard,
     place,
-    placement_path,
-    save_placement,
-    saved_placement,
+    placement_text,
+    read_placement,
 )
 from bulksend.errors import ConfigError
 
@@ -46,17 +45,16 @@ def test_beyond_the_largest_the_tail_goes_by_hash_and_weighs_in() -> None:
     assert abs((big_rows[0] + on_shard_0) - (big_rows[1] + 200 - on_shard_0)) < 10_000
 
 
-def test_a_placement_is_kept_and_read_back(tmp_path: Path) -> None:
-    path = placement_path(tmp_path / "j.sqlite3", 4)
-    assert path.name == "j.sqlite3.4shards.json"
-    assert saved_placement(path, 4) is None
-    save_placement(path, {"mx.a.test": 3, "b.test": 0})
-    assert saved_placement(path, 4) == {"mx.a.test": 3, "b.test": 0}
-    assert path.stat().st_mode & 0o777 == 0o600
-    with pytest.raises(
-        ConfigError, match=r"j.sqlite3.4shards.json: not a placement of sites over 2"
-    ):
-        saved_placement(path, 2)  # index 3 of two shards
+def test_a_placement_file_names_its_shard_count(tmp_path: Path) -> None:
+    path = tmp_path / "placement.json"
+    path.write_text(placement_text({"mx.a.test": 1, "b.test": 0}, 2))
+    assert read_placement(path, 2) == {"mx.a.test": 1, "b.test": 0}
+    # Made for two shards: refused for four, though every index would fit.
+    with pytest.raises(ConfigError, match=r"placement.json: not a placement of sites over 4"):
+        read_placement(path, 4)
+    path.write_text('{"shards": 2, "sites": {"mx.a.test": true}}')
+    with pytest.raises(ConfigError, match="not a placement of sites over 2 shards"):
+        read_placement(path, 2)
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read the shards' placement"):
-        saved_placement(path, 4)
+        read_placement(path, 2)
