@@ -287,11 +287,13 @@ def _stop(_rows: int) -> None:
     raise _Interrupted
 
 
+@pytest.mark.parametrize("again", ["send --workers 2", "resume the shard"])
 async def test_an_interrupted_import_resumes_with_the_placement_it_began_with(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again: str
 ) -> None:
     # Shard 0 of two began its import with a placement other than the sizes' would give and
-    # stopped part-way; `send --workers 2` keeps that placement for both shards (a placement
+    # stopped part-way; `send --workers 2` keeps that placement for both shards, `resume` of
+    # the shard's journal (what a run prints for a failed worker) for that shard (a placement
     # made again would have both keep some recipients, and none keep others). The first run
     # commits every 100 rows and stops at its 250th (50,000 and 10,000 in a real run).
     original = Journal.import_recipients
@@ -314,11 +316,27 @@ async def test_an_interrupted_import_resumes_with_the_placement_it_began_with(
             with Journal.open(Shard(0, 2).journal(journal), None) as j:
                 assert not j.import_complete and j.placement() == began
                 assert 0 < sum(j.counts().values()) < len(recipients) // 2
-            proc = await _send_with_two_workers(tmp_path, path, journal, world)
+            if again == "resume the shard":
+                proc = await run_bulksend(
+                    tmp_path,
+                    "resume",
+                    str(Shard(0, 2).journal(journal)),
+                    "--campaign",
+                    str(path),
+                    *world_args(world),
+                    name="resume",
+                )
+                recipients = [r for r in recipients if r.endswith(("@c.test", "@d.test"))]
+            else:
+                proc = await _send_with_two_workers(tmp_path, path, journal, world)
             received = world.received()
     assert proc.process.returncode == 0, proc
     assert sorted(received) == sorted(recipients) and set(received.values()) == {1}
-    assert _shard_domains(journal) == [{"c.test", "d.test"}, {"a.test", "b.test"}]
+    if again == "resume the shard":
+        with Journal.open_readonly(Shard(0, 2).journal(journal)) as j:
+            assert {s.domain for s in j.iter_states()} == {"c.test", "d.test"}
+    else:
+        assert _shard_domains(journal) == [{"c.test", "d.test"}, {"a.test", "b.test"}]
 
 
 def _sized_campaign(tmp_path: Path) -> tuple[Path, list[str]]:
