@@ -236,14 +236,6 @@ def worker_control(
     return None if operator is None else operator.start
 
 
-def _imported(journal: Path) -> bool:
-    """Whether ``journal`` holds its whole import already (a resume needs no shard plan)."""
-    if not journal.exists():
-        return False
-    with JournalPeek(journal) as peek:
-        return peek.import_complete()
-
-
 def _live_workers(pool: WorkerPool, journal: Path) -> list[tuple[str, Path]]:
     """The name and shard journal of each worker of ``pool`` still sending."""
     return [
@@ -327,22 +319,27 @@ def _sharded(campaign: Campaign, journal: Path, options: RunOptions, count: int)
     shards = [Shard(index, count).journal(journal) for index in range(count)]
     for path in shards:
         _write_sidecar(campaign, path)
-    if all(_imported(path) for path in shards):
+    imported, began = _imports(shards)
+    if imported:
         return options
-    plan = trio.run(plan_shards, campaign, options, count, _began_with(shards))
+    plan = trio.run(plan_shards, campaign, options, count, began)
     return replace(options, shard_plan=plan)
 
 
-def _began_with(shards: list[Path]) -> dict[str, int] | None:
-    """The placement the shards' import began with (every shard records it before its first
-    row; ``{}``: by hash, before placements were recorded), None if none has begun."""
+def _imports(shards: list[Path]) -> tuple[bool, dict[str, int] | None]:
+    """Whether every shard journal holds its whole import (a resume needs no plan), and the
+    placement their import began with (each records it before its first row; ``{}``: by
+    hash, before placements were recorded; None: none has begun)."""
+    imported, began = True, None
     for path in shards:
-        if path.exists():
-            with JournalPeek(path) as peek:
-                placed = peek.placement()
-            if placed is not None:
-                return placed
-    return None
+        if not path.exists():
+            imported = False
+            continue
+        with JournalPeek(path) as peek:
+            imported = imported and peek.import_complete()
+            if began is None:
+                began = peek.placement()
+    return imported, began
 
 
 def run_workers(campaign: Campaign, journal: Path | str, flags: RunFlags, count: int) -> int:

@@ -352,10 +352,9 @@ async def _shard_plan(
     assert options.shard is not None
     began = journal.placement()
     plan = options.shard_plan
-    if plan is None:  # this shard plans alone (`--shard I/N`)
+    if plan is None:  # this shard plans alone (`--shard I/N`): as given, else by hash
         placed = began if began is not None else options.placement
-        count = 0 if placed is None else options.shard.count
-        plan = await _plan(campaign, router, count, placed)
+        plan = await _plan(campaign, router, placed=placed)
     elif began is not None:
         plan = ShardPlan(plan.units, began)
     if began is None:

@@ -161,19 +161,20 @@ async def make_plan(
     or with egress sources (``sources(route)``: the lanes' source names) ``"<site> via
     <source>"`` for each. A domain that cannot be routed is a unit by its own name.
 
-    With ``shards`` (a plan made once for every shard), the largest whole sites are placed
-    over them by size (:func:`place`), or as ``placed`` says (a resumed import keeps the
-    placement it began with); else every unit goes by hash.
+    The largest whole sites are placed as ``placed`` says (a resumed import keeps the
+    placement it began with), else, with ``shards`` (a plan made once for every shard), over
+    them by size (:func:`place`); every other unit goes by hash.
     """
     routes = await route_all(router, rows)
     units: dict[str, list[str]] = {}
+    sizing = placed is None and shards > 0
     whole: Counter[str] = Counter()
     load = [0.0] * shards
     for domain, route in sorted(routes.items()):  # the same sums in every run
         lanes = () if isinstance(route, RoutingError) else sources(route)
         names = [domain] if isinstance(route, RoutingError) else _units(route, lanes)
         units[domain] = names
-        if not shards:
+        if not sizing:
             continue
         if lanes:  # a shard's scheduler finds its sources by their hash: they stay there
             for name in names:
@@ -181,7 +182,7 @@ async def make_plan(
         else:
             whole[names[0]] += rows[domain]
     if placed is None:
-        placed = place(whole, load) if shards else {}
+        placed = place(whole, load) if sizing else {}
     return ShardPlan(units, dict(placed))
 
 
@@ -225,7 +226,7 @@ def read_placement(path: Path, count: int) -> dict[str, int]:
     sites = data.get("sites") if isinstance(data, dict) else None
     if (
         not isinstance(sites, dict)
-        or data["shards"] != count
+        or data.get("shards") != count
         or not all(type(index) is int and 0 <= index < count for index in sites.values())
     ):
         raise ConfigError(

@@ -238,6 +238,11 @@ SIZED = [SiteSpec(name, (f"{name}.test",), f"127.0.0.{i + 2}") for i, name in en
 SIZES = {"a": 400, "b": 300, "c": 200, "d": 100}
 
 
+def _site_names(world: World) -> dict[str, str]:
+    """Each of the SIZED sites' name as the plan keys it (MX host and the world's port)."""
+    return {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
+
+
 def _shard_domains(journal: Path) -> list[set[str]]:
     """The domains each of two shard journals holds."""
     held = []
@@ -307,7 +312,7 @@ async def test_an_interrupted_import_resumes_with_the_placement_it_began_with(
     journal = tmp_path / "j.sqlite3"
     with trio.fail_after(150):
         async with running(SIZED) as world:
-            site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
+            site = _site_names(world)
             began = {site["a"]: 1, site["b"]: 1, site["c"]: 0, site["d"]: 0}
             first = run_options(tmp_path, world, journal=journal, shard=Shard(0, 2))
             first = dataclasses.replace(first, placement=began)
@@ -370,7 +375,7 @@ async def test_plan_places_the_largest_sites_for_shards_on_separate_machines(
                 name="plan",
             )
             assert planned.process.returncode == 0, planned
-            site = {name: str(Site.of([f"mx1.{name}.test"], world.smtp_port)) for name in SIZES}
+            site = _site_names(world)
             assert json.loads(planned.stdout()) == {
                 "shards": 2,
                 "sites": {site["a"]: 0, site["b"]: 1, site["c"]: 1, site["d"]: 0},

@@ -52,6 +52,9 @@ def test_a_placement_file_names_its_shard_count(tmp_path: Path) -> None:
     # Made for two shards: refused for four, though every index would fit.
     with pytest.raises(ConfigError, match=r"placement.json: not a placement of sites over 4"):
         read_placement(path, 4)
+    path.write_text('{"sites": {"mx.a.test": 1}}')  # no shard count
+    with pytest.raises(ConfigError, match="not a placement of sites over 2 shards"):
+        read_placement(path, 2)
     path.write_text('{"shards": 2, "sites": {"mx.a.test": true}}')
     with pytest.raises(ConfigError, match="not a placement of sites over 2 shards"):
         read_placement(path, 2)
